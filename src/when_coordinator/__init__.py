@@ -1,5 +1,15 @@
 """when-coordinator: take part in when-v3 workflow coordination, the OpenTelemetry way."""
 
+from ._version import __version__
+from .client import (
+    CommandEvent,
+    Config,
+    ConfigError,
+    Coordinator,
+    CoordinatorLogHandler,
+    CoordinatorStats,
+    LogForwarder,
+)
 from .phase_manager import (
     InvalidTransitionError,
     PhaseError,
@@ -10,11 +20,16 @@ from .phase_manager import (
 )
 from .protocol import LogEntry, LogLevel, Message, MessageType, Phase, ProtocolError
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "CommandEvent",
+    "Config",
+    "ConfigError",
+    "Coordinator",
+    "CoordinatorLogHandler",
+    "CoordinatorStats",
     "InvalidTransitionError",
     "LogEntry",
+    "LogForwarder",
     "LogLevel",
     "Message",
     "MessageType",

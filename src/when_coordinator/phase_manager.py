@@ -89,12 +89,23 @@ class InvalidTransitionError(PhaseError, ValueError):
     """The operation is not allowed from the workflow's current phase."""
 
     def __init__(
-        self, workflow_id: str, current: Phase, requested: Phase, operation: str = "transition"
+        self,
+        workflow_id: str,
+        current: Phase,
+        requested: Phase,
+        operation: str = "transition",
+        *,
+        required: Phase | None = None,
     ) -> None:
-        allowed = ", ".join(sorted(p.value for p in VALID_TRANSITIONS[current])) or "nothing"
+        if required is not None:
+            # The table may allow the move, but not as this operation (e.g. a resume).
+            detail = f"only {required.value!r} can move to {requested.value!r} this way"
+        else:
+            allowed = ", ".join(sorted(p.value for p in VALID_TRANSITIONS[current])) or "nothing"
+            detail = f"which cannot move to {requested.value!r} (allowed: {allowed})"
         super().__init__(
             f"cannot {operation} workflow {workflow_id!r}: it is in phase {current.value!r}, "
-            f"which cannot move to {requested.value!r} (allowed: {allowed})"
+            + detail
         )
         self.workflow_id = workflow_id
         self.current = current
@@ -284,8 +295,21 @@ class PhaseManager:
             )
 
     def complete_resume(self, workflow_id: str) -> PhaseState:
-        """``resuming -> execution`` with reason ``resumed``."""
+        """``resuming -> execution`` with reason ``resumed``.
+
+        Only from ``resuming``: the table also allows ``planning -> execution``, which is no
+        resume and must not reach the hub as one.
+        """
         with self._lock:
+            current = self._get(workflow_id).phase
+            if current is not Phase.RESUMING:
+                raise InvalidTransitionError(
+                    workflow_id,
+                    current,
+                    Phase.EXECUTION,
+                    "complete the resume of",
+                    required=Phase.RESUMING,
+                )
             return self._move(
                 workflow_id, Phase.EXECUTION, "resumed", operation="complete the resume of"
             )
@@ -361,6 +385,10 @@ class PhaseManager:
             self._states[workflow_id] = state
             self._emit(self._checkpoint_listeners, state)
             return state
+
+    def _reset_lock_after_fork(self) -> None:
+        """In a forked child, a lock held by a parent thread would stay held forever."""
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ reads
 

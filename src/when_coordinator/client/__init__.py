@@ -1,0 +1,19 @@
+"""The service side: the resilient connection to the hub, and log forwarding."""
+
+from .config import ENVIRONMENT, Config, ConfigError, EnvVar
+from .coordinator import CommandEvent, Coordinator, CoordinatorStats, MessageHandler
+from .logs import CoordinatorLogHandler, LogForwarder, current_workflow
+
+__all__ = [
+    "ENVIRONMENT",
+    "CommandEvent",
+    "Config",
+    "ConfigError",
+    "Coordinator",
+    "CoordinatorLogHandler",
+    "CoordinatorStats",
+    "EnvVar",
+    "LogForwarder",
+    "MessageHandler",
+    "current_workflow",
+]

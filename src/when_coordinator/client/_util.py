@@ -1,0 +1,81 @@
+"""Small helpers the client shares: rate-limited logging and size estimates."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["RateLimitedLog", "approx_size", "jsonable"]
+
+
+class RateLimitedLog:
+    """Log one line per key per ``interval``, saying how many similar lines were held back.
+
+    A hub that floods bad frames, or an outbox that sheds thousands of logs a second, must not
+    turn into a flood of local log lines.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def log(self, level: int, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last, suppressed = self._last.get(key, (-self._interval, 0))
+            if now - last < self._interval:
+                self._last[key] = (last, suppressed + 1)
+                return
+            self._last[key] = (now, 0)
+        if suppressed:
+            message += " (%d similar messages suppressed)"
+            args = (*args, suppressed)
+        self._logger.log(level, message, *args)
+
+
+def approx_size(value: Any, depth: int = 0) -> int:
+    """A cheap estimate of a value's JSON size, for the outbox's byte bound.
+
+    Exact sizes would need encoding on the caller's thread, which is what the outbox exists to
+    avoid; an estimate that counts strings and walks containers a few levels is close enough to
+    bound memory.
+    """
+    if isinstance(value, str):
+        return len(value) + 3
+    if value is None or isinstance(value, (bool, int, float)):
+        return 8
+    if depth >= 4:
+        return 64
+    if isinstance(value, Mapping):
+        return 2 + sum(len(str(k)) + 4 + approx_size(v, depth + 1) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return 2 + sum(approx_size(v, depth + 1) + 1 for v in value)
+    return 64
+
+
+def jsonable(value: Any, depth: int = 0) -> Any:
+    """A JSON-serialisable copy of user data: unknown objects become their ``str``.
+
+    Log fields come from arbitrary application code (datetimes, exceptions, UUIDs); the hub
+    should see them as text rather than lose the whole record.
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if depth >= 16:
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v, depth + 1) for v in value]
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"

@@ -1,0 +1,254 @@
+"""Client configuration, and every environment variable the package reads.
+
+``ENVIRONMENT`` is the one list of variables: ``Config.from_env`` reads from it, the
+instrumentor reads ``WHEN_WORKFLOW_ENTRYPOINTS`` through it, and the docs are checked against it.
+Field names follow the reference Go ``Config`` in snake_case; durations are seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["ENVIRONMENT", "Config", "ConfigError", "EnvVar"]
+
+
+class ConfigError(ValueError):
+    """A setting, from code or from the environment, that cannot work; the message names it."""
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One environment variable: the ``Config`` field it sets (if any) and what it means."""
+
+    name: str
+    field: str | None
+    help: str
+    parse: Callable[[str], Any] = str
+
+
+def _float(text: str) -> float:
+    return float(text)
+
+
+def _int(text: str) -> int:
+    return int(text)
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+ENVIRONMENT: tuple[EnvVar, ...] = (
+    EnvVar("WHEN_URL", "when_url", "Hub URL (ws:// or wss://). Unset: nothing connects."),
+    EnvVar(
+        "WHEN_SERVICE_NAME",
+        "service_name",
+        "Service name sent in X-Service-Name and register (default: OTEL_SERVICE_NAME).",
+    ),
+    EnvVar("OTEL_SERVICE_NAME", None, "Fallback for WHEN_SERVICE_NAME."),
+    EnvVar("WHEN_SERVICE_ID", "service_id", "Service id; the hub assigns one when unset."),
+    EnvVar("WHEN_INSTANCE_ID", "instance_id", "Instance id (default: host name and pid)."),
+    EnvVar("WHEN_SERVICE_VERSION", "version", "Service version sent in register."),
+    EnvVar("WHEN_CAPABILITIES", "capabilities", "Comma-separated capabilities.", _list),
+    EnvVar("WHEN_SCHEMA_VERSION", "schema_version", "Schema version sent in register.", _int),
+    EnvVar("WHEN_AUTH_TOKEN", "auth_token", "Bearer token sent in the Authorization header."),
+    EnvVar("WHEN_CA_FILE", "ca_file", "PEM file of CA certificates trusted for wss://."),
+    EnvVar("WHEN_CLIENT_CERT_FILE", "client_cert_file", "PEM client certificate (mutual TLS)."),
+    EnvVar("WHEN_CLIENT_KEY_FILE", "client_key_file", "PEM key of the client certificate."),
+    EnvVar(
+        "WHEN_RECONNECT_INITIAL_DELAY",
+        "reconnect_initial_delay",
+        "First reconnect delay in seconds (default 1).",
+        _float,
+    ),
+    EnvVar(
+        "WHEN_RECONNECT_MAX_DELAY",
+        "reconnect_max_delay",
+        "Longest reconnect delay in seconds (default 30).",
+        _float,
+    ),
+    EnvVar(
+        "WHEN_RECONNECT_BACKOFF_FACTOR",
+        "reconnect_backoff_factor",
+        "Multiplier of the delay after each failure (default 2).",
+        _float,
+    ),
+    EnvVar(
+        "WHEN_RECONNECT_MAX_ATTEMPTS",
+        "reconnect_max_attempts",
+        "Consecutive failed attempts before giving up; 0 is unlimited (default).",
+        _int,
+    ),
+    EnvVar(
+        "WHEN_PING_INTERVAL",
+        "ping_interval",
+        "Seconds between WebSocket pings (default 30).",
+        _float,
+    ),
+    EnvVar(
+        "WHEN_PONG_TIMEOUT",
+        "pong_timeout",
+        "Seconds without a pong before the connection is declared dead (default 20).",
+        _float,
+    ),
+    EnvVar(
+        "WHEN_OUTBOX_MAX_MESSAGES",
+        "outbox_max_messages",
+        "Messages kept while the hub is slow or away (default 10000).",
+        _int,
+    ),
+    EnvVar(
+        "WHEN_OUTBOX_MAX_BYTES",
+        "outbox_max_bytes",
+        "Approximate bytes kept while the hub is slow or away (default 8 MiB).",
+        _int,
+    ),
+    EnvVar(
+        "WHEN_MAX_FRAME_BYTES",
+        "max_frame_bytes",
+        "Largest inbound frame accepted; larger ones are dropped (default 1 MiB).",
+        _int,
+    ),
+    EnvVar(
+        "WHEN_CLOSE_TIMEOUT",
+        "close_timeout",
+        "Seconds close() and the exit handler spend delivering what is queued (default 5).",
+        _float,
+    ),
+    EnvVar(
+        "WHEN_WORKFLOW_ENTRYPOINTS",
+        "workflow_entrypoints",
+        "Comma-separated module:function or module:Class.method run as workflows.",
+        _list,
+    ),
+    EnvVar(
+        "WHEN_LOGS_ENABLED",
+        "logs_enabled",
+        "Forward Python logging records to the hub (default true).",
+        _bool,
+    ),
+)
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """How to reach the hub and how the client behaves; validated on creation.
+
+    Outbox bounds cap the memory the client may hold while the hub is slow or unreachable;
+    ``max_frame_bytes`` caps what the hub may make it buffer.
+    """
+
+    when_url: str = ""
+    service_name: str = "unknown_service"
+    service_id: str = ""
+    instance_id: str = field(default_factory=_default_instance_id)
+    capabilities: tuple[str, ...] = ()
+    version: str = ""
+    protocol_version: str = "1.0"
+    schema_version: int = 0
+    reconnect_initial_delay: float = 1.0
+    reconnect_max_delay: float = 30.0
+    reconnect_backoff_factor: float = 2.0
+    reconnect_max_attempts: int = 0
+    ping_interval: float = 30.0
+    pong_timeout: float = 20.0
+    open_timeout: float = 10.0
+    auth_token: str = field(default="", repr=False)
+    ca_file: str = ""
+    client_cert_file: str = ""
+    client_key_file: str = ""
+    outbox_max_messages: int = 10_000
+    outbox_max_bytes: int = 8 * 1024 * 1024
+    max_frame_bytes: int = 1024 * 1024
+    close_timeout: float = 5.0
+    workflow_entrypoints: tuple[str, ...] = ()
+    logs_enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.capabilities, str):
+            raise ConfigError("capabilities must be a sequence of strings, not one string")
+        object.__setattr__(self, "capabilities", tuple(self.capabilities))
+        object.__setattr__(self, "workflow_entrypoints", tuple(self.workflow_entrypoints))
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.when_url:
+            parts = urlsplit(self.when_url)
+            if parts.scheme not in ("ws", "wss") or not parts.hostname:
+                raise ConfigError(
+                    f"when_url must be a ws:// or wss:// URL with a host, got {self.when_url!r}"
+                )
+        if not self.service_name:
+            raise ConfigError("service_name must not be empty")
+        positive = ("reconnect_initial_delay", "reconnect_max_delay", "ping_interval")
+        for name in (*positive, "pong_timeout", "open_timeout", "close_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+            if name in positive and value == 0:
+                raise ConfigError(f"{name} must be > 0")
+        if self.reconnect_max_delay < self.reconnect_initial_delay:
+            raise ConfigError("reconnect_max_delay must be >= reconnect_initial_delay")
+        if self.reconnect_backoff_factor < 1:
+            raise ConfigError("reconnect_backoff_factor must be >= 1")
+        for name in ("reconnect_max_attempts", "schema_version"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0")
+        for name in ("outbox_max_messages", "outbox_max_bytes", "max_frame_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        if self.client_key_file and not self.client_cert_file:
+            raise ConfigError("client_key_file needs client_cert_file")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a hub is configured at all; without one, nothing connects."""
+        return bool(self.when_url)
+
+    def with_changes(self, **changes: Any) -> Config:
+        """A copy with some fields changed, validated again."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+        """Read the ``WHEN_*`` variables (``ENVIRONMENT``); keyword arguments win over them.
+
+        A variable that does not parse raises ``ConfigError`` naming it and the value's problem.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for var in ENVIRONMENT:
+            raw = env.get(var.name)
+            if var.field is None or raw is None or raw.strip() == "":
+                continue
+            try:
+                values[var.field] = var.parse(raw.strip())
+            except ValueError as exc:
+                raise ConfigError(f"{var.name}={raw!r} is not valid: {exc}") from None
+        if "service_name" not in values and env.get("OTEL_SERVICE_NAME", "").strip():
+            values["service_name"] = env["OTEL_SERVICE_NAME"].strip()
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ConfigError(f"unknown Config field(s): {', '.join(sorted(unknown))}")
+        values.update(overrides)
+        return cls(**values)

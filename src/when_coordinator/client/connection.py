@@ -1,0 +1,54 @@
+"""Dialling the hub: handshake headers, TLS, and the reconnect schedule."""
+
+from __future__ import annotations
+
+import random
+import ssl
+from collections.abc import Iterator
+
+from .config import Config, ConfigError
+
+__all__ = ["backoff_delays", "handshake_headers", "redact", "ssl_context"]
+
+
+def handshake_headers(config: Config) -> dict[str, str]:
+    """The reference client's headers, plus ``Authorization`` when a token is configured."""
+    headers = {"X-Service-Name": config.service_name}
+    if config.service_id:
+        headers["X-Service-ID"] = config.service_id
+    if config.auth_token:
+        headers["Authorization"] = f"Bearer {config.auth_token}"
+    return headers
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    """A verifying TLS context for ``wss://`` (None for ``ws://``); never a plaintext fallback."""
+    if not config.when_url.startswith("wss://"):
+        if config.ca_file or config.client_cert_file:
+            raise ConfigError("ca_file and client certificates need a wss:// when_url")
+        return None
+    try:
+        context = ssl.create_default_context(cafile=config.ca_file or None)
+        if config.client_cert_file:
+            context.load_cert_chain(config.client_cert_file, config.client_key_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load TLS files: {exc}") from None
+    return context
+
+
+def backoff_delays(config: Config, rng: random.Random | None = None) -> Iterator[float]:
+    """Delays before each reconnect attempt: initial, times factor, capped, with jitter.
+
+    Jitter only shortens a delay (by up to 20 %), so the configured values stay upper bounds
+    while a fleet of clients does not re-dial a restarted hub in lockstep.
+    """
+    rng = rng or random.Random()
+    delay = config.reconnect_initial_delay
+    while True:
+        yield delay * (0.8 + 0.2 * rng.random())
+        delay = min(delay * config.reconnect_backoff_factor, config.reconnect_max_delay)
+
+
+def redact(text: str, config: Config) -> str:
+    """Remove the auth token from text that may reach a log or an exception message."""
+    return text.replace(config.auth_token, "<redacted>") if config.auth_token else text

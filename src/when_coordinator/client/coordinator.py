@@ -1,0 +1,921 @@
+"""The ``Coordinator``: one resilient WebSocket from a service to its when-v3 hub.
+
+Application threads (and asyncio tasks) only enqueue into a bounded ``Outbox``; one background
+thread runs an asyncio loop that encodes, sends, reads, answers the hub and re-dials after any
+failure. Nothing here blocks or raises into the host application except for argument errors
+(``TypeError`` / ``ValueError``) and the explicitly blocking ``wait_registered`` and ``flush``.
+
+Delivery: a message counts as delivered when the hub's WebSocket layer acknowledged it, that is
+when a ping sent after it got its pong. On a drop, everything not yet acknowledged goes back to
+the front of the outbox and is sent again after reconnecting, so workflow state survives a drop
+at the price of a rare duplicate at the drop boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import inspect
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from .._version import __version__
+from ..phase_manager import PhaseError, PhaseManager, PhaseState
+from ..protocol import (
+    CancelPayload,
+    CheckpointPayload,
+    EmptyPayload,
+    ErrorPayload,
+    LogBatchPayload,
+    LogEntry,
+    LogLevel,
+    LogPayload,
+    Message,
+    MessageType,
+    PausePayload,
+    PhaseChangedPayload,
+    ProgressPayload,
+    ProtocolError,
+    RegisteredPayload,
+    RegisterPayload,
+    ResumePayload,
+    StatusResponsePayload,
+    WorkflowCreatedPayload,
+    decode,
+    encode,
+    format_timestamp,
+)
+from ._util import RateLimitedLog, approx_size, jsonable
+from .config import Config
+from .connection import backoff_delays, handshake_headers, redact, ssl_context
+from .outbox import Entry, Outbox
+
+__all__ = ["CommandEvent", "Coordinator", "CoordinatorStats", "MessageHandler"]
+
+_log = logging.getLogger("when_coordinator.client")
+
+MessageHandler = Callable[[Message], "Awaitable[None] | None"]
+
+_INFLIGHT_CONFIRM_EVERY = 256
+"""Ask for an acknowledgement after this many unacknowledged messages, even under load."""
+
+
+@dataclass(frozen=True)
+class CoordinatorStats:
+    """Counters of one coordinator; ``sent == delivered + dropped + queued + inflight``.
+
+    ``sent`` counts every message the application handed over, ``dropped_by_kind`` the ones shed
+    (by message type) and ``drop_reasons`` why. Inbound frames the client refused are counted
+    in ``inbound_dropped`` by reason.
+    """
+
+    sent: int
+    delivered: int
+    dropped: int
+    dropped_by_kind: Mapping[str, int]
+    drop_reasons: Mapping[str, int]
+    queued: int
+    inflight: int
+    queued_bytes: int
+    connected: bool
+    registered: bool
+    connects: int
+    reconnects: int
+    connect_failures: int
+    received: int
+    inbound_dropped: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class CommandEvent:
+    """A pause, resume or cancel from the hub and what became of it."""
+
+    type: MessageType
+    workflow_id: str
+    accepted: bool
+    reason: str = ""
+    from_checkpoint: str = ""
+    force: bool = False
+    error: str = ""
+    state: PhaseState | None = None
+    message: Message | None = field(default=None, repr=False)
+
+
+def _check_text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _check_workflow(workflow_id: object) -> str:
+    if not _check_text("workflow_id", workflow_id):
+        raise ValueError("workflow_id must not be empty")
+    return workflow_id  # type: ignore[return-value]
+
+
+def _check_percent(percent: object) -> float:
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)):
+        raise TypeError(f"percent must be a number, got {type(percent).__name__}")
+    if not 0 <= percent <= 100:  # also false for NaN
+        raise ValueError(f"percent must be between 0 and 100, got {percent!r}")
+    return percent
+
+
+def _check_count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return value
+
+
+class Coordinator:
+    """A service's connection to the hub; see the module docstring for the guarantees.
+
+    Callbacks (``on_connected``, ``on_message`` handlers, ...) run on the client's thread:
+    keep them quick. Their exceptions are logged and swallowed.
+    """
+
+    def __init__(self, config: Config | None = None, *, phases: PhaseManager | None = None):
+        self.config = config if config is not None else Config.from_env()
+        self._phases = phases if phases is not None else PhaseManager()
+        self._outbox = Outbox(self.config.outbox_max_messages, self.config.outbox_max_bytes)
+        self._ssl = ssl_context(self.config)
+        self._lifecycle = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._control: deque[Message] = deque()
+        self._ws: ClientConnection | None = None
+        self._session = 0
+        self._confirming = False
+        self._drained = threading.Condition()
+        self._registered = threading.Event()
+        self._closed = False
+        self._forked = False
+        self._handlers: dict[str, MessageHandler] = {}
+        self._callbacks: dict[str, list[Callable[..., Any]]] = {
+            "connected": [],
+            "disconnected": [],
+            "registered": [],
+            "command": [],
+        }
+        self.service_id = self.config.service_id
+        self.hub_protocol_version = ""
+        self._connects = 0
+        self._connect_failures = 0
+        self._received = 0
+        self._inbound_dropped: Counter[str] = Counter()
+        self._warn = RateLimitedLog(_log)
+        self._defaults: dict[str, Callable[[Message], None]] = {
+            MessageType.REGISTERED: self._on_registered,
+            MessageType.PING: self._on_ping,
+            MessageType.STATUS: self._on_status,
+            MessageType.PAUSE: self._on_command,
+            MessageType.RESUME: self._on_command,
+            MessageType.CANCEL: self._on_command,
+        }
+        self._unsubscribe = self._phases.on_phase_changed(self._on_phase_changed)
+        ref = weakref.ref(self)
+        atexit.register(_close_at_exit, ref)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=lambda: _reset_after_fork(ref))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def phases(self) -> PhaseManager:
+        """The phase manager whose every transition this client reports."""
+        return self._phases
+
+    @property
+    def is_connected(self) -> bool:
+        return self._ws is not None
+
+    @property
+    def is_registered(self) -> bool:
+        return self._registered.is_set()
+
+    def connect(self) -> None:
+        """Start the client thread, which dials the hub and keeps re-dialling; returns at once.
+
+        Without a ``when_url`` nothing connects (and messages are counted as dropped).
+        """
+        with self._lifecycle:
+            if self._closed:
+                raise RuntimeError("this Coordinator is closed; create a new one")
+            if self._forked:
+                self._forked = False
+                self._outbox = Outbox(self.config.outbox_max_messages, self.config.outbox_max_bytes)
+            if self._thread is not None or not self.config.enabled:
+                if not self.config.enabled:
+                    _log.info("when_url is not set: not connecting to a hub")
+                return
+            ready = threading.Event()
+            self._thread = threading.Thread(
+                target=self._run_thread, args=(ready,), name="when-coordinator", daemon=True
+            )
+            self._thread.start()
+            ready.wait(5.0)
+
+    def _run_thread(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main(ready))
+        except Exception:  # a bug, not a network failure: never let it kill the host
+            _log.exception("when-coordinator client thread failed")
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            self._loop = None
+            self._outbox.set_wakeup(None)
+            with self._drained:
+                self._drained.notify_all()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Deliver what is queued within ``timeout`` (default ``config.close_timeout``), then
+        close with code 1000 and join the thread. Idempotent; what is left is counted dropped."""
+        timeout = self.config.close_timeout if timeout is None else timeout
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._lifecycle:
+            if self._closed:
+                return
+            self._closed = True
+            thread, loop = self._thread, self._loop
+        if thread is not None and loop is not None and thread is not threading.current_thread():
+            self.flush(timeout)
+            stop = self._stop
+            if stop is not None:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(stop.set)
+            thread.join(max(deadline - time.monotonic(), 0.0) + 2.0)
+        self._outbox.clear("coordinator closed")
+        self._unsubscribe()
+
+    def __enter__(self) -> Coordinator:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def wait_registered(self, timeout: float | None = None) -> bool:
+        """Block until the hub answered ``registered`` (True) or ``timeout`` passed (False)."""
+        self._refuse_on_client_thread("wait_registered")
+        return self._registered.wait(timeout)
+
+    async def wait_registered_async(self, timeout: float | None = None) -> bool:
+        """``wait_registered`` for asyncio code, without blocking the caller's loop."""
+        return await asyncio.to_thread(self.wait_registered, timeout)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued so far is delivered or dropped; False on timeout."""
+        self._refuse_on_client_thread("flush")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._drained:
+            while self._outbox.pending or self._control:
+                if self._thread is None or self._loop is None:
+                    return False  # nothing is running that could deliver it
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._drained.wait(remaining)
+        return True
+
+    async def flush_async(self, timeout: float | None = None) -> bool:
+        """``flush`` for asyncio code, without blocking the caller's loop."""
+        return await asyncio.to_thread(self.flush, timeout)
+
+    def _refuse_on_client_thread(self, name: str) -> None:
+        if self._thread is not None and threading.current_thread() is self._thread:
+            raise RuntimeError(f"{name}() would deadlock when called from a coordinator callback")
+
+    # ------------------------------------------------------------------ callbacks
+
+    def on_connected(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` after each successful connection; returns an unsubscriber."""
+        return self._subscribe("connected", callback)
+
+    def on_disconnected(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` after each lost connection; returns an unsubscriber."""
+        return self._subscribe("disconnected", callback)
+
+    def on_registered(self, callback: Callable[[RegisteredPayload], None]) -> Callable[[], None]:
+        """Call ``callback(payload)`` on every ``registered``; returns an unsubscriber."""
+        return self._subscribe("registered", callback)
+
+    def on_command(self, callback: Callable[[CommandEvent], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` for every pause, resume and cancel, accepted or refused."""
+        return self._subscribe("command", callback)
+
+    def on_message(self, message_type: MessageType | str, handler: MessageHandler | None) -> None:
+        """Handle ``message_type`` with ``handler`` instead of the default (None restores it).
+
+        The handler gets the decoded ``Message``; it may be a coroutine function, which then
+        runs on the client's loop.
+        """
+        key = str(message_type)
+        if handler is None:
+            self._handlers.pop(key, None)
+        elif not callable(handler):
+            raise TypeError(f"handler must be callable, got {type(handler).__name__}")
+        else:
+            self._handlers[key] = handler
+
+    def _subscribe(self, kind: str, callback: Callable[..., Any]) -> Callable[[], None]:
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        callbacks = self._callbacks[kind]
+        callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in callbacks:
+                callbacks.remove(callback)
+
+        return unsubscribe
+
+    def _fire(self, kind: str, *args: Any) -> None:
+        for callback in tuple(self._callbacks[kind]):
+            try:
+                callback(*args)
+            except Exception:
+                _log.exception("when-coordinator %s callback %r failed", kind, callback)
+
+    # ------------------------------------------------------------------ sending (any thread)
+
+    def _enqueue(
+        self, message_type: MessageType | str, workflow_id: str, body: Any, size: int, seq: int = -1
+    ) -> bool:
+        if self._closed or self._forked or not self.config.enabled:
+            reason = "closed" if self._closed else "forked child" if self._forked else "no hub"
+            self._outbox.reject(message_type, f"not sending: {reason}")
+            return False
+        return self._outbox.put(Entry(message_type, workflow_id, body, size, time.time_ns(), seq))
+
+    def send(self, message: Message) -> bool:
+        """Queue a ready-made ``Message`` as it is; False if it was shed at once."""
+        if not isinstance(message, Message):
+            raise TypeError(f"send() takes a Message, got {type(message).__name__}")
+        size = 120 + approx_size(message.payload)
+        return self._enqueue(message.type, message.workflow_id, message, size)
+
+    def send_workflow_created(
+        self,
+        workflow_id: str,
+        parent_workflow_id: str = "",
+        root_workflow_id: str = "",
+        action_id: str = "",
+        action_type: str = "",
+    ) -> bool:
+        _check_workflow(workflow_id)
+        body = (
+            _check_text("parent_workflow_id", parent_workflow_id),
+            _check_text("root_workflow_id", root_workflow_id),
+            _check_text("action_id", action_id),
+            _check_text("action_type", action_type),
+        )
+        size = 160 + len(workflow_id) + sum(len(part) for part in body)
+        return self._enqueue(MessageType.WORKFLOW_CREATED, workflow_id, body, size)
+
+    def send_checkpoint(
+        self,
+        workflow_id: str,
+        checkpoint_id: str,
+        reason: str = "",
+        *,
+        state: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Report a checkpoint; a known workflow also carries its id on later phase changes.
+
+        ``state`` is copied one level deep now; nested values are read when it is sent.
+        """
+        _check_workflow(workflow_id)
+        if not _check_text("checkpoint_id", checkpoint_id):
+            raise ValueError("checkpoint_id must not be empty")
+        _check_text("reason", reason)
+        if state is not None and not isinstance(state, Mapping):
+            raise TypeError(f"state must be a mapping, got {type(state).__name__}")
+        if workflow_id in self._phases:
+            with contextlib.suppress(PhaseError):
+                self._phases.create_checkpoint(workflow_id, checkpoint_id)
+        body = (checkpoint_id, reason, dict(state) if state else None)
+        size = 160 + len(workflow_id) + len(checkpoint_id) + len(reason) + approx_size(state)
+        return self._enqueue(MessageType.CHECKPOINT, workflow_id, body, size)
+
+    def send_error(
+        self, workflow_id: str, action_id: str, error: str | BaseException, recoverable: bool
+    ) -> bool:
+        _check_workflow(workflow_id)
+        _check_text("action_id", action_id)
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        body = (action_id, text, bool(recoverable))
+        return self._enqueue(MessageType.ERROR, workflow_id, body, 160 + len(text))
+
+    def send_progress(
+        self,
+        workflow_id: str,
+        action_id: str,
+        percent: float,
+        stage: str = "",
+        message: str = "",
+        *,
+        current_item: int = 0,
+        total_items: int = 0,
+    ) -> bool:
+        _check_workflow(workflow_id)
+        _check_percent(percent)
+        if current_item or total_items:
+            _check_count("current_item", current_item)
+            _check_count("total_items", total_items)
+        body = (
+            _check_text("action_id", action_id),
+            percent,
+            _check_text("stage", stage),
+            _check_text("message", message),
+            current_item,
+            total_items,
+        )
+        size = 160 + len(workflow_id) + len(action_id) + len(stage) + len(message)
+        return self._enqueue(MessageType.PROGRESS, workflow_id, body, size)
+
+    def send_log(self, entry: LogEntry) -> bool:
+        """Send one entry as a ``log`` message; a missing timestamp becomes now."""
+        if not isinstance(entry, LogEntry):
+            raise TypeError(f"send_log() takes a LogEntry, got {type(entry).__name__}")
+        return self._enqueue(MessageType.LOG, "", entry, _entry_size(entry))
+
+    def send_log_batch(self, entries: Sequence[LogEntry]) -> bool:
+        """Send entries as one ``log_batch``; missing timestamps become now."""
+        batch = tuple(entries)
+        for entry in batch:
+            if not isinstance(entry, LogEntry):
+                raise TypeError(
+                    f"send_log_batch() takes LogEntry items, got {type(entry).__name__}"
+                )
+        if not batch:
+            return True
+        size = 80 + sum(_entry_size(entry) for entry in batch)
+        return self._enqueue(MessageType.LOG_BATCH, "", batch, size)
+
+    def log_with_context(
+        self,
+        level: LogLevel | str,
+        message: str,
+        workflow_id: str = "",
+        action_id: str = "",
+        fields: Mapping[str, Any] | None = None,
+        *,
+        correlation_id: str = "",
+        trace_id: str = "",
+        span_id: str = "",
+    ) -> bool:
+        """Send one ``log`` with the workflow context the hub files it under."""
+        entry = LogEntry(
+            level=LogLevel(level),
+            message=_check_text("message", message),
+            workflow_id=_check_text("workflow_id", workflow_id),
+            action_id=_check_text("action_id", action_id),
+            correlation_id=correlation_id,
+            trace_id=trace_id,
+            span_id=span_id,
+            fields=dict(fields) if fields else {},
+        )
+        return self._enqueue(MessageType.LOG, "", entry, _entry_size(entry))
+
+    def log_debug(self, message: str, fields: Mapping[str, Any] | None = None) -> bool:
+        return self.log_with_context(LogLevel.DEBUG, message, fields=fields)
+
+    def log_info(self, message: str, fields: Mapping[str, Any] | None = None) -> bool:
+        return self.log_with_context(LogLevel.INFO, message, fields=fields)
+
+    def log_warn(self, message: str, fields: Mapping[str, Any] | None = None) -> bool:
+        return self.log_with_context(LogLevel.WARN, message, fields=fields)
+
+    def log_error(self, message: str, fields: Mapping[str, Any] | None = None) -> bool:
+        return self.log_with_context(LogLevel.ERROR, message, fields=fields)
+
+    def _on_phase_changed(self, state: PhaseState) -> None:
+        # Runs under the phase manager's lock, so queue order is transition order.
+        size = 200 + len(state.workflow_id) + len(state.reason) + len(state.checkpoint_id)
+        self._enqueue(MessageType.PHASE_CHANGED, state.workflow_id, state, size, seq=state.sequence)
+
+    def stats(self) -> CoordinatorStats:
+        outbox = self._outbox
+        dropped = dict(outbox.dropped)
+        return CoordinatorStats(
+            sent=outbox.accepted,
+            delivered=outbox.delivered,
+            dropped=sum(dropped.values()),
+            dropped_by_kind=dropped,
+            drop_reasons=dict(outbox.drop_reasons),
+            queued=outbox.queued,
+            inflight=outbox.inflight,
+            queued_bytes=outbox.bytes,
+            connected=self.is_connected,
+            registered=self.is_registered,
+            connects=self._connects,
+            reconnects=max(self._connects - 1, 0),
+            connect_failures=self._connect_failures,
+            received=self._received,
+            inbound_dropped=dict(self._inbound_dropped),
+        )
+
+    # ------------------------------------------------------------------ the client thread
+
+    async def _main(self, ready: threading.Event) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._wake = wake = asyncio.Event()
+
+        def wakeup() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(wake.set)
+
+        self._outbox.set_wakeup(wakeup)
+        ready.set()
+        delays = backoff_delays(self.config)
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                ws = await self._dial()
+                if ws is None:
+                    break  # closing
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                self._connect_failures += 1
+                self._warn.log(
+                    logging.WARNING,
+                    "connect",
+                    "cannot connect to the hub at %s (attempt %d): %s",
+                    self.config.when_url,
+                    failures,
+                    redact(f"{type(exc).__name__}: {exc}", self.config),
+                )
+                limit = self.config.reconnect_max_attempts
+                if limit and failures >= limit:
+                    _log.error("giving up on the hub after %d failed attempts", failures)
+                    self._outbox.clear("gave up reconnecting")
+                    break
+                await self._pause(next(delays))
+                continue
+            failures = 0
+            delays = backoff_delays(self.config)
+            await self._run_session(ws)
+            if not self._stop.is_set():
+                await self._pause(next(delays))
+
+    async def _dial(self) -> ClientConnection | None:
+        """Open a connection, or None when ``close()`` interrupts the attempt."""
+        assert self._stop is not None
+
+        async def open_connection() -> ClientConnection:
+            return await connect(
+                self.config.when_url,
+                additional_headers=handshake_headers(self.config),
+                user_agent_header=f"when-coordinator/{__version__}",
+                ssl=self._ssl,
+                compression=None,
+                open_timeout=self.config.open_timeout,
+                ping_interval=self.config.ping_interval,
+                ping_timeout=self.config.pong_timeout,
+                close_timeout=2.0,
+                max_size=max(self.config.max_frame_bytes * 4, 1 << 16),
+                proxy=None,
+            )
+
+        dial = asyncio.create_task(open_connection())
+        stop = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({dial, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not dial.done():
+            dial.cancel()
+            await asyncio.gather(dial, return_exceptions=True)
+            return None
+        return dial.result()
+
+    async def _pause(self, delay: float) -> None:
+        assert self._stop is not None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _run_session(self, ws: ClientConnection) -> None:
+        assert self._stop is not None
+        self._session += 1
+        self._connects += 1
+        self._ws = ws
+        self._fire("connected")
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await ws.send(encode(Message.create(self._register_payload())))
+            tasks = [
+                asyncio.create_task(self._reader(ws)),
+                asyncio.create_task(self._writer(ws)),
+                asyncio.create_task(self._wait_stop()),
+            ]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    _log.error("when-coordinator connection task failed", exc_info=task.exception())
+        except ConnectionClosed:
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._ws = None
+            self._registered.clear()
+            self._control.clear()
+            with contextlib.suppress(Exception):
+                await ws.close(1000, "client closing" if self._stop.is_set() else "")
+            requeued = self._outbox.requeue()
+            if requeued:
+                _log.debug("requeued %d unacknowledged messages", requeued)
+            self._fire("disconnected")
+            with self._drained:
+                self._drained.notify_all()
+
+    async def _wait_stop(self) -> None:
+        assert self._stop is not None
+        await self._stop.wait()
+
+    def _register_payload(self) -> RegisterPayload:
+        config = self.config
+        return RegisterPayload(
+            service_name=config.service_name,
+            service_id=self.service_id or config.service_id,
+            instance_id=config.instance_id,
+            capabilities=config.capabilities or None,
+            version=config.version,
+            protocol_version=config.protocol_version,
+            schema_version=config.schema_version,
+        )
+
+    async def _reader(self, ws: ClientConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for frame in ws:
+                self._received += 1
+                if isinstance(frame, bytes):
+                    self._drop_inbound("binary frame", "a binary frame")
+                    continue
+                if len(frame) > self.config.max_frame_bytes:
+                    self._drop_inbound("oversized frame", f"a frame of {len(frame)} characters")
+                    continue
+                try:
+                    message = decode(frame)
+                except ProtocolError as exc:
+                    self._drop_inbound("invalid frame", str(exc))
+                    continue
+                await self._dispatch(message)
+
+    def _drop_inbound(self, reason: str, detail: str) -> None:
+        self._inbound_dropped[reason] += 1
+        self._warn.log(logging.WARNING, reason, "dropped %s from the hub: %s", reason, detail)
+
+    async def _dispatch(self, message: Message) -> None:
+        key = str(message.type)
+        handler = self._handlers.get(key)
+        try:
+            if handler is not None:
+                result = handler(message)
+                if inspect.isawaitable(result):
+                    await result
+                return
+            default = self._defaults.get(key)
+            if default is None:
+                _log.debug("ignoring message of unknown type %r", key)
+                self._inbound_dropped["unknown type"] += 1
+                return
+            default(message)
+        except ProtocolError as exc:
+            self._drop_inbound("invalid payload", f"{key}: {exc}")
+        except Exception:
+            _log.exception("handler for %r messages failed", key)
+        if self._control and self._wake is not None:
+            self._wake.set()
+
+    async def _writer(self, ws: ClientConnection) -> None:
+        assert self._wake is not None
+        wake, outbox, control = self._wake, self._outbox, self._control
+        session = self._session
+        while True:
+            while control:
+                await ws.send(encode(control.popleft()))
+            if outbox.inflight >= _INFLIGHT_CONFIRM_EVERY * 4:
+                # Flow control: wait for the hub to catch up before sending more.
+                self._start_confirm(ws, session)
+                wake.clear()
+                await wake.wait()
+                continue
+            wake.clear()
+            entry = outbox.take()
+            if entry is None:
+                if outbox.inflight:
+                    self._start_confirm(ws, session)
+                await wake.wait()
+                continue
+            if entry.text is None:
+                try:
+                    entry.text = encode(_build(entry))
+                except Exception as exc:
+                    outbox.discard(entry, "cannot encode")
+                    self._warn.log(logging.WARNING, "encode", "dropped a %s: %s", entry.type, exc)
+                    continue
+            await ws.send(entry.text)
+            if outbox.inflight >= _INFLIGHT_CONFIRM_EVERY:
+                self._start_confirm(ws, session)
+
+    def _start_confirm(self, ws: ClientConnection, session: int) -> None:
+        if not self._confirming:
+            self._confirming = True
+            asyncio.get_running_loop().create_task(self._confirm(ws, session))
+
+    async def _confirm(self, ws: ClientConnection, session: int) -> None:
+        """Ping after what was sent; the pong proves the hub received all of it."""
+        try:
+            count = self._outbox.inflight
+            try:
+                pong = await ws.ping()
+                await asyncio.wait_for(pong, self.config.pong_timeout)
+            except asyncio.TimeoutError:
+                _log.warning(
+                    "no pong from the hub within %.1f s: reconnecting", self.config.pong_timeout
+                )
+                ws.transport.abort()
+                return
+            except ConnectionClosed:
+                return
+            if session == self._session and self._ws is ws:
+                self._outbox.confirm(count)
+                with self._drained:
+                    self._drained.notify_all()
+        finally:
+            self._confirming = False
+            if self._wake is not None:
+                self._wake.set()
+
+    # ------------------------------------------------------------------ default handlers
+
+    def _on_registered(self, message: Message) -> None:
+        payload = message.typed_payload()
+        assert isinstance(payload, RegisteredPayload)
+        if payload.service_id:
+            self.service_id = payload.service_id
+        self.hub_protocol_version = payload.hub_protocol_version
+        # Re-assert every live workflow to a hub that may have lost it, except transitions
+        # still on their way (they will arrive anyway, and must not arrive twice).
+        for state in self._phases.get_active_workflows():
+            if not self._outbox.phase_pending(state.workflow_id, state.sequence):
+                self._control.append(_phase_message(state, time.time_ns()))
+        self._registered.set()
+        self._fire("registered", payload)
+
+    def _on_ping(self, message: Message) -> None:
+        self._control.appendleft(message.reply(EmptyPayload(), type=MessageType.PONG))
+
+    def _on_status(self, message: Message) -> None:
+        workflow_id = message.target_workflow_id()
+        try:
+            state = self._phases.get_state(workflow_id)
+        except PhaseError:
+            _log.info("status asked for unknown workflow %r: not answered", workflow_id)
+            return
+        payload = StatusResponsePayload(
+            workflow_id=workflow_id,
+            phase=state.phase,
+            progress=state.progress,
+            current_action=state.current_action,
+            message=state.reason,
+        )
+        self._control.append(message.reply(payload))
+
+    def _on_command(self, message: Message) -> None:
+        payload = message.typed_payload()
+        workflow_id = message.target_workflow_id()
+        phases = self._phases
+        event = CommandEvent(MessageType(message.type), workflow_id, False, message=message)
+        try:
+            if isinstance(payload, PausePayload):
+                event = replace(event, reason=payload.reason)
+                state = phases.pause(workflow_id, payload.reason)
+            elif isinstance(payload, ResumePayload):
+                event = replace(event, from_checkpoint=payload.from_checkpoint)
+                state = phases.resume(workflow_id, payload.from_checkpoint)
+            else:
+                assert isinstance(payload, CancelPayload)
+                event = replace(event, reason=payload.reason, force=payload.force)
+                state = phases.cancel(workflow_id, payload.reason)
+        except PhaseError as exc:
+            _log.info("refused %s from the hub: %s", message.type, exc)
+            event = replace(event, error=str(exc))
+        else:
+            event = replace(event, accepted=True, state=state)
+        self._fire("command", event)
+
+
+# ---------------------------------------------------------------------- building messages
+
+
+def _entry_size(entry: LogEntry) -> int:
+    return 160 + len(entry.message) + (approx_size(entry.fields) if entry.fields else 0)
+
+
+def _phase_message(state: PhaseState, time_ns: int) -> Message:
+    payload = PhaseChangedPayload(
+        workflow_id=state.workflow_id,
+        from_phase=state.previous_phase,
+        to_phase=state.phase,
+        checkpoint_id=state.checkpoint_id,
+        reason=state.reason,
+    )
+    return Message.create(payload, timestamp=format_timestamp(time_ns))
+
+
+def _stamped(entry: LogEntry, time_ns: int) -> LogEntry:
+    if entry.timestamp and not entry.fields:
+        return entry
+    return replace(
+        entry,
+        timestamp=entry.timestamp or format_timestamp(time_ns),
+        fields=jsonable(entry.fields) if entry.fields else {},
+    )
+
+
+def _build(entry: Entry) -> Message:
+    """Turn a queued entry into its message; runs on the client's thread."""
+    body, wf, stamp = entry.body, entry.wf, entry.time_ns
+    kind = entry.type
+    if isinstance(body, Message):
+        return body
+    if kind is MessageType.PHASE_CHANGED:
+        return _phase_message(body, stamp)
+    payload: Any
+    if kind is MessageType.PROGRESS:
+        action_id, percent, stage, text, current, total = body
+        payload = ProgressPayload(wf, percent, action_id, stage, text, current, total)
+    elif kind is MessageType.WORKFLOW_CREATED:
+        payload = WorkflowCreatedPayload(wf, *body)
+    elif kind is MessageType.CHECKPOINT:
+        checkpoint_id, reason, state = body
+        payload = CheckpointPayload(wf, checkpoint_id, reason, jsonable(state) if state else None)
+    elif kind is MessageType.ERROR:
+        action_id, text, recoverable = body
+        payload = ErrorPayload(wf, text, recoverable, action_id)
+    elif kind is MessageType.LOG:
+        payload = LogPayload(_stamped(body, stamp))
+    elif kind is MessageType.LOG_BATCH:
+        payload = LogBatchPayload(tuple(_stamped(item, stamp) for item in body))
+    else:
+        raise ProtocolError(f"no builder for {kind!r}")
+    return Message.create(payload, timestamp=format_timestamp(stamp))
+
+
+# ---------------------------------------------------------------------- process lifecycle
+
+
+def _close_at_exit(ref: weakref.ref[Coordinator]) -> None:
+    coordinator = ref()
+    if coordinator is not None and not coordinator._forked:
+        try:
+            coordinator.close()
+        except Exception:
+            _log.debug("closing at exit failed", exc_info=True)
+
+
+def _reset_after_fork(ref: weakref.ref[Coordinator]) -> None:
+    """In a forked child: forget the parent's thread, socket and queue; stay quiet.
+
+    The parent still owns its connection and delivers its own queue. A child that should
+    report calls ``connect()`` again, which starts a fresh connection and queue.
+    """
+    coordinator = ref()
+    if coordinator is None:
+        return
+    coordinator._lifecycle = threading.Lock()
+    coordinator._drained = threading.Condition()
+    coordinator._registered = threading.Event()
+    coordinator._thread = None
+    coordinator._loop = None
+    coordinator._ws = None
+    coordinator._stop = None
+    coordinator._wake = None
+    coordinator._control.clear()
+    coordinator._confirming = False
+    coordinator._forked = True
+    coordinator._outbox = Outbox(
+        coordinator.config.outbox_max_messages, coordinator.config.outbox_max_bytes
+    )
+    coordinator._phases._reset_lock_after_fork()

@@ -1,0 +1,297 @@
+"""The bounded outbox between application threads and the connection (PROTOCOL.md section 6).
+
+Application threads only ``put``; the connection's thread ``take``s, sends, and later either
+``confirm``s what the hub acknowledged or ``requeue``s it after a drop. Memory is bounded by
+message count and by approximate bytes, including what is sent but not yet acknowledged.
+
+When full, the outbox sheds in a fixed order that protects workflow state: the oldest log
+first, then a superseded progress of the same workflow, then the oldest progress, and the oldest
+workflow-state message (``workflow_created``, ``phase_changed``, ``checkpoint``, ``error``) only
+when nothing else is left. Every message accepted is eventually delivered or counted as
+dropped, so ``accepted == delivered + dropped + queued + inflight`` always holds.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..protocol import MessageType
+
+__all__ = ["LANE_LOG", "LANE_PROGRESS", "LANE_STATE", "Entry", "Outbox", "lane_of"]
+
+LANE_STATE = 0
+LANE_PROGRESS = 1
+LANE_LOG = 2
+
+_LANES: dict[str, int] = {
+    MessageType.PROGRESS: LANE_PROGRESS,
+    MessageType.LOG: LANE_LOG,
+    MessageType.LOG_BATCH: LANE_LOG,
+}
+
+
+def lane_of(message_type: MessageType | str) -> int:
+    """Everything that is not progress or a log is kept like workflow state."""
+    return _LANES.get(message_type, LANE_STATE)
+
+
+class Entry:
+    """One queued message, not yet encoded: encoding happens on the connection's thread.
+
+    ``body`` is whatever the entry's builder needs; ``text`` is set once it is encoded, so a
+    message sent again after a drop keeps its id and the hub can recognise the duplicate.
+    ``phase_seq`` is the ``PhaseState`` sequence of a ``phase_changed`` (or -1), used so a
+    replay never duplicates a queued transition.
+    """
+
+    __slots__ = (
+        "body",
+        "dropped",
+        "lane",
+        "phase_seq",
+        "seq",
+        "size",
+        "text",
+        "time_ns",
+        "type",
+        "wf",
+    )
+
+    def __init__(
+        self,
+        message_type: MessageType | str,
+        workflow_id: str,
+        body: Any,
+        size: int,
+        time_ns: int,
+        phase_seq: int = -1,
+    ) -> None:
+        self.type = message_type
+        self.wf = workflow_id
+        self.body = body
+        self.size = size
+        self.time_ns = time_ns
+        self.phase_seq = phase_seq
+        self.lane = lane_of(message_type)
+        self.seq = 0
+        self.dropped = False
+        self.text: str | None = None  # the encoded frame, kept so a resend is identical
+
+
+class Outbox:
+    """Thread-safe, never blocking, bounded by ``max_messages`` and ``max_bytes``."""
+
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._lanes: tuple[deque[Entry], ...] = (deque(), deque(), deque())
+        self._inflight: deque[Entry] = deque()
+        self._latest_progress: dict[str, Entry] = {}
+        self._pending_phase: dict[str, int] = {}
+        self._tombstones = 0
+        self._count = 0  # live entries in lanes and in flight
+        self._bytes = 0
+        self._seq = 0
+        self._waiting = False
+        self._on_wakeup: Callable[[], None] | None = None
+        self.accepted = 0
+        self.delivered = 0
+        self.dropped: Counter[str] = Counter()
+        self.drop_reasons: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ producer side
+
+    def put(self, entry: Entry) -> bool:
+        """Queue ``entry``, shedding by policy if full; False when ``entry`` itself was shed."""
+        wake = None
+        with self._lock:
+            self.accepted += 1
+            if entry.size > self.max_bytes:
+                self._count_drop(entry, "larger than the outbox byte bound")
+                return False
+            while (
+                self._count + 1 > self.max_messages or self._bytes + entry.size > self.max_bytes
+            ) and not self._shed_for(entry):
+                self._count_drop(entry, "outbox full")
+                return False
+            self._seq += 1
+            entry.seq = self._seq
+            self._lanes[entry.lane].append(entry)
+            self._count += 1
+            self._bytes += entry.size
+            if entry.lane == LANE_PROGRESS:
+                self._latest_progress[entry.wf] = entry
+            elif entry.phase_seq >= 0:
+                self._pending_phase[entry.wf] = entry.phase_seq
+            if self._waiting:
+                self._waiting = False
+                wake = self._on_wakeup
+        if wake is not None:
+            wake()
+        return True
+
+    def reject(self, message_type: MessageType | str, reason: str) -> None:
+        """Count a message that was refused before it could be queued."""
+        with self._lock:
+            self.accepted += 1
+            self.dropped[str(message_type)] += 1
+            self.drop_reasons[reason] += 1
+
+    def _shed_for(self, incoming: Entry) -> bool:
+        """Drop one queued entry to make room for ``incoming``; False if it should go instead."""
+        logs, progress, state = self._lanes[LANE_LOG], self._lanes[LANE_PROGRESS], self._lanes[0]
+        victim: Entry | None = None
+        if self._first_live(logs):
+            victim = logs.popleft()
+        elif incoming.lane == LANE_LOG:
+            return False
+        elif incoming.lane == LANE_PROGRESS and incoming.wf in self._latest_progress:
+            victim = self._latest_progress.pop(incoming.wf)
+            victim.dropped = True  # superseded: tombstoned where it stands, skipped later
+            self._tombstones += 1
+            self._forget(victim, "superseded by newer progress")
+            self._compact()
+            return True
+        elif self._first_live(progress):
+            victim = progress.popleft()
+        elif incoming.lane == LANE_PROGRESS:
+            return False
+        elif self._first_live(state):
+            victim = state.popleft()
+        else:
+            return False  # everything left is in flight: nothing can be shed
+        self._forget(victim, "outbox full")
+        return True
+
+    def _first_live(self, lane: deque[Entry]) -> bool:
+        while lane and lane[0].dropped:
+            lane.popleft()
+            self._tombstones -= 1
+        return bool(lane)
+
+    def _compact(self) -> None:
+        progress = self._lanes[LANE_PROGRESS]
+        if self._tombstones > 64 and self._tombstones > len(progress) // 2:
+            live = [entry for entry in progress if not entry.dropped]
+            progress.clear()
+            progress.extend(live)
+            self._tombstones = 0
+
+    def _forget(self, entry: Entry, reason: str) -> None:
+        """Account for a queued entry that is dropped; the caller already unlinked it."""
+        self._count -= 1
+        self._bytes -= entry.size
+        self._untrack(entry)
+        self._count_drop(entry, reason)
+
+    def _untrack(self, entry: Entry) -> None:
+        if entry.lane == LANE_PROGRESS:
+            if self._latest_progress.get(entry.wf) is entry:
+                del self._latest_progress[entry.wf]
+        elif entry.phase_seq >= 0 and self._pending_phase.get(entry.wf) == entry.phase_seq:
+            del self._pending_phase[entry.wf]
+
+    def _count_drop(self, entry: Entry, reason: str) -> None:
+        self.dropped[str(entry.type)] += 1
+        self.drop_reasons[reason] += 1
+
+    # ------------------------------------------------------------------ consumer side
+
+    def set_wakeup(self, wakeup: Callable[[], None] | None) -> None:
+        """Called (from any thread) when an entry arrives while the consumer waits."""
+        with self._lock:
+            self._on_wakeup = wakeup
+
+    def take(self) -> Entry | None:
+        """The oldest queued entry, moved in flight; None (and arm the wakeup) when empty."""
+        with self._lock:
+            best: Entry | None = None
+            for lane in self._lanes:
+                if self._first_live(lane) and (best is None or lane[0].seq < best.seq):
+                    best = lane[0]
+            if best is None:
+                self._waiting = True
+                return None
+            self._lanes[best.lane].popleft()
+            if best.lane == LANE_PROGRESS and self._latest_progress.get(best.wf) is best:
+                del self._latest_progress[best.wf]
+            self._inflight.append(best)
+            return best
+
+    def discard(self, entry: Entry, reason: str) -> None:
+        """Drop an in-flight entry that cannot be sent (it failed to encode, say)."""
+        with self._lock:
+            try:
+                self._inflight.remove(entry)
+            except ValueError:
+                return
+            self._forget(entry, reason)
+
+    def confirm(self, count: int) -> None:
+        """The hub has received the oldest ``count`` in-flight entries."""
+        with self._lock:
+            for _ in range(min(count, len(self._inflight))):
+                entry = self._inflight.popleft()
+                self._count -= 1
+                self._bytes -= entry.size
+                self._untrack(entry)
+                self.delivered += 1
+
+    def requeue(self) -> int:
+        """After a drop, put every unacknowledged entry back at the front, in order."""
+        with self._lock:
+            moved = len(self._inflight)
+            while self._inflight:
+                entry = self._inflight.pop()
+                self._lanes[entry.lane].appendleft(entry)
+                if entry.lane == LANE_PROGRESS and entry.wf not in self._latest_progress:
+                    self._latest_progress[entry.wf] = entry
+            return moved
+
+    def clear(self, reason: str) -> None:
+        """Drop everything, counted (used when the client gives up or is closed)."""
+        with self._lock:
+            for lane in (*self._lanes, self._inflight):
+                while lane:
+                    entry = lane.popleft()
+                    if not entry.dropped:
+                        self._forget(entry, reason)
+            self._tombstones = 0
+
+    # ------------------------------------------------------------------ reads
+
+    def phase_pending(self, workflow_id: str, phase_seq: int) -> bool:
+        """Whether that transition of the workflow is queued or in flight."""
+        with self._lock:
+            return self._pending_phase.get(workflow_id) == phase_seq
+
+    @property
+    def queued(self) -> int:
+        with self._lock:
+            return self._count - len(self._inflight)
+
+    @property
+    def inflight(self) -> int:
+        with self._lock:
+            return len(self._inflight)
+
+    @property
+    def pending(self) -> int:
+        """Queued plus in flight: what is not yet delivered nor dropped."""
+        with self._lock:
+            return self._count
+
+    @property
+    def bytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def __iter__(self) -> Iterator[Entry]:
+        """A snapshot of the queued entries in sending order (for tests and debugging)."""
+        with self._lock:
+            live = [e for lane in self._lanes for e in lane if not e.dropped]
+        return iter(sorted(live, key=lambda e: e.seq))
