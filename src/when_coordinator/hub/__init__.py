@@ -1,0 +1,64 @@
+"""The reference when-v3 hub: run, watch and steer workflows without a when-v3 deployment.
+
+``Hub`` is a real server speaking the hub side of the coordination protocol (PROTOCOL.md),
+with an operator API on the same port; the ``when-coordinator`` command line and the test
+suite both use it. See docs/hub.md.
+"""
+
+from .errors import (
+    CommandError,
+    HubClosed,
+    HubError,
+    ServiceUnavailable,
+    StatusTimeout,
+    WorkflowNotFound,
+)
+from .operator import OperatorError
+from .server import COORDINATION_PATHS, OPERATOR_PATH, Hub, ReceivedMessage, SentMessage
+from .state import (
+    HUB_PROTOCOL_VERSION,
+    Anomaly,
+    CheckpointRecord,
+    ConnectionState,
+    ErrorRecord,
+    Health,
+    HubState,
+    LogRecord,
+    PhaseChange,
+    ServiceState,
+    VersionRefused,
+    WorkflowState,
+    negotiate_version,
+)
+from .store import HubStore
+from .threaded import ThreadedHub
+
+__all__ = [
+    "COORDINATION_PATHS",
+    "HUB_PROTOCOL_VERSION",
+    "OPERATOR_PATH",
+    "Anomaly",
+    "CheckpointRecord",
+    "CommandError",
+    "ConnectionState",
+    "ErrorRecord",
+    "Health",
+    "Hub",
+    "HubClosed",
+    "HubError",
+    "HubState",
+    "HubStore",
+    "LogRecord",
+    "OperatorError",
+    "PhaseChange",
+    "ReceivedMessage",
+    "SentMessage",
+    "ServiceState",
+    "ServiceUnavailable",
+    "StatusTimeout",
+    "ThreadedHub",
+    "VersionRefused",
+    "WorkflowNotFound",
+    "WorkflowState",
+    "negotiate_version",
+]

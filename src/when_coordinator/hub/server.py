@@ -1,0 +1,860 @@
+"""The reference hub's server: the hub side of PROTOCOL.md on a websockets asyncio server.
+
+One port serves everything:
+
+- ``/v1/coordination`` and ``/ws/coordination``: the coordination protocol for services;
+- ``/v1/operator``: the operator WebSocket (commands and a live event stream);
+- ``GET /healthz``, ``GET /v1/...`` and ``POST /v1/workflows/<id>/<command>``: the operator's
+  HTTP JSON API (see ``operator.py`` and docs/hub.md); any other path is a 404.
+
+All state lives in a ``HubState`` changed only on the event loop, one received frame at a time;
+after each frame the hub re-evaluates ``wait_for`` predicates, feeds operator watchers and
+queues changes for the optional SQLite store, whose writes run on a worker thread.
+
+Bad clients are contained per connection: frames that are binary, not JSON or ill-typed are
+dropped and counted with their reason; frames over ``max_frame_bytes`` close that connection
+with 1009; a token bucket per connection drops (and counts) frames beyond ``rate_limit`` per
+second and closes with 1008 when drops within one second reach ``flood_close_after``. The loop
+yields between a connection's frames every few dozen, so a flood cannot starve the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hmac
+import inspect
+import itertools
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from ..protocol import (
+    CancelPayload,
+    Message,
+    MessageType,
+    PausePayload,
+    ProtocolError,
+    RegisteredPayload,
+    RegisterPayload,
+    ResumePayload,
+    StatusPayload,
+    StatusResponsePayload,
+    decode,
+    encode,
+)
+from .errors import HubClosed, HubError, ServiceUnavailable, StatusTimeout, WorkflowNotFound
+from .operator import OperatorSession, http_request
+from .state import (
+    HUB_PROTOCOL_VERSION,
+    Anomaly,
+    Changes,
+    ConnectionState,
+    HubState,
+    LogEvent,
+    LogRecord,
+    ServiceState,
+    VersionRefused,
+    WorkflowState,
+)
+from .store import HubStore, StoreBatch
+
+if TYPE_CHECKING:
+    from .threaded import ThreadedHub
+
+__all__ = [
+    "COORDINATION_PATHS",
+    "OPERATOR_PATH",
+    "Hub",
+    "ReceivedMessage",
+    "SentMessage",
+]
+
+_log = logging.getLogger("when_coordinator.hub")
+
+COORDINATION_PATHS = ("/v1/coordination", "/ws/coordination")
+OPERATOR_PATH = "/v1/operator"
+
+_T = TypeVar("_T")
+_YIELD_EVERY = 32
+
+
+class ReceivedMessage(NamedTuple):
+    """A message the hub accepted, with the service it is attributed to ("" if none yet)."""
+
+    service_id: str
+    message: Message
+
+
+class SentMessage(NamedTuple):
+    """A message the hub sent to a service."""
+
+    service_id: str
+    message: Message
+
+
+class _Peer:
+    """An open coordination connection and its rate limiter."""
+
+    __slots__ = (
+        "connection_id",
+        "frames",
+        "tokens",
+        "updated",
+        "window_drops",
+        "window_start",
+        "ws",
+    )
+
+    def __init__(self, connection_id: str, ws: ServerConnection, burst: float, now: float) -> None:
+        self.connection_id = connection_id
+        self.ws = ws
+        self.tokens = burst
+        self.updated = now
+        self.window_start = now
+        self.window_drops = 0
+        self.frames = 0
+
+
+@dataclass(slots=True)
+class _Waiter:
+    predicate: Callable[[], object]
+    future: asyncio.Future[Any]
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class _PendingStatus:
+    future: asyncio.Future[StatusResponsePayload]
+    connection_id: str
+    workflow_id: str
+
+
+def _close_info(ws: ServerConnection) -> tuple[int, str]:
+    """The close code and reason of whoever closed first (1006 if nobody did)."""
+    protocol = ws.protocol
+    sent, rcvd = protocol.close_sent, protocol.close_rcvd
+    if sent is not None and (rcvd is None or not protocol.close_rcvd_then_sent):
+        return sent.code, sent.reason
+    if rcvd is not None:
+        return rcvd.code, rcvd.reason
+    return 1006, "connection lost without a close frame"
+
+
+def _format_remote(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address or "")
+
+
+def _describe(predicate: Callable[..., object]) -> str:
+    try:
+        source = inspect.getsource(predicate).strip()
+    except (OSError, TypeError):
+        return repr(predicate)
+    return " ".join(source.split())[:200]
+
+
+class Hub:
+    """The reference when-v3 hub: an asyncio WebSocket server plus its state and commands.
+
+    ``async with Hub(port=0) as hub:`` starts it on a free port (``hub.url``); from synchronous
+    code use ``with Hub(port=0).run_in_thread() as hub:``. The read views (``services``,
+    ``workflows``, ``connections``, ``logs``, ``received``) show live records that change on
+    the hub's event loop; ``wait_for`` is how to synchronise with them.
+
+    ``token``: when set, every client (services and operators) must send
+    ``Authorization: Bearer <token>``; others get HTTP 401 at the handshake.
+    ``db``: a SQLite file that keeps services, workflows and logs across restarts.
+    ``ping_interval``: seconds between JSON pings to each service; a service whose oldest
+    unanswered ping is older than ``pong_timeout`` (default: ``ping_interval``) is ``late``.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        token: str | None = None,
+        db: str | os.PathLike[str] | None = None,
+        ping_interval: float = 30.0,
+        pong_timeout: float | None = None,
+        max_frame_bytes: int = 1 << 20,
+        log_buffer: int = 10_000,
+        workflow_log_buffer: int = 1_000,
+        record_limit: int = 10_000,
+        max_workflows: int = 10_000,
+        rate_limit: float = 5_000.0,
+        rate_burst: int = 10_000,
+        flood_close_after: int | None = 20_000,
+        command_timeout: float = 5.0,
+        store_interval: float = 0.2,
+        protocol_version: str = HUB_PROTOCOL_VERSION,
+    ) -> None:
+        if ping_interval <= 0:
+            raise ValueError("ping_interval must be > 0 seconds")
+        if rate_limit <= 0 or rate_burst < 1:
+            raise ValueError("rate_limit must be > 0 and rate_burst >= 1")
+        if token is not None and not token:
+            raise ValueError("token must not be empty (use None for no authentication)")
+        self._host = host
+        self._requested_port = port
+        self._token = token.encode() if token is not None else None
+        self._db = db
+        self._ping_interval = float(ping_interval)
+        self._pong_timeout = float(pong_timeout if pong_timeout is not None else ping_interval)
+        self._max_frame_bytes = max_frame_bytes
+        self._rate = float(rate_limit)
+        self._burst = float(rate_burst)
+        self._flood_close_after = flood_close_after
+        self.command_timeout = command_timeout
+        self.protocol_version = protocol_version
+        self._state = HubState(
+            hub_protocol_version=protocol_version,
+            log_buffer=log_buffer,
+            workflow_log_buffer=workflow_log_buffer,
+            max_workflows=max_workflows,
+        )
+        self._received: deque[ReceivedMessage] = deque(maxlen=max(1, record_limit))
+        self._sent: deque[SentMessage] = deque(maxlen=max(1, record_limit))
+        self._peers: dict[str, _Peer] = {}
+        self._connection_ids = itertools.count(1)
+        self._pending: dict[str, _PendingStatus] = {}
+        self._waiters: list[_Waiter] = []
+        self._subscribers: set[OperatorSession] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._port = 0
+        self._closed: asyncio.Event | None = None
+        self._persister: _Persister | None = None
+        self._log_buffer = log_buffer
+        self._store_interval = store_interval
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> Hub:
+        """Bind the port (restoring the SQLite state first when ``db`` is set)."""
+        if self._server is not None:
+            raise HubError("hub already started")
+        self._loop = asyncio.get_running_loop()
+        self._closed = asyncio.Event()
+        if self._db is not None:
+            store = HubStore(self._db, log_limit=self._log_buffer)
+            self._persister = _Persister(self._state, store, self._store_interval)
+            snapshot = await self._persister.run(store.load)
+            self._state.restore(snapshot)
+            self._state.take_changes()
+            self._persister.start()
+        try:
+            self._server = await serve(
+                self._handler,
+                self._host,
+                self._requested_port,
+                process_request=self._process_request,
+                max_size=self._max_frame_bytes,
+                compression=None,
+                logger=logging.getLogger("when_coordinator.hub.websockets"),
+            )
+        except BaseException:
+            if self._persister is not None:
+                await self._persister.close()
+            raise
+        self._port = int(self._server.sockets[0].getsockname()[1])
+        self._spawn(self._ping_loop())
+        _log.info("hub listening on %s", self.url)
+        return self
+
+    async def close(self) -> None:
+        """Close every connection (1001), fail pending commands and waiters, flush the store."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        await server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(ServiceUnavailable("the hub closed"))
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(HubClosed("the hub closed while waiting"))
+        if self._persister is not None:
+            self._persister.add(self._state.take_changes())
+            await self._persister.close()
+        assert self._closed is not None
+        self._closed.set()
+        _log.info("hub on port %d closed", self._port)
+
+    async def serve_forever(self) -> None:
+        """Wait until ``close()`` is called (from a signal handler, say)."""
+        if self._closed is None:
+            raise HubClosed("start() the hub first")
+        await self._closed.wait()
+
+    async def __aenter__(self) -> Hub:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def run_in_thread(self) -> ThreadedHub:
+        """A handle that runs this hub on its own thread: ``with hub.run_in_thread() as h:``."""
+        from .threaded import ThreadedHub  # noqa: PLC0415 - threaded imports this module
+
+        return ThreadedHub(self)
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ addresses
+
+    @property
+    def host(self) -> str:
+        """A host clients can dial (the wildcard addresses map to loopback)."""
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self._host, self._host)
+        return f"[{host}]" if ":" in host else host
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when started with ``port=0``)."""
+        if self._port == 0:
+            raise HubClosed("the hub is not started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The coordination URL services connect to."""
+        return f"ws://{self.host}:{self.port}{COORDINATION_PATHS[0]}"
+
+    @property
+    def http_url(self) -> str:
+        """The base of the operator HTTP API (what ``--hub`` takes)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def operator_url(self) -> str:
+        return f"ws://{self.host}:{self.port}{OPERATOR_PATH}"
+
+    # ------------------------------------------------------------------ read views
+
+    @property
+    def state(self) -> HubState:
+        """The underlying state (change it only through the hub)."""
+        return self._state
+
+    @property
+    def services(self) -> Mapping[str, ServiceState]:
+        return MappingProxyType(self._state.services)
+
+    @property
+    def workflows(self) -> Mapping[str, WorkflowState]:
+        return MappingProxyType(self._state.workflows)
+
+    @property
+    def connections(self) -> Mapping[str, ConnectionState]:
+        """Coordination connections, open and recently closed, by connection id."""
+        return MappingProxyType(self._state.connections)
+
+    @property
+    def logs(self) -> tuple[LogRecord, ...]:
+        """The hub-wide log buffer, oldest first."""
+        return tuple(self._state.logs)
+
+    @property
+    def logs_evicted(self) -> int:
+        """Log records the hub-wide buffer has pushed out."""
+        return self._state.logs.evicted
+
+    def logs_for(self, workflow_id: str) -> tuple[LogRecord, ...]:
+        """One workflow's log buffer, oldest first."""
+        return self._state.logs_for(workflow_id)
+
+    @property
+    def received(self) -> deque[ReceivedMessage]:
+        """Every accepted message in arrival order (bounded by ``record_limit``)."""
+        return self._received
+
+    @property
+    def sent(self) -> deque[SentMessage]:
+        """Every message sent to services (registered, ping, commands), in order."""
+        return self._sent
+
+    @property
+    def anomalies(self) -> tuple[Anomaly, ...]:
+        """The most recent anomalies of the whole hub."""
+        return tuple(self._state.anomalies)
+
+    @property
+    def watchers(self) -> int:
+        """Operator connections currently subscribed to the event stream."""
+        return len(self._subscribers)
+
+    # ------------------------------------------------------------------ synchronisation
+
+    async def wait_for(self, predicate: Callable[[Hub], _T], timeout: float = 5.0) -> _T:
+        """Wait until ``predicate(hub)`` is truthy and return its value.
+
+        The predicate is evaluated now and after every state change (each received frame,
+        connection, ping round), synchronously, so no intermediate state is missed. An
+        exception in it (say ``KeyError`` before a workflow exists) counts as false.
+        Raises ``TimeoutError`` naming the predicate and its last exception.
+        """
+        waiter = _Waiter(lambda: predicate(self), asyncio.get_running_loop().create_future())
+        if self._check(waiter):
+            return waiter.future.result()  # type: ignore[no-any-return]
+        self._waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+        except asyncio.TimeoutError:
+            detail = f"; last error: {waiter.error!r}" if waiter.error is not None else ""
+            raise TimeoutError(
+                f"hub.wait_for timed out after {timeout:g} s: {_describe(predicate)}{detail}"
+            ) from None
+        finally:
+            self._waiters.remove(waiter)
+
+    @staticmethod
+    def _check(waiter: _Waiter) -> bool:
+        if waiter.future.done():
+            return False
+        try:
+            result = waiter.predicate()
+        except Exception as exc:
+            waiter.error = exc
+            return False
+        if result:
+            waiter.future.set_result(result)
+            return True
+        return False
+
+    def _publish(self) -> None:
+        """After any change: feed watchers and the store, then re-check waiters."""
+        changes = self._state.take_changes()
+        if changes:
+            if self._persister is not None:
+                self._persister.add(changes)
+            for session in tuple(self._subscribers):
+                session.push(changes)
+        for waiter in tuple(self._waiters):
+            self._check(waiter)
+
+    def _subscribe(self, session: OperatorSession) -> None:
+        self._subscribers.add(session)
+        self._publish()
+
+    def _unsubscribe(self, session: OperatorSession) -> None:
+        self._subscribers.discard(session)
+        self._publish()
+
+    async def flush(self) -> None:
+        """Write pending changes to the SQLite store now (no-op without ``db``)."""
+        self._publish()
+        if self._persister is not None:
+            await self._persister.flush()
+
+    # ------------------------------------------------------------------ commands
+
+    def _route(self, workflow_id: str, service_id: str | None) -> tuple[_Peer, str]:
+        if not isinstance(workflow_id, str) or not workflow_id:
+            raise ValueError("workflow_id must be a non-empty string")
+        if self._server is None:
+            raise HubClosed("the hub is not running")
+        state = self._state
+        if service_id is not None:
+            service = state.services.get(service_id)
+            if service is None:
+                raise WorkflowNotFound(f"unknown service {service_id!r}")
+            peer = self._peers.get(service.connection_id) if service.connected else None
+            if peer is None:
+                raise ServiceUnavailable(f"service {service_id!r} is not connected")
+            return peer, service_id
+        workflow = state.workflows.get(workflow_id)
+        if workflow is None:
+            raise WorkflowNotFound(
+                f"unknown workflow {workflow_id!r}: no service has reported it to this hub"
+            )
+        peer = self._peers.get(workflow.connection_id)
+        if peer is None:
+            service = state.services.get(workflow.service_id)
+            if service is not None and service.connected:
+                peer = self._peers.get(service.connection_id)
+        if peer is None:
+            raise ServiceUnavailable(
+                f"service {workflow.service_id!r}, which runs workflow {workflow_id!r}, "
+                "is not connected"
+            )
+        return peer, workflow.service_id
+
+    async def _command(self, message: Message, service_id: str | None) -> Message:
+        peer, owner = self._route(message.workflow_id, service_id)
+        await self._send(peer, message, owner, timeout=self.command_timeout)
+        return message
+
+    async def pause(
+        self, workflow_id: str, reason: str = "", *, service_id: str | None = None
+    ) -> Message:
+        """Ask the owning service to pause the workflow; returns the message sent.
+
+        Commands are never acknowledged: wait for the ``phase_changed`` that follows.
+        ``service_id`` sends to that service even if the hub does not know the workflow.
+        """
+        payload = PausePayload(workflow_id=workflow_id, reason=reason)
+        return await self._command(Message.create(payload), service_id)
+
+    async def resume(
+        self, workflow_id: str, from_checkpoint: str = "", *, service_id: str | None = None
+    ) -> Message:
+        """Ask the owning service to resume a paused workflow (optionally from a checkpoint)."""
+        payload = ResumePayload(workflow_id=workflow_id, from_checkpoint=from_checkpoint)
+        return await self._command(Message.create(payload), service_id)
+
+    async def cancel(
+        self,
+        workflow_id: str,
+        reason: str = "",
+        force: bool = False,
+        *,
+        service_id: str | None = None,
+    ) -> Message:
+        """Ask the owning service to cancel the workflow."""
+        payload = CancelPayload(workflow_id=workflow_id, reason=reason, force=force)
+        return await self._command(Message.create(payload), service_id)
+
+    async def status(
+        self, workflow_id: str, timeout: float = 5.0, *, service_id: str | None = None
+    ) -> StatusResponsePayload:
+        """Ask the owning service for the workflow's status and wait for its answer.
+
+        The answer is correlated by message id. Raises ``WorkflowNotFound``,
+        ``ServiceUnavailable`` (also when the connection drops while waiting) or
+        ``StatusTimeout`` (a ``TimeoutError``).
+        """
+        peer, owner = self._route(workflow_id, service_id)
+        request = Message.create(StatusPayload(workflow_id=workflow_id))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[StatusResponsePayload] = loop.create_future()
+        self._pending[request.id] = _PendingStatus(future, peer.connection_id, workflow_id)
+        try:
+            await self._send(peer, request, owner, timeout=timeout)
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            raise StatusTimeout(
+                f"service {owner!r} did not answer status for workflow {workflow_id!r} "
+                f"within {timeout:g} s"
+            ) from None
+        finally:
+            self._pending.pop(request.id, None)
+            if not future.done():
+                future.cancel()
+
+    async def send(self, service_id: str, message: Message) -> None:
+        """Send any message to a connected service (for tests and experiments)."""
+        service = self._state.services.get(service_id)
+        peer = self._peers.get(service.connection_id) if service is not None else None
+        if service is None or peer is None or not service.connected:
+            raise ServiceUnavailable(f"service {service_id!r} is not connected")
+        await self._send(peer, message, service_id, timeout=self.command_timeout)
+
+    async def _send(
+        self, peer: _Peer, message: Message, service_id: str, *, timeout: float
+    ) -> None:
+        try:
+            await asyncio.wait_for(peer.ws.send(encode(message)), timeout)
+        except ConnectionClosed:
+            raise ServiceUnavailable(f"service {service_id!r} disconnected") from None
+        except asyncio.TimeoutError:
+            raise ServiceUnavailable(
+                f"service {service_id!r} is not reading: send timed out after {timeout:g} s"
+            ) from None
+        self._sent.append(SentMessage(service_id, message))
+
+    # ------------------------------------------------------------------ HTTP and routing
+
+    def _authorized(self, headers: Headers) -> bool:
+        if self._token is None:
+            return True
+        scheme, _, credentials = headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(credentials.strip().encode(), self._token)
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        path = request.path.partition("?")[0]
+        if path == "/healthz":
+            return await http_request(self, request)
+        websocket = path in COORDINATION_PATHS or path == OPERATOR_PATH
+        if not websocket and not path.startswith("/v1/"):
+            return await http_request(self, request)  # the 404
+        if not self._authorized(request.headers):
+            remote = _format_remote(connection.remote_address)
+            _log.info("refused %s %s from %s: bad or missing token", request.method, path, remote)
+            return self._unauthorized(connection)
+        if websocket:
+            return None
+        return await http_request(self, request)
+
+    @staticmethod
+    def _unauthorized(connection: ServerConnection) -> Response:
+        response = connection.respond(
+            401, "401 Unauthorized: send 'Authorization: Bearer <token>'\n"
+        )
+        response.headers["WWW-Authenticate"] = 'Bearer realm="when-coordinator hub"'
+        return response
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        path = ws.request.path.partition("?")[0]
+        if path == OPERATOR_PATH:
+            await OperatorSession(self, ws).run()
+        else:
+            await self._serve_service(ws, path)
+
+    # ------------------------------------------------------------------ services
+
+    async def _serve_service(self, ws: ServerConnection, path: str) -> None:
+        assert ws.request is not None
+        headers = ws.request.headers
+        now = time.time()
+        peer = _Peer(f"conn-{next(self._connection_ids)}", ws, self._burst, now)
+        self._peers[peer.connection_id] = peer
+        self._state.open_connection(
+            peer.connection_id,
+            now=now,
+            path=path,
+            remote=_format_remote(ws.remote_address),
+            service_name=headers.get("X-Service-Name", ""),
+            service_id=headers.get("X-Service-ID", ""),
+        )
+        self._publish()
+        try:
+            async for frame in ws:
+                await self._on_frame(peer, frame)
+                peer.frames += 1
+                if peer.frames % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # let the other connections in
+        except ConnectionClosed:
+            pass
+        finally:
+            del self._peers[peer.connection_id]
+            code, reason = _close_info(ws)
+            self._state.close_connection(
+                peer.connection_id, now=time.time(), code=code, reason=reason
+            )
+            for pending in self._pending.values():
+                if pending.connection_id == peer.connection_id and not pending.future.done():
+                    pending.future.set_exception(
+                        ServiceUnavailable(
+                            f"the service disconnected before answering status for "
+                            f"workflow {pending.workflow_id!r}"
+                        )
+                    )
+            self._publish()
+
+    def _admit(self, peer: _Peer, now: float) -> bool:
+        """Token bucket: ``rate_limit`` frames per second, bursts up to ``rate_burst``."""
+        tokens = min(self._burst, peer.tokens + (now - peer.updated) * self._rate)
+        peer.updated = now
+        if tokens >= 1.0:
+            peer.tokens = tokens - 1.0
+            return True
+        peer.tokens = tokens
+        return False
+
+    async def _throttle(self, peer: _Peer, now: float) -> None:
+        self._state.throttled(peer.connection_id)
+        if now - peer.window_start >= 1.0:
+            peer.window_start, peer.window_drops = now, 0
+        peer.window_drops += 1
+        conn = self._state.connections[peer.connection_id]
+        if conn.throttled == 1:
+            _log.warning("%s exceeds %g messages/s: dropping", peer.connection_id, self._rate)
+        self._publish()
+        limit = self._flood_close_after
+        if limit is not None and peer.window_drops >= limit:
+            _log.warning("closing %s: sustained message flood", peer.connection_id)
+            await peer.ws.close(1008, "message rate limit exceeded")
+
+    def _invalid(self, peer: _Peer, reason: str) -> None:
+        self._state.invalid_frame(peer.connection_id, reason)
+        count = self._state.connections[peer.connection_id].invalid_frames
+        if count <= 10 or count % 1000 == 0:
+            _log.warning("dropped frame #%d from %s: %s", count, peer.connection_id, reason)
+        self._publish()
+
+    async def _on_frame(self, peer: _Peer, frame: str | bytes) -> None:
+        now = time.time()
+        if not self._admit(peer, now):
+            await self._throttle(peer, now)
+            return
+        if not isinstance(frame, str):
+            self._invalid(peer, f"binary frame of {len(frame)} bytes (messages are JSON text)")
+            return
+        try:
+            message = decode(frame)
+            if message.type is MessageType.REGISTER:
+                await self._register(peer, message, now)
+                return
+            self._state.receive(peer.connection_id, message, now=now)
+        except ProtocolError as exc:
+            self._invalid(peer, str(exc))
+            return
+        except Exception as exc:  # a bug must not take the connection (or the hub) down
+            _log.exception("error handling a frame from %s", peer.connection_id)
+            self._invalid(peer, f"internal error: {type(exc).__name__}: {exc}")
+            return
+        conn = self._state.connections[peer.connection_id]
+        self._received.append(ReceivedMessage(conn.service_id, message))
+        if message.type is MessageType.STATUS_RESPONSE:
+            pending = self._pending.get(message.id)
+            if pending is not None and not pending.future.done():
+                pending.future.set_result(StatusResponsePayload.from_dict(message.payload))
+        self._publish()
+
+    async def _register(self, peer: _Peer, message: Message, now: float) -> None:
+        payload = message.typed_payload()
+        assert isinstance(payload, RegisterPayload)
+        try:
+            registration = self._state.register(peer.connection_id, payload, now=now)
+        except VersionRefused as exc:
+            conn = self._state.connections[peer.connection_id]
+            self._received.append(ReceivedMessage(conn.service_id, message))
+            self._publish()
+            _log.warning("refused %s: %s", peer.connection_id, exc)
+            await peer.ws.close(1002, str(exc)[:120])
+            return
+        self._received.append(ReceivedMessage(registration.service_id, message))
+        self._publish()
+        reply = Message.create(
+            RegisteredPayload(
+                service_id=registration.service_id,
+                instance_id=registration.instance_id,
+                message=registration.message,
+                protocol_version=registration.protocol_version,
+                hub_protocol_version=self.protocol_version,
+            )
+        )
+        _log.info("registered %s as %s", peer.connection_id, registration.service_id)
+        with contextlib.suppress(ServiceUnavailable):  # if it left, its loop handles the close
+            await self._send(peer, reply, registration.service_id, timeout=self.command_timeout)
+
+    async def _ping_loop(self) -> None:
+        """Send a JSON ping to each service every ``ping_interval``; mark late ones."""
+        while True:
+            await asyncio.sleep(self._ping_interval)
+            now = time.time()
+            for peer in tuple(self._peers.values()):
+                conn = self._state.connections.get(peer.connection_id)
+                if conn is None or not conn.service_id:
+                    continue
+                ping = Message(type=MessageType.PING)
+                self._state.ping_sent(peer.connection_id, ping.id, now=now)
+                self._spawn(self._ping(peer, ping, conn.service_id))
+            self._state.check_health(now=now, pong_timeout=self._pong_timeout)
+            self._publish()
+
+    async def _ping(self, peer: _Peer, ping: Message, service_id: str) -> None:
+        # A dead or stuck connection shows up as late, then disconnected.
+        with contextlib.suppress(ServiceUnavailable):
+            await self._send(peer, ping, service_id, timeout=self._ping_interval)
+
+
+class _Persister:
+    """Collects changes on the loop and writes them to the store on one worker thread."""
+
+    def __init__(self, state: HubState, store: HubStore, interval: float) -> None:
+        self._state = state
+        self._store = store
+        self._interval = interval
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "when-hub-store")
+        self._pending = Changes()
+        self._logs: deque[LogRecord] = deque(maxlen=max(1, store.log_limit))
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self.errors = 0
+
+    async def run(self, fn: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._loop())
+
+    def add(self, changes: Changes) -> None:
+        self._pending.services |= changes.services
+        self._pending.workflows |= changes.workflows
+        self._pending.workflows -= changes.removed_workflows
+        self._pending.removed_workflows |= changes.removed_workflows
+        self._logs.extend(e.record for e in changes.events if isinstance(e, LogEvent))
+        self._wake.set()
+
+    def _batch(self) -> StoreBatch:
+        """Documents for what changed, taken from the live state at one moment."""
+        state, pending = self._state, self._pending
+        self._pending = Changes()
+        batch = StoreBatch()
+        for service_id in pending.services:
+            service = state.services.get(service_id)
+            batch.services[service_id] = service.as_dict() if service is not None else None
+        for workflow_id in pending.removed_workflows:
+            batch.workflows[workflow_id] = None
+        for workflow_id in pending.workflows:
+            workflow = state.workflows.get(workflow_id)
+            batch.workflows[workflow_id] = workflow.as_dict() if workflow is not None else None
+        batch.logs = [record.as_dict() for record in self._logs]
+        self._logs.clear()
+        return batch
+
+    async def flush(self) -> None:
+        async with self._lock:
+            batch = self._batch()
+            if not batch:
+                return
+            try:
+                await self.run(lambda: self._store.write(batch))
+            except Exception:
+                self.errors += 1
+                _log.exception("hub store: a write failed; those changes are not persisted")
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self._interval)  # let changes coalesce
+            self._wake.clear()
+            await self.flush()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.flush()
+        await self.run(self._store.close)
+        self._executor.shutdown(wait=True)
