@@ -10,6 +10,15 @@ from .client import (
     CoordinatorStats,
     LogForwarder,
 )
+from .otel import (
+    AsyncWorkflow,
+    Workflow,
+    WorkflowCancelled,
+    current_workflow,
+    get_coordinator,
+    set_coordinator,
+    workflow,
+)
 from .phase_manager import (
     InvalidTransitionError,
     PhaseError,
@@ -21,6 +30,7 @@ from .phase_manager import (
 from .protocol import LogEntry, LogLevel, Message, MessageType, Phase, ProtocolError
 
 __all__ = [
+    "AsyncWorkflow",
     "CommandEvent",
     "Config",
     "ConfigError",
@@ -39,6 +49,12 @@ __all__ = [
     "PhaseState",
     "ProtocolError",
     "UnknownWorkflowError",
+    "Workflow",
+    "WorkflowCancelled",
     "WorkflowExistsError",
     "__version__",
+    "current_workflow",
+    "get_coordinator",
+    "set_coordinator",
+    "workflow",
 ]

@@ -25,7 +25,9 @@ class RateLimitedLog:
         self._lock = threading.Lock()
         self._last: dict[str, tuple[float, int]] = {}
 
-    def log(self, level: int, key: str, message: str, *args: object) -> None:
+    def log(
+        self, level: int, key: str, message: str, *args: object, exc_info: bool = False
+    ) -> None:
         now = time.monotonic()
         with self._lock:
             last, suppressed = self._last.get(key, (-self._interval, 0))
@@ -36,7 +38,7 @@ class RateLimitedLog:
         if suppressed:
             message += " (%d similar messages suppressed)"
             args = (*args, suppressed)
-        self._logger.log(level, message, *args)
+        self._logger.log(level, message, *args, exc_info=exc_info)
 
 
 def approx_size(value: Any, depth: int = 0) -> int:

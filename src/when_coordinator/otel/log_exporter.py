@@ -1,0 +1,169 @@
+"""``CoordinationLogExporter``: OpenTelemetry log records to the hub as ``log_batch``.
+
+Put it behind a ``BatchLogRecordProcessor`` (the instrumentor does): export runs on the
+processor's thread, maps records to protocol log entries and hands one ``log_batch`` per export
+(split to a bounded size) to the coordinator's outbox. The same records can go to an OTLP
+exporter at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..client import Coordinator
+from ..client._util import RateLimitedLog, jsonable
+from ..protocol import LogEntry, LogLevel, format_timestamp
+from . import attributes as attr
+from ._sdk_logs import ExportResult, LogExporterBase, record_of, scope_name_of
+from .tracking import get_coordinator, tracker_for
+
+__all__ = ["CoordinationLogExporter", "level_for_severity"]
+
+_log = logging.getLogger(__name__)
+
+# Attributes that become the entry's own keys rather than ``fields``.
+_WORKFLOW_KEYS = (attr.WORKFLOW_ID, "workflow_id", "workflowID", "workflowId")
+_ACTION_KEYS = (attr.ACTION_ID, "action_id", "actionID", "actionId")
+_CORRELATION_KEYS = ("correlation_id", "correlationID", "correlationId")
+_FILE_KEYS = ("code.file.path", "code.filepath")
+_LINE_KEYS = ("code.line.number", "code.lineno")
+_CONSUMED = frozenset(
+    (*_WORKFLOW_KEYS, *_ACTION_KEYS, *_CORRELATION_KEYS, *_FILE_KEYS, *_LINE_KEYS)
+)
+
+_SEVERITY_TEXT = {
+    "trace": LogLevel.DEBUG,
+    "debug": LogLevel.DEBUG,
+    "info": LogLevel.INFO,
+    "information": LogLevel.INFO,
+    "warn": LogLevel.WARN,
+    "warning": LogLevel.WARN,
+    "error": LogLevel.ERROR,
+    "critical": LogLevel.FATAL,
+    "fatal": LogLevel.FATAL,
+}
+
+
+def level_for_severity(number: int | None, text: str | None = None) -> LogLevel:
+    """OpenTelemetry severity (1-24, or its text) to the protocol's five levels."""
+    if number:
+        if number <= 8:  # TRACE 1-4, DEBUG 5-8
+            return LogLevel.DEBUG
+        if number <= 12:
+            return LogLevel.INFO
+        if number <= 16:
+            return LogLevel.WARN
+        if number <= 20:
+            return LogLevel.ERROR
+        return LogLevel.FATAL
+    return _SEVERITY_TEXT.get((text or "").lower(), LogLevel.INFO)
+
+
+def _first(attributes: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    for key in keys:
+        value = attributes.get(key)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+class CoordinationLogExporter(LogExporterBase):
+    """A ``LogRecordExporter`` that sends to the hub; uses the default coordinator unless
+    given one. Errors are counted in ``errors`` and never raised."""
+
+    def __init__(self, coordinator: Coordinator | None = None, *, max_batch: int = 100) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self._coordinator = coordinator
+        self.max_batch = max_batch
+        self.errors = 0
+        self.exported = 0
+        self._shutdown = False
+        self._warn = RateLimitedLog(_log)
+
+    @property
+    def coordinator(self) -> Coordinator:
+        if self._coordinator is None:
+            self._coordinator = get_coordinator()
+        return self._coordinator
+
+    def export(self, batch: Sequence[Any]) -> ExportResult:
+        if self._shutdown:
+            return ExportResult.FAILURE
+        try:
+            coordinator = self.coordinator
+            tracker = tracker_for(coordinator)
+            entries: list[LogEntry] = []
+            for item in batch:
+                if scope_name_of(item).startswith("when_coordinator"):
+                    continue  # our own records: sending them could feed on itself
+                try:
+                    entries.append(self._entry(record_of(item), tracker.owner))
+                except Exception:
+                    self.errors += 1
+                    self._warn.log(
+                        logging.WARNING, "record", "unmappable log record", exc_info=True
+                    )
+            for start in range(0, len(entries), self.max_batch):
+                coordinator.send_log_batch(entries[start : start + self.max_batch])
+            self.exported += len(entries)
+            return ExportResult.SUCCESS
+        except Exception:
+            self.errors += 1
+            self._warn.log(logging.WARNING, "export", "log export failed", exc_info=True)
+            return ExportResult.FAILURE
+
+    @staticmethod
+    def _entry(record: Any, owner_of: Any) -> LogEntry:
+        attributes: Mapping[str, Any] = record.attributes or {}
+        trace_id = record.trace_id or 0
+        span_id = record.span_id or 0
+        workflow_id = _first(attributes, _WORKFLOW_KEYS)
+        action_id = _first(attributes, _ACTION_KEYS)
+        if workflow_id is None and span_id:
+            owner = owner_of(span_id)
+            if owner is not None:
+                workflow_id = owner[0]
+        body = record.body
+        if isinstance(body, str):
+            message = body
+        elif body is None:
+            message = ""
+        else:
+            message = json.dumps(jsonable(body), separators=(",", ":"))
+        line = _first(attributes, _LINE_KEYS)
+        fields = {key: value for key, value in attributes.items() if key not in _CONSUMED}
+        timestamp = record.timestamp or record.observed_timestamp
+        return LogEntry(
+            timestamp=format_timestamp(timestamp) if timestamp else format_timestamp(),
+            level=level_for_severity(
+                getattr(record.severity_number, "value", None), record.severity_text
+            ),
+            message=message,
+            trace_id=format(trace_id, "032x") if trace_id else "",
+            span_id=format(span_id, "016x") if span_id else "",
+            workflow_id=str(workflow_id or ""),
+            action_id=str(action_id or ""),
+            correlation_id=str(_first(attributes, _CORRELATION_KEYS) or ""),
+            fields=jsonable(fields) if fields else {},
+            source_file=str(_first(attributes, _FILE_KEYS) or ""),
+            source_line=line if isinstance(line, int) and not isinstance(line, bool) else 0,
+        )
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Deliver what the coordinator holds; True when nothing is left undelivered."""
+        try:
+            coordinator = self.coordinator
+            if not coordinator.config.enabled:
+                return True
+            return coordinator.flush(timeout_millis / 1000)
+        except Exception:
+            self.errors += 1
+            return False
+
+    def shutdown(self) -> None:
+        """Stop exporting; the coordinator is shared and stays open."""
+        self._shutdown = True

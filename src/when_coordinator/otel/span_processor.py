@@ -1,0 +1,140 @@
+"""``CoordinationSpanProcessor``: spans started by anyone become coordination traffic.
+
+A span carrying ``when.workflow.id`` that nobody registered (a raw tracer, another library)
+becomes a known workflow: ``workflow_created`` once, walked to ``execution``, and settled when
+the span ends. Spans nested in a workflow become its current action, which the hub sees in
+``status_response`` and as the default progress stage. Workflows made with ``workflow()`` are
+already registered, so the processor leaves them alone: each fact is sent once.
+
+Like every span processor it runs on the thread that starts or ends the span, so it only does
+in-memory work and enqueues; its errors are counted in ``errors`` and never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import StatusCode
+
+from ..client import Coordinator
+from ..client._util import RateLimitedLog
+from ..phase_manager import PhaseError, WorkflowExistsError
+from . import attributes as attr
+from .tracking import Tracker, get_coordinator, settle, start_lifecycle, tracker_for
+
+__all__ = ["CoordinationSpanProcessor"]
+
+_log = logging.getLogger(__name__)
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+class CoordinationSpanProcessor(SpanProcessor):
+    """Register with ``TracerProvider.add_span_processor``; uses the default coordinator
+    (``WHEN_*`` environment) unless given one."""
+
+    def __init__(self, coordinator: Coordinator | None = None) -> None:
+        self._coordinator = coordinator
+        self.errors = 0
+        self._warn = RateLimitedLog(_log)
+
+    @property
+    def coordinator(self) -> Coordinator:
+        if self._coordinator is None:
+            self._coordinator = get_coordinator()
+        return self._coordinator
+
+    def _tracker(self) -> Tracker:
+        return tracker_for(self.coordinator)
+
+    def _failed(self, what: str) -> None:
+        self.errors += 1
+        self._warn.log(logging.WARNING, what, "span processor: %s failed", what, exc_info=True)
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        try:
+            attributes = span.attributes or {}
+            span_id = span.get_span_context().span_id
+            tracker = self._tracker()
+            workflow_id = _text(attributes.get(attr.WORKFLOW_ID))
+            if workflow_id:
+                tracker.bind(span_id, workflow_id)
+                self._adopt(tracker, span, workflow_id, attributes)
+                return
+            parent = span.parent
+            owner = tracker.owner(parent.span_id) if parent is not None else None
+            if owner is not None:
+                tracker.bind(span_id, owner[0], span.name)
+                self._set_action(tracker, owner[0], span.name)
+        except Exception:
+            self._failed("on_start")
+
+    def _adopt(self, tracker: Tracker, span: Span, workflow_id: str, attributes: object) -> None:
+        """Register a workflow span nobody registered; workflow() spans are already known."""
+        get = getattr(attributes, "get", lambda key: None)
+        parent_id = _text(get(attr.WORKFLOW_PARENT_ID))
+        root_id = _text(get(attr.WORKFLOW_ROOT_ID))
+        try:
+            tracker.phases.register_workflow(workflow_id, parent_id, root_id)
+        except WorkflowExistsError:
+            return
+        state = tracker.phases.get_state(workflow_id)
+        tracker.claim(workflow_id, span.get_span_context().span_id)
+        tracker.adopt_span(workflow_id, span)
+        self.coordinator.send_workflow_created(
+            workflow_id,
+            state.parent_workflow_id,
+            state.root_workflow_id,
+            _text(get(attr.ACTION_ID)),
+            _text(get(attr.ACTION_TYPE)) or span.name,
+        )
+        start_lifecycle(tracker.phases, workflow_id)
+
+    def _set_action(self, tracker: Tracker, workflow_id: str, action: str) -> None:
+        try:
+            state = tracker.phases.get_state(workflow_id)
+            tracker.phases.set_progress(workflow_id, state.progress, current_action=action)
+        except PhaseError:
+            pass  # the workflow ended or was forgotten meanwhile
+
+    def on_end(self, span: ReadableSpan) -> None:
+        try:
+            context = span.get_span_context()
+            if context is None:
+                return
+            tracker = self._tracker()
+            workflow_id = _text((span.attributes or {}).get(attr.WORKFLOW_ID))
+            if workflow_id:
+                if tracker.unclaim(workflow_id, context.span_id):
+                    tracker.release_span(workflow_id)
+                    error = None
+                    if span.status.status_code is StatusCode.ERROR:
+                        error = span.status.description or "span ended with an error"
+                    settle(tracker.phases, workflow_id, error=error)
+                return
+            owner = tracker.owner(context.span_id)
+            if owner is not None and owner[1]:
+                # The action ends: the enclosing action (if any) is current again.
+                parent = span.parent
+                enclosing = tracker.owner(parent.span_id) if parent is not None else None
+                self._set_action(tracker, owner[0], enclosing[1] if enclosing else "")
+        except Exception:
+            self._failed("on_end")
+
+    def shutdown(self) -> None:
+        """Nothing to release: the coordinator outlives the tracer provider."""
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Deliver what the coordinator holds (True when nothing is left undelivered)."""
+        try:
+            coordinator = self.coordinator
+            if not coordinator.config.enabled:
+                return True
+            return coordinator.flush(timeout_millis / 1000)
+        except Exception:
+            self._failed("force_flush")
+            return False

@@ -1,0 +1,690 @@
+"""``workflow()``: a workflow is an OpenTelemetry span whose phases the hub sees live.
+
+Entering a workflow registers it, sends ``workflow_created``, starts its span and walks it to
+``execution``; leaving completes it, an exception fails it (``error`` sent, span status set,
+exception re-raised unchanged), and a cancellation honoured at a safe point ends it as
+``cancelled``. Every transition is a ``when.phase_changed`` span event and a live
+``phase_changed`` message, sent when it happens.
+
+Context is attached only while workflow code runs: for generators and async generators around
+each step, so a consumer iterating from another task or thread never detaches a context it did
+not attach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import inspect
+import threading
+import uuid
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from contextvars import ContextVar
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
+from opentelemetry.sdk.trace import SpanLimits
+from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode, TracerProvider
+from opentelemetry.util.types import AttributeValue
+
+from .._version import __version__
+from ..client import CommandEvent, Coordinator
+from ..client import current_workflow as _client_workflow
+from ..phase_manager import PhaseError, PhaseState, WorkflowExistsError
+from ..protocol import MessageType, Phase
+from . import attributes as attr
+from .tracking import get_coordinator, settle, start_lifecycle, tracker_for
+
+__all__ = [
+    "AsyncWorkflow",
+    "Workflow",
+    "WorkflowCancelled",
+    "WorkflowDefinition",
+    "current_workflow",
+    "workflow",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_current: ContextVar[_WorkflowBase | None] = ContextVar("when_workflow", default=None)
+
+
+class WorkflowCancelled(Exception):
+    """Raised by ``safe_point()`` when the hub cancelled the workflow.
+
+    The workflow that was cancelled catches it and ends as ``cancelled``; enclosing code sees
+    the ``with`` block (or decorated call, returning None) end normally.
+    """
+
+    def __init__(self, workflow_id: str, reason: str = "") -> None:
+        super().__init__(f"workflow {workflow_id!r} was cancelled: {reason or 'no reason given'}")
+        self.workflow_id = workflow_id
+        self.reason = reason
+
+
+def current_workflow() -> Workflow | AsyncWorkflow | None:
+    """The workflow whose code is running now, if any."""
+    current = _current.get()
+    return cast("Workflow | AsyncWorkflow | None", current)
+
+
+_progress_event_limit: int | None = None
+
+
+def _progress_events_allowed() -> int:
+    """Stage-change events kept per span: half the span's event limit, so phases always fit."""
+    global _progress_event_limit  # noqa: PLW0603 - computed once from the environment
+    if _progress_event_limit is None:
+        max_events = SpanLimits().max_events
+        _progress_event_limit = 64 if max_events is None else max(0, min(64, max_events // 2))
+    return _progress_event_limit
+
+
+def _reset(token: Any) -> None:
+    """Undo a ``ContextVar.set``; from another context there is nothing of ours to undo.
+
+    This is what makes a workflow ended in another task or thread safe: OpenTelemetry's own
+    ``detach`` would log "Failed to detach context" there.
+    """
+    if isinstance(token, contextvars.Token):
+        with contextlib.suppress(ValueError):
+            token.var.reset(token)
+    else:  # a runtime context that is not contextvars-based
+        otel_context.detach(token)
+
+
+class _WorkflowBase:
+    """What sync and async workflows share; see ``workflow()``."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        workflow_id: str | None = None,
+        parent_id: str | None = None,
+        root_id: str | None = None,
+        action_id: str | None = None,
+        action_type: str | None = None,
+        coordinator: Coordinator | None = None,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError("a workflow needs a non-empty name")
+        self.name = name
+        self._coordinator = coordinator if coordinator is not None else get_coordinator()
+        self._phases = self._coordinator.phases
+        self._tracker = tracker_for(self._coordinator)
+        inherited_parent, inherited_root = _inherited_ids()
+        self.id = workflow_id or f"wf-{uuid.uuid4().hex}"
+        self.parent_id = inherited_parent if parent_id is None else parent_id
+        self.root_id = root_id or (inherited_root if self.parent_id else "") or self.id
+        self.action_id = action_id or ""
+        self.action_type = action_type or name
+        self._attributes = dict(attributes or {})
+        self._tracer_provider = tracer_provider
+        self._span: Span = INVALID_SPAN
+        self._context: otel_context.Context | None = None
+        self._tokens: tuple[Any, ...] = ()
+        self._cancel_reason: str | None = None
+        self._checkpoint_id = ""
+        self._checkpoints = 0
+        self._last_stage = ""
+        self._progress_events = 0
+        self._started = False
+        self._ended = False
+        self._version = 0
+        self._changed = threading.Condition()
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def span(self) -> Span:
+        return self._span
+
+    @property
+    def phase(self) -> Phase:
+        return self._phases.get_phase(self.id)
+
+    @property
+    def state(self) -> PhaseState:
+        return self._phases.get_state(self.id)
+
+    @property
+    def pause_requested(self) -> bool:
+        return self.phase in (Phase.PAUSING, Phase.PAUSED)
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel_reason is not None or self.phase is Phase.CANCELLING
+
+    def __repr__(self) -> str:
+        phase = self.phase.value if self._started else "not started"
+        return f"<{type(self).__name__} {self.name!r} id={self.id!r} {phase}>"
+
+    # ------------------------------------------------------------------ reporting
+
+    def _check_running(self) -> None:
+        if not self._started or self._ended:
+            raise RuntimeError(f"workflow {self.id!r} is not running")
+
+    def transition(self, phase: Phase | str, reason: str = "") -> PhaseState:
+        """Move to ``phase`` explicitly (the table in PROTOCOL.md section 3 applies)."""
+        self._check_running()
+        return self._phases.transition_to(self.id, phase, reason)
+
+    def progress(
+        self,
+        percent: float,
+        stage: str = "",
+        message: str = "",
+        *,
+        current_item: int = 0,
+        total_items: int = 0,
+    ) -> None:
+        """Report progress (0 to 100); the stage defaults to the current action (span)."""
+        self._check_running()
+        state = self._phases.set_progress(self.id, percent)
+        stage = stage or state.current_action
+        self._coordinator.send_progress(
+            self.id,
+            self.action_id,
+            percent,
+            stage,
+            message,
+            current_item=current_item,
+            total_items=total_items,
+        )
+        span = self._span
+        span.set_attribute(attr.PROGRESS_PERCENT, percent)
+        if stage != self._last_stage:
+            self._last_stage = stage
+            span.set_attribute(attr.PROGRESS_STAGE, stage)
+            if self._progress_events < _progress_events_allowed():
+                self._progress_events += 1
+                span.add_event(
+                    attr.PROGRESS_EVENT,
+                    {
+                        attr.PROGRESS_PERCENT: percent,
+                        attr.PROGRESS_STAGE: stage,
+                        attr.PROGRESS_MESSAGE: message,
+                    },
+                )
+
+    def checkpoint(
+        self,
+        checkpoint_id: str | None = None,
+        reason: str = "",
+        *,
+        state: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Record a checkpoint (an id is made when none is given) and return its id.
+
+        A later pause completes with the latest checkpoint.
+        """
+        self._check_running()
+        self._checkpoints += 1
+        checkpoint_id = checkpoint_id or f"{self.id}-cp-{self._checkpoints}"
+        self._coordinator.send_checkpoint(self.id, checkpoint_id, reason, state=state)
+        self._checkpoint_id = checkpoint_id
+        self._span.add_event(
+            attr.CHECKPOINT_EVENT,
+            {attr.CHECKPOINT_ID: checkpoint_id, attr.CHECKPOINT_REASON: reason},
+        )
+        return checkpoint_id
+
+    def error(self, message: str | BaseException, recoverable: bool = True) -> None:
+        """Report an error the workflow survives (or not: ``recoverable=False``)."""
+        self._check_running()
+        self._coordinator.send_error(self.id, self.action_id, message, recoverable)
+        if isinstance(message, BaseException):
+            self._span.record_exception(message, {"when.error.recoverable": recoverable})
+        else:
+            self._span.add_event(
+                attr.ERROR_EVENT,
+                {"when.error.message": message, "when.error.recoverable": recoverable},
+            )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _begin(self) -> None:
+        if self._started:
+            raise RuntimeError(f"workflow {self.id!r} was already started")
+        self._started = True
+        try:
+            self._phases.register_workflow(self.id, self.parent_id, self.root_id)
+        except WorkflowExistsError as exc:
+            if not exc.phase.is_terminal:
+                self._ended = True
+                raise ValueError(f"workflow {self.id!r} is already running") from None
+            self._phases.remove_workflow(self.id)  # a new run under a reused id
+            self._phases.register_workflow(self.id, self.parent_id, self.root_id)
+        self._tracker.attach(self)
+        self._coordinator.send_workflow_created(
+            self.id, self.parent_id, self.root_id, self.action_id, self.action_type
+        )
+        attributes: dict[str, AttributeValue] = {
+            attr.WORKFLOW_ID: self.id,
+            attr.WORKFLOW_NAME: self.name,
+            attr.WORKFLOW_ROOT_ID: self.root_id,
+            attr.ACTION_TYPE: self.action_type,
+            attr.PHASE: Phase.PENDING.value,
+        }
+        if self.parent_id:
+            attributes[attr.WORKFLOW_PARENT_ID] = self.parent_id
+        if self.action_id:
+            attributes[attr.ACTION_ID] = self.action_id
+        attributes.update(self._attributes)
+        tracer = trace.get_tracer(
+            "when_coordinator", __version__, tracer_provider=self._tracer_provider
+        )
+        self._span = tracer.start_span(self.name, attributes=attributes)
+        self._tracker.adopt_span(self.id, self._span)
+        self._tracker.bind(self._span.get_span_context().span_id, self.id)
+        context = baggage.set_baggage(attr.BAGGAGE_WORKFLOW_ID, self.id)
+        context = baggage.set_baggage(attr.BAGGAGE_ROOT_ID, self.root_id, context)
+        self._context = trace.set_span_in_context(self._span, context)
+        start_lifecycle(self._phases, self.id)
+        if self._cancel_reason is not None:
+            self._cancel_now()
+
+    def _activate(self) -> None:
+        assert self._context is not None
+        self._tokens = (
+            otel_context.attach(self._context),
+            _current.set(self),
+            _client_workflow.set((self.id, self.action_id)),
+        )
+
+    def _deactivate(self) -> None:
+        tokens, self._tokens = self._tokens, ()
+        for token in reversed(tokens):
+            _reset(token)
+
+    def _end(self, exc: BaseException | None) -> bool:
+        """Settle the phase, close the span; True when ``exc`` is this workflow's cancellation."""
+        if self._ended or not self._started:
+            return False
+        self._ended = True
+        suppress = False
+        try:
+            if exc is None:
+                settle(self._phases, self.id, checkpoint_id=self._checkpoint_id)
+            elif isinstance(exc, (WorkflowCancelled, asyncio.CancelledError)):
+                # Ours, a parent's, or the task's: this workflow ends cancelled where the table
+                # allows it. Only its own cancellation stops here.
+                suppress = isinstance(exc, WorkflowCancelled) and exc.workflow_id == self.id
+                self._end_cancelled(getattr(exc, "reason", "") or "cancelled")
+            else:
+                reason = f"{type(exc).__name__}: {exc}"
+                self._coordinator.send_error(self.id, self.action_id, reason, False)
+                self._span.record_exception(exc)
+                self._span.set_status(Status(StatusCode.ERROR, reason))
+                settle(self._phases, self.id, error=reason)
+        finally:
+            self._tracker.detach(self)
+            self._span.end()
+            self._notify()
+        return suppress
+
+    def _end_cancelled(self, reason: str) -> None:
+        phase = self._phases.get_phase(self.id)
+        if phase is not Phase.CANCELLING and not phase.is_terminal:
+            try:
+                self._phases.cancel(self.id, reason)
+            except PhaseError:
+                settle(self._phases, self.id, error=f"cancelled while {phase.value}")
+                return
+        settle(self._phases, self.id)
+
+    # ------------------------------------------------------------------ control
+
+    def _cancel_now(self) -> None:
+        reason, self._cancel_reason = self._cancel_reason, None
+        try:
+            self._phases.cancel(self.id, reason or "")
+        except PhaseError:
+            self._cancel_reason = reason  # not yet in execution: keep it for later
+
+    def _command(self, event: CommandEvent) -> None:
+        """A hub command for this workflow (on the client's thread)."""
+        if event.type is MessageType.CANCEL and not event.accepted:
+            phase = self._phases.get_phase(self.id)
+            if phase in (Phase.PENDING, Phase.PRE_FLIGHT, Phase.PLANNING):
+                # Too early for the phase table: honoured once execution is reached.
+                self._cancel_reason = event.reason or "cancel requested"
+                if self._phases.get_phase(self.id) is Phase.EXECUTION:
+                    self._cancel_now()
+        self._notify()
+
+    def _phase_changed(self, state: PhaseState) -> None:
+        """Called under the phase manager's lock: only wake waiters here."""
+        self._notify()
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._version += 1
+            self._changed.notify_all()
+
+    def _safe_step(self) -> bool:
+        """Advance pause/resume/cancel by one step; True while paused (the caller waits).
+
+        Raises ``WorkflowCancelled`` once a cancellation is completed.
+        """
+        self._check_running()
+        if self._cancel_reason is not None and self.phase is Phase.EXECUTION:
+            self._cancel_now()
+        state = self._phases.get_state(self.id)
+        try:
+            if state.phase is Phase.CANCELLING:
+                self._phases.complete_cancellation(self.id)
+                raise WorkflowCancelled(self.id, state.reason)
+            if state.phase is Phase.PAUSING:
+                self._phases.complete_pause(self.id, self._checkpoint_id or f"{self.id}-pause")
+            elif state.phase is Phase.RESUMING:
+                self._phases.complete_resume(self.id)
+        except PhaseError:
+            pass  # a hub command moved it meanwhile: look again
+        else:
+            if state.phase not in (Phase.PAUSING, Phase.RESUMING):
+                return state.phase is Phase.PAUSED
+        return True
+
+
+class Workflow(_WorkflowBase):
+    """A workflow run by synchronous code: ``with workflow("name") as wf:``."""
+
+    def __enter__(self) -> Workflow:
+        self._begin()
+        self._activate()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        try:
+            return self._end(exc)
+        finally:
+            self._deactivate()
+
+    def safe_point(self) -> None:
+        """Honour the hub here: complete a pause and block until resumed, or complete a
+        cancellation and raise ``WorkflowCancelled``. Cheap when nothing was asked."""
+        while True:
+            with self._changed:
+                version = self._version
+            if not self._safe_step():
+                return
+            with self._changed:
+                while self._version == version and not self._ended:
+                    self._changed.wait()
+
+
+class AsyncWorkflow(_WorkflowBase):
+    """A workflow run by asyncio code: ``async with workflow("name") as wf:``."""
+
+    _loop: asyncio.AbstractEventLoop | None = None
+    _wakeup: asyncio.Event | None = None
+
+    async def __aenter__(self) -> AsyncWorkflow:
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self._begin()
+        self._activate()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        try:
+            return self._end(exc)
+        finally:
+            self._deactivate()
+
+    def _notify(self) -> None:
+        super()._notify()
+        loop, wakeup = self._loop, self._wakeup
+        if loop is not None and wakeup is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(wakeup.set)
+
+    async def safe_point(self) -> None:
+        """Like ``Workflow.safe_point``, awaiting instead of blocking while paused."""
+        assert self._wakeup is not None, "use the workflow inside async with"
+        while True:
+            self._wakeup.clear()
+            if not self._safe_step():
+                return
+            await self._wakeup.wait()
+
+
+def _inherited_ids() -> tuple[str, str]:
+    """(parent, root) from the enclosing workflow, else from W3C baggage (another process)."""
+    current = _current.get()
+    if current is not None:
+        return current.id, current.root_id
+    parent = baggage.get_baggage(attr.BAGGAGE_WORKFLOW_ID)
+    root = baggage.get_baggage(attr.BAGGAGE_ROOT_ID)
+    return (
+        parent if isinstance(parent, str) else "",
+        root if isinstance(root, str) else "",
+    )
+
+
+class WorkflowDefinition:
+    """What ``workflow()`` returns: a context manager (sync and async) and a decorator.
+
+    Each ``with`` block or decorated call is a new workflow run.
+    """
+
+    def __init__(self, name: str, **options: Any) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError("a workflow needs a non-empty name")
+        self.name = name
+        self.options = options
+        self._entered: ContextVar[tuple[_WorkflowBase, ...]] = ContextVar(
+            f"when_workflow_{name}", default=()
+        )
+
+    def new(self) -> Workflow:
+        return Workflow(self.name, **self.options)
+
+    def new_async(self) -> AsyncWorkflow:
+        return AsyncWorkflow(self.name, **self.options)
+
+    def __enter__(self) -> Workflow:
+        run = self.new().__enter__()
+        self._entered.set((*self._entered.get(), run))
+        return run
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        run = self._pop()
+        assert isinstance(run, Workflow)
+        return run.__exit__(exc_type, exc, tb)
+
+    async def __aenter__(self) -> AsyncWorkflow:
+        run = await self.new_async().__aenter__()
+        self._entered.set((*self._entered.get(), run))
+        return run
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        run = self._pop()
+        assert isinstance(run, AsyncWorkflow)
+        return await run.__aexit__(exc_type, exc, tb)
+
+    def _pop(self) -> _WorkflowBase:
+        entered = self._entered.get()
+        if not entered:
+            raise RuntimeError(f"workflow {self.name!r} exited without being entered here")
+        self._entered.set(entered[:-1])
+        return entered[-1]
+
+    def __call__(self, fn: F) -> F:
+        """Decorate a function, coroutine function, generator or async generator function."""
+        if inspect.isasyncgenfunction(fn):
+            return cast(F, self._wrap_async_generator(fn))
+        if inspect.isgeneratorfunction(fn):
+            return cast(F, self._wrap_generator(fn))
+        if inspect.iscoroutinefunction(fn):
+            return cast(F, self._wrap_coroutine(fn))
+        if not callable(fn):
+            raise TypeError(f"@workflow decorates callables, got {type(fn).__name__}")
+        return cast(F, self._wrap_function(fn))
+
+    def _wrap_function(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with self.new():
+                return fn(*args, **kwargs)
+
+        return run
+
+    def _wrap_coroutine(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        async def run(*args: Any, **kwargs: Any) -> Any:
+            async with self.new_async():
+                return await fn(*args, **kwargs)
+
+        return run
+
+    def _wrap_generator(self, fn: Callable[..., Generator[Any, Any, Any]]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            return _drive(self.new(), fn(*args, **kwargs))
+
+        return run
+
+    def _wrap_async_generator(
+        self, fn: Callable[..., AsyncGenerator[Any, Any]]
+    ) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+            return _drive_async(self.new_async(), fn(*args, **kwargs))
+
+        return run
+
+
+def _drive(run: Workflow, gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """Run a generator as a workflow, with its context attached only during each step."""
+    run._begin()
+    to_send: Any = None
+    to_throw: BaseException | None = None
+    try:
+        while True:
+            run._activate()
+            try:
+                if to_throw is not None:
+                    exc, to_throw = to_throw, None
+                    item = gen.throw(exc)
+                else:
+                    item = gen.send(to_send)
+            finally:
+                run._deactivate()
+            try:
+                to_send = yield item
+            except GeneratorExit:
+                run._activate()
+                try:
+                    gen.close()
+                finally:
+                    run._deactivate()
+                run._end(None)  # the consumer stopped early: the work it wanted is done
+                return None
+            except BaseException as exc:
+                to_throw = exc
+    except StopIteration as stop:
+        run._end(None)
+        return stop.value
+    except BaseException as exc:
+        if run._end(exc):
+            return None
+        raise
+
+
+async def _drive_async(
+    run: AsyncWorkflow, agen: AsyncGenerator[Any, Any]
+) -> AsyncGenerator[Any, Any]:
+    """Run an async generator as a workflow, with its context attached only during each step."""
+    run._loop = asyncio.get_running_loop()
+    run._wakeup = asyncio.Event()
+    run._begin()
+    to_send: Any = None
+    to_throw: BaseException | None = None
+    try:
+        while True:
+            run._activate()
+            try:
+                if to_throw is not None:
+                    exc, to_throw = to_throw, None
+                    item = await agen.athrow(exc)
+                else:
+                    item = await agen.asend(to_send)
+            finally:
+                run._deactivate()
+            try:
+                to_send = yield item
+            except GeneratorExit:
+                run._activate()
+                try:
+                    await agen.aclose()
+                finally:
+                    run._deactivate()
+                run._end(None)
+                return
+            except BaseException as exc:
+                to_throw = exc
+    except StopAsyncIteration:
+        run._end(None)
+    except BaseException as exc:
+        if not run._end(exc):
+            raise
+
+
+def workflow(
+    name: str,
+    *,
+    workflow_id: str | None = None,
+    parent_id: str | None = None,
+    root_id: str | None = None,
+    action_id: str | None = None,
+    action_type: str | None = None,
+    coordinator: Coordinator | None = None,
+    attributes: Mapping[str, AttributeValue] | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> WorkflowDefinition:
+    """A workflow named ``name``: ``with``, ``async with``, or a decorator.
+
+    Ids default to fresh ones; parent and root come from the enclosing workflow or, across
+    processes, from W3C baggage. ``action_type`` defaults to the name, so the hub shows it.
+    """
+    return WorkflowDefinition(
+        name,
+        workflow_id=workflow_id,
+        parent_id=parent_id,
+        root_id=root_id,
+        action_id=action_id,
+        action_type=action_type,
+        coordinator=coordinator,
+        attributes=attributes,
+        tracer_provider=tracer_provider,
+    )
