@@ -108,6 +108,7 @@ class _Peer:
     """An open coordination connection and its rate limiter."""
 
     __slots__ = (
+        "closing",
         "connection_id",
         "frames",
         "tokens",
@@ -125,6 +126,7 @@ class _Peer:
         self.window_start = now
         self.window_drops = 0
         self.frames = 0
+        self.closing = False
 
 
 @dataclass(slots=True)
@@ -689,7 +691,7 @@ class Hub:
         peer.tokens = tokens
         return False
 
-    async def _throttle(self, peer: _Peer, now: float) -> None:
+    def _throttle(self, peer: _Peer, now: float) -> None:
         self._state.throttled(peer.connection_id)
         if now - peer.window_start >= 1.0:
             peer.window_start, peer.window_drops = now, 0
@@ -701,7 +703,14 @@ class Hub:
         limit = self._flood_close_after
         if limit is not None and peer.window_drops >= limit:
             _log.warning("closing %s: sustained message flood", peer.connection_id)
-            await peer.ws.close(1008, "message rate limit exceeded")
+            self._close_peer(peer, 1008, "message rate limit exceeded")
+
+    def _close_peer(self, peer: _Peer, code: int, reason: str) -> None:
+        """Close from another task: the reader must keep draining frames meanwhile, or a full
+        receive queue would keep the client's close frame from ever being read."""
+        if not peer.closing:
+            peer.closing = True
+            self._spawn(peer.ws.close(code, reason))
 
     def _invalid(self, peer: _Peer, reason: str) -> None:
         self._state.invalid_frame(peer.connection_id, reason)
@@ -711,9 +720,11 @@ class Hub:
         self._publish()
 
     async def _on_frame(self, peer: _Peer, frame: str | bytes) -> None:
+        if peer.closing:
+            return  # what a client sends after we decided to close it is dropped unread
         now = time.time()
         if not self._admit(peer, now):
-            await self._throttle(peer, now)
+            self._throttle(peer, now)
             return
         if not isinstance(frame, str):
             self._invalid(peer, f"binary frame of {len(frame)} bytes (messages are JSON text)")
@@ -749,7 +760,7 @@ class Hub:
             self._received.append(ReceivedMessage(conn.service_id, message))
             self._publish()
             _log.warning("refused %s: %s", peer.connection_id, exc)
-            await peer.ws.close(1002, str(exc)[:120])
+            self._close_peer(peer, 1002, str(exc)[:120])
             return
         self._received.append(ReceivedMessage(registration.service_id, message))
         self._publish()
