@@ -327,7 +327,7 @@ def test_commands_go_to_the_service_that_owns_the_workflow() -> None:
             assert got["payload"] == {"workflow_id": "wf-a", "from_checkpoint": "cp-9"}
             assert a.inbox.empty()
             assert b.inbox.empty()
-            assert [(s.service_id, s.message.type.value) for s in hub.sent][-3:] == [
+            assert [(s.service_id, str(s.message.type)) for s in hub.sent][-3:] == [
                 ("svc-a", "pause"),
                 ("svc-b", "cancel"),
                 ("svc-a", "resume"),

@@ -175,14 +175,16 @@ def test_progress_out_of_range_is_clamped_and_recorded() -> None:
 
 def test_ping_pong_health_and_stray_pongs() -> None:
     state = connected(HubState())
+    seen = []
     state.ping_sent("c1", "p1", now=10.0)
     state.check_health(now=10.5, pong_timeout=1.0)
-    assert state.services["svc-a"].health is Health.HEALTHY
+    seen.append(state.services["svc-a"].health)
     state.check_health(now=11.5, pong_timeout=1.0)
-    assert state.services["svc-a"].health is Health.LATE
+    seen.append(state.services["svc-a"].health)
     state.receive("c1", Message(type=MessageType.PONG, id="p1"), now=11.6)
     service = state.services["svc-a"]
-    assert service.health is Health.HEALTHY
+    seen.append(service.health)
+    assert seen == [Health.HEALTHY, Health.LATE, Health.HEALTHY]
     assert service.rtt == pytest.approx(1.6)
     assert service.pending_pings == ()
     state.receive("c1", Message(type=MessageType.PONG, id="nobody-asked"), now=12.0)

@@ -1,0 +1,182 @@
+"""SQLite persistence: a restarted hub keeps services, workflows, phase history and logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+from when_coordinator.hub import Health, Hub, HubStore
+from when_coordinator.hub.testing import RawService, frame
+from when_coordinator.protocol import Phase
+
+
+async def send_workload(hub: Hub, service_id: str) -> None:
+    client = await RawService.connect(hub.url, service_name="keeper")
+    await client.register("keeper", service_id=service_id, version="2.0.1")
+    for message in (
+        frame("workflow_created", "wf-p", {"workflow_id": "wf-p"}),
+        frame("workflow_created", "wf-c", {"workflow_id": "wf-c", "parent_workflow_id": "wf-p"}),
+        frame("phase_changed", "wf-p", {"workflow_id": "wf-p", "from": "", "to": "pending"}),
+        frame("phase_changed", "wf-p", {"workflow_id": "wf-p", "from": "pending", "to": "failed"}),
+        frame(
+            "checkpoint", "wf-c", {"workflow_id": "wf-c", "checkpoint_id": "cp-7", "reason": "r"}
+        ),
+        frame("progress", "wf-c", {"workflow_id": "wf-c", "percent": 33.5, "stage": "copy"}),
+        frame("log", payload={"level": "info", "message": "one", "workflow_id": "wf-c"}),
+        frame("log_batch", payload={"logs": [{"level": "warn", "message": "two"}]}),
+    ):
+        await client.send(message)
+    await hub.wait_for(lambda h: len(h.logs) == 2)
+    await client.close()
+
+
+def test_a_restarted_hub_keeps_services_workflows_history_and_logs(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+
+    async def first_run() -> None:
+        async with Hub(db=db) as hub:
+            await send_workload(hub, "keeper-1")
+            anonymous = await RawService.connect(hub.url, service_name="")
+            assert (await anonymous.register("anon"))["payload"]["service_id"] == "svc-1"
+            await anonymous.close()
+            await hub.wait_for(lambda h: not h.services["svc-1"].connected)
+
+    async def second_run() -> None:
+        async with Hub(db=db) as hub:
+            assert set(hub.services) == {"keeper-1", "svc-1"}
+            keeper = hub.services["keeper-1"]
+            assert (keeper.version, keeper.health, keeper.connected) == (
+                "2.0.1",
+                Health.DISCONNECTED,
+                False,
+            )
+            parent, child = hub.workflows["wf-p"], hub.workflows["wf-c"]
+            assert parent.phase is Phase.FAILED
+            assert [(c.from_phase, c.to_phase) for c in parent.history] == [
+                (None, Phase.PENDING),
+                (Phase.PENDING, Phase.FAILED),
+            ]
+            assert parent.children == ("wf-c",)
+            assert (child.progress, child.stage, child.checkpoint_id) == (33.5, "copy", "cp-7")
+            assert [r.message for r in hub.logs] == ["one", "two"]
+            assert [r.message for r in hub.logs_for("wf-c")] == ["one"]
+            # A new anonymous service does not take an id a previous run handed out.
+            newcomer = await RawService.connect(hub.url, service_name="")
+            assert (await newcomer.register("new"))["payload"]["service_id"] == "svc-2"
+            # The known service comes back and owns its workflows again.
+            again = await RawService.connect(hub.url, service_name="keeper")
+            await again.register("keeper", service_id="keeper-1")
+            change = {"workflow_id": "wf-c", "from": "pending", "to": "pre-flight"}
+            await again.send(frame("phase_changed", "wf-c", change))
+            await hub.wait_for(lambda h: h.workflows["wf-c"].phase is Phase.PRE_FLIGHT)
+            await hub.pause("wf-c")
+            await again.expect("pause")
+            await newcomer.close()
+            await again.close()
+
+    asyncio.run(first_run())
+    asyncio.run(second_run())
+    store = HubStore(db)
+    assert store.counts() == {"services": 3, "workflows": 2, "logs": 2}
+    store.close()
+
+
+def test_flush_writes_while_running_and_unreadable_rows_are_skipped(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+
+    async def run() -> None:
+        async with Hub(db=db, store_interval=60) as hub:
+            await send_workload(hub, "keeper-1")
+            await hub.flush()
+            counts = await asyncio.to_thread(lambda: HubStore(db).counts())
+            assert counts == {"services": 1, "workflows": 2, "logs": 2}
+
+    asyncio.run(run())
+    with closing(sqlite3.connect(db)) as raw, raw:
+        raw.execute("INSERT INTO workflows (workflow_id, data) VALUES ('bad', '{not json')")
+        raw.execute(
+            """INSERT INTO workflows VALUES ('odd', '{"workflow_id": "odd", "phase": "x"}')"""
+        )
+
+    async def restart() -> None:
+        async with Hub(db=db) as hub:
+            assert set(hub.workflows) == {"wf-p", "wf-c"}
+
+    asyncio.run(restart())
+    store = HubStore(db)
+    assert len(store.load().workflows) == 2
+    assert store.skipped == 2
+    store.close()
+
+
+def committed_logs(db: Path) -> int:
+    """Log rows a reader sees now (WAL mode lets it read while the hub writes)."""
+    if not db.exists():
+        return 0
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as raw:
+            return int(raw.execute("SELECT COUNT(*) FROM logs").fetchone()[0])
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0
+
+
+def test_a_hub_killed_while_writing_leaves_a_consistent_database(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    command = [sys.executable, "-m", "when_coordinator.cli", "hub", "--port", "0", "--db", str(db)]
+    hub = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert hub.stdout is not None
+        match = re.search(r"listening on (ws://\S+)", hub.stdout.readline())
+        assert match, "the hub did not print its URL"
+        url = match.group(1)
+
+        async def hammer() -> None:
+            client = await RawService.connect(url, service_name="busy")
+            await client.register("busy", service_id="busy-1")
+            killed_at = None
+            for i in range(50_000):
+                wf = f"wf-{i % 50}"
+                try:
+                    await client.send(
+                        frame("progress", wf, {"workflow_id": wf, "percent": i % 100})
+                    )
+                    entry = {"level": "info", "message": f"line {i}", "workflow_id": wf}
+                    await client.send(frame("log", payload=entry))
+                except Exception:
+                    break  # the hub is gone
+                if killed_at is None and i % 200 == 0 and committed_logs(db) >= 1_000:
+                    hub.send_signal(signal.SIGKILL)  # while it keeps receiving and writing
+                    killed_at = i
+            assert killed_at is not None, "the hub never committed 1000 log rows"
+            await client.close()
+
+        asyncio.run(hammer())
+    finally:
+        hub.kill()
+        hub.wait(10)
+
+    with closing(sqlite3.connect(db)) as raw:
+        assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    store = HubStore(db)
+    snapshot = store.load()
+    assert store.skipped == 0
+    assert [s.service_id for s in snapshot.services] == ["busy-1"]
+    assert len(snapshot.logs) >= 1_000
+    assert all(json.dumps(w.as_dict()) for w in snapshot.workflows)
+
+    async def restart() -> None:
+        async with Hub(db=db) as restarted:
+            assert restarted.services["busy-1"].health is Health.DISCONNECTED
+            assert len(restarted.workflows) == len(snapshot.workflows)
+
+    asyncio.run(restart())
+    store.close()
+    assert os.path.getsize(db) > 0
