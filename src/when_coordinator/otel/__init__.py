@@ -1,6 +1,8 @@
 """The OpenTelemetry layer: workflows as spans, and spans and logs as coordination traffic."""
 
+from .instrumentor import WhenInstrumentor
 from .log_exporter import CoordinationLogExporter
+from .propagation import CarriedCall, attached, carrier
 from .span_processor import CoordinationSpanProcessor
 from .tracking import get_coordinator, set_coordinator
 from .workflow import (
@@ -14,11 +16,15 @@ from .workflow import (
 
 __all__ = [
     "AsyncWorkflow",
+    "CarriedCall",
     "CoordinationLogExporter",
     "CoordinationSpanProcessor",
+    "WhenInstrumentor",
     "Workflow",
     "WorkflowCancelled",
     "WorkflowDefinition",
+    "attached",
+    "carrier",
     "current_workflow",
     "get_coordinator",
     "set_coordinator",

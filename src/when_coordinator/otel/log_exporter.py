@@ -82,7 +82,14 @@ class CoordinationLogExporter(LogExporterBase):
         self.errors = 0
         self.exported = 0
         self._shutdown = False
+        self.enabled = True
+        """Off: batches are accepted and discarded (processors cannot leave a provider)."""
         self._warn = RateLimitedLog(_log)
+
+    def use(self, coordinator: Coordinator) -> None:
+        """Send to ``coordinator`` from now on, and switch on."""
+        self._coordinator = coordinator
+        self.enabled = True
 
     @property
     def coordinator(self) -> Coordinator:
@@ -93,6 +100,8 @@ class CoordinationLogExporter(LogExporterBase):
     def export(self, batch: Sequence[Any]) -> ExportResult:
         if self._shutdown:
             return ExportResult.FAILURE
+        if not self.enabled:
+            return ExportResult.SUCCESS
         try:
             coordinator = self.coordinator
             tracker = tracker_for(coordinator)

@@ -40,7 +40,14 @@ class CoordinationSpanProcessor(SpanProcessor):
     def __init__(self, coordinator: Coordinator | None = None) -> None:
         self._coordinator = coordinator
         self.errors = 0
+        self.enabled = True
+        """Off: every hook returns at once (SDK processors cannot be removed from a provider)."""
         self._warn = RateLimitedLog(_log)
+
+    def use(self, coordinator: Coordinator) -> None:
+        """Report to ``coordinator`` from now on, and switch on."""
+        self._coordinator = coordinator
+        self.enabled = True
 
     @property
     def coordinator(self) -> Coordinator:
@@ -56,6 +63,8 @@ class CoordinationSpanProcessor(SpanProcessor):
         self._warn.log(logging.WARNING, what, "span processor: %s failed", what, exc_info=True)
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if not self.enabled:
+            return
         try:
             attributes = span.attributes or {}
             span_id = span.get_span_context().span_id
@@ -102,6 +111,8 @@ class CoordinationSpanProcessor(SpanProcessor):
             pass  # the workflow ended or was forgotten meanwhile
 
     def on_end(self, span: ReadableSpan) -> None:
+        if not self.enabled:
+            return
         try:
             context = span.get_span_context()
             if context is None:

@@ -1,0 +1,327 @@
+"""``WhenInstrumentor``: coordinate an unmodified service under ``opentelemetry-instrument``.
+
+Registered under the ``opentelemetry_instrumentor`` entry point as ``when``, it runs after the
+distro and configurator have built the SDK providers, and only adds to them:
+
+- the ``CoordinationSpanProcessor`` on the tracer provider, and the ``CoordinationLogExporter``
+  (behind a ``BatchLogRecordProcessor``) on the logger provider, unless ``OTEL_LOGS_EXPORTER``
+  already names ``when``; where only the API's proxy providers exist it installs SDK ones;
+- a ``logging`` handler feeding Python log records into that logs pipeline (off with
+  ``WHEN_LOGS_ENABLED=false``), unless one is already there;
+- workflow context carried into threads, thread pools and process pools;
+- a workflow around every call of the functions named in ``WHEN_WORKFLOW_ENTRYPOINTS``
+  (``module:function`` or ``module:Class.method``), also for modules imported later.
+
+It takes neither the configurator nor the distro slot, attaches nothing twice, and
+``uninstrument()`` undoes what it did. SDK span and log processors cannot be removed from a
+provider, so those are switched off instead (and switched on again by a new ``instrument()``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import contextvars
+import logging
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Collection
+from types import ModuleType
+from typing import Any
+
+import wrapt
+from opentelemetry import _logs, trace
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+from opentelemetry.instrumentation.utils import unwrap
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+
+from ..client import Config, ConfigError, Coordinator
+from ._sdk_logs import BatchLogRecordProcessor, LoggerProvider, LoggingHandler
+from .log_exporter import CoordinationLogExporter
+from .propagation import CarriedCall, carrier, run_in_copied_context
+from .span_processor import CoordinationSpanProcessor
+from .tracking import set_coordinator
+from .workflow import workflow
+
+__all__ = ["WhenInstrumentor", "parse_entrypoint"]
+
+_log = logging.getLogger(__name__)
+
+# One processor / exporter per provider, re-enabled rather than attached again.
+_span_processors: weakref.WeakKeyDictionary[Any, CoordinationSpanProcessor] = (
+    weakref.WeakKeyDictionary()
+)
+_log_exporters: weakref.WeakKeyDictionary[Any, CoordinationLogExporter] = (
+    weakref.WeakKeyDictionary()
+)
+
+_THREAD_PATCHES = (
+    (threading.Thread, "start"),
+    (threading.Thread, "run"),
+    (concurrent.futures.ThreadPoolExecutor, "submit"),
+    (concurrent.futures.ProcessPoolExecutor, "submit"),
+)
+
+
+def parse_entrypoint(spec: str) -> tuple[str, str]:
+    """``"pkg.module:Class.method"`` to ``("pkg.module", "Class.method")``, or ValueError."""
+    module, sep, qualname = spec.strip().partition(":")
+    if (
+        not sep
+        or not module
+        or not qualname
+        or not all(part.isidentifier() for part in (*module.split("."), *qualname.split(".")))
+    ):
+        raise ValueError(
+            f"workflow entry point {spec!r} must look like module:function or module:Class.method"
+        )
+    return module, qualname
+
+
+class _SkipOwnRecords(logging.Filter):
+    """Keep the package's own records, and anything its client thread logs, out of the hub."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.name.startswith("when_coordinator") or record.threadName == "when-coordinator"
+        )
+
+
+class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """See the module docstring. ``instrument()`` takes optional keyword arguments:
+    ``config``, ``coordinator``, ``tracer_provider``, ``logger_provider``."""
+
+    def __init__(self) -> None:
+        self._coordinator: Coordinator | None = None
+        self._owns_coordinator = False
+        self._previous_default: Coordinator | None = None
+        self._span_processor: CoordinationSpanProcessor | None = None
+        self._log_exporter: CoordinationLogExporter | None = None
+        self._logging_handler: logging.Handler | None = None
+        self._wrapped: list[tuple[Any, str]] = []
+        self._entrypoints_active = False
+        self._providers: list[Any] = []
+        self._exit_hook = False
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ()
+
+    # ------------------------------------------------------------------ instrument
+
+    def _instrument(self, **kwargs: Any) -> None:
+        config = kwargs.get("config")
+        if config is None:
+            try:
+                config = Config.from_env()
+            except ConfigError as exc:
+                _log.error("when-coordinator disabled: %s", exc)
+                config = Config()
+        coordinator = kwargs.get("coordinator")
+        self._owns_coordinator = coordinator is None
+        if coordinator is None:
+            coordinator = Coordinator(config)
+            coordinator.connect()
+        self._coordinator = coordinator
+        self._previous_default = set_coordinator(coordinator)
+
+        tracer_provider = kwargs.get("tracer_provider") or _sdk_tracer_provider()
+        self._span_processor = _attach_span_processor(tracer_provider, coordinator)
+        self._providers = [tracer_provider]
+
+        if config.logs_enabled:
+            logger_provider = kwargs.get("logger_provider") or _sdk_logger_provider()
+            self._providers.append(logger_provider)
+            if "when" not in _env_list("OTEL_LOGS_EXPORTER"):
+                self._log_exporter = _attach_log_exporter(logger_provider, coordinator)
+            self._logging_handler = _attach_logging_handler(logger_provider)
+            if self._logging_handler is not None:
+                # A root handler would make the application's logging.basicConfig() a no-op.
+                wrapt.wrap_function_wrapper(logging, "basicConfig", self._basic_config)
+                self._wrapped.append((logging, "basicConfig"))
+
+        if not self._exit_hook:
+            # Registered after the providers exist, so it runs before their own exit handlers
+            # and before the coordinator closes: what they still hold reaches the hub.
+            atexit.register(self._flush_at_exit)
+            self._exit_hook = True
+        self._patch_threads()
+        self._entrypoints_active = True
+        for spec in config.workflow_entrypoints:
+            try:
+                self._patch_entrypoint(*parse_entrypoint(spec))
+            except ValueError as exc:
+                _log.error("%s", exc)
+
+    def _flush_at_exit(self) -> None:
+        coordinator = self._coordinator
+        if coordinator is None:
+            return
+        timeout_ms = int(coordinator.config.close_timeout * 1000)
+        for provider in self._providers:
+            try:
+                provider.force_flush(timeout_ms)
+            except Exception:
+                _log.debug("flushing %r at exit failed", provider, exc_info=True)
+
+    def _basic_config(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        """Run ``logging.basicConfig`` as if our handler were not on the root logger yet."""
+        handler = self._logging_handler
+        root = logging.getLogger()
+        if handler is None or handler not in root.handlers:
+            return wrapped(*args, **kwargs)
+        root.removeHandler(handler)
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            root.addHandler(handler)
+
+    def _patch_threads(self) -> None:
+        wrappers: dict[str, Callable[..., Any]] = {
+            "start": _thread_start,
+            "run": _thread_run,
+        }
+        for owner, name in _THREAD_PATCHES:
+            if owner is concurrent.futures.ThreadPoolExecutor:
+                wrapper = _thread_pool_submit
+            elif owner is concurrent.futures.ProcessPoolExecutor:
+                wrapper = _process_pool_submit
+            else:
+                wrapper = wrappers[name]
+            wrapt.wrap_function_wrapper(owner, name, wrapper)
+            self._wrapped.append((owner, name))
+
+    def _patch_entrypoint(self, module_name: str, qualname: str) -> None:
+        def apply(module: ModuleType) -> None:
+            if not self._entrypoints_active:
+                return  # uninstrumented before the module was imported
+            owner: Any = module
+            *path, name = qualname.split(".")
+            try:
+                for part in path:
+                    owner = getattr(owner, part)
+                getattr(owner, name)
+            except AttributeError:
+                _log.error("workflow entry point %s:%s not found", module_name, qualname)
+                return
+            wrapt.wrap_function_wrapper(owner, name, _entrypoint_wrapper(qualname))
+            self._wrapped.append((owner, name))
+
+        module = sys.modules.get(module_name)
+        if module is not None:
+            apply(module)
+        else:
+            wrapt.register_post_import_hook(apply, module_name)
+
+    # ------------------------------------------------------------------ uninstrument
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        self._entrypoints_active = False
+        while self._wrapped:
+            owner, name = self._wrapped.pop()
+            unwrap(owner, name)
+        if self._logging_handler is not None:
+            logging.getLogger().removeHandler(self._logging_handler)
+            self._logging_handler = None
+        if self._span_processor is not None:
+            self._span_processor.enabled = False
+            self._span_processor = None
+        if self._log_exporter is not None:
+            self._log_exporter.enabled = False
+            self._log_exporter = None
+        self._providers = []
+        set_coordinator(self._previous_default)
+        self._previous_default = None
+        coordinator, self._coordinator = self._coordinator, None
+        if coordinator is not None and self._owns_coordinator:
+            coordinator.close()
+
+
+# ---------------------------------------------------------------------- providers
+
+
+def _env_list(name: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def _sdk_tracer_provider() -> Any:
+    """The global SDK tracer provider, installing one where only the API's proxy exists."""
+    provider = trace.get_tracer_provider()
+    if not hasattr(provider, "add_span_processor"):
+        provider = TracerProvider(resource=Resource.create())
+        trace.set_tracer_provider(provider)
+    return provider
+
+
+def _sdk_logger_provider() -> Any:
+    provider = _logs.get_logger_provider()
+    if not hasattr(provider, "add_log_record_processor"):
+        provider = LoggerProvider(resource=Resource.create())
+        _logs.set_logger_provider(provider)
+    return provider
+
+
+def _attach_span_processor(provider: Any, coordinator: Coordinator) -> CoordinationSpanProcessor:
+    processor = _span_processors.get(provider)
+    if processor is None:
+        processor = CoordinationSpanProcessor(coordinator)
+        provider.add_span_processor(processor)
+        _span_processors[provider] = processor
+    processor.use(coordinator)
+    return processor
+
+
+def _attach_log_exporter(provider: Any, coordinator: Coordinator) -> CoordinationLogExporter:
+    exporter = _log_exporters.get(provider)
+    if exporter is None:
+        exporter = CoordinationLogExporter(coordinator)
+        provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+        _log_exporters[provider] = exporter
+    exporter.use(coordinator)
+    return exporter
+
+
+def _attach_logging_handler(provider: Any) -> logging.Handler | None:
+    root = logging.getLogger()
+    if any(isinstance(handler, LoggingHandler) for handler in root.handlers):
+        return None  # the distro's logging integration already feeds the logs pipeline
+    handler = LoggingHandler(level=logging.NOTSET, logger_provider=provider)
+    handler.addFilter(_SkipOwnRecords())
+    root.addHandler(handler)
+    return handler
+
+
+# ---------------------------------------------------------------------- wrappers
+
+
+def _thread_start(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    instance._when_context = contextvars.copy_context()
+    return wrapped(*args, **kwargs)
+
+
+def _thread_run(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    context = getattr(instance, "_when_context", None)
+    if context is None:
+        return wrapped(*args, **kwargs)
+    return context.run(wrapped, *args, **kwargs)
+
+
+def _thread_pool_submit(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    if args:
+        args = (run_in_copied_context(args[0]), *args[1:])
+    return wrapped(*args, **kwargs)
+
+
+def _process_pool_submit(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    if args:
+        args = (CarriedCall(args[0], carrier()), *args[1:])
+    return wrapped(*args, **kwargs)
+
+
+def _entrypoint_wrapper(name: str) -> Callable[..., Any]:
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        return workflow(name)(wrapped)(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,63 @@
+"""Carrying workflow context where ``contextvars`` do not go by themselves.
+
+Threads and thread pools get a copy of the caller's context (``contextvars`` and so the
+OpenTelemetry context and the current workflow). Processes get a W3C carrier (``traceparent``
+and ``baggage``, which holds the workflow ids): ``carrier()`` in the parent, ``attached()`` in
+the child. ``CarriedCall`` packs both into one picklable callable for process pools.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+
+__all__ = ["CarriedCall", "attached", "carrier", "run_in_copied_context"]
+
+
+def carrier() -> dict[str, str]:
+    """The current trace and workflow context as W3C headers (a plain, picklable dict)."""
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return headers
+
+
+@contextlib.contextmanager
+def attached(headers: Mapping[str, str]) -> Iterator[None]:
+    """Run a block in the context a ``carrier()`` described: a workflow started inside it is
+    the child of the workflow that made the carrier."""
+    token = otel_context.attach(propagate.extract(dict(headers)))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+class CarriedCall:
+    """``fn(*args, **kwargs)`` in another process, inside the caller's workflow context.
+
+    Picklable when ``fn`` is (a module-level function), so it works with
+    ``ProcessPoolExecutor`` under both fork and spawn.
+    """
+
+    def __init__(self, fn: Callable[..., Any], headers: Mapping[str, str]) -> None:
+        self.fn = fn
+        self.headers = dict(headers)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with attached(self.headers):
+            return self.fn(*args, **kwargs)
+
+
+def run_in_copied_context(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Bind ``fn`` to a copy of the current context, for running on another thread."""
+    context = contextvars.copy_context()
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return context.run(fn, *args, **kwargs)
+
+    return run
