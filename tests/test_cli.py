@@ -1,0 +1,343 @@
+"""The real ``when-coordinator`` command in subprocesses, against a hub running in the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import types
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from when_coordinator import cli
+from when_coordinator.hub import Hub, ThreadedHub
+from when_coordinator.hub.testing import frame
+
+COMMAND = [sys.executable, "-m", "when_coordinator.cli"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WHEN_HUB_URL", "WHEN_AUTH_TOKEN")}
+    env.update(extra)
+    return env
+
+
+def run(
+    args: Sequence[str], *, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COMMAND, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env if env is not None else clean_env(),
+        check=False,
+    )
+
+
+def start(args: Sequence[str], *, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*COMMAND, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env if env is not None else clean_env(),
+    )
+
+
+def receive(ws: ClientConnection, kind: str) -> dict[str, Any]:
+    while True:
+        message: dict[str, Any] = json.loads(ws.recv(timeout=10))
+        if message["type"] == kind:
+            return message
+
+
+def send(ws: ClientConnection, kind: str, workflow_id: str = "", **payload: Any) -> None:
+    if workflow_id:
+        payload.setdefault("workflow_id", workflow_id)
+    ws.send(json.dumps(frame(kind, workflow_id, payload)))
+
+
+@pytest.fixture
+def hub() -> Iterator[ThreadedHub]:
+    with Hub(port=0).run_in_thread() as running:
+        yield running
+
+
+@pytest.fixture
+def service(hub: ThreadedHub) -> Iterator[ClientConnection]:
+    """A raw service with wf-1 (executing, 50 %) and its child wf-2."""
+    with connect(hub.url, additional_headers={"X-Service-Name": "etl"}, proxy=None) as ws:
+        send(ws, "register", service_name="etl", service_id="etl-1", capabilities=None)
+        receive(ws, "registered")
+        send(ws, "workflow_created", "wf-1", action_type="ETL")
+        send(ws, "phase_changed", "wf-1", **{"from": "planning", "to": "execution"})
+        send(ws, "progress", "wf-1", percent=50, stage="transform")
+        send(ws, "workflow_created", "wf-2", parent_workflow_id="wf-1")
+        hub.wait_for(lambda h: "wf-2" in h.workflows)
+        yield ws
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- help
+
+
+def test_help_names_every_command_and_the_environment() -> None:
+    result = run(["--help"])
+    assert result.returncode == 0
+    for word in ("hub", "demo", "workflows", "watch", "pause", "resume", "cancel", "status"):
+        assert re.search(rf"^\s+{word}\s", result.stdout, re.MULTILINE), word
+    assert "WHEN_HUB_URL" in result.stdout
+    assert "WHEN_AUTH_TOKEN" in result.stdout
+    pause = run(["pause", "--help"])
+    assert "WORKFLOW_ID" in pause.stdout
+    assert "--reason" in pause.stdout
+    assert "--hub URL" in pause.stdout
+    assert run(["pause"]).returncode == 2  # argparse: the workflow id is required
+
+
+# --------------------------------------------------------------------------- read commands
+
+
+def test_workflows_prints_a_tree_table_and_json(
+    hub: ThreadedHub, service: ClientConnection
+) -> None:
+    result = run(["workflows", "--hub", hub.http_url])
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "WORKFLOW",
+        "SERVICE",
+        "PHASE",
+        "PROGRESS",
+        "STAGE",
+        "ERRORS",
+        "UPDATED",
+    ]
+    assert lines[1].split()[:5] == ["wf-1", "etl-1", "execution", "50%", "transform"]
+    assert lines[2].split()[:4] == ["└", "wf-2", "etl-1", "pending"]
+
+    as_json = run(["workflows", "--json"], env=clean_env(WHEN_HUB_URL=hub.http_url))
+    assert {w["workflow_id"] for w in json.loads(as_json.stdout)} == {"wf-1", "wf-2"}
+
+
+def test_workflows_on_an_empty_hub_says_so(hub: ThreadedHub) -> None:
+    result = run(["workflows", "--hub", hub.url])  # a ws:// URL works too
+    assert result.returncode == 0
+    assert "no workflows" in result.stdout
+
+
+def test_status_asks_the_service_and_prints_its_answer(
+    hub: ThreadedHub, service: ClientConnection
+) -> None:
+    process = start(["status", "wf-1", "--hub", hub.http_url])
+    asked = receive(service, "status")
+    answer = {"phase": "execution", "progress": 62.5, "current_action": "load", "message": "ok"}
+    service.send(
+        json.dumps(
+            frame("status_response", "wf-1", {"workflow_id": "wf-1", **answer}, id=asked["id"])
+        )
+    )
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    fields = dict(line.split(None, 1) for line in out.splitlines())
+    assert fields["phase"] == "execution"
+    assert fields["progress"].endswith("62.5%")
+    assert (fields["action"], fields["message"]) == ("load", "ok")
+
+
+def test_status_without_an_answer_fails_cleanly(
+    hub: ThreadedHub, service: ClientConnection
+) -> None:
+    result = run(["status", "wf-1", "--hub", hub.http_url, "--timeout", "0.2"])
+    assert result.returncode == 1
+    assert "did not answer status" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------- control commands
+
+
+def test_pause_resume_and_cancel_reach_the_service(
+    hub: ThreadedHub, service: ClientConnection
+) -> None:
+    result = run(["pause", "wf-1", "--hub", hub.http_url, "--reason", "db maintenance"])
+    assert result.returncode == 0, result.stderr
+    assert "pause sent to service etl-1 for workflow wf-1" in result.stdout
+    pause = receive(service, "pause")
+    assert (pause["workflow_id"], pause["payload"]) == (
+        "wf-1",
+        {"workflow_id": "wf-1", "reason": "db maintenance"},
+    )
+    assert (
+        run(["resume", "wf-1", "--hub", hub.http_url, "--from-checkpoint", "cp-2"]).returncode == 0
+    )
+    assert receive(service, "resume")["payload"] == {
+        "workflow_id": "wf-1",
+        "from_checkpoint": "cp-2",
+    }
+    assert run(["cancel", "wf-2", "--hub", hub.http_url, "--force"]).returncode == 0
+    assert receive(service, "cancel")["payload"] == {"workflow_id": "wf-2", "force": True}
+
+
+def test_an_unknown_workflow_is_a_one_line_error(hub: ThreadedHub) -> None:
+    result = run(["pause", "wf-ghost", "--hub", hub.http_url])
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "when-coordinator pause: error: unknown workflow 'wf-ghost': "
+        "no service has reported it to this hub"
+    )
+
+
+# --------------------------------------------------------------------------- watch
+
+
+def read_until(process: subprocess.Popen[str], pattern: str) -> list[str]:
+    """Lines of the process's output up to the first matching one (pytest-timeout guards)."""
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line.rstrip("\n"))
+        if re.search(pattern, line):
+            return lines
+    raise AssertionError(f"output ended without {pattern!r}: {lines}")
+
+
+def test_watch_follows_phases_and_progress_until_interrupted(
+    hub: ThreadedHub, service: ClientConnection
+) -> None:
+    process = start(["watch", "--hub", hub.http_url, "--plain"])
+    try:
+        read_until(process, r"watching 2 workflow")
+        hub.wait_for(lambda h: h.watchers == 1)
+        send(
+            service,
+            "phase_changed",
+            "wf-1",
+            **{"from": "execution", "to": "pausing", "reason": "ops"},
+        )
+        read_until(process, r"wf-1  execution -> pausing  \(ops\)")
+        send(service, "progress", "wf-1", percent=75, stage="load")
+        line = read_until(process, r"wf-1  pausing  \[.* 75%")[-1]
+        assert line.endswith("[###############-----] 75%  load")
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+        assert process.returncode == 0
+        assert "Traceback" not in err
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_watch_once_and_timeout_end_by_themselves(
+    hub: ThreadedHub, service: ClientConnection
+) -> None:
+    once = run(["watch", "--once", "--hub", hub.http_url])
+    assert once.returncode == 0, once.stderr
+    assert "watching 2 workflow(s)" in once.stdout
+    assert re.search(r"wf-1  execution  \[##########----------\] 50%  transform", once.stdout)
+    timed = run(["watch", "--timeout", "0.3", "--hub", hub.http_url, "--workflow", "wf-2"])
+    assert timed.returncode == 0, timed.stderr
+    assert "watching 1 workflow(s)" in timed.stdout
+
+
+# --------------------------------------------------------------------------- errors and auth
+
+
+def test_an_unreachable_hub_gives_a_one_line_error_and_status_1() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    for args in (["workflows"], ["watch", "--once"], ["pause", "wf-1"], ["status", "wf-1"]):
+        result = run([*args, "--hub", url])
+        assert result.returncode == 1, args
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert f"cannot reach the hub at {url} (connection refused)" in result.stderr
+    bad = run(["workflows", "--hub", "ftp://example"])
+    assert (bad.returncode, "is not a hub URL" in bad.stderr) == (1, True)
+
+
+def test_a_hub_with_a_token_refuses_commands_without_it() -> None:
+    with Hub(token="cli-secret").run_in_thread() as hub:
+        for args in (["workflows"], ["watch", "--once"]):
+            refused = run([*args, "--hub", hub.http_url])
+            assert refused.returncode == 1
+            assert "needs a valid token" in refused.stderr
+            wrong = run([*args, "--hub", hub.http_url, "--token", "nope"])
+            assert wrong.returncode == 1
+            assert "cli-secret" not in wrong.stderr
+        assert run(["workflows", "--hub", hub.http_url, "--token", "cli-secret"]).returncode == 0
+        from_env = run(
+            ["watch", "--once", "--hub", hub.http_url], env=clean_env(WHEN_AUTH_TOKEN="cli-secret")
+        )
+        assert from_env.returncode == 0, from_env.stderr
+
+
+# --------------------------------------------------------------------------- hub and demo
+
+
+def test_the_hub_command_serves_until_sigterm(tmp_path: Any) -> None:
+    process = start(["hub", "--port", "0", "--db", str(tmp_path / "hub.db")])
+    try:
+        first = read_until(process, r"listening on ws://")[-1]
+        url = re.search(r"(ws://\S+)", first)
+        assert url is not None
+        port = int(url.group(1).split(":")[2].split("/")[0])
+        result = run(["workflows", "--hub", f"127.0.0.1:{port}"])
+        assert result.returncode == 0
+        with connect(url.group(1), proxy=None) as ws:
+            send(ws, "register", service_name="probe", capabilities=None)
+            assert receive(ws, "registered")["payload"]["service_id"] == "svc-1"
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err
+        assert "hub stopped" in out
+        assert "Traceback" not in err
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_the_hub_command_reports_a_busy_port() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run(["hub", "--port", str(taken.getsockname()[1])])
+    assert result.returncode == 1
+    assert "cannot listen on 127.0.0.1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_runs_the_demo_module_with_its_own_arguments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[list[str]] = []
+
+    def demo_main(argv: Sequence[str]) -> int:
+        seen.append(list(argv))
+        return 3
+
+    stand_in = types.ModuleType("when_coordinator.demo")
+    stand_in.main = demo_main  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "when_coordinator.demo", stand_in)
+    assert cli.main(["demo", "--fast", "-x", "value"]) == 3
+    assert seen == [["--fast", "-x", "value"]]
+
+
+def test_the_built_in_demo_stand_in_prints_phase_messages(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli._demo_stub() == 0
+    messages = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [m["payload"]["to"] for m in messages][-2:] == ["completing", "completed"]
