@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -137,6 +138,21 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         _list,
     ),
     EnvVar(
+        "WHEN_HUB_URL",
+        None,
+        "The command line's hub address (default http://127.0.0.1:8080).",
+    ),
+    EnvVar(
+        "OTEL_LOGS_EXPORTER",
+        None,
+        "Read by the instrumentor: when it names `when`, the SDK already attaches the exporter.",
+    ),
+    EnvVar(
+        "OTEL_SPAN_EVENT_COUNT_LIMIT",
+        None,
+        "The SDK's span event limit; a workflow records progress events under half of it.",
+    ),
+    EnvVar(
         "WHEN_LOGS_ENABLED",
         "logs_enabled",
         "Forward Python logging records to the hub (default true).",
@@ -251,4 +267,17 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown Config field(s): {', '.join(sorted(unknown))}")
         values.update(overrides)
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            # A value that parses but cannot work: say which variable set it.
+            names = [
+                var.name
+                for var in ENVIRONMENT
+                if var.field in values
+                and var.field not in overrides
+                and re.search(rf"\b{var.field}\b", str(exc))
+            ]
+            if not names:
+                raise
+            raise ConfigError(f"{exc} (set by {', '.join(names)})") from None
