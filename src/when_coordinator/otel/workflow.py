@@ -72,16 +72,27 @@ def current_workflow() -> Workflow | AsyncWorkflow | None:
     return cast("Workflow | AsyncWorkflow | None", current)
 
 
-_progress_event_limit: int | None = None
+_MAX_PROGRESS_EVENTS = 64
+_LIFECYCLE_EVENTS = 8
+"""Events kept free for the lifecycle: three to start, two to end, a failure or a pause."""
 
 
-def _progress_events_allowed() -> int:
-    """Stage-change events kept per span: half the span's event limit, so phases always fit."""
-    global _progress_event_limit  # noqa: PLW0603 - computed once from the environment
-    if _progress_event_limit is None:
-        max_events = SpanLimits().max_events
-        _progress_event_limit = 64 if max_events is None else max(0, min(64, max_events // 2))
-    return _progress_event_limit
+def _progress_events_allowed(span: Span) -> int:
+    """Stage-change events one span may take, so that its phase events always fit.
+
+    Half of what the span's event limit leaves after the lifecycle's own events, at most 64.
+    The limit is the span's own (an SDK span carries its provider's ``SpanLimits``, which may
+    differ from the environment's); other spans fall back to ``OTEL_SPAN_EVENT_COUNT_LIMIT``.
+    """
+    if not span.is_recording():
+        return 0
+    limits = getattr(span, "_limits", None)
+    if not isinstance(limits, SpanLimits):
+        limits = SpanLimits()
+    max_events = limits.max_events
+    if max_events is None:  # unlimited
+        return _MAX_PROGRESS_EVENTS
+    return max(0, min(_MAX_PROGRESS_EVENTS, (max_events - _LIFECYCLE_EVENTS) // 2))
 
 
 def _reset(token: Any) -> None:
@@ -135,6 +146,7 @@ class _WorkflowBase:
         self._checkpoints = 0
         self._last_stage = ""
         self._progress_events = 0
+        self._progress_budget = 0
         self._started = False
         self._ended = False
         self._version = 0
@@ -204,7 +216,7 @@ class _WorkflowBase:
         if stage != self._last_stage:
             self._last_stage = stage
             span.set_attribute(attr.PROGRESS_STAGE, stage)
-            if self._progress_events < _progress_events_allowed():
+            if self._progress_events < self._progress_budget:
                 self._progress_events += 1
                 span.add_event(
                     attr.PROGRESS_EVENT,
@@ -283,6 +295,7 @@ class _WorkflowBase:
             "when_coordinator", __version__, tracer_provider=self._tracer_provider
         )
         self._span = tracer.start_span(self.name, attributes=attributes)
+        self._progress_budget = _progress_events_allowed(self._span)
         self._tracker.adopt_span(self.id, self._span)
         self._tracker.bind(self._span.get_span_context().span_id, self.id)
         context = baggage.set_baggage(attr.BAGGAGE_WORKFLOW_ID, self.id)
@@ -345,17 +358,22 @@ class _WorkflowBase:
 
     def _cancel_now(self) -> None:
         reason, self._cancel_reason = self._cancel_reason, None
+        if reason is None:
+            return  # the other thread honoured it meanwhile
         try:
-            self._phases.cancel(self.id, reason or "")
+            self._phases.cancel(self.id, reason)
         except PhaseError:
-            self._cancel_reason = reason  # not yet in execution: keep it for later
+            if self._phases.get_phase(self.id) in (Phase.PENDING, Phase.PRE_FLIGHT, Phase.PLANNING):
+                self._cancel_reason = reason  # not yet in execution: keep it for later
 
     def _command(self, event: CommandEvent) -> None:
         """A hub command for this workflow (on the client's thread)."""
         if event.type is MessageType.CANCEL and not event.accepted:
             phase = self._phases.get_phase(self.id)
-            if phase in (Phase.PENDING, Phase.PRE_FLIGHT, Phase.PLANNING):
-                # Too early for the phase table: honoured once execution is reached.
+            # Refused because it came too early for the phase table: honoured once execution
+            # is reached. Already in execution means the workflow got there after the refusal
+            # (a cancel from execution is never refused), so it is honoured now.
+            if phase in (Phase.PENDING, Phase.PRE_FLIGHT, Phase.PLANNING, Phase.EXECUTION):
                 self._cancel_reason = event.reason or "cancel requested"
                 if self._phases.get_phase(self.id) is Phase.EXECUTION:
                     self._cancel_now()
