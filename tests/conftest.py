@@ -1,0 +1,73 @@
+"""Shared fixtures.
+
+OpenTelemetry layer (``otel_*``): a real reference hub on loopback, a real ``Coordinator``
+connected and registered to it, and a real SDK ``TracerProvider`` exporting to memory. Tests pass
+``coordinator=`` and ``tracer_provider=`` explicitly, so nothing depends on process globals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from when_coordinator import Config, Coordinator
+from when_coordinator.hub import Hub, ThreadedHub
+
+OTEL_TIMEOUT = 10.0
+"""Seconds any single wait in the OpenTelemetry tests may take before it counts as a failure."""
+
+
+@pytest.fixture
+def otel_hub() -> Iterator[ThreadedHub]:
+    """A reference hub on a free loopback port, on its own thread."""
+    with Hub(port=0).run_in_thread() as hub:
+        yield hub
+
+
+@pytest.fixture
+def otel_connect(otel_hub: ThreadedHub) -> Iterator[Callable[..., Coordinator]]:
+    """Make coordinators connected and registered to ``otel_hub``; all closed at teardown."""
+    made: list[Coordinator] = []
+
+    def connect(**overrides: object) -> Coordinator:
+        settings: dict[str, object] = {
+            "when_url": otel_hub.url,
+            "service_name": "otel-tests",
+            "reconnect_initial_delay": 0.05,
+            "reconnect_max_delay": 0.5,
+            "close_timeout": 5.0,
+        }
+        settings.update(overrides)
+        coordinator = Coordinator(Config(**settings))  # type: ignore[arg-type]
+        made.append(coordinator)
+        coordinator.connect()
+        assert coordinator.wait_registered(OTEL_TIMEOUT), "the coordinator did not register"
+        return coordinator
+
+    yield connect
+    for coordinator in made:
+        coordinator.close(timeout=5.0)
+
+
+@pytest.fixture
+def otel_coordinator(otel_connect: Callable[..., Coordinator]) -> Coordinator:
+    """One coordinator connected and registered to ``otel_hub``."""
+    return otel_connect()
+
+
+@pytest.fixture
+def span_exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def tracer_provider(span_exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
+    """A real SDK tracer provider exporting every ended span to ``span_exporter``."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+    yield provider
+    provider.shutdown()
