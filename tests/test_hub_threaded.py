@@ -38,6 +38,7 @@ def test_the_threaded_hub_serves_and_commands_synchronously() -> None:
         hub.wait_for(lambda h: not h.services["sync-svc"].connected)
         assert hub.services["sync-svc"].health == "disconnected"
     assert not hub.hub.running
+    assert hub.services["sync-svc"].connections == 1  # still readable after the hub stopped
 
 
 def check_commands(hub: ThreadedHub, ws: ClientConnection) -> None:

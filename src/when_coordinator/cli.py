@@ -527,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--hub",
         default=os.environ.get("WHEN_HUB_URL") or DEFAULT_HUB_URL,
         metavar="URL",
-        help="the hub to talk to (default: $WHEN_HUB_URL or %(default)s)",
+        help=f"the hub to talk to (default: $WHEN_HUB_URL, else {DEFAULT_HUB_URL})",
     )
     remote.add_argument(
         "--token",

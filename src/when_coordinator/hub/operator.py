@@ -184,7 +184,8 @@ async def execute(hub: Hub, op: str, params: Mapping[str, Any]) -> Any:
             sent = await hub.resume(workflow_id, _text(params, "from_checkpoint"))
         else:
             sent = await hub.cancel(workflow_id, _text(params, "reason"), _flag(params, "force"))
-        return {"sent": sent.id, "service_id": hub.workflows[workflow_id].service_id}
+        workflow = hub.workflows.get(workflow_id)
+        return {"sent": sent.id, "service_id": workflow.service_id if workflow else ""}
     if op == "status":
         workflow_id = _workflow_id(params)
         timeout = _number(params, "timeout", hub.command_timeout)

@@ -113,8 +113,10 @@ class ThreadedHub:
             return False
 
     def call(self, fn: Callable[[], _T], timeout: float = 10.0) -> _T:
-        """Run ``fn()`` on the hub's loop and return its result (directly if already there)."""
-        if self._on_loop():
+        """Run ``fn()`` on the hub's loop and return its result (directly if already there,
+        or once the hub has stopped, when nothing else touches its state)."""
+        thread = self._thread
+        if self._on_loop() or thread is None or not thread.is_alive():
             return fn()
         future: concurrent.futures.Future[_T] = concurrent.futures.Future()
 
