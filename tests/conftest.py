@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from when_coordinator import Config, Coordinator
+from when_coordinator import Config, Coordinator, PhaseManager
 from when_coordinator.hub import Hub, ThreadedHub
 
 OTEL_TIMEOUT = 10.0
@@ -30,10 +30,11 @@ def otel_hub() -> Iterator[ThreadedHub]:
 
 @pytest.fixture
 def otel_connect(otel_hub: ThreadedHub) -> Iterator[Callable[..., Coordinator]]:
-    """Make coordinators connected and registered to ``otel_hub``; all closed at teardown."""
+    """Make coordinators connected and registered to ``otel_hub`` (keywords are ``Config``
+    fields, plus ``phases``); all are closed at teardown."""
     made: list[Coordinator] = []
 
-    def connect(**overrides: object) -> Coordinator:
+    def connect(*, phases: PhaseManager | None = None, **overrides: object) -> Coordinator:
         settings: dict[str, object] = {
             "when_url": otel_hub.url,
             "service_name": "otel-tests",
@@ -42,7 +43,7 @@ def otel_connect(otel_hub: ThreadedHub) -> Iterator[Callable[..., Coordinator]]:
             "close_timeout": 5.0,
         }
         settings.update(overrides)
-        coordinator = Coordinator(Config(**settings))  # type: ignore[arg-type]
+        coordinator = Coordinator(Config(**settings), phases=phases)  # type: ignore[arg-type]
         made.append(coordinator)
         coordinator.connect()
         assert coordinator.wait_registered(OTEL_TIMEOUT), "the coordinator did not register"
