@@ -387,7 +387,9 @@ class LogEntry(_Schema):
             object.__setattr__(self, "level", LogLevel(self.level))
         except ValueError:
             levels = ", ".join(level.value for level in LogLevel)
-            raise ProtocolError(f"unknown log level {self.level!r} (one of {levels})") from None
+            raise ProtocolError(
+                f"log entry field 'level': unknown log level {self.level!r} (one of {levels})"
+            ) from None
 
 
 # --------------------------------------------------------------------------- payloads
@@ -781,6 +783,10 @@ def decode(text: str | bytes) -> Message:
         raise ProtocolError(f"invalid JSON: {exc}") from None
     except RecursionError:
         raise ProtocolError("invalid JSON: nested too deeply") from None
+    except ProtocolError:
+        raise
+    except ValueError as exc:  # e.g. an integer literal longer than int_max_str_digits
+        raise ProtocolError(f"invalid JSON: {exc}") from None
     if end != len(text) and text[end:].strip(_JSON_SPACE):
         raise ProtocolError(f"invalid JSON: extra data at char {end}")
     if type(data) is not dict:
