@@ -1,0 +1,270 @@
+"""``CoordinationLogExporter``: records from ``logging`` through the real SDK logs pipeline
+(``LoggingHandler`` -> ``LoggerProvider`` -> processor -> our exporter) to the real hub."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, SimpleLogRecordProcessor
+from opentelemetry.sdk.trace import TracerProvider
+
+from when_coordinator import Config, Coordinator, LogEntry, workflow
+from when_coordinator.hub import LogRecord, ThreadedHub
+from when_coordinator.otel import CoordinationLogExporter, CoordinationSpanProcessor
+
+OTEL_TIMEOUT = 10.0
+
+
+class RecordingExporter(CoordinationLogExporter):
+    """Our exporter, remembering the size of every batch it was handed."""
+
+    def __init__(self, coordinator: Coordinator, **options: Any) -> None:
+        super().__init__(coordinator, **options)
+        self.batches: list[int] = []
+
+    def export(self, batch: Sequence[Any]) -> Any:
+        self.batches.append(len(batch))
+        return super().export(batch)
+
+
+class Pipeline:
+    """``logging`` -> SDK ``LoggingHandler`` -> ``LoggerProvider`` -> processor -> exporter."""
+
+    def __init__(self, exporter: CoordinationLogExporter, *, batch: bool = False, **options: Any):
+        self.exporter = exporter
+        self.provider = LoggerProvider()
+        self.processor = (
+            BatchLogRecordProcessor(exporter, **options)
+            if batch
+            else SimpleLogRecordProcessor(exporter)
+        )
+        self.provider.add_log_record_processor(self.processor)
+        with warnings.catch_warnings():  # the SDK handler is deprecated in favour of contrib's
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.handler = LoggingHandler(logger_provider=self.provider)
+        self.loggers: list[logging.Logger] = []
+
+    def logger(self, name: str = "") -> logging.Logger:
+        logger = logging.getLogger(name or f"app.{uuid.uuid4().hex[:8]}")
+        logger.addHandler(self.handler)
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+        self.loggers.append(logger)
+        return logger
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.removeHandler(self.handler)
+        self.provider.shutdown()
+
+
+@pytest.fixture
+def pipelines() -> Iterator[Callable[..., Pipeline]]:
+    made: list[Pipeline] = []
+
+    def make(exporter: CoordinationLogExporter, **options: Any) -> Pipeline:
+        made.append(Pipeline(exporter, **options))
+        return made[-1]
+
+    yield make
+    for pipeline in made:
+        pipeline.close()
+
+
+def hub_logs(hub: ThreadedHub, count: int, workflow_id: str | None = None) -> list[LogEntry]:
+    """Wait until the hub holds ``count`` logs (of the workflow, if given); their entries."""
+
+    def enough(h: ThreadedHub) -> tuple[LogRecord, ...] | None:
+        logs = h.logs if workflow_id is None else h.logs_for(workflow_id)
+        return logs if len(logs) >= count else None
+
+    found = hub.wait_for(enough, OTEL_TIMEOUT)
+    assert found is not None
+    return [record.entry for record in found]
+
+
+def here() -> int:
+    """The line number of the caller's next line."""
+    frame = inspect.currentframe()
+    assert frame is not None
+    assert frame.f_back is not None
+    return frame.f_back.f_lineno + 1
+
+
+# ---------------------------------------------------------------------- mapping
+
+
+def test_records_map_to_protocol_log_entries(
+    otel_hub: ThreadedHub,
+    otel_coordinator: Coordinator,
+    tracer_provider: TracerProvider,
+    pipelines: Callable[..., Pipeline],
+) -> None:
+    log = pipelines(CoordinationLogExporter(otel_coordinator)).logger()
+    with workflow("logged", coordinator=otel_coordinator, tracer_provider=tracer_provider) as wf:
+        context = wf.span.get_span_context()
+        line = here()
+        log.debug("loaded %d rows", 42, extra={"table": "orders", "rows": 42})
+        log.info("info")
+        log.warning("warning")
+        log.error("error", extra={"action_id": "act-3", "correlation_id": "req-77"})
+        log.critical("critical")
+    entries = hub_logs(otel_hub, 5, wf.id)
+    assert [(e.level, e.message) for e in entries] == [
+        ("debug", "loaded 42 rows"),
+        ("info", "info"),
+        ("warn", "warning"),
+        ("error", "error"),
+        ("fatal", "critical"),
+    ]
+    first = entries[0]
+    assert first.workflow_id == wf.id  # from the span the record was logged in
+    assert first.trace_id == format(context.trace_id, "032x")
+    assert first.span_id == format(context.span_id, "016x")
+    assert first.source_file == __file__
+    assert first.source_line == line
+    assert first.fields["table"] == "orders"
+    assert first.fields["rows"] == 42
+    assert first.fields["code.function.name"] == "test_records_map_to_protocol_log_entries"
+    assert not any(key.startswith(("code.file", "code.line")) for key in first.fields)
+    assert (entries[3].action_id, entries[3].correlation_id) == ("act-3", "req-77")
+    assert "action_id" not in entries[3].fields
+    assert all(e.timestamp.endswith("Z") for e in entries)
+
+
+def test_ids_are_omitted_outside_spans_and_attributes_name_the_workflow(
+    otel_hub: ThreadedHub, otel_coordinator: Coordinator, pipelines: Callable[..., Pipeline]
+) -> None:
+    log = pipelines(CoordinationLogExporter(otel_coordinator)).logger()
+    log.info("no span here")
+    log.info("filed by attribute", extra={"workflow_id": "wf-from-extra"})
+    log.info("filed by our attribute", extra={"when.workflow.id": "wf-from-attr"})
+    entries = {e.message: e for e in hub_logs(otel_hub, 3)}
+    plain = entries["no span here"]
+    assert (plain.trace_id, plain.span_id, plain.workflow_id) == ("", "", "")
+    assert entries["filed by attribute"].workflow_id == "wf-from-extra"
+    assert entries["filed by our attribute"].workflow_id == "wf-from-attr"
+    assert "workflow_id" not in entries["filed by attribute"].fields
+    # Empty keys are left out of the frame itself, not sent as "".
+    (frame,) = [
+        r.message.payload["logs"][0]
+        for r in otel_hub.received
+        if r.message.type == "log_batch"
+        and r.message.payload["logs"][0]["message"] == "no span here"
+    ]
+    assert not {"trace_id", "span_id", "workflow_id", "action_id"} & set(frame)
+
+
+def test_records_in_spans_nested_in_a_workflow_are_filed_under_it(
+    otel_hub: ThreadedHub, otel_coordinator: Coordinator, pipelines: Callable[..., Pipeline]
+) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(CoordinationSpanProcessor(otel_coordinator))
+    log = pipelines(CoordinationLogExporter(otel_coordinator)).logger()
+    with (
+        workflow("outer", coordinator=otel_coordinator, tracer_provider=provider) as wf,
+        provider.get_tracer("app").start_as_current_span("step") as step,
+    ):
+        log.info("inside the step")
+        step_id = format(step.get_span_context().span_id, "016x")
+    (entry,) = hub_logs(otel_hub, 1, wf.id)
+    assert entry.message == "inside the step"
+    assert entry.span_id == step_id
+    provider.shutdown()
+
+
+def test_structured_bodies_become_json_messages(
+    otel_hub: ThreadedHub, otel_coordinator: Coordinator, pipelines: Callable[..., Pipeline]
+) -> None:
+    log = pipelines(CoordinationLogExporter(otel_coordinator)).logger()
+    log.info({"event": "loaded", "rows": 3})
+    (entry,) = hub_logs(otel_hub, 1)
+    assert entry.message == '{"event":"loaded","rows":3}'
+
+
+# ---------------------------------------------------------------------- batching
+
+
+def test_one_log_batch_per_export_split_to_max_batch(
+    otel_hub: ThreadedHub, otel_coordinator: Coordinator, pipelines: Callable[..., Pipeline]
+) -> None:
+    exporter = RecordingExporter(otel_coordinator, max_batch=4)
+    pipeline = pipelines(
+        exporter, batch=True, max_export_batch_size=10, schedule_delay_millis=60_000
+    )
+    log = pipeline.logger()
+    for i in range(25):
+        log.info("record %d", i)
+    assert pipeline.provider.force_flush(10_000)
+    entries = hub_logs(otel_hub, 25)
+    assert [e.message for e in entries] == [f"record {i}" for i in range(25)]
+    assert sum(exporter.batches) == 25
+    assert max(exporter.batches) <= 10
+    expected = [size for n in exporter.batches for size in [4] * (n // 4) + [n % 4] if size]
+    sizes = [
+        len(r.message.payload["logs"]) for r in otel_hub.received if r.message.type == "log_batch"
+    ]
+    assert sizes == expected
+    assert exporter.exported == 25
+    assert exporter.errors == 0
+
+
+def test_many_records_through_the_batch_processor_all_arrive(
+    otel_hub: ThreadedHub, otel_coordinator: Coordinator, pipelines: Callable[..., Pipeline]
+) -> None:
+    exporter = CoordinationLogExporter(otel_coordinator)
+    pipeline = pipelines(exporter, batch=True, max_queue_size=4096)
+    log = pipeline.logger()
+    for i in range(2000):
+        log.info("bulk %d", i, extra={"i": i})
+    assert pipeline.provider.force_flush(10_000)
+    entries = hub_logs(otel_hub, 2000)
+    assert [e.fields["i"] for e in entries] == list(range(2000))
+    assert otel_coordinator.stats().dropped == 0
+
+
+# ---------------------------------------------------------------------- safety
+
+
+def test_records_of_this_package_are_not_sent_back(
+    otel_hub: ThreadedHub, otel_coordinator: Coordinator, pipelines: Callable[..., Pipeline]
+) -> None:
+    exporter = RecordingExporter(otel_coordinator)
+    pipeline = pipelines(exporter)
+    pipeline.logger("when_coordinator.tests.loop").warning("would feed on itself")
+    pipeline.logger().warning("sent")
+    assert exporter.batches == [1, 1]
+    assert exporter.exported == 1
+    assert [e.message for e in hub_logs(otel_hub, 1)] == ["sent"]
+
+
+class BrokenCoordinator(Coordinator):
+    def send_log_batch(self, entries: Sequence[LogEntry]) -> bool:
+        raise RuntimeError("outbox on fire")
+
+
+def test_export_failures_are_counted_never_raised(pipelines: Callable[..., Pipeline]) -> None:
+    coordinator = BrokenCoordinator(Config())
+    try:
+        exporter = CoordinationLogExporter(coordinator)
+        log = pipelines(exporter).logger()
+        log.error("goes nowhere")  # must not raise
+        assert exporter.errors == 1
+        assert exporter.exported == 0
+        exporter.shutdown()
+        log.error("after shutdown")
+        assert exporter.errors == 1  # refused, not attempted
+    finally:
+        coordinator.close()
+
+
+def test_max_batch_must_be_positive(otel_coordinator: Coordinator) -> None:
+    with pytest.raises(ValueError, match="max_batch"):
+        CoordinationLogExporter(otel_coordinator, max_batch=0)
