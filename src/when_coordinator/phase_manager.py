@@ -131,6 +131,7 @@ class PhaseManager:
             raise ValueError("max_terminal must be >= 0")
         self._lock = threading.RLock()
         self._states: dict[str, PhaseState] = {}
+        self._noted: dict[str, tuple[float, float]] = {}  # note_progress: (percent, time)
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._max_terminal = max_terminal
         self._phase_listeners: list[PhaseListener] = []
@@ -211,15 +212,25 @@ class PhaseManager:
         """Forget a workflow; unknown ids are ignored (removal is idempotent)."""
         with self._lock:
             self._states.pop(workflow_id, None)
+            self._noted.pop(workflow_id, None)
             self._finished.pop(workflow_id, None)
 
     # ------------------------------------------------------------------ transitions
 
     def _get(self, workflow_id: str) -> PhaseState:
+        """The current snapshot, with progress noted since the last one folded in."""
         state = self._states.get(workflow_id)
         if state is None:
             raise UnknownWorkflowError(workflow_id)
+        noted = self._noted.pop(workflow_id, None)
+        if noted is not None:
+            state = replace(state, progress=noted[0], updated_at=noted[1])
+            self._states[workflow_id] = state
         return state
+
+    def _fold_all(self) -> None:
+        for workflow_id in tuple(self._noted):
+            self._get(workflow_id)
 
     def _move(
         self,
@@ -255,6 +266,7 @@ class PhaseManager:
         while len(self._finished) > self._max_terminal:
             old, _ = self._finished.popitem(last=False)
             self._states.pop(old, None)
+            self._noted.pop(old, None)
 
     def transition_to(self, workflow_id: str, phase: Phase | str, reason: str = "") -> PhaseState:
         """Move to ``phase`` if ``VALID_TRANSITIONS`` allows it; returns the new snapshot."""
@@ -373,6 +385,25 @@ class PhaseManager:
             self._states[workflow_id] = state
             return state
 
+    def note_progress(self, workflow_id: str, percent: float) -> str:
+        """``set_progress`` for hot paths: records the percent and returns the current action.
+
+        The snapshot is rebuilt only when someone reads it, so a workflow reporting progress
+        in a tight loop pays for a dictionary store, not for a new ``PhaseState`` each time.
+        """
+        if percent.__class__ not in (int, float) and (
+            isinstance(percent, bool) or not isinstance(percent, (int, float))
+        ):
+            raise TypeError(f"percent must be a number, got {type(percent).__name__}")
+        if not 0 <= percent <= 100:  # also false for NaN
+            raise ValueError(f"percent must be between 0 and 100, got {percent!r}")
+        with self._lock:
+            state = self._states.get(workflow_id)
+            if state is None:
+                raise UnknownWorkflowError(workflow_id)
+            self._noted[workflow_id] = (percent, time.time())
+            return state.current_action
+
     def create_checkpoint(self, workflow_id: str, checkpoint_id: str) -> PhaseState:
         """Store a checkpoint id (carried by every later ``phase_changed``); no phase change."""
         _text("checkpoint_id", checkpoint_id)
@@ -404,11 +435,13 @@ class PhaseManager:
     def get_active_workflows(self) -> list[PhaseState]:
         """Workflows not in a terminal phase (pending and paused included), oldest first."""
         with self._lock:
+            self._fold_all()
             return [s for s in self._states.values() if not s.phase.is_terminal]
 
     def get_all_workflows(self) -> Mapping[str, PhaseState]:
         """A copy of every known workflow's snapshot, by id."""
         with self._lock:
+            self._fold_all()
             return dict(self._states)
 
     def __contains__(self, workflow_id: object) -> bool:

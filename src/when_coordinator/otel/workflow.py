@@ -200,8 +200,8 @@ class _WorkflowBase:
     ) -> None:
         """Report progress (0 to 100); the stage defaults to the current action (span)."""
         self._check_running()
-        state = self._phases.set_progress(self.id, percent)
-        stage = stage or state.current_action
+        action = self._phases.note_progress(self.id, percent)
+        stage = stage or action
         self._coordinator.send_progress(
             self.id,
             self.action_id,
