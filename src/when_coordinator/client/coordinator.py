@@ -362,7 +362,18 @@ class Coordinator:
             reason = "closed" if self._closed else "forked child" if self._forked else "no hub"
             self._outbox.reject(message_type, f"not sending: {reason}")
             return False
-        return self._outbox.put(Entry(message_type, workflow_id, body, size, time.time_ns(), seq))
+        outbox = self._outbox
+        before = outbox.dropped_total
+        accepted = outbox.put(Entry(message_type, workflow_id, body, size, time.time_ns(), seq))
+        if outbox.dropped_total != before:
+            self._warn.log(
+                logging.WARNING,
+                "outbox full",
+                "the outbox is full: shedding messages (logs first, workflow state last); "
+                "%d dropped so far, see stats()",
+                outbox.dropped_total,
+            )
+        return accepted
 
     def send(self, message: Message) -> bool:
         """Queue a ready-made ``Message`` as it is; False if it was shed at once."""

@@ -102,6 +102,7 @@ class Outbox:
         self.delivered = 0
         self.dropped: Counter[str] = Counter()
         self.drop_reasons: Counter[str] = Counter()
+        self.dropped_total = 0
 
     # ------------------------------------------------------------------ producer side
 
@@ -113,11 +114,11 @@ class Outbox:
             if entry.size > self.max_bytes:
                 self._count_drop(entry, "larger than the outbox byte bound")
                 return False
-            while (
-                self._count + 1 > self.max_messages or self._bytes + entry.size > self.max_bytes
-            ) and not self._shed_for(entry):
-                self._count_drop(entry, "outbox full")
-                return False
+            # Shed as many as it takes: one large entry may need several small ones to go.
+            while self._count + 1 > self.max_messages or self._bytes + entry.size > self.max_bytes:
+                if not self._shed_for(entry):
+                    self._count_drop(entry, "outbox full")
+                    return False
             self._seq += 1
             entry.seq = self._seq
             self._lanes[entry.lane].append(entry)
@@ -140,6 +141,7 @@ class Outbox:
             self.accepted += 1
             self.dropped[str(message_type)] += 1
             self.drop_reasons[reason] += 1
+            self.dropped_total += 1
 
     def _shed_for(self, incoming: Entry) -> bool:
         """Drop one queued entry to make room for ``incoming``; False if it should go instead."""
@@ -198,6 +200,7 @@ class Outbox:
     def _count_drop(self, entry: Entry, reason: str) -> None:
         self.dropped[str(entry.type)] += 1
         self.drop_reasons[reason] += 1
+        self.dropped_total += 1
 
     # ------------------------------------------------------------------ consumer side
 
