@@ -325,7 +325,9 @@ class _WorkflowBase:
         self._ended = True
         suppress = False
         try:
-            if exc is None:
+            if exc is None or isinstance(exc, GeneratorExit):
+                # GeneratorExit: the generator around this block was closed by its consumer,
+                # who stopped early because it had what it wanted. Not a failure.
                 settle(self._phases, self.id, checkpoint_id=self._checkpoint_id)
             elif isinstance(exc, (WorkflowCancelled, asyncio.CancelledError)):
                 # Ours, a parent's, or the task's: this workflow ends cancelled where the table
@@ -502,7 +504,11 @@ def _inherited_ids() -> tuple[str, str]:
 class WorkflowDefinition:
     """What ``workflow()`` returns: a context manager (sync and async) and a decorator.
 
-    Each ``with`` block or decorated call is a new workflow run.
+    Each ``with`` block or decorated call is a new workflow run. The run a ``with`` block
+    exits is the one its own context entered, so one definition can be entered concurrently by
+    many threads and tasks. A block may also end in another context (a generator closed by
+    another thread, an async generator driven by several tasks): then the one run still open
+    is exited.
     """
 
     def __init__(self, name: str, **options: Any) -> None:
@@ -513,6 +519,8 @@ class WorkflowDefinition:
         self._entered: ContextVar[tuple[_WorkflowBase, ...]] = ContextVar(
             f"when_workflow_{name}", default=()
         )
+        self._open: list[_WorkflowBase] = []  # entered and not yet exited, by any context
+        self._open_lock = threading.Lock()
 
     def new(self) -> Workflow:
         return Workflow(self.name, **self.options)
@@ -522,7 +530,7 @@ class WorkflowDefinition:
 
     def __enter__(self) -> Workflow:
         run = self.new().__enter__()
-        self._entered.set((*self._entered.get(), run))
+        self._push(run)
         return run
 
     def __exit__(
@@ -537,7 +545,7 @@ class WorkflowDefinition:
 
     async def __aenter__(self) -> AsyncWorkflow:
         run = await self.new_async().__aenter__()
-        self._entered.set((*self._entered.get(), run))
+        self._push(run)
         return run
 
     async def __aexit__(
@@ -550,12 +558,31 @@ class WorkflowDefinition:
         assert isinstance(run, AsyncWorkflow)
         return await run.__aexit__(exc_type, exc, tb)
 
+    def _push(self, run: _WorkflowBase) -> None:
+        self._entered.set((*self._entered.get(), run))
+        with self._open_lock:
+            self._open.append(run)
+
     def _pop(self) -> _WorkflowBase:
         entered = self._entered.get()
-        if not entered:
-            raise RuntimeError(f"workflow {self.name!r} exited without being entered here")
-        self._entered.set(entered[:-1])
-        return entered[-1]
+        with self._open_lock:
+            # Runs this context entered that another context exited meanwhile are stale.
+            while entered and not any(other is entered[-1] for other in self._open):
+                entered = entered[:-1]
+            if entered:
+                run = entered[-1]
+                entered = entered[:-1]
+            elif len(self._open) == 1:
+                run = self._open[0]  # entered in another context: the only one it can be
+            else:
+                self._entered.set(entered)
+                raise RuntimeError(
+                    f"workflow {self.name!r} exited without being entered here"
+                    + (f" ({len(self._open)} runs are open elsewhere)" if self._open else "")
+                )
+            self._open = [other for other in self._open if other is not run]
+        self._entered.set(entered)
+        return run
 
     def __call__(self, fn: F) -> F:
         """Decorate a function, coroutine function, generator or async generator function."""
