@@ -95,6 +95,11 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     ``config``, ``coordinator``, ``tracer_provider``, ``logger_provider``."""
 
     def __init__(self) -> None:
+        if getattr(self, "_initialised", False):
+            # BaseInstrumentor is a singleton and calls __init__ on every WhenInstrumentor():
+            # ``WhenInstrumentor().uninstrument()`` must still know what instrument() did.
+            return
+        self._initialised = True
         self._coordinator: Coordinator | None = None
         self._owns_coordinator = False
         self._previous_default: Coordinator | None = None
@@ -103,6 +108,8 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._logging_handler: logging.Handler | None = None
         self._wrapped: list[tuple[Any, str]] = []
         self._entrypoints_active = False
+        self._generation = 0
+        self._tracer_provider: Any = None
         self._providers: list[Any] = []
         self._exit_hook = False
 
@@ -129,6 +136,7 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         tracer_provider = kwargs.get("tracer_provider") or _sdk_tracer_provider()
         self._span_processor = _attach_span_processor(tracer_provider, coordinator)
+        self._tracer_provider = tracer_provider
         self._providers = [tracer_provider]
 
         if config.logs_enabled:
@@ -149,11 +157,15 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             self._exit_hook = True
         self._patch_threads()
         self._entrypoints_active = True
+        self._generation += 1
+        entrypoints: dict[tuple[str, str], None] = {}
         for spec in config.workflow_entrypoints:
             try:
-                self._patch_entrypoint(*parse_entrypoint(spec))
+                entrypoints[parse_entrypoint(spec)] = None
             except ValueError as exc:
                 _log.error("%s", exc)
+        for module_name, qualname in entrypoints:  # each once, even if named twice
+            self._patch_entrypoint(module_name, qualname)
 
     def _flush_at_exit(self) -> None:
         coordinator = self._coordinator
@@ -194,9 +206,13 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             self._wrapped.append((owner, name))
 
     def _patch_entrypoint(self, module_name: str, qualname: str) -> None:
+        generation = self._generation
+
         def apply(module: ModuleType) -> None:
-            if not self._entrypoints_active:
-                return  # uninstrumented before the module was imported
+            if not self._entrypoints_active or generation != self._generation:
+                # Uninstrumented before the module was imported; if instrumented again
+                # meanwhile, that run registered its own hook: wrap once, not twice.
+                return
             owner: Any = module
             *path, name = qualname.split(".")
             try:
@@ -206,7 +222,9 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             except AttributeError:
                 _log.error("workflow entry point %s:%s not found", module_name, qualname)
                 return
-            wrapt.wrap_function_wrapper(owner, name, _entrypoint_wrapper(qualname))
+            wrapt.wrap_function_wrapper(
+                owner, name, _entrypoint_wrapper(qualname, self._tracer_provider)
+            )
             self._wrapped.append((owner, name))
 
         module = sys.modules.get(module_name)
@@ -232,6 +250,7 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             self._log_exporter.enabled = False
             self._log_exporter = None
         self._providers = []
+        self._tracer_provider = None
         set_coordinator(self._previous_default)
         self._previous_default = None
         coordinator, self._coordinator = self._coordinator, None
@@ -320,8 +339,10 @@ def _process_pool_submit(wrapped: Any, instance: Any, args: Any, kwargs: Any) ->
     return wrapped(*args, **kwargs)
 
 
-def _entrypoint_wrapper(name: str) -> Callable[..., Any]:
+def _entrypoint_wrapper(name: str, tracer_provider: Any) -> Callable[..., Any]:
+    """Each call a workflow, traced by the provider ``instrument()`` used (or was given)."""
+
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        return workflow(name)(wrapped)(*args, **kwargs)
+        return workflow(name, tracer_provider=tracer_provider)(wrapped)(*args, **kwargs)
 
     return wrapper
