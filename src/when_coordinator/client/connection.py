@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import ssl
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from .config import Config, ConfigError
 
-__all__ = ["backoff_delays", "handshake_headers", "redact", "ssl_context"]
+__all__ = ["RedactingLogger", "backoff_delays", "handshake_headers", "redact", "ssl_context"]
 
 
 def handshake_headers(config: Config) -> dict[str, str]:
@@ -52,3 +54,24 @@ def backoff_delays(config: Config, rng: random.Random | None = None) -> Iterator
 def redact(text: str, config: Config) -> str:
     """Remove the auth token from text that may reach a log or an exception message."""
     return text.replace(config.auth_token, "<redacted>") if config.auth_token else text
+
+
+if TYPE_CHECKING:
+    _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
+else:
+    _LoggerAdapter = logging.LoggerAdapter
+
+
+class RedactingLogger(_LoggerAdapter):
+    """The logger handed to websockets: at DEBUG it logs every handshake header, and the
+    ``Authorization`` one carries the token."""
+
+    def __init__(self, logger: logging.Logger, config: Config) -> None:
+        super().__init__(logger, {})
+        self._config = config
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if self._config.auth_token and self.isEnabledFor(level):
+            msg = redact(str(msg), self._config)
+            args = tuple(redact(a, self._config) if isinstance(a, str) else a for a in args)
+        self.logger.log(level, msg, *args, **kwargs)

@@ -58,7 +58,7 @@ from ..protocol import (
 )
 from ._util import RateLimitedLog, approx_size, jsonable
 from .config import Config
-from .connection import backoff_delays, handshake_headers, redact, ssl_context
+from .connection import RedactingLogger, backoff_delays, handshake_headers, redact, ssl_context
 from .outbox import Entry, Outbox
 
 __all__ = ["CommandEvent", "Coordinator", "CoordinatorStats", "MessageHandler"]
@@ -603,9 +603,11 @@ class Coordinator:
                 open_timeout=self.config.open_timeout,
                 ping_interval=self.config.ping_interval,
                 ping_timeout=self.config.pong_timeout,
-                close_timeout=2.0,
+                # A peer silent past pong_timeout is dead: do not wait longer for its close.
+                close_timeout=min(2.0, self.config.pong_timeout),
                 max_size=max(self.config.max_frame_bytes * 4, 1 << 16),
                 proxy=None,
+                logger=RedactingLogger(logging.getLogger("websockets.client"), self.config),
             )
 
         dial = asyncio.create_task(open_connection())
