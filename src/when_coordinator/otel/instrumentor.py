@@ -23,7 +23,9 @@ import atexit
 import concurrent.futures
 import contextvars
 import logging
+import multiprocessing.util
 import os
+import socket
 import sys
 import threading
 import weakref
@@ -110,6 +112,7 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._entrypoints_active = False
         self._generation = 0
         self._tracer_provider: Any = None
+        self._pid = os.getpid()
         self._providers: list[Any] = []
         self._exit_hook = False
 
@@ -132,6 +135,7 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             coordinator = Coordinator(config)
             coordinator.connect()
         self._coordinator = coordinator
+        self._pid = os.getpid()
         self._previous_default = set_coordinator(coordinator)
 
         tracer_provider = kwargs.get("tracer_provider") or _sdk_tracer_provider()
@@ -177,6 +181,42 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 provider.force_flush(timeout_ms)
             except Exception:
                 _log.debug("flushing %r at exit failed", provider, exc_info=True)
+
+    def _report_from_forked_worker(self) -> None:
+        """In a process-pool worker forked from an instrumented process: report on a fresh
+        connection, as another instance of the service.
+
+        After fork the inherited coordinator stays quiet (its connection is the parent's), so a
+        workflow started by carried work would never reach the hub. Work carried into a pool
+        worker is workflow work: the worker gets its own coordinator, the processor and
+        exporter are pointed at it, and what it holds is delivered when the worker exits
+        (multiprocessing ends forked workers with ``os._exit``, which skips ``atexit``).
+        """
+        inherited = self._coordinator
+        parent_pid, pid = self._pid, os.getpid()
+        if inherited is None or parent_pid == pid or not self._entrypoints_active:
+            return
+        self._pid = pid
+        config = inherited.config
+        if config.instance_id == f"{socket.gethostname()}-{parent_pid}":  # the default one
+            config = config.with_changes(instance_id=f"{socket.gethostname()}-{pid}")
+        coordinator = Coordinator(config)
+        coordinator.connect()
+        self._coordinator = coordinator
+        self._owns_coordinator = True
+        set_coordinator(coordinator)
+        if self._span_processor is not None:
+            self._span_processor.use(coordinator)
+        if self._log_exporter is not None:
+            self._log_exporter.use(coordinator)
+        multiprocessing.util.Finalize(None, self._close_in_worker, exitpriority=100)
+
+    def _close_in_worker(self) -> None:
+        coordinator = self._coordinator
+        if coordinator is None or self._pid != os.getpid():
+            return
+        self._flush_at_exit()
+        coordinator.close()
 
     def _basic_config(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         """Run ``logging.basicConfig`` as if our handler were not on the root logger yet."""
@@ -333,9 +373,23 @@ def _thread_pool_submit(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> 
     return wrapped(*args, **kwargs)
 
 
+class _PoolCall(CarriedCall):
+    """What the process-pool patch submits: a ``CarriedCall`` that first gives a forked worker
+    its own connection to the hub (``WhenInstrumentor._report_from_forked_worker``)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        instrumentor = WhenInstrumentor._instance
+        if isinstance(instrumentor, WhenInstrumentor):
+            try:
+                instrumentor._report_from_forked_worker()
+            except Exception:
+                _log.warning("cannot report from this process-pool worker", exc_info=True)
+        return super().__call__(*args, **kwargs)
+
+
 def _process_pool_submit(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     if args:
-        args = (CarriedCall(args[0], carrier()), *args[1:])
+        args = (_PoolCall(args[0], carrier()), *args[1:])
     return wrapped(*args, **kwargs)
 
 
