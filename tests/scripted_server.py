@@ -112,14 +112,13 @@ class ScriptedServer:
 
     ``auto_register`` answers every ``register`` with ``registered``; ``register_on_open``
     sends ``registered`` as soon as a connection opens, before reading anything (so it reaches
-    the client ahead of any acknowledgement of what the client sends). ``register_delay`` makes
-    the hub take that long to answer ``register`` (while its WebSocket layer keeps answering
-    pings), like a hub that stores the service first.
+    the client ahead of any acknowledgement of what the client sends). ``ping_on_open`` is the
+    id of a JSON ``ping`` sent as soon as a connection opens (after any such ``registered``).
     """
 
     auto_register: bool = True
     register_on_open: bool = False
-    register_delay: float = 0.0
+    ping_on_open: str | None = None
     service_id: str = "svc-assigned"
     token: str | None = None
     ssl: Any = None
@@ -133,7 +132,6 @@ class ScriptedServer:
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._barriers = 0
         self.port = 0
 
@@ -232,6 +230,8 @@ class ScriptedServer:
         try:
             if self.register_on_open:
                 await ws.send(self._registered_frame())
+            if self.ping_on_open is not None:
+                await ws.send(json.dumps({"id": self.ping_on_open, "type": "ping"}))
             async for data in ws:
                 binary = isinstance(data, bytes)
                 text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
@@ -248,12 +248,7 @@ class ScriptedServer:
                     and message
                     and message.type == MessageType.REGISTER
                 ):
-                    if self.register_delay:
-                        asyncio.get_running_loop().call_later(
-                            self.register_delay, self._send_later, ws, self._registered_frame()
-                        )
-                    else:
-                        await ws.send(self._registered_frame())
+                    await ws.send(self._registered_frame())
         except ConnectionClosed:
             pass
         finally:
@@ -262,15 +257,6 @@ class ScriptedServer:
                 conn.close_code = ws.close_code
                 conn.close_reason = ws.close_reason or ""
                 self._cond.notify_all()
-
-    def _send_later(self, ws: ServerConnection, text: str) -> None:
-        async def go() -> None:
-            with contextlib.suppress(ConnectionClosed):
-                await ws.send(text)
-
-        task = asyncio.get_running_loop().create_task(go())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _notify(self) -> None:
         with self._cond:
