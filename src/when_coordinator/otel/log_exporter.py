@@ -127,7 +127,8 @@ class CoordinationLogExporter(LogExporterBase):
 
     @staticmethod
     def _entry(record: Any, owner_of: Any) -> LogEntry:
-        attributes: Mapping[str, Any] = record.attributes or {}
+        # One copy into a plain dict: the SDK's attributes take a lock on every read.
+        attributes: Mapping[str, Any] = dict(record.attributes) if record.attributes else {}
         trace_id = record.trace_id or 0
         span_id = record.span_id or 0
         workflow_id = _first(attributes, _WORKFLOW_KEYS)
