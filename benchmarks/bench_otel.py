@@ -1,0 +1,389 @@
+"""Cost of the OpenTelemetry layer, beside the bare OpenTelemetry SDK doing the same work.
+
+Three comparisons, each measured in one run with the baseline on the same machine:
+
+1. A whole workflow (auto lifecycle, 10 progress calls with a stage each, delivered to a
+   local hub) beside a bare SDK span given the same number of ``add_event`` calls (one per
+   phase change and per progress, as a hand-instrumented workflow would). Both tracer
+   providers export through a ``BatchSpanProcessor`` to an exporter that discards; both are
+   flushed at the end of each batch, ours also waits until the hub acknowledged everything.
+2. What ``wf.progress()`` costs its caller beside ``span.add_event()``: the phase manager
+   update, the span attribute and the enqueue; the client thread sends in the background.
+3. Log records per second from ``logging`` through the SDK ``LoggingHandler`` and a
+   ``BatchLogRecordProcessor`` to our exporter and on to the hub, beside the same pipeline
+   with an exporter that discards; every record must reach the hub.
+
+The hub runs in its own process (``python -m benchmarks.bench_otel hub``), as it would in
+production, so that it does not compete with the measured code for the GIL; the client
+thread does, since it is part of what a service pays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry.sdk._logs.export import (
+    BatchLogRecordProcessor,
+    LogRecordExporter,
+    LogRecordExportResult,
+)
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.util.types import AttributeValue
+
+from when_coordinator import Config, Coordinator, workflow
+from when_coordinator.otel import CoordinationLogExporter
+
+from .harness import Figure, compare
+
+ROOT = Path(__file__).resolve().parents[1]
+PROGRESS_CALLS = 10
+STAGES = tuple(f"stage-{i}" for i in range(PROGRESS_CALLS))
+WORKFLOWS_PER_BATCH = 100
+MAX_WORKFLOW_RATIO = 2.0
+MAX_PROGRESS_EXTRA_US = 2.0
+LOG_RECORDS = 10_000
+LOG_REPEAT = 5
+MIN_LOG_RATIO = 0.7
+
+
+class _Discard(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+class _DiscardLogs(LogRecordExporter):
+    """The log baseline: accepts every batch and does nothing with it."""
+
+    def export(self, batch: Sequence[Any]) -> LogRecordExportResult:
+        return LogRecordExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+class _HubProcess:
+    """The reference hub in a child process; answers ``logs`` with the records it received."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.bench_otel", "hub"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().strip()
+        if not self.url.startswith("ws://"):
+            self.close()
+            raise RuntimeError(f"the hub did not start: {self.url!r}")
+
+    def logs(self) -> int:
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write("logs\n")
+        self.process.stdin.flush()
+        return int(self.process.stdout.readline())
+
+    def wait_logs(self, count: int, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while (received := self.logs()) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return received
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def _coordinator(url: str) -> Coordinator:
+    coordinator = Coordinator(
+        Config(
+            when_url=url,
+            service_name="bench-otel",
+            outbox_max_messages=100_000,
+            outbox_max_bytes=64 * 1024 * 1024,
+        )
+    )
+    coordinator.connect()
+    if not coordinator.wait_registered(10):
+        raise RuntimeError("the coordinator did not register with the bench hub")
+    return coordinator
+
+
+def _us(seconds: float) -> float:
+    return seconds * 1e6
+
+
+# --------------------------------------------------------------------------- 1. workflows
+
+
+def _events_of_one_workflow(coordinator: Coordinator) -> list[int]:
+    """Attribute counts of the events one benchmark workflow puts on its span."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    _one_workflow(coordinator, provider)
+    (span,) = exporter.get_finished_spans()
+    provider.shutdown()
+    return [len(event.attributes or {}) for event in span.events]
+
+
+def _one_workflow(coordinator: Coordinator, provider: TracerProvider) -> None:
+    with workflow("bench", coordinator=coordinator, tracer_provider=provider) as wf:
+        for i, stage in enumerate(STAGES):
+            wf.progress(10.0 * (i + 1), stage)
+
+
+def _workflows(coordinator: Coordinator) -> list[Figure]:
+    events = _events_of_one_workflow(coordinator)
+    ours_provider = TracerProvider()
+    ours_provider.add_span_processor(BatchSpanProcessor(_Discard()))
+    offline = Coordinator(Config(service_name="bench-offline"))  # no hub: sends nothing
+    bare_provider = TracerProvider()
+    bare_provider.add_span_processor(BatchSpanProcessor(_Discard()))
+    tracer = bare_provider.get_tracer("bench")
+    event_attributes: list[dict[str, AttributeValue]] = [
+        {f"when.attr.{j}": f"value-{j}" for j in range(count)} for count in events
+    ]
+
+    def ours() -> None:
+        for _ in range(WORKFLOWS_PER_BATCH):
+            _one_workflow(coordinator, ours_provider)
+        ours_provider.force_flush()
+        if not coordinator.flush(30):
+            raise RuntimeError("the hub did not acknowledge the workflows in time")
+
+    def bare() -> None:
+        for _ in range(WORKFLOWS_PER_BATCH):
+            with tracer.start_as_current_span("bench") as span:
+                for attributes in event_attributes:
+                    span.add_event("event", attributes)
+        bare_provider.force_flush()
+
+    def ours_offline() -> None:
+        for _ in range(WORKFLOWS_PER_BATCH):
+            _one_workflow(offline, ours_provider)
+        ours_provider.force_flush()
+
+    dropped_before = coordinator.stats().dropped
+    mine, base = compare(ours, bare, ops=WORKFLOWS_PER_BATCH, repeat=5, min_time=0.5)
+    alone, base_again = compare(ours_offline, bare, ops=WORKFLOWS_PER_BATCH, repeat=5, min_time=0.3)
+    messages = 1 + len(events)  # workflow_created, then one message per phase and progress
+    ours_provider.shutdown()
+    bare_provider.shutdown()
+    offline.close()
+    dropped = coordinator.stats().dropped - dropped_before
+    if dropped:
+        raise RuntimeError(f"the coordinator dropped {dropped} messages")
+    return [
+        Figure.versus(
+            f"workflow, {PROGRESS_CALLS} progress, to hub",
+            _us(mine.median),
+            _us(base.median),
+            "us/run",
+            max_ratio=MAX_WORKFLOW_RATIO,
+            what=f"SDK span + {len(events)} add_event",
+        ),
+        Figure.info(
+            "  same workflow, no hub (layer alone)",
+            _us(alone.median),
+            "us/run",
+            _us(base_again.median),
+        ),
+        Figure.info(
+            "  delivery, per message (the difference)",
+            _us(mine.median - alone.median) / messages,
+            "us/msg",
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------- 2. progress
+
+
+def _progress(coordinator: Coordinator) -> list[Figure]:
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(_Discard()))
+    span = provider.get_tracer("bench").start_span("bare")
+    attributes: dict[str, AttributeValue] = {
+        "when.progress.percent": 50.0,
+        "when.progress.stage": "load",
+        "when.progress.message": "",
+    }
+    figures = []
+    with workflow("bench-progress", coordinator=coordinator, tracer_provider=provider) as wf:
+        wf.progress(1.0, "load")
+        mine, base = compare(
+            lambda: wf.progress(50.0, "load"),
+            lambda: span.add_event("when.progress", attributes),
+            repeat=7,
+            min_time=0.1,
+        )
+        extra = _us(mine.median - base.median)
+        figures.append(
+            Figure(
+                "wf.progress() caller cost",
+                _us(mine.median),
+                _us(base.median),
+                "us/call",
+                mine.median / base.median,
+                f"<= add_event + {MAX_PROGRESS_EXTRA_US:g} us",
+                extra <= MAX_PROGRESS_EXTRA_US,
+            )
+        )
+        stages = [f"s{i}" for i in range(64)]
+        counter = iter(range(10**9))
+        changing, _ = compare(
+            lambda: wf.progress(50.0, stages[next(counter) % 64]),
+            lambda: None,
+            repeat=5,
+            min_time=0.1,
+        )
+        figures.append(
+            Figure.info(
+                "wf.progress() with a new stage each call",
+                _us(changing.median),
+                "us/call",
+                _us(base.median),
+            )
+        )
+    span.end()
+    provider.shutdown()
+    coordinator.flush(30)
+    return figures
+
+
+# --------------------------------------------------------------------------- 3. logs
+
+
+def _log_pipeline(exporter: Any) -> tuple[logging.Logger, LoggerProvider, LoggingHandler]:
+    provider = LoggerProvider()
+    provider.add_log_record_processor(
+        BatchLogRecordProcessor(exporter, max_queue_size=LOG_RECORDS * 2, max_export_batch_size=512)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        handler = LoggingHandler(logger_provider=provider)
+    logger = logging.getLogger(f"bench.logs.{id(exporter)}")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger, provider, handler
+
+
+def _emit(logger: logging.Logger, provider: LoggerProvider) -> None:
+    for i in range(LOG_RECORDS):
+        logger.info("loaded batch %d", i, extra={"rows": i, "table": "orders"})
+    provider.force_flush(60_000)
+
+
+def _logs(coordinator: Coordinator, hub: _HubProcess) -> list[Figure]:
+    ours_logger, ours_provider, _ = _log_pipeline(CoordinationLogExporter(coordinator))
+    base_logger, base_provider, _ = _log_pipeline(_DiscardLogs())
+    ours_rates: list[float] = []
+    base_rates: list[float] = []
+    lost = 0
+    for _ in range(LOG_REPEAT):
+        before = hub.logs()
+        started = time.perf_counter()
+        _emit(ours_logger, ours_provider)
+        if not coordinator.flush(60):
+            raise RuntimeError("the hub did not acknowledge the logs in time")
+        ours_rates.append(LOG_RECORDS / (time.perf_counter() - started))
+        lost += LOG_RECORDS - (hub.wait_logs(before + LOG_RECORDS) - before)
+
+        started = time.perf_counter()
+        _emit(base_logger, base_provider)
+        base_rates.append(LOG_RECORDS / (time.perf_counter() - started))
+    ours_provider.shutdown()
+    base_provider.shutdown()
+    ours, base = statistics.median(ours_rates), statistics.median(base_rates)
+    ratio = ours / base
+    return [
+        Figure(
+            "log records/s logging -> SDK -> hub",
+            ours,
+            base,
+            "rec/s",
+            ratio,
+            f">= {MIN_LOG_RATIO:g}x discarding exporter, 0 lost",
+            ratio >= MIN_LOG_RATIO and lost == 0,
+        ),
+        Figure.info("log records lost on the way to the hub", float(lost), "records"),
+    ]
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def run() -> list[Figure]:
+    hub = _HubProcess()
+    coordinator = _coordinator(hub.url)
+    try:
+        figures = _workflows(coordinator)
+        figures += _progress(coordinator)
+        figures += _logs(coordinator, hub)
+        return figures
+    finally:
+        coordinator.close(10)
+        hub.close()
+
+
+async def _serve_hub() -> None:
+    from when_coordinator.hub import Hub  # noqa: PLC0415
+
+    hub = Hub(
+        rate_limit=1e9,
+        rate_burst=10**9,
+        flood_close_after=None,
+        log_buffer=1_000,
+        workflow_log_buffer=10,
+        record_limit=1_000,
+    )
+    async with hub:
+        print(hub.url, flush=True)
+        loop = asyncio.get_running_loop()
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if line.strip() != "logs":
+                return  # "quit" or end of input
+            print(hub.state.logs.total, flush=True)
+
+
+def _main(argv: Sequence[str]) -> None:
+    if list(argv) == ["hub"]:
+        asyncio.run(_serve_hub())
+        return
+    from .harness import format_table  # noqa: PLC0415
+
+    print(format_table(run()))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
