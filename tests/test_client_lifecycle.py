@@ -114,6 +114,25 @@ def test_the_context_manager_connects_and_closes() -> None:
         assert server.connections[0].close_code == 1000
 
 
+def test_close_from_a_callback_stops_the_client() -> None:
+    with ScriptedServer() as server:
+        coordinator = Coordinator(fast_config(server.url))
+        closed = threading.Event()
+
+        def on_registered(payload: object) -> None:
+            coordinator.close()  # on the client's own thread: cannot wait, must still stop
+            closed.set()
+
+        coordinator.on_registered(on_registered)
+        coordinator.connect()
+        assert closed.wait(5)
+        client_thread(coordinator).join(5)
+        assert not client_thread(coordinator).is_alive()
+        server.wait_for(lambda s: s.connections[0].closed, 5, "the close")
+        assert server.connections[0].close_code == 1000
+        assert len(server.connections) == 1  # and it does not dial again
+
+
 def test_close_before_connect_and_flush_without_a_thread() -> None:
     coordinator = Coordinator(fast_config("ws://127.0.0.1:9/x"))
     coordinator.send_progress("wf", "act", 1.0)

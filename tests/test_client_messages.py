@@ -465,6 +465,14 @@ BAD_FRAMES: list[tuple[str, str | bytes | dict[str, Any], str]] = [
         {"id": "a", "type": "pause", "payload": {"workflow_id": "wf-1", "reason": "x" * 1500}},
         "oversized frame",
     ),
+    (
+        "oversized in bytes though not in characters",
+        json.dumps(
+            {"id": "a", "type": "pause", "payload": {"workflow_id": "wf-1", "reason": "é" * 600}},
+            ensure_ascii=False,
+        ),
+        "oversized frame",
+    ),
     ("unknown type", {"id": "a", "type": "shutdown_everything"}, "unknown type"),
 ]
 

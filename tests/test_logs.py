@@ -180,6 +180,38 @@ def test_concurrent_adds_lose_and_duplicate_nothing(
         assert mine == sorted(mine)
 
 
+def test_an_entry_added_while_stop_runs_is_not_left_behind(
+    server: ScriptedServer, client: Coordinator
+) -> None:
+    forwarder = LogForwarder(client, buffer_size=100, flush_interval=60)
+    real_lock = forwarder._lock
+
+    class StopInBetween:
+        """Runs stop() on another thread just before add() gets the lock: the interleaving
+        that left the entry in a buffer nobody would flush again."""
+
+        interfered = False
+
+        def __enter__(self) -> None:
+            if not StopInBetween.interfered and threading.current_thread() is main:
+                StopInBetween.interfered = True
+                stopper = threading.Thread(target=forwarder.stop)
+                stopper.start()
+                stopper.join(5)
+            real_lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            real_lock.release()
+
+    main = threading.current_thread()
+    forwarder._lock = StopInBetween()  # type: ignore[assignment]
+    forwarder.add(LogEntry(message="racing stop"))
+    assert StopInBetween.interfered
+    assert client.flush(5)
+    server.barrier()
+    assert messages_of(server.snapshot()) == ["racing stop"]
+
+
 def test_forwarder_arguments_are_checked() -> None:
     coordinator = Coordinator(fast_config("ws://127.0.0.1:9/x"))
     with pytest.raises(ValueError, match="buffer_size"):

@@ -254,13 +254,16 @@ class Coordinator:
                 return
             self._closed = True
             thread, loop = self._thread, self._loop
-        if thread is not None and loop is not None and thread is not threading.current_thread():
-            self.flush(timeout)
+        if thread is not None and loop is not None:
+            own_thread = thread is threading.current_thread()  # close() from a callback
+            if not own_thread:
+                self.flush(timeout)
             stop = self._stop
             if stop is not None:
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(stop.set)
-            thread.join(max(deadline - time.monotonic(), 0.0) + 2.0)
+            if not own_thread:
+                thread.join(max(deadline - time.monotonic(), 0.0) + 2.0)
         self._outbox.clear("coordinator closed")
         self._unsubscribe()
 
@@ -684,7 +687,10 @@ class Coordinator:
                 if isinstance(frame, bytes):
                     self._drop_inbound("binary frame", "a binary frame")
                     continue
-                if len(frame) > self.config.max_frame_bytes:
+                limit = self.config.max_frame_bytes
+                if len(frame) > limit or (
+                    len(frame) * 4 > limit and len(frame.encode("utf-8")) > limit
+                ):
                     self._drop_inbound("oversized frame", f"a frame of {len(frame)} characters")
                     continue
                 try:

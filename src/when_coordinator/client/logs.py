@@ -75,17 +75,20 @@ class LogForwarder:
             raise TypeError(f"add() takes a LogEntry, got {type(entry).__name__}")
         if not entry.timestamp:
             entry = replace(entry, timestamp=format_timestamp())
-        if self._stopped.is_set():
-            self.coordinator.send_log(entry)
-            return
         batch = None
         with self._lock:
-            self._buffer.append(entry)
-            if len(self._buffer) >= self.buffer_size:
-                batch, self._buffer = self._buffer, []
-            elif self._timer is None:
-                self._start_timer()
-        if batch:
+            # Checked under the lock: an entry added while stop() runs is either in the buffer
+            # that stop() flushes or sent alone, never left behind in a buffer nobody flushes.
+            stopped = self._stopped.is_set()
+            if not stopped:
+                self._buffer.append(entry)
+                if len(self._buffer) >= self.buffer_size:
+                    batch, self._buffer = self._buffer, []
+                elif self._timer is None:
+                    self._start_timer()
+        if stopped:
+            self.coordinator.send_log(entry)
+        elif batch:
             self.coordinator.send_log_batch(batch)
 
     def log(
