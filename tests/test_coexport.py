@@ -220,6 +220,8 @@ def test_distro_defaults_no_override_warnings_and_nothing_duplicated(
     )
     for warning in OVERRIDE_WARNINGS:
         assert warning not in result.stderr, result.stderr
+    # The SDK's logging handler is on the root logger here; basicConfig() still works.
+    assert "INFO etl: nightly ETL started" in result.stderr, result.stderr
 
     workflow, span = wait_until_settled(hub, receiver, service)
     assert span.attributes["when.workflow.id"] == workflow.workflow_id

@@ -20,8 +20,9 @@ import sys
 import textwrap
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -71,6 +72,11 @@ async def ajob(value):
     return value + 1
 
 
+async def afailing(value):
+    await asyncio.sleep(0)
+    raise ValueError(f"async boom {value}")
+
+
 class Runner:
     def run(self, value):
         return value * 3
@@ -78,6 +84,18 @@ class Runner:
     async def arun(self, value):
         await asyncio.sleep(0)
         return value * 4
+
+    @staticmethod
+    def static(value):
+        return value - 1
+
+    @classmethod
+    def klass(cls, value):
+        return f"{cls.__name__}:{value}"
+
+
+class SubRunner(Runner):
+    pass
 """
 
 
@@ -374,6 +392,7 @@ def test_uninstrument_undoes_everything(
         "start": threading.Thread.start,
         "thread_run": threading.Thread.run,
         "submit": ThreadPoolExecutor.submit,
+        "process_submit": ProcessPoolExecutor.submit,
         "basicConfig": logging.basicConfig,
     }
     handlers = list(logging.getLogger().handlers)
@@ -397,6 +416,7 @@ def test_uninstrument_undoes_everything(
             (threading.Thread, "start"),
             (threading.Thread, "run"),
             (ThreadPoolExecutor, "submit"),
+            (ProcessPoolExecutor, "submit"),
             (logging, "basicConfig"),
         ):
             assert is_wrapped(owner, attribute), attribute
@@ -410,6 +430,7 @@ def test_uninstrument_undoes_everything(
         assert threading.Thread.start is originals["start"]
         assert threading.Thread.run is originals["thread_run"]
         assert ThreadPoolExecutor.submit is originals["submit"]
+        assert ProcessPoolExecutor.submit is originals["process_submit"]
         assert logging.basicConfig is originals["basicConfig"]
         assert logging.getLogger().handlers == handlers
         assert get_coordinator() is default
@@ -436,6 +457,39 @@ def test_uninstrument_undoes_everything(
     finally:
         coordinator.close()
         default.close()
+
+
+def test_static_class_and_inherited_methods_as_entrypoints_and_back(
+    hub: ThreadedHub,
+    instrumentor: WhenInstrumentor,
+    instrument: Callable[..., Coordinator],
+    make_module: Callable[[], str],
+) -> None:
+    """Uninstrument puts back what the class held: a staticmethod stays a staticmethod (not a
+    plain function that would then receive the instance), a classmethod a classmethod, and an
+    inherited method is inherited again."""
+    name = make_module()
+    module = importlib.import_module(name)
+    runner, sub = module.Runner, module.SubRunner
+    held = {key: runner.__dict__[key] for key in ("static", "klass", "run")}
+    instrument(f"{name}:Runner.static", f"{name}:Runner.klass", f"{name}:SubRunner.run")
+    assert runner.static(2) == 1
+    assert runner().static(2) == 1
+    assert runner.klass(1) == "Runner:1"
+    assert sub().klass(1) == "SubRunner:1"
+    assert sub().run(1) == 3
+    assert runner().run(1) == 3  # not an entry point: no workflow
+    workflows = settled(hub, 5)
+    assert Counter(w.action_type for w in workflows) == Counter(
+        {"Runner.static": 2, "Runner.klass": 2, "SubRunner.run": 1}
+    )
+
+    instrumentor.uninstrument()
+    assert {key: runner.__dict__[key] for key in held} == held
+    assert "run" not in sub.__dict__
+    assert runner().static(2) == 1
+    assert sub().klass(1) == "SubRunner:1"
+    assert sub().run(1) == 3
 
 
 def test_uninstrument_closes_the_coordinator_it_made(
@@ -467,6 +521,7 @@ def test_entrypoints_run_as_workflows(
         f"{name}:job",
         f"{name}:failing",
         f"{name}:ajob",
+        f"{name}:afailing",
         f"{name}:Runner.run",
         f"{name}:Runner.arun",
     )
@@ -478,11 +533,13 @@ def test_entrypoints_run_as_workflows(
     with pytest.raises(RuntimeError, match="boom 7"):
         module.failing(7)
     assert asyncio.run(module.ajob(1)) == 2
+    with pytest.raises(ValueError, match="async boom 3"):
+        asyncio.run(module.afailing(3))
     assert module.Runner().run(2) == 6
     assert asyncio.run(module.Runner().arun(2)) == 8
 
-    workflows = by_type(settled(hub, 5))
-    assert set(workflows) == {"job", "failing", "ajob", "Runner.run", "Runner.arun"}
+    workflows = by_type(settled(hub, 6))
+    assert set(workflows) == {"job", "failing", "ajob", "afailing", "Runner.run", "Runner.arun"}
     for action in ("job", "ajob", "Runner.run", "Runner.arun"):
         assert workflows[action].phase is Phase.COMPLETED, action
         assert phases(workflows[action])[-4:] == [
@@ -495,6 +552,8 @@ def test_entrypoints_run_as_workflows(
     assert failed.phase is Phase.FAILED
     assert "RuntimeError: boom 7" in failed.reason
     assert [e.error for e in failed.errors] == ["RuntimeError: boom 7"]
+    assert workflows["afailing"].phase is Phase.FAILED
+    assert [e.error for e in workflows["afailing"].errors] == ["ValueError: async boom 3"]
     assert sorted(created(hub)) == sorted(w.workflow_id for w in workflows.values())
 
     # The workflows are spans of the provider given to instrument().

@@ -82,7 +82,10 @@ def main():
         worker = pool.submit(pool_jobs.warm).result(30)
         with workflow("pool-parent") as parent:
             child = pool.submit(pool_jobs.child, 7).result(30)
-    print(json.dumps({"parent": parent.id, "child": child, "worker": worker, "me": os.getpid()}))
+            (mapped,) = pool.map(pool_jobs.child, [8], timeout=30)
+    print(json.dumps({
+        "parent": parent.id, "child": child, "mapped": mapped, "worker": worker, "me": os.getpid()
+    }))
 
 
 if __name__ == "__main__":
@@ -156,6 +159,22 @@ print(json.dumps({
     "spans": [s.name for s in spans.get_finished_spans()],
     "records": [r.log_record.body for r in records.get_finished_logs()],
 }))
+"""
+
+
+EXPORTER_ALONE_MAIN = """
+import logging
+
+from opentelemetry import _logs
+
+from when_coordinator.otel import get_coordinator
+
+logging.getLogger().setLevel(logging.INFO)
+logging.getLogger("alone").info("early")
+_logs.get_logger_provider().force_flush()  # exported now: the exporter makes its coordinator
+assert get_coordinator().flush(10), "early was not delivered"
+print("CoordinationLogExporter delivered")
+logging.getLogger("alone").info("late")  # left for the SDK's final export at exit
 """
 
 
@@ -299,28 +318,28 @@ def test_process_pool_child_workflow_is_linked_to_its_parent(
     service = f"pool-{method}"
     result, _ = run_script(tmp_path, POOL_MAIN, when_env(hub, service), method)
     parent_id = result["parent"]
-    child = result["child"]
+    child, mapped = result["child"], result["mapped"]
     assert result["worker"] != result["me"]
-    assert child["pid"] == result["worker"], "the task ran in the worker made before the parent"
-    assert child["parent"] == parent_id
-    assert child["root"] == parent_id
+    for run in (child, mapped):  # submit() and map()
+        assert run["pid"] == result["worker"], "the task ran in the worker made before the parent"
+        assert run["parent"] == parent_id
+        assert run["root"] == parent_id
+    ids = (child["id"], mapped["id"])
 
     def linked(h: ThreadedHub) -> bool:
-        workflows = {w.workflow_id: w for w in h.workflows.values()}
-        found = workflows.get(child["id"])
-        return (
-            found is not None
-            and found.phase is Phase.COMPLETED
-            and parent_id in workflows
-            and workflows[parent_id].phase is Phase.COMPLETED
+        workflows = h.workflows
+        return all(
+            key in workflows and workflows[key].phase is Phase.COMPLETED
+            for key in (*ids, parent_id)
         )
 
     hub.wait_for(linked, timeout=TIMEOUT)
     workflows = hub.workflows
-    assert workflows[child["id"]].parent_workflow_id == parent_id
-    assert workflows[child["id"]].root_workflow_id == parent_id
-    assert workflows[child["id"]].action_type == "pool-child"
-    assert child["id"] in workflows[parent_id].children
+    for key in ids:
+        assert workflows[key].parent_workflow_id == parent_id
+        assert workflows[key].root_workflow_id == parent_id
+        assert workflows[key].action_type == "pool-child"
+    assert set(workflows[parent_id].children) == set(ids)
     assert workflows[parent_id].service_id in of_service(hub, service)
     if method == "fork":
         # The worker inherited the instrumentation: its logs reach the hub too, and it
@@ -392,36 +411,35 @@ def test_when_logs_exporter_entry_point_delivers_each_record_once(
         assert otlp == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug in otel/log_exporter.py: without the instrumentor's exit hook nothing flushes the "
-        "coordinator at exit. The exporter makes its coordinator on its first export, which in "
-        "a short run is the SDK's final export at exit, too late for its own atexit close; in a "
-        "long run that close comes before the provider's final export. Either way the last "
-        "batch is lost (here: everything)."
-    ),
-)
 def test_when_logs_exporter_works_without_the_instrumentor(
-    hub: ThreadedHub,
+    hub: ThreadedHub, tmp_path: Path
 ) -> None:
-    """The entry point alone: the instrumentor disabled, the SDK's logging handler on."""
+    """The entry point alone (the instrumentor disabled, the SDK's logging handler on) delivers
+    what it exports while the process runs; what only the SDK's final export at exit carries
+    is lost (a bug in ``otel/log_exporter.py``, see the xfail below)."""
     service = "logs-exporter-alone"
-    run_instrumented(
-        {
-            "OTEL_SERVICE_NAME": service,
-            "OTEL_TRACES_EXPORTER": "none",
-            "OTEL_METRICS_EXPORTER": "none",
-            "OTEL_LOGS_EXPORTER": "when",
-            "OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED": "true",
-            "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "when",
-            "WHEN_URL": hub.url,
-            "WHEN_WORKFLOW_ENTRYPOINTS": "etl_jobs:nightly_etl",
-        }
-    )
-    # The process has exited: whatever it delivered is at the hub within moments.
-    hub.wait_for(lambda h: {r.message for r in logs_of(h, service)} >= APP_MESSAGES, timeout=5)
-    assert Counter(r.message for r in logs_of(hub, service)) == Counter(
-        dict.fromkeys(APP_MESSAGES, 1)
-    )
+    script = tmp_path / "alone.py"
+    script.write_text(textwrap.dedent(EXPORTER_ALONE_MAIN), encoding="utf-8")
+    env = {
+        "OTEL_SERVICE_NAME": service,
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "when",
+        "OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED": "true",
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "when",
+        "WHEN_URL": hub.url,
+    }
+    result = run([str(INSTRUMENT), sys.executable, str(script)], env, tmp_path)
+    assert result.stdout.strip().splitlines()[-1] == "CoordinationLogExporter delivered"
+    hub.wait_for(lambda h: any(r.message == "early" for r in logs_of(h, service)), timeout=TIMEOUT)
+    assert [r.message for r in logs_of(hub, service)].count("early") == 1
     assert workflows_of(hub, service) == {}, "the instrumentor was disabled: no workflows"
+    try:
+        # The process has exited: whatever it delivered is at the hub within moments.
+        hub.wait_for(lambda h: any(r.message == "late" for r in logs_of(h, service)), timeout=5)
+    except TimeoutError:
+        pytest.xfail(
+            "bug in otel/log_exporter.py: used without the instrumentor (whose exit hook "
+            "flushes the providers first), the coordinator the exporter made closes at exit "
+            "before the SDK's final export, so the last batch is dropped"
+        )

@@ -36,7 +36,6 @@ from typing import Any
 import wrapt
 from opentelemetry import _logs, trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import unwrap
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -59,6 +58,8 @@ _span_processors: weakref.WeakKeyDictionary[Any, CoordinationSpanProcessor] = (
 _log_exporters: weakref.WeakKeyDictionary[Any, CoordinationLogExporter] = (
     weakref.WeakKeyDictionary()
 )
+
+_ABSENT = object()
 
 _THREAD_PATCHES = (
     (threading.Thread, "start"),
@@ -108,7 +109,8 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._span_processor: CoordinationSpanProcessor | None = None
         self._log_exporter: CoordinationLogExporter | None = None
         self._logging_handler: logging.Handler | None = None
-        self._wrapped: list[tuple[Any, str]] = []
+        # (owner, name, what the owner itself held before, our wrapper), in wrapping order.
+        self._wrapped: list[tuple[Any, str, Any, Any]] = []
         self._entrypoints_active = False
         self._generation = 0
         self._tracer_provider: Any = None
@@ -151,8 +153,7 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             self._logging_handler = _attach_logging_handler(logger_provider)
             if self._logging_handler is not None:
                 # A root handler would make the application's logging.basicConfig() a no-op.
-                wrapt.wrap_function_wrapper(logging, "basicConfig", self._basic_config)
-                self._wrapped.append((logging, "basicConfig"))
+                self._wrap(logging, "basicConfig", self._basic_config)
 
         if not self._exit_hook:
             # Registered after the providers exist, so it runs before their own exit handlers
@@ -242,8 +243,7 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 wrapper = _process_pool_submit
             else:
                 wrapper = wrappers[name]
-            wrapt.wrap_function_wrapper(owner, name, wrapper)
-            self._wrapped.append((owner, name))
+            self._wrap(owner, name, wrapper)
 
     def _patch_entrypoint(self, module_name: str, qualname: str) -> None:
         generation = self._generation
@@ -262,10 +262,7 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             except AttributeError:
                 _log.error("workflow entry point %s:%s not found", module_name, qualname)
                 return
-            wrapt.wrap_function_wrapper(
-                owner, name, _entrypoint_wrapper(qualname, self._tracer_provider)
-            )
-            self._wrapped.append((owner, name))
+            self._wrap(owner, name, _entrypoint_wrapper(qualname, self._tracer_provider))
 
         module = sys.modules.get(module_name)
         if module is not None:
@@ -273,13 +270,27 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         else:
             wrapt.register_post_import_hook(apply, module_name)
 
+    def _wrap(self, owner: Any, name: str, wrapper: Callable[..., Any]) -> None:
+        held = vars(owner).get(name, _ABSENT)
+        proxy = wrapt.wrap_function_wrapper(owner, name, wrapper)
+        self._wrapped.append((owner, name, held, proxy))
+
     # ------------------------------------------------------------------ uninstrument
 
     def _uninstrument(self, **kwargs: Any) -> None:
         self._entrypoints_active = False
         while self._wrapped:
-            owner, name = self._wrapped.pop()
-            unwrap(owner, name)
+            owner, name, held, proxy = self._wrapped.pop()
+            if vars(owner).get(name) is not proxy:
+                # Someone wrapped it again over ours: taking a layer off would remove theirs.
+                _log.debug("%r.%s was wrapped again since; left as it is", owner, name)
+            elif held is _ABSENT:
+                delattr(owner, name)  # it was inherited: inherit it again
+            else:
+                # What the owner held, exactly: unwrap() would store the attribute as read
+                # through the class, a staticmethod as a plain function (which would then
+                # receive the instance) and a classmethod as a bound method.
+                setattr(owner, name, held)
         if self._logging_handler is not None:
             logging.getLogger().removeHandler(self._logging_handler)
             self._logging_handler = None
