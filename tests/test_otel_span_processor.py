@@ -236,3 +236,60 @@ def test_force_flush_delivers_what_the_coordinator_holds(
     assert provider.force_flush(10_000)
     assert processor.coordinator.stats().queued == 0
     wait_phase(otel_hub, "wf-flush-19", "completed")
+
+
+# ---------------------------------------------------------------------- parents and reruns
+
+
+def test_a_raw_workflow_span_takes_its_parent_from_the_enclosing_workflow(
+    otel_hub: ThreadedHub, otel_coordinator: Coordinator, provider: TracerProvider
+) -> None:
+    tracer = provider.get_tracer("some.library")
+    with (
+        workflow("outer", coordinator=otel_coordinator, tracer_provider=provider) as outer,
+        workflow("middle", coordinator=otel_coordinator, tracer_provider=provider) as middle,
+        tracer.start_as_current_span("step"),  # an action of middle, in between
+        tracer.start_as_current_span("raw-child", attributes={attr.WORKFLOW_ID: "wf-raw-5"}),
+    ):
+        state = wait_phase(otel_hub, "wf-raw-5", "execution")
+        assert (state.parent_workflow_id, state.root_workflow_id) == (middle.id, outer.id)
+    assert "wf-raw-5" in wait_phase(otel_hub, middle.id, "completed").children
+
+
+def test_a_raw_workflow_span_takes_its_parent_from_baggage(
+    otel_hub: ThreadedHub, provider: TracerProvider
+) -> None:
+    from opentelemetry import baggage, context  # noqa: PLC0415
+
+    carried = baggage.set_baggage(attr.BAGGAGE_WORKFLOW_ID, "wf-remote-parent")
+    carried = baggage.set_baggage(attr.BAGGAGE_ROOT_ID, "wf-remote-root", carried)
+    token = context.attach(carried)
+    try:
+        with provider.get_tracer("x").start_as_current_span(
+            "raw", attributes={attr.WORKFLOW_ID: "wf-raw-6"}
+        ):
+            pass
+    finally:
+        context.detach(token)
+    state = wait_phase(otel_hub, "wf-raw-6", "completed")
+    assert (state.parent_workflow_id, state.root_workflow_id) == (
+        "wf-remote-parent",
+        "wf-remote-root",
+    )
+
+
+def test_a_raw_workflow_span_reusing_a_finished_workflow_id_is_a_new_run(
+    otel_hub: ThreadedHub, provider: TracerProvider
+) -> None:
+    tracer = provider.get_tracer("scheduler")
+    with (
+        pytest.raises(RuntimeError),
+        tracer.start_as_current_span("nightly", attributes={attr.WORKFLOW_ID: "wf-nightly"}),
+    ):
+        raise RuntimeError("first attempt failed")
+    wait_phase(otel_hub, "wf-nightly", "failed")
+    with tracer.start_as_current_span("nightly", attributes={attr.WORKFLOW_ID: "wf-nightly"}):
+        wait_phase(otel_hub, "wf-nightly", "execution")  # the retry runs again, live
+    state = wait_phase(otel_hub, "wf-nightly", "completed")
+    assert history(state)[-5:] == LIFECYCLE
+    assert received(otel_hub, "workflow_created")["wf-nightly"] == 2

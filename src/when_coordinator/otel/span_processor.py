@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+from opentelemetry import baggage
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import StatusCode
@@ -31,6 +32,21 @@ _log = logging.getLogger(__name__)
 
 def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
+
+
+def _enclosing(
+    tracker: Tracker, span: Span, workflow_id: str, parent_context: Context | None
+) -> tuple[str, str]:
+    """(parent, root) for a workflow span that names no parent: the workflow of the span it is
+    nested in (whose root the phase manager knows), else the workflow in W3C baggage."""
+    parent = span.parent
+    owner = tracker.owner(parent.span_id) if parent is not None else None
+    if owner is not None and owner[0] != workflow_id:
+        return owner[0], ""
+    parent_id = _text(baggage.get_baggage(attr.BAGGAGE_WORKFLOW_ID, parent_context))
+    if not parent_id or parent_id == workflow_id:
+        return "", ""
+    return parent_id, _text(baggage.get_baggage(attr.BAGGAGE_ROOT_ID, parent_context))
 
 
 class CoordinationSpanProcessor(SpanProcessor):
@@ -72,7 +88,7 @@ class CoordinationSpanProcessor(SpanProcessor):
             workflow_id = _text(attributes.get(attr.WORKFLOW_ID))
             if workflow_id:
                 tracker.bind(span_id, workflow_id)
-                self._adopt(tracker, span, workflow_id, attributes)
+                self._adopt(tracker, span, workflow_id, attributes, parent_context)
                 return
             parent = span.parent
             owner = tracker.owner(parent.span_id) if parent is not None else None
@@ -82,15 +98,33 @@ class CoordinationSpanProcessor(SpanProcessor):
         except Exception:
             self._failed("on_start")
 
-    def _adopt(self, tracker: Tracker, span: Span, workflow_id: str, attributes: object) -> None:
-        """Register a workflow span nobody registered; workflow() spans are already known."""
+    def _adopt(
+        self,
+        tracker: Tracker,
+        span: Span,
+        workflow_id: str,
+        attributes: object,
+        parent_context: Context | None,
+    ) -> None:
+        """Register a workflow span nobody registered; workflow() spans are already known.
+
+        Its parent is the one its attributes name, else the workflow of the enclosing span,
+        else the one W3C baggage brought from another process. A span reusing the id of a
+        finished workflow is a new run of it.
+        """
         get = getattr(attributes, "get", lambda key: None)
         parent_id = _text(get(attr.WORKFLOW_PARENT_ID))
         root_id = _text(get(attr.WORKFLOW_ROOT_ID))
+        if not parent_id:
+            parent_id, inherited_root = _enclosing(tracker, span, workflow_id, parent_context)
+            root_id = root_id or inherited_root
         try:
             tracker.phases.register_workflow(workflow_id, parent_id, root_id)
-        except WorkflowExistsError:
-            return
+        except WorkflowExistsError as exc:
+            if not exc.phase.is_terminal:
+                return  # live: workflow() registered it, or an enclosing span of its own did
+            tracker.phases.remove_workflow(workflow_id)
+            tracker.phases.register_workflow(workflow_id, parent_id, root_id)
         state = tracker.phases.get_state(workflow_id)
         tracker.claim(workflow_id, span.get_span_context().span_id)
         tracker.adopt_span(workflow_id, span)
