@@ -471,3 +471,31 @@ def test_a_cancel_refused_just_before_execution_is_not_lost(
     state = wait_phase(hub, wf.id, "cancelled")
     assert state.history[3].reason == "right at the edge"
     transitions_once(hub, wf.id)
+
+
+def test_an_asyncio_task_cancellation_ends_the_workflow_cancelled_and_propagates(
+    otel_hub: ThreadedHub, otel_coordinator: Coordinator, tracer_provider: TracerProvider
+) -> None:
+    ids: list[str] = []
+
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def job() -> None:
+            async with workflow(
+                "task-cancelled", coordinator=otel_coordinator, tracer_provider=tracer_provider
+            ) as wf:
+                ids.append(wf.id)
+                started.set()
+                await asyncio.Event().wait()  # until the task is cancelled
+
+        task = asyncio.create_task(job())
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    state = wait_phase(otel_hub, ids[0], "cancelled")
+    assert history(state)[3:] == ["cancelling", "cancelled"]
+    assert state.errors == ()
