@@ -664,6 +664,33 @@ def test_the_package_own_records_stay_out_of_the_hub(
     assert "the package's own warning" not in messages
 
 
+def test_an_otel_logging_handler_added_later_does_not_duplicate_records(
+    hub: ThreadedHub,
+    instrument: Callable[..., Coordinator],
+    tracer_provider: TracerProvider,
+    logger_provider: LoggerProvider,
+) -> None:
+    """A bridge handler added to the root logger after instrumentation (as the logging
+    instrumentation of ``opentelemetry-instrumentation-logging`` does when it runs after this
+    instrumentor) feeds the same pipeline: ours steps aside, and each record arrives once."""
+    coordinator = instrument()
+    log = logging.getLogger("late-handler")
+    log.setLevel(logging.INFO)
+    log.info("before the second handler")
+    later = LoggingHandler(logger_provider=logger_provider)
+    logging.getLogger().addHandler(later)
+    try:
+        log.info("with two handlers")
+    finally:
+        logging.getLogger().removeHandler(later)
+    log.info("after the second handler left")
+    prove_quiet(hub, coordinator, tracer_provider, logger_provider)
+    messages = Counter(r.message for r in hub.logs if not r.message.startswith("marker-"))
+    assert messages == Counter(
+        ["before the second handler", "with two handlers", "after the second handler left"]
+    )
+
+
 def test_logs_disabled_attaches_no_handler_and_no_exporter(
     hub: ThreadedHub,
     instrument: Callable[..., Coordinator],

@@ -353,11 +353,52 @@ def _attach_log_exporter(provider: Any, coordinator: Coordinator) -> Coordinatio
     return exporter
 
 
+def _bridge_handler_types() -> tuple[type[logging.Handler], ...]:
+    """The handler classes that feed ``logging`` into an OpenTelemetry logs pipeline: the SDK's
+    (deprecated since SDK 1.40) and ``opentelemetry-instrumentation-logging``'s, if installed."""
+    types: list[type[logging.Handler]] = [LoggingHandler]
+    try:
+        from opentelemetry.instrumentation.logging.handler import (  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
+            LoggingHandler as ContribLoggingHandler,
+        )
+    except ImportError:
+        pass
+    else:
+        types.append(ContribLoggingHandler)
+    return tuple(types)
+
+
+class _WhenLoggingHandler(LoggingHandler):
+    """The handler the instrumentor adds, which steps aside while another bridge handler
+    feeding the same provider is on the root logger.
+
+    The logging instrumentation of ``opentelemetry-instrumentation-logging`` adds its own
+    handler to the root logger whenever it runs, before or after this instrumentor (the order
+    of instrumentors is not defined): each record must still enter the pipeline once.
+    """
+
+    _bridges: tuple[type[logging.Handler], ...] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        bridges = _WhenLoggingHandler._bridges
+        if bridges is None:
+            bridges = _WhenLoggingHandler._bridges = _bridge_handler_types()
+        for handler in logging.getLogger().handlers:
+            if (
+                handler is not self
+                and isinstance(handler, bridges)
+                and getattr(handler, "_logger_provider", None) is self._logger_provider
+            ):
+                return
+        super().emit(record)
+
+
 def _attach_logging_handler(provider: Any) -> logging.Handler | None:
     root = logging.getLogger()
-    if any(isinstance(handler, LoggingHandler) for handler in root.handlers):
+    bridges = _bridge_handler_types()
+    if any(isinstance(handler, bridges) for handler in root.handlers):
         return None  # the distro's logging integration already feeds the logs pipeline
-    handler = LoggingHandler(level=logging.NOTSET, logger_provider=provider)
+    handler = _WhenLoggingHandler(level=logging.NOTSET, logger_provider=provider)
     handler.addFilter(_SkipOwnRecords())
     root.addHandler(handler)
     return handler
