@@ -50,7 +50,7 @@ from opentelemetry.util.types import AttributeValue
 from when_coordinator import Config, Coordinator, workflow
 from when_coordinator.otel import CoordinationLogExporter
 
-from .harness import Figure, compare
+from .harness import Figure, compare, measure
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRESS_CALLS = 10
@@ -242,9 +242,10 @@ def _progress(coordinator: Coordinator) -> list[Figure]:
         mine, base = compare(
             lambda: wf.progress(50.0, "load"),
             lambda: span.add_event("when.progress", attributes),
-            repeat=7,
-            min_time=0.1,
+            repeat=9,
+            min_time=0.05,
         )
+        coordinator.flush(30)
         extra = _us(mine.median - base.median)
         figures.append(
             Figure(
@@ -259,11 +260,8 @@ def _progress(coordinator: Coordinator) -> list[Figure]:
         )
         stages = [f"s{i}" for i in range(64)]
         counter = iter(range(10**9))
-        changing, _ = compare(
-            lambda: wf.progress(50.0, stages[next(counter) % 64]),
-            lambda: None,
-            repeat=5,
-            min_time=0.1,
+        changing = measure(
+            lambda: wf.progress(50.0, stages[next(counter) % 64]), repeat=5, min_time=0.05
         )
         figures.append(
             Figure.info(
