@@ -313,12 +313,25 @@ def test_attaches_to_global_sdk_providers_already_configured(
 # ---------------------------------------------------------------------- process pools
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize(
+    ("method", "propagators"),
+    [
+        ("fork", None),
+        ("spawn", None),
+        # The carrier is W3C whatever the process's propagators: with "tracecontext" alone the
+        # workflow ids (baggage) were not carried, with "none" the worker's context broke.
+        ("fork", "none"),
+        ("spawn", "tracecontext"),
+    ],
+)
 def test_process_pool_child_workflow_is_linked_to_its_parent(
-    hub: ThreadedHub, tmp_path: Path, method: str
+    hub: ThreadedHub, tmp_path: Path, method: str, propagators: str | None
 ) -> None:
-    service = f"pool-{method}"
-    result, _ = run_script(tmp_path, POOL_MAIN, when_env(hub, service), method)
+    service = f"pool-{method}-{propagators}"
+    env = when_env(hub, service)
+    if propagators is not None:
+        env["OTEL_PROPAGATORS"] = propagators
+    result, _ = run_script(tmp_path, POOL_MAIN, env, method)
     parent_id = result["parent"]
     child, mapped = result["child"], result["mapped"]
     assert result["worker"] != result["me"]

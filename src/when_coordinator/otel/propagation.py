@@ -15,14 +15,24 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = ["CarriedCall", "attached", "carrier", "run_in_copied_context"]
 
+# The workflow ids travel in W3C baggage whatever OTEL_PROPAGATORS says: with "tracecontext"
+# alone the link to the parent workflow was lost, and with "none" extraction gave no context
+# at all (attaching it broke every context lookup in the block).
+_W3C = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
+
 
 def carrier() -> dict[str, str]:
-    """The current trace and workflow context as W3C headers (a plain, picklable dict)."""
+    """The current trace and workflow context as W3C headers (a plain, picklable dict), plus
+    whatever the process's own propagators (``OTEL_PROPAGATORS``) add."""
     headers: dict[str, str] = {}
     propagate.inject(headers)
+    _W3C.inject(headers)
     return headers
 
 
@@ -30,7 +40,10 @@ def carrier() -> dict[str, str]:
 def attached(headers: Mapping[str, str]) -> Iterator[None]:
     """Run a block in the context a ``carrier()`` described: a workflow started inside it is
     the child of the workflow that made the carrier."""
-    token = otel_context.attach(propagate.extract(dict(headers)))
+    carried = dict(headers)
+    context = propagate.extract(carried, context=otel_context.Context())
+    context = _W3C.extract(carried, context=context)
+    token = otel_context.attach(context)
     try:
         yield
     finally:
