@@ -244,3 +244,35 @@ def test_distro_defaults_no_override_warnings_and_nothing_duplicated(
         if m.message.type == "workflow_created" and m.message.workflow_id == workflow.workflow_id
     ]
     assert len(created) == 1
+
+
+def test_collector_only_no_hub_workflows_still_become_spans(receiver: OtlpReceiver) -> None:
+    """Topology 1 of collector-config/README.md: no ``WHEN_URL``, nothing connects, and the
+    workflow is still a span carrying its id and its phases."""
+    service = "collector-only"
+    result = run_app(
+        {
+            "OTEL_SERVICE_NAME": service,
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_LOGS_EXPORTER": "otlp",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+            "WHEN_WORKFLOW_ENTRYPOINTS": "etl_jobs:nightly_etl",
+        }
+    )
+    for warning in OVERRIDE_WARNINGS:
+        assert warning not in result.stderr, result.stderr
+    receiver.wait_for(
+        lambda r: (
+            any("when.workflow.id" in s.attributes for s in spans_of(r, service))
+            and {record.body for record in logs_of(r, service)} >= ALL_MESSAGES
+        ),
+        timeout=TIMEOUT,
+    )
+    (span,) = [s for s in spans_of(receiver, service) if "when.workflow.id" in s.attributes]
+    assert span.name == "nightly_etl"
+    assert span.attributes["when.workflow.phase"] == "completed"
+    assert Counter(r.body for r in logs_of(receiver, service)) == Counter(
+        dict.fromkeys(ALL_MESSAGES, 1)
+    )

@@ -731,6 +731,25 @@ def test_logs_enabled_false_from_the_environment(
     assert coordination_exporters(logger_provider) == []
 
 
+def test_an_unusable_environment_is_logged_and_nothing_connects(
+    monkeypatch: pytest.MonkeyPatch,
+    instrumentor: WhenInstrumentor,
+    tracer_provider: TracerProvider,
+    logger_provider: LoggerProvider,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``opentelemetry-instrument`` must never crash the service over a bad ``WHEN_*``."""
+    monkeypatch.setenv("WHEN_URL", "http://not-a-websocket-url")
+    caplog.set_level(logging.ERROR, logger=INSTRUMENTOR_LOGGER)
+    instrumentor.instrument(tracer_provider=tracer_provider, logger_provider=logger_provider)
+    assert instrumentor.is_instrumented_by_opentelemetry
+    (error,) = [r.getMessage() for r in caplog.records if r.name == INSTRUMENTOR_LOGGER]
+    assert "WHEN_URL" in error
+    assert not get_coordinator().config.enabled
+    with workflow("still-traced", tracer_provider=tracer_provider) as run:
+        assert run.span.is_recording()
+
+
 # ---------------------------------------------------------------------- threads
 
 

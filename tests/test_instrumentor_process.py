@@ -386,6 +386,35 @@ APP_MESSAGES = {
 }
 
 
+def test_hub_only_with_the_otlp_exporters_off(hub: ThreadedHub) -> None:
+    """Topology 2 of collector-config/README.md: every ``OTEL_*_EXPORTER`` is ``none``; the
+    SDK providers exist without exporters and the instrumentor feeds the hub from them."""
+    service = "hub-only"
+    run_instrumented(
+        {
+            "OTEL_SERVICE_NAME": service,
+            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_LOGS_EXPORTER": "none",
+            "OTEL_METRICS_EXPORTER": "none",
+            "WHEN_URL": hub.url,
+            "WHEN_WORKFLOW_ENTRYPOINTS": "etl_jobs:nightly_etl",
+        }
+    )
+    hub.wait_for(
+        lambda h: (
+            {r.message for r in logs_of(h, service)} >= APP_MESSAGES
+            and any(w.phase is Phase.COMPLETED for w in workflows_of(h, service).values())
+        ),
+        timeout=TIMEOUT,
+    )
+    (workflow,) = workflows_of(hub, service).values()
+    assert workflow.action_type == "nightly_etl"
+    assert workflow.service_id in {
+        s.service_id for s in hub.services.values() if s.service_name == service
+    }
+    assert len(hub.logs_for(workflow.workflow_id)) == len(APP_MESSAGES) - 1
+
+
 @pytest.mark.parametrize("exporters", ["otlp,when", "when"])
 def test_when_logs_exporter_entry_point_delivers_each_record_once(
     hub: ThreadedHub, receiver: OtlpReceiver, exporters: str
