@@ -384,6 +384,8 @@ def test_gives_up_after_max_attempts_consecutive_failures(caplog: pytest.LogCapt
     assert stats.dropped_by_kind == {"progress": 1}
     assert stats.drop_reasons == {"gave up reconnecting": 1}
     assert any("giving up" in r.getMessage() for r in caplog.records)
+    dial_warnings = [r for r in caplog.records if "cannot connect" in r.getMessage()]
+    assert len(dial_warnings) == 1  # rate-limited, not one per attempt
     assert coordinator.flush(1) is True  # nothing left to wait for
     coordinator.close()
 

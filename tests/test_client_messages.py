@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import queue
 import threading
 from collections.abc import Iterator
@@ -504,6 +505,18 @@ def test_bad_input_is_dropped_counted_and_the_connection_stays(
     assert len(phase_frames(server.snapshot())) == phase_count
     assert commands.events.empty()
     assert not server.connections[0].closed
+
+
+def test_a_flood_of_bad_frames_is_counted_and_logged_once(
+    server: ScriptedServer, client: Coordinator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="when_coordinator")
+    for i in range(25):
+        server.send(f"garbage {i}")
+    server.barrier()
+    assert client.stats().inbound_dropped == {"invalid frame": 25}
+    warnings = [r for r in caplog.records if "dropped invalid frame" in r.getMessage()]
+    assert len(warnings) == 1
 
 
 def test_a_frame_over_four_times_the_limit_closes_only_that_connection(
