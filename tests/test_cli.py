@@ -319,6 +319,16 @@ def test_the_hub_command_reports_a_busy_port() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_the_hub_command_reports_bad_settings_in_one_line(tmp_path: Any) -> None:
+    missing = run(["hub", "--port", "0", "--db", str(tmp_path / "no" / "such" / "dir.db")])
+    assert missing.returncode == 1
+    assert "cannot use the hub database" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    interval = run(["hub", "--port", "0", "--ping-interval", "0"])
+    assert interval.returncode == 1
+    assert "ping_interval must be > 0" in interval.stderr
+
+
 def test_demo_runs_the_demo_module_with_its_own_arguments(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

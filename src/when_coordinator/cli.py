@@ -419,7 +419,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 def _cmd_hub(args: argparse.Namespace) -> int:
     import logging  # noqa: PLC0415
 
-    from .hub import Hub  # noqa: PLC0415
+    from .hub import Hub, HubError  # noqa: PLC0415
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -428,13 +428,16 @@ def _cmd_hub(args: argparse.Namespace) -> int:
     )
     if args.log_level != "debug":  # one line per HTTP request is noise at info level
         logging.getLogger("when_coordinator.hub.websockets").setLevel(logging.WARNING)
-    hub = Hub(
-        args.host,
-        args.port,
-        token=args.token or None,
-        db=args.db,
-        ping_interval=args.ping_interval,
-    )
+    try:
+        hub = Hub(
+            args.host,
+            args.port,
+            token=args.token or None,
+            db=args.db,
+            ping_interval=args.ping_interval,
+        )
+    except ValueError as exc:
+        raise HubClientError(str(exc)) from None
 
     async def serve() -> int:
         try:
@@ -442,6 +445,8 @@ def _cmd_hub(args: argparse.Namespace) -> int:
         except OSError as exc:
             why = exc.strerror or str(exc)
             raise HubClientError(f"cannot listen on {args.host}:{args.port}: {why}") from None
+        except HubError as exc:
+            raise HubClientError(str(exc)) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

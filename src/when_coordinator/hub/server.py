@@ -28,6 +28,7 @@ import inspect
 import itertools
 import logging
 import os
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -256,7 +257,12 @@ class Hub:
         if self._db is not None:
             store = HubStore(self._db, log_limit=self._log_buffer)
             self._persister = _Persister(self._state, store, self._store_interval)
-            snapshot = await self._persister.run(store.load)
+            try:
+                snapshot = await self._persister.run(store.load)
+            except (sqlite3.Error, RuntimeError) as exc:
+                await self._persister.close()
+                self._persister = None
+                raise HubError(f"cannot use the hub database {store.path}: {exc}") from exc
             self._state.restore(snapshot)
             self._state.take_changes()
             self._persister.start()
