@@ -789,6 +789,55 @@ def test_workflow_context_is_carried_into_threads_and_thread_pools(
         assert records[f"logged from a {kind}"].workflow_id == parent.id, kind
 
 
+def test_a_reused_pool_thread_runs_each_task_in_its_submitter_workflow(
+    hub: ThreadedHub,
+    instrument: Callable[..., Coordinator],
+    tracer_provider: TracerProvider,
+) -> None:
+    """A pool thread started inside one workflow and reused by another: each task belongs to
+    the workflow that submitted it, not to the one that happened to start the thread."""
+    instrument()
+
+    def child(kind: str) -> str:
+        with workflow(f"child-of-{kind}", tracer_provider=tracer_provider) as run:
+            pass
+        return run.parent_id
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        with workflow("first", tracer_provider=tracer_provider) as first:
+            assert pool.submit(child, "first").result(TIMEOUT) == first.id  # starts the thread
+        with workflow("second", tracer_provider=tracer_provider) as second:
+            assert pool.submit(child, "second").result(TIMEOUT) == second.id
+        assert pool.submit(child, "none").result(TIMEOUT) == ""
+    workflows = by_type(settled(hub, 5))
+    assert workflows["child-of-second"].parent_workflow_id == second.id
+    assert workflows["child-of-none"].parent_workflow_id == ""
+
+
+def test_an_existing_otel_logging_handler_is_used_not_doubled(
+    hub: ThreadedHub,
+    instrumentor: WhenInstrumentor,
+    instrument: Callable[..., Coordinator],
+    logger_provider: LoggerProvider,
+) -> None:
+    """The distro's logging integration (``OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED``)
+    already put a handler on the root logger: the instrumentor adds none, and leaves that one
+    in place when uninstrumented."""
+    existing = LoggingHandler(logger_provider=logger_provider)
+    root = logging.getLogger()
+    root.addHandler(existing)
+    try:
+        handlers = list(root.handlers)
+        instrument()
+        assert root.handlers == handlers
+        assert not is_wrapped(logging, "basicConfig")
+        assert len(coordination_exporters(logger_provider)) == 1
+        instrumentor.uninstrument()
+        assert root.handlers == handlers
+    finally:
+        root.removeHandler(existing)
+
+
 def test_without_instrumentation_threads_do_not_inherit_the_workflow(
     tracer_provider: TracerProvider,
 ) -> None:
