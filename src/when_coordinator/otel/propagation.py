@@ -21,15 +21,15 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 __all__ = ["CarriedCall", "attached", "carrier", "run_in_copied_context"]
 
-# The workflow ids travel in W3C baggage whatever OTEL_PROPAGATORS says: with "tracecontext"
-# alone the link to the parent workflow was lost, and with "none" extraction gave no context
-# at all (attaching it broke every context lookup in the block).
+# The workflow ids travel in W3C baggage whatever propagators the process is configured with:
+# with "tracecontext" alone the link to the parent workflow was lost, and with "none"
+# extraction gave no context at all (attaching it broke every context lookup in the block).
 _W3C = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
 
 
 def carrier() -> dict[str, str]:
     """The current trace and workflow context as W3C headers (a plain, picklable dict), plus
-    whatever the process's own propagators (``OTEL_PROPAGATORS``) add."""
+    whatever the propagators the process is configured with add."""
     headers: dict[str, str] = {}
     propagate.inject(headers)
     _W3C.inject(headers)
