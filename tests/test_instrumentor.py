@@ -47,6 +47,12 @@ from when_coordinator.otel import (
 )
 from when_coordinator.protocol import MessageType, Phase
 
+# SDK 1.40+ deprecates its LoggingHandler in favour of opentelemetry-instrumentation-logging's,
+# which is not a dependency; the instrumentor's handler is one, and so are the tests' own.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`LoggingHandler` in `opentelemetry-sdk` is deprecated:DeprecationWarning"
+)
+
 TIMEOUT = 10.0
 INSTRUMENTOR_LOGGER = "when_coordinator.otel.instrumentor"
 
