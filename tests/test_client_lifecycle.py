@@ -356,6 +356,12 @@ def test_a_forked_child_that_connects_gets_its_own_connection() -> None:
         server.wait_for(lambda s: s.count("progress") >= 1, 5)
         progress = server.of_type("progress")
         assert [(f.connection, f.workflow_id) for f in progress] == [(2, "wf-child-own")]
+        # The child registers as another instance, not with the id the hub gave its parent.
+        parent_register, child_register = server.of_type("register")
+        assert parent_register.payload.get("service_id") is None
+        assert child_register.payload.get("service_id") is None
+        parent_instance = parent_register.payload["instance_id"]
+        assert child_register.payload["instance_id"].startswith(f"{parent_instance}-fork-")
         assert not server.connections[0].closed  # the parent's
         coordinator.send_progress("wf-parent", "act", 3.0)
         assert coordinator.flush(5)

@@ -163,6 +163,8 @@ class Coordinator:
         self._registered = threading.Event()
         self._closed = False
         self._forked = False
+        self._retainers: weakref.WeakSet[object] = weakref.WeakSet()
+        self._exit_pending = False
         self._handlers: dict[str, MessageHandler] = {}
         self._callbacks: dict[str, list[Callable[..., Any]]] = {
             "connected": [],
@@ -266,6 +268,21 @@ class Coordinator:
                 thread.join(max(deadline - time.monotonic(), 0.0) + 2.0)
         self._outbox.clear("coordinator closed")
         self._unsubscribe()
+
+    def retain(self, owner: object) -> None:
+        """Keep the connection open at interpreter exit until ``owner`` calls ``release()``.
+
+        For exporters whose last export runs in an exit handler registered before this
+        coordinator's (the SDK providers' shutdown): the exit handler only flushes while any
+        owner remains, and the last ``release()`` closes.
+        """
+        self._retainers.add(owner)
+
+    def release(self, owner: object) -> None:
+        """Drop a ``retain()``; at exit, the last release closes the coordinator."""
+        self._retainers.discard(owner)
+        if self._exit_pending and not self._retainers:
+            self.close()
 
     def __enter__(self) -> Coordinator:
         self.connect()
@@ -907,11 +924,17 @@ def _build(entry: Entry) -> Message:
 
 def _close_at_exit(ref: weakref.ref[Coordinator]) -> None:
     coordinator = ref()
-    if coordinator is not None and not coordinator._forked:
-        try:
+    if coordinator is None or coordinator._forked:
+        return
+    try:
+        if coordinator._retainers:
+            coordinator._exit_pending = True  # the last release() closes
+            if coordinator._thread is not None:
+                coordinator.flush(coordinator.config.close_timeout)
+        else:
             coordinator.close()
-        except Exception:
-            _log.debug("closing at exit failed", exc_info=True)
+    except Exception:
+        _log.debug("closing at exit failed", exc_info=True)
 
 
 def _reset_after_fork(ref: weakref.ref[Coordinator]) -> None:
@@ -934,6 +957,11 @@ def _reset_after_fork(ref: weakref.ref[Coordinator]) -> None:
     coordinator._control.clear()
     coordinator._confirming = False
     coordinator._forked = True
+    # The child is another instance of the service: it must not speak as its parent.
+    coordinator.service_id = coordinator.config.service_id
+    coordinator.config = coordinator.config.with_changes(
+        instance_id=f"{coordinator.config.instance_id}-fork-{os.getpid()}"
+    )
     coordinator._outbox = Outbox(
         coordinator.config.outbox_max_messages, coordinator.config.outbox_max_bytes
     )

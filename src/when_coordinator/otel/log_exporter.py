@@ -88,13 +88,19 @@ class CoordinationLogExporter(LogExporterBase):
 
     def use(self, coordinator: Coordinator) -> None:
         """Send to ``coordinator`` from now on, and switch on."""
-        self._coordinator = coordinator
+        previous, self._coordinator = self._coordinator, coordinator
+        if previous is not None and previous is not coordinator:
+            previous.release(self)
+        coordinator.retain(self)
         self.enabled = True
 
     @property
     def coordinator(self) -> Coordinator:
         if self._coordinator is None:
             self._coordinator = get_coordinator()
+            # The SDK's final export runs at exit, possibly after the coordinator's own exit
+            # handler: keep it open until this exporter shuts down.
+            self._coordinator.retain(self)
         return self._coordinator
 
     def export(self, batch: Sequence[Any]) -> ExportResult:
@@ -175,5 +181,17 @@ class CoordinationLogExporter(LogExporterBase):
             return False
 
     def shutdown(self) -> None:
-        """Stop exporting; the coordinator is shared and stays open."""
+        """Stop exporting and deliver what was handed over (within the coordinator's
+        ``close_timeout``); the coordinator is shared and stays open unless the process is
+        exiting and this was its last user."""
         self._shutdown = True
+        coordinator = self._coordinator
+        if coordinator is None:
+            return
+        try:
+            if coordinator.config.enabled:
+                coordinator.flush(coordinator.config.close_timeout)
+        except Exception:
+            self.errors += 1
+        finally:
+            coordinator.release(self)
