@@ -69,6 +69,10 @@ MessageHandler = Callable[[Message], "Awaitable[None] | None"]
 
 _INFLIGHT_CONFIRM_EVERY = 256
 """Ask for an acknowledgement after this many unacknowledged messages, even under load."""
+_INFLIGHT_LIMIT = _INFLIGHT_CONFIRM_EVERY * 4
+"""Stop sending past this many unacknowledged messages until the hub catches up."""
+_BATCH_MESSAGES = 64
+_BATCH_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -745,24 +749,40 @@ class Coordinator:
 
     async def _writer(self, ws: ClientConnection) -> None:
         assert self._wake is not None
-        wake, outbox, control = self._wake, self._outbox, self._control
+        wake, outbox = self._wake, self._outbox
         session = self._session
         while True:
-            while control:
-                await ws.send(encode(control.popleft()))
-            if outbox.inflight >= _INFLIGHT_CONFIRM_EVERY * 4:
-                # Flow control: wait for the hub to catch up before sending more.
-                self._start_confirm(ws, session)
+            texts = self._collect()
+            if not texts:
+                if outbox.inflight:
+                    self._start_confirm(ws, session)  # acknowledge what is out, then sleep
+                # Clear, then look once more: a put (or pong) racing the clear still wakes us.
                 wake.clear()
-                await wake.wait()
-                continue
-            wake.clear()
+                texts = self._collect()
+                if not texts:
+                    await wake.wait()
+                    continue
+            await _send_frames(ws, texts)
+            if outbox.inflight >= _INFLIGHT_CONFIRM_EVERY:
+                self._start_confirm(ws, session)
+
+    def _collect(self) -> list[str]:
+        """The next frames to write: control messages first, then a batch from the outbox.
+
+        Writing a batch in one go costs one system call instead of one per message; the
+        in-flight limit is flow control while the hub acknowledges what it has.
+        """
+        texts = [encode(message) for message in self._drain_control()]
+        outbox = self._outbox
+        size = 0
+        while (
+            len(texts) < _BATCH_MESSAGES
+            and size < _BATCH_BYTES
+            and outbox.inflight < _INFLIGHT_LIMIT
+        ):
             entry = outbox.take()
             if entry is None:
-                if outbox.inflight:
-                    self._start_confirm(ws, session)
-                await wake.wait()
-                continue
+                break
             if entry.text is None:
                 try:
                     entry.text = encode(_build(entry))
@@ -770,9 +790,15 @@ class Coordinator:
                     outbox.discard(entry, "cannot encode")
                     self._warn.log(logging.WARNING, "encode", "dropped a %s: %s", entry.type, exc)
                     continue
-            await ws.send(entry.text)
-            if outbox.inflight >= _INFLIGHT_CONFIRM_EVERY:
-                self._start_confirm(ws, session)
+            texts.append(entry.text)
+            size += len(entry.text)
+        return texts
+
+    def _drain_control(self) -> list[Message]:
+        control = self._control
+        messages = list(control)
+        control.clear()
+        return messages
 
     def _start_confirm(self, ws: ClientConnection, session: int) -> None:
         if not self._confirming:
@@ -820,7 +846,8 @@ class Coordinator:
         self._fire("registered", payload)
 
     def _on_ping(self, message: Message) -> None:
-        self._control.appendleft(message.reply(EmptyPayload(), type=MessageType.PONG))
+        # Ahead of the outbox, behind replies already due (FIFO among control messages).
+        self._control.append(message.reply(EmptyPayload(), type=MessageType.PONG))
 
     def _on_status(self, message: Message) -> None:
         workflow_id = message.target_workflow_id()
@@ -860,6 +887,38 @@ class Coordinator:
         else:
             event = replace(event, accepted=True, state=state)
         self._fire("command", event)
+
+
+# ---------------------------------------------------------------------- writing frames
+
+_BATCHED_WRITES = hasattr(ClientConnection, "send_context")
+
+
+async def _send_frames(ws: ClientConnection, texts: list[str]) -> None:
+    """Write text frames, a batch in one socket write where websockets allows it.
+
+    ``ClientConnection.send`` writes every frame separately: a system call, and a switch of
+    the GIL to the application, per message. Through ``send_context`` (websockets' own way
+    to drive its sans-I/O protocol) the frames of a batch go out in one write, with the same
+    checks and flow control as ``send``.
+    """
+    if len(texts) == 1 or not _BATCHED_WRITES:
+        for text in texts:
+            await ws.send(text)
+        return
+    async with ws.send_context():
+        protocol = ws.protocol
+        for text in texts:
+            protocol.send_text(text.encode())
+        chunks = protocol.data_to_send()
+        if all(chunks):
+            ws.transport.write(b"".join(chunks))
+        else:  # an end-of-stream marker: keep websockets' own handling of it
+            for chunk in chunks:
+                if chunk:
+                    ws.transport.write(chunk)
+                elif ws.transport.can_write_eof():
+                    ws.transport.write_eof()
 
 
 # ---------------------------------------------------------------------- building messages
