@@ -33,14 +33,13 @@ from websockets.exceptions import ConnectionClosed
 from .._version import __version__
 from ..phase_manager import PhaseError, PhaseManager, PhaseState
 from ..protocol import (
+    ENVELOPE_WORKFLOW_TYPES,
     CancelPayload,
     CheckpointPayload,
     EmptyPayload,
     ErrorPayload,
-    LogBatchPayload,
     LogEntry,
     LogLevel,
-    LogPayload,
     Message,
     MessageType,
     PausePayload,
@@ -54,7 +53,9 @@ from ..protocol import (
     WorkflowCreatedPayload,
     decode,
     encode,
+    encode_envelope,
     format_timestamp,
+    new_message_id,
 )
 from ._util import RateLimitedLog, approx_size, jsonable
 from .config import Config
@@ -785,7 +786,7 @@ class Coordinator:
                 break
             if entry.text is None:
                 try:
-                    entry.text = encode(_build(entry))
+                    entry.text = _encode_entry(entry)
                 except Exception as exc:
                     outbox.discard(entry, "cannot encode")
                     self._warn.log(logging.WARNING, "encode", "dropped a %s: %s", entry.type, exc)
@@ -939,43 +940,66 @@ def _phase_message(state: PhaseState, time_ns: int) -> Message:
     return Message.create(payload, timestamp=format_timestamp(time_ns))
 
 
-def _stamped(entry: LogEntry, time_ns: int) -> LogEntry:
-    if entry.timestamp and not entry.fields:
-        return entry
-    return replace(
-        entry,
-        timestamp=entry.timestamp or format_timestamp(time_ns),
-        fields=jsonable(entry.fields) if entry.fields else {},
-    )
+def _encode_entry(entry: Entry) -> str:
+    """Encode a queued entry as its frame; runs on the client's thread.
 
-
-def _build(entry: Entry) -> Message:
-    """Turn a queued entry into its message; runs on the client's thread."""
-    body, wf, stamp = entry.body, entry.wf, entry.time_ns
-    kind = entry.type
+    Application data (checkpoint state, log fields) is encoded as it is; only when that fails
+    is it made JSON-safe (unknown objects become their ``str``) and encoded again, so the
+    common case pays for one pass.
+    """
+    body = entry.body
     if isinstance(body, Message):
-        return body
-    if kind is MessageType.PHASE_CHANGED:
-        return _phase_message(body, stamp)
-    payload: Any
+        return encode(body)
+    try:
+        return _encode_payload(entry, sanitize=False)
+    except ProtocolError:
+        if entry.type not in _SANITISED:
+            raise
+        return _encode_payload(entry, sanitize=True)
+
+
+_SANITISED = frozenset({MessageType.CHECKPOINT, MessageType.LOG, MessageType.LOG_BATCH})
+
+
+def _log_entry_dict(entry: LogEntry, timestamp: str, sanitize: bool) -> dict[str, Any]:
+    wire = entry.to_dict()
+    if not entry.timestamp:
+        wire["timestamp"] = timestamp
+    if sanitize and entry.fields:
+        wire["fields"] = jsonable(entry.fields)
+    return wire
+
+
+def _encode_payload(entry: Entry, *, sanitize: bool) -> str:
+    body, wf, kind = entry.body, entry.wf, entry.type
+    timestamp = format_timestamp(entry.time_ns)
+    payload: dict[str, Any]
     if kind is MessageType.PROGRESS:
         action_id, percent, stage, text, current, total = body
-        payload = ProgressPayload(wf, percent, action_id, stage, text, current, total)
+        payload = ProgressPayload(wf, percent, action_id, stage, text, current, total).to_dict()
+    elif kind is MessageType.PHASE_CHANGED:
+        state: PhaseState = body
+        payload = PhaseChangedPayload(
+            wf, state.previous_phase, state.phase, state.checkpoint_id, state.reason
+        ).to_dict()
+    elif kind is MessageType.LOG:
+        payload = _log_entry_dict(body, timestamp, sanitize)
+    elif kind is MessageType.LOG_BATCH:
+        payload = {"logs": [_log_entry_dict(item, timestamp, sanitize) for item in body]}
     elif kind is MessageType.WORKFLOW_CREATED:
-        payload = WorkflowCreatedPayload(wf, *body)
+        payload = WorkflowCreatedPayload(wf, *body).to_dict()
     elif kind is MessageType.CHECKPOINT:
-        checkpoint_id, reason, state = body
-        payload = CheckpointPayload(wf, checkpoint_id, reason, jsonable(state) if state else None)
+        checkpoint_id, reason, state_data = body
+        if sanitize and state_data:
+            state_data = jsonable(state_data)
+        payload = CheckpointPayload(wf, checkpoint_id, reason, state_data).to_dict()
     elif kind is MessageType.ERROR:
         action_id, text, recoverable = body
-        payload = ErrorPayload(wf, text, recoverable, action_id)
-    elif kind is MessageType.LOG:
-        payload = LogPayload(_stamped(body, stamp))
-    elif kind is MessageType.LOG_BATCH:
-        payload = LogBatchPayload(tuple(_stamped(item, stamp) for item in body))
+        payload = ErrorPayload(wf, text, recoverable, action_id).to_dict()
     else:
-        raise ProtocolError(f"no builder for {kind!r}")
-    return Message.create(payload, timestamp=format_timestamp(stamp))
+        raise ProtocolError(f"no encoder for queued {kind!r}")
+    envelope_wf = wf if kind in ENVELOPE_WORKFLOW_TYPES else ""
+    return encode_envelope(kind, new_message_id(), envelope_wf, timestamp, payload)
 
 
 # ---------------------------------------------------------------------- process lifecycle
