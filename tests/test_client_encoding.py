@@ -1,0 +1,58 @@
+"""Application data that JSON cannot carry as it is still reaches the hub, as text."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+
+from scripted_server import ScriptedServer, fast_config
+from when_coordinator import Coordinator, LogEntry, LogLevel
+
+
+class Opaque:
+    def __str__(self) -> str:
+        return "opaque!"
+
+
+WHEN = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+
+
+def test_unencodable_log_fields_and_checkpoint_state_arrive_as_text() -> None:
+    with ScriptedServer() as server:
+        coordinator = Coordinator(fast_config(server.url))
+        coordinator.connect()
+        assert coordinator.wait_registered(5)
+        coordinator.log_with_context(
+            LogLevel.INFO,
+            "odd fields",
+            workflow_id="wf-1",
+            fields={"when": WHEN, "ratio": math.nan, "obj": Opaque(), "n": 1, "ok": "yes"},
+        )
+        coordinator.send_log_batch(
+            [
+                LogEntry(message="plain", fields={"n": 2}),
+                LogEntry(message="odd", fields={"pair": {1, 2}, "obj": Opaque()}),
+            ]
+        )
+        coordinator.send_checkpoint("wf-1", "cp-1", "saved", state={"at": WHEN, "rows": 3})
+        assert coordinator.flush(5)
+        server.barrier()
+        (log,) = server.of_type("log")
+        assert log.payload["fields"] == {
+            "when": str(WHEN),
+            "ratio": "nan",
+            "obj": "opaque!",
+            "n": 1,
+            "ok": "yes",
+        }
+        (batch,) = server.of_type("log_batch")
+        plain, odd = batch.payload["logs"]
+        assert plain["fields"] == {"n": 2}
+        assert odd["message"] == "odd"
+        assert odd["fields"] == {"pair": [1, 2], "obj": "opaque!"}
+        (checkpoint,) = server.of_type("checkpoint")
+        assert checkpoint.payload["state"] == {"at": str(WHEN), "rows": 3}
+        stats = coordinator.stats()
+        assert stats.dropped == 0
+        assert stats.delivered == stats.sent
+        coordinator.close()
