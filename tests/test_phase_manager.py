@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -661,11 +662,18 @@ def test_listener_sees_every_transition_in_order_under_contention() -> None:
             failures.append(exc)
 
     threads = [threading.Thread(target=drive, args=(i,)) for i in range(threads_count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-        assert not thread.is_alive()
+    # Switch threads far more often than the default 5 ms, so that they really interleave on
+    # the shared workflows however fast one transition is.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+            assert not thread.is_alive()
+    finally:
+        sys.setswitchinterval(interval)
     assert failures == []
     assert sum(refused) > 0  # the shared workflows really were contended
 

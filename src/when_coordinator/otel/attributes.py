@@ -39,9 +39,9 @@ WORKFLOW_NAME = "when.workflow.name"
 ACTION_ID = "when.action.id"
 ACTION_TYPE = "when.action.type"
 PHASE = "when.workflow.phase"
-"""The workflow's latest phase, overwritten on every transition."""
+"""The phase the workflow ended in, set when its span ends."""
 PROGRESS_PERCENT = "when.progress.percent"
-"""The latest progress, overwritten: progress is coalesced rather than logged as events."""
+"""The last progress reported, set when the span ends: progress is coalesced, not logged."""
 PROGRESS_STAGE = "when.progress.stage"
 
 # Span events.

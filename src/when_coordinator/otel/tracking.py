@@ -143,7 +143,6 @@ class Tracker:
                     attr.PHASE_CHECKPOINT_ID: state.checkpoint_id,
                 },
             )
-            span.set_attribute(attr.PHASE, state.phase.value)
         if workflow is not None:
             workflow._phase_changed(state)
 

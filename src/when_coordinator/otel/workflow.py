@@ -145,6 +145,7 @@ class _WorkflowBase:
         self._checkpoint_id = ""
         self._checkpoints = 0
         self._last_stage = ""
+        self._percent: float | None = None
         self._progress_events = 0
         self._progress_budget = 0
         self._started = False
@@ -211,14 +212,14 @@ class _WorkflowBase:
             current_item=current_item,
             total_items=total_items,
         )
-        span = self._span
-        span.set_attribute(attr.PROGRESS_PERCENT, percent)
+        # The latest percent and stage become span attributes when the span ends: setting
+        # them on every call costs more than the rest of this method.
+        self._percent = percent
         if stage != self._last_stage:
             self._last_stage = stage
-            span.set_attribute(attr.PROGRESS_STAGE, stage)
             if self._progress_events < self._progress_budget:
                 self._progress_events += 1
-                span.add_event(
+                self._span.add_event(
                     attr.PROGRESS_EVENT,
                     {
                         attr.PROGRESS_PERCENT: percent,
@@ -284,7 +285,6 @@ class _WorkflowBase:
             attr.WORKFLOW_NAME: self.name,
             attr.WORKFLOW_ROOT_ID: self.root_id,
             attr.ACTION_TYPE: self.action_type,
-            attr.PHASE: Phase.PENDING.value,
         }
         if self.parent_id:
             attributes[attr.WORKFLOW_PARENT_ID] = self.parent_id
@@ -342,9 +342,18 @@ class _WorkflowBase:
                 settle(self._phases, self.id, error=reason)
         finally:
             self._tracker.detach(self)
+            self._span.set_attributes(self._final_attributes())
             self._span.end()
             self._notify()
         return suppress
+
+    def _final_attributes(self) -> dict[str, AttributeValue]:
+        attributes: dict[str, AttributeValue] = {attr.PHASE: self._phases.get_phase(self.id).value}
+        if self._percent is not None:
+            attributes[attr.PROGRESS_PERCENT] = self._percent
+        if self._last_stage:
+            attributes[attr.PROGRESS_STAGE] = self._last_stage
+        return attributes
 
     def _end_cancelled(self, reason: str) -> None:
         phase = self._phases.get_phase(self.id)
