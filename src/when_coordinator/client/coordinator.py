@@ -926,7 +926,21 @@ async def _send_frames(ws: ClientConnection, texts: list[str]) -> None:
 
 
 def _entry_size(entry: LogEntry) -> int:
-    return 160 + len(entry.message) + (approx_size(entry.fields) if entry.fields else 0)
+    # Fields are estimated shallowly here (this runs on the caller's thread); nested values
+    # count as 64 bytes each, which is enough to bound memory without walking them.
+    fields = entry.fields
+    return (
+        160
+        + len(entry.message)
+        + (
+            sum(
+                len(key) + (len(value) if isinstance(value, str) else 64)
+                for key, value in fields.items()
+            )
+            if fields
+            else 0
+        )
+    )
 
 
 def _phase_message(state: PhaseState, time_ns: int) -> Message:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ..client import Coordinator
@@ -24,15 +24,18 @@ __all__ = ["CoordinationLogExporter", "level_for_severity"]
 
 _log = logging.getLogger(__name__)
 
-# Attributes that become the entry's own keys rather than ``fields``.
-_WORKFLOW_KEYS = (attr.WORKFLOW_ID, "workflow_id", "workflowID", "workflowId")
-_ACTION_KEYS = (attr.ACTION_ID, "action_id", "actionID", "actionId")
-_CORRELATION_KEYS = ("correlation_id", "correlationID", "correlationId")
-_FILE_KEYS = ("code.file.path", "code.filepath")
-_LINE_KEYS = ("code.line.number", "code.lineno")
-_CONSUMED = frozenset(
-    (*_WORKFLOW_KEYS, *_ACTION_KEYS, *_CORRELATION_KEYS, *_FILE_KEYS, *_LINE_KEYS)
-)
+# Attributes that become the entry's own keys rather than ``fields``, by the key they fill.
+# The first-listed spelling wins when a record carries several.
+_ROLES: dict[str, tuple[str, int]] = {}
+for _role, _keys in (
+    ("workflow_id", (attr.WORKFLOW_ID, "workflow_id", "workflowID", "workflowId")),
+    ("action_id", (attr.ACTION_ID, "action_id", "actionID", "actionId")),
+    ("correlation_id", ("correlation_id", "correlationID", "correlationId")),
+    ("source_file", ("code.file.path", "code.filepath")),
+    ("source_line", ("code.line.number", "code.lineno")),
+):
+    for _rank, _key in enumerate(_keys):
+        _ROLES[_key] = (_role, _rank)
 
 _SEVERITY_TEXT = {
     "trace": LogLevel.DEBUG,
@@ -60,14 +63,6 @@ def level_for_severity(number: int | None, text: str | None = None) -> LogLevel:
             return LogLevel.ERROR
         return LogLevel.FATAL
     return _SEVERITY_TEXT.get((text or "").lower(), LogLevel.INFO)
-
-
-def _first(attributes: Mapping[str, Any], keys: Sequence[str]) -> Any:
-    for key in keys:
-        value = attributes.get(key)
-        if value is not None and value != "":
-            return value
-    return None
 
 
 class CoordinationLogExporter(LogExporterBase):
@@ -133,12 +128,21 @@ class CoordinationLogExporter(LogExporterBase):
 
     @staticmethod
     def _entry(record: Any, owner_of: Any) -> LogEntry:
-        # One copy into a plain dict: the SDK's attributes take a lock on every read.
-        attributes: Mapping[str, Any] = dict(record.attributes) if record.attributes else {}
+        """Map one record; one pass over its attributes (the SDK's mapping locks per read)."""
+        own: dict[str, Any] = {}
+        ranks: dict[str, int] = {}
+        fields: dict[str, Any] = {}
+        if record.attributes:
+            for key, value in record.attributes.items():
+                role = _ROLES.get(key)
+                if role is None:
+                    fields[key] = value
+                elif value is not None and value != "" and role[1] < ranks.get(role[0], 99):
+                    own[role[0]] = value
+                    ranks[role[0]] = role[1]
         trace_id = record.trace_id or 0
         span_id = record.span_id or 0
-        workflow_id = _first(attributes, _WORKFLOW_KEYS)
-        action_id = _first(attributes, _ACTION_KEYS)
+        workflow_id = own.get("workflow_id")
         if workflow_id is None and span_id:
             owner = owner_of(span_id)
             if owner is not None:
@@ -150,23 +154,22 @@ class CoordinationLogExporter(LogExporterBase):
             message = ""
         else:
             message = json.dumps(jsonable(body), separators=(",", ":"))
-        line = _first(attributes, _LINE_KEYS)
-        fields = {key: value for key, value in attributes.items() if key not in _CONSUMED}
+        line = own.get("source_line", 0)
         timestamp = record.timestamp or record.observed_timestamp
         return LogEntry(
-            timestamp=format_timestamp(timestamp) if timestamp else format_timestamp(),
-            level=level_for_severity(
+            format_timestamp(timestamp) if timestamp else format_timestamp(),
+            level_for_severity(
                 getattr(record.severity_number, "value", None), record.severity_text
             ),
-            message=message,
-            trace_id=format(trace_id, "032x") if trace_id else "",
-            span_id=format(span_id, "016x") if span_id else "",
-            workflow_id=str(workflow_id or ""),
-            action_id=str(action_id or ""),
-            correlation_id=str(_first(attributes, _CORRELATION_KEYS) or ""),
-            fields=jsonable(fields) if fields else {},
-            source_file=str(_first(attributes, _FILE_KEYS) or ""),
-            source_line=line if isinstance(line, int) and not isinstance(line, bool) else 0,
+            message,
+            format(trace_id, "032x") if trace_id else "",
+            format(span_id, "016x") if span_id else "",
+            str(workflow_id or ""),
+            str(own.get("action_id") or ""),
+            str(own.get("correlation_id") or ""),
+            fields,  # made JSON-safe by the client only if it does not encode as it is
+            str(own.get("source_file") or ""),
+            line if isinstance(line, int) and not isinstance(line, bool) else 0,
         )
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
