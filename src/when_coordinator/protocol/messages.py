@@ -447,6 +447,8 @@ class LogEntry(_Schema):
     )
 
     def __post_init__(self) -> None:
+        if self.level.__class__ is LogLevel:
+            return  # the common case, on every log record: nothing to convert
         try:
             object.__setattr__(self, "level", LogLevel(self.level))
         except ValueError:
