@@ -20,6 +20,7 @@ import functools
 import inspect
 import threading
 import uuid
+import weakref
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from contextvars import ContextVar
 from types import TracebackType
@@ -93,6 +94,27 @@ def _progress_events_allowed(span: Span) -> int:
     if max_events is None:  # unlimited
         return _MAX_PROGRESS_EVENTS
     return max(0, min(_MAX_PROGRESS_EVENTS, (max_events - _LIFECYCLE_EVENTS) // 2))
+
+
+_global_tracer: trace.Tracer | None = None
+_tracers: weakref.WeakKeyDictionary[TracerProvider, trace.Tracer] = weakref.WeakKeyDictionary()
+
+
+def _tracer(provider: TracerProvider | None) -> trace.Tracer:
+    """The package's tracer for ``provider``, made once: the SDK builds a new one per call.
+
+    For the global provider the API's proxy tracer is kept, which follows a provider that is
+    set later.
+    """
+    global _global_tracer  # noqa: PLW0603 - a cache of one
+    if provider is None:
+        if _global_tracer is None:
+            _global_tracer = trace.get_tracer("when_coordinator", __version__)
+        return _global_tracer
+    tracer = _tracers.get(provider)
+    if tracer is None:
+        tracer = _tracers[provider] = provider.get_tracer("when_coordinator", __version__)
+    return tracer
 
 
 def _reset(token: Any) -> None:
@@ -291,10 +313,7 @@ class _WorkflowBase:
         if self.action_id:
             attributes[attr.ACTION_ID] = self.action_id
         attributes.update(self._attributes)
-        tracer = trace.get_tracer(
-            "when_coordinator", __version__, tracer_provider=self._tracer_provider
-        )
-        self._span = tracer.start_span(self.name, attributes=attributes)
+        self._span = _tracer(self._tracer_provider).start_span(self.name, attributes=attributes)
         self._progress_budget = _progress_events_allowed(self._span)
         self._tracker.adopt_span(self.id, self._span)
         self._tracker.bind(self._span.get_span_context().span_id, self.id)
