@@ -666,8 +666,9 @@ class Coordinator:
             ]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    _log.error("when-coordinator connection task failed", exc_info=task.exception())
+                error = None if task.cancelled() else task.exception()
+                if error is not None and not isinstance(error, ConnectionClosed):
+                    _log.error("when-coordinator connection task failed", exc_info=error)
         except ConnectionClosed:
             pass
         finally:
