@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import datetime, timezone
+
+import pytest
 
 from scripted_server import ScriptedServer, fast_config
 from when_coordinator import Coordinator, LogEntry, LogLevel
@@ -56,3 +59,23 @@ def test_unencodable_log_fields_and_checkpoint_state_arrive_as_text() -> None:
         assert stats.dropped == 0
         assert stats.delivered == stats.sent
         coordinator.close()
+
+
+def test_a_dropped_connection_is_a_warning_at_most_never_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with ScriptedServer() as server:
+        coordinator = Coordinator(fast_config(server.url))
+        coordinator.connect()
+        assert coordinator.wait_registered(5)
+        for _ in range(200):
+            coordinator.send_progress("wf-1", "act", 50)
+        server.close_connection(1011)
+        server.wait_count("register", 2)
+        server.abort_connection()
+        server.wait_count("register", 3)
+        assert coordinator.flush(5)
+        coordinator.close()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
