@@ -7,12 +7,34 @@ because absolute timings mean little across machines while ratios travel well.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import math
+import queue
 import statistics
+import subprocess
+import sys
+import threading
+import time
 import timeit
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-__all__ = ["Figure", "Timing", "compare", "format_table", "measure"]
+__all__ = [
+    "ROOT",
+    "Child",
+    "Figure",
+    "Timing",
+    "compare",
+    "format_table",
+    "measure",
+    "percentile",
+    "say",
+    "serve_commands",
+]
 
 
 @dataclass(frozen=True)
@@ -134,3 +156,105 @@ def format_table(figures: Sequence[Figure]) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+# --------------------------------------------------------------------------- helper processes
+
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository root: helper processes run ``python -m benchmarks.<module>`` from here."""
+
+
+class Child:
+    """A helper process, ``python -m benchmarks.<module> <args>``, spoken to in JSON lines.
+
+    Servers under test and load generators run in their own processes, so that they do not
+    share a GIL with what is measured. The child prints a greeting (one JSON object) when it is
+    ready; ``ask`` writes one JSON object to its stdin and returns the one it prints back;
+    closing its stdin (``close``) tells it to exit. Every wait is bounded by ``timeout``.
+    """
+
+    def __init__(self, module: str, *args: str, timeout: float = 60.0) -> None:
+        self.timeout = timeout
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"benchmarks.{module}", *args],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read_lines, name=f"{module}-out", daemon=True)
+        self._reader.start()
+        try:
+            self.hello = self.read()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_lines(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put("")  # end of output
+
+    def read(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next JSON object the child prints (RuntimeError if it exits or times out)."""
+        try:
+            line = self._lines.get(timeout=self.timeout if timeout is None else timeout)
+        except queue.Empty:
+            raise RuntimeError(f"{self.process.args!r}: no answer in time") from None
+        if not line:
+            raise RuntimeError(f"{self.process.args!r} exited ({self.process.poll()})")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def send(self, **command: Any) -> None:
+        """Write one command without waiting for its answer (``read`` it later)."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+
+    def ask(self, timeout: float | None = None, **command: Any) -> dict[str, Any]:
+        """Send one command and return the child's answer."""
+        self.send(**command)
+        return self.read(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Close its stdin and wait for it to exit (killing it after ``timeout``)."""
+        with contextlib.suppress(OSError):
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout)
+        self._reader.join(timeout)
+
+
+def say(**message: Any) -> None:
+    """In a child: print one JSON object for the parent (the greeting or an answer)."""
+    print(json.dumps(message), flush=True)
+
+
+async def serve_commands(
+    handle: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]], *, deadline: float = 900.0
+) -> None:
+    """In a child: answer each JSON command line on stdin with ``handle``'s result, until
+    stdin closes or ``deadline`` seconds have passed (so an orphan never runs forever)."""
+    loop = asyncio.get_running_loop()
+    end = time.monotonic() + deadline
+    while (left := end - time.monotonic()) > 0:
+        try:
+            line = await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), left)
+        except asyncio.TimeoutError:
+            return
+        if not line.strip():
+            return  # the parent closed our stdin
+        say(**await handle(json.loads(line)))
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The value below which ``fraction`` of ``values`` lie (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
