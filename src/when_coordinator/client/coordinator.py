@@ -548,17 +548,18 @@ class Coordinator:
         self._enqueue(MessageType.PHASE_CHANGED, state.workflow_id, state, size, seq=state.sequence)
 
     def stats(self) -> CoordinatorStats:
-        outbox = self._outbox
-        dropped = dict(outbox.dropped)
+        # One snapshot under the outbox's lock: read counter by counter, a put, take or
+        # confirm on another thread in between broke sent == delivered + dropped + ...
+        counts = self._outbox.counters()
         return CoordinatorStats(
-            sent=outbox.accepted,
-            delivered=outbox.delivered,
-            dropped=sum(dropped.values()),
-            dropped_by_kind=dropped,
-            drop_reasons=dict(outbox.drop_reasons),
-            queued=outbox.queued,
-            inflight=outbox.inflight,
-            queued_bytes=outbox.bytes,
+            sent=counts.accepted,
+            delivered=counts.delivered,
+            dropped=sum(counts.dropped.values()),
+            dropped_by_kind=counts.dropped,
+            drop_reasons=counts.drop_reasons,
+            queued=counts.queued,
+            inflight=counts.inflight,
+            queued_bytes=counts.bytes,
             connected=self.is_connected,
             registered=self.is_registered,
             connects=self._connects,

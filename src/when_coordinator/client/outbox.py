@@ -16,11 +16,19 @@ from __future__ import annotations
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..protocol import MessageType
 
-__all__ = ["LANE_LOG", "LANE_PROGRESS", "LANE_STATE", "Entry", "Outbox", "lane_of"]
+__all__ = [
+    "LANE_LOG",
+    "LANE_PROGRESS",
+    "LANE_STATE",
+    "Entry",
+    "Outbox",
+    "OutboxCounters",
+    "lane_of",
+]
 
 LANE_STATE = 0
 LANE_PROGRESS = 1
@@ -79,6 +87,18 @@ class Entry:
         self.seq = 0
         self.dropped = False
         self.text: str | None = None  # the encoded frame, kept so a resend is identical
+
+
+class OutboxCounters(NamedTuple):
+    """A consistent snapshot of an ``Outbox``'s counters (see ``Outbox.counters``)."""
+
+    accepted: int
+    delivered: int
+    dropped: dict[str, int]
+    drop_reasons: dict[str, int]
+    queued: int
+    inflight: int
+    bytes: int
 
 
 class Outbox:
@@ -266,6 +286,21 @@ class Outbox:
             self._tombstones = 0
 
     # ------------------------------------------------------------------ reads
+
+    def counters(self) -> OutboxCounters:
+        """Every counter at one moment, so ``accepted == delivered + dropped + queued +
+        inflight`` holds in what is returned even while other threads put and take."""
+        with self._lock:
+            inflight = len(self._inflight)
+            return OutboxCounters(
+                accepted=self.accepted,
+                delivered=self.delivered,
+                dropped=dict(self.dropped),
+                drop_reasons=dict(self.drop_reasons),
+                queued=self._count - inflight,
+                inflight=inflight,
+                bytes=self._bytes,
+            )
 
     def phase_pending(self, workflow_id: str, phase_seq: int) -> bool:
         """Whether that transition of the workflow is queued or in flight."""
