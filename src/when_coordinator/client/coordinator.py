@@ -627,9 +627,7 @@ class Coordinator:
                 ssl=self._ssl,
                 compression=None,
                 open_timeout=self.config.open_timeout,
-                ping_interval=self.config.ping_interval,
-                ping_timeout=self.config.pong_timeout,
-                # A peer silent past pong_timeout is dead: do not wait longer for its close.
+                ping_interval=None,  # keepalive is the client's own (``_keepalive``)
                 close_timeout=min(2.0, self.config.pong_timeout),
                 max_size=max(self.config.max_frame_bytes * 4, 1 << 16),
                 proxy=None,
@@ -663,6 +661,7 @@ class Coordinator:
             tasks = [
                 asyncio.create_task(self._reader(ws)),
                 asyncio.create_task(self._writer(ws)),
+                asyncio.create_task(self._keepalive(ws)),
                 asyncio.create_task(self._wait_stop()),
             ]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -691,6 +690,23 @@ class Coordinator:
     async def _wait_stop(self) -> None:
         assert self._stop is not None
         await self._stop.wait()
+
+    async def _keepalive(self, ws: ClientConnection) -> None:
+        """Ping every ``ping_interval``; no pong within ``pong_timeout`` ends the connection
+        at once. (websockets' own keepalive then also waited ``close_timeout`` for a closing
+        handshake that a dead peer never answers, so a half-open connection was noticed that
+        much later.)"""
+        while True:
+            await asyncio.sleep(self.config.ping_interval)
+            pong = await ws.ping()
+            try:
+                await asyncio.wait_for(pong, self.config.pong_timeout)
+            except asyncio.TimeoutError:
+                _log.warning(
+                    "no pong from the hub within %.1f s: reconnecting", self.config.pong_timeout
+                )
+                ws.transport.abort()
+                return
 
     def _register_payload(self) -> RegisterPayload:
         config = self.config
@@ -778,10 +794,16 @@ class Coordinator:
         texts = [encode(message) for message in self._drain_control()]
         outbox = self._outbox
         size = 0
+        # In-flight entries cannot be shed: they may hold at most half of each outbox bound,
+        # so that the other half stays queued, where workflow state displaces progress and
+        # logs (with all of it in flight behind a slow hub, state itself was dropped).
+        limit = min(_INFLIGHT_LIMIT, max(1, outbox.max_messages // 2))
+        byte_limit = max(1, outbox.max_bytes // 2)
         while (
             len(texts) < _BATCH_MESSAGES
             and size < _BATCH_BYTES
-            and outbox.inflight < _INFLIGHT_LIMIT
+            and outbox.inflight < limit
+            and outbox.inflight_bytes < byte_limit
         ):
             entry = outbox.take()
             if entry is None:

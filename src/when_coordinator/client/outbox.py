@@ -115,6 +115,7 @@ class Outbox:
         self._tombstones = 0
         self._count = 0  # live entries in lanes and in flight
         self._bytes = 0
+        self._inflight_bytes = 0
         self._seq = 0
         self._waiting = False
         self._on_wakeup: Callable[[], None] | None = None
@@ -243,6 +244,7 @@ class Outbox:
             if best.lane == LANE_PROGRESS and self._latest_progress.get(best.wf) is best:
                 del self._latest_progress[best.wf]
             self._inflight.append(best)
+            self._inflight_bytes += best.size
             return best
 
     def discard(self, entry: Entry, reason: str) -> None:
@@ -252,6 +254,7 @@ class Outbox:
                 self._inflight.remove(entry)
             except ValueError:
                 return
+            self._inflight_bytes -= entry.size
             self._forget(entry, reason)
 
     def confirm(self, count: int) -> None:
@@ -261,6 +264,7 @@ class Outbox:
                 entry = self._inflight.popleft()
                 self._count -= 1
                 self._bytes -= entry.size
+                self._inflight_bytes -= entry.size
                 self._untrack(entry)
                 self.delivered += 1
 
@@ -268,6 +272,7 @@ class Outbox:
         """After a drop, put every unacknowledged entry back at the front, in order."""
         with self._lock:
             moved = len(self._inflight)
+            self._inflight_bytes = 0
             while self._inflight:
                 entry = self._inflight.pop()
                 self._lanes[entry.lane].appendleft(entry)
@@ -284,6 +289,7 @@ class Outbox:
                     if not entry.dropped:
                         self._forget(entry, reason)
             self._tombstones = 0
+            self._inflight_bytes = 0
 
     # ------------------------------------------------------------------ reads
 
@@ -316,6 +322,12 @@ class Outbox:
     def inflight(self) -> int:
         with self._lock:
             return len(self._inflight)
+
+    @property
+    def inflight_bytes(self) -> int:
+        """Approximate bytes of the entries in flight."""
+        with self._lock:
+            return self._inflight_bytes
 
     @property
     def pending(self) -> int:
