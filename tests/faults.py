@@ -445,6 +445,8 @@ class Proxy:
                 data = await source.read(65536)
                 if not data:
                     return
+                if upstream:
+                    await self._flowing.wait()  # a read that was under way when stalled
                 if link.blackholed:
                     continue
                 if upstream:
@@ -644,3 +646,37 @@ def check_in_order(got: list[Any], expected: list[Any], required: list[Any], wha
     assert positions == sorted(positions), f"{what}: out of order: {got}"
     missing = [item for item in required if item not in set(got)]
     assert not missing, f"{what}: {len(missing)} missing, first {missing[:3]}"
+
+
+# --------------------------------------------------------------------------- handshakes
+
+
+def handshake_status(url: str, authorization: str | None, timeout: float = 5.0) -> int:
+    """The HTTP status a WebSocket upgrade request to ``url`` gets (101 when accepted).
+
+    Written by hand, so that nothing (no client library) logs the ``Authorization`` value.
+    """
+    rest = url.split("://", 1)[1]
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.rpartition(":")
+    lines = [
+        f"GET /{path} HTTP/1.1",
+        f"Host: {hostport}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        "X-Service-Name: handshake-probe",
+    ]
+    if authorization is not None:
+        lines.append(f"Authorization: {authorization}")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = b""
+        while b"\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    status = head.split(b"\r\n", 1)[0].split()
+    return int(status[1]) if len(status) >= 2 else 0

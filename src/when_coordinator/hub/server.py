@@ -162,6 +162,30 @@ def _format_remote(address: Any) -> str:
     return str(address or "")
 
 
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+if TYPE_CHECKING:
+    _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
+else:
+    _LoggerAdapter = logging.LoggerAdapter
+
+
+class _CredentialRedactingLogger(_LoggerAdapter):
+    """The logger handed to websockets, which logs every request header at DEBUG: the
+    ``Authorization`` value is a client's token (the right one or someone's wrong one), and
+    no log may show it."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if (
+            len(args) == 2
+            and isinstance(args[0], str)
+            and args[0].lower() in _CREDENTIAL_HEADERS
+            and self.isEnabledFor(level)
+        ):
+            args = (args[0], "<redacted>")
+        self.logger.log(level, msg, *args, **kwargs)
+
+
 def _describe(predicate: Callable[..., object]) -> str:
     try:
         source = inspect.getsource(predicate).strip()
@@ -274,7 +298,9 @@ class Hub:
                 process_request=self._process_request,
                 max_size=self._max_frame_bytes,
                 compression=None,
-                logger=logging.getLogger("when_coordinator.hub.websockets"),
+                logger=_CredentialRedactingLogger(
+                    logging.getLogger("when_coordinator.hub.websockets"), {}
+                ),
             )
         except BaseException:
             if self._persister is not None:
