@@ -680,3 +680,46 @@ def handshake_status(url: str, authorization: str | None, timeout: float = 5.0) 
             head += chunk
     status = head.split(b"\r\n", 1)[0].split()
     return int(status[1]) if len(status) >= 2 else 0
+
+
+# --------------------------------------------------------------------------- child processes
+
+
+def spawned_workflow(number: int, results: Any) -> None:
+    """A ``multiprocessing`` spawn child: the coordinator comes from the environment
+    (``WHEN_URL``), one workflow runs, and the process exits without ``close()``."""
+    from when_coordinator import workflow  # noqa: PLC0415 - in the child
+
+    with workflow("spawned", workflow_id=f"wf-spawn-{number}") as wf:
+        wf.progress(50, "half", f"spawned {number}")
+    results.put({"number": number, "pid": os.getpid()})
+
+
+def forked_workflow(number: int, connect: bool, results: Any) -> None:
+    """A ``multiprocessing`` fork child using the coordinator it inherited as the default.
+
+    Quiet (``connect`` False): its workflow runs locally, its messages are dropped. Otherwise
+    it ``connect()``s a connection of its own and closes it (a fork child's exit skips the
+    exit handlers, so it must).
+    """
+    from when_coordinator import workflow  # noqa: PLC0415 - in the child
+    from when_coordinator.otel.tracking import get_coordinator  # noqa: PLC0415
+
+    coordinator = get_coordinator()
+    if connect:
+        coordinator.connect()
+        coordinator.wait_registered(10)
+    with workflow("forked", workflow_id=f"wf-fork-{number}") as wf:
+        wf.progress(50, "half", f"forked {number}")
+    flushed = coordinator.flush(5) if connect else None
+    stats = coordinator.stats()
+    coordinator.close(2.0)
+    results.put(
+        {
+            "number": number,
+            "pid": os.getpid(),
+            "flushed": flushed,
+            "dropped": dict(stats.drop_reasons),
+            "instance_id": coordinator.config.instance_id,
+        }
+    )
