@@ -34,6 +34,7 @@ from ..protocol import (
     ErrorPayload,
     LogBatchPayload,
     LogEntry,
+    LogLevel,
     LogPayload,
     Message,
     MessageType,
@@ -570,29 +571,86 @@ class ConnectionState:
         }
 
 
+_PackedLog = tuple[Any, ...]
+
+
+def _pack(record: LogRecord) -> _PackedLog:
+    """A record as one flat tuple of strings and numbers, its fields as key, value, ...
+
+    The garbage collector stops tracking a tuple of such values the first time it sees it,
+    whereas every ``LogRecord`` and ``LogEntry`` object stays tracked: a hub holding a hundred
+    thousand records as objects pays for scanning them all in every full collection (pauses of
+    a hundred milliseconds and more under load), and nothing for them as tuples. Nesting (a
+    dict, or a tuple of pairs) would keep the record tracked for several collections more.
+    """
+    e = record.entry
+    level = e.level.value if isinstance(e.level, LogLevel) else e.level
+    head = (
+        record.service_id,
+        record.at,
+        e.timestamp,
+        level,
+        e.message,
+        e.trace_id,
+        e.span_id,
+        e.workflow_id,
+        e.action_id,
+        e.correlation_id,
+        e.source_file,
+        e.source_line,
+    )
+    return head + tuple(itertools.chain.from_iterable(e.fields.items())) if e.fields else head
+
+
+def _unpack(packed: _PackedLog) -> LogRecord:
+    service_id, at, timestamp, level, message, trace_id, span_id, *rest = packed
+    workflow_id, action_id, correlation_id, source_file, source_line, *fields = rest
+    entry = LogEntry(
+        timestamp=timestamp,
+        level=level,
+        message=message,
+        trace_id=trace_id,
+        span_id=span_id,
+        workflow_id=workflow_id,
+        action_id=action_id,
+        correlation_id=correlation_id,
+        fields=dict(zip(fields[::2], fields[1::2], strict=True)),
+        source_file=source_file,
+        source_line=source_line,
+    )
+    return LogRecord(entry, service_id, at)
+
+
 class LogBuffer:
-    """A bounded buffer of log records that counts what it had to evict."""
+    """A bounded buffer of log records that counts what it had to evict.
+
+    Records are kept packed (see ``_pack``) and rebuilt as ``LogRecord`` when read, so reads
+    give equal records, not the same objects.
+    """
 
     __slots__ = ("entries", "evicted", "total")
 
     def __init__(self, maxlen: int) -> None:
-        self.entries: deque[LogRecord] = deque(maxlen=max(0, maxlen))
+        self.entries: deque[_PackedLog] = deque(maxlen=max(0, maxlen))
         self.evicted = 0
         """Records pushed out by newer ones."""
         self.total = 0
         """Records ever appended."""
 
     def append(self, record: LogRecord) -> None:
+        self._append(_pack(record))
+
+    def _append(self, packed: _PackedLog) -> None:
         if len(self.entries) == self.entries.maxlen:
             self.evicted += 1
-        self.entries.append(record)
+        self.entries.append(packed)
         self.total += 1
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __iter__(self) -> Iterator[LogRecord]:
-        return iter(self.entries)
+        return map(_unpack, self.entries)
 
 
 # --------------------------------------------------------------------------- change tracking
@@ -1267,11 +1325,12 @@ class HubState:
 
     def _log(self, service: ServiceState, entry: LogEntry, now: float) -> None:
         record = LogRecord(entry, service.service_id, now)
-        self.logs.append(record)
+        packed = _pack(record)  # one tuple shared by both buffers
+        self.logs._append(packed)
         if entry.workflow_id:
             buffer = self.workflow_logs.get(entry.workflow_id)
             if buffer is not None:
-                buffer.append(record)
+                buffer._append(packed)
                 workflow = self.workflows[entry.workflow_id]
                 workflow.log_count += 1
                 self._changes.workflows.add(entry.workflow_id)
