@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import gc
 import json
 import statistics
 import subprocess
@@ -230,18 +231,46 @@ async def _serve_hub(expected: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- capacity
 
 
-class _Sent:
-    """What the clients sent so far (after registering), sampled on the monotonic clock."""
+class _Watch:
+    """What could stall a process in a time window: garbage collections and event-loop lag.
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.samples: list[tuple[float, int]] = []
+    Both processes of the capacity run report it, so that a latency spike can be told apart:
+    a collection in the hub, one in the load generator, or a loop that did not get the CPU
+    (lag without a collection: another process had it).
+    """
 
-    async def sample(self, until: float) -> None:
-        while time.monotonic() < until:
-            self.samples.append((time.monotonic(), self.count))
-            await asyncio.sleep(SAMPLE_EVERY)
-        self.samples.append((time.monotonic(), self.count))
+    def __init__(self, begin: float, end: float) -> None:
+        self.begin, self.end = begin, end
+        self.pauses: list[float] = []
+        self.lag = 0.0
+        self._started = 0.0
+
+    def _gc(self, phase: str, info: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if phase == "start":
+            self._started = now
+        elif self.begin <= now <= self.end:
+            self.pauses.append(now - self._started)
+
+    async def watch(self) -> None:
+        gc.callbacks.append(self._gc)
+        try:
+            tick = 0.005
+            while (now := time.monotonic()) < self.end:
+                await asyncio.sleep(tick)
+                late = time.monotonic() - now - tick
+                if now >= self.begin:
+                    self.lag = max(self.lag, late)
+        finally:
+            gc.callbacks.remove(self._gc)
+
+    def report(self) -> dict[str, float]:
+        return {
+            "gc_count": len(self.pauses),
+            "gc_max_ms": max(self.pauses, default=0.0) * 1000,
+            "gc_total_ms": sum(self.pauses) * 1000,
+            "lag_max_ms": self.lag * 1000,
+        }
 
 
 _ANSWERS = {
@@ -250,71 +279,92 @@ _ANSWERS = {
 }
 
 
-async def _paced_client(
-    ws: Any, index: int, frames: list[str], sent: _Sent, start: float, end: float
-) -> None:
-    """Send ``frames`` in turn at ``RATE``, this client's slot offset within the period."""
-    period = 1.0 / RATE
-    first = start + period * index / CLIENTS
-    for k in range(int((end - start) * RATE) + 1):
-        at = first + k * period
-        if at >= end:
-            break
-        delay = at - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await ws.send(frames[k % len(frames)])
-        sent.count += 1
+class _Load:
+    """The load generator (its own process): raw websockets clients answering like services."""
 
+    def __init__(self) -> None:
+        self.count = 0
+        self.sockets: list[Any] = []
+        self.readers: list[asyncio.Future[None]] = []
 
-async def _answer(ws: Any, index: int, sent: _Sent) -> None:
-    """Answer pause and resume like a service: two phase changes each."""
-    from when_coordinator.hub.testing import frame  # noqa: PLC0415
+    async def connect(self, url: str) -> None:
+        from websockets.asyncio.client import connect  # noqa: PLC0415
 
-    wf = f"wf-bench-{index}"
-    async for data in ws:
-        steps = _ANSWERS.get(json.loads(data).get("type"), ())
-        for source, target in steps:
-            change = {"workflow_id": wf, "from": source, "to": target}
-            await ws.send(json.dumps(frame("phase_changed", wf, change)))
-            sent.count += 1
-
-
-async def _capacity_load(hub: Child) -> tuple[dict[str, Any], _Sent, float]:
-    from websockets.asyncio.client import connect  # noqa: PLC0415
-
-    url = hub.hello["url"]
-    sent = _Sent()
-    sockets = []
-    readers = []
-    try:
         for index in range(CLIENTS):
             ws = await connect(url, compression=None, proxy=None, max_queue=None)
-            sockets.append(ws)
+            self.sockets.append(ws)
             for data in _register_frames(index):
                 await ws.send(data)
-            sent.count += 2  # the hub counts the register and the phase change too
-            readers.append(asyncio.ensure_future(_answer(ws, index, sent)))
-        start = time.monotonic() + 0.5
-        end = start + WARMUP + WINDOW
-        hub.send(cmd="measure", start=start, end=end, clients=CLIENTS)
+            self.count += 2  # the hub counts the register and the phase change too
+            self.readers.append(asyncio.ensure_future(self.answer(ws, index)))
+
+    async def answer(self, ws: Any, index: int) -> None:
+        """Answer pause and resume like a service: two phase changes each."""
+        from when_coordinator.hub.testing import frame  # noqa: PLC0415
+
+        wf = f"wf-bench-{index}"
+        async for data in ws:
+            steps = _ANSWERS.get(json.loads(data).get("type"), ())
+            for source, target in steps:
+                change = {"workflow_id": wf, "from": source, "to": target}
+                await ws.send(json.dumps(frame("phase_changed", wf, change)))
+                self.count += 1
+
+    async def paced(self, index: int, frames: list[str], start: float, end: float) -> None:
+        """Send ``frames`` in turn at ``RATE``, this client's slot offset within the period."""
+        ws = self.sockets[index]
+        period = 1.0 / RATE
+        first = start + period * index / CLIENTS
+        for k in range(int((end - start) * RATE) + 1):
+            at = first + k * period
+            if at >= end:
+                break
+            delay = at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await ws.send(frames[k % len(frames)])
+            self.count += 1
+
+    async def run(self, command: dict[str, Any]) -> dict[str, Any]:
+        start, end = command["start"], command["end"]
         frames = [_frames(index, 100) for index in range(CLIENTS)]
-        sampler = asyncio.ensure_future(sent.sample(end + 2.0))
-        await asyncio.gather(
-            *(
-                _paced_client(ws, index, frames[index], sent, start, end)
-                for index, ws in enumerate(sockets)
+        watch = _Watch(start + WARMUP, end)
+        watching = asyncio.ensure_future(watch.watch())
+        samples: list[tuple[float, int]] = []
+        # The generator is the measuring instrument: its own collections must not hold the
+        # clients' answers back (they would count as the hub's command latency).
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        try:
+            sending = asyncio.gather(
+                *(self.paced(index, frames[index], start, end) for index in range(CLIENTS))
             )
-        )
-        loop = asyncio.get_running_loop()
-        report = await loop.run_in_executor(None, hub.read, TIMEOUT)
-        await sampler
-        return report, sent, start
-    finally:
-        for reader in readers:
+            while not sending.done() or time.monotonic() < end + 1.5:
+                samples.append((time.monotonic(), self.count))
+                await asyncio.sleep(SAMPLE_EVERY)
+            await sending
+        finally:
+            gc.enable()
+            gc.unfreeze()
+        await watching
+        return {"samples": samples, "count": self.count, "watch": watch.report()}
+
+    async def close(self) -> None:
+        for reader in self.readers:
             reader.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
-        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+        await asyncio.gather(*self.readers, return_exceptions=True)
+        await asyncio.gather(*(ws.close() for ws in self.sockets), return_exceptions=True)
+
+
+async def _serve_load(url: str) -> None:
+    load = _Load()
+    try:
+        await load.connect(url)
+        say(clients=len(load.sockets))
+        await serve_commands(load.run)
+    finally:
+        await load.close()
 
 
 def _at(samples: Sequence[Sequence[float]], when: float) -> float:
@@ -329,21 +379,33 @@ def _at(samples: Sequence[Sequence[float]], when: float) -> float:
     return c0 + (c1 - c0) * (when - t0) / (t1 - t0) if t1 > t0 else c1
 
 
-def _capacity_figures() -> list[Figure]:
+def _capacity_run() -> tuple[dict[str, Any], dict[str, Any], float]:
     hub = Child("bench_hub", "capacity", timeout=TIMEOUT)
+    load: Child | None = None
     try:
-        report, sent, start = asyncio.run(_capacity_load(hub))
+        load = Child("bench_hub", "load", hub.hello["url"], timeout=TIMEOUT)
+        start = time.monotonic() + 0.5
+        end = start + WARMUP + WINDOW
+        hub.send(cmd="measure", start=start, end=end, clients=CLIENTS)
+        load.send(cmd="run", start=start, end=end)
+        return hub.read(), load.read(), start
     finally:
+        if load is not None:
+            load.close()
         hub.close()
-    applied = report["samples"]
+
+
+def _capacity_figures() -> list[Figure]:
+    report, sent, start = _capacity_run()
+    applied, offered = report["samples"], sent["samples"]
     begin, end = start + WARMUP, start + WARMUP + WINDOW
-    offered_rate = (_at(sent.samples, end) - _at(sent.samples, begin)) / WINDOW
+    offered_rate = (_at(offered, end) - _at(offered, begin)) / WINDOW
     applied_rate = (_at(applied, end) - _at(applied, begin)) / WINDOW
-    backlog = max(_at(sent.samples, t) - count for t, count in applied if begin <= t <= end)
+    backlog = max(_at(offered, t) - count for t, count in applied if begin <= t <= end)
     lag = backlog / offered_rate
     nominal = CLIENTS * RATE
     ratio = applied_rate / offered_rate
-    all_applied = applied[-1][1] == sent.count
+    all_applied = applied[-1][1] == sent["count"]
     keeps_up = (
         ratio >= MIN_APPLIED_RATIO
         and offered_rate >= MIN_OFFERED_RATIO * nominal
@@ -352,6 +414,7 @@ def _capacity_figures() -> list[Figure]:
     )
     latencies = [x * 1000 for x in report["latencies"]]
     p99 = percentile(latencies, 0.99)
+    hub_watch, load_watch = report["watch"], sent["watch"]
     return [
         Figure(
             f"[7] hub keeps up: {CLIENTS} clients x {RATE:g} msg/s",
@@ -377,6 +440,15 @@ def _capacity_figures() -> list[Figure]:
             f"    command latency p50 ({len(latencies)} pauses)",
             statistics.median(latencies),
             "ms",
+        ),
+        Figure.info(
+            f"    hub: {hub_watch['gc_count']} collections in the window, longest",
+            hub_watch["gc_max_ms"],
+            "ms",
+        ),
+        Figure.info("    hub: longest event-loop lag in the window", hub_watch["lag_max_ms"], "ms"),
+        Figure.info(
+            "    load generator (GC off): longest loop lag", load_watch["lag_max_ms"], "ms"
         ),
     ]
 
@@ -419,15 +491,18 @@ async def _serve_capacity() -> None:
             await hub.wait_for(running, TIMEOUT)
             samples: list[tuple[float, int]] = []
             sampler = asyncio.ensure_future(sample(samples, end + 1.0))
-            latencies = []
             begin = start + WARMUP
+            watch = _Watch(begin, end)
+            watching = asyncio.ensure_future(watch.watch())
+            latencies = []
             for k in range(int((end - begin) * COMMANDS_PER_SECOND)):
                 delay = begin + k / COMMANDS_PER_SECOND - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 latencies.append(await command(workflows[k % clients]))
             await sampler
-            return {"samples": samples, "latencies": latencies}
+            await watching
+            return {"samples": samples, "latencies": latencies, "watch": watch.report()}
 
         say(url=hub.url)
         await serve_commands(measure)
@@ -443,6 +518,8 @@ def run() -> list[Figure]:
 def _main(argv: Sequence[str]) -> None:
     if list(argv) == ["capacity"]:
         asyncio.run(_serve_capacity())
+    elif len(argv) == 2 and argv[0] == "load":
+        asyncio.run(_serve_load(argv[1]))
     elif len(argv) == 2:
         kind, expected = argv[0], int(argv[1])
         result = asyncio.run(_serve_hub(expected) if kind == "hub" else _serve_bare(expected))

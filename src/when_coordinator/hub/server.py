@@ -31,10 +31,10 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -78,6 +78,7 @@ __all__ = [
     "COORDINATION_PATHS",
     "OPERATOR_PATH",
     "Hub",
+    "ReceivedLog",
     "ReceivedMessage",
     "SentMessage",
 ]
@@ -103,6 +104,45 @@ class SentMessage(NamedTuple):
 
     service_id: str
     message: Message
+
+
+class ReceivedLog(Sequence[ReceivedMessage]):
+    """The hub's record of accepted messages, oldest first, bounded by ``record_limit``.
+
+    Each is kept as its service id and the frame's text and decoded again when read (reads
+    give equal messages, not the same objects). Ten thousand decoded messages, replaced at the
+    rate frames arrive, were objects the garbage collector kept promoting and rescanning: under
+    load, collections of tens of milliseconds every few seconds; strings it does not track.
+    """
+
+    __slots__ = ("_frames",)
+
+    def __init__(self, maxlen: int) -> None:
+        self._frames: deque[tuple[str, str]] = deque(maxlen=maxlen)
+
+    def append(self, service_id: str, frame: str) -> None:
+        self._frames.append((service_id, frame))
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @overload
+    def __getitem__(self, index: int) -> ReceivedMessage: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ReceivedMessage]: ...
+
+    def __getitem__(self, index: int | slice) -> ReceivedMessage | list[ReceivedMessage]:
+        if isinstance(index, slice):
+            return [_received(item) for item in list(self._frames)[index]]
+        return _received(self._frames[index])
+
+    def __iter__(self) -> Iterator[ReceivedMessage]:
+        return map(_received, self._frames)
+
+
+def _received(item: tuple[str, str]) -> ReceivedMessage:
+    return ReceivedMessage(item[0], decode(item[1]))
 
 
 class _Peer:
@@ -254,7 +294,7 @@ class Hub:
             workflow_log_buffer=workflow_log_buffer,
             max_workflows=max_workflows,
         )
-        self._received: deque[ReceivedMessage] = deque(maxlen=max(1, record_limit))
+        self._received = ReceivedLog(max(1, record_limit))
         self._sent: deque[SentMessage] = deque(maxlen=max(1, record_limit))
         self._peers: dict[str, _Peer] = {}
         self._connection_ids = itertools.count(1)
@@ -431,7 +471,7 @@ class Hub:
         return self._state.logs_for(workflow_id)
 
     @property
-    def received(self) -> deque[ReceivedMessage]:
+    def received(self) -> ReceivedLog:
         """Every accepted message in arrival order (bounded by ``record_limit``)."""
         return self._received
 
@@ -764,7 +804,7 @@ class Hub:
         try:
             message = decode(frame)
             if message.type is MessageType.REGISTER:
-                await self._register(peer, message, now)
+                await self._register(peer, message, frame, now)
                 return
             self._state.receive(peer.connection_id, message, now=now)
         except ProtocolError as exc:
@@ -775,26 +815,26 @@ class Hub:
             self._invalid(peer, f"internal error: {type(exc).__name__}: {exc}")
             return
         conn = self._state.connections[peer.connection_id]
-        self._received.append(ReceivedMessage(conn.service_id, message))
+        self._received.append(conn.service_id, frame)
         if message.type is MessageType.STATUS_RESPONSE:
             pending = self._pending.get(message.id)
             if pending is not None and not pending.future.done():
                 pending.future.set_result(StatusResponsePayload.from_dict(message.payload))
         self._publish()
 
-    async def _register(self, peer: _Peer, message: Message, now: float) -> None:
+    async def _register(self, peer: _Peer, message: Message, frame: str, now: float) -> None:
         payload = message.typed_payload()
         assert isinstance(payload, RegisterPayload)
         try:
             registration = self._state.register(peer.connection_id, payload, now=now)
         except VersionRefused as exc:
             conn = self._state.connections[peer.connection_id]
-            self._received.append(ReceivedMessage(conn.service_id, message))
+            self._received.append(conn.service_id, frame)
             self._publish()
             _log.warning("refused %s: %s", peer.connection_id, exc)
             self._close_peer(peer, 1002, str(exc)[:120])
             return
-        self._received.append(ReceivedMessage(registration.service_id, message))
+        self._received.append(registration.service_id, frame)
         self._publish()
         reply = Message.create(
             RegisteredPayload(
