@@ -1,0 +1,453 @@
+"""Reliability against hostile input: hypothesis generates frames (mutations of the reference
+transcript's frames, and garbage) by the thousand, sent over live connections into the client
+from a scripted server and into the hub from a raw client.
+
+Neither side may crash or hit an internal error, the connection of a well-behaved peer is not
+disturbed, and no workflow's phase changes: the frames sent to the client are never valid
+commands for a workflow it knows, and the frames sent to the hub never name the well-behaved
+service or its workflows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from websockets.exceptions import ConnectionClosed
+
+from faults import transcript_frames
+from scripted_server import ScriptedServer, fast_config, wait_until
+from when_coordinator import Coordinator, Phase, PhaseManager, PhaseState
+from when_coordinator.hub import Hub, ThreadedHub, WorkflowState
+from when_coordinator.hub.testing import RawService, frame
+from when_coordinator.protocol import MessageType, ProtocolError, decode
+
+FRAMES_EACH_WAY = 10_000
+EXAMPLES = 60
+BATCH = (170, 250)  # frames per example: at least 60 x 170 = 10,200
+
+TYPES = [t.value for t in MessageType]
+HUGE = [10**30, 2**64, -(2**63), 10**400, 1e308, -1e308, 2**53 + 1]
+SPECIAL_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e999", "-0", "1E400", "0.1e-400"]
+NEST = "__nest__"
+
+
+TEXTS = ["", "wf-1", "wf-2", "pending", "execution", "1.0", "2.0", "x" * 5000, "é", "\u0000"]
+OPS = ["type", "drop", "retype", "huge", "nest", "id", "workflow", "extra", "payload"]
+FORMS = ["json"] * 6 + ["truncated", "duplicate", "garbage", "binary"]
+
+
+def scalar(rng: random.Random) -> Any:
+    kind = rng.randrange(7)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.random() < 0.5
+    if kind == 2:
+        return rng.randint(-1000, 1000)
+    if kind == 3:
+        return rng.choice(HUGE)
+    if kind == 4:
+        return rng.choice([0.5, -0.0, float("nan"), float("inf"), -float("inf"), 1e-320])
+    if kind == 5:
+        return "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(rng.randrange(12)))
+    return rng.choice(TEXTS)
+
+
+def value(rng: random.Random) -> Any:
+    """Any JSON value, odd ones often."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        return [scalar(rng) for _ in range(rng.randrange(4))]
+    if kind == 1:
+        return {str(scalar(rng))[:6]: scalar(rng) for _ in range(rng.randrange(4))}
+    return scalar(rng)
+
+
+def keys_of(message: dict[str, Any]) -> list[tuple[str, ...]]:
+    paths: list[tuple[str, ...]] = [(k,) for k in message]
+    payload = message.get("payload")
+    if isinstance(payload, dict):
+        paths += [("payload", k) for k in payload]
+    return paths
+
+
+def put(message: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    target: Any = message
+    for part in path[:-1]:
+        if not isinstance(target.get(part), dict):
+            target[part] = {}
+        target = target[part]
+    target[path[-1]] = value
+
+
+def delete(message: dict[str, Any], path: tuple[str, ...]) -> None:
+    target: Any = message
+    for part in path[:-1]:
+        target = target.get(part)
+        if not isinstance(target, dict):
+            return
+    target.pop(path[-1], None)
+
+
+def mutate(seed: int, base: dict[str, Any], ids: list[str]) -> str | bytes:
+    """One frame: ``base`` with 1 to 4 mutations chosen by ``seed``, serialised in one of
+    several ways (JSON, truncated JSON, duplicate keys, deep nesting, garbage, binary)."""
+    rng = random.Random(seed)
+    message = copy.deepcopy(base)
+    workflow_ids = [*ids, "", "wf-unknown", "wf-1 ", "WF-1"]
+    depth = 0
+    for _ in range(rng.randint(1, 4)):
+        op = rng.choice(OPS)
+        paths = keys_of(message)
+        if op == "type":
+            message["type"] = rng.choice([*TYPES, "", "PING", "no_such_type"])
+        elif op == "drop" and paths:
+            delete(message, rng.choice(paths))
+        elif op == "retype" and paths:
+            put(message, rng.choice(paths), value(rng))
+        elif op == "huge":
+            key = rng.choice(["percent", "progress", "current_item", "schema_version"])
+            put(message, ("payload", key), rng.choice(HUGE))
+        elif op == "nest":
+            depth = rng.choice([5, 100, 990, 5_000, 50_000])
+            put(message, ("payload", "deep") if rng.random() < 0.5 else ("payload",), NEST)
+        elif op == "id":
+            message["id"] = value(rng) if rng.random() < 0.9 else "i" * 20_000
+        elif op == "workflow":
+            where = rng.choice([("workflow_id",), ("payload", "workflow_id")])
+            put(message, where, rng.choice(workflow_ids))
+        elif op == "extra":
+            put(message, (rng.choice(["zz", "payload"]), "zz"), value(rng))
+        elif op == "payload":
+            message["payload"] = value(rng)
+    form = rng.choice(FORMS)
+    text = json.dumps(message, ensure_ascii=rng.random() < 0.5)
+    if depth:
+        text = text.replace(f'"{NEST}"', "[" * depth + "1" + "]" * depth, 1)
+    if form == "truncated":
+        return text[: rng.randrange(max(1, len(text)))]
+    if form == "duplicate":
+        return text.replace("{", '{"type": "ping", "id": 7, ', 1)
+    if form == "garbage":
+        if rng.random() < 0.5:
+            return text.replace("1", rng.choice(SPECIAL_NUMBERS), 1)
+        return "".join(chr(rng.randrange(1, 0x2FF)) for _ in range(rng.randrange(40)))
+    if form == "binary":
+        return rng.randbytes(rng.randrange(64)) if rng.random() < 0.5 else text.encode()
+    return text
+
+
+def frames(
+    bases: list[dict[str, Any]], ids: list[str], keep: Callable[[str | bytes], bool]
+) -> st.SearchStrategy[list[str | bytes]]:
+    """Batches of frames; hypothesis draws each frame's base and mutation seed (two choices
+    a frame keeps generation cheap, and a failing batch still shrinks to its culprits)."""
+    one = st.builds(
+        lambda index, seed: mutate(seed, bases[index], ids),
+        st.integers(0, len(bases) - 1),
+        st.integers(0, 2**32 - 1),
+    ).filter(keep)
+    return st.lists(one, min_size=BATCH[0], max_size=BATCH[1])
+
+
+def fuzz_settings() -> settings:
+    return settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+        ],
+    )
+
+
+@pytest.fixture
+def errors(caplog: pytest.LogCaptureFixture) -> Iterator[list[logging.LogRecord]]:
+    """ERROR records of the package: an internal error hit by bad input is a bug."""
+    caplog.set_level(logging.WARNING, logger="when_coordinator")
+    found: list[logging.LogRecord] = []
+    yield found
+    found.extend(
+        r
+        for r in caplog.records
+        if r.name.startswith("when_coordinator") and r.levelno >= logging.ERROR
+    )
+    assert not found, [r.getMessage() for r in found]
+
+
+# ---------------------------------------------------------------------- into the client
+
+
+KNOWN = ["wf-1", "wf-2", "wf-3", "wf-4"]  # wf-1 and wf-2 are also the transcript's ids
+
+
+def known_command(text: str | bytes, phases: PhaseManager) -> bool:
+    """Whether the frame is a pause, resume or cancel the client would apply to a workflow it
+    knows (those may change a phase, so the fuzzer does not send them)."""
+    if isinstance(text, bytes):
+        return False
+    try:
+        message = decode(text)
+        if message.type not in (MessageType.PAUSE, MessageType.RESUME, MessageType.CANCEL):
+            return False
+        message.typed_payload()
+        return message.target_workflow_id() in phases
+    except (ProtocolError, ValueError, TypeError, RecursionError):
+        return False
+
+
+def client_states(coordinator: Coordinator) -> dict[str, PhaseState]:
+    return {wf: coordinator.phases.get_state(wf) for wf in KNOWN}
+
+
+# The client's and the hub's threads use the random module while hypothesis generates: its
+# check for strategies that use the global random state reports them.
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
+def test_fuzzed_frames_never_crash_the_client_nor_change_a_phase(
+    errors: list[logging.LogRecord],
+) -> None:
+    bases = transcript_frames("out") + transcript_frames("in")
+    with ScriptedServer() as server:
+        coordinator = Coordinator(fast_config(server.url, service_name="fuzzed"))
+        coordinator.connect()
+        assert coordinator.wait_registered(10)
+        phases = coordinator.phases
+        for wf in KNOWN:
+            phases.register_workflow(wf)
+        for wf in ("wf-1", "wf-2", "wf-4"):
+            for phase in ("pre-flight", "planning", "execution"):
+                phases.transition_to(wf, phase)
+        phases.pause("wf-2", "held")
+        phases.complete_pause("wf-2", "cp-1")
+        phases.complete("wf-4")
+        assert coordinator.flush(5)
+        before = client_states(coordinator)
+        sent = [0]
+        batches = frames(bases, KNOWN, lambda f: not known_command(f, phases))
+
+        @fuzz_settings()
+        @given(batch=batches)
+        def run(batch: list[str | bytes]) -> None:
+            connection = server.connections[-1]
+
+            async def go() -> None:
+                for item in batch:
+                    await connection.ws.send(item)
+
+            server._call(go)
+            sent[0] += len(batch)
+            server.barrier()  # every frame before the barrier's ping has been handled
+            assert coordinator._thread is not None
+            assert coordinator._thread.is_alive()
+            assert client_states(coordinator) == before
+            stats = coordinator.stats()
+            assert (stats.connects, stats.connected) == (1, True)
+
+        run()
+        assert sent[0] >= FRAMES_EACH_WAY
+        stats = coordinator.stats()
+        refused = sum(stats.inbound_dropped.values())
+        assert refused > sent[0] // 4  # most were refused...
+        assert stats.received - refused >= 100  # ...and some handled (pings, status, ...)
+        # Still working: what the client sends arrives.
+        coordinator.send_progress("wf-1", "act", 77.0, message="after the fuzz")
+        assert coordinator.flush(5)
+        server.barrier()
+        assert any(f.payload.get("message") == "after the fuzz" for f in server.of_type("progress"))
+        assert client_states(coordinator) == before
+        coordinator.close(2.0)
+
+
+# ---------------------------------------------------------------------- into the hub
+
+GOOD_SERVICE = "good-service"
+GOOD = ["good-wf-run", "good-wf-held", "good-wf-done"]
+
+
+def names_no_good_service(item: str | bytes) -> bool:
+    """The fuzzer may not claim the good service's id nor name its workflows."""
+    return b"good" not in item if isinstance(item, bytes) else "good" not in item
+
+
+def good_view(hub: ThreadedHub) -> dict[str, tuple[Any, ...]]:
+    workflows = hub.workflows
+
+    def view(state: WorkflowState) -> tuple[Any, ...]:
+        return (
+            state.phase,
+            state.history,
+            state.checkpoints,
+            state.errors,
+            state.anomaly_count,
+            state.service_id,
+        )
+
+    return {wf: view(workflows[wf]) for wf in GOOD}
+
+
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
+def test_fuzzed_frames_never_crash_the_hub_nor_disturb_another_service(
+    errors: list[logging.LogRecord],
+) -> None:
+    bases = transcript_frames("in")
+    fuzz_ids = sorted({b.get("workflow_id", "") for b in bases} - {""})
+    loop = asyncio.new_event_loop()
+    # A generous rate limit: the fuzzer's frames are to be parsed, not throttled.
+    with Hub(port=0, rate_limit=1e6, rate_burst=1_000_000).run_in_thread() as hub:
+        good = Coordinator(fast_config(hub.url, service_name="good", service_id=GOOD_SERVICE))
+        good.connect()
+        assert good.wait_registered(10)
+        phases = good.phases
+        for wf in GOOD:
+            phases.register_workflow(wf)
+            good.send_workflow_created(wf)
+            for phase in ("pre-flight", "planning", "execution"):
+                phases.transition_to(wf, phase)
+        phases.pause("good-wf-held", "held")
+        phases.complete_pause("good-wf-held", "cp-held")
+        phases.complete("good-wf-done")
+        good.send_progress("good-wf-run", "act", 1.0, message="ready")
+        hub.wait_for(lambda h: h.hub.workflows["good-wf-run"].message == "ready", 10)
+        before = good_view(hub)
+        good_connection = hub.services[GOOD_SERVICE].connection_id
+        state: dict[str, Any] = {"sent": 0, "closes": [], "round": 0}
+
+        async def open_fuzzer() -> RawService:
+            fuzzer = await RawService.connect(hub.url, service_name="fuzzer")
+            await fuzzer.register("fuzzer", service_id="fuzzer")
+            return fuzzer
+
+        state["fuzzer"] = loop.run_until_complete(open_fuzzer())
+        batches = frames(bases, fuzz_ids, names_no_good_service)
+
+        @fuzz_settings()
+        @given(batch=batches)
+        def run(batch: list[str | bytes]) -> None:
+            state["round"] += 1
+            marker = f"fuzz round {state['round']}"
+            fuzzer: RawService = state["fuzzer"]
+            connection_id = hub.call(lambda: list(hub.hub.connections)[-1])
+
+            async def go() -> None:
+                try:
+                    for item in batch:
+                        await fuzzer.ws.send(item)
+                    sentinel = {"workflow_id": "fz-sentinel", "percent": 1, "message": marker}
+                    await fuzzer.send(frame("progress", "fz-sentinel", sentinel))
+                except ConnectionClosed:
+                    pass  # the hub hung up on this connection; checked below
+
+            loop.run_until_complete(go())
+            state["sent"] += len(batch)
+
+            def settled(h: ThreadedHub) -> bool:
+                sentinel = h.hub.workflows.get("fz-sentinel")
+                closed = not h.hub.connections[connection_id].is_open
+                return closed or (sentinel is not None and sentinel.message == marker)
+
+            hub.wait_for(settled, 15)
+            connection = hub.connections[connection_id]
+            assert not any("internal error" in r for r in connection.invalid_reasons)
+            if not connection.is_open:  # refused for cause: a reason, then a new connection
+                assert connection.close_code in (1002, 1007, 1008, 1009), connection
+                assert connection.close_reason
+                state["closes"].append(connection.close_code)
+                loop.run_until_complete(fuzzer.close())
+                state["fuzzer"] = loop.run_until_complete(open_fuzzer())
+            # The well-behaved service is untouched and keeps working.
+            assert good_view(hub) == before
+            assert hub.connections[good_connection].is_open
+            good.send_progress("good-wf-run", "act", float(state["round"] % 100), message=marker)
+            hub.wait_for(lambda h: h.hub.workflows["good-wf-run"].message == marker, 10)
+
+        try:
+            run()
+            assert state["sent"] >= FRAMES_EACH_WAY
+            assert hub.loop.is_running()
+            services = hub.services
+            assert services[GOOD_SERVICE].connected
+            assert services[GOOD_SERVICE].connection_id == good_connection
+            assert good.stats().connects == 1
+            assert good_view(hub) == before
+            # The mutations hit both sides of the parser: many refused, many applied.
+            fuzzed = [c for c in hub.connections.values() if c.header_service_name == "fuzzer"]
+            assert sum(c.invalid_frames for c in fuzzed) >= 1_000
+            assert sum(c.messages for c in fuzzed) >= 500
+        finally:
+            loop.run_until_complete(state["fuzzer"].close())
+            loop.close()
+            good.close(2.0)
+
+
+# ---------------------------------------------------------------------- invalid UTF-8 text
+
+
+def test_invalid_utf8_in_a_text_frame_closes_only_that_connection_with_1007() -> None:
+    async def main() -> None:
+        async with Hub() as hub:
+            bad = await RawService.connect(hub.url, service_name="bad")
+            await bad.register("bad", service_id="bad")
+            good = await RawService.connect(hub.url, service_name="good")
+            await good.register("good", service_id="good")
+            await bad.ws.send(b'{"id": "x", "type": "log", "payload": "\xff\xfe"}', text=True)
+            code, reason = await bad.closed()
+            assert code == 1007
+            assert reason
+            progress = {"workflow_id": "wf-good", "percent": 9}
+            await good.send(frame("progress", "wf-good", progress))
+            await hub.wait_for(lambda h: h.workflows["wf-good"].progress == 9)
+            assert hub.services["bad"].close_code == 1007
+            assert hub.services["good"].connected
+            await bad.close()
+            await good.close()
+
+    asyncio.run(main())
+
+
+def test_invalid_utf8_from_the_hub_costs_one_reconnect_and_no_phase() -> None:
+    with ScriptedServer() as server:
+        coordinator = Coordinator(fast_config(server.url))
+        reconnected = threading.Event()
+        registrations: list[object] = []
+
+        def on_registered(payload: object) -> None:
+            registrations.append(payload)
+            if len(registrations) >= 2:
+                reconnected.set()
+
+        coordinator.on_registered(on_registered)
+        coordinator.connect()
+        assert coordinator.wait_registered(10)
+        coordinator.phases.register_workflow("wf-1")
+        for phase in ("pre-flight", "planning", "execution"):
+            coordinator.phases.transition_to("wf-1", phase)
+        before = coordinator.phases.get_state("wf-1")
+        pause = (
+            b'{"id": "p", "type": "pause", "payload": {"workflow_id": "wf-1", "reason": "\xff"}}'
+        )
+        connection = server.connections[-1]
+
+        async def go() -> None:
+            await connection.ws.send(pause, text=True)
+
+        server._call(go)
+        assert reconnected.wait(10)
+        server.wait_for(lambda s: s.connections[0].closed, 5)
+        assert server.connections[0].close_code == 1007
+        assert coordinator.phases.get_state("wf-1") == before
+        assert coordinator.phases.get_phase("wf-1") is Phase.EXECUTION
+        wait_until(lambda: coordinator.stats().connects == 2, 5)
+        coordinator.close(2.0)
