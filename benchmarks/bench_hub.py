@@ -46,6 +46,8 @@ RATE = 50.0
 WARMUP = 2.0
 WINDOW = 10.0
 COMMANDS_PER_SECOND = 50.0
+CAPACITY_REPEATS = 3
+"""Runs of the capacity figure; each number reported is the median over the runs."""
 SAMPLE_EVERY = 0.1
 MIN_APPLIED_RATIO = 0.97
 MIN_OFFERED_RATIO = 0.95
@@ -395,61 +397,72 @@ def _capacity_run() -> tuple[dict[str, Any], dict[str, Any], float]:
         hub.close()
 
 
-def _capacity_figures() -> list[Figure]:
+def _capacity_metrics() -> dict[str, float]:
+    """One capacity run, reduced to the numbers the figures report."""
     report, sent, start = _capacity_run()
     applied, offered = report["samples"], sent["samples"]
     begin, end = start + WARMUP, start + WARMUP + WINDOW
     offered_rate = (_at(offered, end) - _at(offered, begin)) / WINDOW
     applied_rate = (_at(applied, end) - _at(applied, begin)) / WINDOW
     backlog = max(_at(offered, t) - count for t, count in applied if begin <= t <= end)
-    lag = backlog / offered_rate
-    nominal = CLIENTS * RATE
-    ratio = applied_rate / offered_rate
-    all_applied = applied[-1][1] == sent["count"]
-    keeps_up = (
-        ratio >= MIN_APPLIED_RATIO
-        and offered_rate >= MIN_OFFERED_RATIO * nominal
-        and lag <= MAX_BACKLOG_SECONDS
-        and all_applied
-    )
     latencies = [x * 1000 for x in report["latencies"]]
-    p99 = percentile(latencies, 0.99)
-    hub_watch, load_watch = report["watch"], sent["watch"]
+    return {
+        "offered": offered_rate,
+        "applied": applied_rate,
+        "ratio": applied_rate / offered_rate,
+        "lag_ms": backlog / offered_rate * 1000,
+        "unapplied": sent["count"] - applied[-1][1],  # sent but never applied, after the run
+        "p99": percentile(latencies, 0.99),
+        "p50": statistics.median(latencies),
+        "commands": len(latencies),
+        "hub_gc_count": report["watch"]["gc_count"],
+        "hub_gc_max_ms": report["watch"]["gc_max_ms"],
+        "hub_lag_ms": report["watch"]["lag_max_ms"],
+        "load_lag_ms": sent["watch"]["lag_max_ms"],
+    }
+
+
+def _capacity_figures() -> list[Figure]:
+    runs = [_capacity_metrics() for _ in range(CAPACITY_REPEATS)]
+    m = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    nominal = CLIENTS * RATE
+    keeps_up = (
+        m["ratio"] >= MIN_APPLIED_RATIO
+        and m["offered"] >= MIN_OFFERED_RATIO * nominal
+        and m["lag_ms"] <= MAX_BACKLOG_SECONDS * 1000
+        and all(run["unapplied"] == 0 for run in runs)
+    )
+    worst = max(run["p99"] for run in runs)
     return [
         Figure(
             f"[7] hub keeps up: {CLIENTS} clients x {RATE:g} msg/s",
-            applied_rate,
-            offered_rate,
+            m["applied"],
+            m["offered"],
             "msg/s",
-            ratio,
+            m["ratio"],
             f">= {MIN_APPLIED_RATIO:g}x offered (>= {MIN_OFFERED_RATIO:.0%} of {nominal:,.0f}), "
             f"backlog <= {MAX_BACKLOG_SECONDS * 1000:g} ms",
             keeps_up,
         ),
-        Figure.info("    largest backlog in the window (as time)", lag * 1000, "ms"),
+        Figure.info("    largest backlog in the window (as time)", m["lag_ms"], "ms"),
         Figure(
             "[7] command latency p99 under that load",
-            p99,
+            m["p99"],
             None,
             "ms",
             None,
             f"< {MAX_COMMAND_P99_MS:g} ms",
-            p99 < MAX_COMMAND_P99_MS,
+            m["p99"] < MAX_COMMAND_P99_MS,
         ),
+        Figure.info(f"    command latency p50 ({m['commands']:.0f} pauses a run)", m["p50"], "ms"),
+        Figure.info(f"    command latency p99, worst of {CAPACITY_REPEATS} runs", worst, "ms"),
         Figure.info(
-            f"    command latency p50 ({len(latencies)} pauses)",
-            statistics.median(latencies),
+            f"    hub: {m['hub_gc_count']:.0f} collections in the window, longest",
+            m["hub_gc_max_ms"],
             "ms",
         ),
-        Figure.info(
-            f"    hub: {hub_watch['gc_count']} collections in the window, longest",
-            hub_watch["gc_max_ms"],
-            "ms",
-        ),
-        Figure.info("    hub: longest event-loop lag in the window", hub_watch["lag_max_ms"], "ms"),
-        Figure.info(
-            "    load generator (GC off): longest loop lag", load_watch["lag_max_ms"], "ms"
-        ),
+        Figure.info("    hub: longest event-loop lag in the window", m["hub_lag_ms"], "ms"),
+        Figure.info("    load generator (GC off): longest loop lag", m["load_lag_ms"], "ms"),
     ]
 
 
