@@ -249,6 +249,7 @@ class _Link:
 
     number: int
     blackholed: bool
+    muted: bool = False
     transports: list[asyncio.WriteTransport] = field(default_factory=list)
     upstream_bytes: int = 0
 
@@ -256,6 +257,7 @@ class _Link:
 class Proxy:
     """A TCP proxy on loopback, on its own thread, in front of ``127.0.0.1:target_port``.
 
+    ``mute()``: open connections lose everything the hub sends back, and only that.
     ``blackhole()``: every open connection, and every new one until ``restore()``, stops
     forwarding in both directions without being closed (what a dead NAT entry or a pulled
     cable looks like to both ends). Connections black-holed once stay so: their streams have
@@ -325,6 +327,16 @@ class Proxy:
 
         self._on_loop(go)
 
+    def mute(self) -> None:
+        """Open connections stop carrying anything from the hub back to the client (its
+        acknowledgements are lost); what the client sends still arrives."""
+
+        def go() -> None:
+            for link in self.links:
+                link.muted = True
+
+        self._on_loop(go)
+
     def restore(self) -> None:
         """New connections are forwarded again (black-holed ones stay dead)."""
 
@@ -383,7 +395,7 @@ class Proxy:
             self._cond.notify_all()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        link = _Link(len(self.links) + 1, self._blackholed, [writer.transport])
+        link = _Link(len(self.links) + 1, self._blackholed, transports=[writer.transport])
         with self._cond:
             self.links.append(link)
         self._bump("accepted")
@@ -447,7 +459,7 @@ class Proxy:
                     return
                 if upstream:
                     await self._flowing.wait()  # a read that was under way when stalled
-                if link.blackholed:
+                if link.blackholed or (link.muted and not upstream):
                     continue
                 if upstream:
                     with self._cond:
@@ -633,10 +645,11 @@ class Ledger:
 
 
 def check_in_order(got: list[Any], expected: list[Any], required: list[Any], what: str) -> None:
-    """``got`` (what a hub holds, oldest first) is ``expected`` in order, each item at least
-    once (a repeat is the same message again), and holds every item of ``required``.
+    """``got`` (what a hub holds, oldest first) is items of ``expected`` in their order, each
+    at most once, and holds every item of ``required``.
 
-    ``expected`` items must be unique.
+    ``expected`` items must be unique. (A client resends what the hub had not acknowledged:
+    at least once on the wire; the hub recognises the resend, so once in its records.)
     """
     index = {item: i for i, item in enumerate(expected)}
     assert len(index) == len(expected), f"{what}: expected items are not unique"
@@ -644,6 +657,7 @@ def check_in_order(got: list[Any], expected: list[Any], required: list[Any], wha
     assert not unknown, f"{what}: the hub holds what was never sent: {unknown[:3]}"
     positions = [index[item] for item in got]
     assert positions == sorted(positions), f"{what}: out of order: {got}"
+    assert len(set(positions)) == len(positions), f"{what}: applied twice: {got}"
     missing = [item for item in required if item not in set(got)]
     assert not missing, f"{what}: {len(missing)} missing, first {missing[:3]}"
 

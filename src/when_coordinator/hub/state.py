@@ -24,10 +24,10 @@ import itertools
 import math
 import re
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..protocol import (
     CheckpointPayload,
@@ -292,6 +292,34 @@ class Anomaly:
 
 
 _R = TypeVar("_R")
+
+
+_RESENT_WINDOW = 64
+"""How far back a workflow's history, checkpoints and errors are searched for a resend."""
+
+
+class _Stamped(Protocol):
+    @property
+    def timestamp(self) -> str: ...
+
+
+_S = TypeVar("_S", bound=_Stamped)
+
+
+def _resent(records: tuple[_S, ...], timestamp: str, same: Callable[[_S], bool]) -> bool:
+    """Whether the message is one already applied, sent again.
+
+    After a lost connection a client sends what the hub had not acknowledged again, frame
+    for frame; its timestamp (to the nanosecond) and content then equal a recent record's.
+    Applied twice, a resent ``phase_changed`` would move the workflow back to an older phase.
+    """
+    if not timestamp:
+        return False
+    for index in range(len(records) - 1, max(-1, len(records) - 1 - _RESENT_WINDOW), -1):
+        record = records[index]
+        if record.timestamp == timestamp and same(record):
+            return True
+    return False
 
 
 def _append(items: tuple[_R, ...], item: _R, limit: int) -> tuple[_R, ...]:
@@ -1166,6 +1194,15 @@ class HubState:
         source, target = payload.from_phase, payload.to_phase
         last = workflow.history[-1] if workflow.history else None
         arrow = f"{source or '(none)'} -> {target}"
+        if _resent(
+            workflow.history,
+            message.timestamp,
+            lambda c: (
+                c.from_phase is source and c.to_phase is target and c.reason == payload.reason
+            ),
+        ):
+            self._anomaly(f"phase_changed {arrow} received again: ignored", now, workflow=workflow)
+            return
         if (
             last is not None
             and workflow.phase is target
@@ -1234,6 +1271,13 @@ class HubState:
         workflow_id = self._workflow_id_of(message, payload.workflow_id, "checkpoint")
         workflow = self._workflow(workflow_id, service, conn, now)
         self._check_envelope(message, payload.workflow_id, workflow, now)
+        if _resent(
+            workflow.checkpoints,
+            message.timestamp,
+            lambda c: c.checkpoint_id == payload.checkpoint_id,
+        ):
+            self._anomaly("checkpoint received again: ignored", now, workflow=workflow)
+            return
         record = CheckpointRecord(
             payload.checkpoint_id, payload.reason, now, message.timestamp, payload.state
         )
@@ -1253,6 +1297,9 @@ class HubState:
         workflow_id = self._workflow_id_of(message, payload.workflow_id, "error")
         workflow = self._workflow(workflow_id, service, conn, now)
         self._check_envelope(message, payload.workflow_id, workflow, now)
+        if _resent(workflow.errors, message.timestamp, lambda e: e.error == payload.error):
+            self._anomaly("error received again: ignored", now, workflow=workflow)
+            return
         record = ErrorRecord(
             payload.error, payload.recoverable, payload.action_id, now, message.timestamp
         )
