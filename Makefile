@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck docs bench clean
+.PHONY: demo test soak lint typecheck docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ docs: $(STAMP)
 
 test: lint typecheck docs
 	$(BIN)/pytest
+
+# The reliability tests' long variants (docs/reliability.md): fault rounds repeated, fuzzing
+# at scale. The default test run leaves them out.
+soak: $(STAMP)
+	$(BIN)/pytest -m soak tests/test_reliability_*.py
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from when_coordinator import Coordinator, CoordinatorStats
 from when_coordinator.cli import HubClient
 
@@ -45,6 +47,7 @@ __all__ = [
     "fork_run",
     "free_port",
     "percentile",
+    "soak",
     "stats_balanced",
     "transcript_frames",
 ]
@@ -62,6 +65,15 @@ def transcript_frames(direction: str) -> list[dict[str, Any]]:
         if record["dir"] == direction:
             frames.append(json.loads(record["frame"]))
     return frames
+
+
+def soak(rounds: int) -> list[Any]:
+    """Parameters for a test that runs once by default and ``rounds`` times in all under
+    ``make soak`` (``pytest -m soak``): the extra rounds carry the ``soak`` marker."""
+    return [
+        pytest.param(0, id="once"),
+        *(pytest.param(n, id=f"soak-{n}", marks=pytest.mark.soak) for n in range(1, rounds)),
+    ]
 
 
 def free_port() -> int:

@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from faults import soak
 from scripted_server import fast_config
 from when_coordinator import Coordinator
 from when_coordinator.hub import Hub, ThreadedHub
@@ -111,8 +114,10 @@ def work_while_attacked(
     return delays
 
 
+@pytest.mark.parametrize("round_", soak(5))
 def test_a_flood_is_throttled_and_counted_while_another_client_keeps_working(
     tmp_path: Path,
+    round_: int,
 ) -> None:
     with Hub(
         port=0, rate_limit=2_000, rate_burst=500, flood_close_after=None
@@ -142,8 +147,10 @@ def test_a_flood_is_throttled_and_counted_while_another_client_keeps_working(
     assert sum(c.throttled for c in flood) > result["sent"] // 2
 
 
+@pytest.mark.parametrize("round_", soak(5))
 def test_oversized_frames_and_a_sustained_flood_are_refused_with_a_reason(
     tmp_path: Path,
+    round_: int,
 ) -> None:
     settings: dict[str, Any] = {
         "max_frame_bytes": 64 * 1024,

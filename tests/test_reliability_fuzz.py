@@ -31,9 +31,11 @@ from when_coordinator.hub import Hub, ThreadedHub, WorkflowState
 from when_coordinator.hub.testing import RawService, frame
 from when_coordinator.protocol import MessageType, ProtocolError, decode
 
-FRAMES_EACH_WAY = 10_000
-EXAMPLES = 60
-BATCH = (170, 250)  # frames per example: at least 60 x 170 = 10,200
+BATCH = (170, 250)  # frames per example
+SIZES = [
+    pytest.param(60, id="10k-frames"),  # at least 60 x 170 = 10,200 frames each way
+    pytest.param(1_500, id="soak-255k-frames", marks=[pytest.mark.soak, pytest.mark.timeout(3600)]),
+]
 
 TYPES = [t.value for t in MessageType]
 HUGE = [10**30, 2**64, -(2**63), 10**400, 1e308, -1e308, 2**53 + 1]
@@ -160,9 +162,9 @@ def frames(
     return st.lists(one, min_size=BATCH[0], max_size=BATCH[1])
 
 
-def fuzz_settings() -> settings:
+def fuzz_settings(examples: int) -> settings:
     return settings(
-        max_examples=EXAMPLES,
+        max_examples=examples,
         deadline=None,
         database=None,
         derandomize=False,
@@ -216,8 +218,9 @@ def client_states(coordinator: Coordinator) -> dict[str, PhaseState]:
 # The client's and the hub's threads use the random module while hypothesis generates: its
 # check for strategies that use the global random state reports them.
 @pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
+@pytest.mark.parametrize("examples", SIZES)
 def test_fuzzed_frames_never_crash_the_client_nor_change_a_phase(
-    errors: list[logging.LogRecord],
+    errors: list[logging.LogRecord], examples: int
 ) -> None:
     bases = transcript_frames("out") + transcript_frames("in")
     with ScriptedServer() as server:
@@ -238,7 +241,7 @@ def test_fuzzed_frames_never_crash_the_client_nor_change_a_phase(
         sent = [0]
         batches = frames(bases, KNOWN, lambda f: not known_command(f, phases))
 
-        @fuzz_settings()
+        @fuzz_settings(examples)
         @given(batch=batches)
         def run(batch: list[str | bytes]) -> None:
             connection = server.connections[-1]
@@ -257,7 +260,7 @@ def test_fuzzed_frames_never_crash_the_client_nor_change_a_phase(
             assert (stats.connects, stats.connected) == (1, True)
 
         run()
-        assert sent[0] >= FRAMES_EACH_WAY
+        assert sent[0] >= examples * BATCH[0] >= 10_000
         stats = coordinator.stats()
         refused = sum(stats.inbound_dropped.values())
         assert refused > sent[0] // 4  # most were refused...
@@ -299,8 +302,9 @@ def good_view(hub: ThreadedHub) -> dict[str, tuple[Any, ...]]:
 
 
 @pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
+@pytest.mark.parametrize("examples", SIZES)
 def test_fuzzed_frames_never_crash_the_hub_nor_disturb_another_service(
-    errors: list[logging.LogRecord],
+    errors: list[logging.LogRecord], examples: int
 ) -> None:
     bases = transcript_frames("in")
     fuzz_ids = sorted({b.get("workflow_id", "") for b in bases} - {""})
@@ -333,7 +337,7 @@ def test_fuzzed_frames_never_crash_the_hub_nor_disturb_another_service(
         state["fuzzer"] = loop.run_until_complete(open_fuzzer())
         batches = frames(bases, fuzz_ids, names_no_good_service)
 
-        @fuzz_settings()
+        @fuzz_settings(examples)
         @given(batch=batches)
         def run(batch: list[str | bytes]) -> None:
             state["round"] += 1
@@ -375,7 +379,7 @@ def test_fuzzed_frames_never_crash_the_hub_nor_disturb_another_service(
 
         try:
             run()
-            assert state["sent"] >= FRAMES_EACH_WAY
+            assert state["sent"] >= examples * BATCH[0] >= 10_000
             assert hub.loop.is_running()
             services = hub.services
             assert services[GOOD_SERVICE].connected

@@ -7,9 +7,10 @@ import asyncio
 import threading
 from typing import Any
 
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from faults import StatsWatch, stats_balanced
+from faults import StatsWatch, soak, stats_balanced
 from scripted_server import fast_config
 from when_coordinator import Coordinator, Phase, workflow
 from when_coordinator.hub import Hub, ThreadedHub
@@ -23,7 +24,10 @@ LIFECYCLE = [
 ]
 
 
-def test_stats_balance_at_every_observation_while_threads_send_and_the_client_delivers() -> None:
+@pytest.mark.parametrize("round_", soak(5))
+def test_stats_balance_at_every_observation_while_threads_send_and_the_client_delivers(
+    round_: int,
+) -> None:
     """``sent == delivered + dropped + queued + inflight`` in every ``stats()`` taken while
     producers put, the client takes and the hub acknowledges (the counters used to be read
     one by one, and about one observation in ten did not add up)."""
@@ -71,7 +75,10 @@ def test_stats_balance_at_every_observation_while_threads_send_and_the_client_de
     assert final.dropped > 0  # the bound was reached, so shedding was part of what was observed
 
 
-def test_16_threads_and_100_async_workflows_reach_the_hub_complete_and_in_order() -> None:
+@pytest.mark.parametrize("round_", soak(10))
+def test_16_threads_and_100_async_workflows_reach_the_hub_complete_and_in_order(
+    round_: int,
+) -> None:
     with Hub(port=0).run_in_thread() as hub:
         coordinator = Coordinator(fast_config(hub.url, service_name="load"))
         coordinator.connect()

@@ -18,7 +18,7 @@ import pytest
 import trustme
 from opentelemetry.sdk.trace import TracerProvider
 
-from faults import Ledger, Proxy, StatsWatch, check_in_order, percentile, stats_balanced
+from faults import Ledger, Proxy, StatsWatch, check_in_order, percentile, soak, stats_balanced
 from scripted_server import fast_config, wait_until
 from when_coordinator import Coordinator, workflow
 from when_coordinator.hub import Hub, ThreadedHub
@@ -101,8 +101,10 @@ class Connection:
 
 
 @pytest.mark.parametrize("traffic", [False, True], ids=["quiet", "sending"])
+@pytest.mark.parametrize("round_", soak(10))
 def test_a_half_open_connection_is_noticed_within_the_pong_timeout_and_recovered(
     traffic: bool,
+    round_: int,
 ) -> None:
     ping_interval, pong_timeout, open_timeout = 0.4, 0.6, 1.0
     with Hub(port=0).run_in_thread() as hub, Proxy(hub.port) as proxy:
@@ -172,7 +174,8 @@ def test_a_half_open_connection_is_noticed_within_the_pong_timeout_and_recovered
             coordinator.close(1.0)
 
 
-def test_state_resent_after_lost_acknowledgements_is_applied_once() -> None:
+@pytest.mark.parametrize("round_", soak(10))
+def test_state_resent_after_lost_acknowledgements_is_applied_once(round_: int) -> None:
     """The hub gets every message but its acknowledgements are lost: the client declares the
     connection dead, reconnects and sends everything again with the same ids and timestamps.
     The hub applies each transition, checkpoint and error once."""
@@ -254,7 +257,10 @@ def timed_calls(coordinator: Coordinator, calls: int, report: object) -> list[in
     return durations
 
 
-def test_a_hub_that_stops_reading_never_blocks_the_caller_and_memory_stays_bounded() -> None:
+@pytest.mark.parametrize("round_", soak(5))
+def test_a_hub_that_stops_reading_never_blocks_the_caller_and_memory_stays_bounded(
+    round_: int,
+) -> None:
     """Non-blocking is a correctness property here, not a benchmark: calls that only enqueue
     stay in the microseconds whether the hub reads or not (bounds are generous)."""
     bound = 256 * 1024

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from faults import fork_run, forked_workflow, free_port, spawned_workflow
+from faults import fork_run, forked_workflow, free_port, soak, spawned_workflow
 from scripted_server import RawServer, fast_config
 from when_coordinator import Coordinator
 from when_coordinator.hub import Hub, ThreadedHub
@@ -51,7 +51,10 @@ def assert_parent_connection_carries_only_the_parent(
 
 @needs_fork
 @pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
-def test_forked_children_of_a_busy_parent_neither_deadlock_nor_use_its_connection() -> None:
+@pytest.mark.parametrize("round_", soak(10))
+def test_forked_children_of_a_busy_parent_neither_deadlock_nor_use_its_connection(
+    round_: int,
+) -> None:
     with Hub(port=0).run_in_thread() as hub:
         coordinator = Coordinator(fast_config(hub.url, service_name="parent"))
         coordinator.connect()
@@ -127,8 +130,9 @@ def test_forked_children_of_a_busy_parent_neither_deadlock_nor_use_its_connectio
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 @pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+@pytest.mark.parametrize("round_", soak(5))
 def test_multiprocessing_children_get_their_own_connection_or_stay_quiet(
-    method: str, monkeypatch: pytest.MonkeyPatch
+    method: str, monkeypatch: pytest.MonkeyPatch, round_: int
 ) -> None:
     if method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"no {method} start method here")

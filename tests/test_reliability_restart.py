@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from faults import HubProcess, Ledger, Sent, StatsWatch, check_in_order, stats_balanced
+from faults import HubProcess, Ledger, Sent, StatsWatch, check_in_order, soak, stats_balanced
 from scripted_server import fast_config, wait_until
 from when_coordinator import Coordinator, CoordinatorStats
 from when_coordinator.hub import HubStore
@@ -109,8 +109,9 @@ def phase_history(doc: dict[str, Any], *, before: float | None = None) -> list[A
 
 
 @pytest.mark.parametrize("persistent", [True, False], ids=["with-db", "without-db"])
+@pytest.mark.parametrize("round_", soak(10))
 def test_a_hub_killed_mid_stream_and_restarted_gets_every_accepted_state_message(
-    tmp_path: Path, persistent: bool
+    tmp_path: Path, persistent: bool, round_: int
 ) -> None:
     db = tmp_path / "hub.db" if persistent else None
     hub = HubProcess(tmp_path, db=db).start()
@@ -242,8 +243,10 @@ def test_a_hub_killed_mid_stream_and_restarted_gets_every_accepted_state_message
 # ---------------------------------------------------------------------- the store
 
 
+@pytest.mark.parametrize("round_", soak(20))
 def test_a_hub_killed_while_storing_phase_history_restarts_from_a_consistent_prefix(
     tmp_path: Path,
+    round_: int,
 ) -> None:
     """Strengthens tests/test_hub_store.py (logs and progress) for workflow state: every stored
     workflow has its history, each history is a prefix of what was sent, and the whole
