@@ -772,7 +772,8 @@ class HubState:
     """The hub's whole state, changed only through its methods (no I/O, no clock).
 
     Bounds: ``log_buffer`` entries for the whole hub and ``workflow_log_buffer`` per workflow
-    (evictions counted), ``max_workflows`` workflows (finished ones are forgotten first),
+    (evictions counted), ``max_workflows`` workflows (finished ones are forgotten first, see
+    ``_evict``),
     ``max_history`` phase changes and ``max_records`` checkpoints and errors per workflow,
     ``max_anomalies`` anomaly texts per record (the count keeps going), ``max_closed``
     closed connections.
@@ -1059,7 +1060,7 @@ class HubState:
             self.workflows[workflow_id] = workflow
             self.workflow_logs[workflow_id] = LogBuffer(self._workflow_log_buffer)
             self._link_orphans(workflow)
-            self._evict()
+            self._evict(service.service_id)
         workflow.service_id = service.service_id
         workflow.connection_id = conn.connection_id
         workflow.updated_at = now
@@ -1075,12 +1076,32 @@ class HubState:
         if children:
             parent.children = tuple(dict.fromkeys((*parent.children, *children)))
 
-    def _evict(self) -> None:
+    def _evict(self, service_id: str = "") -> None:
+        """Beyond ``max_workflows``, forget the oldest finished workflow (the newcomer's
+        service's own first), else the oldest running one of the newcomer's service, and only
+        then anyone's: a service flooding the hub with new workflows pushes out its own, not the
+        running workflows of others."""
         while len(self.workflows) > self._max_workflows:
-            if self._finished:
+            workflows = self.workflows
+            own = (
+                (wf for wf in self._finished if workflows[wf].service_id == service_id)
+                if service_id
+                else iter(())
+            )
+            victim = next(own, None)
+            if victim is not None:
+                del self._finished[victim]
+            elif self._finished:
                 victim, _ = self._finished.popitem(last=False)
             else:
-                victim = next(iter(self.workflows))
+                victim = next(
+                    (
+                        w.workflow_id
+                        for w in workflows.values()
+                        if service_id and w.service_id == service_id
+                    ),
+                    next(iter(workflows)),
+                )
             self.workflows.pop(victim, None)
             self.workflow_logs.pop(victim, None)
             self.workflows_evicted += 1
