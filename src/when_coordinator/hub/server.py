@@ -530,14 +530,18 @@ class Hub:
 
     def _publish(self) -> None:
         """After any change: feed watchers and the store, then re-check waiters."""
-        changes = self._state.take_changes()
-        if changes:
-            if self._persister is not None:
-                self._persister.add(changes)
-            for session in tuple(self._subscribers):
-                session.push(changes)
-        for waiter in tuple(self._waiters):
-            self._check(waiter)
+        if self._persister is None and not self._subscribers:
+            self._state.discard_changes()  # the common case, after every frame
+        else:
+            changes = self._state.take_changes()
+            if changes:
+                if self._persister is not None:
+                    self._persister.add(changes)
+                for session in tuple(self._subscribers):
+                    session.push(changes)
+        if self._waiters:
+            for waiter in tuple(self._waiters):
+                self._check(waiter)
 
     def _subscribe(self, session: OperatorSession) -> None:
         self._subscribers.add(session)

@@ -822,6 +822,20 @@ class HubState:
             self._changes = Changes()
         return changes
 
+    def discard_changes(self) -> None:
+        """Forget what changed (when nobody watches or stores it): cheaper than taking it."""
+        changes = self._changes
+        if changes.events:
+            changes.events.clear()
+        if changes.workflows:
+            changes.workflows.clear()
+        if changes.services:
+            changes.services.clear()
+        if changes.connections:
+            changes.connections.clear()
+        if changes.removed_workflows:
+            changes.removed_workflows.clear()
+
     def _anomaly(
         self,
         text: str,
@@ -1012,14 +1026,16 @@ class HubState:
             message=f"welcome {name}: registered as {service_id}",
         )
 
-    def _service_of(self, conn: ConnectionState, what: str, now: float) -> ServiceState:
+    def _service_of(
+        self, conn: ConnectionState, what: MessageType | str, now: float
+    ) -> ServiceState:
         """The connection's service; traffic before ``register`` creates one provisionally."""
         service = self.services.get(conn.service_id) if conn.service_id else None
         if service is not None:
             return service
         service_id = conn.header_service_id or self._assign_service_id()
         service = self._attach(conn, service_id, now)
-        self._anomaly(f"{what!r} received before register", now, service=service)
+        self._anomaly(f"{str(what)!r} received before register", now, service=service)
         return service
 
     def ping_sent(self, connection_id: str, ping_id: str, *, now: float) -> None:
@@ -1136,7 +1152,7 @@ class HubState:
             self._changes.connections.add(connection_id)
             return
         payload = message.typed_payload()
-        service = self._service_of(conn, str(kind), now)
+        service = self._service_of(conn, kind, now)  # str(kind) only if it is an anomaly
         conn.messages += 1
         service.messages += 1
         service.last_seen = now
