@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 import time
@@ -20,6 +21,11 @@ from typing import cast
 from .harness import Figure, format_table
 
 BenchRun = Callable[[], list[Figure]]
+
+
+def _load() -> str:
+    """The 1-minute load average: other work on the machine skews latency figures."""
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 def discover() -> list[str]:
@@ -44,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     figures: list[Figure] = []
     broken: list[str] = []
+    began, load_before = time.perf_counter(), _load()
     for name in modules:
         started = time.perf_counter()
         print(f"running {name} ...", file=sys.stderr, flush=True)
@@ -56,9 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
 
     print(format_table(figures))
+    print(
+        f"\n{os.cpu_count()} CPUs; load average {load_before} before, {_load()} after; "
+        f"{time.perf_counter() - began:.0f} s"
+    )
     missed = [f.name for f in figures if not f.holds]
     print(
-        f"\n{len(figures) - len(missed)} of {len(figures)} figures hold"
+        f"{len(figures) - len(missed)} of {len(figures)} figures hold"
         + (f"; missed: {', '.join(missed)}" if missed else "")
         + (f"; broken modules: {', '.join(broken)}" if broken else "")
     )
