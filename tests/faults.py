@@ -8,8 +8,13 @@
   recommends).
 - ``StatsWatch``: observes ``Coordinator.stats()`` from another thread for the whole of a test
   and records every observation that breaks ``sent == delivered + dropped + queued + inflight``.
-- ``fork_run``: run a function in an ``os.fork()`` child and get its JSON result back.
+- ``Ledger`` and ``check_in_order``: what a client accepted, in order, and whether a hub holds
+  it in that order, once.
+- ``fork_run``: run a function in an ``os.fork()`` child and get its JSON result back;
+  ``spawned_workflow`` and ``forked_workflow``: ``multiprocessing`` child targets.
+- ``handshake_status``: the HTTP status of a hand-written WebSocket upgrade request.
 - ``transcript_frames``: the frames of the reference client transcript (shared/wire).
+- ``soak``: parameters for a test that repeats under ``make soak``.
 
 Everything listens on 127.0.0.1 only. Waits are on events or bounded polls with deadlines.
 """
@@ -42,12 +47,18 @@ from when_coordinator.cli import HubClient
 __all__ = [
     "TRANSCRIPT",
     "HubProcess",
+    "Ledger",
     "Proxy",
+    "Sent",
     "StatsWatch",
+    "check_in_order",
     "fork_run",
+    "forked_workflow",
     "free_port",
+    "handshake_status",
     "percentile",
     "soak",
+    "spawned_workflow",
     "stats_balanced",
     "transcript_frames",
 ]
@@ -595,9 +606,6 @@ class Sent:
     kind: str
     workflow_id: str
     key: Any
-
-
-STATE_KINDS = frozenset({"workflow_created", "phase_changed", "checkpoint", "error"})
 
 
 class Ledger:
