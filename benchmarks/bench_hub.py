@@ -264,8 +264,8 @@ class _Watch:
                 await asyncio.sleep(tick)
                 late = time.monotonic() - now - tick
                 if now >= self.begin and late > self.lag:
-                    # How much of the longest lag this process spent on a CPU: all of it means
-                    # the process was busy; little of it, that it waited for a CPU.
+                    # The CPU time this process used over the tick and its lag: about all of
+                    # it means the process was busy; little, that it waited for a CPU.
                     self.lag, self.lag_cpu = late, time.process_time() - cpu
         finally:
             gc.callbacks.remove(self._gc)
@@ -466,7 +466,7 @@ def _capacity_figures() -> list[Figure]:
             "ms",
         ),
         Figure.info("    hub: longest event-loop lag in the window", m["hub_lag_ms"], "ms"),
-        Figure.info("    hub: CPU time the hub used during that lag", m["hub_lag_cpu_ms"], "ms"),
+        Figure.info("    hub: CPU it used in that 5 ms tick + lag", m["hub_lag_cpu_ms"], "ms"),
         Figure.info("    load generator (GC off): longest loop lag", m["load_lag_ms"], "ms"),
     ]
 
