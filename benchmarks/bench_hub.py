@@ -204,7 +204,7 @@ async def _serve_bare(expected: int) -> dict[str, Any]:
     async with serve(handler, "127.0.0.1", 0, compression=None, max_size=1 << 20) as server:
         port = server.sockets[0].getsockname()[1]
         print(f"ws://127.0.0.1:{port}/v1/coordination", flush=True)
-        end = await finished
+        end = await asyncio.wait_for(finished, TIMEOUT)
     return {"seconds": end - first}
 
 
@@ -345,10 +345,12 @@ class _Load:
         gc.disable()
         try:
             sending = asyncio.ensure_future(self.paced(frames, start, end))
-            while not sending.done() or time.monotonic() < end + 1.5:
+            while (not sending.done() or time.monotonic() < end + 1.5) and (
+                time.monotonic() < end + TIMEOUT
+            ):
                 samples.append((time.monotonic(), self.count))
                 await asyncio.sleep(SAMPLE_EVERY)
-            await sending
+            await asyncio.wait_for(sending, TIMEOUT)
         finally:
             gc.enable()
             gc.unfreeze()
