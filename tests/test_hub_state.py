@@ -132,6 +132,33 @@ def test_workflow_tree_links_children_in_either_order() -> None:
     assert [w.workflow_id for w in state.children_of("parent")] == ["child"]
 
 
+def test_a_late_parent_links_only_its_current_children() -> None:
+    state = connected(HubState())
+    for child, parent in (("a", "p"), ("b", "p"), ("c", "q"), ("b", "q")):  # b moves to q
+        created = {"workflow_id": child, "parent_workflow_id": parent}
+        state.receive("c1", msg("workflow_created", child, created), now=1.0)
+    state.receive("c1", msg("workflow_created", "p", {"workflow_id": "p"}), now=2.0)
+    state.receive("c1", msg("workflow_created", "q", {"workflow_id": "q"}), now=3.0)
+    assert state.workflows["p"].children == ("a",)
+    assert state.workflows["q"].children == ("c", "b")
+
+    evicting = connected(HubState(max_workflows=2))
+    created = {"workflow_id": "a", "parent_workflow_id": "p"}
+    evicting.receive("c1", msg("workflow_created", "a", created), now=1.0)
+    evicting.receive("c1", phase("a", "", "completed"), now=1.5)
+    for other in ("x", "y"):  # the finished child is forgotten first
+        evicting.receive("c1", msg("workflow_created", other, {"workflow_id": other}), now=2)
+    assert "a" not in evicting.workflows
+    evicting.receive("c1", msg("workflow_created", "p", {"workflow_id": "p"}), now=3.0)
+    assert evicting.workflows["p"].children == ()
+
+    restored = HubState()
+    orphan = WorkflowState(workflow_id="d", parent_workflow_id="r", root_workflow_id="r")
+    restored.restore(Snapshot(services=[], workflows=[orphan], logs=[]))
+    connected(restored).receive("c1", msg("workflow_created", "r", {"workflow_id": "r"}), now=4)
+    assert restored.workflows["r"].children == ("d",)
+
+
 def test_status_response_updates_phase_progress_and_action_keeping_history_consistent() -> None:
     state = connected(HubState())
     state.receive("c1", phase("wf-1", "planning", "execution"), now=1.0)

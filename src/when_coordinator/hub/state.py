@@ -809,6 +809,9 @@ class HubState:
         self._max_anomalies = max(1, max_anomalies)
         self._max_closed = max(0, max_closed)
         self._finished: OrderedDict[str, None] = OrderedDict()
+        self._orphans: dict[str, dict[str, None]] = {}
+        """Workflows by the id of a parent the hub does not know (yet): a parent announced
+        after its children links them without looking at every workflow."""
         self._closed: deque[str] = deque()
         self._next_service = itertools.count(1)
         self._changes = Changes()
@@ -1084,13 +1087,31 @@ class HubState:
         return workflow
 
     def _link_orphans(self, parent: WorkflowState) -> None:
+        waiting = self._orphans.pop(parent.workflow_id, None)
+        if not waiting:
+            return
+        workflows = self.workflows
         children = tuple(
-            w.workflow_id
-            for w in self.workflows.values()
-            if w.parent_workflow_id == parent.workflow_id and w is not parent
+            child
+            for child in waiting
+            if (w := workflows.get(child)) is not None
+            and w is not parent
+            and w.parent_workflow_id == parent.workflow_id
         )
         if children:
             parent.children = tuple(dict.fromkeys((*parent.children, *children)))
+
+    def _wait_for_parent(self, workflow: WorkflowState) -> None:
+        parent_id = workflow.parent_workflow_id
+        if parent_id and parent_id not in self.workflows:
+            self._orphans.setdefault(parent_id, {})[workflow.workflow_id] = None
+
+    def _forget_orphan(self, workflow: WorkflowState) -> None:
+        waiting = self._orphans.get(workflow.parent_workflow_id)
+        if waiting is not None:
+            waiting.pop(workflow.workflow_id, None)
+            if not waiting:
+                del self._orphans[workflow.parent_workflow_id]
 
     def _evict(self, service_id: str = "") -> None:
         """Beyond ``max_workflows``, forget the oldest finished workflow (the newcomer's
@@ -1118,7 +1139,9 @@ class HubState:
                     ),
                     next(iter(workflows)),
                 )
-            self.workflows.pop(victim, None)
+            gone = self.workflows.pop(victim, None)
+            if gone is not None and gone.parent_workflow_id:
+                self._forget_orphan(gone)
             self.workflow_logs.pop(victim, None)
             self.workflows_evicted += 1
             self._changes.workflows.discard(victim)
@@ -1207,8 +1230,12 @@ class HubState:
         if parent_id == workflow_id:
             self._anomaly("workflow names itself as its parent", now, workflow=workflow)
             parent_id = ""
+        if workflow.parent_workflow_id and workflow.parent_workflow_id != parent_id:
+            self._forget_orphan(workflow)
         workflow.parent_workflow_id = parent_id
         parent = self.workflows.get(parent_id) if parent_id else None
+        if parent_id and parent is None:
+            self._wait_for_parent(workflow)
         root = payload.root_workflow_id
         if not root:
             root = (parent.root_workflow_id or parent.workflow_id) if parent else parent_id
@@ -1458,6 +1485,8 @@ class HubState:
             self.workflows[workflow.workflow_id] = workflow
             self.workflow_logs[workflow.workflow_id] = LogBuffer(self._workflow_log_buffer)
             self._settle(workflow)
+        for workflow in snapshot.workflows:
+            self._wait_for_parent(workflow)
         self._restore_logs(snapshot.logs)
         numbers = [
             int(sid[4:]) for sid in self.services if sid.startswith("svc-") and sid[4:].isdigit()
