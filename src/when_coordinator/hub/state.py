@@ -1391,9 +1391,12 @@ class HubState:
         workflow.total_items = payload.total_items
 
     def _percent(self, value: float, workflow: WorkflowState, now: float) -> float:
-        percent = float(value)
+        try:
+            percent = float(value)
+        except OverflowError:  # a JSON integer beyond any float (10**400): out of range too
+            percent = math.inf if value > 0 else -math.inf
         if not math.isfinite(percent) or not 0.0 <= percent <= 100.0:
-            self._anomaly(f"progress {value!r} outside 0..100, clamped", now, workflow=workflow)
+            self._anomaly(f"progress {value!r:.40} outside 0..100, clamped", now, workflow=workflow)
             percent = 0.0 if not math.isfinite(percent) else min(100.0, max(0.0, percent))
         return percent
 
