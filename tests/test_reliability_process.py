@@ -55,7 +55,11 @@ def assert_parent_connection_carries_only_the_parent(
 def test_forked_children_of_a_busy_parent_neither_deadlock_nor_use_its_connection(
     round_: int,
 ) -> None:
-    with Hub(port=0).run_in_thread() as hub:
+    # The parent floods on purpose (to keep its locks busy while children fork): the hub's
+    # flood protection, which would throttle or close the parent, is not under test here.
+    with Hub(
+        port=0, rate_limit=1e9, rate_burst=10**9, flood_close_after=None
+    ).run_in_thread() as hub:
         coordinator = Coordinator(fast_config(hub.url, service_name="parent"))
         coordinator.connect()
         assert coordinator.wait_registered(10)
