@@ -815,6 +815,9 @@ class Coordinator:
                     outbox.discard(entry, "cannot encode")
                     self._warn.log(logging.WARNING, "encode", "dropped a %s: %s", entry.type, exc)
                     continue
+                # A resend uses the text: let the application's objects go now rather than
+                # when the hub acknowledges (fewer objects for the garbage collector to scan).
+                entry.body = None
             texts.append(entry.text)
             size += len(entry.text)
         return texts
