@@ -1199,6 +1199,21 @@ class HubState:
         elif kind is MessageType.PONG:
             self._pong(service, message.id, now)
 
+    def _target(
+        self,
+        message: Message,
+        payload_id: str,
+        what: str,
+        service: ServiceState,
+        conn: ConnectionState,
+        now: float,
+    ) -> tuple[str, WorkflowState]:
+        """The workflow a service message is about (made if new), its envelope checked."""
+        workflow_id = self._workflow_id_of(message, payload_id, what)
+        workflow = self._workflow(workflow_id, service, conn, now)
+        self._check_envelope(message, payload_id, workflow, now)
+        return workflow_id, workflow
+
     def _check_envelope(
         self, message: Message, payload_id: str, workflow: WorkflowState, now: float
     ) -> None:
@@ -1218,9 +1233,9 @@ class HubState:
         payload: WorkflowCreatedPayload,
         now: float,
     ) -> None:
-        workflow_id = self._workflow_id_of(message, payload.workflow_id, "workflow_created")
-        workflow = self._workflow(workflow_id, service, conn, now)
-        self._check_envelope(message, payload.workflow_id, workflow, now)
+        workflow_id, workflow = self._target(
+            message, payload.workflow_id, "workflow_created", service, conn, now
+        )
         if workflow.announced:
             self._anomaly("workflow_created received again", now, workflow=workflow)
         workflow.announced = True
@@ -1252,9 +1267,9 @@ class HubState:
         payload: PhaseChangedPayload,
         now: float,
     ) -> None:
-        workflow_id = self._workflow_id_of(message, payload.workflow_id, "phase_changed")
-        workflow = self._workflow(workflow_id, service, conn, now)
-        self._check_envelope(message, payload.workflow_id, workflow, now)
+        workflow_id, workflow = self._target(
+            message, payload.workflow_id, "phase_changed", service, conn, now
+        )
         source, target = payload.from_phase, payload.to_phase
         last = workflow.history[-1] if workflow.history else None
         arrow = f"{source or '(none)'} -> {target}"
@@ -1332,9 +1347,9 @@ class HubState:
         payload: CheckpointPayload,
         now: float,
     ) -> None:
-        workflow_id = self._workflow_id_of(message, payload.workflow_id, "checkpoint")
-        workflow = self._workflow(workflow_id, service, conn, now)
-        self._check_envelope(message, payload.workflow_id, workflow, now)
+        workflow_id, workflow = self._target(
+            message, payload.workflow_id, "checkpoint", service, conn, now
+        )
         if _resent(
             workflow.checkpoints,
             message.timestamp,
@@ -1358,9 +1373,9 @@ class HubState:
         payload: ErrorPayload,
         now: float,
     ) -> None:
-        workflow_id = self._workflow_id_of(message, payload.workflow_id, "error")
-        workflow = self._workflow(workflow_id, service, conn, now)
-        self._check_envelope(message, payload.workflow_id, workflow, now)
+        workflow_id, workflow = self._target(
+            message, payload.workflow_id, "error", service, conn, now
+        )
         if _resent(workflow.errors, message.timestamp, lambda e: e.error == payload.error):
             self._anomaly("error received again: ignored", now, workflow=workflow)
             return
@@ -1378,9 +1393,7 @@ class HubState:
         payload: ProgressPayload,
         now: float,
     ) -> None:
-        workflow_id = self._workflow_id_of(message, payload.workflow_id, "progress")
-        workflow = self._workflow(workflow_id, service, conn, now)
-        self._check_envelope(message, payload.workflow_id, workflow, now)
+        _, workflow = self._target(message, payload.workflow_id, "progress", service, conn, now)
         workflow.progress = self._percent(payload.percent, workflow, now)
         if payload.stage:
             workflow.stage = payload.stage
@@ -1408,9 +1421,9 @@ class HubState:
         payload: StatusResponsePayload,
         now: float,
     ) -> None:
-        workflow_id = self._workflow_id_of(message, payload.workflow_id, "status_response")
-        workflow = self._workflow(workflow_id, service, conn, now)
-        self._check_envelope(message, payload.workflow_id, workflow, now)
+        workflow_id, workflow = self._target(
+            message, payload.workflow_id, "status_response", service, conn, now
+        )
         if payload.phase is not workflow.phase:
             # The service's answer is the truth; keep history's last entry equal to the phase.
             if workflow.history or workflow.announced:
