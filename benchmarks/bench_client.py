@@ -27,12 +27,10 @@ import asyncio
 import json
 import logging
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -49,9 +47,8 @@ from when_coordinator.protocol import (
     format_timestamp,
 )
 
-from .harness import Figure, format_table
+from .harness import Child, Figure, format_table, say
 
-ROOT = Path(__file__).resolve().parents[1]
 MESSAGES = 20_000
 RECORDS = 20_000
 LOG_BATCH = 100
@@ -133,34 +130,9 @@ async def _serve() -> None:
         server.handle, "127.0.0.1", 0, compression=None, max_size=None, ping_interval=None
     ) as ws_server:
         port = ws_server.sockets[0].getsockname()[1]
-        print(f"ws://127.0.0.1:{port}/v1/coordination", flush=True)
+        say(url=f"ws://127.0.0.1:{port}/v1/coordination")
         # Serve until the parent closes our stdin.
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-
-
-class _ServerProcess:
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.bench_client", "server"],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        self.url = self.process.stdout.readline().strip()
-        if not self.url.startswith("ws://"):
-            self.close()
-            raise RuntimeError(f"the bench server did not start: {self.url!r}")
-
-    def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
 
 
 # ---------------------------------------------------------------------- our client
@@ -326,9 +298,10 @@ def _percentile(values: Sequence[float], fraction: float) -> float:
 
 
 def run() -> list[Figure]:
-    server = _ServerProcess()
-    ours = _Ours(server.url)
-    raw = _Raw(server.url)
+    server = Child("bench_client", "server")
+    url: str = server.hello["url"]
+    ours = _Ours(url)
+    raw = _Raw(url)
     logger = logging.getLogger("benchmarks.client.app")
     logger.propagate = False
     logger.setLevel(logging.INFO)

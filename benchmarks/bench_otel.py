@@ -26,12 +26,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import statistics
-import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
@@ -53,9 +51,8 @@ from opentelemetry.util.types import AttributeValue
 from when_coordinator import Config, Coordinator, workflow
 from when_coordinator.otel import CoordinationLogExporter
 
-from .harness import Figure, compare, measure
+from .harness import Child, Figure, compare, measure, say, serve_commands
 
-ROOT = Path(__file__).resolve().parents[1]
 PROGRESS_CALLS = 10
 STAGES = tuple(f"stage-{i}" for i in range(PROGRESS_CALLS))
 WORKFLOWS_PER_BATCH = 100
@@ -84,44 +81,17 @@ class _DiscardLogs(LogRecordExporter):
         return True
 
 
-class _HubProcess:
-    """The reference hub in a child process; answers ``logs`` with the records it received."""
+def _hub_logs(hub: Child) -> int:
+    """Log records the hub in the child process has received so far."""
+    received: int = hub.ask(op="logs")["logs"]
+    return received
 
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.bench_otel", "hub"],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        self.url = self.process.stdout.readline().strip()
-        if not self.url.startswith("ws://"):
-            self.close()
-            raise RuntimeError(f"the hub did not start: {self.url!r}")
 
-    def logs(self) -> int:
-        assert self.process.stdin is not None
-        assert self.process.stdout is not None
-        self.process.stdin.write("logs\n")
-        self.process.stdin.flush()
-        return int(self.process.stdout.readline())
-
-    def wait_logs(self, count: int, timeout: float = 30.0) -> int:
-        deadline = time.monotonic() + timeout
-        while (received := self.logs()) < count and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return received
-
-    def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+def _wait_logs(hub: Child, count: int, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while (received := _hub_logs(hub)) < count and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling another process's count, bounded in time
+    return received
 
 
 def _coordinator(url: str) -> Coordinator:
@@ -304,20 +274,20 @@ def _emit(logger: logging.Logger, provider: LoggerProvider) -> None:
     provider.force_flush(60_000)
 
 
-def _logs(coordinator: Coordinator, hub: _HubProcess) -> list[Figure]:
+def _logs(coordinator: Coordinator, hub: Child) -> list[Figure]:
     ours_logger, ours_provider, _ = _log_pipeline(CoordinationLogExporter(coordinator))
     base_logger, base_provider, _ = _log_pipeline(_DiscardLogs())
     ours_rates: list[float] = []
     base_rates: list[float] = []
     lost = 0
     for _ in range(LOG_REPEAT):
-        before = hub.logs()
+        before = _hub_logs(hub)
         started = time.perf_counter()
         _emit(ours_logger, ours_provider)
         if not coordinator.flush(60):
             raise RuntimeError("the hub did not acknowledge the logs in time")
         ours_rates.append(LOG_RECORDS / (time.perf_counter() - started))
-        lost += LOG_RECORDS - (hub.wait_logs(before + LOG_RECORDS) - before)
+        lost += LOG_RECORDS - (_wait_logs(hub, before + LOG_RECORDS) - before)
 
         started = time.perf_counter()
         _emit(base_logger, base_provider)
@@ -344,8 +314,8 @@ def _logs(coordinator: Coordinator, hub: _HubProcess) -> list[Figure]:
 
 
 def run() -> list[Figure]:
-    hub = _HubProcess()
-    coordinator = _coordinator(hub.url)
+    hub = Child("bench_otel", "hub")
+    coordinator = _coordinator(hub.hello["url"])
     try:
         figures = _workflows(coordinator)
         figures += _progress(coordinator)
@@ -368,13 +338,12 @@ async def _serve_hub() -> None:
         record_limit=1_000,
     )
     async with hub:
-        print(hub.url, flush=True)
-        loop = asyncio.get_running_loop()
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if line.strip() != "logs":
-                return  # "quit" or end of input
-            print(hub.state.logs.total, flush=True)
+        say(url=hub.url)
+
+        async def answer(command: dict[str, Any]) -> dict[str, Any]:
+            return {"logs": hub.state.logs.total}
+
+        await serve_commands(answer)
 
 
 def _main(argv: Sequence[str]) -> None:
