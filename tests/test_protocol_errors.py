@@ -101,6 +101,8 @@ BAD_TIMESTAMPS = [
     ("offset-minute-60", "2026-01-01T00:00:00+01:60"),
     ("trailing-space", "2026-01-01T00:00:00Z "),
     ("garbage", "yesterday"),
+    ("arabic-indic-digits", "\u0662\u0660\u0662\u0666-01-01T00:00:00Z"),
+    ("fullwidth-fraction", "2026-01-01T00:00:00.\uff15Z"),
 ]
 
 
@@ -121,6 +123,21 @@ def test_bad_date_is_rejected_after_a_good_one_on_the_same_day() -> None:
     decode(_frame(timestamp="2027-03-04T01:02:03Z"))
     with pytest.raises(ProtocolError, match="timestamp"):
         decode(_frame(timestamp="2027-03-04T24:02:03Z"))
+
+
+BAD_TAILS = ["", ".Z", ".1234567890Z", "+24:00", "+0100", "+01:60", "Z ", ".5", "x", ".\u0665Z"]
+
+
+@pytest.mark.parametrize("tail", BAD_TAILS)
+def test_bad_fraction_or_offset_is_rejected_in_a_second_already_seen(tail: str) -> None:
+    """The validator remembers valid seconds; what follows them is checked every time."""
+    assert decode(_frame(timestamp="2027-05-06T07:08:09.5Z")).timestamp
+    with pytest.raises(ProtocolError, match="timestamp"):
+        decode(_frame(timestamp="2027-05-06T07:08:09" + tail))
+    with pytest.raises(ProtocolError, match="timestamp"):
+        decode(
+            _frame(type="log", payload={"timestamp": "2027-05-06T07:08:09" + tail})
+        ).typed_payload()
 
 
 # ------------------------------------------------------------------ ill-typed payload fields

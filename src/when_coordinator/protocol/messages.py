@@ -178,27 +178,38 @@ def format_timestamp(time_ns: int | None = None) -> str:
 
 
 # Field ranges live in the pattern so that a match is valid but for the day of the month.
+# ASCII: RFC 3339 digits are 0-9, not any Unicode digit ``\d`` would otherwise accept.
 _TIMESTAMP_RE = re.compile(
     r"(\d{4})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt ]([01]\d|2[0-3]):([0-5]\d):([0-5]\d|60)"
-    r"(?:\.(\d{1,9}))?(?:[Zz]|([+-])([01]\d|2[0-3]):([0-5]\d))"
+    r"(?:\.(\d{1,9}))?(?:[Zz]|([+-])([01]\d|2[0-3]):([0-5]\d))",
+    re.ASCII,
 )
-_known_dates: set[str] = set()
+# What follows the seconds (the first 19 characters), for timestamps whose first 19 are known.
+_match_timestamp_tail = re.compile(
+    r"(?:\.\d{1,9})?(?:[Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)", re.ASCII
+).fullmatch
+_known_seconds: set[str] = set()
+"""Valid ``YYYY-MM-DDTHH:MM:SS`` prefixes seen lately: traffic carries few distinct seconds."""
 
 
 def _check_timestamp(text: str) -> None:
     """``parse_timestamp``'s validation at a fraction of its cost, for ``decode``'s hot path.
 
-    The pattern checks every field's range; only the day of the month needs a calendar, and
-    traffic carries few distinct dates, so valid ones are remembered (a bounded set).
+    A prefix validated once (pattern and calendar) leaves only the fraction and offset to match
+    for every later timestamp of the same second; the set of prefixes is bounded.
     """
+    if text[:19] in _known_seconds and _match_timestamp_tail(text, 19) is not None:
+        return
+    _learn_timestamp(text)
+
+
+def _learn_timestamp(text: str) -> None:
     if _TIMESTAMP_RE.fullmatch(text) is None:
         raise ProtocolError(f"timestamp {text!r} is not RFC 3339 (e.g. 2026-11-26T22:41:47.5Z)")
-    date = text[:10]
-    if date not in _known_dates:
-        parse_timestamp(text)
-        if len(_known_dates) >= 4096:
-            _known_dates.clear()
-        _known_dates.add(date)
+    parse_timestamp(text)  # the day of the month
+    if len(_known_seconds) >= 4096:
+        _known_seconds.clear()
+    _known_seconds.add(text[:19])
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -829,62 +840,100 @@ def decode(text: str | bytes) -> Message:
     """Parse one text frame into a ``Message``; raises ``ProtocolError`` saying what is wrong.
 
     Only the envelope is checked here. Unknown types decode (a receiver ignores them); payload
-    fields are checked by ``Message.typed_payload()``.
+    fields are checked by ``Message.typed_payload()``. Every hub and client frame passes
+    through here, so the common case (a ``str`` without surrounding whitespace, every envelope
+    key well formed) takes the shortest path and anything else the careful one.
     """
-    if isinstance(text, (bytes, bytearray, memoryview)):
-        try:
-            text = bytes(text).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ProtocolError(f"frame is not UTF-8: {exc}") from None
-    if not isinstance(text, str):
-        raise ProtocolError(f"frame must be text, got {type(text).__name__}")
-    start = 0
-    if text[:1] in _JSON_SPACE:  # also true for "", which then fails below
-        start = len(text) - len(text.lstrip(_JSON_SPACE))
+    if type(text) is not str:
+        text = _frame_text(text)
     try:
-        data, end = _scan(text, start)
-    except StopIteration as exc:
-        raise ProtocolError(f"invalid JSON: expecting a value at char {exc.value}") from None
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"invalid JSON: {exc}") from None
-    except RecursionError:
-        raise ProtocolError("invalid JSON: nested too deeply") from None
-    except ProtocolError:
-        raise
-    except ValueError as exc:  # e.g. an integer literal longer than int_max_str_digits
-        raise ProtocolError(f"invalid JSON: {exc}") from None
+        data, end = _scan(text, 0)
+    except StopIteration:
+        data, end = _scan_spaced(text)
+    except (ValueError, RecursionError) as exc:
+        raise _json_error(exc) from None
     if end != len(text) and text[end:].strip(_JSON_SPACE):
         raise ProtocolError(f"invalid JSON: extra data at char {end}")
     if type(data) is not dict:
         raise ProtocolError(f"a message must be a JSON object, got {_json_type(data)}")
-    message_id = data.get("id")
+    get = data.get
+    message_id = get("id")
     if type(message_id) is not str:
         raise _envelope_error("id", message_id)
-    message_type = data.get("type")
+    message_type = get("type")
     if type(message_type) is not str or not message_type:
         raise _envelope_error("type", message_type)
-    workflow_id = data.get("workflow_id")
-    if workflow_id is None:
-        workflow_id = ""
-    elif type(workflow_id) is not str:
-        raise ProtocolError(
-            f"envelope 'workflow_id' must be a string, got {_json_type(workflow_id)}"
-        )
-    timestamp = data.get("timestamp")
-    if timestamp is None:
-        timestamp = ""
-    elif type(timestamp) is not str:
-        raise ProtocolError(f"envelope 'timestamp' must be a string, got {_json_type(timestamp)}")
-    elif timestamp:
-        _check_timestamp(timestamp)
-    payload = data.get("payload")
-    if payload is None:
+    workflow_id = get("workflow_id", "")
+    if type(workflow_id) is not str:
+        workflow_id = _optional_envelope_string("workflow_id", workflow_id)
+    timestamp = get("timestamp", "")
+    if type(timestamp) is not str:
+        timestamp = _optional_envelope_string("timestamp", timestamp)
+    elif timestamp and (
+        timestamp[:19] not in _known_seconds or _match_timestamp_tail(timestamp, 19) is None
+    ):
+        _learn_timestamp(timestamp)  # _check_timestamp, inlined for its fast path
+    payload = get("payload")
+    if type(payload) is not dict:
+        if payload is not None:
+            raise ProtocolError(f"envelope 'payload' must be an object, got {_json_type(payload)}")
         payload = {}
-    elif type(payload) is not dict:
-        raise ProtocolError(f"envelope 'payload' must be an object, got {_json_type(payload)}")
-    return Message(
-        _TYPES_BY_VALUE.get(message_type, message_type), message_id, workflow_id, timestamp, payload
+    # The frozen dataclass's __init__ sets five fields one object.__setattr__ at a time; one
+    # dict does the same for half the cost. Field order and defaults are Message's own.
+    message = _new_object(Message)
+    _set_attribute(
+        message,
+        "__dict__",
+        {
+            "type": _TYPES_BY_VALUE.get(message_type, message_type),
+            "id": message_id,
+            "workflow_id": workflow_id,
+            "timestamp": timestamp,
+            "payload": payload,
+        },
     )
+    return message
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+
+
+def _frame_text(frame: object) -> str:
+    if isinstance(frame, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(frame).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"frame is not UTF-8: {exc}") from None
+    if isinstance(frame, str):  # a subclass of str
+        return str(frame)
+    raise ProtocolError(f"frame must be text, got {type(frame).__name__}")
+
+
+def _scan_spaced(text: str) -> tuple[Any, int]:
+    """The scan after leading whitespace (or of a frame that is not a JSON value at all)."""
+    start = len(text) - len(text.lstrip(_JSON_SPACE))
+    try:
+        return _scan(text, start)
+    except StopIteration as exc:
+        raise ProtocolError(f"invalid JSON: expecting a value at char {exc.value}") from None
+    except (ValueError, RecursionError) as exc:
+        raise _json_error(exc) from None
+
+
+def _json_error(exc: ValueError | RecursionError) -> ProtocolError:
+    if isinstance(exc, ProtocolError):  # from _reject_constant
+        return exc
+    if isinstance(exc, RecursionError):
+        return ProtocolError("invalid JSON: nested too deeply")
+    # JSONDecodeError, or e.g. an integer literal longer than int_max_str_digits.
+    return ProtocolError(f"invalid JSON: {exc}")
+
+
+def _optional_envelope_string(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    raise ProtocolError(f"envelope {key!r} must be a string, got {_json_type(value)}")
 
 
 def _envelope_error(key: str, value: Any) -> ProtocolError:
