@@ -180,6 +180,63 @@ def test_records_in_spans_nested_in_a_workflow_are_filed_under_it(
     provider.shutdown()
 
 
+class _Record:
+    """What the exporter reads of an SDK log record, for mapping cases the SDK cannot make."""
+
+    def __init__(self, attributes: dict[str, Any], **fields: Any) -> None:
+        self.attributes = attributes
+        self.body = fields.get("body", "m")
+        self.timestamp = fields.get("timestamp", 1_700_000_000_123_456_789)
+        self.observed_timestamp = 0
+        self.severity_number = None
+        self.severity_text = fields.get("severity_text", "WARNING")
+        self.trace_id = fields.get("trace_id", 0)
+        self.span_id = fields.get("span_id", 0)
+
+
+WIRE_CASES = {
+    "bare": _Record({}),
+    "everything": _Record(
+        {
+            "rows": 3,
+            "code.file.path": "etl/load.py",
+            "code.line.number": 12,
+            "workflow_id": "wf-1",
+            "action_id": "act-1",
+            "correlation_id": "req-1",
+        },
+        trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736,
+        span_id=0xF067AA0BA902B7,
+        body={"structured": [1, 2]},
+    ),
+    "non-text ids": _Record({"action_id": 7, "correlationId": 8, "code.lineno": True}),
+    "empty ids": _Record({"workflow_id": "", "action_id": None, "code.line.number": 0}),
+    "no body": _Record({"x": (1.5, 2.5)}, body=None, severity_text="fatal"),
+}
+
+
+@pytest.mark.parametrize("record", WIRE_CASES.values(), ids=WIRE_CASES.keys())
+def test_wire_form_is_exactly_what_a_log_entry_would_send(record: _Record) -> None:
+    """The exporter builds wire dicts itself (no LogEntry per record): same keys, order, values
+    and omissions as the protocol's own ``LogEntry.to_dict()``."""
+    wire = CoordinationLogExporter._wire(record, lambda span_id: None)
+    canonical = LogEntry.from_dict(wire).to_dict()
+    assert list(wire.items()) == list(canonical.items())
+    assert wire["timestamp"] == "2023-11-14T22:13:20.123456789Z"
+
+
+def test_fields_that_are_not_json_safe_still_arrive(
+    otel_hub: ThreadedHub, otel_coordinator: Coordinator, pipelines: Callable[..., Pipeline]
+) -> None:
+    log = pipelines(CoordinationLogExporter(otel_coordinator)).logger()
+    log.info("odd", extra={"ratio": float("nan"), "sizes": (1.0, float("inf"))})
+    (entry,) = hub_logs(otel_hub, 1)
+    assert entry.message == "odd"
+    assert entry.fields["ratio"] == "nan"
+    assert entry.fields["sizes"] == [1.0, "inf"]
+    assert otel_coordinator.stats().dropped == 0
+
+
 def test_structured_bodies_become_json_messages(
     otel_hub: ThreadedHub, otel_coordinator: Coordinator, pipelines: Callable[..., Pipeline]
 ) -> None:
@@ -246,7 +303,7 @@ def test_records_of_this_package_are_not_sent_back(
 
 
 class BrokenCoordinator(Coordinator):
-    def send_log_batch(self, entries: Sequence[LogEntry]) -> bool:
+    def _enqueue(self, *args: Any, **kwargs: Any) -> bool:
         raise RuntimeError("outbox on fire")
 
 

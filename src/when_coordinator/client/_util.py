@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["RateLimitedLog", "approx_size", "jsonable"]
+__all__ = ["RateLimitedLog", "WireLogBatch", "approx_size", "jsonable", "log_size"]
 
 
 class RateLimitedLog:
@@ -39,6 +39,34 @@ class RateLimitedLog:
             message += " (%d similar messages suppressed)"
             args = (*args, suppressed)
         self._logger.log(level, message, *args, exc_info=exc_info)
+
+
+class WireLogBatch(list[dict[str, Any]]):
+    """Log entries already in wire form (``LogEntry.to_dict()``'s shape), as one batch.
+
+    The log exporter builds these directly from SDK records: one dict per record instead of a
+    ``LogEntry`` that the client thread would turn into the same dict again.
+    """
+
+    __slots__ = ()
+
+
+def log_size(message: str, fields: Mapping[str, Any] | None) -> int:
+    """The outbox's estimate for one log entry.
+
+    It runs on the caller's thread, so fields are counted shallowly: nested values count as
+    64 bytes each, which is enough to bound memory without walking them.
+    """
+    if not fields:
+        return 160 + len(message)
+    return (
+        160
+        + len(message)
+        + sum(
+            len(key) + (len(value) if isinstance(value, str) else 64)
+            for key, value in fields.items()
+        )
+    )
 
 
 def approx_size(value: Any, depth: int = 0) -> int:

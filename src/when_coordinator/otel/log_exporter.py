@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..client import Coordinator
-from ..client._util import RateLimitedLog, jsonable
-from ..protocol import LogEntry, LogLevel, format_timestamp
+from ..client._util import RateLimitedLog, WireLogBatch, jsonable, log_size
+from ..protocol import LogLevel, format_timestamp
 from . import attributes as attr
 from ._sdk_logs import ExportResult, LogExporterBase, record_of, scope_name_of
 from .tracking import get_coordinator, tracker_for
@@ -106,20 +106,27 @@ class CoordinationLogExporter(LogExporterBase):
         try:
             coordinator = self.coordinator
             tracker = tracker_for(coordinator)
-            entries: list[LogEntry] = []
+            wires: list[dict[str, Any]] = []
+            sizes: list[int] = []
             for item in batch:
                 if scope_name_of(item).startswith("when_coordinator"):
                     continue  # our own records: sending them could feed on itself
                 try:
-                    entries.append(self._entry(record_of(item), tracker.owner))
+                    wire = self._wire(record_of(item), tracker.owner)
                 except Exception:
                     self.errors += 1
                     self._warn.log(
                         logging.WARNING, "record", "unmappable log record", exc_info=True
                     )
-            for start in range(0, len(entries), self.max_batch):
-                coordinator.send_log_batch(entries[start : start + self.max_batch])
-            self.exported += len(entries)
+                    continue
+                wires.append(wire)
+                sizes.append(log_size(wire["message"], wire.get("fields")))
+            for start in range(0, len(wires), self.max_batch):
+                end = start + self.max_batch
+                coordinator._send_wire_log_batch(
+                    WireLogBatch(wires[start:end]), sum(sizes[start:end])
+                )
+            self.exported += len(wires)
             return ExportResult.SUCCESS
         except Exception:
             self.errors += 1
@@ -127,26 +134,28 @@ class CoordinationLogExporter(LogExporterBase):
             return ExportResult.FAILURE
 
     @staticmethod
-    def _entry(record: Any, owner_of: Any) -> LogEntry:
-        """Map one record; one pass over its attributes (the SDK's mapping locks per read)."""
+    def _wire(record: Any, owner_of: Any) -> dict[str, Any]:
+        """Map one record straight to its wire form (``LogEntry.to_dict()``'s keys, order and
+        omissions): this runs for every record, on a thread that shares the GIL with the
+        application's logging, so it builds one dict rather than a ``LogEntry`` and then a
+        dict. One pass over the attributes."""
         own: dict[str, Any] = {}
         ranks: dict[str, int] = {}
         fields: dict[str, Any] = {}
-        if record.attributes:
-            for key, value in record.attributes.items():
+        attributes = record.attributes
+        if attributes:
+            # The SDK's BoundedAttributes takes a lock on every read; the record is finished
+            # by the time it is exported, so its underlying dict is read directly when there.
+            items = getattr(attributes, "_dict", None)
+            if type(items) is not dict:
+                items = attributes
+            for key, value in items.items():
                 role = _ROLES.get(key)
                 if role is None:
                     fields[key] = value
                 elif value is not None and value != "" and role[1] < ranks.get(role[0], 99):
                     own[role[0]] = value
                     ranks[role[0]] = role[1]
-        trace_id = record.trace_id or 0
-        span_id = record.span_id or 0
-        workflow_id = own.get("workflow_id")
-        if workflow_id is None and span_id:
-            owner = owner_of(span_id)
-            if owner is not None:
-                workflow_id = owner[0]
         body = record.body
         if isinstance(body, str):
             message = body
@@ -154,23 +163,42 @@ class CoordinationLogExporter(LogExporterBase):
             message = ""
         else:
             message = json.dumps(jsonable(body), separators=(",", ":"))
-        line = own.get("source_line", 0)
         timestamp = record.timestamp or record.observed_timestamp
-        return LogEntry(
-            format_timestamp(timestamp) if timestamp else format_timestamp(),
-            level_for_severity(
+        wire: dict[str, Any] = {
+            "timestamp": format_timestamp(timestamp) if timestamp else format_timestamp(),
+            "level": level_for_severity(
                 getattr(record.severity_number, "value", None), record.severity_text
-            ),
-            message,
-            format(trace_id, "032x") if trace_id else "",
-            format(span_id, "016x") if span_id else "",
-            str(workflow_id or ""),
-            str(own.get("action_id") or ""),
-            str(own.get("correlation_id") or ""),
-            fields,  # made JSON-safe by the client only if it does not encode as it is
-            str(own.get("source_file") or ""),
-            line if isinstance(line, int) and not isinstance(line, bool) else 0,
-        )
+            ).value,
+            "message": message,
+        }
+        trace_id = record.trace_id
+        if trace_id:
+            wire["trace_id"] = format(trace_id, "032x")
+        span_id = record.span_id
+        if span_id:
+            wire["span_id"] = format(span_id, "016x")
+        workflow_id = own.get("workflow_id")
+        if workflow_id is None and span_id:
+            owner = owner_of(span_id)
+            if owner is not None:
+                workflow_id = owner[0]
+        if workflow_id:
+            wire["workflow_id"] = str(workflow_id)
+        if own:
+            for name in ("action_id", "correlation_id"):
+                value = own.get(name)
+                if value:
+                    wire[name] = str(value)
+        if fields:
+            wire["fields"] = fields  # made JSON-safe by the client only if it does not encode
+        if own:
+            source_file = own.get("source_file")
+            if source_file:
+                wire["source_file"] = str(source_file)
+            line = own.get("source_line")
+            if line and isinstance(line, int) and not isinstance(line, bool):
+                wire["source_line"] = line
+        return wire
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Deliver what the coordinator holds; True when nothing is left undelivered."""
