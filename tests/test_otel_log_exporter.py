@@ -16,6 +16,7 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, SimpleLogRec
 from opentelemetry.sdk.trace import TracerProvider
 
 from when_coordinator import Config, Coordinator, LogEntry, workflow
+from when_coordinator.client._util import log_size
 from when_coordinator.hub import LogRecord, ThreadedHub
 from when_coordinator.otel import CoordinationLogExporter, CoordinationSpanProcessor
 
@@ -219,9 +220,10 @@ WIRE_CASES = {
 def test_wire_form_is_exactly_what_a_log_entry_would_send(record: _Record) -> None:
     """The exporter builds wire dicts itself (no LogEntry per record): same keys, order, values
     and omissions as the protocol's own ``LogEntry.to_dict()``."""
-    wire = CoordinationLogExporter._wire(record, lambda span_id: None)
+    wire, size = CoordinationLogExporter._wire(record, lambda span_id: None)
     canonical = LogEntry.from_dict(wire).to_dict()
     assert list(wire.items()) == list(canonical.items())
+    assert size == log_size(wire["message"], wire.get("fields"))  # the outbox's estimate
     assert wire["timestamp"] == "2023-11-14T22:13:20.123456789Z"
 
 

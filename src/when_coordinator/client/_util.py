@@ -52,21 +52,21 @@ class WireLogBatch(list[dict[str, Any]]):
 
 
 def log_size(message: str, fields: Mapping[str, Any] | None) -> int:
-    """The outbox's estimate for one log entry.
+    """The outbox's estimate for one log entry, also what log batches are split by.
 
     It runs on the caller's thread, so fields are counted shallowly: nested values count as
-    64 bytes each, which is enough to bound memory without walking them.
+    64 bytes each, which is enough to bound memory without walking them. Text that is not
+    ASCII counts six bytes a character, as JSON escapes it (``\\u00e9``).
     """
-    if not fields:
-        return 160 + len(message)
-    return (
-        160
-        + len(message)
-        + sum(
-            len(key) + (len(value) if isinstance(value, str) else 64)
-            for key, value in fields.items()
-        )
-    )
+    size = 160 + (len(message) if message.isascii() else 6 * len(message))
+    if fields:
+        for key, value in fields.items():
+            size += len(key) + (
+                (len(value) if value.isascii() else 6 * len(value))
+                if isinstance(value, str)
+                else 64
+            )
+    return size
 
 
 def approx_size(value: Any, depth: int = 0) -> int:

@@ -502,14 +502,31 @@ class Coordinator:
                 )
         if not batch:
             return True
-        size = 80 + sum(_entry_size(entry) for entry in batch)
-        return self._enqueue(MessageType.LOG_BATCH, "", batch, size)
+        return self._enqueue_log_batches(batch, [_entry_size(entry) for entry in batch])
 
-    def _send_wire_log_batch(self, batch: WireLogBatch, size: int) -> bool:
+    def _send_wire_log_batch(self, batch: WireLogBatch, sizes: Sequence[int]) -> bool:
         """``send_log_batch`` for entries the caller built in wire form, each with its
         timestamp (the log exporter's path: one object per record fewer, and no conversion
-        on the client thread). ``size`` is the sum of ``log_size`` over the entries."""
-        return self._enqueue(MessageType.LOG_BATCH, "", batch, 80 + size)
+        on the client thread). ``sizes`` are their ``log_size`` estimates."""
+        return self._enqueue_log_batches(batch, sizes)
+
+    def _enqueue_log_batches(self, batch: Sequence[Any], sizes: Sequence[int]) -> bool:
+        """One ``log_batch``, or several when the entries would make a frame near the
+        ``max_frame_bytes`` limit (half of it, by estimate): a frame over it is dropped."""
+        budget = self.config.max_frame_bytes // 2
+        total = sum(sizes)
+        if total <= budget or len(batch) == 1:
+            return self._enqueue(MessageType.LOG_BATCH, "", batch, 80 + total)
+        accepted = True
+        start, size = 0, 0
+        for end, entry_size in enumerate(sizes):
+            if size and size + entry_size > budget:
+                part = batch[start:end]
+                accepted &= self._enqueue(MessageType.LOG_BATCH, "", part, 80 + size)
+                start, size = end, 0
+            size += entry_size
+        part = batch[start:]
+        return self._enqueue(MessageType.LOG_BATCH, "", part, 80 + size) and accepted
 
     def log_with_context(
         self,
@@ -820,6 +837,20 @@ class Coordinator:
                 except Exception as exc:
                     outbox.discard(entry, "cannot encode")
                     self._warn.log(logging.WARNING, "encode", "dropped a %s: %s", entry.type, exc)
+                    continue
+                # The hub closes a connection (1009) on a frame over its limit; resent after
+                # the reconnect, such a frame would stall everything behind it for good. The
+                # text is ASCII (non-ASCII is escaped), so its length is its size in bytes.
+                if len(entry.text) > self.config.max_frame_bytes:
+                    outbox.discard(entry, "larger than max_frame_bytes")
+                    self._warn.log(
+                        logging.WARNING,
+                        "frame size",
+                        "dropped a %s of %d bytes: over max_frame_bytes (%d)",
+                        entry.type,
+                        len(entry.text),
+                        self.config.max_frame_bytes,
+                    )
                     continue
                 # A resend uses the text: let the application's objects go now rather than
                 # when the hub acknowledges (fewer objects for the garbage collector to scan).

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from opentelemetry._logs import SeverityNumber
+
 from ..client import Coordinator
 from ..client._util import RateLimitedLog, WireLogBatch, jsonable, log_size
 from ..protocol import LogLevel, format_timestamp
@@ -65,6 +67,20 @@ def level_for_severity(number: int | None, text: str | None = None) -> LogLevel:
     return _SEVERITY_TEXT.get((text or "").lower(), LogLevel.INFO)
 
 
+_LEVEL_NAMES = tuple(level_for_severity(number).value if number else "" for number in range(25))
+
+
+def _level_name(severity: Any, text: str | None) -> str:
+    # The SDK's severities are SeverityNumber members; hashing an Enum runs Python code, so
+    # the level is found by the member's value instead.
+    if severity.__class__ is SeverityNumber and severity._value_:
+        return _LEVEL_NAMES[severity._value_]
+    return level_for_severity(getattr(severity, "value", None), text).value
+
+
+_NO_SCOPE = object()
+
+
 class CoordinationLogExporter(LogExporterBase):
     """A ``LogRecordExporter`` that sends to the hub; uses the default coordinator unless
     given one. Errors are counted in ``errors`` and never raised."""
@@ -108,11 +124,16 @@ class CoordinationLogExporter(LogExporterBase):
             tracker = tracker_for(coordinator)
             wires: list[dict[str, Any]] = []
             sizes: list[int] = []
+            scope: Any = _NO_SCOPE
+            ours = False
             for item in batch:
-                if scope_name_of(item).startswith("when_coordinator"):
+                if getattr(item, "instrumentation_scope", None) is not scope:  # few per batch
+                    scope = getattr(item, "instrumentation_scope", None)
+                    ours = scope_name_of(item).startswith("when_coordinator")
+                if ours:
                     continue  # our own records: sending them could feed on itself
                 try:
-                    wire = self._wire(record_of(item), tracker.owner)
+                    wire, size = self._wire(record_of(item), tracker.owner)
                 except Exception:
                     self.errors += 1
                     self._warn.log(
@@ -120,12 +141,10 @@ class CoordinationLogExporter(LogExporterBase):
                     )
                     continue
                 wires.append(wire)
-                sizes.append(log_size(wire["message"], wire.get("fields")))
+                sizes.append(size)
             for start in range(0, len(wires), self.max_batch):
                 end = start + self.max_batch
-                coordinator._send_wire_log_batch(
-                    WireLogBatch(wires[start:end]), sum(sizes[start:end])
-                )
+                coordinator._send_wire_log_batch(WireLogBatch(wires[start:end]), sizes[start:end])
             self.exported += len(wires)
             return ExportResult.SUCCESS
         except Exception:
@@ -134,21 +153,24 @@ class CoordinationLogExporter(LogExporterBase):
             return ExportResult.FAILURE
 
     @staticmethod
-    def _wire(record: Any, owner_of: Any) -> dict[str, Any]:
+    def _wire(record: Any, owner_of: Any) -> tuple[dict[str, Any], int]:
         """Map one record straight to its wire form (``LogEntry.to_dict()``'s keys, order and
-        omissions): this runs for every record, on a thread that shares the GIL with the
-        application's logging, so it builds one dict rather than a ``LogEntry`` and then a
-        dict. One pass over the attributes."""
+        omissions) and the outbox's size estimate for it (``log_size``).
+
+        This runs for every record, on a thread that shares the GIL with the application's
+        logging: it builds one dict rather than a ``LogEntry`` and then a dict, and makes one
+        pass over the attributes.
+        """
         own: dict[str, Any] = {}
-        ranks: dict[str, int] = {}
         fields: dict[str, Any] = {}
         attributes = record.attributes
-        if attributes:
+        if attributes is not None:
             # The SDK's BoundedAttributes takes a lock on every read; the record is finished
             # by the time it is exported, so its underlying dict is read directly when there.
             items = getattr(attributes, "_dict", None)
             if type(items) is not dict:
                 items = attributes
+            ranks: dict[str, int] = {}
             for key, value in items.items():
                 role = _ROLES.get(key)
                 if role is None:
@@ -166,9 +188,7 @@ class CoordinationLogExporter(LogExporterBase):
         timestamp = record.timestamp or record.observed_timestamp
         wire: dict[str, Any] = {
             "timestamp": format_timestamp(timestamp) if timestamp else format_timestamp(),
-            "level": level_for_severity(
-                getattr(record.severity_number, "value", None), record.severity_text
-            ).value,
+            "level": _level_name(record.severity_number, record.severity_text),
             "message": message,
         }
         trace_id = record.trace_id
@@ -198,7 +218,7 @@ class CoordinationLogExporter(LogExporterBase):
             line = own.get("source_line")
             if line and isinstance(line, int) and not isinstance(line, bool):
                 wire["source_line"] = line
-        return wire
+        return wire, log_size(message, fields)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Deliver what the coordinator holds; True when nothing is left undelivered."""

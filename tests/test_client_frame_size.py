@@ -1,0 +1,72 @@
+"""Frames over ``max_frame_bytes`` never reach the hub, which would close the connection (1009)
+on each and stall everything queued behind it; log batches are split below the limit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from scripted_server import fast_config
+from when_coordinator import Coordinator, LogEntry
+from when_coordinator.hub import Hub, ThreadedHub
+
+LIMIT = 64 * 1024
+WAIT = 10.0
+
+
+@pytest.fixture
+def hub() -> Iterator[ThreadedHub]:
+    with ThreadedHub(Hub(max_frame_bytes=LIMIT)) as running:
+        yield running
+
+
+@pytest.fixture
+def coordinator(hub: ThreadedHub) -> Iterator[Coordinator]:
+    client = Coordinator(fast_config(hub.url, max_frame_bytes=LIMIT))
+    client.connect()
+    assert client.wait_registered(WAIT)
+    yield client
+    client.close()
+
+
+def _hub_messages(hub: ThreadedHub, count: int) -> list[str]:
+    found = hub.wait_for(lambda h: h.logs if len(h.logs) >= count else None, WAIT)
+    assert found is not None, f"the hub has {len(hub.logs)} of {count} log records"
+    return [record.entry.message for record in found]
+
+
+def test_an_oversized_message_is_dropped_and_counted_and_the_rest_still_flows(
+    hub: ThreadedHub, coordinator: Coordinator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "when_coordinator")
+    coordinator.log_info("before")
+    coordinator.send_log(LogEntry(message="x" * (2 * LIMIT)))
+    coordinator.send_checkpoint("wf-1", "cp-1", state={"blob": "y" * (2 * LIMIT)})
+    coordinator.log_info("after")
+    assert coordinator.flush(WAIT)
+    assert _hub_messages(hub, 2) == ["before", "after"]
+    stats = coordinator.stats()
+    assert stats.dropped_by_kind == {"log": 1, "checkpoint": 1}
+    assert stats.drop_reasons == {"larger than max_frame_bytes": 2}
+    assert stats.sent == stats.delivered + stats.dropped
+    assert stats.reconnects == 0  # the hub never saw the frames it would have closed for
+    assert any("over max_frame_bytes" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("text", ["a" * 5_000, "\u00e9" * 1_500], ids=["ascii", "escaped"])
+def test_a_log_batch_near_the_limit_is_split_into_frames_that_fit(
+    hub: ThreadedHub, coordinator: Coordinator, text: str
+) -> None:
+    """40 entries of about 5 KB on the wire (1,500 'é' escape to 9 KB): 200-360 KB in all, so
+    one frame would be several times the limit."""
+    entries = [LogEntry(message=f"{i:03d} {text}") for i in range(40)]
+    assert coordinator.send_log_batch(entries)
+    assert coordinator.flush(WAIT)
+    messages = _hub_messages(hub, 40)
+    assert [m[:3] for m in messages] == [f"{i:03d}" for i in range(40)]
+    stats = coordinator.stats()
+    assert stats.dropped == 0
+    assert stats.sent > 4  # register aside, the batch went as several log_batch messages
+    assert stats.reconnects == 0
