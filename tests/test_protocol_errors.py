@@ -226,6 +226,21 @@ def test_unserialisable_payload_value_cannot_be_encoded() -> None:
         encode(message)
 
 
+def test_a_cycle_or_runaway_nesting_cannot_be_encoded() -> None:
+    looped: dict[str, Any] = {}
+    looped["self"] = looped
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    for state in (looped, deep):
+        message = Message(type=MessageType.CHECKPOINT, payload={"state": state})
+        with pytest.raises(ProtocolError, match="checkpoint"):
+            encode(message)
+    assert (
+        encode(Message(type=MessageType.PING, id="a", timestamp="")) == '{"id":"a","type":"ping"}'
+    )
+
+
 # ------------------------------------------------------------------ valid edge cases
 
 
