@@ -9,6 +9,7 @@ message types it does not know without rejecting them.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import json.scanner
@@ -367,19 +368,25 @@ class _Schema:
     @classmethod
     def from_dict(cls: type[_P], data: Mapping[str, Any]) -> _P:
         """Validate a decoded JSON object; absent or null fields take their defaults."""
-        if not isinstance(data, Mapping):
-            raise ProtocolError(f"{cls._NAME} payload must be an object, got {_json_type(data)}")
-        kwargs: dict[str, Any] = {}
-        for spec in cls._FIELDS:
-            value = data.get(spec.key)
-            if value is not None:
-                kwargs[spec.attr] = _check(cls._NAME, spec, value)
-        try:
-            return cls(**kwargs)
-        except ProtocolError:
-            raise
-        except (TypeError, ValueError) as exc:
-            raise ProtocolError(f"{cls._NAME} payload: {exc}") from None
+        return _generic_from_dict(cls, data)
+
+
+def _generic_from_dict(cls: type[_P], data: Mapping[str, Any]) -> _P:
+    """Validation read from the ``_FIELDS`` table (the reference for the compiled
+    ``from_dict`` of each payload class, and its path for anything but a plain dict)."""
+    if not isinstance(data, Mapping):
+        raise ProtocolError(f"{cls._NAME} payload must be an object, got {_json_type(data)}")
+    kwargs: dict[str, Any] = {}
+    for spec in cls._FIELDS:
+        value = data.get(spec.key)
+        if value is not None:
+            kwargs[spec.attr] = _check(cls._NAME, spec, value)
+    try:
+        return cls(**kwargs)
+    except ProtocolError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"{cls._NAME} payload: {exc}") from None
 
 
 def _generic_to_dict(payload: _Schema) -> dict[str, Any]:
@@ -416,6 +423,86 @@ def _compile_to_dict(specs: tuple[_Field, ...]) -> Callable[[Any], dict[str, Any
     exec("\n".join(lines), namespace)  # code built from the tables above, never from input
     function: Callable[[Any], dict[str, Any]] = namespace["to_dict"]
     function.__doc__ = _Schema.to_dict.__doc__
+    return function
+
+
+# The type test each kind passes without a call to ``_check`` (which handles the rest: str
+# subclasses, the errors); "{v}" is the value's variable.
+_FAST_TESTS: dict[str, str] = {
+    "str": "type({v}) is str",
+    "time": (
+        "type({v}) is str and (not {v} or ({v}[:19] in _known_seconds"
+        " and _match_timestamp_tail({v}, 19) is not None))"
+    ),
+    "bool": "type({v}) is bool",
+    "int": "type({v}) is int",
+    "number": "type({v}) is float or type({v}) is int",
+    "object": "type({v}) is dict",
+}
+_PHASES_BY_VALUE: dict[str, Phase] = {phase.value: phase for phase in Phase}
+
+
+def _compile_from_dict(cls: type[_Schema]) -> Callable[[Any, Any], Any] | None:
+    """A ``from_dict`` unrolled from a payload dataclass's ``_FIELDS`` table.
+
+    The hub validates every payload it receives, and the table-driven loop with the dataclass
+    ``__init__`` behind it costs more than decoding the frame did. The unrolled form tests each
+    value's type inline, calls ``_check`` only for what it cannot pass (so errors read the
+    same), and fills the frozen instance's ``__dict__`` at once. None when the class does not
+    fit the pattern (it keeps the generic path).
+    """
+    specs = cls._FIELDS
+    if not dataclasses.is_dataclass(cls) or cls.__dict__.get("__slots__") is not None:
+        return None
+    fields_by_name = {f.name: f for f in dataclasses.fields(cls)}
+    if not specs or set(fields_by_name) != {spec.attr for spec in specs}:
+        return None
+    namespace: dict[str, Any] = {
+        "_generic_from_dict": _generic_from_dict,
+        "_check": _check,
+        "_known_seconds": _known_seconds,
+        "_match_timestamp_tail": _match_timestamp_tail,
+        "_PHASES_BY_VALUE": _PHASES_BY_VALUE,
+        "_new": object.__new__,
+        "_set": object.__setattr__,
+        "_NAME": cls._NAME,
+    }
+    lines = [
+        "def from_dict(cls, data):",
+        "    if type(data) is not dict:",
+        "        return _generic_from_dict(cls, data)",
+        "    get = data.get",
+    ]
+    for index, spec in enumerate(specs):
+        v = f"v{index}"
+        namespace[f"_spec{index}"] = spec
+        known = fields_by_name[spec.attr]
+        if known.default is not dataclasses.MISSING:
+            namespace[f"_default{index}"] = known.default
+            default = f"_default{index}"
+        else:  # a default_factory: a fresh value each time, as __init__ would make
+            namespace[f"_factory{index}"] = known.default_factory
+            default = f"_factory{index}()"
+        lines.append(f"    {v} = get({spec.key!r})")
+        lines.append(f"    if {v} is None:")
+        lines.append(f"        {v} = {default}")
+        if spec.kind in ("phase", "phase?"):
+            lines.append(f"    elif type({v}) is str and {v} in _PHASES_BY_VALUE:")
+            lines.append(f"        {v} = _PHASES_BY_VALUE[{v}]")
+        elif spec.kind in _FAST_TESTS:
+            lines.append(f"    elif {_FAST_TESTS[spec.kind].format(v=v)}:")
+            lines.append("        pass")
+        lines.append("    else:")
+        lines.append(f"        {v} = _check(_NAME, _spec{index}, {v})")
+    entries = ", ".join(f"{spec.attr!r}: v{index}" for index, spec in enumerate(specs))
+    lines.append("    obj = _new(cls)")
+    lines.append(f"    _set(obj, '__dict__', {{{entries}}})")
+    if hasattr(cls, "__post_init__"):
+        lines.append("    obj.__post_init__()")
+    lines.append("    return obj")
+    exec("\n".join(lines), namespace)  # code built from the tables above, never from input
+    function: Callable[[Any, Any], Any] = namespace["from_dict"]
+    function.__doc__ = _Schema.from_dict.__doc__
     return function
 
 
@@ -750,6 +837,18 @@ PAYLOAD_TYPES: Mapping[MessageType, type[Payload]] = {
     MessageType.CANCEL: CancelPayload,
 }
 """The payload class of each message type."""
+
+
+def _install_compiled_from_dict() -> None:
+    # After the dataclass decorators ran: the compiled code needs each class's defaults.
+    for cls in {LogEntry, *PAYLOAD_TYPES.values()}:
+        if "from_dict" not in cls.__dict__:  # LogPayload has its own
+            compiled = _compile_from_dict(cls)
+            if compiled is not None:
+                cls.from_dict = classmethod(compiled)  # type: ignore[method-assign,assignment]
+
+
+_install_compiled_from_dict()
 
 
 # --------------------------------------------------------------------------- the envelope
