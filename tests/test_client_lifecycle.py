@@ -37,7 +37,7 @@ def test_close_delivers_what_is_queued_and_closes_with_1000() -> None:
         assert coordinator.wait_registered(5)
         thread = client_thread(coordinator)
         for i in range(500):
-            coordinator.send_progress("wf-1", "act", i / 5)
+            coordinator.send_progress(f"wf-{i}", "act", i / 5)  # distinct: none coalesced
         coordinator.log_info("done")
         coordinator.close(5.0)
         assert not thread.is_alive()
@@ -184,7 +184,7 @@ EXIT_SCRIPT = textwrap.dedent(
     )
     coordinator.connect()
     for i in range(200):
-        coordinator.send_progress("wf-exit", "act", i / 2, message=f"step {i}")
+        coordinator.send_progress(f"wf-exit-{i}", "act", i / 2, message=f"step {i}")
     coordinator.log_info("last words")
     # No close(): the exit handler delivers what is queued.
     """

@@ -134,35 +134,74 @@ def test_an_incoming_log_is_dropped_when_only_progress_and_state_are_left() -> N
     check_accounting(outbox)
 
 
-def test_progress_of_the_same_workflow_is_coalesced_before_others_are_shed() -> None:
-    make, outbox = Maker(), Outbox(4, 10_000)
+def test_progress_replaces_its_workflows_queued_progress_where_it_stands() -> None:
+    make, outbox = Maker(), Outbox(10, 10_000)
     outbox.put(make(PROGRESS, wf="a"))  # 1
     outbox.put(make(PROGRESS, wf="b"))  # 2
-    outbox.put(make(STATE, wf="a"))  # 3
-    outbox.put(make(PROGRESS, wf="a"))  # 4
-    assert outbox.put(make(PROGRESS, wf="a")) is True  # 5 supersedes 4, the latest of "a"
-    assert bodies(outbox) == [
-        ("progress", 1),
-        ("progress", 2),
-        ("workflow_created", 3),
-        ("progress", 5),
-    ]
-    assert outbox.drop_reasons == {"superseded by newer progress": 1}
-    assert outbox.put(make(PROGRESS, wf="a")) is True  # 6 supersedes 5
-    assert outbox.put(make(PROGRESS, wf="b")) is True  # 7 supersedes 2
-    assert bodies(outbox) == [
-        ("progress", 1),
-        ("workflow_created", 3),
-        ("progress", 6),
-        ("progress", 7),
-    ]
-    assert [e.body for e in drain(outbox)] == bodies_after(outbox, [1, 3, 6, 7])
+    outbox.put(make(STATE, wf="c"))  # 3, another workflow's state: no barrier for "a"
+    assert outbox.put(make(PROGRESS, wf="a")) is True  # 4 replaces 1
+    assert outbox.put(make(PROGRESS, wf="b")) is True  # 5 replaces 2
+    assert outbox.put(make(PROGRESS, wf="a")) is True  # 6 replaces 4
+    expected = [("progress", 6), ("progress", 5), ("workflow_created", 3)]
+    assert bodies(outbox) == expected
+    assert (outbox.accepted, outbox.coalesced, outbox.dropped_total) == (3, 3, 0)
+    assert [e.body for e in drain(outbox)] == expected
     check_accounting(outbox)
 
 
-def bodies_after(outbox: Outbox, numbers: list[int]) -> list[tuple[str, int]]:
-    kinds = {3: "workflow_created"}
-    return [(kinds.get(n, "progress"), n) for n in numbers]
+def test_progress_is_not_moved_ahead_of_its_workflows_state() -> None:
+    """A phase change queued after a progress of the same workflow is a barrier: the next
+    progress is queued behind it, so the hub sees the transition before the new progress."""
+    make, outbox = Maker(), Outbox(10, 10_000)
+    outbox.put(make(PROGRESS, wf="a"))  # 1
+    outbox.put(make(MessageType.PHASE_CHANGED, wf="a", phase_seq=1))  # 2
+    outbox.put(make(PROGRESS, wf="a"))  # 3: behind 2, not into 1
+    outbox.put(make(PROGRESS, wf="a"))  # 4 replaces 3
+    assert bodies(outbox) == [("progress", 1), ("phase_changed", 2), ("progress", 4)]
+    assert outbox.coalesced == 1
+    taken = drain(outbox)  # 1, 2 and 4 in flight: nothing queued to replace
+    outbox.put(make(PROGRESS, wf="a"))  # 5
+    assert [e.body for e in taken] == [("progress", 1), ("phase_changed", 2), ("progress", 4)]
+    assert bodies(outbox) == [("progress", 5)]
+    assert outbox.coalesced == 1
+    check_accounting(outbox)
+
+
+def test_requeued_entries_keep_the_order_rule() -> None:
+    make, outbox = Maker(), Outbox(10, 10_000)
+    outbox.put(make(PROGRESS, wf="a"))  # 1
+    outbox.put(make(MessageType.PHASE_CHANGED, wf="a", phase_seq=1))  # 2
+    sent = drain(outbox)
+    sent[0].text = '{"old": "frame"}'
+    outbox.requeue()  # both back at the front, 2 still after 1
+    outbox.put(make(PROGRESS, wf="a"))  # 3: must stay behind 2
+    assert bodies(outbox) == [("progress", 1), ("phase_changed", 2), ("progress", 3)]
+    outbox.put(make(PROGRESS, wf="b"))  # 4
+    for entry in drain(outbox):
+        if entry.wf == "b":
+            entry.text = '{"old": "b"}'  # as if sent
+    outbox.requeue()
+    outbox.put(make(PROGRESS, wf="b"))  # 5 replaces the requeued 4, and its old text
+    assert bodies(outbox)[-1] == ("progress", 5)
+    assert [e.text for e in outbox if e.wf == "b"] == [None]
+    assert sent[0].text == '{"old": "frame"}'  # 1 was not touched: it resends as it was
+    check_accounting(outbox)
+
+
+def test_a_replacement_counts_its_own_size_and_respects_the_byte_bound() -> None:
+    make, outbox = Maker(), Outbox(10, 100)
+    outbox.put(make(PROGRESS, wf="a", size=30))  # 1
+    outbox.put(make(LOG, size=40))  # 2
+    outbox.put(make(PROGRESS, wf="a", size=50))  # 3 replaces 1: 50 + 40 fits
+    assert outbox.bytes == 90
+    assert outbox.coalesced == 1
+    # 70 + 40 does not fit: the bound is enforced as for any new entry (logs first, then the
+    # superseded progress itself, both counted), and the newest progress stays.
+    outbox.put(make(PROGRESS, wf="a", size=70))  # 4
+    assert outbox.bytes == 70
+    assert outbox.dropped == {"log": 1, "progress": 1}
+    assert bodies(outbox) == [("progress", 4)]
+    check_accounting(outbox)
 
 
 def test_progress_of_a_new_workflow_sheds_the_oldest_progress() -> None:
@@ -227,17 +266,6 @@ def test_confirm_delivers_and_requeue_puts_unacknowledged_entries_back_in_order(
     outbox.confirm(10)  # more than in flight: only what is there
     assert outbox.delivered == 5
     assert outbox.pending == 0
-    check_accounting(outbox)
-
-
-def test_requeued_progress_can_still_be_coalesced() -> None:
-    make, outbox = Maker(), Outbox(2, 10_000)
-    outbox.put(make(PROGRESS, wf="a"))
-    drain(outbox)
-    outbox.requeue()
-    outbox.put(make(STATE))
-    assert outbox.put(make(PROGRESS, wf="a")) is True
-    assert bodies(outbox) == [("workflow_created", 2), ("progress", 3)]
     check_accounting(outbox)
 
 
@@ -316,6 +344,53 @@ def test_random_operations_keep_every_message_accounted_for(seed: int) -> None:
     check_accounting(outbox)
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_coalescing_never_moves_progress_ahead_of_its_workflows_state(seed: int) -> None:
+    """Random puts, takes, acknowledgements and requeues: in the order messages first leave
+    the outbox, no workflow's progress carries a value newer than a state message that
+    leaves after it, state messages leave in order, and the newest progress of each workflow
+    that was never shed is the last one to leave."""
+    rng = random.Random(seed)
+    make, outbox = Maker(), Outbox(10_000, 10**9)  # no shedding: order alone is under test
+    first_out: dict[str, list[tuple[str, int]]] = {}
+    seen: set[int] = set()
+    newest_progress: dict[str, int] = {}
+
+    def take_one() -> None:
+        entry = outbox.take()
+        if entry is not None and entry.body[1] not in seen:
+            seen.add(entry.body[1])
+            first_out.setdefault(entry.wf, []).append(entry.body)
+
+    for _ in range(3000):
+        op = rng.random()
+        wf = f"wf{rng.randint(0, 2)}"
+        if op < 0.35:
+            outbox.put(make(PROGRESS, wf=wf))
+            newest_progress[wf] = make.n
+        elif op < 0.5:
+            outbox.put(make(MessageType.PHASE_CHANGED, wf=wf, phase_seq=make.n))
+        elif op < 0.85:
+            take_one()
+        elif op < 0.95:
+            outbox.confirm(rng.randint(0, 3))
+        else:
+            outbox.requeue()
+    while outbox.queued:
+        take_one()
+    assert outbox.coalesced > 0
+    for wf, sent in first_out.items():
+        states = [n for kind, n in sent if kind == "phase_changed"]
+        assert states == sorted(states), wf
+        for index, (kind, n) in enumerate(sent):
+            if kind == "progress":
+                later_states = [m for k, m in sent[index + 1 :] if k == "phase_changed"]
+                assert all(n < m for m in later_states), (wf, n, later_states)
+        progress = [n for kind, n in sent if kind == "progress"]
+        assert progress[-1] == newest_progress[wf], wf
+    check_accounting(outbox)
+
+
 def test_concurrent_producers_lose_nothing_unaccounted() -> None:
     outbox = Outbox(500, 1_000_000)
     threads = 8
@@ -371,7 +446,7 @@ def test_sends_never_block_even_when_the_hub_stops_reading() -> None:
         started = time.perf_counter()
         for i in range(20_000):
             before = time.perf_counter()
-            coordinator.send_progress(f"wf-{i % 50}", "act", i % 100, message="x" * 200)
+            coordinator.send_progress(f"wf-{i}", "act", i % 100, message="x" * 200)
             slowest = max(slowest, time.perf_counter() - before)
         elapsed = time.perf_counter() - started
         stats = coordinator.stats()
@@ -394,25 +469,46 @@ def test_past_the_bounds_sent_equals_delivered_plus_dropped() -> None:
         for i in range(40):
             coordinator.log_info(f"log {i}")
         before = coordinator.stats()
-        assert before.sent == 80
+        assert before.coalesced == 27  # one queued progress per workflow, the newest
+        assert before.sent == 53
         assert before.queued == 20
-        assert before.dropped_by_kind == {"progress": 20, "log": 40}
-        assert before.drop_reasons == {"superseded by newer progress": 20, "outbox full": 40}
+        assert before.dropped_by_kind == {"log": 33}
+        assert before.drop_reasons == {"outbox full": 33}
 
         coordinator.connect()
         assert coordinator.flush(10)
         stats = coordinator.stats()
         assert stats.sent == stats.delivered + stats.dropped
         assert stats.delivered == 20
-        assert stats.dropped == 60
+        assert stats.dropped == 33
         assert stats.queued == stats.inflight == 0
         server.barrier()
         received = server.app_frames()
         assert len(received) == stats.delivered
-        assert Counter(f.type for f in received) == {"workflow_created": 10, "progress": 10}
-        # Coalescing keeps the newest progress of every workflow.
+        counts = Counter(f.type for f in received)
+        assert counts == {"workflow_created": 10, "progress": 3, "log": 7}
         latest = {f.workflow_id: f.payload["percent"] for f in received if f.type == "progress"}
         assert latest == {"wf-p0": 27, "wf-p1": 28, "wf-p2": 29}
+        logs = [f.payload["message"] for f in received if f.type == "log"]
+        assert logs == [f"log {i}" for i in range(33, 40)]  # the oldest logs were shed
+        coordinator.close()
+
+
+def test_a_burst_of_progress_reaches_the_hub_as_its_newest_value() -> None:
+    with ScriptedServer() as server:
+        coordinator = Coordinator(fast_config(server.url))
+        for i in range(1000):  # not connected yet: all of it waits in the outbox
+            coordinator.send_progress("wf-burst", "act", i / 10, message=f"step {i}")
+        coordinator.send_progress("wf-other", "act", 1.0)
+        coordinator.connect()
+        assert coordinator.flush(10)
+        server.barrier()
+        progress = [(f.workflow_id, f.payload) for f in server.of_type("progress")]
+        assert [wf for wf, _ in progress] == ["wf-burst", "wf-other"]
+        assert progress[0][1]["percent"] == 99.9
+        assert progress[0][1]["message"] == "step 999"
+        stats = coordinator.stats()
+        assert (stats.sent, stats.coalesced, stats.delivered, stats.dropped) == (2, 999, 2, 0)
         coordinator.close()
 
 

@@ -21,7 +21,7 @@ from when_coordinator.protocol import (
     ProgressPayload,
     ProtocolError,
 )
-from when_coordinator.protocol.messages import _generic_from_dict, _generic_to_dict, _Schema
+from when_coordinator.protocol.messages import _generic_from_dict, _generic_to_dict
 
 
 @pytest.mark.parametrize("message_type", list(PAYLOADS), ids=str)
@@ -67,7 +67,7 @@ def test_every_payload_class_but_the_special_ones_has_a_compiled_from_dict() -> 
     for cls in COMPILED:
         if cls is EmptyPayload:
             continue  # no fields: the generic loop is already nothing
-        assert cls.from_dict.__func__ is not _Schema.from_dict.__func__, cls  # type: ignore[attr-defined]
+        assert "from_dict" in vars(cls), cls  # installed on the class itself, not _Schema's
 
 
 # Values of every JSON type, with those a type test could confuse: bools beside ints,

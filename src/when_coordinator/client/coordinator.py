@@ -81,8 +81,10 @@ class CoordinatorStats:
     """Counters of one coordinator; ``sent == delivered + dropped + queued + inflight``.
 
     ``sent`` counts every message the application handed over, ``dropped_by_kind`` the ones shed
-    (by message type) and ``drop_reasons`` why. Inbound frames the client refused are counted
-    in ``inbound_dropped`` by reason.
+    (by message type) and ``drop_reasons`` why. A progress update that replaced the same
+    workflow's progress while that was still queued is not a message of its own: it counts in
+    ``coalesced``, not in ``sent``. Inbound frames the client refused are counted in
+    ``inbound_dropped`` by reason.
     """
 
     sent: int
@@ -100,6 +102,7 @@ class CoordinatorStats:
     connect_failures: int
     received: int
     inbound_dropped: Mapping[str, int]
+    coalesced: int = 0
 
 
 @dataclass(frozen=True)
@@ -590,6 +593,7 @@ class Coordinator:
             connect_failures=self._connect_failures,
             received=self._received,
             inbound_dropped=dict(self._inbound_dropped),
+            coalesced=counts.coalesced,
         )
 
     # ------------------------------------------------------------------ the client thread

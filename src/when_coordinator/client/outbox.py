@@ -4,6 +4,12 @@ Application threads only ``put``; the connection's thread ``take``s, sends, and 
 ``confirm``s what the hub acknowledged or ``requeue``s it after a drop. Memory is bounded by
 message count and by approximate bytes, including what is sent but not yet acknowledged.
 
+Progress is a latest-value report: a ``progress`` for a workflow whose previous ``progress``
+is still queued (not yet sent) replaces that one where it stands, unless a workflow-state
+message of the same workflow was queued after it (which would then arrive out of order). A
+burst of updates therefore costs the hub one message per workflow, and each replacement is
+counted in ``coalesced``.
+
 When full, the outbox sheds in a fixed order that protects workflow state: the oldest log
 first, then a superseded progress of the same workflow, then the oldest progress, and the oldest
 workflow-state message (``workflow_created``, ``phase_changed``, ``checkpoint``, ``error``) only
@@ -99,6 +105,7 @@ class OutboxCounters(NamedTuple):
     queued: int
     inflight: int
     bytes: int
+    coalesced: int
 
 
 class Outbox:
@@ -110,7 +117,8 @@ class Outbox:
         self._lock = threading.Lock()
         self._lanes: tuple[deque[Entry], ...] = (deque(), deque(), deque())
         self._inflight: deque[Entry] = deque()
-        self._latest_progress: dict[str, Entry] = {}
+        self._latest_progress: dict[str, Entry] = {}  # queued, not in flight
+        self._latest_state: dict[str, int] = {}  # seq of a workflow's newest queued state entry
         self._pending_phase: dict[str, int] = {}
         self._tombstones = 0
         self._count = 0  # live entries in lanes and in flight
@@ -124,6 +132,7 @@ class Outbox:
         self.dropped: Counter[str] = Counter()
         self.drop_reasons: Counter[str] = Counter()
         self.dropped_total = 0
+        self.coalesced = 0
 
     # ------------------------------------------------------------------ producer side
 
@@ -131,6 +140,8 @@ class Outbox:
         """Queue ``entry``, shedding by policy if full; False when ``entry`` itself was shed."""
         wake = None
         with self._lock:
+            if entry.lane == LANE_PROGRESS and self._coalesce(entry):
+                return True  # the consumer was already woken for the entry it replaced
             self.accepted += 1
             if entry.size > self.max_bytes:
                 self._count_drop(entry, "larger than the outbox byte bound")
@@ -147,13 +158,31 @@ class Outbox:
             self._bytes += entry.size
             if entry.lane == LANE_PROGRESS:
                 self._latest_progress[entry.wf] = entry
-            elif entry.phase_seq >= 0:
-                self._pending_phase[entry.wf] = entry.phase_seq
+            elif entry.lane == LANE_STATE and entry.wf:
+                self._latest_state[entry.wf] = entry.seq
+                if entry.phase_seq >= 0:
+                    self._pending_phase[entry.wf] = entry.phase_seq
             if self._waiting:
                 self._waiting = False
                 wake = self._on_wakeup
         if wake is not None:
             wake()
+        return True
+
+    def _coalesce(self, entry: Entry) -> bool:
+        """Put ``entry``'s content into its workflow's queued progress, if that keeps order."""
+        queued = self._latest_progress.get(entry.wf)
+        if queued is None or self._latest_state.get(entry.wf, 0) > queued.seq:
+            return False
+        growth = entry.size - queued.size
+        if growth > 0 and self._bytes + growth > self.max_bytes:
+            return False  # let put() shed for it
+        queued.body = entry.body
+        queued.time_ns = entry.time_ns
+        queued.text = None  # a requeued entry's text says the old values
+        queued.size = entry.size
+        self._bytes += growth
+        self.coalesced += 1
         return True
 
     def reject(self, message_type: MessageType | str, reason: str) -> None:
@@ -215,8 +244,14 @@ class Outbox:
         if entry.lane == LANE_PROGRESS:
             if self._latest_progress.get(entry.wf) is entry:
                 del self._latest_progress[entry.wf]
-        elif entry.phase_seq >= 0 and self._pending_phase.get(entry.wf) == entry.phase_seq:
-            del self._pending_phase[entry.wf]
+        else:
+            self._unqueue_state(entry)
+            if entry.phase_seq >= 0 and self._pending_phase.get(entry.wf) == entry.phase_seq:
+                del self._pending_phase[entry.wf]
+
+    def _unqueue_state(self, entry: Entry) -> None:
+        if entry.lane == LANE_STATE and self._latest_state.get(entry.wf) == entry.seq:
+            del self._latest_state[entry.wf]
 
     def _count_drop(self, entry: Entry, reason: str) -> None:
         self.dropped[str(entry.type)] += 1
@@ -241,8 +276,11 @@ class Outbox:
                 self._waiting = True
                 return None
             self._lanes[best.lane].popleft()
-            if best.lane == LANE_PROGRESS and self._latest_progress.get(best.wf) is best:
-                del self._latest_progress[best.wf]
+            if best.lane == LANE_PROGRESS:
+                if self._latest_progress.get(best.wf) is best:
+                    del self._latest_progress[best.wf]
+            else:
+                self._unqueue_state(best)
             self._inflight.append(best)
             self._inflight_bytes += best.size
             return best
@@ -276,8 +314,16 @@ class Outbox:
             while self._inflight:
                 entry = self._inflight.pop()
                 self._lanes[entry.lane].appendleft(entry)
-                if entry.lane == LANE_PROGRESS and entry.wf not in self._latest_progress:
-                    self._latest_progress[entry.wf] = entry
+                if entry.lane == LANE_PROGRESS:
+                    if entry.wf not in self._latest_progress:
+                        self._latest_progress[entry.wf] = entry
+                elif (
+                    entry.lane == LANE_STATE
+                    and entry.wf
+                    and entry.seq > self._latest_state.get(entry.wf, 0)
+                ):
+                    # Back in the queue, it again orders the workflow's later progress.
+                    self._latest_state[entry.wf] = entry.seq
             return moved
 
     def clear(self, reason: str) -> None:
@@ -306,6 +352,7 @@ class Outbox:
                 queued=self._count - inflight,
                 inflight=inflight,
                 bytes=self._bytes,
+                coalesced=self.coalesced,
             )
 
     def phase_pending(self, workflow_id: str, phase_seq: int) -> bool:
