@@ -3,10 +3,11 @@
 Three comparisons, each measured in one run against the same kind of server:
 
 1. ``send_progress`` throughput (to distinct workflows, so that none is coalesced): messages
-   per second from the first call until the server has counted all of them, beside a raw ``websockets`` client sending the same number of
-   pre-encoded ``progress`` frames. Target: at least 0.6x the raw throughput (that is, at most
-   1/0.6 the cost per message), although ours builds, encodes and acknowledges every message
-   on its own thread while the application thread only enqueues.
+   per second from the first call until the server has counted all of them, beside a raw
+   ``websockets`` client sending the same number of pre-encoded ``progress`` frames. Target:
+   at least 0.6x the raw throughput (that is, at most 1/0.6 the cost per message), although
+   ours builds, encodes and acknowledges every message on its own thread while the
+   application thread only enqueues.
 2. Logging throughput: records per second from ``logging`` through ``CoordinatorLogHandler``
    and a ``LogForwarder`` (batches of 100) until the server has counted every entry, beside
    raw ``websockets`` sending the same number of pre-encoded ``log`` frames (one per record).

@@ -4,13 +4,17 @@ on each and stall everything queued behind it; log batches are split below the l
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 
 import pytest
+from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 
-from scripted_server import fast_config
-from when_coordinator import Coordinator, LogEntry
+from scripted_server import ScriptedServer, fast_config
+from when_coordinator import Coordinator, LogEntry, Phase
 from when_coordinator.hub import Hub, ThreadedHub
+from when_coordinator.otel import CoordinationLogExporter
 
 LIMIT = 64 * 1024
 WAIT = 10.0
@@ -69,4 +73,63 @@ def test_a_log_batch_near_the_limit_is_split_into_frames_that_fit(
     stats = coordinator.stats()
     assert stats.dropped == 0
     assert stats.sent > 4  # register aside, the batch went as several log_batch messages
+    assert stats.reconnects == 0
+
+
+def test_an_oversized_state_replayed_after_a_reconnect_is_not_sent_either() -> None:
+    """After registering again the client re-sends each workflow's phase ahead of the queue;
+    a transition whose reason is over the limit must not be that frame (each reconnect would
+    meet a 1009 close again)."""
+    with ScriptedServer() as server:
+        client = Coordinator(fast_config(server.url, max_frame_bytes=LIMIT))
+        client.connect()
+        assert client.wait_registered(WAIT)
+        client.phases.register_workflow("wf-big")
+        client.phases.transition_to("wf-big", Phase.PRE_FLIGHT, "x" * (2 * LIMIT))
+        client.log_info("before the reconnect")
+        assert client.flush(WAIT)
+        server.close_connection(1011)
+        server.wait_count("register", 2)
+        client.log_info("after the reconnect")
+        assert client.flush(WAIT)
+        server.barrier()
+        client.close()
+    frames = server.snapshot()
+    assert max(len(frame.text) for frame in frames) <= LIMIT
+    logs = [f.payload["message"] for f in frames if f.type == "log"]
+    assert logs == ["before the reconnect", "after the reconnect"]
+    assert server.count("register") == 2
+    stats = client.stats()
+    assert stats.drop_reasons == {"larger than max_frame_bytes": 1}
+    assert stats.reconnects == 1
+
+
+def test_exporter_batches_split_below_the_limit_all_arrive(hub: ThreadedHub) -> None:
+    """The log exporter's batches (entries already in wire form) split like any other."""
+    client = Coordinator(fast_config(hub.url, max_frame_bytes=LIMIT))
+    client.connect()
+    assert client.wait_registered(WAIT)
+    provider = LoggerProvider()
+    provider.add_log_record_processor(
+        BatchLogRecordProcessor(CoordinationLogExporter(client), max_export_batch_size=100)
+    )
+    with warnings.catch_warnings():  # the SDK handler is deprecated in favour of contrib's
+        warnings.simplefilter("ignore", DeprecationWarning)
+        handler = LoggingHandler(logger_provider=provider)
+    logger = logging.getLogger("tests.frame_size.exporter")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for i in range(40):
+            logger.warning("%03d %s", i, "t" * 5_000)
+        assert provider.force_flush(int(WAIT * 1000))
+        assert client.flush(WAIT)
+        messages = _hub_messages(hub, 40)
+    finally:
+        logger.removeHandler(handler)
+        provider.shutdown()
+        client.close()
+    assert [m[:3] for m in messages] == [f"{i:03d}" for i in range(40)]
+    stats = client.stats()
+    assert stats.dropped == 0
     assert stats.reconnects == 0

@@ -19,6 +19,7 @@ from when_coordinator.client.outbox import (
     LANE_STATE,
     Entry,
     Outbox,
+    ProgressBody,
     lane_of,
 )
 
@@ -28,20 +29,37 @@ LOG = MessageType.LOG
 
 
 class Maker:
-    """Entries with recognisable bodies: ``(kind, n)``."""
+    """Entries with recognisable bodies: ``(kind, n)``, and for progress what
+    ``send_progress`` queues, with ``n`` as its percent (``label`` reads either)."""
 
     def __init__(self) -> None:
         self.n = 0
 
     def __call__(
-        self, kind: MessageType, wf: str = "wf", size: int = 10, phase_seq: int = -1
+        self,
+        kind: MessageType,
+        wf: str = "wf",
+        size: int = 10,
+        phase_seq: int = -1,
+        stage: str = "",
+        action_id: str = "",
     ) -> Entry:
         self.n += 1
-        return Entry(kind, wf, (str(kind), self.n), size, time.time_ns(), phase_seq)
+        body: object = (str(kind), self.n)
+        if kind is PROGRESS:
+            body = ProgressBody(action_id, float(self.n), stage, "", 0, 0)
+        return Entry(kind, wf, body, size, time.time_ns(), phase_seq)
+
+
+def label(body: object) -> tuple[str, int]:
+    if isinstance(body, ProgressBody):
+        return ("progress", int(body.percent))
+    assert isinstance(body, tuple)
+    return (body[0], body[1])
 
 
 def bodies(outbox: Outbox) -> list[tuple[str, int]]:
-    return [entry.body for entry in outbox]
+    return [label(entry.body) for entry in outbox]
 
 
 def drain(outbox: Outbox) -> list[Entry]:
@@ -145,7 +163,7 @@ def test_progress_replaces_its_workflows_queued_progress_where_it_stands() -> No
     expected = [("progress", 6), ("progress", 5), ("workflow_created", 3)]
     assert bodies(outbox) == expected
     assert (outbox.accepted, outbox.coalesced, outbox.dropped_total) == (3, 3, 0)
-    assert [e.body for e in drain(outbox)] == expected
+    assert [label(e.body) for e in drain(outbox)] == expected
     check_accounting(outbox)
 
 
@@ -161,30 +179,64 @@ def test_progress_is_not_moved_ahead_of_its_workflows_state() -> None:
     assert outbox.coalesced == 1
     taken = drain(outbox)  # 1, 2 and 4 in flight: nothing queued to replace
     outbox.put(make(PROGRESS, wf="a"))  # 5
-    assert [e.body for e in taken] == [("progress", 1), ("phase_changed", 2), ("progress", 4)]
+    assert [label(e.body) for e in taken] == [
+        ("progress", 1),
+        ("phase_changed", 2),
+        ("progress", 4),
+    ]
     assert bodies(outbox) == [("progress", 5)]
     assert outbox.coalesced == 1
     check_accounting(outbox)
 
 
-def test_requeued_entries_keep_the_order_rule() -> None:
+def test_requeued_entries_keep_the_order_rule_and_are_never_rewritten() -> None:
     make, outbox = Maker(), Outbox(10, 10_000)
     outbox.put(make(PROGRESS, wf="a"))  # 1
     outbox.put(make(MessageType.PHASE_CHANGED, wf="a", phase_seq=1))  # 2
-    sent = drain(outbox)
-    sent[0].text = '{"old": "frame"}'
+    drain(outbox)
     outbox.requeue()  # both back at the front, 2 still after 1
     outbox.put(make(PROGRESS, wf="a"))  # 3: must stay behind 2
     assert bodies(outbox) == [("progress", 1), ("phase_changed", 2), ("progress", 3)]
     outbox.put(make(PROGRESS, wf="b"))  # 4
     for entry in drain(outbox):
-        if entry.wf == "b":
-            entry.text = '{"old": "b"}'  # as if sent
+        entry.text = f'{{"sent": {label(entry.body)[1]}}}'  # as if encoded and sent
     outbox.requeue()
-    outbox.put(make(PROGRESS, wf="b"))  # 5 replaces the requeued 4, and its old text
-    assert bodies(outbox)[-1] == ("progress", 5)
-    assert [e.text for e in outbox if e.wf == "b"] == [None]
-    assert sent[0].text == '{"old": "frame"}'  # 1 was not touched: it resends as it was
+    # 5 does not merge into the requeued 4: the hub may have 4 already, and a resend must be
+    # the same frame. It queues behind, and later updates merge into it instead.
+    outbox.put(make(PROGRESS, wf="b"))  # 5
+    outbox.put(make(PROGRESS, wf="b"))  # 6 replaces 5
+    assert bodies(outbox) == [
+        ("progress", 1),
+        ("phase_changed", 2),
+        ("progress", 3),
+        ("progress", 4),
+        ("progress", 6),
+    ]
+    assert [e.text for e in outbox if e.wf == "b"] == ['{"sent": 4}', None]
+    assert outbox.coalesced == 1
+    check_accounting(outbox)
+
+
+def test_a_merge_keeps_the_stage_and_action_a_newer_update_leaves_out() -> None:
+    """The hub keeps a workflow's stage and action when an update has none: a merge does the
+    same, so the hub ends where the two updates would have left it."""
+    make, outbox = Maker(), Outbox(10, 10_000)
+    outbox.put(make(PROGRESS, wf="a", stage="extract", action_id="act-1"))  # 1
+    outbox.put(make(PROGRESS, wf="a"))  # 2: no stage, no action
+    outbox.put(make(PROGRESS, wf="a", stage="load"))  # 3: a new stage, no action
+    (entry,) = list(outbox)
+    assert entry.body == ProgressBody("act-1", 3.0, "load", "", 0, 0)
+
+
+def test_only_queued_send_progress_updates_of_a_named_workflow_merge() -> None:
+    make, outbox = Maker(), Outbox(10, 10_000)
+    outbox.put(make(PROGRESS, wf=""))  # a ready-made Message's envelope may name none
+    outbox.put(make(PROGRESS, wf=""))
+    ready_made = Entry(PROGRESS, "wf", ("message", 0), 10, time.time_ns())
+    outbox.put(ready_made)  # send(Message): its own id and payload, kept as they are
+    outbox.put(make(PROGRESS, wf="wf"))
+    assert bodies(outbox) == [("progress", 1), ("progress", 2), ("message", 0), ("progress", 3)]
+    assert outbox.coalesced == 0
     check_accounting(outbox)
 
 
@@ -358,9 +410,9 @@ def test_coalescing_never_moves_progress_ahead_of_its_workflows_state(seed: int)
 
     def take_one() -> None:
         entry = outbox.take()
-        if entry is not None and entry.body[1] not in seen:
-            seen.add(entry.body[1])
-            first_out.setdefault(entry.wf, []).append(entry.body)
+        if entry is not None and label(entry.body)[1] not in seen:
+            seen.add(label(entry.body)[1])
+            first_out.setdefault(entry.wf, []).append(label(entry.body))
 
     for _ in range(3000):
         op = rng.random()

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
+from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, SimpleLogRecordProcessor
 from opentelemetry.sdk.trace import TracerProvider
@@ -189,42 +190,87 @@ class _Record:
         self.body = fields.get("body", "m")
         self.timestamp = fields.get("timestamp", 1_700_000_000_123_456_789)
         self.observed_timestamp = 0
-        self.severity_number = None
+        self.severity_number = fields.get("severity_number")
         self.severity_text = fields.get("severity_text", "WARNING")
         self.trace_id = fields.get("trace_id", 0)
         self.span_id = fields.get("span_id", 0)
 
 
-WIRE_CASES = {
-    "bare": _Record({}),
-    "everything": _Record(
+TS = "2023-11-14T22:13:20.123456789Z"
+WIRE_CASES: dict[str, tuple[_Record, dict[str, Any]]] = {
+    "bare": (_Record({}), {"timestamp": TS, "level": "warn", "message": "m"}),
+    "everything": (
+        _Record(
+            {
+                "rows": 3,
+                "code.file.path": "etl/load.py",
+                "code.line.number": 12,
+                "workflow_id": "wf-1",
+                "action_id": "act-1",
+                "correlation_id": "req-1",
+            },
+            trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736,
+            span_id=0xF067AA0BA902B7,
+            body={"structured": [1, 2]},
+            severity_number=SeverityNumber.ERROR2,
+            severity_text="this text is not used when a number is set",
+        ),
         {
-            "rows": 3,
-            "code.file.path": "etl/load.py",
-            "code.line.number": 12,
+            "timestamp": TS,
+            "level": "error",
+            "message": '{"structured":[1,2]}',
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+            "span_id": "00f067aa0ba902b7",
             "workflow_id": "wf-1",
             "action_id": "act-1",
             "correlation_id": "req-1",
+            "fields": {"rows": 3},
+            "source_file": "etl/load.py",
+            "source_line": 12,
         },
-        trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736,
-        span_id=0xF067AA0BA902B7,
-        body={"structured": [1, 2]},
     ),
-    "non-text ids": _Record({"action_id": 7, "correlationId": 8, "code.lineno": True}),
-    "empty ids": _Record({"workflow_id": "", "action_id": None, "code.line.number": 0}),
-    "no body": _Record({"x": (1.5, 2.5)}, body=None, severity_text="fatal"),
+    "non-text ids": (
+        _Record({"action_id": 7, "correlationId": 8, "code.lineno": True}),
+        {
+            "timestamp": TS,
+            "level": "warn",
+            "message": "m",
+            "action_id": "7",
+            "correlation_id": "8",
+        },
+    ),
+    "empty ids": (
+        _Record({"workflow_id": "", "action_id": None, "code.line.number": 0}),
+        {"timestamp": TS, "level": "warn", "message": "m"},
+    ),
+    "no body": (
+        _Record({"x": (1.5, 2.5)}, body=None, severity_text="fatal"),
+        {"timestamp": TS, "level": "fatal", "message": "", "fields": {"x": (1.5, 2.5)}},
+    ),
+    "span owned by a workflow": (
+        _Record({}, span_id=0xAB, severity_number=SeverityNumber.DEBUG),
+        {
+            "timestamp": TS,
+            "level": "debug",
+            "message": "m",
+            "span_id": "00000000000000ab",
+            "workflow_id": "wf-owner",
+        },
+    ),
 }
 
 
-@pytest.mark.parametrize("record", WIRE_CASES.values(), ids=WIRE_CASES.keys())
-def test_wire_form_is_exactly_what_a_log_entry_would_send(record: _Record) -> None:
-    """The exporter builds wire dicts itself (no LogEntry per record): same keys, order, values
-    and omissions as the protocol's own ``LogEntry.to_dict()``."""
-    wire, size = CoordinationLogExporter._wire(record, lambda span_id: None)
-    canonical = LogEntry.from_dict(wire).to_dict()
-    assert list(wire.items()) == list(canonical.items())
+@pytest.mark.parametrize(("record", "expected"), WIRE_CASES.values(), ids=WIRE_CASES.keys())
+def test_wire_form_is_exactly_what_a_log_entry_would_send(
+    record: _Record, expected: dict[str, Any]
+) -> None:
+    """The exporter builds wire dicts itself (no LogEntry per record): the expected values, in
+    the keys, order and omissions of the protocol's own ``LogEntry.to_dict()``."""
+    owners = {0xAB: ("wf-owner", "")}
+    wire, size = CoordinationLogExporter._wire(record, owners.get)
+    assert list(wire.items()) == list(expected.items())
+    assert list(wire.items()) == list(LogEntry.from_dict(wire).to_dict().items())
     assert size == log_size(wire["message"], wire.get("fields"))  # the outbox's estimate
-    assert wire["timestamp"] == "2023-11-14T22:13:20.123456789Z"
 
 
 def test_fields_that_are_not_json_safe_still_arrive(

@@ -3,8 +3,9 @@ says."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given, settings
@@ -21,7 +22,7 @@ from when_coordinator.protocol import (
     ProgressPayload,
     ProtocolError,
 )
-from when_coordinator.protocol.messages import _generic_from_dict, _generic_to_dict
+from when_coordinator.protocol.messages import _Field, _generic_from_dict, _generic_to_dict
 
 
 @pytest.mark.parametrize("message_type", list(PAYLOADS), ids=str)
@@ -169,3 +170,24 @@ def test_compiled_from_dict_matches_the_table_for_every_field_and_edge_value(
         for value in EDGE_VALUES:
             data = {**base, spec.key: value}
             assert _outcome(cls, data) == _reference(cls, data), (spec.key, value)
+
+
+def test_a_subclass_with_a_table_of_its_own_is_read_by_that_table() -> None:
+    """The compiled ``from_dict`` belongs to its class; a subclass that adds fields (and its
+    own ``_FIELDS``) gets the table-driven reading of them, as before."""
+
+    @dataclass(frozen=True)
+    class TimedProgress(ProgressPayload):
+        eta_seconds: int = 0
+
+        _FIELDS: ClassVar[tuple[_Field, ...]] = (
+            *ProgressPayload._FIELDS,
+            _Field("eta_seconds", "eta_seconds", "int"),
+        )
+
+    made = TimedProgress.from_dict({"workflow_id": "wf-1", "percent": 5, "eta_seconds": 30})
+    assert type(made) is TimedProgress
+    assert (made.workflow_id, made.percent, made.eta_seconds) == ("wf-1", 5, 30)
+    assert made.to_dict()["eta_seconds"] == 30
+    with pytest.raises(ProtocolError, match="eta_seconds"):
+        TimedProgress.from_dict({"workflow_id": "wf-1", "eta_seconds": "soon"})

@@ -8,6 +8,8 @@ them so that the checks cannot pass by rejecting everything.
 from __future__ import annotations
 
 import json
+import threading
+import weakref
 from typing import Any
 
 import pytest
@@ -239,6 +241,48 @@ def test_a_cycle_or_runaway_nesting_cannot_be_encoded() -> None:
     assert (
         encode(Message(type=MessageType.PING, id="a", timestamp="")) == '{"id":"a","type":"ping"}'
     )
+
+
+class _Opaque:
+    """Not JSON; weakly referable, so a test can see whether anything still holds it."""
+
+
+def test_a_failed_encoding_leaves_nothing_behind_for_the_next() -> None:
+    """The encoder is reused, and its circular-reference markers hold what they mark: a
+    failure half-way through nested containers must not leave them behind (a leak, and ids
+    that could make a later object look circular)."""
+    for _ in range(50):
+        opaque = _Opaque()
+        alive = weakref.ref(opaque)
+        bad = {"outer": {"inner": [opaque]}}
+        with pytest.raises(ProtocolError, match="not JSON serializable"):
+            encode(Message(type=MessageType.CHECKPOINT, payload={"state": bad}))
+        del bad, opaque
+        assert alive() is None
+        good = {"outer": {"inner": [1]}}
+        text = encode(Message(type=MessageType.CHECKPOINT, id="a", payload={"state": good}))
+        assert json.loads(text)["payload"]["state"] == good
+
+
+def test_threads_encoding_the_same_objects_at_once_all_succeed() -> None:
+    shared = {"state": {"rows": list(range(50)), "nested": {"k": [{"v": i} for i in range(20)]}}}
+    expected = json.dumps(shared, separators=(",", ":"))
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(500):
+                text = encode(Message(type=MessageType.CHECKPOINT, id="a", payload=shared))
+                assert text.endswith(f',"payload":{expected}}}')
+        except BaseException as exc:  # reported below, on the test's thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures, failures[0]
 
 
 # ------------------------------------------------------------------ valid edge cases

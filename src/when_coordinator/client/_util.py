@@ -54,18 +54,19 @@ class WireLogBatch(list[dict[str, Any]]):
 def log_size(message: str, fields: Mapping[str, Any] | None) -> int:
     """The outbox's estimate for one log entry, also what log batches are split by.
 
-    It runs on the caller's thread, so fields are counted shallowly: nested values count as
-    64 bytes each, which is enough to bound memory without walking them. Text that is not
-    ASCII counts six bytes a character, as JSON escapes it (``\\u00e9``).
+    It runs on the caller's thread, so it is cheap rather than exact: text that is not ASCII
+    counts six bytes a character, as JSON escapes it (``\\u00e9``); containers are walked a
+    few levels (``approx_size``); other values count 64 bytes.
     """
     size = 160 + (len(message) if message.isascii() else 6 * len(message))
     if fields:
         for key, value in fields.items():
-            size += len(key) + (
-                (len(value) if value.isascii() else 6 * len(value))
-                if isinstance(value, str)
-                else 64
-            )
+            if isinstance(value, str):
+                size += len(key) + (len(value) if value.isascii() else 6 * len(value))
+            elif isinstance(value, (list, tuple, Mapping)):
+                size += len(key) + approx_size(value)
+            else:
+                size += len(key) + 64
     return size
 
 

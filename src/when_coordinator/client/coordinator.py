@@ -60,7 +60,7 @@ from ..protocol import (
 from ._util import RateLimitedLog, WireLogBatch, approx_size, jsonable, log_size
 from .config import Config
 from .connection import RedactingLogger, backoff_delays, handshake_headers, redact, ssl_context
-from .outbox import Entry, Outbox
+from .outbox import Entry, Outbox, ProgressBody
 
 __all__ = ["CommandEvent", "Coordinator", "CoordinatorStats", "MessageHandler"]
 
@@ -478,7 +478,7 @@ class Coordinator:
         if current_item or total_items:
             _check_count("current_item", current_item)
             _check_count("total_items", total_items)
-        body = (
+        body = ProgressBody(
             _check_text("action_id", action_id),
             percent,
             _check_text("stage", stage),
@@ -520,15 +520,16 @@ class Coordinator:
         total = sum(sizes)
         if total <= budget or len(batch) == 1:
             return self._enqueue(MessageType.LOG_BATCH, "", batch, 80 + total)
+        kind = WireLogBatch if type(batch) is WireLogBatch else tuple
         accepted = True
         start, size = 0, 0
         for end, entry_size in enumerate(sizes):
             if size and size + entry_size > budget:
-                part = batch[start:end]
+                part = kind(batch[start:end])  # a slice of a WireLogBatch is a plain list
                 accepted &= self._enqueue(MessageType.LOG_BATCH, "", part, 80 + size)
                 start, size = end, 0
             size += entry_size
-        part = batch[start:]
+        part = kind(batch[start:])
         return self._enqueue(MessageType.LOG_BATCH, "", part, 80 + size) and accepted
 
     def log_with_context(
@@ -818,7 +819,11 @@ class Coordinator:
         Writing a batch in one go costs one system call instead of one per message; the
         in-flight limit is flow control while the hub acknowledges what it has.
         """
-        texts = [encode(message) for message in self._drain_control()]
+        texts = [
+            text
+            for message in self._drain_control()
+            if not self._oversized(text := encode(message), message.type)
+        ]
         outbox = self._outbox
         size = 0
         # In-flight entries cannot be shed: they may hold at most half of each outbox bound,
@@ -842,19 +847,8 @@ class Coordinator:
                     outbox.discard(entry, "cannot encode")
                     self._warn.log(logging.WARNING, "encode", "dropped a %s: %s", entry.type, exc)
                     continue
-                # The hub closes a connection (1009) on a frame over its limit; resent after
-                # the reconnect, such a frame would stall everything behind it for good. The
-                # text is ASCII (non-ASCII is escaped), so its length is its size in bytes.
-                if len(entry.text) > self.config.max_frame_bytes:
+                if self._oversized(entry.text, entry.type):
                     outbox.discard(entry, "larger than max_frame_bytes")
-                    self._warn.log(
-                        logging.WARNING,
-                        "frame size",
-                        "dropped a %s of %d bytes: over max_frame_bytes (%d)",
-                        entry.type,
-                        len(entry.text),
-                        self.config.max_frame_bytes,
-                    )
                     continue
                 # A resend uses the text: let the application's objects go now rather than
                 # when the hub acknowledges (fewer objects for the garbage collector to scan).
@@ -862,6 +856,25 @@ class Coordinator:
             texts.append(entry.text)
             size += len(entry.text)
         return texts
+
+    def _oversized(self, text: str, message_type: MessageType | str) -> bool:
+        """Whether a frame is over ``max_frame_bytes`` (then it is not sent, with a warning).
+
+        The hub closes a connection (1009) on a frame over its limit; resent after the
+        reconnect, such a frame would stall everything behind it for good. The text is ASCII
+        (the encoder escapes the rest), so its length is its size in bytes.
+        """
+        if len(text) <= self.config.max_frame_bytes:
+            return False
+        self._warn.log(
+            logging.WARNING,
+            "frame size",
+            "dropped a %s of %d bytes: over max_frame_bytes (%d)",
+            message_type,
+            len(text),
+            self.config.max_frame_bytes,
+        )
+        return True
 
     def _drain_control(self) -> list[Message]:
         control = self._control

@@ -33,6 +33,7 @@ __all__ = [
     "Entry",
     "Outbox",
     "OutboxCounters",
+    "ProgressBody",
     "lane_of",
 ]
 
@@ -93,6 +94,17 @@ class Entry:
         self.seq = 0
         self.dropped = False
         self.text: str | None = None  # the encoded frame, kept so a resend is identical
+
+
+class ProgressBody(NamedTuple):
+    """What ``send_progress`` queues: the fields of a ``progress`` payload but its workflow."""
+
+    action_id: str
+    percent: float
+    stage: str
+    message: str
+    current_item: int
+    total_items: int
 
 
 class OutboxCounters(NamedTuple):
@@ -170,16 +182,33 @@ class Outbox:
         return True
 
     def _coalesce(self, entry: Entry) -> bool:
-        """Put ``entry``'s content into its workflow's queued progress, if that keeps order."""
+        """Merge ``entry`` into its workflow's queued progress, if that keeps order.
+
+        Only ``send_progress`` bodies merge, into an entry never sent (a resend must stay what
+        the hub may already have). The stage and action of the older update are kept when the
+        newer one has none, as the hub itself keeps them, so the hub ends up where both
+        updates would have left it.
+        """
         queued = self._latest_progress.get(entry.wf)
-        if queued is None or self._latest_state.get(entry.wf, 0) > queued.seq:
+        if (
+            queued is None
+            or not entry.wf
+            or queued.text is not None
+            or type(queued.body) is not ProgressBody
+            or type(entry.body) is not ProgressBody
+            or self._latest_state.get(entry.wf, 0) > queued.seq
+        ):
             return False
         growth = entry.size - queued.size
         if growth > 0 and self._bytes + growth > self.max_bytes:
             return False  # let put() shed for it
-        queued.body = entry.body
+        old, new = queued.body, entry.body
+        if (not new.action_id and old.action_id) or (not new.stage and old.stage):
+            new = new._replace(
+                action_id=new.action_id or old.action_id, stage=new.stage or old.stage
+            )
+        queued.body = new
         queued.time_ns = entry.time_ns
-        queued.text = None  # a requeued entry's text says the old values
         queued.size = entry.size
         self._bytes += growth
         self.coalesced += 1

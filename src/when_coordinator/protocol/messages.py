@@ -466,10 +466,11 @@ def _compile_from_dict(cls: type[_Schema]) -> Callable[[Any, Any], Any] | None:
         "_new": object.__new__,
         "_set": object.__setattr__,
         "_NAME": cls._NAME,
+        "_CLASS": cls,
     }
     lines = [
         "def from_dict(cls, data):",
-        "    if type(data) is not dict:",
+        "    if type(data) is not dict or cls is not _CLASS:  # a subclass has its own table",
         "        return _generic_from_dict(cls, data)",
         "    get = data.get",
     ]
@@ -480,9 +481,11 @@ def _compile_from_dict(cls: type[_Schema]) -> Callable[[Any, Any], Any] | None:
         if known.default is not dataclasses.MISSING:
             namespace[f"_default{index}"] = known.default
             default = f"_default{index}"
-        else:  # a default_factory: a fresh value each time, as __init__ would make
+        elif known.default_factory is not dataclasses.MISSING:  # a fresh value each time
             namespace[f"_factory{index}"] = known.default_factory
             default = f"_factory{index}()"
+        else:
+            return None  # a required field: only __init__ can say it is missing
         lines.append(f"    {v} = get({spec.key!r})")
         lines.append(f"    if {v} is None:")
         lines.append(f"        {v} = {default}")
@@ -937,15 +940,18 @@ _encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 def _make_to_json() -> Callable[[Any], str]:
     """``_encoder.encode``, minus the C encoder it builds for every call (a third of the time
-    of encoding a small message): one C encoder, made once, as ``JSONEncoder.iterencode``
-    makes it but without the circular-reference check (a cycle fails with RecursionError).
-    The pure-Python ``json`` (no ``_json`` accelerator) keeps ``_encoder.encode``."""
+    of encoding a small message): one C encoder per thread, made as ``JSONEncoder.iterencode``
+    makes it, with its circular-reference check. The check's marker dict is per encoder, so
+    per thread, and it is emptied after a failure (the C code leaves markers behind when it
+    stops half-way). Interpreters without the ``_json`` accelerator keep ``_encoder.encode``.
+    """
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:
         return _encoder.encode
-    try:
-        iterencode = make(
-            None,
+
+    def new_encoder(markers: dict[int, Any]) -> Callable[[Any, int], Sequence[str]]:
+        encoder: Callable[[Any, int], Sequence[str]] = make(
+            markers,
             _encoder.default,
             json.encoder.encode_basestring_ascii,
             None,
@@ -955,14 +961,28 @@ def _make_to_json() -> Callable[[Any], str]:
             False,
             False,
         )
+        return encoder
+
+    try:
         sample = {"a": [1, 2.5, True, None, "\u00e9"], "b": {}}
-        if "".join(iterencode(sample, 0)) != _encoder.encode(sample):
+        if "".join(new_encoder({})(sample, 0)) != _encoder.encode(sample):
             return _encoder.encode
     except Exception:  # an interpreter whose accelerator takes other arguments
         return _encoder.encode
+    local = threading.local()
 
     def to_json(value: Any) -> str:
-        return "".join(iterencode(value, 0))
+        try:
+            iterencode, markers = local.encoder
+        except AttributeError:
+            markers = {}
+            iterencode = new_encoder(markers)
+            local.encoder = (iterencode, markers)
+        try:
+            return "".join(iterencode(value, 0))
+        except BaseException:
+            markers.clear()
+            raise
 
     return to_json
 
@@ -1039,8 +1059,8 @@ def _frame_text(frame: object) -> str:
             return bytes(frame).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ProtocolError(f"frame is not UTF-8: {exc}") from None
-    if isinstance(frame, str):  # a subclass of str
-        return str(frame)
+    if isinstance(frame, str):  # a subclass of str: its characters, whatever its __str__ says
+        return str.__str__(frame)
     raise ProtocolError(f"frame must be text, got {type(frame).__name__}")
 
 
@@ -1105,6 +1125,4 @@ def encode_envelope(
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"cannot encode {message_type} message: {exc}") from None
     except RecursionError:
-        raise ProtocolError(
-            f"cannot encode {message_type} message: nested too deeply (or a cycle)"
-        ) from None
+        raise ProtocolError(f"cannot encode {message_type} message: nested too deeply") from None
