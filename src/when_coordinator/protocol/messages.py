@@ -102,6 +102,7 @@ class LogLevel(str, Enum):
 
 
 _TYPES_BY_VALUE: dict[str, MessageType] = {t.value: t for t in MessageType}
+_LOG_LEVELS: dict[str, LogLevel] = {level.value: level for level in LogLevel}
 
 ENVELOPE_WORKFLOW_TYPES = frozenset(
     {
@@ -548,15 +549,18 @@ class LogEntry(_Schema):
     )
 
     def __post_init__(self) -> None:
-        if self.level.__class__ is LogLevel:
-            return  # the common case, on every log record: nothing to convert
-        try:
-            object.__setattr__(self, "level", LogLevel(self.level))
-        except ValueError:
+        level = self.level
+        if level.__class__ is LogLevel:
+            return  # made by this package: nothing to convert
+        # From the wire, on every record a hub receives: a dict lookup, not LogLevel(level),
+        # whose Enum machinery costs more than validating the rest of the entry.
+        known = _LOG_LEVELS.get(level) if isinstance(level, str) else None
+        if known is None:
             levels = ", ".join(level.value for level in LogLevel)
             raise ProtocolError(
-                f"log entry field 'level': unknown log level {self.level!r} (one of {levels})"
-            ) from None
+                f"log entry field 'level': unknown log level {level!r} (one of {levels})"
+            )
+        object.__setattr__(self, "level", known)
 
 
 # --------------------------------------------------------------------------- payloads
