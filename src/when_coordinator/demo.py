@@ -181,5 +181,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"\nservice side: {stats.sent} messages sent, {stats.delivered} delivered, "
             f"{stats.dropped} dropped; {len(spans.get_finished_spans())} spans recorded"
         )
-    print(f"demo finished in {time.time() - started:.1f} s")
+    print(f"demo finished in {(time.time() - started) * 1000:.0f} ms")
     return 0
