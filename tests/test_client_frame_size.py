@@ -56,7 +56,7 @@ def test_an_oversized_message_is_dropped_and_counted_and_the_rest_still_flows(
     assert stats.drop_reasons == {"larger than max_frame_bytes": 2}
     assert stats.sent == stats.delivered + stats.dropped
     assert stats.reconnects == 0  # the hub never saw the frames it would have closed for
-    assert any("over max_frame_bytes" in r.getMessage() for r in caplog.records)
+    assert any("over the frame limit" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("text", ["a" * 5_000, "\u00e9" * 1_500], ids=["ascii", "escaped"])
@@ -133,3 +133,35 @@ def test_exporter_batches_split_below_the_limit_all_arrive(hub: ThreadedHub) -> 
     stats = client.stats()
     assert stats.dropped == 0
     assert stats.reconnects == 0
+
+
+def test_a_hub_with_a_lower_limit_costs_one_reconnect_not_a_stall(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The client's max_frame_bytes above the hub's: the hub closes with 1009 on the frame it
+    refuses; the client then sends only frames shorter than that one, so the refused frame is
+    dropped (counted) instead of being sent again after every reconnect."""
+    caplog.set_level(logging.WARNING, "when_coordinator")
+    with ThreadedHub(Hub(max_frame_bytes=LIMIT)) as hub:
+        client = Coordinator(fast_config(hub.url, max_frame_bytes=16 * LIMIT))
+        client.connect()
+        assert client.wait_registered(WAIT)
+        client.log_info("before")
+        assert client.flush(WAIT)
+        client.send_log(LogEntry(message="x" * (2 * LIMIT)))  # under ours, over the hub's
+        client.log_info("after")
+        assert client.flush(WAIT)
+        messages = _hub_messages(hub, 2)
+        stats = client.stats()
+        client.log_info("later, on the same connection")
+        assert client.flush(WAIT)
+        later = _hub_messages(hub, 3)
+        final = client.stats()
+        client.close()
+    assert messages == ["before", "after"]
+    assert later[-1] == "later, on the same connection"
+    assert stats.drop_reasons == {"larger than max_frame_bytes": 1}
+    assert stats.reconnects == 1
+    assert final.reconnects == 1
+    assert final.sent == final.delivered + final.dropped
+    assert any("(1009)" in r.getMessage() for r in caplog.records)

@@ -167,6 +167,8 @@ class Coordinator:
         self._ws: ClientConnection | None = None
         self._session = 0
         self._confirming = False
+        self._frame_limit = self.config.max_frame_bytes
+        """The largest frame sent: ``max_frame_bytes``, lowered if the hub closes for less."""
         self._drained = threading.Condition()
         self._registered = threading.Event()
         self._closed = False
@@ -516,7 +518,7 @@ class Coordinator:
     def _enqueue_log_batches(self, batch: Sequence[Any], sizes: Sequence[int]) -> bool:
         """One ``log_batch``, or several when the entries would make a frame near the
         ``max_frame_bytes`` limit (half of it, by estimate): a frame over it is dropped."""
-        budget = self.config.max_frame_bytes // 2
+        budget = self._frame_limit // 2
         total = sum(sizes)
         if total <= budget or len(batch) == 1:
             return self._enqueue(MessageType.LOG_BATCH, "", batch, 80 + total)
@@ -708,12 +710,35 @@ class Coordinator:
             self._control.clear()
             with contextlib.suppress(Exception):
                 await ws.close(1000, "client closing" if self._stop.is_set() else "")
+            self._learn_frame_limit(ws)
             requeued = self._outbox.requeue()
             if requeued:
                 _log.debug("requeued %d unacknowledged messages", requeued)
             self._fire("disconnected")
             with self._drained:
                 self._drained.notify_all()
+
+    def _learn_frame_limit(self, ws: ClientConnection) -> None:
+        """After the hub closed with 1009 (a frame over its limit), send only frames shorter
+        than the longest one it may have refused.
+
+        The hub's limit may be below ``max_frame_bytes``; without this, the refused frame
+        would be sent again after every reconnect, and nothing behind it would ever arrive.
+        Each such close drops at least the longest frame then in flight, so a run of them
+        ends.
+        """
+        received = ws.protocol.close_rcvd
+        if received is None or received.code != 1009 or not ws.protocol.close_rcvd_then_sent:
+            return  # not the hub's refusal (a 1009 of ours, for a frame it sent, is echoed)
+        longest = self._outbox.largest_inflight_text()
+        if 0 < longest <= self._frame_limit:
+            self._frame_limit = longest - 1
+            _log.warning(
+                "the hub closed the connection for a frame over its size limit (1009): "
+                "frames over %d bytes are dropped from now on; set max_frame_bytes to the "
+                "hub's limit",
+                self._frame_limit,
+            )
 
     async def _wait_stop(self) -> None:
         assert self._stop is not None
@@ -847,32 +872,32 @@ class Coordinator:
                     outbox.discard(entry, "cannot encode")
                     self._warn.log(logging.WARNING, "encode", "dropped a %s: %s", entry.type, exc)
                     continue
-                if self._oversized(entry.text, entry.type):
-                    outbox.discard(entry, "larger than max_frame_bytes")
-                    continue
                 # A resend uses the text: let the application's objects go now rather than
                 # when the hub acknowledges (fewer objects for the garbage collector to scan).
                 entry.body = None
+            if self._oversized(entry.text, entry.type):  # a resend too: the limit may be lower
+                outbox.discard(entry, "larger than max_frame_bytes")
+                continue
             texts.append(entry.text)
             size += len(entry.text)
         return texts
 
     def _oversized(self, text: str, message_type: MessageType | str) -> bool:
-        """Whether a frame is over ``max_frame_bytes`` (then it is not sent, with a warning).
+        """Whether a frame is over the frame limit (then it is not sent, with a warning).
 
         The hub closes a connection (1009) on a frame over its limit; resent after the
         reconnect, such a frame would stall everything behind it for good. The text is ASCII
         (the encoder escapes the rest), so its length is its size in bytes.
         """
-        if len(text) <= self.config.max_frame_bytes:
+        if len(text) <= self._frame_limit:
             return False
         self._warn.log(
             logging.WARNING,
             "frame size",
-            "dropped a %s of %d bytes: over max_frame_bytes (%d)",
+            "dropped a %s of %d bytes: over the frame limit (%d)",
             message_type,
             len(text),
-            self.config.max_frame_bytes,
+            self._frame_limit,
         )
         return True
 

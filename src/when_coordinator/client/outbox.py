@@ -335,6 +335,11 @@ class Outbox:
                 self._untrack(entry)
                 self.delivered += 1
 
+    def largest_inflight_text(self) -> int:
+        """The length of the longest frame sent and not yet acknowledged (0 if none)."""
+        with self._lock:
+            return max((len(e.text) for e in self._inflight if e.text is not None), default=0)
+
     def requeue(self) -> int:
         """After a drop, put every unacknowledged entry back at the front, in order."""
         with self._lock:
