@@ -1272,7 +1272,10 @@ class HubState:
         )
         source, target = payload.from_phase, payload.to_phase
         last = workflow.history[-1] if workflow.history else None
-        arrow = f"{source or '(none)'} -> {target}"
+
+        def arrow() -> str:  # for anomalies only: formatting two Enums costs on every message
+            return f"{source or '(none)'} -> {target}"
+
         if _resent(
             workflow.history,
             message.timestamp,
@@ -1280,7 +1283,9 @@ class HubState:
                 c.from_phase is source and c.to_phase is target and c.reason == payload.reason
             ),
         ):
-            self._anomaly(f"phase_changed {arrow} received again: ignored", now, workflow=workflow)
+            self._anomaly(
+                f"phase_changed {arrow()} received again: ignored", now, workflow=workflow
+            )
             return
         if (
             last is not None
@@ -1288,21 +1293,21 @@ class HubState:
             and last.from_phase is source
             and last.to_phase is target
         ):
-            self._anomaly(f"duplicate phase_changed {arrow}", now, workflow=workflow)
+            self._anomaly(f"duplicate phase_changed {arrow()}", now, workflow=workflow)
             if payload.checkpoint_id:
                 self._note_checkpoint(workflow, service, payload, message, now)
             return
         fresh = last is None and not workflow.announced
         if not fresh and source is not None and source is not workflow.phase:
             self._anomaly(
-                f"phase_changed {arrow} but the hub had {workflow.phase}: "
+                f"phase_changed {arrow()} but the hub had {workflow.phase}: "
                 "transitions missing or out of order",
                 now,
                 workflow=workflow,
             )
         if source is not None and not can_transition(source, target):
             self._anomaly(
-                f"transition {arrow} is not allowed by the phase table", now, workflow=workflow
+                f"transition {arrow()} is not allowed by the phase table", now, workflow=workflow
             )
         change = PhaseChange(
             source, target, payload.reason, payload.checkpoint_id, now, message.timestamp

@@ -94,6 +94,8 @@ RESUMABLE_PHASES = frozenset({Phase.PAUSED})
 
 def can_transition(source: Phase | str, target: Phase | str) -> bool:
     """Whether the table allows ``source -> target``; unknown phase strings are never allowed."""
+    if source.__class__ is Phase and target.__class__ is Phase:  # the hub's case, per message
+        return target in VALID_TRANSITIONS[source]
     try:
         return Phase(target) in VALID_TRANSITIONS[Phase(source)]
     except ValueError:
