@@ -181,6 +181,9 @@ def test_pause_resume_and_cancel_reach_the_service(
         "wf-1",
         {"workflow_id": "wf-1", "reason": "db maintenance"},
     )
+    send(service, "phase_changed", "wf-1", **{"from": "execution", "to": "pausing"})
+    send(service, "phase_changed", "wf-1", **{"from": "pausing", "to": "paused"})
+    hub.wait_for(lambda h: h.workflows["wf-1"].phase == "paused")
     assert (
         run(["resume", "wf-1", "--hub", hub.http_url, "--from-checkpoint", "cp-2"]).returncode == 0
     )

@@ -151,7 +151,7 @@ def test_http_commands_reach_the_service() -> None:
             assert (status, body["code"]) == (404, "unknown_workflow")
             await client.close()
             await hub.wait_for(lambda h: not h.services["etl-1"].connected)
-            status, body = await http(hub, "/v1/workflows/wf-1/resume", "POST")
+            status, body = await http(hub, "/v1/workflows/wf-1/pause", "POST")
             assert (status, body["code"]) == (503, "unavailable")
 
     asyncio.run(main())
@@ -215,6 +215,10 @@ def test_operator_websocket_requests_and_errors() -> None:
                 reply = await request(ws, "pause", workflow_id="wf-1", reason="ops")
                 assert reply["ok"]
                 assert (await client.expect("pause"))["id"] == reply["result"]["sent"]
+                for source, target in (("execution", "pausing"), ("pausing", "paused")):
+                    change = {"workflow_id": "wf-1", "from": source, "to": target}
+                    await client.send(frame("phase_changed", "wf-1", change))
+                await hub.wait_for(lambda h: h.workflows["wf-1"].phase == "paused")
                 await request(ws, "resume", workflow_id="wf-1", from_checkpoint="cp-3")
                 assert (await client.expect("resume"))["payload"]["from_checkpoint"] == "cp-3"
 

@@ -12,6 +12,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from when_coordinator.hub import (
+    CommandRefused,
     Health,
     Hub,
     HubClosed,
@@ -94,6 +95,12 @@ def test_replaying_the_reference_transcript_gives_the_expected_state_and_command
                     got = await client.expect("status")
                     assert (got["workflow_id"], got["payload"]) == (wf, {"workflow_id": wf})
                     status_requests[wf] = got
+                    continue
+                if kind == "cancel" and hub.workflows[wf].phase.is_terminal:
+                    # The transcript's hub cancelled a completed workflow ("too late") and the
+                    # Go client refused it; ours refuses it itself (409) and sends nothing.
+                    with pytest.raises(CommandRefused, match="phase is completed"):
+                        await hub.cancel(wf, payload["reason"])
                     continue
                 if kind == "pause":
                     await hub.pause(wf, payload["reason"])
@@ -318,6 +325,10 @@ def test_commands_go_to_the_service_that_owns_the_workflow() -> None:
             await hub.cancel("wf-b", "stop", force=True)
             got = await b.expect("cancel")
             assert got["payload"] == {"workflow_id": "wf-b", "reason": "stop", "force": True}
+            for source, target in (("execution", "pausing"), ("pausing", "paused")):
+                change = {"workflow_id": "wf-a", "from": source, "to": target}
+                await a.send(frame("phase_changed", "wf-a", change))
+            await hub.wait_for(lambda h: h.workflows["wf-a"].phase == "paused")
             await hub.resume("wf-a", "cp-9")
             got = await a.expect("resume")
             assert got["payload"] == {"workflow_id": "wf-a", "from_checkpoint": "cp-9"}
@@ -334,7 +345,7 @@ def test_commands_go_to_the_service_that_owns_the_workflow() -> None:
             await a.close()
             await hub.wait_for(lambda h: not h.services["svc-a"].connected)
             with pytest.raises(ServiceUnavailable, match="svc-a"):
-                await hub.pause("wf-a")
+                await hub.cancel("wf-a")
             await b.close()
 
     asyncio.run(main())

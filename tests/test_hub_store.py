@@ -77,8 +77,8 @@ def test_a_restarted_hub_keeps_services_workflows_history_and_logs(tmp_path: Pat
             change = {"workflow_id": "wf-c", "from": "pending", "to": "pre-flight"}
             await again.send(frame("phase_changed", "wf-c", change))
             await hub.wait_for(lambda h: h.workflows["wf-c"].phase is Phase.PRE_FLIGHT)
-            await hub.pause("wf-c")
-            await again.expect("pause")
+            await hub.cancel("wf-c")
+            await again.expect("cancel")
             await newcomer.close()
             await again.close()
 

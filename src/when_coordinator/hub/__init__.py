@@ -7,6 +7,7 @@ suite both use it. See docs/hub.md.
 
 from .errors import (
     CommandError,
+    CommandRefused,
     HubClosed,
     HubError,
     ServiceUnavailable,
@@ -40,6 +41,7 @@ __all__ = [
     "Anomaly",
     "CheckpointRecord",
     "CommandError",
+    "CommandRefused",
     "ConnectionState",
     "ErrorRecord",
     "Health",

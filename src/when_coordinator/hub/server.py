@@ -7,6 +7,9 @@ One port serves everything:
 - ``GET /healthz``, ``GET /v1/...`` and ``POST /v1/workflows/<id>/<command>``: the operator's
   HTTP JSON API (see ``operator.py`` and docs/hub.md); any other path is a 404.
 
+With a token, every request but ``GET /healthz`` is authenticated before it is routed,
+whatever its path; the path is parsed once, by ``routing.parse_target``.
+
 All state lives in a ``HubState`` changed only on the event loop, one received frame at a time;
 after each frame the hub re-evaluates ``wait_for`` predicates, feeds operator watchers and
 queues changes for the optional SQLite store, whose writes run on a worker thread.
@@ -29,6 +32,7 @@ import itertools
 import logging
 import os
 import sqlite3
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -55,8 +59,11 @@ from ..protocol import (
     decode,
     encode,
 )
+from .commands import check_command
 from .errors import HubClosed, HubError, ServiceUnavailable, StatusTimeout, WorkflowNotFound
-from .operator import OperatorSession, http_request
+from .operator import OperatorSession, bad_path, http_request
+from .routing import COORDINATION_ROUTES, OPERATOR_ROUTE, Target, parse_target, redact_query
+from .sendguard import SendBufferGuard, abort
 from .state import (
     HUB_PROTOCOL_VERSION,
     Anomaly,
@@ -211,19 +218,35 @@ else:
 
 
 class _CredentialRedactingLogger(_LoggerAdapter):
-    """The logger handed to websockets, which logs every request header at DEBUG: the
-    ``Authorization`` value is a client's token (the right one or someone's wrong one), and
-    no log may show it."""
+    """The logger handed to websockets, which logs every request line and header at DEBUG:
+    the ``Authorization`` value is a client's token (the right one or someone's wrong one),
+    a query string may carry one too, and no log may show either."""
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        if (
-            len(args) == 2
-            and isinstance(args[0], str)
-            and args[0].lower() in _CREDENTIAL_HEADERS
-            and self.isEnabledFor(level)
-        ):
+        if not self.isEnabledFor(level):
+            return
+        if len(args) == 2 and isinstance(args[0], str) and args[0].lower() in _CREDENTIAL_HEADERS:
             args = (args[0], "<redacted>")
+        elif level < logging.WARNING:
+            args = tuple(redact_query(a) if isinstance(a, str) else a for a in args)
+            exc_info = kwargs.get("exc_info")
+            if exc_info:  # a refused request line is quoted in the exception's text
+                if isinstance(exc_info, BaseException):
+                    error: object = exc_info
+                elif isinstance(exc_info, tuple):
+                    error = exc_info[1]
+                else:
+                    error = sys.exc_info()[1]
+                kwargs["exc_info"] = None
+                msg = f"{msg}: %s"
+                args = (*args, redact_query(repr(error)))
         self.logger.log(level, msg, *args, **kwargs)
+
+
+def _header(headers: Headers, name: str) -> str | None:
+    """The value of a header sent once; ``None`` when absent or repeated (ambiguous)."""
+    values = headers.get_all(name)
+    return values[0] if len(values) == 1 else None
 
 
 def _describe(predicate: Callable[..., object]) -> str:
@@ -247,6 +270,10 @@ class Hub:
     ``db``: a SQLite file that keeps services, workflows and logs across restarts.
     ``ping_interval``: seconds between JSON pings to each service; a service whose oldest
     unanswered ping is older than ``pong_timeout`` (default: ``ping_interval``) is ``late``.
+    ``send_buffer_bytes``, ``send_buffer_timeout``: a connection (service or operator) whose
+    unsent bytes stay above the first for longer than the second has stopped reading and is
+    closed (1008); so is one that a command could not be written to within
+    ``command_timeout``.
     """
 
     def __init__(
@@ -267,6 +294,8 @@ class Hub:
         rate_burst: int = 10_000,
         flood_close_after: int | None = 20_000,
         command_timeout: float = 5.0,
+        send_buffer_bytes: int = 1 << 20,
+        send_buffer_timeout: float = 20.0,
         store_interval: float = 0.2,
         protocol_version: str = HUB_PROTOCOL_VERSION,
     ) -> None:
@@ -274,8 +303,8 @@ class Hub:
             raise ValueError("ping_interval must be > 0 seconds")
         if rate_limit <= 0 or rate_burst < 1:
             raise ValueError("rate_limit must be > 0 and rate_burst >= 1")
-        if token is not None and not token:
-            raise ValueError("token must not be empty (use None for no authentication)")
+        _check_token(token)
+        self._guard = SendBufferGuard(send_buffer_bytes, send_buffer_timeout)
         self._host = host
         self._requested_port = port
         self._token = token.encode() if token is not None else None
@@ -348,6 +377,7 @@ class Hub:
             raise
         self._port = int(self._server.sockets[0].getsockname()[1])
         self._spawn(self._ping_loop())
+        self._spawn(self._guard_loop(self._server))
         _log.info("hub listening on %s", self.url)
         return self
 
@@ -591,7 +621,12 @@ class Hub:
         return peer, workflow.service_id
 
     async def _command(self, message: Message, service_id: str | None) -> Message:
-        peer, owner = self._route(message.workflow_id, service_id)
+        workflow_id = message.workflow_id
+        if self._server is not None and isinstance(workflow_id, str):
+            workflow = self._state.workflows.get(workflow_id)
+            if workflow is not None:  # a phase that does not allow it: 409, nothing sent
+                check_command(str(message.type), workflow_id, workflow.phase)
+        peer, owner = self._route(workflow_id, service_id)
         await self._send(peer, message, owner, timeout=self.command_timeout)
         return message
 
@@ -668,8 +703,17 @@ class Hub:
         except ConnectionClosed:
             raise ServiceUnavailable(f"service {service_id!r} disconnected") from None
         except asyncio.TimeoutError:
+            # The frame sits in the send buffer behind what the service has not read, and
+            # cannot be taken back: a peer that does not read is dead, and closing it is
+            # what frees the buffer.
+            self._guard.closed += 1
+            _log.warning(
+                "closing %s: not reading (a send waited %g s)", peer.connection_id, timeout
+            )
+            abort(peer.ws, f"not reading: a frame waited {timeout:g} s to be sent")
             raise ServiceUnavailable(
-                f"service {service_id!r} is not reading: send timed out after {timeout:g} s"
+                f"service {service_id!r} is not reading: send timed out after {timeout:g} s; "
+                "its connection was closed"
             ) from None
         self._sent.append(SentMessage(service_id, message))
 
@@ -678,7 +722,10 @@ class Hub:
     def _authorized(self, headers: Headers) -> bool:
         if self._token is None:
             return True
-        scheme, _, credentials = headers.get("Authorization", "").partition(" ")
+        value = _header(headers, "Authorization")  # two of them: refused, not guessed
+        if value is None:
+            return False
+        scheme, _, credentials = value.partition(" ")
         if scheme.lower() != "bearer":
             return False
         return hmac.compare_digest(credentials.strip().encode(), self._token)
@@ -686,19 +733,21 @@ class Hub:
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
-        path = request.path.partition("?")[0]
-        if path == "/healthz":
-            return await http_request(self, request)
-        websocket = path in COORDINATION_PATHS or path == OPERATOR_PATH
-        if not websocket and not path.startswith("/v1/"):
-            return await http_request(self, request)  # the 404
+        """Deny by default: every request but the public health route shows the token
+        before its path is even looked at; then the parsed path routes it."""
+        target = parse_target(request.path)
+        if target.public:
+            return await http_request(self, request, target)
         if not self._authorized(request.headers):
             remote = _format_remote(connection.remote_address)
-            _log.info("refused %s %s from %s: bad or missing token", request.method, path, remote)
+            shown = target.path if not target.error else "(a malformed path)"
+            _log.info("refused %s %s from %s: bad or missing token", request.method, shown, remote)
             return self._unauthorized(connection)
-        if websocket:
+        if target.error:
+            return bad_path(target)
+        if _websocket_route(target):
             return None
-        return await http_request(self, request)
+        return await http_request(self, request, target)
 
     @staticmethod
     def _unauthorized(connection: ServerConnection) -> Response:
@@ -710,11 +759,11 @@ class Hub:
 
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
-        path = ws.request.path.partition("?")[0]
-        if path == OPERATOR_PATH:
+        target = parse_target(ws.request.path)  # a websocket route: _process_request said so
+        if target.segments == OPERATOR_ROUTE:
             await OperatorSession(self, ws).run()
         else:
-            await self._serve_service(ws, path)
+            await self._serve_service(ws, target.path)
 
     # ------------------------------------------------------------------ services
 
@@ -729,8 +778,8 @@ class Hub:
             now=now,
             path=path,
             remote=_format_remote(ws.remote_address),
-            service_name=headers.get("X-Service-Name", ""),
-            service_id=headers.get("X-Service-ID", ""),
+            service_name=_header(headers, "X-Service-Name") or "",
+            service_id=_header(headers, "X-Service-ID") or "",
         )
         self._publish()
         try:
@@ -872,6 +921,36 @@ class Hub:
         # A dead or stuck connection shows up as late, then disconnected.
         with contextlib.suppress(ServiceUnavailable):
             await self._send(peer, ping, service_id, timeout=self._ping_interval)
+
+    async def _guard_loop(self, server: Server) -> None:
+        """Close the connections (services and operators) that stopped reading."""
+        guard = self._guard
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(guard.interval)
+            guard.scan(tuple(server.connections), loop.time())
+
+    @property
+    def closed_not_reading(self) -> int:
+        """Connections closed because they stopped reading (send buffer or send timeout)."""
+        return self._guard.closed
+
+
+def _check_token(token: str | None) -> None:
+    """A token that no client could present would leave the hub unusable; an empty one
+    would look like protection and be none."""
+    if token is None:
+        return
+    if not isinstance(token, str):
+        raise ValueError("token must be a string (or None for no authentication)")
+    if not token.strip():
+        raise ValueError("token must not be empty (use None for no authentication)")
+    if token != token.strip() or any(ch < " " or ch == "\x7f" for ch in token):
+        raise ValueError("token must not have surrounding spaces or control characters")
+
+
+def _websocket_route(target: Target) -> bool:
+    return target.segments == OPERATOR_ROUTE or target.segments in COORDINATION_ROUTES
 
 
 class _Persister:
