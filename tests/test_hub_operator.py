@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from when_coordinator.hub import Hub
+from when_coordinator.hub import CommandRefused, Hub
 from when_coordinator.hub.testing import RawService, frame
 
 
@@ -300,6 +300,59 @@ def test_a_scoped_subscription_only_sees_that_workflow_tree() -> None:
                 assert event["workflow_id"] == "wf-2"
                 update = await next_event(ws, "workflow")
                 assert update["workflow"]["workflow_id"] == "wf-2"
+            await client.close()
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- refused commands
+
+
+def test_a_command_the_phase_forbids_is_refused_with_409_the_phase_and_what_it_allows() -> None:
+    async def main() -> None:
+        async with Hub() as hub:
+            client = await populated(hub)  # wf-1 executing, wf-2 pending
+            status, body = await http(hub, "/v1/workflows/wf-1/resume", "POST")
+            assert (status, body["code"], body["phase"], body["allowed"]) == (
+                409,
+                "conflict",
+                "execution",
+                ["pause", "cancel"],
+            )
+            assert body["error"] == (
+                "cannot resume workflow 'wf-1': its phase is execution; it allows pause and cancel"
+            )
+            change = {"workflow_id": "wf-2", "from": "pending", "to": "failed"}
+            await client.send(frame("phase_changed", "wf-2", change))
+            change = {"workflow_id": "wf-1", "from": "execution", "to": "pausing"}
+            await client.send(frame("phase_changed", "wf-1", change))
+            await hub.wait_for(lambda h: h.workflows["wf-1"].phase == "pausing")
+            for command in ("pause", "resume", "cancel"):
+                status, body = await http(hub, f"/v1/workflows/wf-2/{command}", "POST")
+                assert (status, body["phase"], body["allowed"]) == (409, "failed", [])
+                assert "it has finished" in body["error"]
+            status, body = await http(hub, "/v1/workflows/wf-1/pause", "POST")
+            assert (status, body["phase"], body["allowed"]) == (409, "pausing", ["cancel"])
+
+            async with connect(hub.operator_url) as ws:
+                reply = await request(ws, "resume", workflow_id="wf-1")
+                assert (reply["ok"], reply["code"], reply["phase"], reply["allowed"]) == (
+                    False,
+                    "conflict",
+                    "pausing",
+                    ["cancel"],
+                )
+                reply = await request(ws, "cancel", workflow_id="wf-2", force=True)
+                assert (reply["code"], reply["phase"]) == ("conflict", "failed")
+                with pytest.raises(CommandRefused) as refused:
+                    await hub.resume("wf-1")
+                assert (refused.value.phase, refused.value.allowed) == ("pausing", ("cancel",))
+                # Nothing was sent for any of them; an allowed command still goes through.
+                assert [str(s.message.type) for s in hub.sent] == ["registered"]
+                reply = await request(ws, "cancel", workflow_id="wf-1", reason="stop")
+                assert reply["ok"]
+                command = await client.recv()
+                assert (command["type"], command["id"]) == ("cancel", reply["result"]["sent"])
             await client.close()
 
     asyncio.run(main())

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections.abc import Iterable
 
 from websockets.asyncio.server import ServerConnection
 
-__all__ = ["NOT_READING", "SendBufferGuard", "abort", "unsent_bytes"]
+__all__ = ["NOT_READING", "SendBufferGuard", "unsent_bytes"]
 
 _log = logging.getLogger("when_coordinator.hub")
 
@@ -37,7 +38,7 @@ def unsent_bytes(ws: ServerConnection) -> int:
     return int(transport.get_write_buffer_size()) if transport is not None else 0
 
 
-def abort(ws: ServerConnection, reason: str, code: int = NOT_READING) -> None:
+def _abort(ws: ServerConnection, reason: str, code: int = NOT_READING) -> None:
     """Fail the connection with ``code``/``reason`` and drop its buffer now (idempotent)."""
     with contextlib.suppress(Exception):  # already closing: the code is recorded already
         ws.protocol.fail(code, reason[:120])
@@ -59,6 +60,19 @@ class SendBufferGuard:
         self.closed = 0
         """Connections closed because they stopped reading."""
         self._over: dict[ServerConnection, float] = {}
+        self._aborted: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
+
+    def abort(self, ws: ServerConnection, reason: str) -> None:
+        """Close ``ws`` as a peer that stopped reading: its unsent frames are dropped."""
+        if ws not in self._aborted:
+            self._aborted.add(ws)
+            self.closed += 1
+        _abort(ws, reason)
+
+    def aborted(self, ws: ServerConnection) -> bool:
+        """Whether ``ws`` was closed for not reading (a send that returned afterwards may
+        have returned only because the buffer holding its frame was dropped)."""
+        return ws in self._aborted
 
     @property
     def interval(self) -> float:
@@ -76,7 +90,6 @@ class SendBufferGuard:
             if now - since < self.timeout:
                 over[ws] = since
                 continue
-            self.closed += 1
             remote = ws.remote_address
             path = ws.request.path.partition("?")[0] if ws.request is not None else ""
             _log.warning(
@@ -86,5 +99,5 @@ class SendBufferGuard:
                 size,
                 self.timeout,
             )
-            abort(ws, f"not reading: {size} bytes unsent for {self.timeout:g} s")
+            self.abort(ws, f"not reading: {size} bytes unsent for {self.timeout:g} s")
         self._over = over

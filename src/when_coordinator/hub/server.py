@@ -63,7 +63,7 @@ from .commands import check_command
 from .errors import HubClosed, HubError, ServiceUnavailable, StatusTimeout, WorkflowNotFound
 from .operator import OperatorSession, bad_path, http_request
 from .routing import COORDINATION_ROUTES, OPERATOR_ROUTE, Target, parse_target, redact_query
-from .sendguard import SendBufferGuard, abort
+from .sendguard import SendBufferGuard
 from .state import (
     HUB_PROTOCOL_VERSION,
     Anomaly,
@@ -706,15 +706,19 @@ class Hub:
             # The frame sits in the send buffer behind what the service has not read, and
             # cannot be taken back: a peer that does not read is dead, and closing it is
             # what frees the buffer.
-            self._guard.closed += 1
             _log.warning(
                 "closing %s: not reading (a send waited %g s)", peer.connection_id, timeout
             )
-            abort(peer.ws, f"not reading: a frame waited {timeout:g} s to be sent")
+            self._guard.abort(peer.ws, f"not reading: a frame waited {timeout:g} s to be sent")
             raise ServiceUnavailable(
                 f"service {service_id!r} is not reading: send timed out after {timeout:g} s; "
                 "its connection was closed"
             ) from None
+        if self._guard.aborted(peer.ws):  # the send returned because its buffer was dropped
+            raise ServiceUnavailable(
+                f"service {service_id!r} is not reading: its connection was closed before "
+                "the message was delivered"
+            )
         self._sent.append(SentMessage(service_id, message))
 
     # ------------------------------------------------------------------ HTTP and routing

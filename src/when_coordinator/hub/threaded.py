@@ -198,6 +198,10 @@ class ThreadedHub:
     def watchers(self) -> int:
         return self.call(lambda: self.hub.watchers)
 
+    @property
+    def closed_not_reading(self) -> int:
+        return self.call(lambda: self.hub.closed_not_reading)
+
     # ------------------------------------------------------------------ commands
 
     def pause(
