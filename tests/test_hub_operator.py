@@ -351,8 +351,8 @@ def test_a_command_the_phase_forbids_is_refused_with_409_the_phase_and_what_it_a
                 assert [str(s.message.type) for s in hub.sent] == ["registered"]
                 reply = await request(ws, "cancel", workflow_id="wf-1", reason="stop")
                 assert reply["ok"]
-                command = await client.recv()
-                assert (command["type"], command["id"]) == ("cancel", reply["result"]["sent"])
+                got = await client.recv()
+                assert (got["type"], got["id"]) == ("cancel", reply["result"]["sent"])
             await client.close()
 
     asyncio.run(main())
