@@ -161,3 +161,23 @@ def test_an_operator_that_stops_reading_is_closed_and_unsubscribed() -> None:
             await service.close()
 
     asyncio.run(main())
+
+
+def test_closing_the_hub_does_not_wait_forever_on_a_peer_that_stopped_reading() -> None:
+    async def main() -> None:
+        hub = await Hub(
+            send_buffer_bytes=64 * 1024, send_buffer_timeout=0.5, command_timeout=60
+        ).start()
+        stuck = await non_reader(hub.url, {"X-Service-Name": "stuck"})
+        stuck.send(frame("register", payload={"service_name": "stuck", "service_id": "s"}))
+        await hub.wait_for(lambda h: h.services["s"].connected)
+        sends = [asyncio.ensure_future(hub.send("s", big_command("wf"))) for _ in range(BURST)]
+        await asyncio.sleep(0)  # each send writes its frame before it waits for the drain
+        # websockets' closing handshake waits for the buffer to drain, with no deadline.
+        await asyncio.wait_for(hub.close(), 10)
+        await asyncio.gather(*sends, return_exceptions=True)
+        assert hub.closed_not_reading == 1  # the close it had started (1001) is recorded
+        assert hub.services["s"].close_code == 1001
+        stuck.close()
+
+    asyncio.run(main())

@@ -326,6 +326,7 @@ class Hub:
         self._received = ReceivedLog(max(1, record_limit))
         self._sent: deque[SentMessage] = deque(maxlen=max(1, record_limit))
         self._peers: dict[str, _Peer] = {}
+        self._open: set[ServerConnection] = set()
         self._connection_ids = itertools.count(1)
         self._pending: dict[str, _PendingStatus] = {}
         self._waiters: list[_Waiter] = []
@@ -377,7 +378,7 @@ class Hub:
             raise
         self._port = int(self._server.sockets[0].getsockname()[1])
         self._spawn(self._ping_loop())
-        self._spawn(self._guard_loop(self._server))
+        self._spawn(self._guard_loop())
         _log.info("hub listening on %s", self.url)
         return self
 
@@ -764,10 +765,14 @@ class Hub:
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
         target = parse_target(ws.request.path)  # a websocket route: _process_request said so
-        if target.segments == OPERATOR_ROUTE:
-            await OperatorSession(self, ws).run()
-        else:
-            await self._serve_service(ws, target.path)
+        self._open.add(ws)  # until the connection is closed, closing ones included
+        try:
+            if target.segments == OPERATOR_ROUTE:
+                await OperatorSession(self, ws).run()
+            else:
+                await self._serve_service(ws, target.path)
+        finally:
+            self._open.discard(ws)
 
     # ------------------------------------------------------------------ services
 
@@ -926,13 +931,14 @@ class Hub:
         with contextlib.suppress(ServiceUnavailable):
             await self._send(peer, ping, service_id, timeout=self._ping_interval)
 
-    async def _guard_loop(self, server: Server) -> None:
-        """Close the connections (services and operators) that stopped reading."""
+    async def _guard_loop(self) -> None:
+        """Close the connections (services and operators) that stopped reading. Closing
+        ones too: websockets' close waits, without a deadline, for the buffer to drain."""
         guard = self._guard
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(guard.interval)
-            guard.scan(tuple(server.connections), loop.time())
+            guard.scan(tuple(self._open), loop.time())
 
     @property
     def closed_not_reading(self) -> int:
