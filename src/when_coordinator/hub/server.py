@@ -928,8 +928,11 @@ class Hub:
 
     async def _ping(self, peer: _Peer, ping: Message, service_id: str) -> None:
         # A dead or stuck connection shows up as late, then disconnected.
+        # A ping that cannot be written in time closes the connection (see ``_send``): give
+        # it as long as a command gets, even with a short ping interval.
+        timeout = max(self._ping_interval, self.command_timeout)
         with contextlib.suppress(ServiceUnavailable):
-            await self._send(peer, ping, service_id, timeout=self._ping_interval)
+            await self._send(peer, ping, service_id, timeout=timeout)
 
     async def _guard_loop(self) -> None:
         """Close the connections (services and operators) that stopped reading. Closing
