@@ -379,7 +379,10 @@ class Hub:
         self._port = int(self._server.sockets[0].getsockname()[1])
         self._spawn(self._ping_loop())
         self._spawn(self._guard_loop())
-        _log.info("hub listening on %s", self.url)
+        if self._host in ("", "0.0.0.0", "::"):  # self.url dials loopback: say so
+            _log.info("hub listening on all interfaces, port %d (locally %s)", self._port, self.url)
+        else:
+            _log.info("hub listening on %s", self.url)
         return self
 
     async def close(self) -> None:
