@@ -19,6 +19,7 @@ import trustme
 from scripted_server import Frame, RawServer, ScriptedServer, fast_config, wait_until
 from when_coordinator import Config, ConfigError, Coordinator, PhaseManager
 from when_coordinator.client.connection import backoff_delays, handshake_headers
+from when_coordinator.client.coordinator import _CONTROL_LIMIT
 from when_coordinator.hub import Hub
 from when_coordinator.protocol import RegisteredPayload, parse_timestamp
 
@@ -587,3 +588,35 @@ def test_a_url_without_the_hub_path_is_pointed_out_once(caplog: pytest.LogCaptur
     assert len(not_found) == 1
     assert "/v1/coordination" in no_path[0]
     assert "/v1/coordination" in not_found[0]
+
+
+def test_a_hub_that_pings_and_never_reads_is_a_dead_peer_and_replies_stay_bounded() -> None:
+    """1.29 M queued pongs (867 MB) once: now the replies waiting to be written are bounded,
+    and a peer that leaves them unread for ``pong_timeout`` is dropped and re-dialled."""
+    pong_timeout = 0.5
+    with RawServer("ping-flood", max_pings=150_000) as raw:
+        coordinator = Coordinator(fast_config(raw.url, pong_timeout=pong_timeout))
+        events = Events(coordinator)
+        most = 0
+        stop = threading.Event()
+
+        def watch() -> None:  # the reply queue, as often as the GIL lets us look
+            nonlocal most
+            while not stop.is_set():
+                most = max(most, len(coordinator._control))
+                stop.wait(0.001)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            coordinator.connect()
+            events.wait("disconnected", 1, 20)
+            events.wait("connected", 2, 5)  # dialled again
+        finally:
+            stop.set()
+            watcher.join(5)
+        stats = coordinator.stats()
+        assert stats.inbound_dropped["not answered: hub not reading"] > 0
+        assert stats.received > 4 * _CONTROL_LIMIT  # many more pings than replies ever queued
+        assert most <= _CONTROL_LIMIT
+        coordinator.close(0.5)
