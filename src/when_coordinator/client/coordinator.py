@@ -81,9 +81,9 @@ _INFLIGHT_CONFIRM_EVERY = 256
 _INFLIGHT_LIMIT = _INFLIGHT_CONFIRM_EVERY * 4
 """Stop sending past this many unacknowledged messages until the hub catches up."""
 _BATCH_MESSAGES = 64
+_BATCH_BYTES = 64 * 1024
 _CONTROL_LIMIT = 1024
 """Replies (pongs, status responses) waiting to be written before the reader stops reading."""
-_BATCH_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
