@@ -18,6 +18,7 @@ import atexit
 import contextlib
 import inspect
 import logging
+import math
 import os
 import threading
 import time
@@ -148,6 +149,20 @@ def _check_percent(percent: object) -> float:
     if not 0 <= percent <= 100:  # also false for NaN
         raise ValueError(f"percent must be between 0 and 100, got {percent!r}")
     return percent
+
+
+def _check_timeout(timeout: object) -> float | None:
+    """Seconds to wait: None or infinity wait for good, a negative number not at all. NaN
+    (every comparison false) once made ``flush()`` wait forever: it is refused here."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if math.isnan(timeout):
+        raise ValueError("timeout must be a number of seconds or None, got nan")
+    if math.isinf(timeout):
+        return None if timeout > 0 else 0.0
+    return max(float(timeout), 0.0)
 
 
 def _check_count(name: str, value: object) -> int:
@@ -281,7 +296,9 @@ class Coordinator:
     def close(self, timeout: float | None = None) -> None:
         """Deliver what is queued within ``timeout`` (default ``config.close_timeout``), then
         close with code 1000 and join the thread. Idempotent; what is left is counted dropped."""
-        timeout = self.config.close_timeout if timeout is None else timeout
+        timeout = self.config.close_timeout if timeout is None else _check_timeout(timeout)
+        if timeout is None:
+            raise ValueError("close() needs a finite timeout: it must not hang the host")
         deadline = time.monotonic() + max(timeout, 0.0)
         with self._lifecycle:
             if self._closed:
@@ -326,7 +343,7 @@ class Coordinator:
     def wait_registered(self, timeout: float | None = None) -> bool:
         """Block until the hub answered ``registered`` (True) or ``timeout`` passed (False)."""
         self._refuse_on_client_thread("wait_registered")
-        return self._registered.wait(timeout)
+        return self._registered.wait(_check_timeout(timeout))
 
     async def wait_registered_async(self, timeout: float | None = None) -> bool:
         """``wait_registered`` for asyncio code, without blocking the caller's loop."""
@@ -335,6 +352,7 @@ class Coordinator:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is delivered or dropped; False on timeout."""
         self._refuse_on_client_thread("flush")
+        timeout = _check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._drained:
             while self._outbox.pending or self._control:
@@ -601,9 +619,9 @@ class Coordinator:
             message=_check_text("message", message),
             workflow_id=_check_text("workflow_id", workflow_id),
             action_id=_check_text("action_id", action_id),
-            correlation_id=correlation_id,
-            trace_id=trace_id,
-            span_id=span_id,
+            correlation_id=_check_text("correlation_id", correlation_id),
+            trace_id=_check_text("trace_id", trace_id),
+            span_id=_check_text("span_id", span_id),
             fields=dict(fields) if fields else {},
         )
         return self._enqueue(MessageType.LOG, "", entry, _entry_size(entry))
