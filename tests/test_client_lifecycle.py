@@ -399,3 +399,16 @@ def test_a_bad_timeout_is_refused_at_the_call_and_nothing_hangs(
     assert time.monotonic() - started < 5
     assert coordinator.log_info("still open")  # the refused close() closed nothing
     coordinator.close(0.2)
+
+
+@pytest.mark.parametrize(
+    "name", ["workflow_id", "action_id", "correlation_id", "trace_id", "span_id"]
+)
+def test_log_context_arguments_are_checked_at_the_call(name: str) -> None:
+    """A number here was accepted and only failed to encode later, on the client's thread."""
+    coordinator = Coordinator(fast_config("ws://127.0.0.1:1/v1/coordination"))
+    arguments: dict[str, Any] = {name: 5}
+    with pytest.raises(TypeError, match=name):
+        coordinator.log_with_context("info", "message", **arguments)
+    assert coordinator.stats().sent == 0
+    coordinator.close(0.1)
