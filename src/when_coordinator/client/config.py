@@ -295,6 +295,10 @@ def _default_instance_id() -> str:
 class Config:
     """How to reach the hub and how the client behaves; validated on creation.
 
+    Every field's type and range is checked when the ``Config`` is made: a bad value raises
+    ``ConfigError`` (a ``ValueError``) naming the field, at the call, rather than failing later
+    on the client's thread.
+
     Outbox bounds cap the memory the client may hold while the hub is slow or unreachable;
     ``max_frame_bytes`` caps what the hub may make it buffer.
     """

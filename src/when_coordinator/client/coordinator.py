@@ -350,7 +350,11 @@ class Coordinator:
         return await asyncio.to_thread(self.wait_registered, timeout)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything queued so far is delivered or dropped; False on timeout."""
+        """Wait until everything queued so far is delivered or dropped; False on timeout.
+
+        ``timeout`` is seconds (None or infinity: no limit; negative: do not wait); anything
+        else, NaN included, raises at the call.
+        """
         self._refuse_on_client_thread("flush")
         timeout = _check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout

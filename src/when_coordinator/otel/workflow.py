@@ -274,7 +274,11 @@ class _WorkflowBase:
         return checkpoint_id
 
     def error(self, message: str | BaseException, recoverable: bool = True) -> None:
-        """Report an error the workflow survives (or not: ``recoverable=False``)."""
+        """Report an error the workflow survives (or not: ``recoverable=False``).
+
+        An exception is reported as ``"Type: text"``; one whose ``str()`` raises as
+        ``"Type: <str() failed>"``, never raising into the caller.
+        """
         self._check_running()
         text = describe_error(message)  # never raises, whatever str(message) does
         self._coordinator.send_error(self.id, self.action_id, text, recoverable)
