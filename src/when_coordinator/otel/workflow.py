@@ -35,6 +35,7 @@ from opentelemetry.util.types import AttributeValue
 from .._version import __version__
 from ..client import CommandEvent, Coordinator
 from ..client import current_workflow as _client_workflow
+from ..client._util import describe_error
 from ..phase_manager import PhaseError, PhaseState, WorkflowExistsError
 from ..protocol import MessageType, Phase
 from . import attributes as attr
@@ -273,15 +274,20 @@ class _WorkflowBase:
         return checkpoint_id
 
     def error(self, message: str | BaseException, recoverable: bool = True) -> None:
-        """Report an error the workflow survives (or not: ``recoverable=False``)."""
+        """Report an error the workflow survives (or not: ``recoverable=False``).
+
+        An exception is reported as ``"Type: text"``; one whose ``str()`` raises as
+        ``"Type: <str() failed>"``, never raising into the caller.
+        """
         self._check_running()
-        self._coordinator.send_error(self.id, self.action_id, message, recoverable)
+        text = describe_error(message)  # never raises, whatever str(message) does
+        self._coordinator.send_error(self.id, self.action_id, text, recoverable)
         if isinstance(message, BaseException):
-            self._span.record_exception(message, {"when.error.recoverable": recoverable})
+            _record_exception(self._span, message, text, {"when.error.recoverable": recoverable})
         else:
             self._span.add_event(
                 attr.ERROR_EVENT,
-                {"when.error.message": message, "when.error.recoverable": recoverable},
+                {"when.error.message": text, "when.error.recoverable": recoverable},
             )
 
     # ------------------------------------------------------------------ lifecycle
@@ -354,9 +360,9 @@ class _WorkflowBase:
                 suppress = isinstance(exc, WorkflowCancelled) and exc.workflow_id == self.id
                 self._end_cancelled(getattr(exc, "reason", "") or "cancelled")
             else:
-                reason = f"{type(exc).__name__}: {exc}"
+                reason = describe_error(exc)
                 self._coordinator.send_error(self.id, self.action_id, reason, False)
-                self._span.record_exception(exc)
+                _record_exception(self._span, exc, reason)
                 self._span.set_status(Status(StatusCode.ERROR, reason))
                 settle(self._phases, self.id, error=reason)
         finally:
@@ -441,6 +447,27 @@ class _WorkflowBase:
             if state.phase not in (Phase.PAUSING, Phase.RESUMING):
                 return state.phase is Phase.PAUSED
         return True
+
+
+def _record_exception(
+    span: Span,
+    exc: BaseException,
+    text: str,
+    attributes: Mapping[str, AttributeValue] | None = None,
+) -> None:
+    """``span.record_exception``, which calls ``str(exc)``: an exception whose ``__str__``
+    raises is recorded with ``text`` (from ``describe_error``) instead of raising."""
+    try:
+        span.record_exception(exc, attributes)
+    except Exception:
+        span.add_event(
+            "exception",
+            {
+                "exception.type": type(exc).__name__,
+                "exception.message": text,
+                **(attributes or {}),
+            },
+        )
 
 
 class Workflow(_WorkflowBase):
