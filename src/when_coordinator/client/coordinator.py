@@ -25,7 +25,7 @@ import weakref
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -67,6 +67,13 @@ __all__ = ["CommandEvent", "Coordinator", "CoordinatorStats", "MessageHandler"]
 _log = logging.getLogger("when_coordinator.client")
 
 MessageHandler = Callable[[Message], "Awaitable[None] | None"]
+
+
+class LogSource(Protocol):
+    """What buffers log entries for a coordinator (``LogForwarder``): flushed before it closes."""
+
+    def _flush_to_coordinator(self, *, final: bool) -> None: ...
+
 
 _INFLIGHT_CONFIRM_EVERY = 256
 """Ask for an acknowledgement after this many unacknowledged messages, even under load."""
@@ -175,6 +182,8 @@ class Coordinator:
         self._forked = False
         self._retainers: weakref.WeakSet[object] = weakref.WeakSet()
         self._exit_pending = False
+        self._exit_deadline: float | None = None
+        self._log_sources: weakref.WeakSet[LogSource] = weakref.WeakSet()
         self._handlers: dict[str, MessageHandler] = {}
         self._callbacks: dict[str, list[Callable[..., Any]]] = {
             "connected": [],
@@ -257,10 +266,12 @@ class Coordinator:
                 self._drained.notify_all()
 
     def close(self, timeout: float | None = None) -> None:
-        """Deliver what is queued within ``timeout`` (default ``config.close_timeout``), then
-        close with code 1000 and join the thread. Idempotent; what is left is counted dropped."""
+        """Hand over what the attached log forwarders buffer, deliver what is queued within
+        ``timeout`` (default ``config.close_timeout``), then close with code 1000 and join the
+        thread. Idempotent; what is left is counted dropped, with one warning."""
         timeout = self.config.close_timeout if timeout is None else timeout
         deadline = time.monotonic() + max(timeout, 0.0)
+        self._flush_log_sources(final=True)
         with self._lifecycle:
             if self._closed:
                 return
@@ -276,8 +287,45 @@ class Coordinator:
                     loop.call_soon_threadsafe(stop.set)
             if not own_thread:
                 thread.join(max(deadline - time.monotonic(), 0.0) + 2.0)
+        before = self._outbox.counters().dropped
         self._outbox.clear("coordinator closed")
+        left = {
+            kind: count - before.get(kind, 0)
+            for kind, count in self._outbox.counters().dropped.items()
+            if count > before.get(kind, 0)
+        }
+        if left and self.config.enabled:
+            _log.warning(
+                "closed with %d message(s) undelivered, dropped (%s); see stats()",
+                sum(left.values()),
+                ", ".join(f"{kind}: {count}" for kind, count in sorted(left.items())),
+            )
         self._unsubscribe()
+
+    def _attach_log_source(self, source: LogSource) -> None:
+        """Have ``close()`` and the exit handler flush ``source`` first (a ``LogForwarder``, a
+        ``CoordinatorLogHandler``): what it buffers is then queued before the last delivery.
+        Held weakly, so an attached source can still be collected."""
+        self._log_sources.add(source)
+
+    def _flush_log_sources(self, *, final: bool) -> None:
+        for source in tuple(self._log_sources):
+            try:
+                source._flush_to_coordinator(final=final)
+            except Exception:
+                _log.warning("flushing %r before closing failed", source, exc_info=True)
+
+    def _exit_budget(self) -> float:
+        """Seconds left of the one ``close_timeout`` that every flush at interpreter exit shares.
+
+        Several exit handlers flush this coordinator in turn (the instrumentor's, this one's,
+        an exporter's final shutdown, the last ``release()``): one deadline, started by the
+        first, bounds them all, so with a hub that is slow or gone the process still exits at
+        most ``close_timeout`` later than it would without this package.
+        """
+        if self._exit_deadline is None:
+            self._exit_deadline = time.monotonic() + self.config.close_timeout
+        return max(self._exit_deadline - time.monotonic(), 0.0)
 
     def retain(self, owner: object) -> None:
         """Keep the connection open at interpreter exit until ``owner`` calls ``release()``.
@@ -292,7 +340,7 @@ class Coordinator:
         """Drop a ``retain()``; at exit, the last release closes the coordinator."""
         self._retainers.discard(owner)
         if self._exit_pending and not self._retainers:
-            self.close()
+            self.close(self._exit_budget())
 
     def __enter__(self) -> Coordinator:
         self.connect()
@@ -391,6 +439,13 @@ class Coordinator:
         if self._closed or self._forked or not self.config.enabled:
             reason = "closed" if self._closed else "forked child" if self._forked else "no hub"
             self._outbox.reject(message_type, f"not sending: {reason}")
+            if self._closed and self.config.enabled:
+                self._warn.log(
+                    logging.WARNING,
+                    "closed",
+                    "%s sent after close() was dropped; see stats()",
+                    message_type,
+                )
             return False
         outbox = self._outbox
         before = outbox.dropped_total
@@ -1124,12 +1179,14 @@ def _close_at_exit(ref: weakref.ref[Coordinator]) -> None:
     if coordinator is None or coordinator._forked:
         return
     try:
+        budget = coordinator._exit_budget()
         if coordinator._retainers:
+            coordinator._flush_log_sources(final=True)
             coordinator._exit_pending = True  # the last release() closes
             if coordinator._thread is not None:
-                coordinator.flush(coordinator.config.close_timeout)
+                coordinator.flush(budget)
         else:
-            coordinator.close()
+            coordinator.close(budget)
     except Exception:
         _log.debug("closing at exit failed", exc_info=True)
 
