@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -182,7 +182,8 @@ class Coordinator:
         self._forked = False
         self._retainers: weakref.WeakSet[object] = weakref.WeakSet()
         self._exit_pending = False
-        self._exit_deadline: float | None = None
+        self._exit_spent: float | None = None
+        """Seconds the exit path waited so far (None: the process is not exiting)."""
         self._log_sources: weakref.WeakSet[LogSource] = weakref.WeakSet()
         self._handlers: dict[str, MessageHandler] = {}
         self._callbacks: dict[str, list[Callable[..., Any]]] = {
@@ -315,17 +316,31 @@ class Coordinator:
             except Exception:
                 _log.warning("flushing %r before closing failed", source, exc_info=True)
 
-    def _exit_budget(self) -> float:
-        """Seconds left of the one ``close_timeout`` that every flush at interpreter exit shares.
+    @contextlib.contextmanager
+    def _exit_wait(self) -> Iterator[float]:
+        """One wait of the exit path: yields the seconds it may take and counts what it took.
 
-        Several exit handlers flush this coordinator in turn (the instrumentor's, this one's,
-        an exporter's final shutdown, the last ``release()``): one deadline, started by the
-        first, bounds them all, so with a hub that is slow or gone the process still exits at
-        most ``close_timeout`` later than it would without this package.
+        Several exit handlers wait on this coordinator in turn (the instrumentor's, this one's,
+        an exporter's final shutdown, the last ``release()``), with other handlers, such as the
+        SDK's own exporters, running in between: all of ours share one ``close_timeout``, so
+        with a hub that is slow or gone the process exits at most ``close_timeout`` later than
+        it would without this package.
         """
-        if self._exit_deadline is None:
-            self._exit_deadline = time.monotonic() + self.config.close_timeout
-        return max(self._exit_deadline - time.monotonic(), 0.0)
+        if self._exit_spent is None:
+            self._exit_spent = 0.0
+        started = time.monotonic()
+        try:
+            yield max(self.config.close_timeout - self._exit_spent, 0.0)
+        finally:
+            self._exit_spent += time.monotonic() - started
+
+    def _flush_final(self) -> bool:
+        """Flush before the end, within ``close_timeout`` or, once the process is exiting,
+        within what is left of the exit path's one ``close_timeout``."""
+        if self._exit_spent is None:
+            return self.flush(self.config.close_timeout)
+        with self._exit_wait() as budget:
+            return self.flush(budget)
 
     def retain(self, owner: object) -> None:
         """Keep the connection open at interpreter exit until ``owner`` calls ``release()``.
@@ -340,7 +355,8 @@ class Coordinator:
         """Drop a ``retain()``; at exit, the last release closes the coordinator."""
         self._retainers.discard(owner)
         if self._exit_pending and not self._retainers:
-            self.close(self._exit_budget())
+            with self._exit_wait() as budget:
+                self.close(budget)
 
     def __enter__(self) -> Coordinator:
         self.connect()
@@ -1179,14 +1195,14 @@ def _close_at_exit(ref: weakref.ref[Coordinator]) -> None:
     if coordinator is None or coordinator._forked:
         return
     try:
-        budget = coordinator._exit_budget()
-        if coordinator._retainers:
-            coordinator._flush_log_sources(final=True)
-            coordinator._exit_pending = True  # the last release() closes
-            if coordinator._thread is not None:
-                coordinator.flush(budget)
-        else:
-            coordinator.close(budget)
+        with coordinator._exit_wait() as budget:
+            if coordinator._retainers:
+                coordinator._flush_log_sources(final=True)
+                coordinator._exit_pending = True  # the last release() closes
+                if coordinator._thread is not None:
+                    coordinator.flush(budget)
+            else:
+                coordinator.close(budget)
     except Exception:
         _log.debug("closing at exit failed", exc_info=True)
 
