@@ -234,8 +234,10 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         Only our processor is flushed, not the providers: their ``force_flush`` waits on every
         exporter of the application and ignores its timeout, and an OTLP exporter with no
         Collector listening retries each batch for seconds. Our processor only feeds our
-        exporter, which hands records to the outbox without blocking; the other exporters
-        are left to the SDK's own exit handler, exactly as without this instrumentor.
+        exporter, which hands records to the outbox without blocking; the other exporters are
+        left to the SDK's own exit handler. Exporters the SDK configuration made
+        (``OTEL_LOGS_EXPORTER=when``) are bound to the coordinator, which stays open for
+        their final export in that handler.
         """
         coordinator = self._coordinator
         if coordinator is None:
@@ -288,6 +290,12 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         coordinator = self._coordinator
         if coordinator is None or self._pid != os.getpid():
             return
+        if self._bound_exporters:
+            # Forked workers end with os._exit: the SDK's exit handler, which would run the
+            # final export through them, never runs. Only the provider can flush its
+            # processor; it runs every exporter, so it gets a thread and a deadline.
+            with coordinator._exit_wait() as budget:
+                _flush_within(_logs.get_logger_provider(), budget)
         self._flush_at_exit()
         with coordinator._exit_wait() as budget:
             coordinator.close(budget)
@@ -452,6 +460,21 @@ def _attach_log_exporter(provider: Any, coordinator: Coordinator) -> tuple[Any, 
         _log_exporters.set(provider, attached)
     attached[0].use(coordinator)
     return attached
+
+
+def _flush_within(provider: Any, timeout: float) -> None:
+    """``provider.force_flush()`` on a daemon thread, waited for ``timeout`` seconds at most:
+    the SDK's flush ignores its timeout and waits on every exporter of the provider."""
+
+    def run() -> None:
+        try:
+            provider.force_flush(int(timeout * 1000))
+        except Exception:
+            _log.debug("flushing %r failed", provider, exc_info=True)
+
+    thread = threading.Thread(target=run, name="when-flush", daemon=True)
+    thread.start()
+    thread.join(timeout)
 
 
 def _bridge_handler_types() -> tuple[type[logging.Handler], ...]:
