@@ -71,7 +71,7 @@ def timed_app(env: Mapping[str, str], limit: float) -> tuple[float, str]:
 
 
 def exporters_env(
-    service: str, when_url: str, otlp: bool, *, disabled: bool = False
+    service: str, when_url: str, otlp: bool, *, disabled: bool = False, logs: str = "otlp"
 ) -> dict[str, str]:
     env = {
         "OTEL_SERVICE_NAME": service,
@@ -85,7 +85,7 @@ def exporters_env(
         env.update(
             {
                 "OTEL_TRACES_EXPORTER": "otlp",
-                "OTEL_LOGS_EXPORTER": "otlp",
+                "OTEL_LOGS_EXPORTER": logs,
                 "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
                 "OTEL_EXPORTER_OTLP_TIMEOUT": OTLP_TIMEOUT,
@@ -101,16 +101,20 @@ def exporters_env(
 # ---------------------------------------------------------------------- exit
 
 
+@pytest.mark.parametrize("logs", ["otlp", "otlp,when"])
 def test_an_app_whose_collector_is_not_listening_exits_in_time_and_reports_to_the_hub(
-    hub: ThreadedHub,
+    hub: ThreadedHub, logs: str
 ) -> None:
     """The OTLP exporters fail every batch and log each failure; the instrumentor's exit path
     flushes only its own pipeline, and those failure records never enter the logs pipeline
-    (they fed the OTLP exporter its own failures, and its flush never ended)."""
-    service = "otlp-closed"
-    baseline, _ = timed_app(exporters_env(f"{service}-off", hub.url, True, disabled=True), 120)
+    (they fed the OTLP exporter its own failures, and its flush never ended). With ``when``
+    in ``OTEL_LOGS_EXPORTER`` the SDK's exporter delivers at the SDK's exit, after the OTLP
+    exporter gave up: the coordinator waits for it, within its exit budget."""
+    service = f"otlp-closed-{logs.replace(',', '-')}"
+    off = exporters_env(f"{service}-off", hub.url, True, disabled=True, logs="otlp")
+    baseline, _ = timed_app(off, 120)
     limit = baseline + CLOSE_TIMEOUT + SLACK
-    elapsed, stderr = timed_app(exporters_env(service, hub.url, True), limit + 30)
+    elapsed, stderr = timed_app(exporters_env(service, hub.url, True, logs=logs), limit + 30)
     assert "Failed to export" in stderr, "the OTLP exporters did not fail: nothing was tested"
     assert elapsed <= limit, f"{elapsed:.1f} s with the instrumentor, {baseline:.1f} s without"
 
