@@ -304,9 +304,9 @@ class Coordinator:
         self._unsubscribe()
 
     def _attach_log_source(self, source: LogSource) -> None:
-        """Have ``close()`` and the exit handler flush ``source`` first (a ``LogForwarder``, a
-        ``CoordinatorLogHandler``): what it buffers is then queued before the last delivery.
-        Held weakly, so an attached source can still be collected."""
+        """Have ``close()`` and the exit handler flush ``source`` first (a ``LogForwarder``, and
+        so a ``CoordinatorLogHandler`` feeding one): what it buffers is then queued before the
+        last delivery. Held weakly, so an attached source can still be collected."""
         self._log_sources.add(source)
 
     def _flush_log_sources(self, *, final: bool) -> None:
