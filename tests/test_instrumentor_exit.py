@@ -37,7 +37,7 @@ CLOSE_TIMEOUT = 5.0
 SLACK = 3.0
 """Seconds of start-up and scheduling noise allowed between two runs of the same program on a
 loaded machine (the package's exit handlers themselves take ``CLOSE_TIMEOUT`` at most; the
-code before the fix took over 25 s with the hub unreachable, and forever with the OTLP
+code before the fix took about 21 s with the hub unreachable, and forever with the OTLP
 exporters failing)."""
 OTLP_TIMEOUT = "2"
 """``OTEL_EXPORTER_OTLP_TIMEOUT`` (seconds): how long an OTLP exporter retries one batch before
