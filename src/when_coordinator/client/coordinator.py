@@ -24,9 +24,9 @@ import threading
 import time
 import weakref
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -76,6 +76,13 @@ __all__ = ["CommandEvent", "Coordinator", "CoordinatorStats", "MessageHandler"]
 _log = logging.getLogger("when_coordinator.client")
 
 MessageHandler = Callable[[Message], "Awaitable[None] | None"]
+
+
+class LogSource(Protocol):
+    """What buffers log entries for a coordinator (``LogForwarder``): flushed before it closes."""
+
+    def _flush_to_coordinator(self, *, final: bool) -> None: ...
+
 
 _INFLIGHT_CONFIRM_EVERY = 256
 """Ask for an acknowledgement after this many unacknowledged messages, even under load."""
@@ -209,6 +216,9 @@ class Coordinator:
         """After a fork, the parent's workflows: never the child's to report or replay."""
         self._retainers: weakref.WeakSet[object] = weakref.WeakSet()
         self._exit_pending = False
+        self._exit_spent: float | None = None
+        """Seconds the exit path waited so far (None: the process is not exiting)."""
+        self._log_sources: weakref.WeakSet[LogSource] = weakref.WeakSet()
         self._handlers: dict[str, MessageHandler] = {}
         self._callbacks: dict[str, list[Callable[..., Any]]] = {
             "connected": [],
@@ -294,12 +304,14 @@ class Coordinator:
                 self._drained.notify_all()
 
     def close(self, timeout: float | None = None) -> None:
-        """Deliver what is queued within ``timeout`` (default ``config.close_timeout``), then
-        close with code 1000 and join the thread. Idempotent; what is left is counted dropped."""
+        """Hand over what the attached log forwarders buffer, deliver what is queued within
+        ``timeout`` (default ``config.close_timeout``), then close with code 1000 and join the
+        thread. Idempotent; what is left is counted dropped, with one warning."""
         timeout = self.config.close_timeout if timeout is None else _check_timeout(timeout)
         if timeout is None:
             raise ValueError("close() needs a finite timeout: it must not hang the host")
         deadline = time.monotonic() + max(timeout, 0.0)
+        self._flush_log_sources(final=True)
         with self._lifecycle:
             if self._closed:
                 return
@@ -315,8 +327,59 @@ class Coordinator:
                     loop.call_soon_threadsafe(stop.set)
             if not own_thread:
                 thread.join(max(deadline - time.monotonic(), 0.0) + 2.0)
+        before = self._outbox.counters().dropped
         self._outbox.clear("coordinator closed")
+        left = {
+            kind: count - before.get(kind, 0)
+            for kind, count in self._outbox.counters().dropped.items()
+            if count > before.get(kind, 0)
+        }
+        if left and self.config.enabled:
+            _log.warning(
+                "closed with %d message(s) undelivered, dropped (%s); see stats()",
+                sum(left.values()),
+                ", ".join(f"{kind}: {count}" for kind, count in sorted(left.items())),
+            )
         self._unsubscribe()
+
+    def _attach_log_source(self, source: LogSource) -> None:
+        """Have ``close()`` and the exit handler flush ``source`` first (a ``LogForwarder``, and
+        so a ``CoordinatorLogHandler`` feeding one): what it buffers is then queued before the
+        last delivery. Held weakly, so an attached source can still be collected."""
+        self._log_sources.add(source)
+
+    def _flush_log_sources(self, *, final: bool) -> None:
+        for source in tuple(self._log_sources):
+            try:
+                source._flush_to_coordinator(final=final)
+            except Exception:
+                _log.warning("flushing %r before closing failed", source, exc_info=True)
+
+    @contextlib.contextmanager
+    def _exit_wait(self) -> Iterator[float]:
+        """One wait of the exit path: yields the seconds it may take and counts what it took.
+
+        Several exit handlers wait on this coordinator in turn (the instrumentor's, this one's,
+        an exporter's final shutdown, the last ``release()``), with other handlers, such as the
+        SDK's own exporters, running in between: all of ours share one ``close_timeout``, so
+        with a hub that is slow or gone the process exits at most ``close_timeout`` later than
+        it would without this package.
+        """
+        if self._exit_spent is None:
+            self._exit_spent = 0.0
+        started = time.monotonic()
+        try:
+            yield max(self.config.close_timeout - self._exit_spent, 0.0)
+        finally:
+            self._exit_spent += time.monotonic() - started
+
+    def _flush_final(self) -> bool:
+        """Flush before the end, within ``close_timeout`` or, once the process is exiting,
+        within what is left of the exit path's one ``close_timeout``."""
+        if self._exit_spent is None:
+            return self.flush(self.config.close_timeout)
+        with self._exit_wait() as budget:
+            return self.flush(budget)
 
     def retain(self, owner: object) -> None:
         """Keep the connection open at interpreter exit until ``owner`` calls ``release()``.
@@ -331,7 +394,8 @@ class Coordinator:
         """Drop a ``retain()``; at exit, the last release closes the coordinator."""
         self._retainers.discard(owner)
         if self._exit_pending and not self._retainers:
-            self.close()
+            with self._exit_wait() as budget:
+                self.close(budget)
 
     def __enter__(self) -> Coordinator:
         self.connect()
@@ -435,6 +499,13 @@ class Coordinator:
         if self._closed or self._forked or not self.config.enabled:
             reason = "closed" if self._closed else "forked child" if self._forked else "no hub"
             self._outbox.reject(message_type, f"not sending: {reason}")
+            if self._closed and self.config.enabled:
+                self._warn.log(
+                    logging.WARNING,
+                    "closed",
+                    "%s sent after close() was dropped; see stats()",
+                    message_type,
+                )
             return False
         if self._inherited and workflow_id in self._inherited:
             # Reported from here, it would move the workflow to this process at the hub.
@@ -1262,12 +1333,14 @@ def _close_at_exit(ref: weakref.ref[Coordinator]) -> None:
     if coordinator is None or coordinator._forked:
         return
     try:
-        if coordinator._retainers:
-            coordinator._exit_pending = True  # the last release() closes
-            if coordinator._thread is not None:
-                coordinator.flush(coordinator.config.close_timeout)
-        else:
-            coordinator.close()
+        with coordinator._exit_wait() as budget:
+            if coordinator._retainers:
+                coordinator._flush_log_sources(final=True)
+                coordinator._exit_pending = True  # the last release() closes
+                if coordinator._thread is not None:
+                    coordinator.flush(budget)
+            else:
+                coordinator.close(budget)
     except Exception:
         _log.debug("closing at exit failed", exc_info=True)
 

@@ -20,7 +20,6 @@ import functools
 import inspect
 import threading
 import uuid
-import weakref
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from contextvars import ContextVar
 from types import TracebackType
@@ -39,6 +38,7 @@ from ..client._util import describe_error
 from ..phase_manager import PhaseError, PhaseState, WorkflowExistsError
 from ..protocol import MessageType, Phase
 from . import attributes as attr
+from ._identity import ByIdentity
 from .tracking import get_coordinator, settle, start_lifecycle, tracker_for
 
 __all__ = [
@@ -98,7 +98,7 @@ def _progress_events_allowed(span: Span) -> int:
 
 
 _global_tracer: trace.Tracer | None = None
-_tracers: weakref.WeakKeyDictionary[TracerProvider, trace.Tracer] = weakref.WeakKeyDictionary()
+_tracers: ByIdentity[trace.Tracer] = ByIdentity()  # providers need not be hashable (logfire's)
 
 
 def _tracer(provider: TracerProvider | None) -> trace.Tracer:
@@ -114,7 +114,8 @@ def _tracer(provider: TracerProvider | None) -> trace.Tracer:
         return _global_tracer
     tracer = _tracers.get(provider)
     if tracer is None:
-        tracer = _tracers[provider] = provider.get_tracer("when_coordinator", __version__)
+        tracer = provider.get_tracer("when_coordinator", __version__)
+        _tracers.set(provider, tracer)
     return tracer
 
 
