@@ -810,7 +810,7 @@ class Hub:
             if message.type is MessageType.REGISTER:
                 await self._register(peer, message, frame, now)
                 return
-            self._state.receive(peer.connection_id, message, now=now)
+            applied = self._state.receive(peer.connection_id, message, now=now)
         except ProtocolError as exc:
             self._invalid(peer, str(exc))
             return
@@ -820,9 +820,13 @@ class Hub:
             return
         conn = self._state.connections[peer.connection_id]
         self._received.append(conn.service_id, frame)
-        if message.type is MessageType.STATUS_RESPONSE:
+        if applied and message.type is MessageType.STATUS_RESPONSE:
             pending = self._pending.get(message.id)
-            if pending is not None and not pending.future.done():
+            if (
+                pending is not None
+                and pending.connection_id == peer.connection_id
+                and not pending.future.done()
+            ):
                 pending.future.set_result(StatusResponsePayload.from_dict(message.payload))
         self._publish()
 

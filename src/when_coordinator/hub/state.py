@@ -768,6 +768,14 @@ class Snapshot:
 # --------------------------------------------------------------------------- the state
 
 
+class _NotOwner(Exception):
+    """A message about a workflow that belongs to another service (caught in ``receive``)."""
+
+    def __init__(self, workflow: WorkflowState) -> None:
+        super().__init__(workflow.workflow_id)
+        self.workflow = workflow
+
+
 class HubState:
     """The hub's whole state, changed only through its methods (no I/O, no clock).
 
@@ -846,12 +854,13 @@ class HubState:
         *,
         service: ServiceState | None = None,
         workflow: WorkflowState | None = None,
+        workflow_id: str = "",
     ) -> None:
         self.anomaly_count += 1
         anomaly = Anomaly(
             text,
             service.service_id if service is not None else "",
-            workflow.workflow_id if workflow is not None else "",
+            workflow.workflow_id if workflow is not None else workflow_id,
             now,
         )
         self.anomalies.append(anomaly)
@@ -1080,6 +1089,8 @@ class HubState:
             self.workflow_logs[workflow_id] = LogBuffer(self._workflow_log_buffer)
             self._link_orphans(workflow)
             self._evict(service.service_id)
+        elif workflow.service_id and workflow.service_id != service.service_id:
+            raise _NotOwner(workflow)
         workflow.service_id = service.service_id
         workflow.connection_id = conn.connection_id
         workflow.updated_at = now
@@ -1153,18 +1164,27 @@ class HubState:
         else:
             self._finished.pop(workflow.workflow_id, None)
 
+    @staticmethod
+    def _complete(workflow: WorkflowState) -> None:
+        """A workflow that reaches ``completed`` has done all its work: 100%, unless a
+        ``progress`` it sends afterwards says otherwise (that one is applied as reported)."""
+        if workflow.phase is Phase.COMPLETED and workflow.progress < 100.0:
+            workflow.progress = 100.0
+
     def _workflow_id_of(self, message: Message, payload_id: str, what: str) -> str:
         workflow_id = message.workflow_id or payload_id
         if not workflow_id:
             raise ProtocolError(f"{what} message without a workflow_id")
         return workflow_id
 
-    def receive(self, connection_id: str, message: Message, *, now: float) -> None:
+    def receive(self, connection_id: str, message: Message, *, now: float) -> bool:
         """Apply one decoded message from a service (anything but ``register``).
 
         Raises ``ProtocolError`` when the payload has wrong types; the state is then
         unchanged and the caller counts an invalid frame. Unknown message types and
-        hub-to-service types are ignored (and counted on the connection).
+        hub-to-service types are ignored (and counted on the connection). Returns False when
+        the message was refused: it is about a workflow another service owns (an anomaly of
+        the sender; the workflow is untouched).
         """
         conn = self.connections[connection_id]
         kind = message.type
@@ -1173,12 +1193,36 @@ class HubState:
         if kind not in _SERVICE_TO_HUB:
             conn.ignored += 1
             self._changes.connections.add(connection_id)
-            return
+            return True
         payload = message.typed_payload()
         service = self._service_of(conn, kind, now)  # str(kind) only if it is an anomaly
         conn.messages += 1
         service.messages += 1
         service.last_seen = now
+        try:
+            self._apply(conn, service, message, payload, now)
+        except _NotOwner as refused:
+            owned = refused.workflow
+            self._anomaly(
+                f"{kind} about workflow {owned.workflow_id[:80]!r} of service "
+                f"{owned.service_id[:80]!r} refused: a workflow belongs to the service that "
+                "created it",
+                now,
+                service=service,
+                workflow_id=owned.workflow_id,
+            )
+            return False
+        return True
+
+    def _apply(
+        self,
+        conn: ConnectionState,
+        service: ServiceState,
+        message: Message,
+        payload: object,
+        now: float,
+    ) -> None:
+        kind = message.type
         if isinstance(payload, PhaseChangedPayload):
             self._phase_changed(conn, service, message, payload, now)
         elif isinstance(payload, ProgressPayload):
@@ -1317,6 +1361,7 @@ class HubState:
         workflow.reason = payload.reason
         workflow.history = _append(workflow.history, change, self._max_history)
         self._settle(workflow)
+        self._complete(workflow)
         self._changes.events.append(PhaseEvent(workflow_id, service.service_id, change))
         if payload.checkpoint_id:
             self._note_checkpoint(workflow, service, payload, message, now)
@@ -1449,8 +1494,20 @@ class HubState:
             workflow.phase = payload.phase
             workflow.history = _append(workflow.history, change, self._max_history)
             self._settle(workflow)
+            self._complete(workflow)
             self._changes.events.append(PhaseEvent(workflow_id, service.service_id, change))
-        workflow.progress = self._percent(payload.progress, workflow, now)
+        reported = self._percent(payload.progress, workflow, now)
+        if reported < workflow.progress:
+            # A status reply's progress may be a stale default (the Go client fills it only
+            # from SetProgress): the ``progress`` messages are the authority on the value.
+            self._anomaly(
+                f"status_response reports progress {reported:g} but the workflow reported "
+                f"{workflow.progress:g}: kept {workflow.progress:g}",
+                now,
+                workflow=workflow,
+            )
+        else:
+            workflow.progress = reported
         workflow.current_action = payload.current_action
         if payload.message:
             workflow.message = payload.message
