@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from when_coordinator.hub import Hub
 from when_coordinator.hub.state import HubState
@@ -10,7 +11,7 @@ from when_coordinator.hub.testing import RawService, frame
 from when_coordinator.protocol import Message, MessageType, Phase, RegisterPayload
 
 
-def msg(type: str, workflow_id: str, payload: dict[str, object]) -> Message:
+def msg(type: str, workflow_id: str, payload: dict[str, Any]) -> Message:
     return Message(type=MessageType(type), workflow_id=workflow_id, payload=payload)
 
 
