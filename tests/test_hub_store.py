@@ -85,7 +85,7 @@ def test_a_restarted_hub_keeps_services_workflows_history_and_logs(tmp_path: Pat
     asyncio.run(first_run())
     asyncio.run(second_run())
     store = HubStore(db)
-    assert store.counts() == {"services": 3, "workflows": 2, "logs": 2}
+    assert store.counts() == {"services": 3, "workflows": 2, "workflow_records": 4, "logs": 2}
     store.close()
 
 
@@ -97,7 +97,7 @@ def test_flush_writes_while_running_and_unreadable_rows_are_skipped(tmp_path: Pa
             await send_workload(hub, "keeper-1")
             await hub.flush()
             counts = await asyncio.to_thread(lambda: HubStore(db).counts())
-            assert counts == {"services": 1, "workflows": 2, "logs": 2}
+            assert counts == {"services": 1, "workflows": 2, "workflow_records": 3, "logs": 2}
 
     asyncio.run(run())
     with closing(sqlite3.connect(db)) as raw, raw:

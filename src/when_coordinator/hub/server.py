@@ -55,21 +55,25 @@ from ..protocol import (
     decode,
     encode,
 )
+from .bounds import HubLimits, json_size
 from .errors import HubClosed, HubError, ServiceUnavailable, StatusTimeout, WorkflowNotFound
 from .operator import OperatorSession, http_request
 from .state import (
     HUB_PROTOCOL_VERSION,
     Anomaly,
     Changes,
+    CheckpointEvent,
     ConnectionState,
+    ErrorEvent,
     HubState,
     LogEvent,
     LogRecord,
+    PhaseEvent,
     ServiceState,
     VersionRefused,
     WorkflowState,
 )
-from .store import HubStore, StoreBatch
+from .store import HubStore, StoreBatch, summary
 
 if TYPE_CHECKING:
     from .threaded import ThreadedHub
@@ -115,13 +119,26 @@ class ReceivedLog(Sequence[ReceivedMessage]):
     load, collections of tens of milliseconds every few seconds; strings it does not track.
     """
 
-    __slots__ = ("_frames",)
+    __slots__ = ("_frames", "_maxlen", "bytes", "evicted", "max_bytes")
 
-    def __init__(self, maxlen: int) -> None:
-        self._frames: deque[tuple[str, str]] = deque(maxlen=maxlen)
+    def __init__(self, maxlen: int, max_bytes: int | None = None) -> None:
+        self._frames: deque[tuple[str, str]] = deque()
+        self._maxlen = max(1, maxlen)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        """The length of the frames held (one frame larger than ``max_bytes`` is kept alone)."""
+        self.evicted = 0
 
     def append(self, service_id: str, frame: str) -> None:
-        self._frames.append((service_id, frame))
+        frames = self._frames
+        frames.append((service_id, frame))
+        self.bytes += len(frame)
+        limit = self.max_bytes
+        while len(frames) > self._maxlen or (
+            limit is not None and self.bytes > limit and len(frames) > 1
+        ):
+            self.bytes -= len(frames.popleft()[1])
+            self.evicted += 1
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -247,6 +264,7 @@ class Hub:
     ``db``: a SQLite file that keeps services, workflows and logs across restarts.
     ``ping_interval``: seconds between JSON pings to each service; a service whose oldest
     unanswered ping is older than ``pong_timeout`` (default: ``ping_interval``) is ``late``.
+    ``limits``: the byte bounds of everything the hub keeps (``HubLimits``; see ``memory()``).
     """
 
     def __init__(
@@ -269,6 +287,7 @@ class Hub:
         command_timeout: float = 5.0,
         store_interval: float = 0.2,
         protocol_version: str = HUB_PROTOCOL_VERSION,
+        limits: HubLimits | None = None,
     ) -> None:
         if ping_interval <= 0:
             raise ValueError("ping_interval must be > 0 seconds")
@@ -293,8 +312,10 @@ class Hub:
             log_buffer=log_buffer,
             workflow_log_buffer=workflow_log_buffer,
             max_workflows=max_workflows,
+            limits=limits,
         )
-        self._received = ReceivedLog(max(1, record_limit))
+        self.limits = self._state.limits
+        self._received = ReceivedLog(max(1, record_limit), self.limits.received_bytes)
         self._sent: deque[SentMessage] = deque(maxlen=max(1, record_limit))
         self._peers: dict[str, _Peer] = {}
         self._connection_ids = itertools.count(1)
@@ -485,6 +506,20 @@ class Hub:
         """The most recent anomalies of the whole hub."""
         return tuple(self._state.anomalies)
 
+    def memory(self) -> dict[str, dict[str, int]]:
+        """Each retained collection's estimated bytes, its byte bound and what the bound
+        evicted (see ``HubLimits``); served in ``/healthz``."""
+        received = self._received
+        return {
+            **self._state.memory(),
+            "received": {
+                "bytes": received.bytes,
+                "limit": self.limits.received_bytes,
+                "count": len(received),
+                "evicted": received.evicted,
+            },
+        }
+
     @property
     def watchers(self) -> int:
         """Operator connections currently subscribed to the event stream."""
@@ -551,11 +586,19 @@ class Hub:
         self._subscribers.discard(session)
         self._publish()
 
-    async def flush(self) -> None:
-        """Write pending changes to the SQLite store now (no-op without ``db``)."""
+    async def flush(self) -> bool:
+        """Write pending changes to the SQLite store now (no-op without ``db``); False when
+        the write failed (the changes are kept and retried, see ``store_health()``)."""
         self._publish()
         if self._persister is not None:
-            await self._persister.flush()
+            return await self._persister.flush()
+        return True
+
+    def store_health(self) -> dict[str, Any] | None:
+        """The SQLite store's state (None without ``db``): ``ok`` is False while writes
+        fail; then ``/healthz`` answers 503. Also counts writes, failures, retries, what is
+        pending and what the pending bound dropped."""
+        return self._persister.health() if self._persister is not None else None
 
     # ------------------------------------------------------------------ commands
 
@@ -879,7 +922,15 @@ class Hub:
 
 
 class _Persister:
-    """Collects changes on the loop and writes them to the store on one worker thread."""
+    """Collects changes on the loop and writes them to the store on one worker thread.
+
+    A batch that fails to write (disk full, file made read-only...) is not dropped: its
+    changes go back in front of what arrived since and are retried, with a growing delay up
+    to ``_MAX_RETRY_DELAY``, until a write succeeds. What waits is bounded by
+    ``HubLimits.store_pending_bytes``: past it the oldest pending logs are dropped (counted)
+    and pending history, checkpoint and error rows are given up for a rewrite of those
+    workflows' records from the live state (``resync``), which the hub bounds anyway.
+    """
 
     def __init__(self, state: HubState, store: HubStore, interval: float) -> None:
         self._state = state
@@ -887,11 +938,33 @@ class _Persister:
         self._interval = interval
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "when-hub-store")
         self._pending = Changes()
-        self._logs: deque[LogRecord] = deque(maxlen=max(1, store.log_limit))
+        self._records: list[tuple[str, str, Any, int]] = []
+        """(workflow id, kind, record, estimated bytes) rows to append."""
+        self._records_bytes = 0
+        self._resync: set[str] = set()
+        self._logs: deque[tuple[LogRecord, int]] = deque()
+        self._logs_bytes = 0
+        self._budget = state.limits.store_pending_bytes
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._batch_parts: tuple[Changes, list[Any], deque[tuple[LogRecord, int]], set[str]] = (
+            Changes(),
+            [],
+            deque(),
+            set(),
+        )
+        """What the batch being written was made of, to put back if the write fails."""
+        self.writes = 0
         self.errors = 0
+        """Batches that failed to write (each is kept and retried)."""
+        self.retries = 0
+        self.logs_dropped = 0
+        """Pending log records dropped at ``store_pending_bytes`` while the store failed."""
+        self.resyncs = 0
+        self.failing = False
+        self.last_error = ""
+        self.failing_since = 0.0
 
     async def run(self, fn: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -900,12 +973,43 @@ class _Persister:
         self._task = asyncio.ensure_future(self._loop())
 
     def add(self, changes: Changes) -> None:
-        self._pending.services |= changes.services
-        self._pending.workflows |= changes.workflows
-        self._pending.workflows -= changes.removed_workflows
-        self._pending.removed_workflows |= changes.removed_workflows
-        self._logs.extend(e.record for e in changes.events if isinstance(e, LogEvent))
+        self._pending.merge_ids(changes)
+        for event in changes.events:
+            if isinstance(event, LogEvent):
+                size = _log_size(event.record)
+                self._logs.append((event.record, size))
+                self._logs_bytes += size
+            elif isinstance(event, PhaseEvent):
+                self._record(event.workflow_id, "history", event.change)
+            elif isinstance(event, CheckpointEvent):
+                self._record(event.workflow_id, "checkpoints", event.record)
+            elif isinstance(event, ErrorEvent):
+                self._record(event.workflow_id, "errors", event.record)
+        self._bound()
         self._wake.set()
+
+    def _record(self, workflow_id: str, kind: str, record: Any, size: int | None = None) -> None:
+        if workflow_id in self._resync:
+            return  # its records will be rewritten whole
+        if size is None:
+            size = self._state.record_bytes(record)
+        self._records.append((workflow_id, kind, record, size))
+        self._records_bytes += size
+
+    def _bound(self) -> None:
+        """Hold what waits for the store within ``store_pending_bytes`` (see the class)."""
+        limit = self._budget
+        while self._logs and (
+            len(self._logs) > self._store.log_limit
+            or self._logs_bytes + self._records_bytes > limit
+        ):
+            self._logs_bytes -= self._logs.popleft()[1]
+            self.logs_dropped += 1
+        if self._records_bytes > limit:
+            self._resync.update(row[0] for row in self._records)
+            self._records.clear()
+            self._records_bytes = 0
+            self.resyncs += 1
 
     def _batch(self) -> StoreBatch:
         """Documents for what changed, taken from the live state at one moment."""
@@ -917,35 +1021,119 @@ class _Persister:
             batch.services[service_id] = service.as_dict() if service is not None else None
         for workflow_id in pending.removed_workflows:
             batch.workflows[workflow_id] = None
-        for workflow_id in pending.workflows:
+        for workflow_id in pending.workflows | self._resync:
             workflow = state.workflows.get(workflow_id)
-            batch.workflows[workflow_id] = workflow.as_dict() if workflow is not None else None
-        batch.logs = [record.as_dict() for record in self._logs]
-        self._logs.clear()
+            batch.workflows[workflow_id] = summary(workflow) if workflow is not None else None
+        batch.records = [r[:3] for r in self._records if r[0] in state.workflows]
+        for workflow_id in self._resync:
+            workflow = state.workflows.get(workflow_id)
+            if workflow is not None:
+                batch.resync[workflow_id] = {
+                    "history": workflow.history,
+                    "checkpoints": workflow.checkpoints,
+                    "errors": workflow.errors,
+                }
+        batch.logs = [record.as_dict() for record, _ in self._logs]
+        self._batch_parts = (pending, self._records, self._logs, self._resync)
+        self._records, self._records_bytes, self._resync = [], 0, set()
+        self._logs, self._logs_bytes = deque(), 0
         return batch
 
-    async def flush(self) -> None:
+    def _requeue(self) -> None:
+        """Put a failed batch's changes back in front of what arrived meanwhile."""
+        pending, records, logs, resync = self._batch_parts
+        pending.merge_ids(self._pending)
+        self._pending = pending
+        self._resync |= resync
+        newer, self._records, self._records_bytes = self._records, [], 0
+        for workflow_id, kind, record, size in (*records, *newer):
+            self._record(workflow_id, kind, record, size)
+        logs.extend(self._logs)
+        self._logs = logs
+        self._logs_bytes = sum(size for _, size in logs)
+        self._bound()
+
+    async def flush(self) -> bool:
+        """Write what is pending; False (the changes kept for a retry) if the write failed."""
         async with self._lock:
             batch = self._batch()
             if not batch:
-                return
+                return True
             try:
                 await self.run(lambda: self._store.write(batch))
-            except Exception:
+            except Exception as exc:
+                self._requeue()
                 self.errors += 1
-                _log.exception("hub store: a write failed; those changes are not persisted")
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if not self.failing:
+                    self.failing, self.failing_since = True, time.time()
+                    _log.error("hub store: a write failed (%s); kept for a retry", exc)
+                elif self.errors % 100 == 0:
+                    _log.error("hub store: %d writes failed; last: %s", self.errors, exc)
+                return False
+            self.writes += 1
+            if self.failing:
+                self.failing = False
+                _log.warning("hub store: writing again after %d failed attempts", self.errors)
+            return True
+
+    def pending(self) -> int:
+        p = self._pending
+        return (
+            len(p.services)
+            + len(p.workflows)
+            + len(p.removed_workflows)
+            + len(self._records)
+            + len(self._resync)
+            + len(self._logs)
+        )
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "ok": not self.failing,
+            "path": self._store.path,
+            "writes": self.writes,
+            "failed_writes": self.errors,
+            "retries": self.retries,
+            "pending": self.pending(),
+            "logs_dropped": self.logs_dropped,
+            "resyncs": self.resyncs,
+            "last_error": self.last_error,
+            "failing_since": self.failing_since if self.failing else None,
+        }
 
     async def _loop(self) -> None:
+        delay = self._interval
         while True:
             await self._wake.wait()
-            await asyncio.sleep(self._interval)  # let changes coalesce
+            await asyncio.sleep(delay)  # let changes coalesce (or the disk recover)
             self._wake.clear()
-            await self.flush()
+            if await self.flush():
+                delay = self._interval
+            else:
+                self.retries += 1
+                delay = min(_MAX_RETRY_DELAY, max(self._interval, delay * 2))
+                self._wake.set()
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self.flush()
+        if not await self.flush():
+            _log.error(
+                "hub store: %d changes could not be written before the hub closed: %s",
+                self.pending(),
+                self.last_error,
+            )
         await self.run(self._store.close)
         self._executor.shutdown(wait=True)
+
+
+_MAX_RETRY_DELAY = 5.0
+"""Seconds between retries of a failing store, at most."""
+
+
+def _log_size(record: LogRecord) -> int:
+    entry = record.entry
+    size = 256 + len(entry.message)
+    return size + json_size(entry.fields) if entry.fields else size

@@ -194,6 +194,12 @@ class ThreadedHub:
     def anomalies(self) -> tuple[Anomaly, ...]:
         return self.call(lambda: self.hub.anomalies)
 
+    def memory(self) -> dict[str, dict[str, int]]:
+        return self.call(self.hub.memory)
+
+    def store_health(self) -> dict[str, Any] | None:
+        return self.call(self.hub.store_health)
+
     @property
     def watchers(self) -> int:
         return self.call(lambda: self.hub.watchers)
