@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
+import urllib.error
+import urllib.request
 from contextlib import closing
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from when_coordinator.hub import Health, Hub, HubStore
 from when_coordinator.hub.testing import RawService, frame
@@ -180,3 +188,156 @@ def test_a_hub_killed_while_writing_leaves_a_consistent_database(tmp_path: Path)
     asyncio.run(restart())
     store.close()
     assert os.path.getsize(db) > 0
+
+
+# ---------------------------------------------------------------------- issue 12, item 15
+
+
+def healthz(hub: Hub) -> tuple[int, dict[str, Any]]:
+    """``GET /healthz`` over HTTP, as a load balancer's readiness probe asks it."""
+    try:
+        with urllib.request.urlopen(f"{hub.http_url}/healthz", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_a_failed_write_is_kept_retried_and_reported_not_dropped(tmp_path: Path) -> None:
+    """The disk fills up (SQLite's ``max_page_count``: a real SQLITE_FULL): the hub keeps
+    the failed batch, reports the store in ``/healthz``, and once space is freed the
+    ``completed`` it had acknowledged reaches the file and survives a restart."""
+    db = tmp_path / "hub.db"
+
+    async def first_run() -> None:
+        async with Hub(db=db, db_max_bytes=256 * 1024, store_interval=0.05) as hub:
+            client = await RawService.connect(hub.url, service_name="disk")
+            await client.register("disk", service_id="disk-1")
+            start = {"workflow_id": "wf-1", "from": "planning", "to": "execution"}
+            await client.send(frame("phase_changed", "wf-1", start))
+            await hub.wait_for(lambda h: "wf-1" in h.workflows)
+            assert await hub.flush()
+            assert (await asyncio.to_thread(healthz, hub))[0] == 200
+            # Fill the file with logs until a write fails.
+            for i in range(200):
+                entry = {"level": "info", "message": f"{i} " + "x" * 20_000}
+                await client.send(frame("log", payload=entry))
+                await hub.wait_for(lambda h, i=i: h.logs[-1].message.startswith(f"{i} "))
+                if not await hub.flush():
+                    break
+            else:
+                raise AssertionError("the store never filled up")
+            done = [("execution", "completing"), ("completing", "completed")]
+            for source, target in done:
+                change = {"workflow_id": "wf-1", "from": source, "to": target}
+                await client.send(frame("phase_changed", "wf-1", change))
+            await hub.wait_for(lambda h: h.workflows["wf-1"].phase is Phase.COMPLETED)
+            assert not await hub.flush()  # still full: kept, not dropped
+            status, body = await asyncio.to_thread(healthz, hub)
+            assert status == 503
+            assert body["status"] == "store failing"
+            store = body["store"]
+            assert store["ok"] is False
+            assert store["failed_writes"] >= 2
+            assert "full" in store["last_error"]
+            assert store["pending"] > 0
+            # An operator frees space; the retry loop writes what was kept.
+            await asyncio.to_thread(delete_logs, db)
+            await hub.wait_for(lambda h: h.store_health()["ok"], timeout=15)
+            assert (await asyncio.to_thread(healthz, hub))[0] == 200
+            assert hub.store_health()["retries"] >= 1
+            await client.close()
+
+    async def second_run() -> None:
+        async with Hub(db=db) as hub:
+            workflow = hub.workflows["wf-1"]
+            assert workflow.phase is Phase.COMPLETED
+            assert [c.to_phase.value for c in workflow.history] == [
+                "execution",
+                "completing",
+                "completed",
+            ]
+
+    asyncio.run(first_run())
+    asyncio.run(second_run())
+
+
+def delete_logs(db: Path) -> None:
+    with closing(sqlite3.connect(db, timeout=10)) as raw, raw:
+        raw.execute("DELETE FROM logs")
+
+
+@pytest.mark.parametrize("row", ["null", "[]", '"s"', "7", "[1, 2]"])
+def test_a_valid_json_row_that_is_not_an_object_is_skipped_and_logged(
+    tmp_path: Path, row: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "hub.db"
+
+    async def first_run() -> None:
+        async with Hub(db=db) as hub:
+            await send_workload(hub, "keeper-1")
+
+    asyncio.run(first_run())
+    with closing(sqlite3.connect(db)) as raw, raw:
+        raw.execute("INSERT INTO services VALUES ('odd', ?)", (row,))
+        raw.execute("INSERT INTO workflows VALUES ('odd', ?)", (row,))
+        raw.execute(
+            "INSERT INTO workflow_records (workflow_id, kind, data) VALUES ('wf-p', 'history', ?)",
+            (row,),
+        )
+        raw.execute("INSERT INTO logs (workflow_id, data) VALUES ('', ?)", (row,))
+
+    async def restart() -> None:
+        async with Hub(db=db) as hub:
+            assert set(hub.workflows) == {"wf-p", "wf-c"}
+            assert set(hub.services) == {"keeper-1"}
+            assert len(hub.logs) == 2
+            assert len(hub.workflows["wf-p"].history) == 2
+
+    caplog.set_level(logging.WARNING, logger="when_coordinator")
+    asyncio.run(restart())
+    skipped = [
+        r.getMessage() for r in caplog.records if "skipped an unreadable row" in r.getMessage()
+    ]
+    assert len(skipped) == 4, skipped
+    assert all("where an object belongs" in text for text in skipped)
+
+
+def without_root_override(command: list[str]) -> list[str]:
+    """Root writes any file whatever its mode: without ``CAP_DAC_OVERRIDE`` it does not."""
+    if os.geteuid() != 0:
+        return command
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: a read-only file is writable")
+    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search", *command]
+
+
+def test_a_read_only_database_file_refuses_to_start_with_one_clear_line() -> None:
+    folder = Path(tempfile.mkdtemp(prefix="when-ro-"))
+    try:
+        db = folder / "hub.db"
+
+        async def make() -> None:
+            async with Hub(db=db) as hub:
+                await send_workload(hub, "keeper-1")
+
+        asyncio.run(make())
+        db.chmod(0o444)
+        folder.chmod(0o555)  # no new -wal or -shm file either
+        command = [sys.executable, "-m", "when_coordinator.cli", "hub", "--port", "0"]
+        result = subprocess.run(
+            without_root_override([*command, "--db", str(db)]),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 1
+        assert result.stdout == ""
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"when-coordinator hub: error: cannot use the hub database {db}")
+        assert "read-only" in lines[0]
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)

@@ -265,6 +265,7 @@ class Hub:
     ``ping_interval``: seconds between JSON pings to each service; a service whose oldest
     unanswered ping is older than ``pong_timeout`` (default: ``ping_interval``) is ``late``.
     ``limits``: the byte bounds of everything the hub keeps (``HubLimits``; see ``memory()``).
+    ``db_max_bytes``: a bound on the SQLite file (writes past it fail like on a full disk).
     """
 
     def __init__(
@@ -288,6 +289,7 @@ class Hub:
         store_interval: float = 0.2,
         protocol_version: str = HUB_PROTOCOL_VERSION,
         limits: HubLimits | None = None,
+        db_max_bytes: int | None = None,
     ) -> None:
         if ping_interval <= 0:
             raise ValueError("ping_interval must be > 0 seconds")
@@ -299,6 +301,7 @@ class Hub:
         self._requested_port = port
         self._token = token.encode() if token is not None else None
         self._db = db
+        self._db_max_bytes = db_max_bytes
         self._ping_interval = float(ping_interval)
         self._pong_timeout = float(pong_timeout if pong_timeout is not None else ping_interval)
         self._max_frame_bytes = max_frame_bytes
@@ -340,8 +343,8 @@ class Hub:
         self._loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
         if self._db is not None:
-            store = HubStore(self._db, log_limit=self._log_buffer)
-            self._persister = _Persister(self._state, store, self._store_interval)
+            store = HubStore(self._db, log_limit=self._log_buffer, max_bytes=self._db_max_bytes)
+            self._persister = _Persister(self._state, store, self._store_interval, self._publish)
             try:
                 snapshot = await self._persister.run(store.load)
             except (sqlite3.Error, RuntimeError) as exc:
@@ -932,7 +935,15 @@ class _Persister:
     workflows' records from the live state (``resync``), which the hub bounds anyway.
     """
 
-    def __init__(self, state: HubState, store: HubStore, interval: float) -> None:
+    def __init__(
+        self,
+        state: HubState,
+        store: HubStore,
+        interval: float,
+        on_health: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._on_health = on_health
+        """Called when the store starts or stops failing (the hub re-checks its waiters)."""
         self._state = state
         self._store = store
         self._interval = interval
@@ -1059,6 +1070,8 @@ class _Persister:
             batch = self._batch()
             if not batch:
                 return True
+            if self.failing:
+                self.retries += 1
             try:
                 await self.run(lambda: self._store.write(batch))
             except Exception as exc:
@@ -1068,6 +1081,7 @@ class _Persister:
                 if not self.failing:
                     self.failing, self.failing_since = True, time.time()
                     _log.error("hub store: a write failed (%s); kept for a retry", exc)
+                    self._on_health()
                 elif self.errors % 100 == 0:
                     _log.error("hub store: %d writes failed; last: %s", self.errors, exc)
                 return False
@@ -1075,6 +1089,7 @@ class _Persister:
             if self.failing:
                 self.failing = False
                 _log.warning("hub store: writing again after %d failed attempts", self.errors)
+                self._on_health()
             return True
 
     def pending(self) -> int:
@@ -1111,7 +1126,6 @@ class _Persister:
             if await self.flush():
                 delay = self._interval
             else:
-                self.retries += 1
                 delay = min(_MAX_RETRY_DELAY, max(self._interval, delay * 2))
                 self._wake.set()
 

@@ -104,9 +104,17 @@ class HubStore:
     """The SQLite file behind a persistent hub."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, log_limit: int = 10_000, record_limit: int = 1_000
+        self,
+        path: str | os.PathLike[str],
+        *,
+        log_limit: int = 10_000,
+        record_limit: int = 1_000,
+        max_bytes: int | None = None,
     ) -> None:
         self.path = os.fspath(path)
+        self.max_bytes = max_bytes
+        """A bound on the database file's size (SQLite's ``max_page_count``): a write past it
+        fails as on a full disk, and the hub keeps the batch and retries it."""
         self.log_limit = max(0, log_limit)
         self.record_limit = max(1, record_limit)
         """Rows of each kind kept per workflow (the newest)."""
@@ -125,6 +133,9 @@ class HubStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            if self.max_bytes is not None:
+                page = int(db.execute("PRAGMA page_size").fetchone()[0])
+                db.execute(f"PRAGMA max_page_count = {max(1, self.max_bytes // page)}")
             db.executescript(_SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
@@ -150,8 +161,8 @@ class HubStore:
             db.close()
             if "readonly" in str(exc) or "read-only" in str(exc):
                 raise StoreReadOnly(
-                    f"{self.path} is read-only ({exc}): the hub writes its database; "
-                    "make the file and its directory writable or use another --db file"
+                    f"it is read-only ({exc}): the hub writes its database; make the file "
+                    "and its directory writable or use another --db file"
                 ) from None
             raise
         except BaseException:
@@ -192,7 +203,8 @@ class HubStore:
             db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (_SCHEMA_VERSION,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite ends it itself on some errors (SQLITE_FULL)
+                db.execute("ROLLBACK")
             raise
         _log.info("hub store %s: migrated %d workflows to schema 2", self.path, len(rows))
 
@@ -301,7 +313,8 @@ class HubStore:
                     self._prune(db)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite ends it itself on some errors (SQLITE_FULL)
+                db.execute("ROLLBACK")
             raise
 
     def _prune_records(self, db: sqlite3.Connection, touched: set[tuple[str, str]]) -> None:
