@@ -354,3 +354,98 @@ def test_a_read_only_database_file_refuses_to_start_with_one_clear_line(
     finally:
         folder.chmod(0o755)
         shutil.rmtree(folder)
+
+
+# ---------------------------------------------------------------------- issue 12, item 13
+
+
+def test_a_batch_appends_what_changed_instead_of_rewriting_the_workflow(tmp_path: Path) -> None:
+    """A workflow's row stays a small summary however long its history grows; each
+    transition, checkpoint and error is one appended row, the newest ``record_limit`` kept."""
+    db = tmp_path / "hub.db"
+
+    async def run() -> None:
+        async with Hub(db=db, store_interval=60) as hub:
+            client = await RawService.connect(hub.url, service_name="long")
+            await client.register("long", service_id="long-1")
+            phases = ["execution", "pausing", "paused", "resuming"]
+            for i in range(1_200):
+                source, target = phases[i % 4], phases[(i + 1) % 4]
+                change = {"workflow_id": "wf-1", "from": source, "to": target}
+                change["reason"] = f"step {i} " + "r" * 1_000
+                await client.send(frame("phase_changed", "wf-1", change))
+                if i % 300 == 299:
+                    await hub.wait_for(functools.partial(has_history, count=i + 1))
+                    assert await hub.flush()
+            await client.close()
+
+    asyncio.run(run())
+    with closing(sqlite3.connect(db)) as raw:
+        (summary,) = raw.execute("SELECT data FROM workflows WHERE workflow_id = 'wf-1'").fetchone()
+        rows = raw.execute(
+            "SELECT data FROM workflow_records WHERE workflow_id = 'wf-1' ORDER BY id"
+        ).fetchall()
+    assert len(summary) < 8_000, len(summary)
+    assert "history" not in json.loads(summary)
+    assert len(rows) == 1_000  # HubStore.record_limit, the newest
+    assert json.loads(rows[-1][0])["reason"].startswith("step 1199 ")
+    assert json.loads(rows[0][0])["reason"].startswith("step 200 ")
+
+
+def has_history(hub: Hub, count: int) -> bool:
+    return hub.workflows["wf-1"].history[-1].reason.startswith(f"step {count - 1} ")
+
+
+def test_a_schema_1_database_is_migrated_to_summary_rows_and_records(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    history = [
+        {"from": "", "to": "pending", "reason": "", "at": 1.0},
+        {"from": "pending", "to": "failed", "reason": "boom", "at": 2.0},
+    ]
+    document = {
+        "workflow_id": "wf-old",
+        "service_id": "old-1",
+        "phase": "failed",
+        "progress": 40,
+        "history": history,
+        "checkpoints": [{"checkpoint_id": "cp-1", "reason": "r", "state": {"row": 7}}],
+        "errors": [{"error": "boom", "recoverable": False}],
+        "anomalies": ["one"],
+    }
+    with closing(sqlite3.connect(db)) as raw, raw:  # what a schema 1 hub left behind
+        raw.executescript(
+            """
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE services (service_id TEXT PRIMARY KEY, data TEXT NOT NULL);
+            CREATE TABLE workflows (workflow_id TEXT PRIMARY KEY, data TEXT NOT NULL);
+            CREATE TABLE logs (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                               workflow_id TEXT NOT NULL DEFAULT '', data TEXT NOT NULL);
+            INSERT INTO meta VALUES ('schema_version', '1');
+            INSERT INTO workflows VALUES ('bad', '{not json');
+            """
+        )
+        raw.execute("INSERT INTO workflows VALUES ('wf-old', ?)", (json.dumps(document),))
+
+    async def run() -> None:
+        async with Hub(db=db) as hub:
+            workflow = hub.workflows["wf-old"]
+            assert (workflow.phase, workflow.progress, workflow.anomalies) == (
+                Phase.FAILED,
+                40.0,
+                ("one",),
+            )
+            assert [c.reason for c in workflow.history] == ["", "boom"]
+            assert workflow.checkpoints[0].state == {"row": 7}
+            assert workflow.errors[0].error == "boom"
+            assert set(hub.workflows) == {"wf-old"}
+
+    asyncio.run(run())
+    with closing(sqlite3.connect(db)) as raw:
+        assert raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            "2",
+        )
+        (data,) = raw.execute("SELECT data FROM workflows WHERE workflow_id = 'wf-old'").fetchone()
+        kinds = raw.execute("SELECT kind FROM workflow_records ORDER BY id").fetchall()
+    assert "history" not in json.loads(data)
+    assert [k for (k,) in kinds] == ["history", "history", "checkpoints", "errors"]
+    asyncio.run(run())  # and it opens again as schema 2
