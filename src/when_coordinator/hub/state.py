@@ -1217,27 +1217,32 @@ class HubState:
             if not waiting:
                 del self._orphans[workflow.parent_workflow_id]
 
-    def _evict(self, service_id: str = "", keep: str = "") -> None:
+    def _evict(self, service_id: str = "", keep: str = "", own_first: bool = False) -> None:
         """Beyond ``max_workflows`` (or ``limits.workflows_bytes``), forget the oldest finished
         workflow (the newcomer's service's own first), else the oldest running one of the
         newcomer's service, and only then anyone's: a service flooding the hub with new
-        workflows pushes out its own, not the running workflows of others. ``keep`` (the
-        workflow being updated) is never chosen."""
+        workflows pushes out its own, not the running workflows of others. ``own_first`` (for
+        the byte bound: one service's large records) takes all of the service's own workflows
+        before anyone else's. ``keep`` (the workflow being updated) is never chosen."""
         budget = self.limits.workflows_bytes
         while len(self.workflows) > self._max_workflows or (
             self.workflows_bytes > budget and len(self.workflows) > 1
         ):
-            victim = self._victim(service_id, keep)
+            victim = self._victim(service_id, keep, own_first)
             if victim is None:
                 return
             self._forget(victim)
 
-    def _victim(self, service_id: str, keep: str) -> str | None:
+    def _victim(self, service_id: str, keep: str, own_first: bool) -> str | None:
         workflows = self.workflows
         if service_id:
             for wf in self._finished:
                 if wf != keep and workflows[wf].service_id == service_id:
                     return wf
+            if own_first:
+                for workflow in workflows.values():
+                    if workflow.service_id == service_id and workflow.workflow_id != keep:
+                        return workflow.workflow_id
         for wf in self._finished:
             if wf != keep:
                 return wf
@@ -1350,7 +1355,7 @@ class HubState:
         self.workflows_bytes += total - sizes[4]
         sizes[4] = total
         if self.workflows_bytes > self.limits.workflows_bytes:
-            self._evict(workflow.service_id, keep=workflow.workflow_id)
+            self._evict(workflow.service_id, keep=workflow.workflow_id, own_first=True)
 
     def _add_state(self, workflow: WorkflowState, record: CheckpointRecord) -> None:
         """Count a new checkpoint's ``state``; past ``limits.checkpoint_state_bytes`` drop the
