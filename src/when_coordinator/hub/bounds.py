@@ -24,7 +24,7 @@ MiB = 1 << 20
 class HubLimits:
     """Byte budgets of the hub's retained state; see docs/hub.md ("Memory bounds").
 
-    The sum of the defaults (about 500 MiB, plus one frame per bound that a single item may
+    The sum of the defaults (about 530 MiB, plus one frame per bound that a single item may
     exceed) is what a hub with the default limits may hold whatever its clients send.
     """
 
