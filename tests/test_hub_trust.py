@@ -122,21 +122,25 @@ def test_a_status_response_does_not_move_progress_backwards() -> None:
     assert state.workflows["wf-a"].anomaly_count == 1
 
 
+def complete(state: HubState, workflow_id: str) -> None:
+    for source, target in (("execution", "completing"), ("completing", "completed")):
+        change = {"workflow_id": workflow_id, "from": source, "to": target}
+        state.receive("ca", msg("phase_changed", workflow_id, change), now=3.0)
+
+
 def test_a_completed_workflow_shows_100_percent_unless_it_reports_otherwise() -> None:
     state = two_services()
-    state.receive("ca", msg("progress", "wf-a", {"workflow_id": "wf-a", "percent": 30}), now=2)
-    for source, target in (("execution", "completing"), ("completing", "completed")):
-        change = {"workflow_id": "wf-a", "from": source, "to": target}
-        state.receive("ca", msg("phase_changed", "wf-a", change), now=3.0)
-    assert state.workflows["wf-a"].progress == 100.0
-    answer = {"workflow_id": "wf-a", "phase": "completed", "progress": 0}
-    state.receive("ca", msg("status_response", "wf-a", answer), now=4.0)
-    assert state.workflows["wf-a"].progress == 100.0
-    # What the workflow itself reports afterwards is applied as reported.
-    state.receive("ca", msg("progress", "wf-a", {"workflow_id": "wf-a", "percent": 90}), now=5)
-    assert state.workflows["wf-a"].progress == 90.0
-    # Reaching completed through a status reply also counts as completing.
-    state.receive("ca", msg("progress", "wf-b", {"workflow_id": "wf-b", "percent": 10}), now=6)
-    answer = {"workflow_id": "wf-b", "phase": "completed", "progress": 0}
-    state.receive("ca", msg("status_response", "wf-b", answer), now=7.0)
-    assert state.workflows["wf-b"].progress == 100.0
+    complete(state, "silent")  # never reported progress: done is 100%
+    assert state.workflows["silent"].progress == 100.0
+    answer = {"workflow_id": "silent", "phase": "completed", "progress": 0}
+    state.receive("ca", msg("status_response", "silent", answer), now=4.0)
+    assert state.workflows["silent"].progress == 100.0  # the Go client's 0 does not undo it
+    for workflow_id, percent in (("thirty", 30), ("zero", 0)):  # they reported otherwise
+        payload = {"workflow_id": workflow_id, "percent": percent}
+        state.receive("ca", msg("progress", workflow_id, payload), now=2.0)
+        complete(state, workflow_id)
+        assert state.workflows[workflow_id].progress == percent
+    # Reaching completed through a status reply counts as completing too.
+    answer = {"workflow_id": "via-status", "phase": "completed", "progress": 0}
+    state.receive("ca", msg("status_response", "via-status", answer), now=7.0)
+    assert state.workflows["via-status"].progress == 100.0

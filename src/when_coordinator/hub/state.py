@@ -331,6 +331,11 @@ def _append(items: tuple[_R, ...], item: _R, limit: int) -> tuple[_R, ...]:
 
 
 _LISTS = ("history", "checkpoints", "errors")
+_LISTED = ITEM_OVERHEAD + 300
+"""Bytes counted per child id and per anomaly text of a workflow (anomaly texts are cut at
+600 characters, most are far shorter)."""
+_WORKFLOW_OVERHEAD = 1_000 + 6 * 1_024
+"""Bytes counted for a workflow's record itself, its six ids counted at ``max_id``'s default."""
 
 _Record = Any  # PhaseChange | CheckpointRecord | ErrorRecord
 
@@ -897,6 +902,8 @@ class HubState:
         self._stateful: OrderedDict[str, None] = OrderedDict()
         """Workflows holding checkpoint states, the longest holder first."""
         self._touched: WorkflowState | None = None
+        self._progressed: set[str] = set()
+        """Workflows that sent a ``progress`` (a completed one keeps what it reported)."""
         self.anomalies: deque[Anomaly] = deque(maxlen=max(1, max_anomalies) * 10)
         """The most recent anomalies of the whole hub."""
         self.anomaly_count = 0
@@ -1273,6 +1280,7 @@ class HubState:
         if buffer is not None:
             self.workflow_log_bytes -= buffer.bytes
         self._log_lru.pop(victim, None)
+        self._progressed.discard(victim)
         self.workflows_evicted += 1
         self._changes.workflows.discard(victim)
         self._changes.removed_workflows.add(victim)
@@ -1330,37 +1338,45 @@ class HubState:
             self.evicted["workflow_records"] += 1
 
     def _account(self, workflow: WorkflowState) -> None:
-        """Refresh a workflow's byte estimate after a change, then hold the hub-wide bound."""
-        if workflow.workflow_id not in self.workflows:
+        """Refresh a workflow's byte estimate after a change, then hold the hub-wide bound.
+
+        On every message: kept to a few dozen operations (ids are bounded by ``max_id``, so
+        they are counted at that bound rather than measured)."""
+        workflow_id = workflow.workflow_id
+        sizes = self._sizes.get(workflow_id)
+        if self.workflows.get(workflow_id) is not workflow:
+            self._sizes.pop(workflow_id, None)  # forgotten while being updated
             return
-        sizes = self._sizes_of(workflow)
+        if sizes is None:
+            sizes = self._sizes[workflow_id] = [0, 0, 0, 0, 0]
         w = workflow
-        sizes[3] = (
-            len(w.workflow_id)
-            + len(w.service_id)
-            + len(w.parent_workflow_id)
-            + len(w.root_workflow_id)
-            + len(w.action_id)
-            + len(w.action_type)
-            + len(w.reason)
-            + len(w.checkpoint_id)
-            + len(w.stage)
+        total = (
+            sizes[0]
+            + sizes[1]
+            + sizes[2]
             + len(w.message)
+            + len(w.stage)
             + len(w.current_action)
-            + len(w.children) * (ITEM_OVERHEAD + 40)
-            + len(w.anomalies) * (ITEM_OVERHEAD + 200)
-            + 16 * ITEM_OVERHEAD
+            + len(w.reason)
+            + len(w.action_type)
+            + len(w.action_id)
+            + (len(w.children) + len(w.anomalies)) * _LISTED
+            + _WORKFLOW_OVERHEAD
         )
-        total = sizes[0] + sizes[1] + sizes[2] + sizes[3]
-        self.workflows_bytes += total - sizes[4]
-        sizes[4] = total
-        if self.workflows_bytes > self.limits.workflows_bytes:
-            self._evict(workflow.service_id, keep=workflow.workflow_id, own_first=True)
+        if total != sizes[4]:
+            self.workflows_bytes += total - sizes[4]
+            sizes[4] = total
+            if self.workflows_bytes > self.limits.workflows_bytes:
+                self._evict(workflow.service_id, keep=workflow_id, own_first=True)
 
     def _add_state(self, workflow: WorkflowState, record: CheckpointRecord) -> None:
         """Count a new checkpoint's ``state``; past ``limits.checkpoint_state_bytes`` drop the
         oldest states of the longest holders (the records stay, without ``state``)."""
-        if record.state is None or record not in workflow.checkpoints:
+        if (
+            record.state is None
+            or self.workflows.get(workflow.workflow_id) is not workflow
+            or not any(r is record for r in reversed(workflow.checkpoints))
+        ):
             return
         size = json_size(record.state) + ITEM_OVERHEAD
         self._state_sizes[id(record)] = size
@@ -1456,11 +1472,14 @@ class HubState:
         else:
             self._finished.pop(workflow.workflow_id, None)
 
-    @staticmethod
-    def _complete(workflow: WorkflowState) -> None:
-        """A workflow that reaches ``completed`` has done all its work: 100%, unless a
-        ``progress`` it sends afterwards says otherwise (that one is applied as reported)."""
-        if workflow.phase is Phase.COMPLETED and workflow.progress < 100.0:
+    def _complete(self, workflow: WorkflowState) -> None:
+        """A workflow that reaches ``completed`` without ever reporting progress has done all
+        its work: 100%. One that reported progress shows what it reported."""
+        if (
+            workflow.phase is Phase.COMPLETED
+            and workflow.progress == 0.0
+            and workflow.workflow_id not in self._progressed
+        ):
             workflow.progress = 100.0
 
     def _workflow_id_of(self, message: Message, payload_id: str, what: str) -> str:
@@ -1754,6 +1773,7 @@ class HubState:
     ) -> None:
         _, workflow = self._target(message, payload.workflow_id, "progress", service, conn, now)
         workflow.progress = self._percent(payload.percent, workflow, now)
+        self._progressed.add(workflow.workflow_id)
         if payload.stage:
             workflow.stage = self._text(payload.stage)
         if payload.action_id:
