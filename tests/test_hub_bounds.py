@@ -184,8 +184,10 @@ def test_the_received_frames_are_bounded_by_bytes_and_memory_is_in_healthz() -> 
                 "logs",
                 "workflow_logs",
                 "workflows",
+                "services",
                 "checkpoint_states",
                 "received",
+                "sent",
             }
             assert body["store"] is None
             await client.close()
@@ -196,3 +198,30 @@ def test_the_received_frames_are_bounded_by_bytes_and_memory_is_in_healthz() -> 
 def test_limits_are_checked() -> None:
     with pytest.raises(ValueError, match="log_buffer_bytes"):
         HubLimits(log_buffer_bytes=0)
+
+
+def test_a_register_keeps_bounded_texts_and_services_are_bounded_by_count() -> None:
+    state = HubState(max_services=3, limits=HubLimits(max_text=100, max_id=50))
+    state.open_connection("c1", now=1.0)
+    payload = RegisterPayload(
+        service_name="n" * 1_000,
+        service_id="svc-big",
+        instance_id="i" * 1_000,
+        version="v" * 1_000,
+        capabilities=["c" * 1_000] * 500,
+    )
+    registration = state.register("c1", payload, now=1.0)
+    service = state.services["svc-big"]
+    assert max(len(service.service_name), len(service.instance_id), len(service.version)) <= 100
+    assert len(registration.instance_id) <= 100
+    assert len(service.capabilities) == 64
+    assert all(len(c) <= 256 for c in service.capabilities)
+    state.open_connection("c2", now=1.0)
+    with pytest.raises(ProtocolError, match="service_id"):
+        state.register("c2", RegisterPayload(service_name="x", service_id="s" * 51), now=1.0)
+    for i in range(10):  # services come and go: the longest gone are forgotten
+        state.open_connection(f"d{i}", now=2.0 + i)
+        state.register(f"d{i}", RegisterPayload(service_name="x", service_id=f"d-{i}"), now=2 + i)
+        state.close_connection(f"d{i}", now=2.5 + i)
+    assert set(state.services) == {"svc-big", "d-8", "d-9"}  # connected ones stay
+    assert state.memory()["services"] == {"count": 3, "limit": 3, "evicted": 8}

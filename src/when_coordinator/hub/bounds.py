@@ -45,7 +45,8 @@ class HubLimits:
     """The ``state`` objects of all checkpoints: past it the oldest states are dropped (the
     checkpoint record stays, without ``state``), oldest holder first."""
     received_bytes: int = 16 * MiB
-    """The raw frames the hub keeps for inspection (``Hub.received``)."""
+    """The raw frames the hub keeps for inspection (``Hub.received``), and apart the same
+    again for the messages it sent (``Hub.sent``)."""
     store_pending_bytes: int = 64 * MiB
     """Changes waiting for the SQLite store (while a write fails, say): past it the oldest
     pending logs are dropped (counted) and pending records are rewritten from the live

@@ -319,7 +319,11 @@ class Hub:
         )
         self.limits = self._state.limits
         self._received = ReceivedLog(max(1, record_limit), self.limits.received_bytes)
-        self._sent: deque[SentMessage] = deque(maxlen=max(1, record_limit))
+        self._sent: deque[SentMessage] = deque()
+        self._sent_sizes: deque[int] = deque()
+        self._sent_bytes = 0
+        self._sent_evicted = 0
+        self._record_limit = max(1, record_limit)
         self._peers: dict[str, _Peer] = {}
         self._connection_ids = itertools.count(1)
         self._pending: dict[str, _PendingStatus] = {}
@@ -521,6 +525,12 @@ class Hub:
                 "count": len(received),
                 "evicted": received.evicted,
             },
+            "sent": {
+                "bytes": self._sent_bytes,
+                "limit": self.limits.received_bytes,
+                "count": len(self._sent),
+                "evicted": self._sent_evicted,
+            },
         }
 
     @property
@@ -717,7 +727,20 @@ class Hub:
             raise ServiceUnavailable(
                 f"service {service_id!r} is not reading: send timed out after {timeout:g} s"
             ) from None
-        self._sent.append(SentMessage(service_id, message))
+        self._keep_sent(SentMessage(service_id, message))
+
+    def _keep_sent(self, sent: SentMessage) -> None:
+        """Remember a sent message within ``record_limit`` and ``limits.received_bytes``."""
+        size = 256 + (json_size(sent.message.payload) if sent.message.payload else 0)
+        self._sent.append(sent)
+        self._sent_sizes.append(size)
+        self._sent_bytes += size
+        while len(self._sent) > self._record_limit or (
+            self._sent_bytes > self.limits.received_bytes and len(self._sent) > 1
+        ):
+            self._sent.popleft()
+            self._sent_bytes -= self._sent_sizes.popleft()
+            self._sent_evicted += 1
 
     # ------------------------------------------------------------------ HTTP and routing
 

@@ -331,6 +331,8 @@ def _append(items: tuple[_R, ...], item: _R, limit: int) -> tuple[_R, ...]:
 
 
 _LISTS = ("history", "checkpoints", "errors")
+_MAX_CAPABILITIES = 64
+"""Capabilities kept of one ``register`` (each cut at 256 characters)."""
 _LISTED = ITEM_OVERHEAD + 300
 """Bytes counted per child id and per anomaly text of a workflow (anomaly texts are cut at
 600 characters, most are far shorter)."""
@@ -855,7 +857,8 @@ class HubState:
     ``_evict``),
     ``max_history`` phase changes and ``max_records`` checkpoints and errors per workflow,
     ``max_anomalies`` anomaly texts per record (the count keeps going), ``max_closed``
-    closed connections; and every one of these by bytes too (``limits``, see ``HubLimits``),
+    closed connections, ``max_services`` services (those disconnected longest ago are
+    forgotten first); and every one of these by bytes too (``limits``, see ``HubLimits``),
     with what a bound pushes out counted in ``evicted`` (see ``memory()``).
     """
 
@@ -870,6 +873,7 @@ class HubState:
         max_records: int = 1_000,
         max_anomalies: int = 100,
         max_closed: int = 100,
+        max_services: int = 10_000,
         limits: HubLimits | None = None,
     ) -> None:
         negotiate_version(hub_protocol_version, hub_protocol_version)  # validates the format
@@ -908,6 +912,8 @@ class HubState:
         """The most recent anomalies of the whole hub."""
         self.anomaly_count = 0
         self.workflows_evicted = 0
+        self.services_evicted = 0
+        self._max_services = max(1, max_services)
         self._workflow_log_buffer = workflow_log_buffer
         self._max_workflows = max(1, max_workflows)
         self._max_history = max(1, max_history)
@@ -1052,6 +1058,8 @@ class HubState:
         if service is None:
             service = ServiceState(service_id=service_id, first_seen=now)
             self.services[service_id] = service
+            if len(self.services) > self._max_services:
+                self._evict_services(keep=service_id)
         elif service.connected and service.connection_id not in ("", conn.connection_id):
             self._anomaly(
                 f"service id reused by connection {conn.connection_id} while "
@@ -1079,6 +1087,19 @@ class HubState:
         self._changes.connections.add(conn.connection_id)
         return service
 
+    def _evict_services(self, keep: str) -> None:
+        """Beyond ``max_services``, forget the services disconnected longest ago (their
+        workflows keep their owner's id: the service is known again when it registers)."""
+        gone = sorted(
+            (s.disconnected_at, s.service_id)
+            for s in self.services.values()
+            if not s.connected and s.service_id != keep
+        )
+        for _, service_id in gone[: len(self.services) - self._max_services]:
+            del self.services[service_id]
+            self.services_evicted += 1
+            self._changes.services.add(service_id)
+
     def _rename(self, conn: ConnectionState, new_id: str) -> None:
         """A connection that spoke before ``register`` registers under another id.
 
@@ -1105,6 +1126,7 @@ class HubState:
         service_id = payload.service_id or conn.header_service_id or conn.service_id
         if not service_id:
             service_id = self._assign_service_id()
+        self._check_id(service_id, "service_id")
         if conn.registered:
             existing = self.services.get(conn.service_id)
             if existing is not None:
@@ -1116,10 +1138,15 @@ class HubState:
         conn.messages += 1
         service.registered = True
         service.messages += 1
-        service.service_name = payload.service_name or conn.header_service_name
-        service.instance_id = payload.instance_id
-        service.version = payload.version
-        service.capabilities = tuple(payload.capabilities or ())
+        service.service_name = self._text(payload.service_name) or conn.header_service_name
+        service.instance_id = self._text(payload.instance_id)
+        service.version = self._text(payload.version)
+        capabilities = payload.capabilities or ()
+        if len(capabilities) > _MAX_CAPABILITIES:
+            self.evicted["texts_truncated"] += 1
+        service.capabilities = tuple(
+            cut(str(c), 256) for c in itertools.islice(capabilities, _MAX_CAPABILITIES)
+        )
         service.protocol_version = negotiated
         service.schema_version = payload.schema_version
         if conn.header_service_id and conn.header_service_id != service_id:
@@ -1132,7 +1159,7 @@ class HubState:
         name = service.service_name or service_id
         return Registration(
             service_id=service_id,
-            instance_id=payload.instance_id,
+            instance_id=service.instance_id,
             protocol_version=negotiated,
             message=f"welcome {name}: registered as {service_id}",
         )
@@ -1457,6 +1484,11 @@ class HubState:
                 "evicted": self.workflows_evicted,
                 "records_evicted": self.evicted["workflow_records"],
                 "texts_truncated": self.evicted["texts_truncated"],
+            },
+            "services": {
+                "count": len(self.services),
+                "limit": self._max_services,
+                "evicted": self.services_evicted,
             },
             "checkpoint_states": {
                 "bytes": self.checkpoint_state_bytes,
