@@ -144,3 +144,29 @@ def test_a_completed_workflow_shows_100_percent_unless_it_reports_otherwise() ->
     answer = {"workflow_id": "via-status", "phase": "completed", "progress": 0}
     state.receive("ca", msg("status_response", "via-status", answer), now=7.0)
     assert state.workflows["via-status"].progress == 100.0
+
+
+def test_a_status_answer_from_another_service_is_not_taken_as_the_answer() -> None:
+    async def main() -> None:
+        async with Hub() as hub:
+            owner = await RawService.connect(hub.url, service_name="owner")
+            await owner.register("owner", service_id="owner-1")
+            intruder = await RawService.connect(hub.url, service_name="intruder")
+            await intruder.register("intruder", service_id="intruder-1")
+            progress = {"workflow_id": "wf-1", "percent": 30}
+            await owner.send(frame("progress", "wf-1", progress))
+            await hub.wait_for(lambda h: "wf-1" in h.workflows)
+            asking = asyncio.ensure_future(hub.status("wf-1", timeout=5))
+            request = await owner.expect("status")
+            forged = {"workflow_id": "wf-1", "phase": "failed", "progress": 0}
+            await intruder.send(frame("status_response", "wf-1", forged, id=request["id"]))
+            await hub.wait_for(lambda h: h.services["intruder-1"].anomaly_count == 1)
+            assert not asking.done()
+            answer = {"workflow_id": "wf-1", "phase": "execution", "progress": 30}
+            await owner.send(frame("status_response", "wf-1", answer, id=request["id"]))
+            assert (await asking).phase is Phase.EXECUTION
+            assert hub.workflows["wf-1"].phase is Phase.EXECUTION
+            await intruder.close()
+            await owner.close()
+
+    asyncio.run(main())
