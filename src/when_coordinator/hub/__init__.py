@@ -5,6 +5,7 @@ with an operator API on the same port; the ``when-coordinator`` command line and
 suite both use it. See docs/hub.md.
 """
 
+from .bounds import HubLimits
 from .errors import (
     CommandError,
     CommandRefused,
@@ -48,6 +49,7 @@ __all__ = [
     "Hub",
     "HubClosed",
     "HubError",
+    "HubLimits",
     "HubState",
     "HubStore",
     "LogRecord",

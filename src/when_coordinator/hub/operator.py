@@ -6,7 +6,8 @@ not); the server checks it, whatever the path, before anything here runs.
 HTTP (responses are JSON; errors are ``{"error": "...", "code": "..."}``):
 
 ========================================  ==================================================
-``GET /healthz``                          ``{"status": "ok", "services": n, "workflows": n}``
+``GET /healthz``                          ``{"status": "ok", "services": n, "workflows": n, "store":
+                                          {...}, "memory": {...}}``; 503 while the store fails
 ``GET /v1/services``                      ``{"services": [service, ...]}``
 ``GET /v1/workflows``                     ``{"workflows": [summary, ...]}``; filters
                                           ``?service_id=``, ``?phase=``, ``?root=``
@@ -285,13 +286,17 @@ async def http_request(hub: Hub, request: Request, target: Target) -> Response:
             return _error(405, f"method {request.method} not allowed", "method_not_allowed")
         if parts == ["healthz"]:
             state = hub.state
+            store = hub.store_health()
+            ready = store is None or store["ok"]  # a store that cannot write: not ready
             return json_response(
-                200,
+                200 if ready else 503,
                 {
-                    "status": "ok",
+                    "status": "ok" if ready else "store failing",
                     "protocol_version": hub.protocol_version,
                     "services": sum(1 for s in state.services.values() if s.connected),
                     "workflows": len(state.workflows),
+                    "store": store,
+                    "memory": hub.memory(),
                 },
             )
         if parts == ["v1", "services"]:

@@ -24,7 +24,6 @@ yields between a connection's frames every few dozen, so a flood cannot starve t
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import hmac
 import inspect
@@ -59,24 +58,24 @@ from ..protocol import (
     decode,
     encode,
 )
+from .bounds import HubLimits, json_size
 from .commands import check_command
 from .errors import HubClosed, HubError, ServiceUnavailable, StatusTimeout, WorkflowNotFound
 from .operator import OperatorSession, bad_path, http_request
+from .persister import Persister
 from .routing import COORDINATION_ROUTES, OPERATOR_ROUTE, Target, parse_target, redact_query
 from .sendguard import SendBufferGuard
 from .state import (
     HUB_PROTOCOL_VERSION,
     Anomaly,
-    Changes,
     ConnectionState,
     HubState,
-    LogEvent,
     LogRecord,
     ServiceState,
     VersionRefused,
     WorkflowState,
 )
-from .store import HubStore, StoreBatch
+from .store import HubStore
 
 if TYPE_CHECKING:
     from .threaded import ThreadedHub
@@ -122,13 +121,26 @@ class ReceivedLog(Sequence[ReceivedMessage]):
     load, collections of tens of milliseconds every few seconds; strings it does not track.
     """
 
-    __slots__ = ("_frames",)
+    __slots__ = ("_frames", "_maxlen", "bytes", "evicted", "max_bytes")
 
-    def __init__(self, maxlen: int) -> None:
-        self._frames: deque[tuple[str, str]] = deque(maxlen=maxlen)
+    def __init__(self, maxlen: int, max_bytes: int | None = None) -> None:
+        self._frames: deque[tuple[str, str]] = deque()
+        self._maxlen = max(1, maxlen)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        """The length of the frames held (one frame larger than ``max_bytes`` is kept alone)."""
+        self.evicted = 0
 
     def append(self, service_id: str, frame: str) -> None:
-        self._frames.append((service_id, frame))
+        frames = self._frames
+        frames.append((service_id, frame))
+        self.bytes += len(frame)
+        limit = self.max_bytes
+        while len(frames) > self._maxlen or (
+            limit is not None and self.bytes > limit and len(frames) > 1
+        ):
+            self.bytes -= len(frames.popleft()[1])
+            self.evicted += 1
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -274,6 +286,8 @@ class Hub:
     unsent bytes stay above the first for longer than the second has stopped reading and is
     closed (1008); so is one that a command could not be written to within
     ``command_timeout``.
+    ``limits``: the byte bounds of everything the hub keeps (``HubLimits``; see ``memory()``).
+    ``db_max_bytes``: a bound on the SQLite file (writes past it fail like on a full disk).
     """
 
     def __init__(
@@ -298,6 +312,8 @@ class Hub:
         send_buffer_timeout: float = 20.0,
         store_interval: float = 0.2,
         protocol_version: str = HUB_PROTOCOL_VERSION,
+        limits: HubLimits | None = None,
+        db_max_bytes: int | None = None,
     ) -> None:
         if ping_interval <= 0:
             raise ValueError("ping_interval must be > 0 seconds")
@@ -309,6 +325,7 @@ class Hub:
         self._requested_port = port
         self._token = token.encode() if token is not None else None
         self._db = db
+        self._db_max_bytes = db_max_bytes
         self._ping_interval = float(ping_interval)
         self._pong_timeout = float(pong_timeout if pong_timeout is not None else ping_interval)
         self._max_frame_bytes = max_frame_bytes
@@ -322,9 +339,15 @@ class Hub:
             log_buffer=log_buffer,
             workflow_log_buffer=workflow_log_buffer,
             max_workflows=max_workflows,
+            limits=limits,
         )
-        self._received = ReceivedLog(max(1, record_limit))
-        self._sent: deque[SentMessage] = deque(maxlen=max(1, record_limit))
+        self.limits = self._state.limits
+        self._received = ReceivedLog(max(1, record_limit), self.limits.received_bytes)
+        self._sent: deque[SentMessage] = deque()
+        self._sent_sizes: deque[int] = deque()
+        self._sent_bytes = 0
+        self._sent_evicted = 0
+        self._record_limit = max(1, record_limit)
         self._peers: dict[str, _Peer] = {}
         self._open: set[ServerConnection] = set()
         self._connection_ids = itertools.count(1)
@@ -336,7 +359,7 @@ class Hub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._port = 0
         self._closed: asyncio.Event | None = None
-        self._persister: _Persister | None = None
+        self._persister: Persister | None = None
         self._log_buffer = log_buffer
         self._store_interval = store_interval
 
@@ -349,8 +372,8 @@ class Hub:
         self._loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
         if self._db is not None:
-            store = HubStore(self._db, log_limit=self._log_buffer)
-            self._persister = _Persister(self._state, store, self._store_interval)
+            store = HubStore(self._db, log_limit=self._log_buffer, max_bytes=self._db_max_bytes)
+            self._persister = Persister(self._state, store, self._store_interval, self._publish)
             try:
                 snapshot = await self._persister.run(store.load)
             except (sqlite3.Error, RuntimeError) as exc:
@@ -519,6 +542,26 @@ class Hub:
         """The most recent anomalies of the whole hub."""
         return tuple(self._state.anomalies)
 
+    def memory(self) -> dict[str, dict[str, int]]:
+        """Each retained collection's estimated bytes, its byte bound and what the bound
+        evicted (see ``HubLimits``); served in ``/healthz``."""
+        received = self._received
+        return {
+            **self._state.memory(),
+            "received": {
+                "bytes": received.bytes,
+                "limit": self.limits.received_bytes,
+                "count": len(received),
+                "evicted": received.evicted,
+            },
+            "sent": {
+                "bytes": self._sent_bytes,
+                "limit": self.limits.received_bytes,
+                "count": len(self._sent),
+                "evicted": self._sent_evicted,
+            },
+        }
+
     @property
     def watchers(self) -> int:
         """Operator connections currently subscribed to the event stream."""
@@ -585,11 +628,19 @@ class Hub:
         self._subscribers.discard(session)
         self._publish()
 
-    async def flush(self) -> None:
-        """Write pending changes to the SQLite store now (no-op without ``db``)."""
+    async def flush(self) -> bool:
+        """Write pending changes to the SQLite store now (no-op without ``db``); False when
+        the write failed (the changes are kept and retried, see ``store_health()``)."""
         self._publish()
         if self._persister is not None:
-            await self._persister.flush()
+            return await self._persister.flush()
+        return True
+
+    def store_health(self) -> dict[str, Any] | None:
+        """The SQLite store's state (None without ``db``): ``ok`` is False while writes
+        fail; then ``/healthz`` answers 503. Also counts writes, failures, retries, what is
+        pending and what the pending bound dropped."""
+        return self._persister.health() if self._persister is not None else None
 
     # ------------------------------------------------------------------ commands
 
@@ -723,7 +774,20 @@ class Hub:
                 f"service {service_id!r} is not reading: its connection was closed before "
                 "the message was delivered"
             )
-        self._sent.append(SentMessage(service_id, message))
+        self._keep_sent(SentMessage(service_id, message))
+
+    def _keep_sent(self, sent: SentMessage) -> None:
+        """Remember a sent message within ``record_limit`` and ``limits.received_bytes``."""
+        size = 256 + (json_size(sent.message.payload) if sent.message.payload else 0)
+        self._sent.append(sent)
+        self._sent_sizes.append(size)
+        self._sent_bytes += size
+        while len(self._sent) > self._record_limit or (
+            self._sent_bytes > self.limits.received_bytes and len(self._sent) > 1
+        ):
+            self._sent.popleft()
+            self._sent_bytes -= self._sent_sizes.popleft()
+            self._sent_evicted += 1
 
     # ------------------------------------------------------------------ HTTP and routing
 
@@ -871,7 +935,7 @@ class Hub:
             if message.type is MessageType.REGISTER:
                 await self._register(peer, message, frame, now)
                 return
-            self._state.receive(peer.connection_id, message, now=now)
+            applied = self._state.receive(peer.connection_id, message, now=now)
         except ProtocolError as exc:
             self._invalid(peer, str(exc))
             return
@@ -881,9 +945,13 @@ class Hub:
             return
         conn = self._state.connections[peer.connection_id]
         self._received.append(conn.service_id, frame)
-        if message.type is MessageType.STATUS_RESPONSE:
+        if applied and message.type is MessageType.STATUS_RESPONSE:
             pending = self._pending.get(message.id)
-            if pending is not None and not pending.future.done():
+            if (
+                pending is not None
+                and pending.connection_id == peer.connection_id
+                and not pending.future.done()
+            ):
                 pending.future.set_result(StatusResponsePayload.from_dict(message.payload))
         self._publish()
 
@@ -967,76 +1035,3 @@ def _check_token(token: str | None) -> None:
 
 def _websocket_route(target: Target) -> bool:
     return target.segments == OPERATOR_ROUTE or target.segments in COORDINATION_ROUTES
-
-
-class _Persister:
-    """Collects changes on the loop and writes them to the store on one worker thread."""
-
-    def __init__(self, state: HubState, store: HubStore, interval: float) -> None:
-        self._state = state
-        self._store = store
-        self._interval = interval
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, "when-hub-store")
-        self._pending = Changes()
-        self._logs: deque[LogRecord] = deque(maxlen=max(1, store.log_limit))
-        self._wake = asyncio.Event()
-        self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
-        self.errors = 0
-
-    async def run(self, fn: Callable[[], _T]) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._loop())
-
-    def add(self, changes: Changes) -> None:
-        self._pending.services |= changes.services
-        self._pending.workflows |= changes.workflows
-        self._pending.workflows -= changes.removed_workflows
-        self._pending.removed_workflows |= changes.removed_workflows
-        self._logs.extend(e.record for e in changes.events if isinstance(e, LogEvent))
-        self._wake.set()
-
-    def _batch(self) -> StoreBatch:
-        """Documents for what changed, taken from the live state at one moment."""
-        state, pending = self._state, self._pending
-        self._pending = Changes()
-        batch = StoreBatch()
-        for service_id in pending.services:
-            service = state.services.get(service_id)
-            batch.services[service_id] = service.as_dict() if service is not None else None
-        for workflow_id in pending.removed_workflows:
-            batch.workflows[workflow_id] = None
-        for workflow_id in pending.workflows:
-            workflow = state.workflows.get(workflow_id)
-            batch.workflows[workflow_id] = workflow.as_dict() if workflow is not None else None
-        batch.logs = [record.as_dict() for record in self._logs]
-        self._logs.clear()
-        return batch
-
-    async def flush(self) -> None:
-        async with self._lock:
-            batch = self._batch()
-            if not batch:
-                return
-            try:
-                await self.run(lambda: self._store.write(batch))
-            except Exception:
-                self.errors += 1
-                _log.exception("hub store: a write failed; those changes are not persisted")
-
-    async def _loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            await asyncio.sleep(self._interval)  # let changes coalesce
-            self._wake.clear()
-            await self.flush()
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self.flush()
-        await self.run(self._store.close)
-        self._executor.shutdown(wait=True)
