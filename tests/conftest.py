@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from pgserver import PostgresServer, require_postgres
 from when_coordinator import Config, Coordinator, PhaseManager
 from when_coordinator.hub import Hub, ThreadedHub
 
@@ -72,3 +73,17 @@ def tracer_provider(span_exporter: InMemorySpanExporter) -> Iterator[TracerProvi
     provider.add_span_processor(SimpleSpanProcessor(span_exporter))
     yield provider
     provider.shutdown()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the session (skips without the binaries; fails under CI)."""
+    server = PostgresServer(require_postgres()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> str:
+    """The URL of a fresh database on ``postgres_server``."""
+    return postgres_server.new_database()

@@ -121,13 +121,15 @@ class HubProcess:
         self,
         workdir: Path,
         *,
-        db: Path | None = None,
+        db: Path | str | None = None,
         token: str | None = None,
         log_level: str = "info",
         ping_interval: float | None = None,
         env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.workdir = workdir
+        self.extra_args = extra_args or []
         self.db = db
         self.token = token
         self.log_level = log_level
@@ -147,7 +149,7 @@ class HubProcess:
             args += ["--token", self.token]
         if self.ping_interval is not None:
             args += ["--ping-interval", str(self.ping_interval)]
-        return [*args, "--log-level", self.log_level]
+        return [*args, *self.extra_args, "--log-level", self.log_level]
 
     def start(self, timeout: float = 30.0) -> HubProcess:
         if self.process is not None and self.process.poll() is None:

@@ -37,6 +37,7 @@ environment:
   WHEN_HUB_URL      the hub for workflows/watch/status/pause/resume/cancel
                     (default http://127.0.0.1:8080)
   WHEN_AUTH_TOKEN   the bearer token for those commands, and the token `hub` requires
+  WHEN_HUB_DB       the hub's --db (a SQLite file or a postgresql:// URL)
 
 examples:
   when-coordinator hub                        run a hub on port 8080
@@ -447,6 +448,7 @@ def _cmd_hub(args: argparse.Namespace) -> int:
     import logging  # noqa: PLC0415
 
     from .hub import Hub, HubError  # noqa: PLC0415
+    from .hub.store import redact_url  # noqa: PLC0415
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -467,6 +469,9 @@ def _cmd_hub(args: argparse.Namespace) -> int:
             args.port,
             token=args.token,
             db=args.db,
+            instance_id=args.instance_id,
+            lease_timeout=args.lease_timeout,
+            retention=args.retention,
             ping_interval=args.ping_interval,
             send_buffer_bytes=args.send_buffer_bytes,
             send_buffer_timeout=args.send_buffer_timeout,
@@ -496,7 +501,7 @@ def _cmd_hub(args: argparse.Namespace) -> int:
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
                 loop.add_signal_handler(signum, stop.set)
         auth = "token required" if args.token else "no authentication"
-        store = f", state kept in {args.db}" if args.db else ""
+        store = f", state kept in {redact_url(args.db)}" if args.db else ""
         for line in listening_lines(args.host, hub.port, f"{auth}{store}"):
             print(line, flush=True)
         try:
@@ -661,7 +666,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("WHEN_AUTH_TOKEN"),
         help="require 'Authorization: Bearer TOKEN' from every client (default: $WHEN_AUTH_TOKEN)",
     )
-    hub.add_argument("--db", metavar="FILE", help="keep services, workflows and logs in SQLite")
+    hub.add_argument(
+        "--db",
+        metavar="FILE|URL",
+        default=os.environ.get("WHEN_HUB_DB") or None,
+        help="keep services, workflows and logs in a SQLite FILE, or in PostgreSQL "
+        "(postgresql://...: several hub instances may share it); default: $WHEN_HUB_DB, "
+        "else memory",
+    )
+    hub.add_argument(
+        "--instance-id",
+        default=os.environ.get("WHEN_HUB_INSTANCE_ID") or None,
+        help="this instance's name among those sharing a PostgreSQL --db (default: random)",
+    )
+    hub.add_argument(
+        "--lease-timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="with PostgreSQL: the services of an instance silent this long show as "
+        "disconnected (default: %(default)s)",
+    )
+    hub.add_argument(
+        "--retention",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with PostgreSQL: drop finished workflows and logs older than this "
+        "(default: keep them within the count bounds only)",
+    )
     hub.add_argument(
         "--ping-interval",
         type=float,

@@ -296,6 +296,7 @@ async def http_request(hub: Hub, request: Request, target: Target) -> Response:
                     "services": sum(1 for s in state.services.values() if s.connected),
                     "workflows": len(state.workflows),
                     "store": store,
+                    "bus": hub.bus_health(),
                     "memory": hub.memory(),
                 },
             )

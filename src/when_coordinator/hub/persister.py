@@ -1,5 +1,5 @@
-"""The hub's writer to its SQLite store: changes collected on the event loop, written in
-batches on one worker thread, kept and retried when a write fails."""
+"""The hub's writer to its store (SQLite or PostgreSQL): changes collected on the event
+loop, written in batches on one worker thread, kept and retried when a write fails."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from .bounds import json_size
 from .state import Changes, CheckpointEvent, ErrorEvent, HubState, LogEvent, LogRecord, PhaseEvent
-from .store import HubStore, StoreBatch, summary
+from .store import Store, StoreBatch, summary
 
 __all__ = ["Persister"]
 
@@ -36,7 +36,7 @@ class Persister:
     def __init__(
         self,
         state: HubState,
-        store: HubStore,
+        store: Store,
         interval: float,
         on_health: Callable[[], None] = lambda: None,
     ) -> None:
@@ -74,6 +74,10 @@ class Persister:
         self.failing = False
         self.last_error = ""
         self.failing_since = 0.0
+
+    @property
+    def store(self) -> Store:
+        return self._store
 
     async def run(self, fn: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)

@@ -59,6 +59,7 @@ from ..protocol import (
     encode,
 )
 from .bounds import HubLimits, json_size
+from .bus import Bus, InProcessBus
 from .commands import check_command
 from .errors import HubClosed, HubError, ServiceUnavailable, StatusTimeout, WorkflowNotFound
 from .operator import OperatorSession, bad_path, http_request
@@ -75,7 +76,7 @@ from .state import (
     VersionRefused,
     WorkflowState,
 )
-from .store import HubStore
+from .store import HubStore, Store
 
 if TYPE_CHECKING:
     from .threaded import ThreadedHub
@@ -288,6 +289,10 @@ class Hub:
     ``command_timeout``.
     ``limits``: the byte bounds of everything the hub keeps (``HubLimits``; see ``memory()``).
     ``db_max_bytes``: a bound on the SQLite file (writes past it fail like on a full disk).
+    ``db`` may also be a ``postgresql://`` URL: several instances then share the database and
+    act as one (see ``bus.py``); ``instance_id`` names this one (default: random),
+    ``lease_timeout`` is how long its services outlive a silent instance, ``retention`` the
+    seconds finished workflows and logs are kept in PostgreSQL besides the count bounds.
     """
 
     def __init__(
@@ -314,6 +319,9 @@ class Hub:
         protocol_version: str = HUB_PROTOCOL_VERSION,
         limits: HubLimits | None = None,
         db_max_bytes: int | None = None,
+        instance_id: str | None = None,
+        lease_timeout: float = 15.0,
+        retention: float | None = None,
     ) -> None:
         if ping_interval <= 0:
             raise ValueError("ping_interval must be > 0 seconds")
@@ -362,6 +370,10 @@ class Hub:
         self._persister: Persister | None = None
         self._log_buffer = log_buffer
         self._store_interval = store_interval
+        self._instance_id = instance_id
+        self._lease_timeout = lease_timeout
+        self._retention = retention
+        self._bus: Bus = InProcessBus()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -372,13 +384,15 @@ class Hub:
         self._loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
         if self._db is not None:
-            store = HubStore(self._db, log_limit=self._log_buffer, max_bytes=self._db_max_bytes)
+            store = self._make_store(self._db)
             self._persister = Persister(self._state, store, self._store_interval, self._publish)
             try:
                 snapshot = await self._persister.run(store.load)
             except (sqlite3.Error, RuntimeError) as exc:
                 await self._persister.close()
                 self._persister = None
+                if _is_postgres(self._db):
+                    raise HubError(str(exc)) from exc
                 raise HubError(f"cannot use the hub database {store.path}: {exc}") from exc
             self._state.restore(snapshot)
             self._state.take_changes()
@@ -400,6 +414,18 @@ class Hub:
                 await self._persister.close()
             raise
         self._port = int(self._server.sockets[0].getsockname()[1])
+        if self._persister is not None and _is_postgres(self._db):
+            from .bus import PostgresBus  # noqa: PLC0415
+            from .pgstore import PostgresStore  # noqa: PLC0415
+
+            store = self._persister.store
+            assert isinstance(store, PostgresStore)
+            self._bus = PostgresBus(self, store, self._persister.run)
+            try:
+                await self._bus.start()
+            except BaseException:
+                await self.close()
+                raise
         self._spawn(self._ping_loop())
         self._spawn(self._guard_loop())
         if self._host in ("", "0.0.0.0", "::"):  # self.url dials loopback: say so
@@ -415,6 +441,7 @@ class Hub:
             return
         server.close()
         await server.wait_closed()
+        await self._bus.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -620,6 +647,56 @@ class Hub:
             for waiter in tuple(self._waiters):
                 self._check(waiter)
 
+    def _apply_remote(self, apply: Callable[[], None]) -> None:
+        """Apply what another instance persisted: shown to watchers and waiters, not
+        written back (this instance's own changes go to the store first)."""
+        self._publish()
+        apply()
+        changes = self._state.take_changes()
+        if changes:
+            for session in tuple(self._subscribers):
+                session.push(changes)
+        for waiter in tuple(self._waiters):
+            self._check(waiter)
+
+    def _local_services(self) -> set[str]:
+        """The services whose connection this instance holds."""
+        peers = self._peers
+        return {
+            conn.service_id
+            for conn_id in peers
+            if (conn := self._state.connections.get(conn_id)) is not None and conn.service_id
+        }
+
+    def _make_store(self, db: str | os.PathLike[str]) -> Store:
+        if not _is_postgres(db):
+            return HubStore(db, log_limit=self._log_buffer, max_bytes=self._db_max_bytes)
+        try:
+            from .pgstore import PostgresStore  # noqa: PLC0415 - psycopg only for PostgreSQL
+        except ImportError as exc:
+            raise HubError(
+                f"--db {db!s:.40}... needs the PostgreSQL driver: pip install "
+                f"'when-coordinator[postgres]' ({exc})"
+            ) from None
+        instance = self._instance_id or f"hub-{os.getpid()}-{os.urandom(3).hex()}"
+        self._instance_id = instance
+        return PostgresStore(
+            str(db),
+            instance,
+            log_limit=self._log_buffer,
+            retention=self._retention,
+            lease_timeout=self._lease_timeout,
+        )
+
+    @property
+    def instance_id(self) -> str | None:
+        """This instance's name among those sharing a PostgreSQL database (else None)."""
+        return self._instance_id if _is_postgres(self._db) else None
+
+    def bus_health(self) -> dict[str, Any] | None:
+        """The bus between instances (None for a hub alone), served in ``/healthz``."""
+        return self._bus.health()
+
     def _subscribe(self, session: OperatorSession) -> None:
         self._subscribers.add(session)
         self._publish()
@@ -681,9 +758,33 @@ class Hub:
             workflow = self._state.workflows.get(workflow_id)
             if workflow is not None:  # a phase that does not allow it: 409, nothing sent
                 check_command(str(message.type), workflow_id, workflow.phase)
-        peer, owner = self._route(workflow_id, service_id)
+        try:
+            peer, owner = self._route(workflow_id, service_id)
+        except ServiceUnavailable:
+            remote = self._remote_owner(workflow_id, service_id)
+            if remote is None:
+                raise
+            await self._bus.command(remote, message)
+            return message
         await self._send(peer, message, owner, timeout=self.command_timeout)
         return message
+
+    def _remote_owner(self, workflow_id: str, service_id: str | None) -> str | None:
+        """The service to reach through another instance, if one holds it."""
+        if service_id is None:
+            workflow = self._state.workflows.get(workflow_id)
+            service_id = workflow.service_id if workflow is not None else None
+        if service_id and self._bus.holds(service_id):
+            return service_id
+        return None
+
+    async def _deliver_local(self, service_id: str, message: Message) -> None:
+        """Send a command another instance wrote for a service this one holds."""
+        service = self._state.services.get(service_id)
+        peer = self._peers.get(service.connection_id) if service is not None else None
+        if peer is None:
+            raise ServiceUnavailable(f"service {service_id!r} is not connected here")
+        await self._send(peer, message, service_id, timeout=self.command_timeout)
 
     async def pause(
         self, workflow_id: str, reason: str = "", *, service_id: str | None = None
@@ -724,8 +825,20 @@ class Hub:
         ``ServiceUnavailable`` (also when the connection drops while waiting) or
         ``StatusTimeout`` (a ``TimeoutError``).
         """
-        peer, owner = self._route(workflow_id, service_id)
+        return await self._status(workflow_id, timeout, service_id, relay=True)
+
+    async def _status(
+        self, workflow_id: str, timeout: float, service_id: str | None, *, relay: bool
+    ) -> StatusResponsePayload:
+        """``status``; ``relay``: through another instance when that one holds the service."""
         request = Message.create(StatusPayload(workflow_id=workflow_id))
+        try:
+            peer, owner = self._route(workflow_id, service_id)
+        except ServiceUnavailable:
+            remote = self._remote_owner(workflow_id, service_id)
+            if remote is None or not relay:
+                raise
+            return await self._bus.status(remote, request, timeout)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StatusResponsePayload] = loop.create_future()
         self._pending[request.id] = _PendingStatus(future, peer.connection_id, workflow_id)
@@ -979,6 +1092,7 @@ class Hub:
             )
         )
         _log.info("registered %s as %s", peer.connection_id, registration.service_id)
+        self._bus.connected(registration.service_id)
         with contextlib.suppress(ServiceUnavailable):  # if it left, its loop handles the close
             await self._send(peer, reply, registration.service_id, timeout=self.command_timeout)
 
@@ -1031,6 +1145,10 @@ def _check_token(token: str | None) -> None:
         raise ValueError("token must not be empty (use None for no authentication)")
     if token != token.strip() or any(ch < " " or ch == "\x7f" for ch in token):
         raise ValueError("token must not have surrounding spaces or control characters")
+
+
+def _is_postgres(db: object) -> bool:
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
 
 
 def _websocket_route(target: Target) -> bool:

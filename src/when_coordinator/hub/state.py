@@ -1951,3 +1951,79 @@ class HubState:
                 self._keep_log(packed, size, record.workflow_id)
         self.logs.evicted = 0
         self.logs.total = len(self.logs)
+
+    # ------------------------------------------------------------------ other instances
+
+    def mirror_service(self, document: Mapping[str, Any], connected: bool) -> None:
+        """A service another hub instance holds (or held), as it persisted it: shown as that
+        instance says, ``connected`` only while its lease lives. Raises on a bad document."""
+        service = ServiceState.from_dict(document)
+        service.connection_id = ""
+        service.pending_pings = ()
+        service.connected = connected
+        if not connected:
+            service.health = Health.DISCONNECTED
+        self.services[service.service_id] = service
+        self._changes.services.add(service.service_id)
+
+    def mirror_disconnected(self, service_id: str) -> None:
+        """The instance holding the service lost its lease: it shows as disconnected."""
+        service = self.services.get(service_id)
+        if service is not None and service.connected:
+            service.connected = False
+            service.health = Health.DISCONNECTED
+            self._changes.services.add(service_id)
+
+    def mirror_workflow(
+        self, document: Mapping[str, Any], records: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> None:
+        """A workflow another instance persisted: its summary, plus the (kind, record) rows it
+        appended since, which are streamed to watchers as the events they were there."""
+        summary = {k: v for k, v in document.items() if k not in _LISTS}
+        workflow = WorkflowState.from_dict(summary)
+        old = self.workflows.get(workflow.workflow_id)
+        if old is not None:
+            workflow.history, workflow.checkpoints = old.history, old.checkpoints
+            workflow.errors = old.errors
+            self._forget_sizes(old)
+        workflow.anomalies = tuple(str(a) for a in document.get("anomalies", ()))
+        events = self._changes.events
+        wf, sid = workflow.workflow_id, workflow.service_id
+        for kind, data in records:
+            if kind == "history":
+                change = PhaseChange.from_dict(data)
+                workflow.history = _append(workflow.history, change, self._max_history)
+                events.append(PhaseEvent(wf, sid, change))
+            elif kind == "checkpoints":
+                checkpoint = CheckpointRecord.from_dict(data)
+                workflow.checkpoints = _append(workflow.checkpoints, checkpoint, self._max_records)
+                events.append(CheckpointEvent(wf, sid, checkpoint))
+            elif kind == "errors":
+                error = ErrorRecord.from_dict(data)
+                workflow.errors = _append(workflow.errors, error, self._max_records)
+                events.append(ErrorEvent(wf, sid, error))
+        self.workflows[wf] = workflow
+        self.workflow_logs.setdefault(wf, self._log_buffer())
+        self._settle(workflow)
+        self._restore_sizes(workflow)
+        self._changes.workflows.add(wf)
+        self._evict(keep=wf)
+
+    def _forget_sizes(self, workflow: WorkflowState) -> None:
+        """Take a replaced workflow out of the byte totals."""
+        for record in workflow.checkpoints:
+            self._drop_state(record)
+        self._stateful.pop(workflow.workflow_id, None)
+        sizes = self._sizes.pop(workflow.workflow_id, None)
+        if sizes is not None:
+            self.workflows_bytes -= sizes[4]
+
+    def mirror_logs(self, records: Iterable[LogRecord]) -> None:
+        """Log records another instance persisted, streamed to watchers."""
+        for record in records:
+            packed = _pack(record)
+            size = _packed_size(packed)
+            self.logs._append(packed, size)
+            if record.workflow_id:
+                self._keep_log(packed, size, record.workflow_id)
+            self._changes.events.append(LogEvent(record))

@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .state import (
     CheckpointRecord,
@@ -35,7 +36,7 @@ from .state import (
     WorkflowState,
 )
 
-__all__ = ["KINDS", "HubStore", "StoreBatch", "StoreReadOnly", "summary"]
+__all__ = ["KINDS", "HubStore", "Store", "StoreBatch", "StoreReadOnly", "redact_url", "summary"]
 
 _log = logging.getLogger(__name__)
 
@@ -94,6 +95,32 @@ def summary(workflow: WorkflowState) -> dict[str, Any]:
     document = workflow.as_dict(full=False)
     document["anomalies"] = list(workflow.anomalies)
     return document
+
+
+class Store(Protocol):
+    """What the hub needs of a store: ``HubStore`` (SQLite, the default) or
+    ``pgstore.PostgresStore`` (shared by several instances). Driven from one worker thread."""
+
+    path: str
+    """Where it keeps its data, for ``/healthz`` and logs (no credentials)."""
+    log_limit: int
+
+    def load(self) -> Snapshot:
+        """Everything kept (opening, creating or migrating first)."""
+        ...
+
+    def write(self, batch: StoreBatch) -> None:
+        """Apply one batch in one transaction; raise (the hub keeps and retries it) if not."""
+        ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password, for logs and ``/healthz``."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 class StoreReadOnly(RuntimeError):

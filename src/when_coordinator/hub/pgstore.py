@@ -1,0 +1,521 @@
+"""The hub's PostgreSQL store (``--db postgresql://...``): what ``HubStore`` keeps in SQLite,
+shared by several hub instances, plus what they need to act as one (``PostgresBus``).
+
+Imported only for a ``postgresql://`` URL, so the embedded default needs no driver. Like
+``HubStore`` it is synchronous and driven from the hub's store thread (psycopg 3).
+
+Every row a hub writes takes its ``seq`` from one sequence, and writers take one advisory
+lock per transaction, so ``seq`` order is commit order: another instance that has read up to
+``seq`` N misses nothing by reading ``seq > N`` next (``changes_since``). Each write notifies
+``when_hub_changes`` in its transaction (delivered at commit). Commands to a service held by
+another instance are rows of ``when_commands`` notified by id (``when_hub_commands``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from .state import LogRecord, ServiceState, Snapshot, WorkflowState
+from .store import KINDS, StoreBatch, redact_url
+
+__all__ = ["SCHEMA_VERSION", "Mirror", "PostgresStore", "StoreUnavailable", "redact_url"]
+
+_log = logging.getLogger(__name__)
+
+CHANGES = "when_hub_changes"
+COMMANDS = "when_hub_commands"
+ANSWERS = "when_hub_answers"
+_LOCK = 0x5748454E  # "WHEN": the advisory lock that orders writers (and migrations)
+_MIN_SERVER = 120000
+
+_MIGRATIONS: tuple[str, ...] = (
+    # 1: the first shared schema.
+    """
+    CREATE SEQUENCE when_change_seq;
+    CREATE TABLE when_instances (
+        instance_id TEXT PRIMARY KEY,
+        url TEXT NOT NULL DEFAULT '',
+        started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    CREATE TABLE when_services (
+        service_id TEXT PRIMARY KEY,
+        instance_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        data JSONB NOT NULL
+    );
+    CREATE INDEX when_services_seq ON when_services (seq);
+    CREATE TABLE when_workflows (
+        workflow_id TEXT PRIMARY KEY,
+        instance_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        finished_at TIMESTAMPTZ,
+        data JSONB NOT NULL
+    );
+    CREATE INDEX when_workflows_seq ON when_workflows (seq);
+    CREATE INDEX when_workflows_finished ON when_workflows (finished_at);
+    CREATE TABLE when_workflow_records (
+        seq BIGINT PRIMARY KEY,
+        workflow_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        data JSONB NOT NULL
+    );
+    CREATE INDEX when_workflow_records_by_kind ON when_workflow_records (workflow_id, kind, seq);
+    CREATE TABLE when_logs (
+        seq BIGINT PRIMARY KEY,
+        workflow_id TEXT NOT NULL DEFAULT '',
+        instance_id TEXT NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        data JSONB NOT NULL
+    );
+    CREATE INDEX when_logs_created ON when_logs (created_at);
+    CREATE TABLE when_commands (
+        id BIGSERIAL PRIMARY KEY,
+        service_id TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        message TEXT NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        delivered_by TEXT,
+        delivered_at TIMESTAMPTZ,
+        answer TEXT
+    );
+    CREATE INDEX when_commands_undelivered ON when_commands (service_id, id)
+        WHERE delivered_at IS NULL;
+    """,
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+"""The schema this hub writes; older databases are migrated at start, newer ones refused."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The database is unreachable, not one the hub can use, or too old (one clear line)."""
+
+
+@dataclass(slots=True)
+class Mirror:
+    """What other instances wrote since a ``seq``: applied to this instance's view."""
+
+    services: list[tuple[str, bool, dict[str, Any]]] = field(default_factory=list)
+    """(owner instance, lease alive, document)."""
+    workflows: list[dict[str, Any]] = field(default_factory=list)
+    records: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    seq: int = 0
+
+
+class PostgresStore:
+    """The tables behind one or several hub instances (see the module)."""
+
+    def __init__(
+        self,
+        url: str,
+        instance_id: str,
+        *,
+        log_limit: int = 10_000,
+        record_limit: int = 1_000,
+        retention: float | None = None,
+        lease_timeout: float = 15.0,
+        command_ttl: float = 300.0,
+    ) -> None:
+        self.url = url
+        self.path = redact_url(url)
+        self.instance_id = instance_id
+        self.log_limit = max(0, log_limit)
+        self.record_limit = max(1, record_limit)
+        self.retention = retention
+        """Seconds a finished workflow and a log record are kept (None: bounded by count only)."""
+        self.lease_timeout = lease_timeout
+        self.command_ttl = command_ttl
+        self.skipped = 0
+        self.loaded_seq = 0
+        self.loaded_owners: dict[str, tuple[str, bool]] = {}
+        """Service id to (owner instance, lease alive), as of ``load``."""
+        self._db: psycopg.Connection[TupleRow] | None = None
+        self._writes = 0
+
+    # ------------------------------------------------------------------ connection
+
+    def open(self) -> None:
+        """Connect and bring the schema up to date; ``StoreUnavailable`` in one line if not."""
+        if self._db is not None:
+            return
+        try:
+            db = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise StoreUnavailable(
+                f"PostgreSQL at {self.path} is unreachable: {_first_line(exc)}"
+            ) from None
+        try:
+            if db.info.server_version < _MIN_SERVER:
+                raise StoreUnavailable(
+                    f"PostgreSQL at {self.path} is version {db.info.server_version // 10000}; "
+                    f"the hub needs {_MIN_SERVER // 10000} or newer"
+                )
+            self._migrate(db)
+        except psycopg.Error as exc:
+            db.close()
+            raise StoreUnavailable(
+                f"cannot use PostgreSQL at {self.path}: {_first_line(exc)}"
+            ) from None
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def _migrate(self, db: psycopg.Connection[TupleRow]) -> None:
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+            db.execute("CREATE TABLE IF NOT EXISTS when_meta (key TEXT PRIMARY KEY, value TEXT)")
+            row = db.execute("SELECT value FROM when_meta WHERE key = 'schema_version'").fetchone()
+            version = 0
+            if row is not None:
+                if not str(row[0]).isdigit():
+                    raise StoreUnavailable(
+                        f"PostgreSQL at {self.path}: when_meta.schema_version is {row[0]!r}, "
+                        "not a when-coordinator hub schema; use another database"
+                    )
+                version = int(row[0])
+            if version > SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"PostgreSQL at {self.path} has hub schema {version}, newer than this "
+                    f"hub's {SCHEMA_VERSION}: upgrade when-coordinator on this instance"
+                )
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                db.execute(_MIGRATIONS[number - 1].encode())
+                _log.info("hub store %s: migrated to schema %d", self.path, number)
+            db.execute(
+                "INSERT INTO when_meta (key, value) VALUES ('schema_version', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def _conn(self) -> psycopg.Connection[TupleRow]:
+        if self._db is None or self._db.closed:
+            self._db = None
+            self.open()
+        assert self._db is not None
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # ------------------------------------------------------------------ the HubStore part
+
+    def load(self) -> Snapshot:
+        """Everything kept; services come back disconnected (``loaded_owners`` says which
+        are held by a live instance)."""
+        db = self._conn()
+        with db.transaction():
+            db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            self.loaded_seq = int(
+                db.execute(
+                    "SELECT GREATEST((SELECT MAX(seq) FROM when_services), "
+                    "(SELECT MAX(seq) FROM when_workflows), "
+                    "(SELECT MAX(seq) FROM when_workflow_records), "
+                    "(SELECT MAX(seq) FROM when_logs), 0)"
+                ).fetchone()[0]  # type: ignore[index]
+            )
+            services: list[ServiceState] = []
+            self.loaded_owners = {}
+            for owner, alive, data in db.execute(self._services_sql(""), (self.lease_timeout,)):
+                service = self._parse(ServiceState.from_dict, data)
+                if service is not None:
+                    services.append(service)
+                    self.loaded_owners[service.service_id] = (owner, bool(alive))
+            records: dict[str, dict[str, list[Any]]] = {}
+            for workflow_id, kind, data in db.execute(
+                "SELECT workflow_id, kind, data FROM when_workflow_records ORDER BY seq"
+            ):
+                records.setdefault(workflow_id, {}).setdefault(kind, []).append(data)
+            workflows: list[WorkflowState] = []
+            for (data,) in db.execute("SELECT data FROM when_workflows ORDER BY seq"):
+                if isinstance(data, dict):
+                    for kind, items in records.get(str(data.get("workflow_id", "")), {}).items():
+                        data[kind] = items[-self.record_limit :]
+                workflow = self._parse(WorkflowState.from_dict, data)
+                if workflow is not None:
+                    workflows.append(workflow)
+            logs = [
+                log
+                for (data,) in db.execute(
+                    "SELECT data FROM (SELECT seq, data FROM when_logs ORDER BY seq DESC "
+                    "LIMIT %s) AS newest ORDER BY seq",
+                    (self.log_limit,),
+                )
+                if (log := self._parse(LogRecord.from_dict, data)) is not None
+            ]
+        return Snapshot(services=services, workflows=workflows, logs=logs)
+
+    def _services_sql(self, where: str) -> str:
+        return (
+            "SELECT s.instance_id, i.heartbeat_at > now() - make_interval(secs => %s), s.data "
+            "FROM when_services s LEFT JOIN when_instances i USING (instance_id) "
+            f"{where} ORDER BY s.seq"
+        )
+
+    def _parse(self, parse: Any, data: Any) -> Any:
+        try:
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON {type(data).__name__} where an object belongs")
+            return parse(data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.skipped += 1
+            _log.warning("hub store %s: skipped an unreadable row: %s", self.path, exc)
+            return None
+
+    def write(self, batch: StoreBatch) -> None:
+        """Apply one batch in one transaction, in ``seq`` order, and notify the others."""
+        if not batch:
+            return
+        db = self._conn()
+        me = self.instance_id
+        with db.transaction(), db.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+            for service_id, document in batch.services.items():
+                if document is None:
+                    cur.execute(
+                        "DELETE FROM when_services WHERE service_id = %s AND instance_id = %s",
+                        (service_id, me),
+                    )
+                    continue
+                # A connection closing here must not mark disconnected a service that has
+                # meanwhile connected to another instance.
+                cur.execute(
+                    "INSERT INTO when_services (service_id, instance_id, seq, data) "
+                    "VALUES (%s, %s, nextval('when_change_seq'), %s::jsonb) "
+                    "ON CONFLICT (service_id) DO UPDATE SET instance_id = excluded.instance_id, "
+                    "seq = excluded.seq, data = excluded.data "
+                    "WHERE when_services.instance_id = excluded.instance_id "
+                    "OR (excluded.data->>'connected')::boolean "
+                    "OR NOT (when_services.data->>'connected')::boolean",
+                    (service_id, me, json.dumps(document)),
+                )
+            gone = [wf for wf, document in batch.workflows.items() if document is None]
+            if gone:
+                cur.execute("DELETE FROM when_workflows WHERE workflow_id = ANY(%s)", (gone,))
+                cur.execute(
+                    "DELETE FROM when_workflow_records WHERE workflow_id = ANY(%s)", (gone,)
+                )
+            cur.executemany(
+                "INSERT INTO when_workflows (workflow_id, instance_id, seq, finished_at, data) "
+                "VALUES (%s, %s, nextval('when_change_seq'), "
+                "CASE WHEN %s THEN now() END, %s::jsonb) "
+                "ON CONFLICT (workflow_id) DO UPDATE SET instance_id = excluded.instance_id, "
+                "seq = excluded.seq, data = excluded.data, finished_at = "
+                "COALESCE(when_workflows.finished_at, excluded.finished_at)",
+                [
+                    (wf, me, document.get("phase") in _TERMINAL, json.dumps(document))
+                    for wf, document in batch.workflows.items()
+                    if document is not None
+                ],
+            )
+            rows = [(wf, kind, record.as_dict()) for wf, kind, record in batch.records]
+            for workflow_id, lists in batch.resync.items():
+                cur.execute(
+                    "DELETE FROM when_workflow_records WHERE workflow_id = %s", (workflow_id,)
+                )
+                rows += [
+                    (workflow_id, kind, record.as_dict())
+                    for kind, records in lists.items()
+                    for record in records
+                ]
+            if rows:
+                cur.executemany(
+                    "INSERT INTO when_workflow_records (seq, workflow_id, kind, instance_id, "
+                    "data) VALUES (nextval('when_change_seq'), %s, %s, %s, %s::jsonb)",
+                    [(wf, kind, me, json.dumps(data)) for wf, kind, data in rows],
+                )
+                cur.executemany(
+                    "DELETE FROM when_workflow_records WHERE workflow_id = %(wf)s AND "
+                    "kind = %(kind)s AND seq <= (SELECT seq FROM when_workflow_records WHERE "
+                    "workflow_id = %(wf)s AND kind = %(kind)s ORDER BY seq DESC LIMIT 1 "
+                    "OFFSET %(limit)s)",
+                    [
+                        {"wf": wf, "kind": kind, "limit": self.record_limit}
+                        for wf, kind in {(wf, kind) for wf, kind, _ in rows}
+                    ],
+                )
+            if batch.logs:
+                cur.executemany(
+                    "INSERT INTO when_logs (seq, workflow_id, instance_id, data) "
+                    "VALUES (nextval('when_change_seq'), %s, %s, %s::jsonb)",
+                    [(log.get("workflow_id", ""), me, json.dumps(log)) for log in batch.logs],
+                )
+            self._writes += 1
+            if self._writes % 50 == 1:
+                self._prune(cur)
+            cur.execute("SELECT pg_notify(%s, %s)", (CHANGES, me))
+
+    def _prune(self, cur: psycopg.Cursor[TupleRow]) -> None:
+        """Retention: logs beyond ``log_limit``; with ``retention``, logs and finished
+        workflows older than it; delivered or expired commands."""
+        cur.execute(
+            "DELETE FROM when_logs WHERE seq <= (SELECT seq FROM when_logs ORDER BY seq DESC "
+            "LIMIT 1 OFFSET %s)",
+            (self.log_limit,),
+        )
+        if self.retention is not None:
+            cur.execute(
+                "DELETE FROM when_logs WHERE created_at < now() - make_interval(secs => %s)",
+                (self.retention,),
+            )
+            cur.execute(
+                "WITH old AS (DELETE FROM when_workflows WHERE finished_at < now() - "
+                "make_interval(secs => %s) RETURNING workflow_id) "
+                "DELETE FROM when_workflow_records WHERE workflow_id IN (SELECT * FROM old)",
+                (self.retention,),
+            )
+        cur.execute(
+            "DELETE FROM when_commands WHERE created_at < now() - make_interval(secs => %s)",
+            (max(self.command_ttl * 2, 60.0),),
+        )
+
+    def prune(self) -> None:
+        """Apply retention now (the hub does it every 50 writes)."""
+        db = self._conn()
+        with db.transaction(), db.cursor() as cur:
+            self._prune(cur)
+
+    def counts(self) -> dict[str, int]:
+        db = self._conn()
+        tables: Sequence[str] = ("services", "workflows", "workflow_records", "logs", "commands")
+        return {
+            t: int(db.execute(f"SELECT COUNT(*) FROM when_{t}").fetchone()[0])  # type: ignore[index]
+            for t in tables
+        }
+
+    # ------------------------------------------------------------------ the bus part
+
+    def changes_since(self, seq: int) -> Mirror:
+        """What other instances wrote after ``seq`` (``seq`` order is commit order)."""
+        db = self._conn()
+        mirror = Mirror(seq=seq)
+        me = self.instance_id
+
+        def top(value: int) -> None:
+            mirror.seq = max(mirror.seq, value)
+
+        with db.transaction():
+            db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            for owner, alive, data, row_seq in db.execute(
+                "SELECT s.instance_id, i.heartbeat_at > now() - make_interval(secs => %s), "
+                "s.data, s.seq FROM when_services s LEFT JOIN when_instances i "
+                "USING (instance_id) WHERE s.seq > %s ORDER BY s.seq",
+                (self.lease_timeout, seq),
+            ):
+                top(row_seq)
+                if owner != me and isinstance(data, dict):
+                    mirror.services.append((owner, bool(alive), data))
+            for owner, data, row_seq in db.execute(
+                "SELECT instance_id, data, seq FROM when_workflows WHERE seq > %s ORDER BY seq",
+                (seq,),
+            ):
+                top(row_seq)
+                if owner != me and isinstance(data, dict):
+                    mirror.workflows.append(data)
+            for owner, workflow_id, kind, data, row_seq in db.execute(
+                "SELECT instance_id, workflow_id, kind, data, seq FROM when_workflow_records "
+                "WHERE seq > %s ORDER BY seq",
+                (seq,),
+            ):
+                top(row_seq)
+                if owner != me and kind in KINDS and isinstance(data, dict):
+                    mirror.records.append((workflow_id, kind, data))
+            for owner, data, row_seq in db.execute(
+                "SELECT instance_id, data, seq FROM when_logs WHERE seq > %s ORDER BY seq "
+                "LIMIT 100000",
+                (seq,),
+            ):
+                top(row_seq)
+                if owner != me and isinstance(data, dict):
+                    mirror.logs.append(data)
+        return mirror
+
+    def heartbeat(self, url: str) -> dict[str, bool]:
+        """Renew this instance's lease; every instance's and whether its lease is alive."""
+        db = self._conn()
+        db.execute(
+            "INSERT INTO when_instances (instance_id, url) VALUES (%s, %s) "
+            "ON CONFLICT (instance_id) DO UPDATE SET heartbeat_at = now(), url = excluded.url",
+            (self.instance_id, url),
+        )
+        return {
+            instance: bool(alive)
+            for instance, alive in db.execute(
+                "SELECT instance_id, heartbeat_at > now() - make_interval(secs => %s) "
+                "FROM when_instances",
+                (self.lease_timeout,),
+            )
+        }
+
+    def leave(self) -> None:
+        """Give up the lease at a clean shutdown (the others see it at once)."""
+        self._conn().execute(
+            "DELETE FROM when_instances WHERE instance_id = %s", (self.instance_id,)
+        )
+
+    def put_command(self, service_id: str, text: str) -> int:
+        """Write a command for a service held elsewhere, then notify its id (one transaction)."""
+        db = self._conn()
+        with db.transaction():
+            row = db.execute(
+                "INSERT INTO when_commands (service_id, origin, message) VALUES (%s, %s, %s) "
+                "RETURNING id",
+                (service_id, self.instance_id, text),
+            ).fetchone()
+            assert row is not None
+            db.execute("SELECT pg_notify(%s, %s)", (COMMANDS, str(row[0])))
+        return int(row[0])
+
+    def take_commands(self, service_ids: Iterable[str]) -> list[tuple[int, str, str]]:
+        """Claim the undelivered, unexpired commands for these services, oldest first."""
+        ids = list(service_ids)
+        if not ids:
+            return []
+        rows = self._conn().execute(
+            "UPDATE when_commands SET delivered_by = %s, delivered_at = now() WHERE id IN ("
+            "SELECT id FROM when_commands WHERE delivered_at IS NULL AND service_id = ANY(%s) "
+            "AND created_at > now() - make_interval(secs => %s) "
+            "ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING id, service_id, message",
+            (self.instance_id, ids, self.command_ttl),
+        )
+        return sorted((int(i), str(s), str(m)) for i, s, m in rows)
+
+    def release_command(self, command_id: int) -> None:
+        """A claimed command that could not be delivered goes back to wait."""
+        self._conn().execute(
+            "UPDATE when_commands SET delivered_by = NULL, delivered_at = NULL WHERE id = %s",
+            (command_id,),
+        )
+
+    def answer(self, command_id: int, text: str) -> None:
+        db = self._conn()
+        with db.transaction():
+            db.execute("UPDATE when_commands SET answer = %s WHERE id = %s", (text, command_id))
+            db.execute("SELECT pg_notify(%s, %s)", (ANSWERS, str(command_id)))
+
+    def get_answer(self, command_id: int) -> str | None:
+        row = (
+            self._conn()
+            .execute("SELECT answer FROM when_commands WHERE id = %s", (command_id,))
+            .fetchone()
+        )
+        return None if row is None or row[0] is None else str(row[0])
+
+
+_TERMINAL = ("completed", "failed", "cancelled")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
