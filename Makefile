@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test soak lint typecheck docs bench clean
+.PHONY: demo test soak lint typecheck docs bench clean postgresql
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ typecheck: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-test: lint typecheck docs
+# The PostgreSQL server the hub's PostgreSQL tests start (installed when missing and root).
+postgresql:
+	sh scripts/ensure-postgresql
+
+test: lint typecheck docs postgresql
 	$(BIN)/pytest
 
 # The reliability tests' long variants (docs/reliability.md): fault rounds repeated, fuzzing

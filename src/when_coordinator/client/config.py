@@ -160,6 +160,18 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         "The command line's hub address (default http://127.0.0.1:8080).",
     ),
     EnvVar(
+        "WHEN_HUB_DB",
+        None,
+        "`when-coordinator hub --db`: a SQLite file, or a `postgresql://` URL shared by "
+        "several hub instances (unset: memory).",
+    ),
+    EnvVar(
+        "WHEN_HUB_INSTANCE_ID",
+        None,
+        "`when-coordinator hub --instance-id`: this instance's name among those sharing a "
+        "PostgreSQL database (default: random).",
+    ),
+    EnvVar(
         "OTEL_LOGS_EXPORTER",
         None,
         "Read by the instrumentor: when it names `when`, the SDK already attaches the exporter.",
