@@ -35,7 +35,6 @@ __all__ = [
     "METRIC_WORKFLOW_ACTIVE",
     "METRIC_WORKFLOW_DURATION",
     "METRIC_WORKFLOW_TRANSITIONS",
-    "STATUS_DESCRIPTION",
     "PHASE",
     "PHASE_CHANGED_EVENT",
     "PHASE_CHECKPOINT_ID",
@@ -46,6 +45,9 @@ __all__ = [
     "PROGRESS_MESSAGE",
     "PROGRESS_PERCENT",
     "PROGRESS_STAGE",
+    "SERVER_ADDRESS",
+    "SERVER_PORT",
+    "STATUS_DESCRIPTION",
     "WORKFLOW_ID",
     "WORKFLOW_NAME",
     "WORKFLOW_PARENT_ID",
@@ -115,6 +117,9 @@ METRIC_CLIENT_CONNECTION_DURATION = "when.client.connection.duration"
 METRIC_CLIENT_PING_DURATION = "when.client.ping.duration"
 WORKFLOW_RESULT = "when.workflow.result"
 """On ``when.workflow.duration``: the phase the workflow ended in."""
+SERVER_ADDRESS = "server.address"
+"""On the ``when.client.*`` metrics: the hub's host (from ``when_url``)."""
+SERVER_PORT = "server.port"
 
 # W3C baggage entries, so a workflow started in another process links to its parent.
 BAGGAGE_WORKFLOW_ID = "when.workflow.id"

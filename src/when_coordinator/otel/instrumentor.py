@@ -8,6 +8,8 @@ distro and configurator have built the SDK providers, and only adds to them:
   already names ``when``; where only the API's proxy providers exist it installs SDK ones;
 - a ``logging`` handler feeding Python log records into that logs pipeline (off with
   ``WHEN_LOGS_ENABLED=false``), unless one is already there;
+- the package's metrics (``otel/metrics.py``) through the meter provider: the
+  ``meter_provider`` keyword, else the global one (off with ``OTEL_METRICS_EXPORTER=none``);
 - workflow context carried into threads, thread pools and process pools;
 - a workflow around every call of the functions named in ``WHEN_WORKFLOW_ENTRYPOINTS``
   (``module:function`` or ``module:Class.method``), also for modules imported later.
@@ -40,6 +42,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from ..client import Config, ConfigError, Coordinator
+from . import metrics as _metrics
 from ._sdk_logs import BatchLogRecordProcessor, LoggerProvider, LoggingHandler
 from .log_exporter import CoordinationLogExporter
 from .propagation import CarriedCall, carrier, run_in_copied_context
@@ -95,7 +98,8 @@ class _SkipOwnRecords(logging.Filter):
 
 class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """See the module docstring. ``instrument()`` takes optional keyword arguments:
-    ``config``, ``coordinator``, ``tracer_provider``, ``logger_provider``."""
+    ``config``, ``coordinator``, ``tracer_provider``, ``logger_provider``, ``meter_provider``
+    (default: the global one, see ``otel/metrics.py``)."""
 
     def __init__(self) -> None:
         if getattr(self, "_initialised", False):
@@ -138,6 +142,11 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             coordinator.connect()
         self._coordinator = coordinator
         self._pid = os.getpid()
+        meter_provider = kwargs.get("meter_provider")
+        if meter_provider is not None:
+            _metrics.enable_metrics(meter_provider)
+        else:
+            _metrics.enable_from_global()
         self._previous_default = set_coordinator(coordinator)
 
         tracer_provider = kwargs.get("tracer_provider") or _sdk_tracer_provider()
@@ -302,6 +311,7 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             self._log_exporter = None
         self._providers = []
         self._tracer_provider = None
+        _metrics.disable_metrics()
         set_coordinator(self._previous_default)
         self._previous_default = None
         coordinator, self._coordinator = self._coordinator, None

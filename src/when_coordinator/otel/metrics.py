@@ -27,6 +27,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
@@ -42,6 +43,7 @@ __all__ = [
     "OTHER_ERROR",
     "WorkflowMetrics",
     "disable_metrics",
+    "enable_from_global",
     "enable_metrics",
     "error_type",
     "metrics_enabled",
@@ -82,6 +84,33 @@ def _env_allows(*, global_provider: bool) -> bool:
     return not (exporters and all(e in ("", "none") for e in exporters) and any(exporters))
 
 
+_Key = tuple[str, int, str]
+"""(server.address, server.port, error.type or "")."""
+
+
+def _server(coordinator: Coordinator) -> tuple[str, int]:
+    """The hub a coordinator talks to, as ``server.address`` and ``server.port``."""
+    url = coordinator.config.when_url.split(",")[0].strip()
+    if not url:
+        return "", 0
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+    except ValueError:
+        return "", 0
+    return parts.hostname or "", port
+
+
+def _attributes(address: str, port: int, error: str = "") -> dict[str, str | int]:
+    attributes: dict[str, str | int] = {}
+    if address:
+        attributes[attr.SERVER_ADDRESS] = address
+        attributes[attr.SERVER_PORT] = port
+    if error:
+        attributes[attr.ERROR_TYPE] = error
+    return attributes
+
+
 class _Cumulative:
     """Counts summed over coordinators, which stay counted after one is garbage collected.
 
@@ -91,10 +120,10 @@ class _Cumulative:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._retired: Counter[str] = Counter()
-        self._last: dict[int, Counter[str]] = {}
+        self._retired: Counter[_Key] = Counter()
+        self._last: dict[int, Counter[_Key]] = {}
 
-    def update(self, coordinator: Coordinator, counts: Counter[str]) -> None:
+    def update(self, coordinator: Coordinator, counts: Counter[_Key]) -> None:
         key = id(coordinator)
         with self._lock:
             if key not in self._last:
@@ -105,7 +134,7 @@ class _Cumulative:
         with self._lock:
             self._retired.update(self._last.pop(key, Counter()))
 
-    def total(self) -> Counter[str]:
+    def total(self) -> Counter[_Key]:
         with self._lock:
             total = Counter(self._retired)
             for counts in self._last.values():
@@ -248,10 +277,10 @@ class WorkflowMetrics:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             if not self.active:
                 return []
-            coordinators = _coordinators_now()
-            if not coordinators:
-                return []
-            return [Observation(sum(read(c) for c in coordinators))]
+            values: Counter[tuple[str, int]] = Counter()
+            for coordinator in _coordinators_now():
+                values[_server(coordinator)] += read(coordinator)
+            return [Observation(value, _attributes(*server)) for server, value in values.items()]
 
         return observe
 
@@ -260,26 +289,26 @@ class WorkflowMetrics:
             return []
         for coordinator in _coordinators_now():
             stats = coordinator.stats()
-            counts: Counter[str] = Counter(stats.drop_reasons)
-            counts[""] = stats.delivered
+            address, port = _server(coordinator)
+            counts: Counter[_Key] = Counter(
+                {(address, port, reason): n for reason, n in stats.drop_reasons.items()}
+            )
+            counts[address, port, ""] = stats.delivered
             self._sent.update(coordinator, counts)
-        return [
-            Observation(count, {attr.ERROR_TYPE: reason} if reason else {})
-            for reason, count in self._sent.total().items()
-        ]
+        return [Observation(n, _attributes(*key)) for key, n in self._sent.total().items()]
 
     def _observe_attempts(self, options: CallbackOptions) -> Iterable[Observation]:
         if not self.active:
             return []
         for coordinator in _coordinators_now():
             stats = coordinator.stats()
-            counts: Counter[str] = Counter(stats.connect_errors)
-            counts[""] = stats.connects
+            address, port = _server(coordinator)
+            counts: Counter[_Key] = Counter(
+                {(address, port, kind): n for kind, n in stats.connect_errors.items()}
+            )
+            counts[address, port, ""] = stats.connects
             self._attempts.update(coordinator, counts)
-        return [
-            Observation(count, {attr.ERROR_TYPE: kind} if kind else {})
-            for kind, count in self._attempts.total().items()
-        ]
+        return [Observation(n, _attributes(*key)) for key, n in self._attempts.total().items()]
 
     # ------------------------------------------------------------------ the client's thread
 
@@ -289,10 +318,11 @@ class WorkflowMetrics:
     def disconnected(self, coordinator: Coordinator) -> None:
         started = self._connected_at.pop(coordinator, None)
         if started is not None:
-            self.connection_duration.record(time.monotonic() - started)
+            duration = time.monotonic() - started
+            self.connection_duration.record(duration, _attributes(*_server(coordinator)))
 
-    def pong(self, latency: float) -> None:
-        self.ping_duration.record(latency)
+    def pong(self, coordinator: Coordinator, latency: float) -> None:
+        self.ping_duration.record(latency, _attributes(*_server(coordinator)))
 
 
 # ---------------------------------------------------------------------- the process's state
@@ -346,6 +376,17 @@ def enable_metrics(meter_provider: MeterProvider | None = None) -> bool:
     return True
 
 
+def enable_from_global() -> bool:
+    """``enable_metrics()`` if the global meter provider is an SDK one (as
+    ``opentelemetry-instrument`` sets it), else decide "off": the API's proxy provider would
+    make every record a call that leads nowhere. A provider set later needs
+    ``enable_metrics()``."""
+    if hasattr(otel_metrics.get_meter_provider(), "force_flush"):
+        return enable_metrics()
+    disable_metrics()
+    return False
+
+
 def disable_metrics() -> None:
     """Stop recording; the hot path is back to one ``None`` check."""
     global _configured  # noqa: PLW0603
@@ -378,11 +419,7 @@ def observe(coordinator: Coordinator) -> None:
         _coordinators.add(coordinator)
         decide = not _configured
     if decide:
-        provider = otel_metrics.get_meter_provider()
-        if hasattr(provider, "force_flush"):  # an SDK provider, not the API's proxy or no-op
-            enable_metrics()
-        else:
-            disable_metrics()  # decided: a provider set later needs enable_metrics()
+        enable_from_global()
     if recorder is not None:
         _subscribe(coordinator)
 
@@ -406,9 +443,9 @@ def _subscribe(coordinator: Coordinator) -> None:
             current.disconnected(owner)
 
     def pong(latency: float) -> None:
-        current = recorder
-        if current is not None:
-            current.pong(latency)
+        current, owner = recorder, ref()
+        if current is not None and owner is not None:
+            current.pong(owner, latency)
 
     coordinator.on_connected(connected)
     coordinator.on_disconnected(disconnected)

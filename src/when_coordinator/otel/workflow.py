@@ -386,9 +386,7 @@ class _WorkflowBase:
         """Span status and the semantic conventions' attributes of a failure."""
         self._failed = True
         self._span.set_status(Status(StatusCode.ERROR, description))
-        self._span.set_attributes(
-            {attr.ERROR_TYPE: kind, attr.STATUS_DESCRIPTION: description}
-        )
+        self._span.set_attributes({attr.ERROR_TYPE: kind, attr.STATUS_DESCRIPTION: description})
 
     def _final_attributes(self) -> dict[str, AttributeValue]:
         state = self._phases.get_state(self.id)
