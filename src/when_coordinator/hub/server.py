@@ -56,6 +56,7 @@ from ..protocol import (
     encode,
 )
 from .errors import HubClosed, HubError, ServiceUnavailable, StatusTimeout, WorkflowNotFound
+from .metrics import CommandLatency, metrics_response
 from .operator import OperatorSession, http_request
 from .state import (
     HUB_PROTOCOL_VERSION,
@@ -247,6 +248,7 @@ class Hub:
     ``db``: a SQLite file that keeps services, workflows and logs across restarts.
     ``ping_interval``: seconds between JSON pings to each service; a service whose oldest
     unanswered ping is older than ``pong_timeout`` (default: ``ping_interval``) is ``late``.
+    ``metrics_public``: serve ``GET /metrics`` (Prometheus text) without the token.
     """
 
     def __init__(
@@ -269,6 +271,7 @@ class Hub:
         command_timeout: float = 5.0,
         store_interval: float = 0.2,
         protocol_version: str = HUB_PROTOCOL_VERSION,
+        metrics_public: bool = False,
     ) -> None:
         if ping_interval <= 0:
             raise ValueError("ping_interval must be > 0 seconds")
@@ -309,6 +312,8 @@ class Hub:
         self._persister: _Persister | None = None
         self._log_buffer = log_buffer
         self._store_interval = store_interval
+        self.metrics_public = metrics_public
+        self.command_latency = CommandLatency()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -592,8 +597,23 @@ class Hub:
 
     async def _command(self, message: Message, service_id: str | None) -> Message:
         peer, owner = self._route(message.workflow_id, service_id)
-        await self._send(peer, message, owner, timeout=self.command_timeout)
+        started = time.monotonic()
+        try:
+            await self._send(peer, message, owner, timeout=self.command_timeout)
+        except HubError as exc:
+            self._timed(str(message.type), started, exc)
+            raise
+        self._timed(str(message.type), started)
         return message
+
+    def _timed(self, command: str, started: float, error: Exception | None = None) -> None:
+        outcome = "ok" if error is None else type(error).__name__
+        self.command_latency.observe(command, time.monotonic() - started, outcome)
+
+    def store_status(self, now: float) -> tuple[float, int] | None:
+        """(seconds the oldest unwritten change waited, failed writes); None without a store."""
+        persister = self._persister
+        return None if persister is None else persister.status(now)
 
     async def pause(
         self, workflow_id: str, reason: str = "", *, service_id: str | None = None
@@ -639,14 +659,22 @@ class Hub:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StatusResponsePayload] = loop.create_future()
         self._pending[request.id] = _PendingStatus(future, peer.connection_id, workflow_id)
+        started = time.monotonic()
         try:
             await self._send(peer, request, owner, timeout=timeout)
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            answer = await asyncio.wait_for(asyncio.shield(future), timeout)
+            self._timed("status", started)
+            return answer
         except asyncio.TimeoutError:
-            raise StatusTimeout(
+            error = StatusTimeout(
                 f"service {owner!r} did not answer status for workflow {workflow_id!r} "
                 f"within {timeout:g} s"
-            ) from None
+            )
+            self._timed("status", started, error)
+            raise error from None
+        except HubError as exc:
+            self._timed("status", started, exc)
+            raise
         finally:
             self._pending.pop(request.id, None)
             if not future.done():
@@ -689,6 +717,10 @@ class Hub:
         path = request.path.partition("?")[0]
         if path == "/healthz":
             return await http_request(self, request)
+        if path == "/metrics":
+            if not self.metrics_public and not self._authorized(request.headers):
+                return self._unauthorized(connection)
+            return metrics_response(self, request.method, time.monotonic())
         websocket = path in COORDINATION_PATHS or path == OPERATOR_PATH
         if not websocket and not path.startswith("/v1/"):
             return await http_request(self, request)  # the 404
@@ -888,6 +920,15 @@ class _Persister:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.errors = 0
+        self._pending_since: float | None = None  # monotonic time of the oldest unwritten
+        self._writing_since: float | None = None  # ... of the batch being written
+
+    def status(self, now: float) -> tuple[float, int]:
+        oldest = min(
+            (t for t in (self._pending_since, self._writing_since) if t is not None),
+            default=now,
+        )
+        return max(0.0, now - oldest), self.errors
 
     async def run(self, fn: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -901,6 +942,8 @@ class _Persister:
         self._pending.workflows -= changes.removed_workflows
         self._pending.removed_workflows |= changes.removed_workflows
         self._logs.extend(e.record for e in changes.events if isinstance(e, LogEvent))
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
         self._wake.set()
 
     def _batch(self) -> StoreBatch:
@@ -923,13 +966,17 @@ class _Persister:
     async def flush(self) -> None:
         async with self._lock:
             batch = self._batch()
+            self._writing_since, self._pending_since = self._pending_since, None
             if not batch:
+                self._writing_since = None
                 return
             try:
                 await self.run(lambda: self._store.write(batch))
             except Exception:
                 self.errors += 1
                 _log.exception("hub store: a write failed; those changes are not persisted")
+            finally:
+                self._writing_since = None
 
     async def _loop(self) -> None:
         while True:

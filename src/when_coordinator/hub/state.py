@@ -23,7 +23,7 @@ import dataclasses
 import itertools
 import math
 import re
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -802,6 +802,8 @@ class HubState:
         """The most recent anomalies of the whole hub."""
         self.anomaly_count = 0
         self.workflows_evicted = 0
+        self.messages_applied: Counter[str] = Counter()
+        """Messages from services applied, by type (``register`` included): for metrics."""
         self._workflow_log_buffer = workflow_log_buffer
         self._max_workflows = max(1, max_workflows)
         self._max_history = max(1, max_history)
@@ -994,6 +996,7 @@ class HubState:
         """
         conn = self.connections[connection_id]
         negotiated = negotiate_version(payload.protocol_version, self.hub_protocol_version)
+        self.messages_applied[MessageType.REGISTER] += 1
         service_id = payload.service_id or conn.header_service_id or conn.service_id
         if not service_id:
             service_id = self._assign_service_id()
@@ -1179,6 +1182,7 @@ class HubState:
         conn.messages += 1
         service.messages += 1
         service.last_seen = now
+        self.messages_applied[kind] += 1
         if isinstance(payload, PhaseChangedPayload):
             self._phase_changed(conn, service, message, payload, now)
         elif isinstance(payload, ProgressPayload):
