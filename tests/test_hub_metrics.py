@@ -72,7 +72,7 @@ def test_metrics_are_prometheus_text_with_the_hub_figures(
                 and h.workflows[running.id].phase.value == "execution"
             ),
             TIMEOUT,
-        )  # noqa: E501
+        )
         answer = hub.status(running.id)
         assert answer.phase.value == "execution"
         hub.pause(running.id, "metrics")
