@@ -5,7 +5,9 @@ One port serves everything:
 - ``/v1/coordination`` and ``/ws/coordination``: the coordination protocol for services;
 - ``/v1/operator``: the operator WebSocket (commands and a live event stream);
 - ``GET /healthz``, ``GET /v1/...`` and ``POST /v1/workflows/<id>/<command>``: the operator's
-  HTTP JSON API (see ``operator.py`` and docs/hub.md); any other path is a 404.
+  HTTP JSON API (see ``operator.py`` and docs/hub.md);
+- ``GET /metrics``: Prometheus text (``metrics.py``), behind the token unless
+  ``metrics_public``; any other path is a 404.
 
 All state lives in a ``HubState`` changed only on the event loop, one received frame at a time;
 after each frame the hub re-evaluates ``wait_for`` predicates, feeds operator watchers and
