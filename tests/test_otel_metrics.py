@@ -428,3 +428,24 @@ def eventually(condition: Callable[[], object], timeout: float = OTEL_TIMEOUT) -
             return False
         pause.wait(0.01)
     return True
+
+
+def test_the_instrumentor_leaves_metrics_the_application_enabled(
+    reader: InMemoryMetricReader, otel_hub: ThreadedHub
+) -> None:
+    mine = when_metrics.recorder
+    coordinator = Coordinator(Config(when_url=otel_hub.url, service_name="instrumented"))
+    instrumentor = WhenInstrumentor()
+    tracer_provider = TracerProvider()
+    try:
+        instrumentor.instrument(
+            coordinator=coordinator,
+            tracer_provider=tracer_provider,
+            config=Config(when_url=otel_hub.url, logs_enabled=False),
+        )
+        assert when_metrics.recorder is mine  # the global provider is no SDK one here
+    finally:
+        instrumentor.uninstrument()
+        coordinator.close()
+        tracer_provider.shutdown()
+    assert when_metrics.recorder is mine

@@ -121,6 +121,7 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._pid = os.getpid()
         self._providers: list[Any] = []
         self._exit_hook = False
+        self._metrics: _metrics.WorkflowMetrics | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ()
@@ -143,10 +144,13 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._coordinator = coordinator
         self._pid = os.getpid()
         meter_provider = kwargs.get("meter_provider")
+        before = _metrics.recorder
         if meter_provider is not None:
             _metrics.enable_metrics(meter_provider)
         else:
             _metrics.enable_from_global()
+        # What instrument() switched on, uninstrument() switches off; not the application's.
+        self._metrics = _metrics.recorder if _metrics.recorder is not before else None
         self._previous_default = set_coordinator(coordinator)
 
         tracer_provider = kwargs.get("tracer_provider") or _sdk_tracer_provider()
@@ -311,7 +315,9 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             self._log_exporter = None
         self._providers = []
         self._tracer_provider = None
-        _metrics.disable_metrics()
+        if self._metrics is not None and _metrics.recorder is self._metrics:
+            _metrics.disable_metrics()  # switched on here and still in use: off again
+        self._metrics = None
         set_coordinator(self._previous_default)
         self._previous_default = None
         coordinator, self._coordinator = self._coordinator, None

@@ -380,7 +380,9 @@ def enable_from_global() -> bool:
     """``enable_metrics()`` if the global meter provider is an SDK one (as
     ``opentelemetry-instrument`` sets it), else decide "off": the API's proxy provider would
     make every record a call that leads nowhere. A provider set later needs
-    ``enable_metrics()``."""
+    ``enable_metrics()``. Metrics already going to a provider given explicitly stay there."""
+    if _provider is not None and recorder is not None:
+        return True
     if hasattr(otel_metrics.get_meter_provider(), "force_flush"):
         return enable_metrics()
     disable_metrics()
