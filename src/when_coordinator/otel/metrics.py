@@ -7,7 +7,12 @@ path:
 - ``when.workflow.transitions`` and ``when.workflow.active`` are observable: a transition adds
   one to a counter of ours (a dictionary increment under a lock), and the active workflows are
   counted from the phase managers when a reader collects, which is when the cost belongs;
-- ``when.workflow.duration`` is the one synchronous record, once per finished workflow;
+- ``when.workflow.duration`` is recorded once per finished workflow, and not on the
+  application's thread: the run's figures wait in a bounded queue that the next collection
+  records first (a histogram record costs the SDK several microseconds, a queue append a
+  fraction of one). Only when the queue is full, with no reader collecting, does the
+  application's thread record directly. The price: no exemplars link the histogram to the
+  workflow's trace (the span has ``when.workflow.id``);
 - the client's instruments read the counters the ``Coordinator`` keeps anyway (``stats()``),
   and its connection and ping durations are recorded on its own thread.
 
@@ -24,7 +29,7 @@ import os
 import threading
 import time
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -56,6 +61,8 @@ OTHER_ERROR = "_OTHER"
 _WORKFLOW_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 21600)
 _PING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _CONNECTION_BUCKETS = (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 21600, 43200, 86400)
+_FINISHED_QUEUE = 16_384
+"""Finished runs waiting for a collection; beyond, the application's thread records."""
 _LIVE_PHASES = tuple(phase for phase in Phase if not phase.is_terminal)
 
 _ENV_SWITCH = "WHEN_METRICS_ENABLED"
@@ -149,7 +156,8 @@ class WorkflowMetrics:
         self.active = True
         """Off once replaced or disabled: the observable callbacks then report nothing."""
         self._lock = threading.Lock()
-        self._transitions: Counter[tuple[Phase | None, Phase]] = Counter()
+        self._transitions: Counter[tuple[str, str]] = Counter()
+        self._finished: deque[tuple[float, str, str, str]] = deque()
         self._sent = _Cumulative()
         self._attempts = _Cumulative()
         self._connected_at: weakref.WeakKeyDictionary[Coordinator, float] = (
@@ -231,16 +239,37 @@ class WorkflowMetrics:
     # ------------------------------------------------------------------ workflows (hot path)
 
     def transition(self, state: PhaseState, name: str, failure: str) -> None:
-        """One transition; called under the phase manager's lock, so it only counts (and
-        records the duration of a workflow that ended)."""
+        """One transition; called under the phase manager's lock, so it only counts, and
+        queues the duration of a workflow that ended (see the module docstring)."""
         phase = state.phase
+        previous = state.previous_phase
+        # ``_value_``: the plain string, whose hash is C; an Enum member's is Python code.
+        key = (previous._value_ if previous is not None else "", phase._value_)
         with self._lock:
-            self._transitions[state.previous_phase, phase] += 1
+            self._transitions[key] += 1
         if phase.is_terminal:
-            attributes = {attr.WORKFLOW_NAME: name, attr.WORKFLOW_RESULT: phase.value}
-            if phase is Phase.FAILED:
-                attributes[attr.ERROR_TYPE] = failure or OTHER_ERROR
-            self.duration.record(max(0.0, state.updated_at - state.started_at), attributes)
+            run = (max(0.0, state.updated_at - state.started_at), name, key[1], failure)
+            if len(self._finished) < _FINISHED_QUEUE:
+                self._finished.append(run)
+            else:
+                self._record(run)
+
+    def _record(self, run: tuple[float, str, str, str]) -> None:
+        seconds, name, result, failure = run
+        attributes = {attr.WORKFLOW_NAME: name, attr.WORKFLOW_RESULT: result}
+        if result == Phase.FAILED.value:
+            attributes[attr.ERROR_TYPE] = failure or OTHER_ERROR
+        self.duration.record(seconds, attributes)
+
+    def _drain(self) -> None:
+        """Record the queued durations; at collection, before the SDK reads its storages."""
+        finished = self._finished
+        while finished:
+            try:
+                run = finished.popleft()
+            except IndexError:  # another collection took the last one
+                return
+            self._record(run)
 
     # ------------------------------------------------------------------ observations
 
@@ -250,14 +279,14 @@ class WorkflowMetrics:
         with self._lock:
             counts = list(self._transitions.items())
         return [
-            Observation(
-                count,
-                {attr.PHASE_FROM: previous.value if previous else "", attr.PHASE_TO: phase.value},
-            )
+            Observation(count, {attr.PHASE_FROM: previous, attr.PHASE_TO: phase})
             for (previous, phase), count in counts
         ]
 
     def _observe_active(self, options: CallbackOptions) -> Iterable[Observation]:
+        # Every collection calls this (the SDK reads synchronous instruments after all the
+        # callbacks): the moment to record the queued durations.
+        self._drain()
         if not self.active:
             return []
         counts: Counter[Phase] = Counter()
