@@ -391,10 +391,9 @@ def enable_metrics(meter_provider: MeterProvider | None = None) -> bool:
             return True
         if recorder is not None:
             recorder.active = False
-        provider = meter_provider if meter_provider is not None else None
         meter = (
-            provider.get_meter("when_coordinator", __version__)
-            if provider is not None
+            meter_provider.get_meter("when_coordinator", __version__)
+            if meter_provider is not None
             else otel_metrics.get_meter("when_coordinator", __version__)
         )
         recorder = WorkflowMetrics(meter)
