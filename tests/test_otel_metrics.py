@@ -27,6 +27,7 @@ from when_coordinator.hub import Hub, ThreadedHub
 from when_coordinator.otel import WhenInstrumentor
 from when_coordinator.otel import attributes as attr
 from when_coordinator.otel import metrics as when_metrics
+from when_coordinator.phase_manager import PhaseState
 
 OTEL_TIMEOUT = 10.0
 
@@ -472,3 +473,30 @@ def test_durations_wait_for_a_collection_and_a_full_queue_records_at_once(
     assert not recorder._finished
     (point,) = durations(collect(reader)[attr.METRIC_WORKFLOW_DURATION], "direct")
     assert point.count == 1
+
+
+def test_a_forked_child_records_without_the_parents_locks_or_queue(
+    reader: InMemoryMetricReader,
+    otel_coordinator: Coordinator,
+    tracer_provider: TracerProvider,
+) -> None:
+    from faults import fork_run  # noqa: PLC0415
+
+    recorder = when_metrics.recorder
+    assert recorder is not None
+    with workflow("parent-run", coordinator=otel_coordinator, tracer_provider=tracer_provider):
+        pass
+    assert len(recorder._finished) == 1
+
+    def child() -> dict[str, int]:
+        queued = len(recorder._finished)
+        state = PhaseState("wf-child", Phase.COMPLETED, Phase.COMPLETING, started_at=1.0)
+        recorder.transition(state, "child-run", "")  # needs the lock the parent holds
+        return {"queued_at_fork": queued, "queued_now": len(recorder._finished)}
+
+    with recorder._lock:  # held by the parent at the moment of the fork
+        code, result, _ = fork_run(child, timeout=OTEL_TIMEOUT)
+    assert code == 0, result
+    assert result == {"queued_at_fork": 0, "queued_now": 1}
+    (point,) = durations(collect(reader)[attr.METRIC_WORKFLOW_DURATION], "parent-run")
+    assert point.count == 1  # the parent still records its own run

@@ -353,6 +353,14 @@ class WorkflowMetrics:
     def pong(self, coordinator: Coordinator, latency: float) -> None:
         self.ping_duration.record(latency, _attributes(*_server(coordinator)))
 
+    def _after_fork(self) -> None:
+        """In a forked child: locks a parent thread held would stay held, and the runs still
+        queued are the parent's to record."""
+        self._lock = threading.Lock()
+        self._sent._lock = threading.Lock()
+        self._attempts._lock = threading.Lock()
+        self._finished.clear()
+
 
 # ---------------------------------------------------------------------- the process's state
 
@@ -364,6 +372,18 @@ _configured = False
 _provider: Any = None
 _coordinators: weakref.WeakSet[Coordinator] = weakref.WeakSet()
 _subscribed: weakref.WeakSet[Coordinator] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    global _lock  # noqa: PLW0603
+    _lock = threading.Lock()
+    current = recorder
+    if current is not None:
+        current._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _coordinators_now() -> list[Coordinator]:
