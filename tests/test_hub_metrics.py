@@ -4,6 +4,7 @@ operator token unless ``metrics_public`` (``--metrics-public``) is given."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -44,6 +45,13 @@ def families(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     return found
 
 
+def fetch_json(hub: ThreadedHub, path: str) -> Any:
+    request = urllib.request.Request(f"{hub.http_url}{path}")
+    request.add_header("Authorization", f"Bearer {TOKEN}")
+    with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+        return json.loads(response.read())
+
+
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[ThreadedHub]:
     with Hub(port=0, token=TOKEN, db=tmp_path / "hub.db").run_in_thread() as running:
@@ -79,6 +87,7 @@ def test_metrics_are_prometheus_text_with_the_hub_figures(
         hub.wait_for(lambda h: h.workflows[running.id].phase.value == "pausing", TIMEOUT)
         hub.flush()
         content_type, text = scrape(hub)
+        shown = fetch_json(hub, "/v1/metrics")
     provider.shutdown()
 
     assert content_type.startswith("text/plain; version=0.0.4")
@@ -105,6 +114,18 @@ def test_metrics_are_prometheus_text_with_the_hub_figures(
     assert buckets[(("command", "status"), ("le", "+Inf"), ("outcome", "ok"))] == 1
     parsed = {family.name for family in text_string_to_metric_families(text)}
     assert parsed == {name.removesuffix("_total") for name in FAMILIES}
+
+    # The operator API's JSON view (what the dashboard reads) holds the same figures.
+    assert shown["services"] == {"connected": 1, "disconnected": 0}
+    for phase, count in shown["workflows"].items():
+        assert workflows[(("phase", phase),)] == count
+    for kind, count in shown["messages_applied"].items():
+        assert applied[(("type", kind),)] == count
+    assert shown["store"]["errors"] == 0
+    assert 0 <= shown["store"]["lag_seconds"] < TIMEOUT
+    status = shown["commands"]["status"]["ok"]
+    assert status["count"] == 1
+    assert 0 < status["p50_seconds"] <= status["p99_seconds"]
 
 
 def test_metrics_need_the_token(hub: ThreadedHub) -> None:

@@ -15,7 +15,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from websockets.datastructures import Headers
 from websockets.http11 import Response
@@ -25,7 +25,7 @@ from ..protocol import MessageType, Phase
 if TYPE_CHECKING:
     from .server import Hub
 
-__all__ = ["CONTENT_TYPE", "FAMILIES", "CommandLatency", "metrics_response", "render"]
+__all__ = ["CONTENT_TYPE", "FAMILIES", "CommandLatency", "figures", "metrics_response", "render"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -89,6 +89,28 @@ class CommandLatency:
             yield f"{name}_sum{{{labels}}} {_number(self._sums[command, outcome])}"
             yield f"{name}_count{{{labels}}} {running}"
 
+    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """By command and outcome: ``count``, ``sum_seconds``, and ``p50_seconds`` and
+        ``p99_seconds`` estimated from the buckets (their upper bounds, Prometheus' way)."""
+        result: dict[str, dict[str, dict[str, float]]] = {}
+        for (command, outcome), counts in sorted(self._counts.items()):
+            total = sum(counts)
+            result.setdefault(command, {})[outcome] = {
+                "count": total,
+                "sum_seconds": self._sums[command, outcome],
+                "p50_seconds": self._quantile(counts, total, 0.5),
+                "p99_seconds": self._quantile(counts, total, 0.99),
+            }
+        return result
+
+    def _quantile(self, counts: list[int], total: int, q: float) -> float:
+        rank, running = q * total, 0
+        for bound, count in zip((*self.buckets, math.inf), counts, strict=True):
+            running += count
+            if running >= rank:
+                return bound if bound != math.inf else self.buckets[-1]
+        return self.buckets[-1]
+
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -115,56 +137,72 @@ def _sample(name: str, value: float, labels: Mapping[str, str] | None = None) ->
     return f"{name}{{{text}}} {_number(value)}"
 
 
-def render(hub: Hub, now: float) -> str:
-    """The exposition of the hub's figures at ``now`` (``time.monotonic()``)."""
+def figures(hub: Hub, now: float) -> dict[str, Any]:
+    """The hub's figures at ``now`` (``time.monotonic()``) as JSON-ready data: what ``render``
+    exposes to Prometheus, and what the operator API serves (``GET /v1/metrics``, op
+    ``metrics``) to the dashboard, so both always show the same numbers."""
     state = hub.state
     connected = sum(1 for service in state.services.values() if service.connected)
     phases: Counter[Phase] = Counter(workflow.phase for workflow in state.workflows.values())
     applied = state.messages_applied
+    store = hub.store_status(now)
+    return {
+        "services": {"connected": connected, "disconnected": len(state.services) - connected},
+        "connections_open": sum(c.is_open for c in state.connections.values()),
+        "workflows": {phase.value: phases[phase] for phase in Phase},
+        "messages_applied": {
+            kind: applied[kind]
+            for kind in (str(kind) for kind in MessageType)
+            if applied[kind] or kind in _ALWAYS_SHOWN
+        },
+        "anomalies": state.anomaly_count,
+        "evictions": {
+            "workflow": state.workflows_evicted,
+            "log": state.logs.evicted,
+            "workflow_log": sum(buffer.evicted for buffer in state.workflow_logs.values()),
+        },
+        "store": None if store is None else {"lag_seconds": store[0], "errors": store[1]},
+        "commands": hub.command_latency.summary(),
+    }
+
+
+def render(hub: Hub, now: float) -> str:
+    """The exposition of ``figures(hub, now)``."""
+    data = figures(hub, now)
     lines: list[str] = []
     lines += _family(
         "when_hub_services",
-        [
-            _sample("when_hub_services", connected, {"state": "connected"}),
-            _sample(
-                "when_hub_services", len(state.services) - connected, {"state": "disconnected"}
-            ),
-        ],
+        [_sample("when_hub_services", n, {"state": k}) for k, n in data["services"].items()],
     )
     lines += _family(
         "when_hub_connections_open",
-        [_sample("when_hub_connections_open", sum(c.is_open for c in state.connections.values()))],
+        [_sample("when_hub_connections_open", data["connections_open"])],
     )
     lines += _family(
         "when_hub_workflows",
-        [_sample("when_hub_workflows", phases[p], {"phase": p.value}) for p in Phase],
+        [_sample("when_hub_workflows", n, {"phase": k}) for k, n in data["workflows"].items()],
     )
-    kinds = [str(kind) for kind in MessageType]
     lines += _family(
         "when_hub_messages_applied",
         [
-            _sample("when_hub_messages_applied_total", applied[kind], {"type": kind})
-            for kind in kinds
-            if applied[kind] or kind in _ALWAYS_SHOWN
+            _sample("when_hub_messages_applied_total", n, {"type": k})
+            for k, n in data["messages_applied"].items()
         ],
     )
-    lines += _family(
-        "when_hub_anomalies", [_sample("when_hub_anomalies_total", state.anomaly_count)]
-    )
-    workflow_logs = sum(buffer.evicted for buffer in state.workflow_logs.values())
+    lines += _family("when_hub_anomalies", [_sample("when_hub_anomalies_total", data["anomalies"])])
     lines += _family(
         "when_hub_evictions",
-        [
-            _sample("when_hub_evictions_total", state.workflows_evicted, {"kind": "workflow"}),
-            _sample("when_hub_evictions_total", state.logs.evicted, {"kind": "log"}),
-            _sample("when_hub_evictions_total", workflow_logs, {"kind": "workflow_log"}),
-        ],
+        [_sample("when_hub_evictions_total", n, {"kind": k}) for k, n in data["evictions"].items()],
     )
-    store = hub.store_status(now)
+    store = data["store"]
     if store is not None:
-        lag, errors = store
-        lines += _family("when_hub_store_lag_seconds", [_sample("when_hub_store_lag_seconds", lag)])
-        lines += _family("when_hub_store_errors", [_sample("when_hub_store_errors_total", errors)])
+        lines += _family(
+            "when_hub_store_lag_seconds",
+            [_sample("when_hub_store_lag_seconds", store["lag_seconds"])],
+        )
+        lines += _family(
+            "when_hub_store_errors", [_sample("when_hub_store_errors_total", store["errors"])]
+        )
     lines += _family("when_hub_command_duration_seconds", hub.command_latency.samples())
     return "\n".join(lines) + "\n"
 
