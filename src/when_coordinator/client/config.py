@@ -175,6 +175,24 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         "Forward Python logging records to the hub (default true).",
         _bool,
     ),
+    EnvVar(
+        "WHEN_CICD_ATTRIBUTES",
+        "cicd_attributes",
+        "Also set the cicd.pipeline.* run attributes on workflow spans (default false).",
+        _bool,
+    ),
+    EnvVar(
+        "WHEN_METRICS_ENABLED",
+        None,
+        "false: record no metrics (default: through the global meter provider when it is an "
+        "SDK one and OTEL_METRICS_EXPORTER is not none).",
+    ),
+    EnvVar(
+        "OTEL_METRICS_EXPORTER",
+        None,
+        "none (or OTEL_SDK_DISABLED=true): no metrics through the global meter provider.",
+    ),
+    EnvVar("OTEL_SDK_DISABLED", None, "true: no metrics through the global meter provider."),
 )
 
 
@@ -328,6 +346,7 @@ class Config:
     close_timeout: float = 5.0
     workflow_entrypoints: tuple[str, ...] = ()
     logs_enabled: bool = True
+    cicd_attributes: bool = False
 
     def __post_init__(self) -> None:
         for name in _SEQUENCE_FIELDS:
