@@ -301,6 +301,7 @@ _CHECKS: dict[str, Callable[[str, object], None]] = {
     "close_timeout": _check_seconds,
     "workflow_entrypoints": _check_strings,
     "logs_enabled": _check_flag,
+    "cicd_attributes": _check_flag,
 }
 """One check per ``Config`` field (a field without one fails at import, below)."""
 
