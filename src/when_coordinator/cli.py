@@ -475,6 +475,7 @@ def _cmd_hub(args: argparse.Namespace) -> int:
             ping_interval=args.ping_interval,
             send_buffer_bytes=args.send_buffer_bytes,
             send_buffer_timeout=args.send_buffer_timeout,
+            metrics_public=args.metrics_public,
         )
     except ValueError as exc:
         raise HubClientError(str(exc)) from None
@@ -694,6 +695,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="with PostgreSQL: drop finished workflows and logs older than this "
         "(default: keep them within the count bounds only)",
+    )
+    hub.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="serve GET /metrics (Prometheus text) without the token",
     )
     hub.add_argument(
         "--ping-interval",

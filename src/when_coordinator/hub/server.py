@@ -5,7 +5,9 @@ One port serves everything:
 - ``/v1/coordination`` and ``/ws/coordination``: the coordination protocol for services;
 - ``/v1/operator``: the operator WebSocket (commands and a live event stream);
 - ``GET /healthz``, ``GET /v1/...`` and ``POST /v1/workflows/<id>/<command>``: the operator's
-  HTTP JSON API (see ``operator.py`` and docs/hub.md); any other path is a 404.
+  HTTP JSON API (see ``operator.py`` and docs/hub.md);
+- ``GET /metrics``: Prometheus text (``metrics.py``), behind the token unless
+  ``metrics_public``; any other path is a 404.
 
 With a token, every request but ``GET /healthz`` is authenticated before it is routed,
 whatever its path; the path is parsed once, by ``routing.parse_target``.
@@ -62,9 +64,17 @@ from .bounds import HubLimits, json_size
 from .bus import Bus, InProcessBus
 from .commands import check_command
 from .errors import HubClosed, HubError, ServiceUnavailable, StatusTimeout, WorkflowNotFound
+from .metrics import CommandLatency, metrics_response
 from .operator import OperatorSession, bad_path, http_request
 from .persister import Persister
-from .routing import COORDINATION_ROUTES, OPERATOR_ROUTE, Target, parse_target, redact_query
+from .routing import (
+    COORDINATION_ROUTES,
+    METRICS_ROUTE,
+    OPERATOR_ROUTE,
+    Target,
+    parse_target,
+    redact_query,
+)
 from .sendguard import SendBufferGuard
 from .state import (
     HUB_PROTOCOL_VERSION,
@@ -293,6 +303,7 @@ class Hub:
     act as one (see ``bus.py``); ``instance_id`` names this one (default: random),
     ``lease_timeout`` is how long its services outlive a silent instance, ``retention`` the
     seconds finished workflows and logs are kept in PostgreSQL besides the count bounds.
+    ``metrics_public``: serve ``GET /metrics`` (Prometheus text) without the token.
     """
 
     def __init__(
@@ -322,6 +333,7 @@ class Hub:
         instance_id: str | None = None,
         lease_timeout: float = 15.0,
         retention: float | None = None,
+        metrics_public: bool = False,
     ) -> None:
         if ping_interval <= 0:
             raise ValueError("ping_interval must be > 0 seconds")
@@ -374,6 +386,8 @@ class Hub:
         self._lease_timeout = lease_timeout
         self._retention = retention
         self._bus: Bus = InProcessBus()
+        self.metrics_public = metrics_public
+        self.command_latency = CommandLatency()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -758,16 +772,31 @@ class Hub:
             workflow = self._state.workflows.get(workflow_id)
             if workflow is not None:  # a phase that does not allow it: 409, nothing sent
                 check_command(str(message.type), workflow_id, workflow.phase)
+        started = time.monotonic()
         try:
-            peer, owner = self._route(workflow_id, service_id)
-        except ServiceUnavailable:
-            remote = self._remote_owner(workflow_id, service_id)
-            if remote is None:
-                raise
-            await self._bus.command(remote, message)
-            return message
-        await self._send(peer, message, owner, timeout=self.command_timeout)
+            try:
+                peer, owner = self._route(workflow_id, service_id)
+            except ServiceUnavailable:
+                remote = self._remote_owner(workflow_id, service_id)
+                if remote is None:
+                    raise
+                await self._bus.command(remote, message)
+            else:
+                await self._send(peer, message, owner, timeout=self.command_timeout)
+        except HubError as exc:
+            self._timed(str(message.type), started, exc)
+            raise
+        self._timed(str(message.type), started)
         return message
+
+    def _timed(self, command: str, started: float, error: Exception | None = None) -> None:
+        outcome = "ok" if error is None else type(error).__name__
+        self.command_latency.observe(command, time.monotonic() - started, outcome)
+
+    def store_status(self, now: float) -> tuple[float, int] | None:
+        """(seconds the oldest unwritten change waited, failed writes); None without a store."""
+        persister = self._persister
+        return None if persister is None else persister.status(now)
 
     def _remote_owner(self, workflow_id: str, service_id: str | None) -> str | None:
         """The service to reach through another instance, if one holds it."""
@@ -838,18 +867,33 @@ class Hub:
             remote = self._remote_owner(workflow_id, service_id)
             if remote is None or not relay:
                 raise
-            return await self._bus.status(remote, request, timeout)
+            started = time.monotonic()
+            try:
+                relayed = await self._bus.status(remote, request, timeout)
+            except HubError as exc:
+                self._timed("status", started, exc)
+                raise
+            self._timed("status", started)
+            return relayed
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StatusResponsePayload] = loop.create_future()
         self._pending[request.id] = _PendingStatus(future, peer.connection_id, workflow_id)
+        started = time.monotonic()
         try:
             await self._send(peer, request, owner, timeout=timeout)
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            answer = await asyncio.wait_for(asyncio.shield(future), timeout)
+            self._timed("status", started)
+            return answer
         except asyncio.TimeoutError:
-            raise StatusTimeout(
+            error = StatusTimeout(
                 f"service {owner!r} did not answer status for workflow {workflow_id!r} "
                 f"within {timeout:g} s"
-            ) from None
+            )
+            self._timed("status", started, error)
+            raise error from None
+        except HubError as exc:
+            self._timed("status", started, exc)
+            raise
         finally:
             self._pending.pop(request.id, None)
             if not future.done():
@@ -923,6 +967,9 @@ class Hub:
         target = parse_target(request.path)
         if target.public:
             return await http_request(self, request, target)
+        metrics = not target.error and target.segments == METRICS_ROUTE
+        if metrics and self.metrics_public:
+            return metrics_response(self, request.method, time.monotonic())
         if not self._authorized(request.headers):
             remote = _format_remote(connection.remote_address)
             shown = target.path if not target.error else "(a malformed path)"
@@ -930,6 +977,8 @@ class Hub:
             return self._unauthorized(connection)
         if target.error:
             return bad_path(target)
+        if metrics:
+            return metrics_response(self, request.method, time.monotonic())
         if _websocket_route(target):
             return None
         return await http_request(self, request, target)
