@@ -19,11 +19,12 @@ PostgreSQL use ``PostgresBus``, built on LISTEN/NOTIFY:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..protocol import Message, MessageType, StatusResponsePayload, decode, encode
@@ -94,19 +95,43 @@ class InProcessBus:
         return None
 
 
+def _take(store: PostgresStore, local: set[str]) -> list[tuple[int, str, str]]:
+    return store.take_commands(local)
+
+
+class _Lane:
+    """A connection of its own, used from a thread of its own."""
+
+    def __init__(self, store: PostgresStore, name: str) -> None:
+        from .pgstore import PostgresStore  # noqa: PLC0415 - only with PostgreSQL
+
+        self.store = PostgresStore(
+            store.url,
+            store.instance_id,
+            lease_timeout=store.lease_timeout,
+            command_ttl=store.command_ttl,
+        )
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, name)
+
+    async def run(self, fn: Callable[[PostgresStore], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self.store)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.run(lambda s: s.close())
+        self._executor.shutdown(wait=False)
+
+
 class PostgresBus:
     """LISTEN/NOTIFY between instances sharing one PostgreSQL (see the module)."""
 
-    def __init__(
-        self,
-        hub: Hub,
-        store: PostgresStore,
-        run: Callable[[Callable[[], _T]], Awaitable[_T]],
-    ) -> None:
+    def __init__(self, hub: Hub, store: PostgresStore) -> None:
         self._hub = hub
         self._store = store
-        self._run: Any = run
-        """Runs a store call on the store's thread (its connection lives there)."""
+        """The hub's store (its writes run on the hub's store thread): ``loaded_*`` only."""
+        self._control = _Lane(store, "when-hub-bus")
+        """Commands, answers and leases: never queued behind a large batch or a mirror read."""
+        self._reader = _Lane(store, "when-hub-mirror")
         self._seq = 0
         self._owners: dict[str, str] = {}
         """Service id to the other instance that last held it."""
@@ -127,7 +152,9 @@ class PostgresBus:
     async def start(self) -> None:
         store = self._store
         self._seq = store.loaded_seq
-        self._alive = {i for i, alive in (await self._run(self._heartbeat)).items() if alive}
+        self._alive = {
+            i for i, alive in (await self._control.run(self._heartbeat)).items() if alive
+        }
         for service_id, (owner, alive) in store.loaded_owners.items():
             self._owners[service_id] = owner
             service = self._hub.state.services.get(service_id)
@@ -157,11 +184,13 @@ class PostgresBus:
             if not future.done():
                 future.cancel()
         with contextlib.suppress(Exception):
-            await self._run(self._store.leave)
+            await self._control.run(lambda s: s.leave())
+        await self._control.close()
+        await self._reader.close()
 
-    def _heartbeat(self) -> dict[str, bool]:
+    def _heartbeat(self, store: PostgresStore) -> dict[str, bool]:
         hub = self._hub
-        return self._store.heartbeat(hub.url if hub.running else "")
+        return store.heartbeat(hub.url if hub.running else "")
 
     # ------------------------------------------------------------------ listening
 
@@ -216,7 +245,7 @@ class PostgresBus:
 
         async def fetch() -> None:
             with contextlib.suppress(Exception):
-                text = await self._run(lambda: self._store.get_answer(command_id))
+                text = await self._control.run(lambda s: s.get_answer(command_id))
                 if text is not None and not future.done():
                     future.set_result(text)
 
@@ -229,7 +258,7 @@ class PostgresBus:
             await self._want_changes.wait()
             self._want_changes.clear()
             try:
-                mirror = await self._run(lambda: self._store.changes_since(self._seq))
+                mirror = await self._reader.run(lambda s: s.changes_since(self._seq))
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 _log.warning("hub bus: reading other instances' changes failed: %s", exc)
@@ -246,7 +275,9 @@ class PostgresBus:
             if service_id in local:
                 continue  # this instance holds it now: its own view is the truth
             self._owners[service_id] = owner
-            connected = bool(document.get("connected")) and alive and owner in self._alive
+            if alive:  # read with the row: fresher than the last lease round
+                self._alive.add(owner)
+            connected = bool(document.get("connected")) and alive
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 state.mirror_service(document, connected)
         records: dict[str, list[tuple[str, Any]]] = {}
@@ -273,7 +304,7 @@ class PostgresBus:
         while True:
             await asyncio.sleep(interval)
             try:
-                leases = await self._run(self._heartbeat)
+                leases = await self._control.run(self._heartbeat)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 continue
@@ -299,7 +330,7 @@ class PostgresBus:
         if not self.holds(service_id):
             raise ServiceUnavailable(f"service {service_id!r} is not connected")
         text = encode(message)
-        await self._run(lambda: self._store.put_command(service_id, text))
+        await self._control.run(lambda s: s.put_command(service_id, text))
 
     async def status(
         self, service_id: str, message: Message, timeout: float
@@ -308,7 +339,7 @@ class PostgresBus:
             raise ServiceUnavailable(f"service {service_id!r} is not connected")
         text = encode(message)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        command_id: int = await self._run(lambda: self._store.put_command(service_id, text))
+        command_id: int = await self._control.run(lambda s: s.put_command(service_id, text))
         self._answers[command_id] = future
         try:
             answer = json.loads(await asyncio.wait_for(asyncio.shield(future), timeout + 1.0))
@@ -334,7 +365,7 @@ class PostgresBus:
             self._want_commands.clear()
             local = self._hub._local_services()
             try:
-                claimed = await self._run(functools.partial(self._store.take_commands, local))
+                claimed = await self._control.run(functools.partial(_take, local=local))
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 await asyncio.sleep(1.0)
@@ -357,7 +388,7 @@ class PostgresBus:
             await hub._deliver_local(service_id, message)
             self.delivered += 1
         except ServiceUnavailable:
-            await self._run(lambda: self._store.release_command(command_id))
+            await self._control.run(lambda s: s.release_command(command_id))
 
     async def _answer_status(self, command_id: int, service_id: str, message: Message) -> None:
         answer: dict[str, Any]
@@ -371,7 +402,7 @@ class PostgresBus:
         self.delivered += 1
         text = json.dumps(answer)
         with contextlib.suppress(Exception):
-            await self._run(lambda: self._store.answer(command_id, text))
+            await self._control.run(lambda s: s.answer(command_id, text))
 
     def health(self) -> dict[str, Any] | None:
         return {

@@ -434,7 +434,7 @@ class Hub:
 
             store = self._persister.store
             assert isinstance(store, PostgresStore)
-            self._bus = PostgresBus(self, store, self._persister.run)
+            self._bus = PostgresBus(self, store)
             try:
                 await self._bus.start()
             except BaseException:

@@ -1,0 +1,193 @@
+"""Two hub instances on one PostgreSQL under the capacity load of ``bench_hub`` (issue 16).
+
+8. The load of figure 7 (200 services x 50 msg/s, raw websockets clients in their own process)
+   split between two ``Hub(db="postgresql://...")`` instances, each in its own process: even
+   services on A, odd ones on B. Instance A sends 50 pauses (and resumes) a second for
+   workflows of services held by B, so every command crosses instances (written to
+   ``when_commands``, notified, delivered by B); its latency is ``hub.pause`` on A until A's
+   view shows ``pausing`` (B applied it and persisted it, A read it back), so it includes one
+   store batch (``STORE_INTERVAL``) of each instance. Figures: messages applied by both
+   instances beside those offered, and that latency.
+
+The PostgreSQL server is started like the tests' (tests/pgserver.py, Debian's binaries,
+fsync off). Without it the benchmark reports that it was skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import bench_hub as base
+from .harness import ROOT, Child, Figure, percentile, say, serve_commands
+
+STORE_INTERVAL = 0.02
+"""Each instance's batch interval here (the default 0.2 s would dominate command latency)."""
+TIMEOUT = 180.0
+
+
+class _SplitLoad(base._Load):
+    """The capacity load, its clients alternating between two hub URLs."""
+
+    async def connect_split(self, urls: Sequence[str]) -> None:
+        from websockets.asyncio.client import connect  # noqa: PLC0415
+
+        for index in range(base.CLIENTS):
+            ws = await connect(urls[index % len(urls)], compression=None, proxy=None)
+            self.sockets.append(ws)
+            for data in base._register_frames(index):
+                await ws.send(data)
+            self.count += 2
+            self.readers.append(asyncio.ensure_future(self.answer(ws, index)))
+
+
+async def _serve_load(urls: Sequence[str]) -> None:
+    load = _SplitLoad()
+    try:
+        await load.connect_split(urls)
+        say(clients=len(load.sockets))
+        await serve_commands(load.run)
+    finally:
+        await load.close()
+
+
+async def _serve_instance(db: str, name: str, commands: bool) -> None:
+    from when_coordinator.hub import Hub  # noqa: PLC0415
+    from when_coordinator.protocol import Phase  # noqa: PLC0415
+
+    hub = Hub(db=db, instance_id=name, store_interval=STORE_INTERVAL, log_buffer=10_000)
+    async with hub:
+        connections = hub.state.connections
+
+        def applied() -> int:
+            return sum(c.messages for c in connections.values())
+
+        async def sample(samples: list[tuple[float, int]], until: float) -> None:
+            while time.monotonic() < until:
+                samples.append((time.monotonic(), applied()))
+                await asyncio.sleep(base.SAMPLE_EVERY)
+            samples.append((time.monotonic(), applied()))
+
+        async def command(wf: str) -> float:
+            await hub.wait_for(lambda h: h.workflows[wf].phase is Phase.EXECUTION, TIMEOUT)
+            started = time.perf_counter()
+            await hub.pause(wf, "bench")
+            await hub.wait_for(
+                lambda h: h.workflows[wf].phase in (Phase.PAUSING, Phase.PAUSED), TIMEOUT
+            )
+            latency = time.perf_counter() - started
+            await hub.wait_for(lambda h: h.workflows[wf].phase is Phase.PAUSED, TIMEOUT)
+            await hub.resume(wf)
+            return latency
+
+        async def measure(cmd: dict[str, Any]) -> dict[str, Any]:
+            start, end, clients = cmd["start"], cmd["end"], cmd["clients"]
+            everyone = [f"wf-bench-{i}" for i in range(clients)]
+
+            def running(h: Hub) -> bool:
+                return all(h.workflows[wf].phase is Phase.EXECUTION for wf in everyone)
+
+            await hub.wait_for(running, TIMEOUT)  # the one view: all 200, wherever they are
+            samples: list[tuple[float, int]] = []
+            sampler = asyncio.ensure_future(sample(samples, end + 1.0))
+            begin = start + base.WARMUP
+            latencies = []
+            if commands:  # the odd workflows: services held by the other instance
+                targets = everyone[1::2]
+                for k in range(int((end - begin) * base.COMMANDS_PER_SECOND)):
+                    delay = begin + k / base.COMMANDS_PER_SECOND - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    latencies.append(await command(targets[k % len(targets)]))
+            await sampler
+            health = hub.store_health() or {}
+            return {"samples": samples, "latencies": latencies, "writes": health.get("writes")}
+
+        say(url=hub.url)
+        await serve_commands(measure)
+
+
+def _figures() -> list[Figure]:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pgserver import PostgresServer, find_postgres_bin  # noqa: PLC0415
+
+    bindir = find_postgres_bin()
+    if bindir is None:
+        return [Figure.info("[8] two instances on PostgreSQL: skipped (no server)", 0, "")]
+    server = PostgresServer(bindir).start()
+    children: list[Child] = []
+    try:
+        db = server.new_database()
+        a = Child("bench_hub_postgres", "instance", db, "a", "commands", timeout=TIMEOUT)
+        children.append(a)
+        b = Child("bench_hub_postgres", "instance", db, "b", "quiet", timeout=TIMEOUT)
+        children.append(b)
+        load = Child("bench_hub_postgres", "load", a.hello["url"], b.hello["url"])
+        children.append(load)
+        start = time.monotonic() + 1.0
+        end = start + base.WARMUP + base.WINDOW
+        for hub in (a, b):
+            hub.send(cmd="measure", start=start, end=end, clients=base.CLIENTS)
+        load.send(cmd="run", start=start, end=end)
+        report_a, report_b, sent = a.read(), b.read(), load.read()
+    finally:
+        for child in reversed(children):
+            child.close()
+        server.stop()
+    begin, stop = start + base.WARMUP, start + base.WARMUP + base.WINDOW
+    offered = (base._at(sent["samples"], stop) - base._at(sent["samples"], begin)) / base.WINDOW
+    applied = sum(
+        (base._at(r["samples"], stop) - base._at(r["samples"], begin)) / base.WINDOW
+        for r in (report_a, report_b)
+    )
+    latencies = [x * 1000 for x in report_a["latencies"]]
+    p99 = percentile(latencies, 0.99)
+    return [
+        Figure(
+            f"[8] two instances on PostgreSQL: {base.CLIENTS} clients x {base.RATE:g} msg/s",
+            applied,
+            offered,
+            "msg/s",
+            applied / offered if offered else 0.0,
+            f">= {base.MIN_APPLIED_RATIO:g}x offered",
+            applied >= base.MIN_APPLIED_RATIO * offered,
+        ),
+        Figure.info(
+            f"    cross-instance command latency p50 ({len(latencies)} pauses)",
+            statistics.median(latencies),
+            "ms",
+        ),
+        Figure.info(
+            f"    cross-instance command latency p99 (store batch {STORE_INTERVAL * 1000:g} ms)",
+            p99,
+            "ms",
+        ),
+        Figure.info(
+            "    store batches written per second, per instance",
+            ((report_a["writes"] or 0) + (report_b["writes"] or 0)) / 2 / (end - start + 1),
+            "/s",
+        ),
+    ]
+
+
+def run() -> list[Figure]:
+    return _figures()
+
+
+def _main(argv: Sequence[str]) -> None:
+    if len(argv) == 4 and argv[0] == "instance":
+        asyncio.run(_serve_instance(argv[1], argv[2], argv[3] == "commands"))
+    elif len(argv) >= 2 and argv[0] == "load":
+        asyncio.run(_serve_load(argv[1:]))
+    else:
+        from .harness import format_table  # noqa: PLC0415
+
+        print(format_table(run()))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
