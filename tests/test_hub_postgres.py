@@ -117,6 +117,22 @@ def test_a_pause_through_instance_b_reaches_the_service_on_a_and_both_show_it(
             service.close()
 
 
+def test_a_service_on_an_instance_started_after_the_last_lease_round_is_reachable(
+    pg_url: str,
+) -> None:
+    # Leases renewed every 10 s: A has not yet seen B's lease when B's service shows up.
+    with hubs(pg_url, 2, lease_timeout=30.0) as (a, b):
+        service = Service(b.url)
+        try:
+            service.start("wf-1")
+            phase_on(a, "wf-1", "execution")
+            a.wait_for(lambda h: h.services["etl"].connected, TIMEOUT)
+            a.pause("wf-1")
+            service.wait("wf-1", "pausing")
+        finally:
+            service.close()
+
+
 def test_workflows_listed_through_either_instance_are_the_same(pg_url: str) -> None:
     with hubs(pg_url, 2) as (a, b):
         first, second = Service(a.url, "svc-a"), Service(b.url, "svc-b")
