@@ -62,7 +62,7 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX when_workflows_seq ON when_workflows (seq);
     CREATE INDEX when_workflows_finished ON when_workflows (finished_at);
     CREATE TABLE when_workflow_records (
-        seq BIGINT PRIMARY KEY,
+        seq BIGINT PRIMARY KEY DEFAULT nextval('when_change_seq'),
         workflow_id TEXT NOT NULL,
         kind TEXT NOT NULL,
         instance_id TEXT NOT NULL,
@@ -70,7 +70,7 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX when_workflow_records_by_kind ON when_workflow_records (workflow_id, kind, seq);
     CREATE TABLE when_logs (
-        seq BIGINT PRIMARY KEY,
+        seq BIGINT PRIMARY KEY DEFAULT nextval('when_change_seq'),
         workflow_id TEXT NOT NULL DEFAULT '',
         instance_id TEXT NOT NULL,
         created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
@@ -140,6 +140,9 @@ class PostgresStore:
         """Service id to (owner instance, lease alive), as of ``load``."""
         self._db: psycopg.Connection[TupleRow] | None = None
         self._writes = 0
+        self._touched: set[tuple[str, str]] = set()
+        """(workflow, kind) written since the last prune (``record_limit`` is held there:
+        a workflow may hold up to 50 batches' worth more between prunes)."""
 
     # ------------------------------------------------------------------ connection
 
@@ -329,36 +332,38 @@ class PostgresStore:
                     for kind, records in lists.items()
                     for record in records
                 ]
-            if rows:
-                cur.executemany(
-                    "INSERT INTO when_workflow_records (seq, workflow_id, kind, instance_id, "
-                    "data) VALUES (nextval('when_change_seq'), %s, %s, %s, %s::jsonb)",
-                    [(wf, kind, me, json.dumps(data)) for wf, kind, data in rows],
-                )
-                cur.executemany(
-                    "DELETE FROM when_workflow_records WHERE workflow_id = %(wf)s AND "
-                    "kind = %(kind)s AND seq <= (SELECT seq FROM when_workflow_records WHERE "
-                    "workflow_id = %(wf)s AND kind = %(kind)s ORDER BY seq DESC LIMIT 1 "
-                    "OFFSET %(limit)s)",
-                    [
-                        {"wf": wf, "kind": kind, "limit": self.record_limit}
-                        for wf, kind in {(wf, kind) for wf, kind, _ in rows}
-                    ],
-                )
+            if rows:  # COPY: rows take their seq from the column default, in order
+                with cur.copy(
+                    "COPY when_workflow_records (workflow_id, kind, instance_id, data) FROM STDIN"
+                ) as copy:
+                    for wf, kind, data in rows:
+                        copy.write_row((wf, kind, me, json.dumps(data)))
+                self._touched.update((wf, kind) for wf, kind, _ in rows)
             if batch.logs:
-                cur.executemany(
-                    "INSERT INTO when_logs (seq, workflow_id, instance_id, data) "
-                    "VALUES (nextval('when_change_seq'), %s, %s, %s::jsonb)",
-                    [(log.get("workflow_id", ""), me, json.dumps(log)) for log in batch.logs],
-                )
+                with cur.copy("COPY when_logs (workflow_id, instance_id, data) FROM STDIN") as copy:
+                    for log in batch.logs:
+                        copy.write_row((log.get("workflow_id", ""), me, json.dumps(log)))
             self._writes += 1
             if self._writes % 50 == 1:
                 self._prune(cur)
             cur.execute("SELECT pg_notify(%s, %s)", (CHANGES, me))
 
     def _prune(self, cur: psycopg.Cursor[TupleRow]) -> None:
-        """Retention: logs beyond ``log_limit``; with ``retention``, logs and finished
-        workflows older than it; delivered or expired commands."""
+        """Retention: records beyond ``record_limit`` per workflow and kind (of those written
+        since the last prune), logs beyond ``log_limit``; with ``retention``, logs and
+        finished workflows older than it; delivered or expired commands."""
+        if self._touched:
+            cur.executemany(
+                "DELETE FROM when_workflow_records WHERE workflow_id = %(wf)s AND "
+                "kind = %(kind)s AND seq <= (SELECT seq FROM when_workflow_records WHERE "
+                "workflow_id = %(wf)s AND kind = %(kind)s ORDER BY seq DESC LIMIT 1 "
+                "OFFSET %(limit)s)",
+                [
+                    {"wf": wf, "kind": kind, "limit": self.record_limit}
+                    for wf, kind in self._touched
+                ],
+            )
+            self._touched = set()
         cur.execute(
             "DELETE FROM when_logs WHERE seq <= (SELECT seq FROM when_logs ORDER BY seq DESC "
             "LIMIT 1 OFFSET %s)",
