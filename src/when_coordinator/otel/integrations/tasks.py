@@ -52,6 +52,7 @@ __all__ = [
     "INCLUDE_ENV",
     "TRACE_HEADERS",
     "TaskFilter",
+    "TaskLost",
     "TaskRun",
     "TaskRuns",
     "inject_headers",
@@ -255,16 +256,21 @@ class TaskRun:
 
     @classmethod
     def revoked(
-        cls,
-        framework: str,
-        name: str,
-        task_id: str,
-        reason: str,
-        *,
-        was_running: bool,
+        cls, framework: str, name: str, task_id: str, reason: str, *, was_running: bool
     ) -> None:
         """A task revoked before or while it ran, reported from a process that did not run it:
         its workflow ends ``cancelled`` with ``reason``."""
+        cls._end_elsewhere(framework, name, task_id, was_running, WorkflowCancelled("", reason))
+
+    @classmethod
+    def failed_elsewhere(cls, framework: str, name: str, task_id: str, reason: str) -> None:
+        """A task whose process died while it ran (killed, crashed): its workflow fails."""
+        cls._end_elsewhere(framework, name, task_id, True, TaskLost(reason))
+
+    @classmethod
+    def _end_elsewhere(
+        cls, framework: str, name: str, task_id: str, was_running: bool, exc: Exception
+    ) -> None:
         run = Workflow(
             name,
             workflow_id=task_workflow_id(framework, task_id),
@@ -274,11 +280,17 @@ class TaskRun:
             attributes={"when.task.framework": framework},
             continued=Phase.EXECUTION if was_running else None,
         )
+        if isinstance(exc, WorkflowCancelled):
+            exc.workflow_id = run.id
         try:
             run.__enter__()
-            run.__exit__(WorkflowCancelled, WorkflowCancelled(run.id, reason), None)
+            run.__exit__(type(exc), exc, None)
         except Exception:
-            _log.warning("task %s[%s]: reporting its revocation", name, task_id, exc_info=True)
+            _log.warning("task %s[%s]: reporting how it ended", name, task_id, exc_info=True)
+
+
+class TaskLost(Exception):
+    """The process running a task ended before the task did."""
 
 
 class TaskRuns:

@@ -1,0 +1,176 @@
+"""A loopback relay through which short-lived forked children speak to the hub over their
+parent's connection.
+
+Some workers fork a child per task (RQ's default ``Worker`` forks a "work horse" per job). If
+each child dialled the hub itself, the hub would see a new service instance per task. Instead
+the worker process runs a ``Relay``: a WebSocket endpoint on 127.0.0.1 speaking the same
+protocol. A child connects to it (``report_through``), the relay answers its ``register``
+itself and forwards everything else on the worker's own connection; hub commands about a
+workflow a child announced (pause, resume, cancel) go back down to that child, whose
+``safe_point()`` honours them. The hub sees one service instance per worker process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from ...client import CommandEvent, Coordinator
+from ...protocol import Message, MessageType, ProtocolError, RegisteredPayload, decode, encode
+from ..tracking import get_coordinator, set_coordinator
+
+__all__ = ["Relay", "report_through"]
+
+_log = logging.getLogger(__name__)
+
+
+class Relay:
+    """See the module docstring. ``start()`` returns the ``ws://`` URL children dial."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+        self.dropped = 0
+        """Frames from children that did not decode (dropped, never forwarded)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: Server | None = None
+        self._owners: dict[str, ServerConnection] = {}
+        self._phases: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self.url = ""
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def start(self, timeout: float = 10.0) -> str:
+        ready = threading.Event()
+        thread = threading.Thread(target=self._main, args=(ready,), name="when-relay", daemon=True)
+        thread.start()
+        if not ready.wait(timeout) or not self.url:
+            raise RuntimeError("the relay did not start")
+        # Refused by the worker's own phase manager (it does not run these workflows) and
+        # forwarded to the child that does.
+        self._unsubscribe = self.coordinator.on_command(self._on_command)
+        return self.url
+
+    def _main(self, ready: threading.Event) -> None:
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            try:
+                self._server = await serve(self._handle, "127.0.0.1", 0, max_size=None)
+                port = next(iter(self._server.sockets)).getsockname()[1]
+                self.url = f"ws://127.0.0.1:{port}/v1/coordination"
+            finally:
+                ready.set()
+            await self._server.serve_forever()
+
+        try:
+            asyncio.run(run())
+        except Exception:
+            _log.warning("the relay stopped", exc_info=True)
+
+    def phase_of(self, workflow_id: str) -> str:
+        """The last phase a child reported for ``workflow_id`` ("" when none)."""
+        with self._lock:
+            return self._phases.get(workflow_id, "")
+
+    def forget(self, workflow_id: str) -> None:
+        with self._lock:
+            self._phases.pop(workflow_id, None)
+            self._owners.pop(workflow_id, None)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        try:
+            async for frame in ws:
+                try:
+                    message = decode(frame)
+                except ProtocolError:
+                    self.dropped += 1
+                    continue
+                if message.type is MessageType.REGISTER:
+                    await ws.send(encode(self._registered(message)))
+                    continue
+                if message.type is MessageType.PONG:
+                    continue
+                self._note(message, ws)
+                self.coordinator.send(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            with self._lock:
+                for workflow_id in [k for k, v in self._owners.items() if v is ws]:
+                    del self._owners[workflow_id]
+
+    def _registered(self, message: Message) -> Message:
+        version = message.payload.get("protocol_version")
+        return Message.create(
+            RegisteredPayload(
+                service_id=self.coordinator.service_id,
+                instance_id=self.coordinator.config.instance_id,
+                message="relayed by the worker process",
+                protocol_version=version if isinstance(version, str) else "1.0",
+            )
+        )
+
+    def _note(self, message: Message, ws: ServerConnection) -> None:
+        workflow_id = message.workflow_id or message.payload.get("workflow_id")
+        if not isinstance(workflow_id, str) or not workflow_id:
+            return
+        with self._lock:
+            self._owners[workflow_id] = ws
+            if message.type is MessageType.PHASE_CHANGED:
+                to = message.payload.get("to")
+                if isinstance(to, str):
+                    self._phases[workflow_id] = to
+
+    def _on_command(self, event: CommandEvent) -> None:
+        with self._lock:
+            ws = self._owners.get(event.workflow_id)
+        loop = self._loop
+        if ws is None or loop is None or event.message is None or os.getpid() != self._pid:
+            return
+        frame = encode(event.message)
+
+        async def forward() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(frame)
+
+        asyncio.run_coroutine_threadsafe(forward(), loop)
+
+
+def report_through(url: str) -> Coordinator:
+    """In a forked child: report through the relay at ``url`` from now on.
+
+    The child gets a coordinator of its own (the inherited one belongs to the parent), and the
+    ``when`` instrumentor's span processor and log exporter are pointed at it.
+    """
+    from ..instrumentor import WhenInstrumentor  # noqa: PLC0415 - import cycle
+
+    inherited = get_coordinator()
+    config = inherited.config.with_changes(
+        when_url=url,
+        auth_token="",
+        ca_file="",
+        client_cert_file="",
+        client_key_file="",
+        reconnect_initial_delay=0.05,
+        reconnect_max_delay=0.5,
+    )
+    coordinator = Coordinator(config)
+    coordinator.connect()
+    # Registered before any workflow starts: a workflow already running when ``registered``
+    # arrives would have its phase replayed, a duplicate at the hub. The relay is local.
+    coordinator.wait_registered(2.0)
+    set_coordinator(coordinator)
+    instrumentor: Any = WhenInstrumentor._instance
+    if isinstance(instrumentor, WhenInstrumentor):
+        for part in (instrumentor._span_processor, instrumentor._log_exporter):
+            if part is not None:
+                part.use(coordinator)
+    return coordinator
