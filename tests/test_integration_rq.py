@@ -171,6 +171,18 @@ def test_rq_stop_job_cancels_the_workflow(hub: ThreadedHub, worker: Any, queue: 
     assert any(c.reason == "stopped (rq stop-job)" for c in workflow.history)
 
 
+def test_a_forced_hub_cancel_stops_a_job_without_safe_points(
+    hub: ThreadedHub, worker: Any, queue: Any
+) -> None:
+    job = queue.enqueue("jobs.sleepy", 60)
+    settled(hub, job.id, Phase.EXECUTION)
+    hub.cancel(workflow_of(job.id), "no time for this", force=True)
+    workflow = settled(hub, job.id, Phase.CANCELLED)
+    assert any(c.reason == "no time for this" for c in workflow.history)
+    assert workflow.anomaly_count == 0, workflow.anomalies
+    assert str(job.get_status(refresh=True).value) == "stopped"
+
+
 def test_a_job_enqueued_from_a_workflow_is_its_child(
     hub: ThreadedHub, worker: Any, queue: Any
 ) -> None:

@@ -59,3 +59,8 @@ def fan_out(count: int) -> list[str]:
     assert job is not None
     queue = Queue(job.origin, connection=job.connection)
     return [queue.enqueue(add, i, i).id for i in range(count)]
+
+
+def sleepy(seconds: float) -> None:
+    """A job without safe points: only RQ's stop-job (a forced cancel) ends it early."""
+    time.sleep(seconds)

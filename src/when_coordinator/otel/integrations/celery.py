@@ -30,6 +30,7 @@ from typing import Any
 import wrapt
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
+from ...protocol import Phase
 from .tasks import TRACE_HEADERS, TaskFilter, TaskRun, TaskRuns, inject_headers
 from .tasks import report_from_this_process as _report_from_this_process
 
@@ -198,7 +199,8 @@ class WhenCeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if run is not None:  # revoked in the process running it (a thread pool)
             run.cancelled(reason)
             return
-        TaskRun.revoked(FRAMEWORK, name, task_id, reason, was_running=bool(terminated))
+        phase = Phase.EXECUTION if terminated else None  # killed while running, or never ran
+        TaskRun.revoked(FRAMEWORK, name, task_id, reason, phase=phase)
 
 
 def _is_aborted(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:

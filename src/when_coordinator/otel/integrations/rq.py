@@ -168,22 +168,22 @@ def _settle_after_horse(job: Any, name: str, workflow_id: str) -> None:
     relay = _relay
     if relay is None:
         return
-    phase = relay.phase_of(workflow_id)
+    last = relay.phase_of(workflow_id)
     relay.forget(workflow_id)
-    if not phase or phase in (Phase.PAUSED.value, *(p.value for p in Phase if p.is_terminal)):
+    if not last:
+        return  # the horse never started it (filtered, or it died at once)
+    phase = Phase(last)
+    if phase.is_terminal or phase is Phase.PAUSED:  # ended, or waiting for its retry
         return
     try:
         status = job.get_status(refresh=True)
     except Exception:
         status = None
     if str(getattr(status, "value", status)) == "stopped":
-        reason, cancelled = "stopped (rq stop-job)", True
+        TaskRun.revoked(FRAMEWORK, name, job.id, "stopped (rq stop-job)", phase=phase)
     else:
-        reason, cancelled = "the work horse ended without finishing the job", False
-    if cancelled:
-        TaskRun.revoked(FRAMEWORK, name, job.id, reason, was_running=True)
-    else:
-        TaskRun.failed_elsewhere(FRAMEWORK, name, job.id, reason)
+        reason = "the work horse ended without finishing the job"
+        TaskRun.failed_elsewhere(FRAMEWORK, name, job.id, reason, phase=phase)
 
 
 # ---------------------------------------------------------------------- work horse

@@ -256,20 +256,23 @@ class TaskRun:
 
     @classmethod
     def revoked(
-        cls, framework: str, name: str, task_id: str, reason: str, *, was_running: bool
+        cls, framework: str, name: str, task_id: str, reason: str, *, phase: Phase | None
     ) -> None:
         """A task revoked before or while it ran, reported from a process that did not run it:
-        its workflow ends ``cancelled`` with ``reason``."""
-        cls._end_elsewhere(framework, name, task_id, was_running, WorkflowCancelled("", reason))
+        its workflow ends ``cancelled`` with ``reason``. ``phase`` is the one the hub has for
+        it (None: the task never started, the hub does not know it)."""
+        cls._end_elsewhere(framework, name, task_id, phase, WorkflowCancelled("", reason))
 
     @classmethod
-    def failed_elsewhere(cls, framework: str, name: str, task_id: str, reason: str) -> None:
+    def failed_elsewhere(
+        cls, framework: str, name: str, task_id: str, reason: str, *, phase: Phase
+    ) -> None:
         """A task whose process died while it ran (killed, crashed): its workflow fails."""
-        cls._end_elsewhere(framework, name, task_id, True, TaskLost(reason))
+        cls._end_elsewhere(framework, name, task_id, phase, TaskLost(reason))
 
     @classmethod
     def _end_elsewhere(
-        cls, framework: str, name: str, task_id: str, was_running: bool, exc: Exception
+        cls, framework: str, name: str, task_id: str, phase: Phase | None, exc: Exception
     ) -> None:
         run = Workflow(
             name,
@@ -278,7 +281,7 @@ class TaskRun:
             action_id=task_id,
             action_type=name,
             attributes={"when.task.framework": framework},
-            continued=Phase.EXECUTION if was_running else None,
+            continued=phase,
         )
         if isinstance(exc, WorkflowCancelled):
             exc.workflow_id = run.id
