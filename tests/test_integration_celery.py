@@ -240,6 +240,28 @@ def test_a_revoked_task_is_cancelled(hub: ThreadedHub, worker: Any, client: Any)
     assert any(c.reason == "revoked" for c in workflow.history)
 
 
+def test_a_task_terminated_while_running_is_cancelled(
+    hub: ThreadedHub, worker: Any, client: Any
+) -> None:
+    task_id = client.send_task("tasks.long_job", args=(600, 0.05)).id
+    settled(hub, task_id, Phase.EXECUTION)
+    client.control.revoke(task_id, terminate=True)
+    workflow = settled(hub, task_id, Phase.CANCELLED)
+    assert workflow.reason == "cancelled"
+    assert any(c.reason.startswith("revoked: terminated by signal") for c in workflow.history)
+    assert workflow.anomaly_count == 0, workflow.anomalies
+    # The pool replaced the killed process, which reports as a new instance.
+    hub.wait_for(lambda h: len(connected(h)) >= 3, timeout=TIMEOUT)
+
+
+def test_a_task_whose_process_dies_fails(hub: ThreadedHub, worker: Any, client: Any) -> None:
+    task_id = client.send_task("tasks.crash").id
+    workflow = settled(hub, task_id, Phase.FAILED)
+    assert workflow.reason.startswith("WorkerLostError: "), workflow.reason
+    assert workflow.anomaly_count == 0, workflow.anomalies
+    hub.wait_for(lambda h: len(connected(h)) >= 3, timeout=TIMEOUT)
+
+
 def test_a_task_sent_from_a_workflow_is_its_child(
     hub: ThreadedHub, worker: Any, client: Any, receiver: OtlpReceiver
 ) -> None:

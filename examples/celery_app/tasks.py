@@ -81,3 +81,9 @@ def abortable_job(self: Any, steps: int, delay: float = 0.1) -> int:
 def fan_out(count: int) -> list[str]:
     """Sends ``count`` tasks from inside its workflow: they are its children at the hub."""
     return [add.delay(i, i).id for i in range(count)]
+
+
+@app.task
+def crash() -> None:
+    """The pool process dies under the task: the main process reports the task failed."""
+    os._exit(1)

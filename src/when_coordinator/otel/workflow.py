@@ -384,7 +384,6 @@ class _WorkflowBase:
         here. The next part starts with ``continued=Phase.PAUSED``."""
         if self._ended or not self._started:
             return
-        self._ended = True
         try:
             if self._phases.get_phase(self.id) is Phase.EXECUTION:
                 self._phases.pause(self.id, reason)
@@ -393,9 +392,19 @@ class _WorkflowBase:
         except PhaseError:
             pass  # a hub command moved it meanwhile: its last phase stands
         finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Close the span and forget the workflow here without settling it: another process
+        reports how it ends (a task whose process is being terminated, or a retry)."""
+        if self._ended or not self._started:
+            return
+        self._ended = True
+        try:
             self._tracker.detach(self)
             self._span.set_attributes(self._final_attributes())
             self._span.end()
+        finally:
             self._phases.remove_workflow(self.id)  # not replayed from here after a reconnect
             self._notify()
 

@@ -158,11 +158,27 @@ class WhenCeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             run.finish()
 
     def _failure(
-        self, task_id: str | None = None, exception: BaseException | None = None, **kwargs: Any
+        self,
+        sender: Any = None,
+        task_id: str | None = None,
+        exception: BaseException | None = None,
+        **kwargs: Any,
     ) -> None:
         run = _runs.pop(task_id)
         if run is not None:
             run.finish(exception if exception is not None else RuntimeError("task failed"))
+            return
+        from billiard.exceptions import TimeLimitExceeded, WorkerLostError  # noqa: PLC0415
+
+        name = getattr(sender, "name", None)
+        if (
+            isinstance(exception, (WorkerLostError, TimeLimitExceeded))
+            and isinstance(task_id, str)
+            and isinstance(name, str)
+            and self._filter(name)
+        ):
+            # Reported by the main process: the pool process running the task is gone.
+            TaskRun.failed_elsewhere(FRAMEWORK, name, task_id, exception, phase=Phase.EXECUTION)
 
     def _retry(self, request: Any = None, reason: Any = None, **kwargs: Any) -> None:
         run = _runs.pop(getattr(request, "id", None))
@@ -173,8 +189,16 @@ class WhenCeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _postrun(self, task_id: str | None = None, state: str | None = None, **kwargs: Any) -> None:
         run = _runs.pop(task_id)
-        if run is not None:  # Ignore, Reject: ended without success or failure
+        if run is None:
+            return
+        if state == "IGNORED":  # Ignore (e.g. replaced by another task): its work is done
             run.finish()
+        elif state == "REJECTED":
+            run.finish(RuntimeError("the task rejected its message"))
+        else:
+            # Interrupted by a BaseException: the process is being terminated (a revoke with
+            # terminate, a hard time limit); the main process reports how the task ended.
+            run.abandon()
 
     def _revoked(
         self,

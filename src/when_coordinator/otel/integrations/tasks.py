@@ -254,6 +254,20 @@ class TaskRun:
         finally:
             run._deactivate()
 
+    def abandon(self) -> None:
+        """The attempt was interrupted (its process is being terminated): close its span and
+        forget it here; the process that stopped it reports how it ended (``revoked``,
+        ``failed_elsewhere``)."""
+        run, self._workflow = self._workflow, None
+        if run is None:
+            return
+        try:
+            run._release()
+        except Exception:
+            _log.debug("task %s[%s]: releasing", self.name, self.task_id, exc_info=True)
+        finally:
+            run._deactivate()
+
     @classmethod
     def revoked(
         cls, framework: str, name: str, task_id: str, reason: str, *, phase: Phase | None
@@ -265,10 +279,12 @@ class TaskRun:
 
     @classmethod
     def failed_elsewhere(
-        cls, framework: str, name: str, task_id: str, reason: str, *, phase: Phase
+        cls, framework: str, name: str, task_id: str, error: Exception | str, *, phase: Phase
     ) -> None:
-        """A task whose process died while it ran (killed, crashed): its workflow fails."""
-        cls._end_elsewhere(framework, name, task_id, phase, TaskLost(reason))
+        """A task whose process died while it ran (killed, crashed): its workflow fails with
+        ``error`` (a text becomes a ``TaskLost``)."""
+        exc = error if isinstance(error, Exception) else TaskLost(error)
+        cls._end_elsewhere(framework, name, task_id, phase, exc)
 
     @classmethod
     def _end_elsewhere(
