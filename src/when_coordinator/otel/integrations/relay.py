@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from ...client import CommandEvent, Coordinator
 from ...protocol import Message, MessageType, ProtocolError, RegisteredPayload, decode, encode
@@ -46,6 +50,9 @@ class Relay:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self.url = ""
+        self.token = secrets.token_urlsafe(24)
+        """What children present (``Authorization: Bearer``): only they may speak as the worker,
+        whatever else runs on the machine."""
         self._unsubscribe: Callable[[], None] | None = None
 
     def start(self, timeout: float = 10.0) -> str:
@@ -59,21 +66,40 @@ class Relay:
         self._unsubscribe = self.coordinator.on_command(self._on_command)
         return self.url
 
+    def close(self) -> None:
+        """Stop serving (children still connected are disconnected)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        loop, server = self._loop, self._server
+        if loop is not None and server is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
+                loop.call_soon_threadsafe(server.close)
+
     def _main(self, ready: threading.Event) -> None:
         async def run() -> None:
             self._loop = asyncio.get_running_loop()
             try:
-                self._server = await serve(self._handle, "127.0.0.1", 0, max_size=None)
+                self._server = await serve(
+                    self._handle, "127.0.0.1", 0, max_size=None, process_request=self._check
+                )
                 port = next(iter(self._server.sockets)).getsockname()[1]
                 self.url = f"ws://127.0.0.1:{port}/v1/coordination"
             finally:
                 ready.set()
-            await self._server.serve_forever()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._server.serve_forever()
 
         try:
             asyncio.run(run())
         except Exception:
             _log.warning("the relay stopped", exc_info=True)
+
+    def _check(self, connection: ServerConnection, request: Request) -> Response | None:
+        presented = request.headers.get("Authorization", "")
+        if hmac.compare_digest(presented.encode(), f"Bearer {self.token}".encode()):
+            return None
+        return connection.respond(HTTPStatus.UNAUTHORIZED, "not a child of this worker\n")
 
     def phase_of(self, workflow_id: str) -> str:
         """The last phase a child reported for ``workflow_id`` ("" when none)."""
@@ -144,8 +170,8 @@ class Relay:
         asyncio.run_coroutine_threadsafe(forward(), loop)
 
 
-def report_through(url: str) -> Coordinator:
-    """In a forked child: report through the relay at ``url`` from now on.
+def report_through(url: str, token: str) -> Coordinator:
+    """In a forked child: report through the relay at ``url`` (its ``token``) from now on.
 
     The child gets a coordinator of its own (the inherited one belongs to the parent), and the
     ``when`` instrumentor's span processor and log exporter are pointed at it.
@@ -155,7 +181,7 @@ def report_through(url: str) -> Coordinator:
     inherited = get_coordinator()
     config = inherited.config.with_changes(
         when_url=url,
-        auth_token="",
+        auth_token=token,
         ca_file="",
         client_cert_file="",
         client_key_file="",

@@ -195,7 +195,8 @@ def _perform_job(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     forked = bool(_relay_url) and os.getpid() != _worker_pid
     if forked and _horse_coordinator is None:
         try:
-            _horse_coordinator = report_through(_relay_url)
+            assert _relay is not None
+            _horse_coordinator = report_through(_relay_url, _relay.token)
         except Exception:
             _log.warning("cannot report from this work horse", exc_info=True)
     try:
