@@ -81,7 +81,11 @@ class Relay:
             self._loop = asyncio.get_running_loop()
             try:
                 self._server = await serve(
-                    self._handle, "127.0.0.1", 0, max_size=None, process_request=self._check
+                    self._handle,
+                    "127.0.0.1",
+                    0,
+                    max_size=self.coordinator.config.max_frame_bytes,
+                    process_request=self._check,
                 )
                 port = next(iter(self._server.sockets)).getsockname()[1]
                 self.url = f"ws://127.0.0.1:{port}/v1/coordination"
