@@ -20,6 +20,7 @@ from when_coordinator.protocol import (
     Phase,
     PhaseChangedPayload,
     RegisterPayload,
+    StatusResponsePayload,
     WorkflowCreatedPayload,
     decode,
     encode,
@@ -60,6 +61,14 @@ async def child_session(relay: Relay, hub: ThreadedHub) -> Message:
             ),
             TIMEOUT,
         )
+        # The hub asks for its status: the child answers, through the relay.
+        asking = asyncio.create_task(asyncio.to_thread(hub.status, "wf-child", TIMEOUT))
+        status = decode(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        assert status.type is MessageType.STATUS
+        reply = StatusResponsePayload("wf-child", Phase.EXECUTION, 42.0, "step", "busy")
+        await ws.send(encode(status.reply(reply)))
+        answered = await asyncio.wait_for(asking, TIMEOUT)
+        assert (answered.phase, answered.progress) == (Phase.EXECUTION, 42.0)
         await asyncio.to_thread(hub.cancel, "wf-child", "from the hub")
         return decode(await asyncio.wait_for(ws.recv(), TIMEOUT))
 

@@ -6,7 +6,7 @@ each child dialled the hub itself, the hub would see a new service instance per 
 the worker process runs a ``Relay``: a WebSocket endpoint on 127.0.0.1 speaking the same
 protocol. A child connects to it (``report_through``), the relay answers its ``register``
 itself and forwards everything else on the worker's own connection; hub commands about a
-workflow a child announced (pause, resume, cancel) go back down to that child, whose
+workflow a child announced (pause, resume, cancel, status) go back down to that child, whose
 ``safe_point()`` honours them. The hub sees one service instance per worker process.
 """
 
@@ -54,6 +54,7 @@ class Relay:
         """What children present (``Authorization: Bearer``): only they may speak as the worker,
         whatever else runs on the machine."""
         self._unsubscribe: Callable[[], None] | None = None
+        self._default_status: Callable[[Message], None] | None = None
 
     def start(self, timeout: float = 10.0) -> str:
         ready = threading.Event()
@@ -64,6 +65,9 @@ class Relay:
         # Refused by the worker's own phase manager (it does not run these workflows) and
         # forwarded to the child that does.
         self._unsubscribe = self.coordinator.on_command(self._on_command)
+        # A status request is answered by the child running the workflow, else as usual.
+        self._default_status = self.coordinator._defaults.get(MessageType.STATUS)
+        self.coordinator.on_message(MessageType.STATUS, self._on_status)
         return self.url
 
     def close(self) -> None:
@@ -71,6 +75,7 @@ class Relay:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+            self.coordinator.on_message(MessageType.STATUS, None)
         loop, server = self._loop, self._server
         if loop is not None and server is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
@@ -160,18 +165,30 @@ class Relay:
                     self._phases[workflow_id] = to
 
     def _on_command(self, event: CommandEvent) -> None:
+        if event.message is not None:
+            self._forward(event.workflow_id, event.message)
+
+    def _on_status(self, message: Message) -> None:
+        if not self._forward(message.target_workflow_id(), message):
+            default = self._default_status
+            if default is not None:
+                default(message)
+
+    def _forward(self, workflow_id: str, message: Message) -> bool:
+        """Send ``message`` to the child running ``workflow_id``; False when there is none."""
         with self._lock:
-            ws = self._owners.get(event.workflow_id)
+            ws = self._owners.get(workflow_id)
         loop = self._loop
-        if ws is None or loop is None or event.message is None or os.getpid() != self._pid:
-            return
-        frame = encode(event.message)
+        if ws is None or loop is None or os.getpid() != self._pid:
+            return False
+        frame = encode(message)
 
         async def forward() -> None:
             with contextlib.suppress(ConnectionClosed):
                 await ws.send(frame)
 
         asyncio.run_coroutine_threadsafe(forward(), loop)
+        return True
 
 
 def report_through(url: str, token: str) -> Coordinator:
