@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +48,21 @@ def broker(redis_url: str) -> str:
     return redis_url.rsplit("/", 1)[0] + "/1"  # a database of its own
 
 
-@pytest.fixture(scope="module")
-def worker(
-    hub: ThreadedHub, receiver: OtlpReceiver, broker: str, tmp_path_factory: pytest.TempPathFactory
+OUR_WARNINGS = (
+    "no workflow",
+    "cannot report",
+    "ending its workflow",
+    "reporting a retry",
+    "reporting how it ended",
+)
+
+
+@contextmanager
+def running_worker(
+    hub: ThreadedHub, broker: str, log_dir: Path, service: str, **env_overrides: str
 ) -> Iterator[subprocess.Popen[str]]:
+    """``opentelemetry-instrument celery -A tasks worker`` (prefork, 2 processes) for the
+    example app, until its three processes are connected to ``hub``."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -59,17 +71,15 @@ def worker(
     env.update(
         {
             "WHEN_URL": hub.url,
-            "OTEL_SERVICE_NAME": SERVICE,
-            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_SERVICE_NAME": service,
+            "OTEL_TRACES_EXPORTER": "none",
             "OTEL_LOGS_EXPORTER": "none",
             "OTEL_METRICS_EXPORTER": "none",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
             "CELERY_BROKER_URL": broker,
+            **env_overrides,
         }
     )
-    log = (tmp_path_factory.mktemp("celery") / "worker.log").open("w+")
+    log = (log_dir / f"{service}.log").open("w+")
     process = subprocess.Popen(
         [
             str(BIN / "opentelemetry-instrument"),
@@ -93,7 +103,7 @@ def worker(
     )
     try:
         # The main process and one process per pool slot, each its own connection.
-        hub.wait_for(lambda h: len(connected(h)) >= 3, timeout=TIMEOUT)
+        hub.wait_for(lambda h: len(connected(h, service)) >= 3, timeout=TIMEOUT)
         yield process
     finally:
         process.send_signal(signal.SIGTERM)  # warm shutdown
@@ -105,7 +115,26 @@ def worker(
         log.seek(0)
         output = log.read()
         log.close()
-        assert "Traceback" not in output or "ValueError: boom" in output, output
+        for text in OUR_WARNINGS:
+            assert text not in output, output
+
+
+@pytest.fixture(scope="module")
+def worker(
+    hub: ThreadedHub, receiver: OtlpReceiver, broker: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[subprocess.Popen[str]]:
+    """The module's worker: spans to ``receiver``, the contrib Celery instrumentation on."""
+    with running_worker(
+        hub,
+        broker,
+        tmp_path_factory.mktemp("celery"),
+        SERVICE,
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    ) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +144,8 @@ def client(broker: str) -> Iterator[Any]:
     app.close()
 
 
-def connected(hub: ThreadedHub) -> list[Any]:
-    return [s for s in hub.services.values() if s.service_name == SERVICE and s.connected]
+def connected(hub: ThreadedHub, service: str = SERVICE) -> list[Any]:
+    return [s for s in hub.services.values() if s.service_name == service and s.connected]
 
 
 def workflow_of(task_id: str) -> str:
@@ -296,3 +325,40 @@ def test_a_task_sent_from_a_workflow_is_its_child(
         consumer = by_id[span.parent_span_id]
         assert consumer.span.kind == consumer.span.SPAN_KIND_CONSUMER
         assert consumer.name.startswith("run/tasks.")
+
+
+def test_without_the_contrib_instrumentation_children_still_link_and_spans_are_roots(
+    hub: ThreadedHub,
+    receiver: OtlpReceiver,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    broker = redis_url.rsplit("/", 1)[0] + "/3"  # not the module worker's queue
+    with running_worker(
+        hub,
+        broker,
+        tmp_path_factory.mktemp("plain"),
+        "celery-plain",
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="celery",
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    ):
+        app = celery.Celery("plain-client", broker=broker, backend=broker)
+        try:
+            result = app.send_task("tasks.fan_out", args=(1,))
+            parent = settled(hub, result.id, Phase.COMPLETED)
+            (child_id,) = result.get(timeout=TIMEOUT)
+        finally:
+            app.close()
+        child = settled(hub, child_id, Phase.COMPLETED)
+        assert child.parent_workflow_id == parent.workflow_id
+
+    def spans(r: OtlpReceiver) -> list[Any]:
+        keys = {workflow_of(result.id), workflow_of(child_id)}
+        return [s for s in r.spans if s.attributes.get("when.workflow.id") in keys]
+
+    receiver.wait_for(lambda r: len(spans(r)) == 2, timeout=TIMEOUT)
+    for span in spans(receiver):
+        assert span.parent_span_id == "", "without the contrib consumer span: a root"
