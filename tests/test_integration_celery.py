@@ -242,6 +242,20 @@ def test_the_hub_cancels_a_task_at_its_safe_point(
     assert workflow.history[-2].to_phase is Phase.CANCELLING
 
 
+def test_the_hub_pauses_and_resumes_a_task_at_its_safe_points(
+    hub: ThreadedHub, worker: Any, client: Any
+) -> None:
+    result = client.send_task("tasks.long_job", args=(20, 0.05))
+    settled(hub, result.id, Phase.EXECUTION)
+    hub.pause(workflow_of(result.id), "hold on")
+    settled(hub, result.id, Phase.PAUSED)
+    assert not result.ready()  # held at its safe point, in its pool slot
+    hub.resume(workflow_of(result.id))
+    assert result.get(timeout=TIMEOUT) == 20
+    workflow = settled(hub, result.id, Phase.COMPLETED)
+    assert Phase.RESUMING in [c.to_phase for c in workflow.history]
+
+
 def test_abortable_task_sees_a_hub_cancel_and_a_native_abort_cancels(
     hub: ThreadedHub, worker: Any, client: Any
 ) -> None:
