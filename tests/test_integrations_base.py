@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from when_coordinator import Coordinator
+from when_coordinator import Coordinator, current_workflow
 from when_coordinator.hub import ThreadedHub
 from when_coordinator.otel import set_coordinator
-from when_coordinator.otel.integrations.tasks import TaskFilter, task_workflow_id
+from when_coordinator.otel.integrations.tasks import TaskFilter, TaskRun, task_workflow_id
 from when_coordinator.protocol import Phase
 
 INSTRUMENT = Path(sys.executable).with_name("opentelemetry-instrument")
@@ -148,3 +148,45 @@ def test_excluded_tasks_are_not_workflows(eager_celery: Any, otel_hub: ThreadedH
     )
     assert otel_hub.workflows[key].action_type == "t.kept"
     assert task_workflow_id("celery", skipped_id) not in otel_hub.workflows
+
+
+def test_a_retried_task_continues_its_workflow_in_another_process(
+    otel_connect: Any, otel_hub: ThreadedHub
+) -> None:
+    """Attempt 1 on one connection, attempt 2 on another (another worker process): one
+    workflow at the hub, paused between them, without anomalies."""
+    first, second = otel_connect(), otel_connect()
+    key = task_workflow_id("test", "t-1")
+    previous = set_coordinator(first)
+    try:
+        run = TaskRun("test", "jobs.flaky", "t-1")
+        run.start()
+        assert run.workflow is not None
+        assert current_workflow() is run.workflow
+        run.retrying(ConnectionError("attempt 1 failed"))
+        assert current_workflow() is None
+        otel_hub.wait_for(lambda h: h.workflows[key].phase is Phase.PAUSED, timeout=10)
+
+        set_coordinator(second)
+        again = TaskRun("test", "jobs.flaky", "t-1", attempt=1)
+        again.start()
+        otel_hub.wait_for(lambda h: h.workflows[key].phase is Phase.EXECUTION, timeout=10)
+        # The hub now sends commands for it to the second connection.
+        assert otel_hub.workflows[key].service_id == second.service_id
+        again.finish()
+    finally:
+        set_coordinator(previous)
+    otel_hub.wait_for(lambda h: h.workflows[key].phase is Phase.COMPLETED, timeout=10)
+    workflow = otel_hub.workflows[key]
+    assert [(e.error, e.recoverable) for e in workflow.errors] == [
+        ("ConnectionError: attempt 1 failed", True)
+    ]
+    assert [c.reason for c in workflow.history][3:7] == [
+        "retrying after attempt 1: ConnectionError: attempt 1 failed",
+        "retrying after attempt 1: ConnectionError: attempt 1 failed",
+        "attempt 2",
+        "attempt 2",
+    ]
+    assert workflow.checkpoint_id == f"{key}-attempt-1"
+    assert workflow.anomaly_count == 0, workflow.anomalies
+    assert first.phases.get_all_workflows() == {}  # forgotten where it no longer runs
