@@ -31,6 +31,7 @@ import wrapt
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from ...protocol import Phase
+from .relay import deliver_and_close, relay_of_this_process, report_to_parent
 from .tasks import TRACE_HEADERS, TaskFilter, TaskRun, TaskRuns, inject_headers
 from .tasks import report_from_this_process as _report_from_this_process
 
@@ -79,6 +80,7 @@ class WhenCeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             (signals.task_revoked, self._revoked),
             (signals.worker_init, self._worker_init),
             (signals.worker_process_init, self._worker_process_init),
+            (signals.worker_process_shutdown, self._worker_process_shutdown),
             (signals.after_setup_logger, self._logger_set_up),
             (signals.after_setup_task_logger, self._logger_set_up),
         ]
@@ -108,11 +110,21 @@ class WhenCeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         signals.task_prerun.connect(self._prerun, weak=False)
 
     def _worker_init(self, **kwargs: Any) -> None:
+        """In the main worker process, before the pool forks: the relay its children report
+        through, so that the whole worker is one service at the hub (a retried task runs in
+        any pool process, and the main process reports revokes and lost processes)."""
         self._reconnect_prerun_last()
+        try:
+            relay_of_this_process()
+        except Exception:
+            _log.warning("no relay: pool processes report on their own", exc_info=True)
 
     def _worker_process_init(self, **kwargs: Any) -> None:
         self._reconnect_prerun_last()
-        _report_from_this_process()
+        _report_from_worker_process()
+
+    def _worker_process_shutdown(self, **kwargs: Any) -> None:
+        deliver_and_close()
 
     def _logger_set_up(self, logger: logging.Logger | None = None, **kwargs: Any) -> None:
         from ..instrumentor import WhenInstrumentor  # noqa: PLC0415 - import cycle
@@ -139,7 +151,7 @@ class WhenCeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         name = getattr(task, "name", None)
         if not isinstance(task_id, str) or not isinstance(name, str) or not self._filter(name):
             return
-        _report_from_this_process()  # a fork made without worker_process_init
+        _report_from_worker_process()  # a fork made without worker_process_init
         request = getattr(task, "request", None)
         retries = getattr(request, "retries", 0)
         run = TaskRun(
@@ -225,6 +237,17 @@ class WhenCeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return
         phase = Phase.EXECUTION if terminated else None  # killed while running, or never ran
         TaskRun.revoked(FRAMEWORK, name, task_id, reason, phase=phase)
+
+
+def _report_from_worker_process() -> None:
+    """Through the main process's relay; on a connection of its own where there is none (a
+    pool process started fresh, by spawn or forkserver)."""
+    try:
+        if report_to_parent() is not None:
+            return
+    except Exception:
+        _log.warning("cannot report through the worker's relay", exc_info=True)
+    _report_from_this_process()
 
 
 def _is_aborted(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:

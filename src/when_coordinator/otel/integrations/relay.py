@@ -23,6 +23,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
+from opentelemetry import _logs, trace
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -31,7 +32,13 @@ from ...client import CommandEvent, Coordinator
 from ...protocol import Message, MessageType, ProtocolError, RegisteredPayload, decode, encode
 from ..tracking import get_coordinator, set_coordinator
 
-__all__ = ["Relay", "report_through"]
+__all__ = [
+    "Relay",
+    "deliver_and_close",
+    "relay_of_this_process",
+    "report_through",
+    "report_to_parent",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -223,3 +230,56 @@ def report_through(url: str, token: str) -> Coordinator:
             if part is not None:
                 part.use(coordinator)
     return coordinator
+
+
+# ---------------------------------------------------------------------- one relay per worker
+
+_lock = threading.Lock()
+_relay: Relay | None = None
+_child: tuple[int, Coordinator] | None = None  # (pid, its coordinator) in a child
+
+
+def relay_of_this_process() -> Relay | None:
+    """The worker process's relay, started on first use (before it forks its children);
+    None without a hub to relay to."""
+    global _relay  # noqa: PLW0603 - one relay per worker process
+    with _lock:
+        if _relay is None or _relay._pid != os.getpid():
+            coordinator = get_coordinator()
+            if not coordinator.config.enabled:
+                return None
+            relay = Relay(coordinator)
+            relay.start()
+            _relay = relay
+        return _relay
+
+
+def report_to_parent() -> Coordinator | None:
+    """In a child forked from a process that started its relay: report through it (once per
+    process; the coordinator it reports with, None where there is no parent relay)."""
+    global _child  # noqa: PLW0603 - one per child process
+    relay, pid = _relay, os.getpid()
+    if relay is None or relay._pid == pid:
+        return None
+    with _lock:
+        if _child is None or _child[0] != pid:
+            _child = (pid, report_through(relay.url, relay.token))
+        return _child[1]
+
+
+def deliver_and_close() -> None:
+    """In a child about to exit (often with ``os._exit``): hand what the SDK pipelines and the
+    coordinator hold to the parent, within the close timeout."""
+    child = _child
+    if child is None or child[0] != os.getpid():
+        return
+    coordinator = child[1]
+    timeout = coordinator.config.close_timeout
+    for provider in (trace.get_tracer_provider(), _logs.get_logger_provider()):
+        flush = getattr(provider, "force_flush", None)
+        if flush is not None:
+            try:
+                flush(int(timeout * 1000))
+            except Exception:
+                _log.debug("flushing %r failed", provider, exc_info=True)
+    coordinator.close(timeout=timeout)

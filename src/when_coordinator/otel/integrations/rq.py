@@ -23,21 +23,17 @@ without it the job ends at its next ``safe_point()``, and is not retried.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from collections.abc import Collection
 from typing import Any
 
 import wrapt
-from opentelemetry import _logs, trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from ...client import CommandEvent, Coordinator
+from ...client import CommandEvent
 from ...protocol import MessageType, Phase
 from ..propagation import carrier
-from ..tracking import get_coordinator
 from ..workflow import WorkflowCancelled
-from .relay import Relay, report_through
+from .relay import Relay, deliver_and_close, relay_of_this_process, report_to_parent
 from .tasks import TaskFilter, TaskRun, TaskRuns
 
 __all__ = ["WhenRQInstrumentor"]
@@ -51,12 +47,8 @@ META_ATTEMPT = "when_attempt"
 """``job.meta`` key of the number of attempts already made (set when one fails for a retry)."""
 
 _runs = TaskRuns()
-_lock = threading.Lock()
-_relay: Relay | None = None
-_relay_url = ""
-_worker_pid = 0
-_horse_coordinator: Coordinator | None = None
 _current: dict[str, tuple[Any, Any]] = {}  # workflow id -> (worker, job), in the worker
+_stopping: set[int] = set()  # ids of the relays whose commands may stop jobs
 
 
 class WhenRQInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -115,18 +107,12 @@ def _create(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
 # ---------------------------------------------------------------------- worker process
 
 
-def _ensure_relay() -> str:
-    global _relay, _relay_url, _worker_pid  # noqa: PLW0603 - one relay per worker process
-    with _lock:
-        if _relay is None or _worker_pid != os.getpid():
-            coordinator = get_coordinator()
-            if not coordinator.config.enabled:
-                return ""
-            _relay = Relay(coordinator)
-            _relay_url = _relay.start()
-            _worker_pid = os.getpid()
-            coordinator.on_command(_stop_on_forced_cancel)
-        return _relay_url
+def _ensure_relay() -> Relay | None:
+    relay = relay_of_this_process()
+    if relay is not None and id(relay) not in _stopping:
+        _stopping.add(id(relay))
+        relay.coordinator.on_command(_stop_on_forced_cancel)
+    return relay
 
 
 def _stop_on_forced_cancel(event: CommandEvent) -> None:
@@ -152,22 +138,21 @@ def _execute_job(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         return wrapped(*args, **kwargs)
     workflow_id = TaskRun(FRAMEWORK, name, job.id).workflow_id
     try:
-        _ensure_relay()
+        relay = _ensure_relay()
     except Exception:
-        _log.warning("no relay for work horses: they report on their own", exc_info=True)
+        _log.warning("no relay for work horses: their jobs are not reported", exc_info=True)
+        relay = None
     _current[workflow_id] = (instance, job)
     try:
         return wrapped(*args, **kwargs)
     finally:
         _current.pop(workflow_id, None)
-        _settle_after_horse(job, name, workflow_id)
+        if relay is not None:
+            _settle_after_horse(relay, job, name, workflow_id)
 
 
-def _settle_after_horse(job: Any, name: str, workflow_id: str) -> None:
+def _settle_after_horse(relay: Relay, job: Any, name: str, workflow_id: str) -> None:
     """End a workflow the horse could not: it was killed (stop-job) or died."""
-    relay = _relay
-    if relay is None:
-        return
     last = relay.phase_of(workflow_id)
     relay.forget(workflow_id)
     if not last:
@@ -191,34 +176,16 @@ def _settle_after_horse(job: Any, name: str, workflow_id: str) -> None:
 
 def _perform_job(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     """In a forked horse: report through the worker's relay, and deliver before exiting."""
-    global _horse_coordinator  # noqa: PLW0603 - one per horse
-    forked = bool(_relay_url) and os.getpid() != _worker_pid
-    if forked and _horse_coordinator is None:
-        try:
-            assert _relay is not None
-            _horse_coordinator = report_through(_relay_url, _relay.token)
-        except Exception:
-            _log.warning("cannot report from this work horse", exc_info=True)
+    try:
+        forked = report_to_parent() is not None
+    except Exception:
+        _log.warning("cannot report from this work horse", exc_info=True)
+        forked = False
     try:
         return wrapped(*args, **kwargs)
     finally:
         if forked:
-            _deliver()
-
-
-def _deliver() -> None:
-    coordinator = _horse_coordinator
-    if coordinator is None:
-        return
-    timeout = coordinator.config.close_timeout
-    for provider in (trace.get_tracer_provider(), _logs.get_logger_provider()):
-        flush = getattr(provider, "force_flush", None)
-        if flush is not None:
-            try:
-                flush(int(timeout * 1000))
-            except Exception:
-                _log.debug("flushing %r failed", provider, exc_info=True)
-    coordinator.close(timeout=timeout)
+            deliver_and_close()
 
 
 def _perform(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
