@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from when_coordinator import Coordinator, current_workflow
+from when_coordinator import Config, Coordinator, current_workflow
 from when_coordinator.hub import ThreadedHub
 from when_coordinator.otel import set_coordinator
+from when_coordinator.otel.integrations.relay import Relay
 from when_coordinator.otel.integrations.tasks import TaskFilter, TaskRun, task_workflow_id
 from when_coordinator.protocol import Phase
 
@@ -151,14 +152,26 @@ def test_excluded_tasks_are_not_workflows(eager_celery: Any, otel_hub: ThreadedH
 
 
 def test_a_retried_task_continues_its_workflow_in_another_process(
-    otel_connect: Any, otel_hub: ThreadedHub
+    otel_coordinator: Coordinator, otel_hub: ThreadedHub
 ) -> None:
-    """Attempt 1 on one connection, attempt 2 on another (another worker process): one
-    workflow at the hub, paused between them, without anomalies."""
-    first, second = otel_connect(), otel_connect()
+    """Attempt 1 in one pool process, attempt 2 in another, both through the worker's relay:
+    one workflow at the hub, paused between the attempts, without anomalies."""
+    relay = Relay(otel_coordinator)
+    relay.start()
+    config = Config(
+        when_url=relay.url,
+        auth_token=relay.token,
+        service_name="pool-process",
+        reconnect_initial_delay=0.05,
+        reconnect_max_delay=0.5,
+    )
+    first, second = Coordinator(config), Coordinator(config)
     key = task_workflow_id("test", "t-1")
     previous = set_coordinator(first)
     try:
+        for process in (first, second):
+            process.connect()
+            assert process.wait_registered(10)
         run = TaskRun("test", "jobs.flaky", "t-1")
         run.start()
         assert run.workflow is not None
@@ -170,14 +183,15 @@ def test_a_retried_task_continues_its_workflow_in_another_process(
         set_coordinator(second)
         again = TaskRun("test", "jobs.flaky", "t-1", attempt=1)
         again.start()
-        otel_hub.wait_for(lambda h: h.workflows[key].phase is Phase.EXECUTION, timeout=10)
-        # The hub now sends commands for it to the second connection.
-        assert otel_hub.workflows[key].service_id == second.service_id
         again.finish()
+        otel_hub.wait_for(lambda h: h.workflows[key].phase is Phase.COMPLETED, timeout=10)
     finally:
         set_coordinator(previous)
-    otel_hub.wait_for(lambda h: h.workflows[key].phase is Phase.COMPLETED, timeout=10)
+        for process in (first, second):
+            process.close(timeout=5)
+        relay.close()
     workflow = otel_hub.workflows[key]
+    assert workflow.service_id == otel_coordinator.service_id  # the worker's, throughout
     assert [(e.error, e.recoverable) for e in workflow.errors] == [
         ("ConnectionError: attempt 1 failed", True)
     ]

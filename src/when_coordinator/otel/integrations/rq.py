@@ -49,6 +49,7 @@ META_ATTEMPT = "when_attempt"
 _runs = TaskRuns()
 _current: dict[str, tuple[Any, Any]] = {}  # workflow id -> (worker, job), in the worker
 _stopping: set[int] = set()  # ids of the relays whose commands may stop jobs
+_forced: dict[str, str] = {}  # workflow id -> reason of the hub cancel that stopped its job
 
 
 class WhenRQInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -123,6 +124,7 @@ def _stop_on_forced_cancel(event: CommandEvent) -> None:
     if current is None:
         return
     worker, job = current
+    _forced[event.workflow_id] = event.reason or "cancel requested"
     try:
         from rq.command import send_stop_job_command  # noqa: PLC0415
 
@@ -155,6 +157,7 @@ def _settle_after_horse(relay: Relay, job: Any, name: str, workflow_id: str) -> 
     """End a workflow the horse could not: it was killed (stop-job) or died."""
     last = relay.phase_of(workflow_id)
     relay.forget(workflow_id)
+    forced = _forced.pop(workflow_id, None)
     if not last:
         return  # the horse never started it (filtered, or it died at once)
     phase = Phase(last)
@@ -165,7 +168,8 @@ def _settle_after_horse(relay: Relay, job: Any, name: str, workflow_id: str) -> 
     except Exception:
         status = None
     if str(getattr(status, "value", status)) == "stopped":
-        TaskRun.revoked(FRAMEWORK, name, job.id, "stopped (rq stop-job)", phase=phase)
+        reason = forced or "stopped (rq stop-job)"  # the hub's reason when it asked for it
+        TaskRun.revoked(FRAMEWORK, name, job.id, reason, phase=phase)
     else:
         reason = "the work horse ended without finishing the job"
         TaskRun.failed_elsewhere(FRAMEWORK, name, job.id, reason, phase=phase)
