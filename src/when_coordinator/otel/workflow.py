@@ -145,16 +145,10 @@ class _WorkflowBase:
         coordinator: Coordinator | None = None,
         attributes: Mapping[str, AttributeValue] | None = None,
         tracer_provider: TracerProvider | None = None,
-        continued: Phase | None = None,
-        continue_reason: str = "",
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError("a workflow needs a non-empty name")
         self.name = name
-        # A workflow another process ran until now (a retried task): the hub has it in this
-        # phase already, so it is not announced again; from ``paused`` it resumes.
-        self._continued = continued
-        self._continue_reason = continue_reason
         self._coordinator = coordinator if coordinator is not None else get_coordinator()
         self._phases = self._coordinator.phases
         self._tracker = tracker_for(self._coordinator)
@@ -180,6 +174,16 @@ class _WorkflowBase:
         self._ended = False
         self._version = 0
         self._changed = threading.Condition()
+
+    # A workflow another process ran until now (a retried task): the hub has it in this phase
+    # already, so it is not announced again; from ``paused`` it resumes. See ``_continue``.
+    _continued: Phase | None = None
+    _continue_reason = ""
+
+    def _continue(self, phase: Phase, reason: str = "") -> None:
+        """Before it starts: continue the workflow from ``phase`` instead of announcing it."""
+        self._continued = phase
+        self._continue_reason = reason
 
     # ------------------------------------------------------------------ reading
 

@@ -196,9 +196,9 @@ class TaskRun:
                 action_id=self.task_id,
                 action_type=self.name,
                 attributes=self._attributes,
-                continued=continued,
-                continue_reason=f"attempt {self.attempt + 1}" if continued else "",
             )
+            if continued is not None:
+                run._continue(continued, f"attempt {self.attempt + 1}")
             run.__enter__()
         except Exception:
             _log.warning("task %s[%s]: no workflow", self.name, self.task_id, exc_info=True)
@@ -297,8 +297,9 @@ class TaskRun:
             action_id=task_id,
             action_type=name,
             attributes={"when.task.framework": framework},
-            continued=phase,
         )
+        if phase is not None:
+            run._continue(phase)
         if isinstance(exc, WorkflowCancelled):
             exc.workflow_id = run.id
         try:
