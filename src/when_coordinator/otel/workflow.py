@@ -382,6 +382,24 @@ class _WorkflowBase:
             self._notify()
         return suppress
 
+    def _final_attributes(self) -> dict[str, AttributeValue]:
+        attributes: dict[str, AttributeValue] = {attr.PHASE: self._phases.get_phase(self.id).value}
+        if self._percent is not None:
+            attributes[attr.PROGRESS_PERCENT] = self._percent
+        if self._last_stage:
+            attributes[attr.PROGRESS_STAGE] = self._last_stage
+        return attributes
+
+    def _end_cancelled(self, reason: str) -> None:
+        phase = self._phases.get_phase(self.id)
+        if phase is not Phase.CANCELLING and not phase.is_terminal:
+            try:
+                self._phases.cancel(self.id, reason)
+            except PhaseError:
+                settle(self._phases, self.id, error=f"cancelled while {phase.value}")
+                return
+        settle(self._phases, self.id)
+
     def _suspend(self, reason: str, checkpoint_id: str) -> None:
         """End this process's part of a workflow that continues later, maybe in another
         process (a task that will be retried): pause it at the hub, close the span, forget it
@@ -411,24 +429,6 @@ class _WorkflowBase:
         finally:
             self._phases.remove_workflow(self.id)  # not replayed from here after a reconnect
             self._notify()
-
-    def _final_attributes(self) -> dict[str, AttributeValue]:
-        attributes: dict[str, AttributeValue] = {attr.PHASE: self._phases.get_phase(self.id).value}
-        if self._percent is not None:
-            attributes[attr.PROGRESS_PERCENT] = self._percent
-        if self._last_stage:
-            attributes[attr.PROGRESS_STAGE] = self._last_stage
-        return attributes
-
-    def _end_cancelled(self, reason: str) -> None:
-        phase = self._phases.get_phase(self.id)
-        if phase is not Phase.CANCELLING and not phase.is_terminal:
-            try:
-                self._phases.cancel(self.id, reason)
-            except PhaseError:
-                settle(self._phases, self.id, error=f"cancelled while {phase.value}")
-                return
-        settle(self._phases, self.id)
 
     # ------------------------------------------------------------------ control
 
