@@ -403,7 +403,7 @@ class _WorkflowBase:
     def _suspend(self, reason: str, checkpoint_id: str) -> None:
         """End this process's part of a workflow that continues later, maybe in another
         process (a task that will be retried): pause it at the hub, close the span, forget it
-        here. The next part starts with ``continued=Phase.PAUSED``."""
+        here. The next part starts with ``_continue(Phase.PAUSED)``."""
         if self._ended or not self._started:
             return
         try:
