@@ -13,8 +13,11 @@ It connects Celery's signals the way ``opentelemetry-instrumentation-celery`` do
   the contrib instrumentation detaches its context, so contexts unwind in order;
   ``task_postrun`` ends what is left (a task that raised ``Ignore`` or ``Reject``);
 - ``task_revoked``: the workflow ends ``cancelled`` with the reason;
-- ``worker_process_init``: a prefork child reports on its own connection, as another
-  instance of the same service; ``after_setup_logger`` / ``after_setup_task_logger``: the
+- ``worker_init`` / ``worker_process_init`` / ``worker_process_shutdown``: the main process
+  starts a ``relay.Relay`` before the pool forks, and each pool process reports through it,
+  so the worker is one service at the hub (which keeps a workflow with the service that
+  created it: a retry in another pool process, or a revoke the main process sees, must come
+  through the same connection); ``after_setup_logger`` / ``after_setup_task_logger``: the
   instrumentor's logging handler is put back where Celery's logging setup removed it.
 
 ``AbortableTask.is_aborted()`` is bridged both ways: it reports a hub cancel, and a task that

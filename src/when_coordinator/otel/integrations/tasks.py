@@ -24,8 +24,9 @@ every framework:
 - **Which tasks.** ``WHEN_TASKS_INCLUDE`` and ``WHEN_TASKS_EXCLUDE`` (comma-separated shell
   patterns matched against task names, see ``TaskFilter``) choose the tasks that are
   workflows; by default every task is.
-- **Worker processes.** A forked worker process reports on its own connection, as another
-  instance of the same service (``report_from_this_process``).
+- **Worker processes.** Processes a worker forks report through a relay in the worker
+  (``relay.report_to_parent``), so the worker is one service at the hub;
+  ``report_from_this_process`` gives a process its own connection where there is no relay.
 """
 
 from __future__ import annotations
