@@ -1,8 +1,10 @@
 """A loopback relay through which short-lived forked children speak to the hub over their
 parent's connection.
 
-Some workers fork a child per task (RQ's default ``Worker`` forks a "work horse" per job). If
-each child dialled the hub itself, the hub would see a new service instance per task. Instead
+Workers fork children: RQ's default ``Worker`` a "work horse" per job, Celery's prefork pool a
+set of pool processes. If each child dialled the hub itself, the hub would see a new service
+instance per child (per task, for RQ), and since it keeps a workflow with the service that
+created it, a retry in another child or a revoke seen by the parent could not reach it. Instead
 the worker process runs a ``Relay``: a WebSocket endpoint on 127.0.0.1 speaking the same
 protocol. A child connects to it (``report_through``), the relay answers its ``register``
 itself and forwards everything else on the worker's own connection; hub commands about a
