@@ -59,10 +59,15 @@ OUR_WARNINGS = (
 
 @contextmanager
 def running_worker(
-    hub: ThreadedHub, broker: str, log_dir: Path, service: str, **env_overrides: str
+    hub: ThreadedHub,
+    broker: str,
+    log_dir: Path,
+    service: str,
+    pool: tuple[str, ...] = ("--concurrency", "2"),
+    **env_overrides: str,
 ) -> Iterator[subprocess.Popen[str]]:
-    """``opentelemetry-instrument celery -A tasks worker`` (prefork, 2 processes) for the
-    example app, until its three processes are connected to ``hub``."""
+    """``opentelemetry-instrument celery -A tasks worker`` (prefork, 2 processes, unless
+    ``pool`` says otherwise) for the example app, until it is connected to ``hub``."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -87,8 +92,7 @@ def running_worker(
             "-A",
             "tasks",
             "worker",
-            "--concurrency",
-            "2",
+            *pool,
             "--loglevel",
             "INFO",
             "--without-mingle",
@@ -373,3 +377,23 @@ def test_without_the_contrib_instrumentation_children_still_link_and_spans_are_r
     receiver.wait_for(lambda r: len(spans(r)) == 2, timeout=TIMEOUT)
     for span in spans(receiver):
         assert span.parent_span_id == "", "without the contrib consumer span: a root"
+
+
+def test_the_solo_pool_runs_tasks_as_workflows_too(
+    hub: ThreadedHub, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    broker = redis_url.rsplit("/", 1)[0] + "/4"
+    with running_worker(
+        hub, broker, tmp_path_factory.mktemp("solo"), "celery-solo", ("-P", "solo")
+    ):
+        app = celery.Celery("solo-client", broker=broker, backend=broker)
+        try:
+            ok = app.send_task("tasks.add", args=(2, 3))
+            retried = app.send_task("tasks.flaky", args=(1,))
+            assert ok.get(timeout=TIMEOUT) == 5
+            settled(hub, ok.id, Phase.COMPLETED)
+            workflow = settled(hub, retried.id, Phase.COMPLETED)
+        finally:
+            app.close()
+    assert [e.recoverable for e in workflow.errors] == [True]
+    assert [s.service_name for s in hub.services.values()].count("celery-solo") == 1

@@ -112,11 +112,15 @@ class WhenCeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         signals.task_prerun.disconnect(self._prerun)
         signals.task_prerun.connect(self._prerun, weak=False)
 
-    def _worker_init(self, **kwargs: Any) -> None:
+    def _worker_init(self, sender: Any = None, **kwargs: Any) -> None:
         """In the main worker process, before the pool forks: the relay its children report
         through, so that the whole worker is one service at the hub (a retried task runs in
         any pool process, and the main process reports revokes and lost processes)."""
         self._reconnect_prerun_last()
+        pool = getattr(sender, "pool_cls", None)
+        pool_name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
+        if pool_name and not any(kind in pool_name for kind in ("prefork", "processes")):
+            return  # solo, threads, eventlet, gevent: tasks run in this process
         try:
             relay_of_this_process()
         except Exception:
