@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test soak lint typecheck docs bench clean postgresql
+.PHONY: demo test soak lint typecheck docs bench clean system-deps postgresql
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +25,15 @@ typecheck: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
+# redis-server for the task-queue integration tests: installed where possible (see the script).
+system-deps:
+	scripts/ensure-system-deps
+
 # The PostgreSQL server the hub's PostgreSQL tests start (installed when missing and root).
 postgresql:
 	sh scripts/ensure-postgresql
 
-test: lint typecheck docs postgresql
+test: system-deps postgresql lint typecheck docs
 	$(BIN)/pytest
 
 # The reliability tests' long variants (docs/reliability.md): fault rounds repeated, fuzzing
@@ -37,7 +41,7 @@ test: lint typecheck docs postgresql
 soak: $(STAMP)
 	$(BIN)/pytest -m soak tests/test_reliability_*.py
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks
 
 clean:

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from pgserver import PostgresServer, require_postgres
+from redis_server import RedisServer, redis_server_binary
 from when_coordinator import Config, Coordinator, PhaseManager
 from when_coordinator.hub import Hub, ThreadedHub
 
@@ -87,3 +88,11 @@ def postgres_server() -> Iterator[PostgresServer]:
 def pg_url(postgres_server: PostgresServer) -> str:
     """The URL of a fresh database on ``postgres_server``."""
     return postgres_server.new_database()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real ``redis-server`` on a free loopback port for the whole session (started on first
+    use); skipped where it is not installed, a failure under ``CI=true``."""
+    with RedisServer(redis_server_binary()) as server:
+        yield server.url
