@@ -1,0 +1,122 @@
+"""click end to end: the example tool run under ``opentelemetry-instrument`` against the real
+hub. Off by default; with ``WHEN_CLICK_COMMANDS=1`` each leaf command run is a workflow named
+after its command path; server commands are never workflows."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from when_coordinator import Coordinator
+from when_coordinator.hub import Hub, ThreadedHub, WorkflowState
+from when_coordinator.otel import set_coordinator
+from when_coordinator.protocol import Phase
+
+click = pytest.importorskip("click")
+
+ROOT = Path(__file__).resolve().parent.parent
+APP_DIR = ROOT / "examples" / "click_app"
+BIN = Path(sys.executable).parent
+SERVICE = "click-tests"
+TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[ThreadedHub]:
+    with Hub(port=0).run_in_thread() as running:
+        yield running
+
+
+def run_cli(hub: ThreadedHub, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OTEL_", "WHEN_")) and k != "PYTHONPATH"
+    }
+    clean.update(
+        {
+            "WHEN_URL": hub.url,
+            "OTEL_SERVICE_NAME": SERVICE,
+            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_LOGS_EXPORTER": "none",
+            "OTEL_METRICS_EXPORTER": "none",
+            **env,
+        }
+    )
+    return subprocess.run(
+        [str(BIN / "opentelemetry-instrument"), sys.executable, "cli.py", *args],
+        cwd=APP_DIR,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def click_workflows(hub: ThreadedHub) -> list[WorkflowState]:
+    return [w for k, w in hub.workflows.items() if k.startswith("click-")]
+
+
+def test_commands_are_workflows_when_opted_in(hub: ThreadedHub) -> None:
+    off = run_cli(hub, "sync", "--items", "1")
+    assert off.returncode == 0, off.stderr
+    on = run_cli(hub, "sync", "--items", "2", WHEN_CLICK_COMMANDS="1")
+    assert on.returncode == 0, on.stderr
+    failed = run_cli(hub, "fail", "boom", WHEN_CLICK_COMMANDS="1")
+    assert failed.returncode == 1
+    skipped = run_cli(hub, "serve", WHEN_CLICK_COMMANDS="1", WHEN_TASKS_EXCLUDE="* serve")
+    assert skipped.returncode == 0, skipped.stderr
+
+    hub.wait_for(lambda h: len(click_workflows(h)) >= 2, timeout=TIMEOUT)
+    hub.wait_for(lambda h: all(w.phase.is_terminal for w in click_workflows(h)), timeout=TIMEOUT)
+    by_name = {w.action_type: w for w in click_workflows(hub)}
+    assert sorted(by_name) == ["cli.py fail", "cli.py sync"]  # not the group, not serve
+    sync = by_name["cli.py sync"]
+    assert sync.phase is Phase.COMPLETED
+    assert sync.workflow_id == f"click-{sync.action_id}"
+    hub.wait_for(lambda h: len(h.logs_for(sync.workflow_id)) >= 2, timeout=TIMEOUT)
+    messages = [r.entry.message for r in hub.logs_for(sync.workflow_id)]
+    assert messages[:2] == ["synced item 0", "synced item 1"]
+    fail = by_name["cli.py fail"]
+    assert fail.phase is Phase.FAILED
+    assert [(e.error, e.recoverable) for e in fail.errors] == [("ValueError: boom", False)]
+
+
+@pytest.fixture
+def instrumented(otel_coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from when_coordinator.otel.integrations.click import WhenClickInstrumentor  # noqa: PLC0415
+
+    monkeypatch.setenv("WHEN_CLICK_COMMANDS", "1")
+    previous = set_coordinator(otel_coordinator)
+    instrumentor = WhenClickInstrumentor()
+    instrumentor.instrument()
+    try:
+        yield instrumentor
+    finally:
+        instrumentor.uninstrument()
+        set_coordinator(previous)
+
+
+def test_server_commands_are_never_workflows(instrumented: Any, otel_hub: ThreadedHub) -> None:
+    def run_command() -> None:
+        """Stands for ``flask run``: same module and name as Flask's."""
+
+    run_command.__module__ = "flask.cli"
+    server = click.Command("run", callback=run_command)
+    tool = click.Command("tool", callback=lambda: None)
+    server.main([], prog_name="flask", standalone_mode=False)
+    tool.main([], prog_name="tool", standalone_mode=False)
+    otel_hub.wait_for(
+        lambda h: any(
+            w.action_type == "tool" and w.phase is Phase.COMPLETED for w in click_workflows(h)
+        ),
+        timeout=TIMEOUT,
+    )
+    assert [w.action_type for w in click_workflows(otel_hub)] == ["tool"]
