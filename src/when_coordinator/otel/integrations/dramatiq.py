@@ -12,8 +12,11 @@ its ``after_*`` hooks run last, once the ``Retries`` middleware has decided:
 - ``before_process_message``: the message's workflow starts (``tasks.TaskRun``), named after
   the actor, ``dramatiq-<message id>``; ``options["retries"]`` tells a retry from a first run;
 - ``after_process_message``: completed; failed with the error when the message failed
-  (retries exhausted, or no ``Retries`` middleware); paused for the next attempt with a
-  recoverable ``error`` when ``Retries`` enqueued it again;
+  (retries exhausted, or no ``Retries`` middleware). When ``Retries`` enqueues it again,
+  the workflow is paused for the next attempt, with a recoverable ``error``, from
+  ``before_enqueue``: before the message is back on the queue, so the next attempt never
+  resumes a workflow the hub still sees running (a second, ``_ErrorProbe``, placed after
+  ``Retries``, hands it the attempt's exception);
 - ``after_skip_message``: a message skipped before its actor ran (``dramatiq-abort``'s
   cancel, an age limit) ends ``cancelled``.
 
@@ -51,6 +54,7 @@ OPTION_CONTEXT = "when_context"
 GRACE_ENV = "WHEN_DRAMATIQ_ABORT_GRACE_MS"
 
 _runs = TaskRuns()
+_errors: dict[str, BaseException] = {}  # message id -> the failed attempt's exception
 _brokers: dict[int, Any] = {}  # workflow id -> broker, for the dramatiq-abort bridge
 _subscribed_pid = 0
 _lock = threading.Lock()
@@ -75,6 +79,7 @@ class WhenDramatiqInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if isinstance(init, wrapt.ObjectProxy):
             broker.Broker.__init__ = init.__wrapped__  # type: ignore[method-assign]
         _runs.clear()
+        _errors.clear()
 
     def _broker_init(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         result = wrapped(*args, **kwargs)
@@ -92,6 +97,7 @@ def add_middleware(broker: Any, task_filter: TaskFilter | None = None) -> None:
     middleware = WhenMiddleware(task_filter or TaskFilter.from_env())
     first = broker.middleware[0] if broker.middleware else None
     broker.add_middleware(middleware, before=type(first) if first is not None else None)
+    broker.add_middleware(_ErrorProbe())  # after Retries: its after_* hooks run before
 
 
 def _abortable(broker: Any) -> Any:
@@ -145,17 +151,11 @@ def _abort_on_cancel(event: CommandEvent) -> None:
     threading.Thread(target=abort, name="when-dramatiq-abort", daemon=True).start()
 
 
-class WhenMiddleware:
-    """The Dramatiq middleware; see the module docstring.
+class _WhenHooks:
+    """Duck-typed rather than subclassing ``dramatiq.Middleware`` so that this module imports
+    without Dramatiq: the broker calls every hook on every middleware, and the ones not
+    defined here do nothing."""
 
-    Duck-typed rather than subclassing ``dramatiq.Middleware`` so that this module imports
-    without Dramatiq: the broker only calls the hooks it defines.
-    """
-
-    def __init__(self, task_filter: TaskFilter) -> None:
-        self._filter = task_filter
-
-    # Hooks Dramatiq calls on every middleware; the ones not used do nothing.
     actor_options: set[str] = set()  # noqa: RUF012 - read by the broker
     forks: list[Any] = []  # noqa: RUF012
 
@@ -164,7 +164,20 @@ class WhenMiddleware:
             return _nothing
         raise AttributeError(name)
 
+
+class WhenMiddleware(_WhenHooks):
+    """The Dramatiq middleware; see the module docstring."""
+
+    def __init__(self, task_filter: TaskFilter) -> None:
+        self._filter = task_filter
+
     def before_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
+        error = _errors.pop(message.message_id, None)
+        if error is not None:  # Retries sends the failed message again, from its worker thread
+            run = _runs.pop(message.message_id)
+            if run is not None:
+                _brokers.pop(id(run), None)
+                run.retrying(error)
         try:
             options = message.options
             if OPTION_CONTEXT not in options:  # a retry keeps the sender's context
@@ -208,8 +221,9 @@ class WhenMiddleware:
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
+        _errors.pop(message.message_id, None)
         run = _runs.pop(message.message_id)
-        if run is None:
+        if run is None:  # not a workflow, or already paused for its retry
             return
         _brokers.pop(id(run), None)
         if _is_abort(exception) or (exception is not None and run.cancel_requested):
@@ -228,6 +242,22 @@ class WhenMiddleware:
         if run is not None:
             _brokers.pop(id(run), None)
             run.cancelled("skipped before it ran (aborted, or too old)")
+
+
+class _ErrorProbe(_WhenHooks):
+    """Placed after ``Retries``, so its ``after_process_message`` runs before Retries': it
+    hands the attempt's exception to ``WhenMiddleware.before_enqueue``."""
+
+    def after_process_message(
+        self,
+        broker: Any,
+        message: Any,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if exception is not None and _runs.get(message.message_id) is not None:
+            _errors[message.message_id] = exception
 
 
 def _not_retried(broker: Any, actor_name: str) -> None:

@@ -31,7 +31,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from ..propagation import carrier
 from ..workflow import WorkflowCancelled
-from .tasks import TaskFilter, TaskLost, TaskRun, TaskRuns
+from .tasks import TaskFilter, TaskLost, TaskRun, TaskRuns, report_from_this_process
 
 __all__ = ["WhenHueyInstrumentor", "context_key"]
 
@@ -143,6 +143,7 @@ def _on_signal(
 
 
 def _start(huey: Any, name: str, task: Any) -> None:
+    report_from_this_process()  # a process worker (``-k process``) forked by the consumer
     task_id = str(task.id)
     inherited = huey.get(context_key(task_id))  # popped: one round trip per execution
     inherited = inherited if isinstance(inherited, dict) else {}
