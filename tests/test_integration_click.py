@@ -4,6 +4,7 @@ after its command path; server commands are never workflows."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from otlp_receiver import OtlpReceiver
 from when_coordinator import Coordinator
 from when_coordinator.hub import Hub, ThreadedHub, WorkflowState
 from when_coordinator.otel import set_coordinator
@@ -33,7 +35,15 @@ def hub() -> Iterator[ThreadedHub]:
         yield running
 
 
-def run_cli(hub: ThreadedHub, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as running:
+        yield running
+
+
+def run_cli(
+    hub: ThreadedHub, receiver: OtlpReceiver, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
     clean = {
         k: v
         for k, v in os.environ.items()
@@ -43,9 +53,11 @@ def run_cli(hub: ThreadedHub, *args: str, **env: str) -> subprocess.CompletedPro
         {
             "WHEN_URL": hub.url,
             "OTEL_SERVICE_NAME": SERVICE,
-            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_TRACES_EXPORTER": "otlp",
             "OTEL_LOGS_EXPORTER": "none",
             "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
             **env,
         }
     )
@@ -64,14 +76,14 @@ def click_workflows(hub: ThreadedHub) -> list[WorkflowState]:
     return [w for k, w in hub.workflows.items() if k.startswith("click-")]
 
 
-def test_commands_are_workflows_when_opted_in(hub: ThreadedHub) -> None:
-    off = run_cli(hub, "sync", "--items", "1")
+def test_commands_are_workflows_when_opted_in(hub: ThreadedHub, receiver: OtlpReceiver) -> None:
+    off = run_cli(hub, receiver, "sync", "--items", "1")
     assert off.returncode == 0, off.stderr
-    on = run_cli(hub, "sync", "--items", "2", WHEN_CLICK_COMMANDS="1")
+    on = run_cli(hub, receiver, "sync", "--items", "2", WHEN_CLICK_COMMANDS="1")
     assert on.returncode == 0, on.stderr
-    failed = run_cli(hub, "fail", "boom", WHEN_CLICK_COMMANDS="1")
+    failed = run_cli(hub, receiver, "fail", "boom", WHEN_CLICK_COMMANDS="1")
     assert failed.returncode == 1
-    skipped = run_cli(hub, "serve", WHEN_CLICK_COMMANDS="1", WHEN_TASKS_EXCLUDE="* serve")
+    skipped = run_cli(hub, receiver, "serve", WHEN_CLICK_COMMANDS="1", WHEN_TASKS_EXCLUDE="* serve")
     assert skipped.returncode == 0, skipped.stderr
 
     hub.wait_for(lambda h: len(click_workflows(h)) >= 2, timeout=TIMEOUT)
@@ -87,6 +99,22 @@ def test_commands_are_workflows_when_opted_in(hub: ThreadedHub) -> None:
     fail = by_name["cli.py fail"]
     assert fail.phase is Phase.FAILED
     assert [(e.error, e.recoverable) for e in fail.errors] == [("ValueError: boom", False)]
+
+    # One trace per run: with opentelemetry-instrumentation-click active, the workflow span is
+    # an INTERNAL child of its command span; without it, a root.
+    def workflow_span(r: OtlpReceiver) -> Any:
+        key = sync.workflow_id
+        return next((s for s in r.spans if s.attributes.get("when.workflow.id") == key), None)
+
+    receiver.wait_for(lambda r: workflow_span(r) is not None, timeout=TIMEOUT)
+    span = workflow_span(receiver)
+    assert span.span.kind == span.span.SPAN_KIND_INTERNAL
+    if importlib.util.find_spec("opentelemetry.instrumentation.click") is None:
+        assert not span.parent_span_id
+    else:
+        parent = next(s for s in receiver.spans if s.span_id == span.parent_span_id)
+        assert parent.name == "sync"
+        assert parent.span.kind == parent.span.SPAN_KIND_INTERNAL
 
 
 @pytest.fixture

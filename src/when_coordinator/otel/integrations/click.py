@@ -3,7 +3,10 @@
 Registered as the ``when_click`` entry point, and off unless ``WHEN_CLICK_COMMANDS`` is true
 (``1``, ``true``, ``yes``, ``on``): many tools are click commands, and most are not workflows.
 When on, ``opentelemetry-instrument mytool sync --all`` makes each run of a leaf command
-(``Command.invoke``, wrapped with wrapt; groups are not workflows themselves) a workflow:
+a workflow (groups are not workflows themselves). The hook is ``Context.invoke`` (wrapped
+with wrapt) calling the command's own callback: it runs inside ``Command.invoke``, so with
+``opentelemetry-instrumentation-click`` active (it wraps ``Command.invoke``) the workflow
+span is an INTERNAL child of its span, whichever instrumentor wrapped first:
 
 - named after the command path (``mytool sync``), ``action_id`` a fresh id, workflow id
   ``click-<that id>``;
@@ -73,23 +76,34 @@ class WhenClickInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         from click import core  # noqa: PLC0415 - only once the instrumentor runs
 
         self._filter = TaskFilter.from_env()
-        wrapt.wrap_function_wrapper(core.Command, "invoke", self._invoke)
+        wrapt.wrap_function_wrapper(core.Context, "invoke", self._invoke)
         self._wrapped = True
 
     def _uninstrument(self, **kwargs: Any) -> None:
         from click import core  # noqa: PLC0415
 
-        held = vars(core.Command).get("invoke")
+        held = vars(core.Context).get("invoke")
         if isinstance(held, wrapt.ObjectProxy):
-            core.Command.invoke = held.__wrapped__  # type: ignore[method-assign]
+            core.Context.invoke = held.__wrapped__  # type: ignore[method-assign]
         self._wrapped = False
 
     def _invoke(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        """``ctx.invoke(callback, ...)``: a workflow when ``callback`` is the context's own
+        command's callback, i.e. ``Command.invoke`` running the command (not a command
+        calling another with ``ctx.invoke``, which runs inside its workflow)."""
         from click import Abort, Group, exceptions  # noqa: PLC0415
 
-        ctx = args[0] if args else kwargs.get("ctx")
-        name = getattr(ctx, "command_path", "") or getattr(instance, "name", "") or "click"
-        if isinstance(instance, Group) or is_server(instance) or not self._filter(name):
+        command = getattr(instance, "command", None)
+        callback = args[0] if args else kwargs.get("callback")
+        if (
+            callback is None
+            or callback is not getattr(command, "callback", None)
+            or isinstance(command, Group)
+            or is_server(command)
+        ):
+            return wrapped(*args, **kwargs)
+        name = getattr(instance, "command_path", "") or getattr(command, "name", "") or "click"
+        if not self._filter(name):
             return wrapped(*args, **kwargs)
         run = TaskRun(FRAMEWORK, name, uuid.uuid4().hex)
         run.start()
