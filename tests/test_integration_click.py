@@ -148,3 +148,17 @@ def test_server_commands_are_never_workflows(instrumented: Any, otel_hub: Thread
         timeout=TIMEOUT,
     )
     assert [w.action_type for w in click_workflows(otel_hub)] == ["tool"]
+
+
+def test_the_task_queue_workers_are_server_commands() -> None:
+    from celery.bin.beat import beat  # noqa: PLC0415
+    from celery.bin.worker import worker  # noqa: PLC0415
+    from rq.cli.cli import main as rq_main  # noqa: PLC0415
+
+    from when_coordinator.otel.integrations.click import is_server  # noqa: PLC0415
+
+    assert is_server(worker)
+    assert is_server(beat)
+    assert is_server(rq_main.commands["worker"])
+    assert is_server(rq_main.commands["worker-pool"])
+    assert not is_server(rq_main.commands["info"])

@@ -15,8 +15,8 @@ span is an INTERNAL child of its span, whichever instrumentor wrapped first:
 - ``current_workflow().safe_point()`` honours pause and cancel from the hub.
 
 Server commands, whose run is a process lifetime rather than a unit of work, are never
-workflows: ``flask run``, ``uvicorn``, ``celery worker`` / ``beat``, ``rq worker``, and any
-command path matching ``WHEN_TASKS_EXCLUDE`` (or not matching ``WHEN_TASKS_INCLUDE``).
+workflows: ``flask run``, ``uvicorn``, ``celery worker`` / ``beat``, ``rq worker`` /
+``worker-pool`` / ``cron``, and any command path matching ``WHEN_TASKS_EXCLUDE`` (or not matching ``WHEN_TASKS_INCLUDE``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ SERVER_COMMANDS = frozenset(
         "uvicorn.main:main",
         "celery.bin.worker:worker",
         "celery.bin.beat:beat",
-        "rq.cli.cli:worker",
+        "rq.cli.workers:worker",
+        "rq.cli.workers:worker_pool",
+        "rq.cli.cli_cron:cron",
+        "rq.cli.cli:worker",  # rq before 2.0
         "rq.cli.cli:worker_pool",
     }
 )
