@@ -16,7 +16,8 @@ span is an INTERNAL child of its span, whichever instrumentor wrapped first:
 
 Server commands, whose run is a process lifetime rather than a unit of work, are never
 workflows: ``flask run``, ``uvicorn``, ``celery worker`` / ``beat``, ``rq worker`` /
-``worker-pool`` / ``cron``, and any command path matching ``WHEN_TASKS_EXCLUDE`` (or not matching ``WHEN_TASKS_INCLUDE``).
+``worker-pool`` / ``cron``, and any command path matching ``WHEN_TASKS_EXCLUDE`` (or not
+matching ``WHEN_TASKS_INCLUDE``).
 """
 
 from __future__ import annotations
