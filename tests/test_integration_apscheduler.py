@@ -99,9 +99,19 @@ def test_each_job_run_is_a_completed_workflow_named_after_its_job(
         assert workflow.workflow_id == f"apscheduler-{workflow.action_id}"
         messages = [r.entry.message for r in hub.logs_for(workflow.workflow_id)]
         assert f"adding {i} and {i}" in messages
-    services = [s for s in hub.services.values() if s.service_name == SERVICE]
-    assert len(services) == 1
     assert not [a for a in hub.anomalies if "apscheduler-" in a.text], hub.anomalies
+
+
+def test_a_job_run_in_a_process_pool_is_a_workflow(hub: ThreadedHub, scheduler: Any) -> None:
+    workflow = settled(hub, "in-a-process", Phase.COMPLETED)
+    assert workflow.action_type == "add"
+    hub.wait_for(lambda h: bool(h.logs_for(workflow.workflow_id)), timeout=TIMEOUT)
+    assert "adding 7 and 7" in [r.entry.message for r in hub.logs_for(workflow.workflow_id)]
+    # The pool's worker process: the same service name, an instance of its own.
+    service = hub.services[workflow.service_id]
+    assert service.service_name == SERVICE
+    main = settled(hub, "add-0", Phase.COMPLETED)
+    assert hub.services[main.service_id].instance_id != service.instance_id
 
 
 def test_an_interval_job_is_a_workflow_per_run(hub: ThreadedHub, scheduler: Any) -> None:

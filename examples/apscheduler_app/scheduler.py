@@ -7,7 +7,8 @@ Run the hub, then the scheduler, as you would without coordination::
 
 Every run of every job is a workflow: ``tick`` every ``TICK_SECONDS`` (default 1), and, once
 at start, ``add`` five times, ``fail``, ``long_job`` (pause and cancel it from the hub) and
-``fan_out``, which schedules two jobs from inside its workflow: their runs are its children.
+``fan_out``, which schedules two jobs from inside its workflow: their runs are its children;
+``add`` once more in a process pool, whose worker reports as another instance of the service.
 Only ``long_job`` imports ``when_coordinator``, to honour pause and cancel at its safe points.
 """
 
@@ -18,12 +19,17 @@ import logging
 import os
 import time
 
+from apscheduler.executors.pool import ProcessPoolExecutor, ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from when_coordinator import current_workflow
 
 log = logging.getLogger("scheduler")
-scheduler = BlockingScheduler(timezone="UTC", job_defaults={"misfire_grace_time": 60})
+scheduler = BlockingScheduler(
+    timezone="UTC",
+    job_defaults={"misfire_grace_time": 60},
+    executors={"default": ThreadPoolExecutor(4), "processpool": ProcessPoolExecutor(1)},
+)
 
 
 def add(x: int, y: int) -> int:
@@ -64,6 +70,7 @@ def main() -> None:
     scheduler.add_job(fail, args=("boom",), id="fail")
     scheduler.add_job(long_job, args=(6000, 0.05), id="long_job")
     scheduler.add_job(fan_out, args=(2,), id="fan_out")
+    scheduler.add_job(add, args=(7, 7), id="in-a-process", name="add", executor="processpool")
     with contextlib.suppress(KeyboardInterrupt, SystemExit):  # Ctrl-C: stop
         scheduler.start()
 
