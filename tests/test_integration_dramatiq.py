@@ -181,6 +181,18 @@ def test_a_message_that_exhausts_its_retries_fails(
     assert workflow.anomaly_count == 0, workflow.anomalies
 
 
+def test_a_pause_holds_the_task_at_its_safe_point_until_resumed(
+    hub: ThreadedHub, worker: Any, broker: Any
+) -> None:
+    task_id = send(broker, "long_job", 100, 0.05)
+    settled(hub, task_id, Phase.EXECUTION)
+    hub.pause(workflow_of(task_id), "maintenance")
+    settled(hub, task_id, Phase.PAUSED)
+    hub.resume(workflow_of(task_id))
+    workflow = settled(hub, task_id, Phase.COMPLETED)
+    assert workflow.anomaly_count == 0, workflow.anomalies
+
+
 def test_the_hub_cancels_an_actor_at_its_safe_point(
     hub: ThreadedHub, worker: Any, broker: Any
 ) -> None:

@@ -177,6 +177,18 @@ def test_a_task_that_exhausts_its_retries_fails(
     assert workflow.anomaly_count == 0, workflow.anomalies
 
 
+def test_a_pause_holds_the_task_at_its_safe_point_until_resumed(
+    hub: ThreadedHub, consumer: Any, app: ModuleType
+) -> None:
+    task_id = app.long_job(100, 0.05).id
+    settled(hub, task_id, Phase.EXECUTION)
+    hub.pause(workflow_of(task_id), "maintenance")
+    settled(hub, task_id, Phase.PAUSED)
+    hub.resume(workflow_of(task_id))
+    workflow = settled(hub, task_id, Phase.COMPLETED)
+    assert workflow.anomaly_count == 0, workflow.anomalies
+
+
 def test_the_hub_cancels_a_task_at_its_safe_point(
     hub: ThreadedHub, consumer: Any, app: ModuleType
 ) -> None:
