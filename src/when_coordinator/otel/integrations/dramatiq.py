@@ -57,6 +57,7 @@ _runs = TaskRuns()
 _errors: dict[str, BaseException] = {}  # message id -> the failed attempt's exception
 _brokers: dict[int, Any] = {}  # workflow id -> broker, for the dramatiq-abort bridge
 _subscribed_pid = 0
+_enabled = True  # False after uninstrument(): brokers keep the middleware, which then rests
 _lock = threading.Lock()
 
 
@@ -69,12 +70,16 @@ class WhenDramatiqInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         from dramatiq import broker  # noqa: PLC0415 - only once the instrumentor runs
 
+        global _enabled  # noqa: PLW0603 - read by the middleware
+        _enabled = True
         self._filter = TaskFilter.from_env()
         wrapt.wrap_function_wrapper(broker.Broker, "__init__", self._broker_init)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         from dramatiq import broker  # noqa: PLC0415
 
+        global _enabled  # noqa: PLW0603
+        _enabled = False
         init = vars(broker.Broker).get("__init__")
         if isinstance(init, wrapt.ObjectProxy):
             broker.Broker.__init__ = init.__wrapped__  # type: ignore[method-assign]
@@ -178,6 +183,8 @@ class WhenMiddleware(_WhenHooks):
             if run is not None:
                 _brokers.pop(id(run), None)
                 run.retrying(error)
+        if not _enabled:
+            return
         try:
             options = message.options
             if OPTION_CONTEXT not in options:  # a retry keeps the sender's context
@@ -192,7 +199,7 @@ class WhenMiddleware(_WhenHooks):
 
     def before_process_message(self, broker: Any, message: Any) -> None:
         name = getattr(message, "actor_name", None)
-        if not isinstance(name, str) or not self._filter(name):
+        if not _enabled or not isinstance(name, str) or not self._filter(name):
             return
         report_from_this_process()  # a fork made without after_process_boot
         options = message.options

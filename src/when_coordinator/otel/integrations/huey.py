@@ -40,6 +40,7 @@ _log = logging.getLogger(__name__)
 FRAMEWORK = "huey"
 _runs = TaskRuns()
 _failures: dict[str, BaseException | str] = {}  # task id -> the attempt's error, until retrying
+_enabled = True  # False after uninstrument(): Huey instances keep the receiver, which rests
 
 
 def context_key(task_id: str) -> str:
@@ -64,12 +65,16 @@ class WhenHueyInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         from huey import api  # noqa: PLC0415 - only once the instrumentor runs
 
+        global _enabled  # noqa: PLW0603 - read by the receivers
+        _enabled = True
         self._filter = TaskFilter.from_env()
         wrapt.wrap_function_wrapper(api.Huey, "__init__", self._huey_init)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         from huey import api  # noqa: PLC0415
 
+        global _enabled  # noqa: PLW0603
+        _enabled = False
         init = vars(api.Huey).get("__init__")
         if isinstance(init, wrapt.ObjectProxy):
             api.Huey.__init__ = init.__wrapped__
@@ -87,6 +92,8 @@ def connect(huey: Any, task_filter: TaskFilter | None = None) -> None:
     chosen = task_filter or TaskFilter.from_env()
 
     def receiver(signal: str, task: Any, exc: BaseException | None = None) -> None:
+        if not _enabled and _runs.get(str(getattr(task, "id", ""))) is None:
+            return
         try:
             _on_signal(huey, chosen, signal, task, exc)
         except Exception:
