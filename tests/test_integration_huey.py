@@ -208,6 +208,18 @@ def test_a_revoked_task_is_cancelled(hub: ThreadedHub, consumer: Any, app: Modul
     assert any(c.reason == "revoked" for c in workflow.history)
 
 
+def test_a_revoked_retry_is_cancelled(hub: ThreadedHub, consumer: Any, app: ModuleType) -> None:
+    task_id = app.retried_later().id
+    settled(hub, task_id, Phase.PAUSED)  # waiting for its retry
+    app.huey.revoke_by_id(task_id)
+    workflow = settled(hub, task_id, Phase.CANCELLED)
+    assert [(e.error, e.recoverable) for e in workflow.errors] == [
+        ("ConnectionError: not yet", True)
+    ]
+    assert any(c.reason == "revoked" for c in workflow.history)
+    assert workflow.anomaly_count == 0, workflow.anomalies
+
+
 def test_a_task_enqueued_from_a_workflow_is_its_child(
     hub: ThreadedHub, consumer: Any, app: ModuleType
 ) -> None:

@@ -47,6 +47,12 @@ def flaky(failures: int, task: object = None) -> str:
     return f"succeeded at attempt {attempt}"
 
 
+@huey.task(retries=1, retry_delay=1)
+def retried_later() -> None:
+    """Fails, to be retried a second later (time enough to revoke the retry)."""
+    raise ConnectionError("not yet")
+
+
 @huey.task()
 def long_job(steps: int, delay: float = 0.1) -> int:
     """A long task that the hub can pause and cancel between steps."""

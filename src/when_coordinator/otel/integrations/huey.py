@@ -29,6 +29,7 @@ from typing import Any
 import wrapt
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
+from ...protocol import Phase
 from ..propagation import carrier
 from ..workflow import WorkflowCancelled
 from .tasks import TaskFilter, TaskLost, TaskRun, TaskRuns, report_from_this_process
@@ -144,7 +145,10 @@ def _on_signal(
             run.cancelled("canceled (CancelExecution)")
     elif signal in (s.SIGNAL_REVOKED, s.SIGNAL_EXPIRED):
         reason = "revoked" if signal == s.SIGNAL_REVOKED else "expired"
-        TaskRun.revoked(FRAMEWORK, name, task_id, reason, phase=None)
+        inherited = huey.get(context_key(task_id))  # popped: it will not start
+        retry = isinstance(inherited, dict) and inherited.get("attempt", 0)
+        # A revoked retry: the hub has its workflow paused since the attempt before.
+        TaskRun.revoked(FRAMEWORK, name, task_id, reason, phase=Phase.PAUSED if retry else None)
     elif signal == s.SIGNAL_INTERRUPTED:
         _end(task_id, TaskLost("the consumer stopped while the task ran"))
 
