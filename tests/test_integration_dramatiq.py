@@ -215,6 +215,16 @@ def test_dramatiq_abort_is_bridged_both_ways(hub: ThreadedHub, worker: Any, brok
     assert any(c.reason == "no time for this" for c in workflow.history)
     assert workflow.anomaly_count == 0, workflow.anomalies
 
+    # A hub cancel is what abort_requested() reports: an actor that stops then is cancelled.
+    polite = send(broker, "polite", 60)
+    settled(hub, polite, Phase.EXECUTION)
+    hub.cancel(workflow_of(polite), "please stop")
+    workflow = settled(hub, polite, Phase.CANCELLED)
+    assert any(c.reason == "please stop" for c in workflow.history)
+    hub.wait_for(lambda h: bool(h.logs_for(workflow_of(polite))), timeout=TIMEOUT)
+    logs = [r.entry.message for r in hub.logs_for(workflow_of(polite))]
+    assert "abort requested: stopping" in logs
+
     # A native abort ends the workflow cancelled.
     natively = send(broker, "sleepy", 60)
     settled(hub, natively, Phase.EXECUTION)

@@ -21,7 +21,7 @@ import time
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
-from dramatiq_abort import Abortable
+from dramatiq_abort import Abortable, abort_requested
 from dramatiq_abort.backends import RedisBackend
 
 from when_coordinator import current_workflow
@@ -74,6 +74,16 @@ def long_job(steps: int, delay: float = 0.1) -> int:
 def sleepy(seconds: float) -> None:
     """No safe points: only an abort (dramatiq-abort, or a hub cancel bridged to it) ends it."""
     for _ in range(int(seconds * 20)):
+        time.sleep(0.05)
+
+
+@dramatiq.actor(max_retries=0)
+def polite(seconds: float) -> None:
+    """Stops as soon as dramatiq-abort reports an abort request (a hub cancel is one)."""
+    for _ in range(int(seconds * 20)):
+        if abort_requested() is not None:
+            log.warning("abort requested: stopping")
+            return
         time.sleep(0.05)
 
 

@@ -22,8 +22,9 @@ its ``after_*`` hooks run last, once the ``Retries`` middleware has decided:
 
 ``dramatiq-abort`` is bridged when its ``Abortable`` middleware is on the broker: a hub cancel
 is also an abort request (``abort_requested()`` reports it; Abortable interrupts the actor
-after ``WHEN_DRAMATIQ_ABORT_GRACE_MS``, default 5000, or at once for a forced cancel), and an
-actor interrupted by ``Abort`` ends ``cancelled``.
+after ``WHEN_DRAMATIQ_ABORT_GRACE_MS``, default 5000, or at once for a forced cancel): an
+actor that returns once it saw the request (the workflow was cancelling), or is interrupted,
+ends ``cancelled``; one interrupted by a native ``abort()`` too.
 """
 
 from __future__ import annotations
