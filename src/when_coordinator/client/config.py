@@ -166,6 +166,17 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         "Task-queue integrations: comma-separated task name patterns never run as workflows.",
     ),
     EnvVar(
+        "WHEN_CLICK_COMMANDS",
+        None,
+        "`1`/`true`: click command runs are workflows (`when_click`; off by default).",
+    ),
+    EnvVar(
+        "WHEN_DRAMATIQ_ABORT_GRACE_MS",
+        None,
+        "Dramatiq with dramatiq-abort: milliseconds a hub-cancelled actor has before Abortable "
+        "interrupts it (default 5000; a forced cancel: at once).",
+    ),
+    EnvVar(
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
         None,
         "Read by opentelemetry-instrument: `when_celery` (or `when`) there switches that "
