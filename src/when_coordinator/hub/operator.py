@@ -58,6 +58,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from . import queries
+from .dashboard import Access
 from .errors import HubClosed, HubError, ServiceUnavailable, StatusTimeout, WorkflowNotFound
 from .state import (
     Changes,
@@ -77,6 +79,7 @@ __all__ = ["OperatorError", "OperatorSession", "execute", "http_request"]
 _log = logging.getLogger("when_coordinator.hub.operator")
 
 _COMMANDS = ("pause", "resume", "cancel", "status")
+_STEERING = frozenset({"pause", "resume", "cancel", "cancel_many"})
 _MAX_STATUS_TIMEOUT = 9.0  # below the websockets handshake timeout (10 s) for HTTP callers
 _MAX_EVENTS = 1_000
 _SEND_INTERVAL = 0.1
@@ -140,7 +143,7 @@ def _workflows(hub: Hub, params: Mapping[str, Any]) -> list[dict[str, Any]]:
             continue
         if root and workflow.root_workflow_id != root:
             continue
-        out.append(workflow.as_dict(full=False))
+        out.append(queries.summary(hub, workflow))
     return out
 
 
@@ -167,11 +170,43 @@ def _workflow(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
     workflow = hub.workflows.get(workflow_id)
     if workflow is None:
         raise WorkflowNotFound(f"unknown workflow {workflow_id!r}")
-    out = workflow.as_dict(full=True)
-    limit = int(_number(params, "logs", 50))
-    logs = hub.logs_for(workflow_id)
-    out["logs"] = [r.as_dict() for r in logs[max(0, len(logs) - limit) :]] if limit > 0 else []
-    return out
+    return queries.workflow_detail(hub, workflow, max(0, int(_number(params, "logs", 50))))
+
+
+# ---- dashboard queries: pages, overview, bulk commands (see queries.py)
+
+_PAGE_KEYS = ("offset", "limit", "q", "service", "active")
+
+
+def _page(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
+    filters = {key: _text(params, key) for key in ("service", "service_id", "phase", "q")}
+    if _flag(params, "active") and not filters["phase"]:
+        filters["phase"] = "active"
+    offset = int(_number(params, "offset", 0))
+    limit = int(_number(params, "limit", 50))
+    return queries.query(hub, filters, offset=offset, limit=limit)
+
+
+async def _cancel_many(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Cancel every workflow the filters select whose phase allows it; failures are counted."""
+    filters = {key: _text(params, key) for key in ("service", "service_id", "phase", "q")}
+    reason, force = _text(params, "reason"), _flag(params, "force")
+    sent: list[str] = []
+    failed: dict[str, str] = {}
+    for workflow_id in queries.selected_ids(hub, filters, "cancel"):
+        try:
+            await hub.cancel(workflow_id, reason, force)
+        except HubError as exc:
+            failed[workflow_id] = str(exc)
+        else:
+            sent.append(workflow_id)
+    return {"sent": sent, "failed": failed}
+
+
+def _read_only(op: str) -> OperatorError:
+    return OperatorError(
+        f"{op!r} needs the steering token: this session may only watch", "forbidden", 403
+    )
 
 
 async def execute(hub: Hub, op: str, params: Mapping[str, Any]) -> Any:
@@ -193,6 +228,12 @@ async def execute(hub: Hub, op: str, params: Mapping[str, Any]) -> Any:
             raise OperatorError(f"'timeout' must be in (0, {_MAX_STATUS_TIMEOUT:g}] seconds")
         answer = await hub.status(workflow_id, timeout)
         return answer.to_dict()
+    if op == "cancel_many":
+        return await _cancel_many(hub, params)
+    if op == "query":
+        return _page(hub, params)
+    if op == "overview":
+        return queries.overview(hub)
     if op == "services":
         return [service.as_dict() for service in hub.services.values()]
     if op == "workflows":
@@ -252,6 +293,8 @@ async def http_request(hub: Hub, request: Request) -> Response:
         if request.method == "POST":
             if len(parts) == 4 and parts[:2] == ["v1", "workflows"] and parts[3] in _COMMANDS:
                 params["workflow_id"] = parts[2]
+                if parts[3] in _STEERING and hub.dashboard.access(request) is not Access.STEER:
+                    raise _read_only(parts[3])
                 return json_response(200, await execute(hub, parts[3], params))
             return _get_route_or(parts, 405 if _is_get_route(parts) else 404)
         if request.method not in ("GET", "HEAD"):
@@ -270,7 +313,11 @@ async def http_request(hub: Hub, request: Request) -> Response:
         if parts == ["v1", "services"]:
             return json_response(200, {"services": await execute(hub, "services", params)})
         if parts == ["v1", "workflows"]:
+            if any(key in params for key in _PAGE_KEYS):
+                return json_response(200, _page(hub, params))
             return json_response(200, {"workflows": _workflows(hub, params)})
+        if parts == ["v1", "overview"]:
+            return json_response(200, queries.overview(hub))
         if len(parts) == 3 and parts[:2] == ["v1", "workflows"]:
             params["workflow_id"] = parts[2]
             return json_response(200, _workflow(hub, params))
@@ -298,6 +345,7 @@ def _is_get_route(parts: list[str]) -> bool:
         ["v1", "logs"],
         ["v1", "connections"],
         ["v1", "anomalies"],
+        ["v1", "overview"],
     ) or (len(parts) == 3 and parts[:2] == ["v1", "workflows"])
 
 
@@ -340,9 +388,11 @@ def _event_dict(event: Event) -> dict[str, Any]:
 class OperatorSession:
     """One operator WebSocket: requests answered concurrently, plus an optional event stream."""
 
-    def __init__(self, hub: Hub, ws: ServerConnection) -> None:
+    def __init__(self, hub: Hub, ws: ServerConnection, *, read_only: bool = False) -> None:
         self._hub = hub
         self._ws = ws
+        self._read_only = read_only
+        """Logged in with the read token: every op but the steering ones."""
         self._subscribed = False
         self._logs = False
         self._scope = ""
@@ -396,6 +446,8 @@ class OperatorSession:
         try:
             if not isinstance(op, str):
                 raise OperatorError("'op' must be a string")
+            if op in _STEERING and self._read_only:
+                raise _read_only(op)
             if op == "subscribe":
                 result: Any = self._subscribe(request)
             elif op == "unsubscribe":
@@ -417,6 +469,7 @@ class OperatorSession:
     def _subscribe(self, request: Mapping[str, Any]) -> dict[str, Any]:
         self._logs = _flag(request, "logs")
         self._scope = _text(request, "workflow_id")
+        with_workflows = _flag(request, "workflows") if "workflows" in request else True
         self._events.clear()
         self._workflows.clear()
         self._services.clear()
@@ -426,8 +479,10 @@ class OperatorSession:
             "event": "snapshot",
             "services": [s.as_dict() for s in hub.services.values()],
             "workflows": [
-                w.as_dict(full=False) for w in hub.workflows.values() if self._in_scope(w)
-            ],
+                queries.summary(hub, w) for w in hub.workflows.values() if self._in_scope(w)
+            ]
+            if with_workflows
+            else [],
         }
         self._subscribed = True
         self._streaming = False
@@ -490,7 +545,7 @@ class OperatorSession:
         for workflow_id in sorted(self._workflows):
             workflow = hub.workflows.get(workflow_id)
             if workflow is not None and self._in_scope(workflow):
-                out.append({"event": "workflow", "workflow": workflow.as_dict(full=False)})
+                out.append({"event": "workflow", "workflow": queries.summary(hub, workflow)})
         for workflow_id in sorted(self._removed):
             if self._in_scope(None, workflow_id):
                 out.append({"event": "removed", "workflow_id": workflow_id})

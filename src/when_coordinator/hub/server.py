@@ -4,6 +4,7 @@ One port serves everything:
 
 - ``/v1/coordination`` and ``/ws/coordination``: the coordination protocol for services;
 - ``/v1/operator``: the operator WebSocket (commands and a live event stream);
+- ``/``: the web dashboard (``dashboard/``), with its login at ``/v1/session``;
 - ``GET /healthz``, ``GET /v1/...`` and ``POST /v1/workflows/<id>/<command>``: the operator's
   HTTP JSON API (see ``operator.py`` and docs/hub.md); any other path is a 404.
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hmac
 import inspect
 import itertools
 import logging
@@ -37,7 +37,6 @@ from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -55,6 +54,7 @@ from ..protocol import (
     decode,
     encode,
 )
+from .dashboard import Access, Dashboard
 from .errors import HubClosed, HubError, ServiceUnavailable, StatusTimeout, WorkflowNotFound
 from .operator import OperatorSession, http_request
 from .state import (
@@ -244,6 +244,8 @@ class Hub:
 
     ``token``: when set, every client (services and operators) must send
     ``Authorization: Bearer <token>``; others get HTTP 401 at the handshake.
+    ``read_token``: a second token operators may use to watch but not steer.
+    ``trace_url``: the dashboard's link to a tracing backend, ``{trace_id}`` replaced.
     ``db``: a SQLite file that keeps services, workflows and logs across restarts.
     ``ping_interval``: seconds between JSON pings to each service; a service whose oldest
     unanswered ping is older than ``pong_timeout`` (default: ``ping_interval``) is ``late``.
@@ -255,6 +257,8 @@ class Hub:
         port: int = 0,
         *,
         token: str | None = None,
+        read_token: str | None = None,
+        trace_url: str = "",
         db: str | os.PathLike[str] | None = None,
         ping_interval: float = 30.0,
         pong_timeout: float | None = None,
@@ -278,7 +282,8 @@ class Hub:
             raise ValueError("token must not be empty (use None for no authentication)")
         self._host = host
         self._requested_port = port
-        self._token = token.encode() if token is not None else None
+        self.dashboard = Dashboard(token, read_token, trace_url=trace_url)
+        """The web dashboard at ``/``, and who may watch or steer (``dashboard.access``)."""
         self._db = db
         self._ping_interval = float(ping_interval)
         self._pong_timeout = float(pong_timeout if pong_timeout is not None else ping_interval)
@@ -675,24 +680,19 @@ class Hub:
 
     # ------------------------------------------------------------------ HTTP and routing
 
-    def _authorized(self, headers: Headers) -> bool:
-        if self._token is None:
-            return True
-        scheme, _, credentials = headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        return hmac.compare_digest(credentials.strip().encode(), self._token)
-
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
         path = request.path.partition("?")[0]
+        if self.dashboard.handles(path):  # the dashboard's files and its login session
+            return self.dashboard.http_request(request)
         if path == "/healthz":
             return await http_request(self, request)
         websocket = path in COORDINATION_PATHS or path == OPERATOR_PATH
         if not websocket and not path.startswith("/v1/"):
             return await http_request(self, request)  # the 404
-        if not self._authorized(request.headers):
+        access = self.dashboard.access(request)
+        if access is None or (path in COORDINATION_PATHS and access is not Access.STEER):
             remote = _format_remote(connection.remote_address)
             _log.info("refused %s %s from %s: bad or missing token", request.method, path, remote)
             return self._unauthorized(connection)
@@ -712,7 +712,8 @@ class Hub:
         assert ws.request is not None
         path = ws.request.path.partition("?")[0]
         if path == OPERATOR_PATH:
-            await OperatorSession(self, ws).run()
+            read_only = self.dashboard.access(ws.request) is Access.READ
+            await OperatorSession(self, ws, read_only=read_only).run()
         else:
             await self._serve_service(ws, path)
 
