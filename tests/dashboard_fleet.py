@@ -57,7 +57,7 @@ class FleetService:
                 instance_id=instance_id,
                 version=version,
                 capabilities=capabilities,
-                auth_token=token,
+                auth_token=token or "",
                 reconnect_initial_delay=0.05,
                 reconnect_max_delay=0.5,
                 close_timeout=5.0,

@@ -1,0 +1,302 @@
+"""The dashboard's server side: its files, login sessions, the read-only token, and the operator
+queries it pages through (names, filters, counts, 10,000 workflows).
+
+The page itself is tested in a real browser in test_dashboard_browser.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import time
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from when_coordinator.hub import Hub
+from when_coordinator.hub.testing import RawService, frame
+
+TOKEN = "s3cret-steer"
+READ = "s3cret-read"
+
+
+def _request(
+    port: int, method: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, headers={"Host": f"127.0.0.1:{port}", **(headers or {})})
+        response = conn.getresponse()
+        body = response.read()
+        out_headers = {k.lower(): v for k, v in response.getheaders()}
+        if out_headers.get("content-type", "").startswith("application/json"):
+            return response.status, out_headers, json.loads(body)
+        return response.status, out_headers, body
+    finally:
+        conn.close()
+
+
+async def request(
+    hub: Hub, method: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], Any]:
+    return await asyncio.to_thread(_request, hub.port, method, path, headers)
+
+
+def _origin(hub: Hub) -> dict[str, str]:
+    return {"Origin": f"http://127.0.0.1:{hub.port}"}
+
+
+async def login(hub: Hub, token: str) -> tuple[str, str]:
+    """Log in like the page does; returns (cookie header value, CSRF token)."""
+    status, headers, body = await request(
+        hub, "POST", "/v1/session", {"Authorization": f"Bearer {token}", **_origin(hub)}
+    )
+    assert status == 200, body
+    cookie = headers["set-cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    return cookie.split(";")[0], body["csrf"]
+
+
+async def op(hub: Hub, headers: dict[str, str], name: str, **params: Any) -> dict[str, Any]:
+    async with connect(hub.operator_url, additional_headers=headers, proxy=None) as ws:
+        await ws.send(json.dumps({"id": 1, "op": name, **params}))
+        reply: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        return reply
+
+
+def test_the_page_and_its_files_are_served_with_a_strict_policy() -> None:
+    async def main() -> None:
+        async with Hub(token=TOKEN) as hub:
+            status, headers, body = await request(hub, "GET", "/")
+            assert status == 200
+            assert headers["content-type"].startswith("text/html")
+            assert b"/static/app.js" in body
+            assert "script-src 'self'" in headers["content-security-policy"]
+            assert headers["x-frame-options"] == "DENY"
+            for path, kind in (("/static/app.js", "javascript"), ("/static/app.css", "css")):
+                status, headers, body = await request(hub, "GET", path)
+                assert (status, kind in headers["content-type"]) == (200, True)
+                assert len(body) > 1000
+            status, _, _ = await request(hub, "GET", "/static/../server.py")
+            assert status in (401, 404)
+            # the page holds no data: without a session the API stays closed
+            status, _, body = await request(hub, "GET", "/v1/session")
+            assert body == {
+                "auth_required": True,
+                "access": None,
+                "csrf": "",
+                "trace_url": "",
+            }
+            status, _, _ = await request(hub, "GET", "/v1/workflows")
+            assert status == 401
+
+    asyncio.run(main())
+
+
+def test_a_session_cookie_replaces_the_token_and_dies_at_logout() -> None:
+    async def main() -> None:
+        async with Hub(token=TOKEN) as hub:
+            service = await RawService.connect(hub.url, token=TOKEN)
+            await service.register("billing", instance_id="b-1")
+            await service.send(frame("workflow_created", "wf-1", {"workflow_id": "wf-1"}))
+            await service.send(
+                frame("phase_changed", "wf-1", {"workflow_id": "wf-1", "to": "execution"})
+            )
+            await hub.wait_for(lambda h: "wf-1" in h.workflows)
+
+            status, _, _ = await request(
+                hub, "POST", "/v1/session", {"Authorization": "Bearer nope", **_origin(hub)}
+            )
+            assert status == 401
+            cookie, csrf = await login(hub, TOKEN)
+            session = {"Cookie": cookie}
+            status, _, body = await request(hub, "GET", "/v1/workflows", session)
+            assert (status, body["workflows"][0]["workflow_id"]) == (200, "wf-1")
+            status, _, body = await request(hub, "GET", "/v1/session", session)
+            assert (body["access"], body["csrf"]) == ("steer", csrf)
+
+            # a POST the cookie alone authenticates could come from another site: refused
+            status, _, _ = await request(hub, "POST", "/v1/workflows/wf-1/pause", session)
+            assert status == 401
+            wrong = {**session, "X-CSRF-Token": "guess"}
+            status, _, _ = await request(hub, "POST", "/v1/workflows/wf-1/pause", wrong)
+            assert status == 401
+            right = {**session, "X-CSRF-Token": csrf}
+            status, _, _ = await request(hub, "POST", "/v1/workflows/wf-1/pause", right)
+            assert status == 200
+            assert (await service.expect("pause"))["workflow_id"] == "wf-1"
+
+            # the WebSocket: the cookie counts only from the page's own origin
+            reply = await op(hub, {**session, **_origin(hub)}, "workflows")
+            assert reply["ok"]
+            with pytest.raises(InvalidStatus):
+                await op(hub, {**session, "Origin": "http://evil.example"}, "workflows")
+
+            status, headers, _ = await request(hub, "DELETE", "/v1/session", right)
+            assert status == 200
+            assert "Max-Age=0" in headers["set-cookie"]
+            status, _, _ = await request(hub, "GET", "/v1/workflows", session)
+            assert status == 401
+            with pytest.raises(InvalidStatus):
+                await op(hub, {**session, **_origin(hub)}, "workflows")
+            await service.close()
+
+    asyncio.run(main())
+
+
+def test_the_read_token_watches_but_never_steers() -> None:
+    async def main() -> None:
+        with pytest.raises(ValueError, match="needs a token"):
+            Hub(read_token=READ)
+        async with Hub(token=TOKEN, read_token=READ) as hub:
+            service = await RawService.connect(hub.url, token=TOKEN)
+            await service.register("billing")
+            await service.send(frame("workflow_created", "wf-1", {"workflow_id": "wf-1"}))
+            await service.send(
+                frame("phase_changed", "wf-1", {"workflow_id": "wf-1", "to": "execution"})
+            )
+            await hub.wait_for(lambda h: "wf-1" in h.workflows)
+            bearer = {"Authorization": f"Bearer {READ}"}
+
+            status, _, body = await request(hub, "GET", "/v1/workflows/wf-1", bearer)
+            assert (status, body["phase"]) == (200, "execution")
+            for command in ("pause", "cancel", "resume"):
+                status, _, body = await request(
+                    hub, "POST", f"/v1/workflows/wf-1/{command}", bearer
+                )
+                assert (status, body["code"]) == (403, "forbidden")
+            reply = await op(hub, bearer, "pause", workflow_id="wf-1")
+            assert (reply["ok"], reply["code"]) == (False, "forbidden")
+            reply = await op(hub, bearer, "cancel_many", phase="execution")
+            assert (reply["ok"], reply["code"]) == (False, "forbidden")
+            reply = await op(hub, bearer, "query")
+            assert reply["ok"]
+            assert reply["result"]["total"] == 1
+
+            cookie, csrf = await login(hub, READ)
+            session = {"Cookie": cookie, "X-CSRF-Token": csrf}
+            status, _, _ = await request(hub, "POST", "/v1/workflows/wf-1/pause", session)
+            assert status == 403
+            # a service cannot register with the read token
+            with pytest.raises(InvalidStatus):
+                await RawService.connect(hub.url, token=READ)
+            assert not [s for s in hub.sent if s.message.type == "pause"]
+            await service.close()
+
+    asyncio.run(main())
+
+
+def test_summaries_carry_names_allowed_commands_and_full_progress_when_completed() -> None:
+    async def main() -> None:
+        async with Hub() as hub:
+            service = await RawService.connect(hub.url, service_name="billing")
+            await service.register("billing", instance_id="b-1")
+            for wid, name in (("wf-1", "invoice-run"), ("wf-2", "refunds")):
+                payload = {"workflow_id": wid, "action_type": name}
+                await service.send(frame("workflow_created", wid, payload))
+            await service.send(
+                frame("phase_changed", "wf-1", {"workflow_id": "wf-1", "to": "execution"})
+            )
+            await service.send(
+                frame("phase_changed", "wf-2", {"workflow_id": "wf-2", "to": "completed"})
+            )
+            await hub.wait_for(lambda h: h.workflows["wf-2"].phase.value == "completed")
+            _, _, body = await request(hub, "GET", "/v1/workflows")
+            by_id = {w["workflow_id"]: w for w in body["workflows"]}
+            assert (by_id["wf-1"]["name"], by_id["wf-1"]["service_name"]) == (
+                "invoice-run",
+                "billing",
+            )
+            assert by_id["wf-1"]["commands"] == ["pause", "cancel"]
+            assert (by_id["wf-2"]["commands"], by_id["wf-2"]["progress"]) == ([], 100.0)
+            assert by_id["wf-1"]["progress"] == 0.0
+            await service.close()
+
+    asyncio.run(main())
+
+
+def test_pages_filter_sort_and_count_ten_thousand_workflows_fast() -> None:
+    async def main() -> None:
+        async with Hub(rate_limit=1e6, rate_burst=100_000, max_workflows=20_000) as hub:
+            billing = await RawService.connect(hub.url, service_name="billing")
+            await billing.register("billing")
+            etl = await RawService.connect(hub.url, service_name="etl")
+            await etl.register("etl")
+            for n in range(10_000):
+                service = billing if n % 2 else etl
+                wid = f"wf-{n:05d}"
+                name = "nightly-etl" if n % 10 == 0 else "invoice"
+                await service.send(
+                    frame("workflow_created", wid, {"workflow_id": wid, "action_type": name})
+                )
+                to = "execution" if n % 100 == 0 else "completed"
+                await service.send(frame("phase_changed", wid, {"workflow_id": wid, "to": to}))
+            await hub.wait_for(lambda h: len(h.workflows) == 10_000, timeout=60)
+            await hub.wait_for(
+                lambda h: h.workflows["wf-09999"].phase.value == "completed", timeout=60
+            )
+
+            started = time.perf_counter()
+            status, _, page = await request(hub, "GET", "/v1/workflows?limit=50")
+            elapsed = time.perf_counter() - started
+            assert status == 200
+            assert elapsed < 1.0, f"the first page of 10,000 took {elapsed:.2f} s"
+            assert (page["total"], len(page["workflows"])) == (10_000, 50)
+            assert page["counts"] == {"execution": 100, "completed": 9_900}
+            # active first, then newest first
+            assert [w["phase"] for w in page["workflows"][:100]] == ["execution"] * 50
+            ids = [w["workflow_id"] for w in page["workflows"]]
+            assert ids[:2] == ["wf-09900", "wf-09800"]
+
+            status, _, page = await request(
+                hub, "GET", "/v1/workflows?service=billing&q=ETL&offset=0&limit=10"
+            )
+            assert page["total"] == 0  # every 10th is an even number: all on etl
+            status, _, page = await request(
+                hub, "GET", "/v1/workflows?service=etl&q=nightly&phase=active&limit=500"
+            )
+            assert page["total"] == 100
+            assert page["counts"] == {"execution": 100, "completed": 900}
+            status, _, page = await request(hub, "GET", "/v1/workflows?phase=bogus&limit=5")
+            assert status == 400
+            status, _, page = await request(hub, "GET", "/v1/workflows?limit=100000")
+            assert status == 400
+
+            reply = await op(hub, {}, "overview")
+            services = {s["service_name"]: s for s in reply["result"]["services"]}
+            assert (services["etl"]["workflows"], services["etl"]["active_workflows"]) == (
+                5_000,
+                100,
+            )
+            await billing.close()
+            await etl.close()
+
+    asyncio.run(main())
+
+
+def test_bulk_cancel_reaches_every_filtered_workflow_its_phase_allows() -> None:
+    async def main() -> None:
+        async with Hub() as hub:
+            service = await RawService.connect(hub.url, service_name="etl")
+            await service.register("etl")
+            for n, to in enumerate(("execution", "paused", "completed", "execution")):
+                wid = f"wf-{n}"
+                name = "other" if n == 3 else "batch"
+                await service.send(
+                    frame("workflow_created", wid, {"workflow_id": wid, "action_type": name})
+                )
+                await service.send(frame("phase_changed", wid, {"workflow_id": wid, "to": to}))
+            await hub.wait_for(lambda h: h.workflows["wf-3"].phase.value == "execution")
+            reply = await op(hub, {}, "cancel_many", q="batch", reason="bulk")
+            assert reply["ok"], reply
+            assert sorted(reply["result"]["sent"]) == ["wf-0", "wf-1"]
+            cancels = [await service.expect("cancel") for _ in range(2)]
+            assert sorted(c["workflow_id"] for c in cancels) == ["wf-0", "wf-1"]
+            assert {c["payload"]["reason"] for c in cancels} == {"bulk"}
+            await service.close()
+
+    asyncio.run(main())
