@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test soak lint typecheck docs bench clean
+.PHONY: demo test soak lint typecheck docs bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# make demo ARGS=--keep leaves the hub (and its dashboard) running until Ctrl-C.
 demo: $(STAMP)
-	$(BIN)/when-coordinator demo
+	$(BIN)/when-coordinator demo $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -25,7 +26,12 @@ typecheck: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-test: lint typecheck docs
+# The dashboard's browser tests need Debian's chromium: installed when missing and root,
+# otherwise one line says they skip (CI=true: a missing browser fails the run instead).
+browser:
+	@sh scripts/ensure-browser
+
+test: lint typecheck docs browser
 	$(BIN)/pytest
 
 # The reliability tests' long variants (docs/reliability.md): fault rounds repeated, fuzzing

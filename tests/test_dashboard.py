@@ -9,6 +9,11 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -300,3 +305,72 @@ def test_bulk_cancel_reaches_every_filtered_workflow_its_phase_allows() -> None:
             await service.close()
 
     asyncio.run(main())
+
+
+def _cli() -> list[str]:
+    return [sys.executable, "-m", "when_coordinator.cli"]
+
+
+def test_the_demo_ends_by_printing_its_dashboard_url() -> None:
+    done = subprocess.run(
+        [*_cli(), "demo"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"dashboard: http://127\.0\.0\.1:\d+/", last), last
+
+
+def test_demo_keep_leaves_the_hub_and_its_dashboard_running() -> None:
+    process = subprocess.Popen(
+        [*_cli(), "demo", "--keep"], stdout=subprocess.PIPE, text=True, bufsize=1
+    )
+    try:
+        assert process.stdout is not None
+        url = ""
+        deadline = time.monotonic() + 60
+        while not url and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            found = re.match(r"dashboard: http://127\.0\.0\.1:(\d+)/", line)
+            url = found.group(1) if found else ""
+        assert url, "the demo printed no dashboard URL"
+        status, _, body = _request(int(url), "GET", "/")
+        assert (status, b"/static/app.js" in body) == (200, True)
+        status, _, page = _request(int(url), "GET", "/v1/workflows?limit=5")
+        assert {w["name"] for w in page["workflows"]} == {"ETL", "transform-partition"}
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_the_hub_command_takes_a_read_token_and_prints_its_dashboard() -> None:
+    env = {**os.environ, "WHEN_READ_TOKEN": READ}
+    process = subprocess.Popen(
+        [*_cli(), "hub", "--port", "0", "--token", TOKEN, "--trace-url", "http://t/{trace_id}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(3)]
+        assert "read-only token accepted" in lines[1]
+        found = re.search(r"dashboard +http://127\.0\.0\.1:(\d+)/", lines[2])
+        assert found, lines
+        port = int(found.group(1))
+        read = {"Authorization": f"Bearer {READ}"}
+        status, _, body = _request(port, "GET", "/v1/session", read)
+        assert (body["access"], body["trace_url"]) == ("read", "http://t/{trace_id}")
+        status, _, _ = _request(port, "GET", "/v1/workflows", read)
+        assert status == 200
+        status, _, _ = _request(port, "POST", "/v1/workflows/wf-1/pause", read)
+        assert status == 403
+    finally:
+        process.terminate()
+        process.wait(20)
