@@ -374,3 +374,46 @@ def test_the_hub_command_takes_a_read_token_and_prints_its_dashboard() -> None:
     finally:
         process.terminate()
         process.wait(20)
+
+
+def test_a_focused_watcher_gets_its_workflows_and_only_a_count_of_the_rest() -> None:
+    async def main() -> None:
+        async with Hub() as hub:
+            service = await RawService.connect(hub.url, service_name="etl")
+            await service.register("etl")
+            for wid in ("wf-1", "wf-2", "wf-3"):
+                await service.send(frame("workflow_created", wid, {"workflow_id": wid}))
+            await hub.wait_for(lambda h: len(h.workflows) == 3)
+            async with connect(hub.operator_url, proxy=None) as ws:
+                subscribe = {"id": 1, "op": "subscribe", "workflows": False, "workflow_ids": []}
+                await ws.send(json.dumps(subscribe))
+                reply = json.loads(await ws.recv())
+                assert reply["ok"]
+                snapshot = json.loads(await ws.recv())
+                assert (snapshot["event"], snapshot["workflows"]) == ("snapshot", [])
+                await ws.send(json.dumps({"id": 2, "op": "focus", "workflow_ids": ["wf-1"]}))
+                assert json.loads(await ws.recv())["result"] == {"focus": 1}
+                for wid in ("wf-2", "wf-3", "wf-1"):
+                    payload = {"workflow_id": wid, "percent": 40}
+                    await service.send(frame("progress", wid, payload))
+                    await service.send(
+                        frame("phase_changed", wid, {"workflow_id": wid, "to": "execution"})
+                    )
+                seen: list[dict[str, Any]] = []
+                while not (
+                    any(e.get("workflow", {}).get("progress") == 40 for e in seen)
+                    and sum(e["workflows"] for e in seen if e["event"] == "changed") >= 4
+                ):
+                    seen.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
+                kinds = {
+                    (e["event"], e.get("workflow_id") or e.get("workflow", {}).get("workflow_id"))
+                    for e in seen
+                }
+                assert ("workflow", "wf-1") in kinds
+                assert ("phase_changed", "wf-1") in kinds
+                assert not {k for k in kinds if k[1] in ("wf-2", "wf-3")}
+                await ws.send(json.dumps({"id": 3, "op": "focus", "workflow_ids": "wf-1"}))
+                assert json.loads(await ws.recv())["code"] == "bad_request"
+            await service.close()
+
+    asyncio.run(main())

@@ -203,6 +203,21 @@ async def _cancel_many(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
     return {"sent": sent, "failed": failed}
 
 
+_MAX_FOCUS = 1_000
+
+
+def _focus(params: Mapping[str, Any]) -> frozenset[str] | None:
+    """``workflow_ids`` of a ``focus`` request: a list of ids, or null for every workflow."""
+    ids = params.get("workflow_ids")
+    if ids is None:
+        return None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise OperatorError("'workflow_ids' must be a list of strings or null")
+    if len(ids) > _MAX_FOCUS:
+        raise OperatorError(f"'workflow_ids' holds at most {_MAX_FOCUS} ids")
+    return frozenset(ids)
+
+
 def _read_only(op: str) -> OperatorError:
     return OperatorError(
         f"{op!r} needs the steering token: this session may only watch", "forbidden", 403
@@ -393,6 +408,9 @@ class OperatorSession:
         self._ws = ws
         self._read_only = read_only
         """Logged in with the read token: every op but the steering ones."""
+        self._focus: frozenset[str] | None = None
+        """Set by ``focus``: workflow records and events only for these; the rest counted."""
+        self._others = 0
         self._subscribed = False
         self._logs = False
         self._scope = ""
@@ -450,6 +468,10 @@ class OperatorSession:
                 raise _read_only(op)
             if op == "subscribe":
                 result: Any = self._subscribe(request)
+            elif op == "focus":
+                self._focus = _focus(request)
+                self._others = 0
+                result = {"focus": None if self._focus is None else len(self._focus)}
             elif op == "unsubscribe":
                 self._subscribed = self._streaming = False
                 self._hub._unsubscribe(self)
@@ -469,6 +491,8 @@ class OperatorSession:
     def _subscribe(self, request: Mapping[str, Any]) -> dict[str, Any]:
         self._logs = _flag(request, "logs")
         self._scope = _text(request, "workflow_id")
+        self._focus = _focus(request)
+        self._others = 0
         with_workflows = _flag(request, "workflows") if "workflows" in request else True
         self._events.clear()
         self._workflows.clear()
@@ -509,11 +533,24 @@ class OperatorSession:
         """Take the hub's latest changes (called on the loop after every change)."""
         if not self._subscribed:
             return
-        self._workflows |= changes.workflows
+        focus = self._focus
+        if focus is None:
+            self._workflows |= changes.workflows
+        else:  # a page watching a few workflows: the others only as a count
+            focused = changes.workflows & focus
+            self._others += len(changes.workflows) - len(focused)
+            self._workflows |= focused
         self._services |= changes.services
         self._removed |= changes.removed_workflows
         for event in changes.events:
             if isinstance(event, LogEvent) and not self._logs:
+                continue
+            if (
+                focus is not None
+                and isinstance(event, (PhaseEvent, CheckpointEvent, ErrorEvent))
+                and event.workflow_id not in focus
+            ):
+                self._others += 1
                 continue
             if len(self._events) >= _MAX_EVENTS:
                 self._events.popleft()
@@ -549,6 +586,9 @@ class OperatorSession:
         for workflow_id in sorted(self._removed):
             if self._in_scope(None, workflow_id):
                 out.append({"event": "removed", "workflow_id": workflow_id})
+        if self._others:
+            out.append({"event": "changed", "workflows": self._others})
+            self._others = 0
         if not self._scope:
             for service_id in sorted(self._services):
                 service = hub.services.get(service_id)

@@ -11,7 +11,7 @@ const PAGE = 50;
 const $ = (id) => document.getElementById(id);
 const app = {
   session: null, ws: null, online: false, nextId: 1, calls: new Map(), retry: 0,
-  view: "", detailId: "", list: null, detail: null, overview: null,
+  view: "", detailId: "", list: null, detail: null, overview: null, focused: null,
   filters: { q: "", service: "", phase: "", offset: 0 },
   pending: new Map(), // workflow id -> {op, phase}: a command sent, not yet confirmed
   timers: {},
@@ -179,9 +179,11 @@ function connect() {
   app.ws = ws;
   ws.onopen = async () => {
     app.retry = 0;
+    app.focused = null;
     setOnline(true);
     try {
-      await call("subscribe", { workflows: false });
+      // Records and events only for what the page shows; the rest arrive as a "changed" count.
+      await call("subscribe", { workflows: false, workflow_ids: [] });
     } catch (err) {
       return;
     }
@@ -242,6 +244,10 @@ function onEvent(event) {
       if (event.workflow_id === app.detailId) throttle("detail", 300, loadDetail);
       break;
     case "removed": throttle("list", 500, loadList); break;
+    case "changed":
+      if (app.view === "list") throttle("list", 1000, loadList);
+      else if (app.view === "services") throttle("overview", 1000, loadOverview);
+      break;
     case "service": case "anomaly": case "snapshot":
       throttle("overview", 500, loadOverview);
       break;
@@ -287,6 +293,7 @@ function route() {
   $("nav-workflows").setAttribute("aria-current", app.view !== "services" ? "page" : "false");
   $("nav-services").setAttribute("aria-current", app.view === "services" ? "page" : "false");
   if (app.view === "detail") { app.detail = null; $("logs").replaceChildren(); }
+  if (app.view === "services") focus([]);
   refreshView();
 }
 
@@ -307,6 +314,15 @@ async function loadList() {
     app.list = await call("query", { q: f.q, service: f.service, phase: f.phase, offset: f.offset, limit: PAGE });
   } catch (err) { return; }
   renderList();
+  focus(app.list.workflows.map((w) => w.workflow_id));
+}
+
+// Tell the hub which workflows the page shows, so it pushes just those (and counts the rest).
+function focus(ids) {
+  const key = ids.join("\n");
+  if (key === app.focused) return;
+  app.focused = key;
+  call("focus", { workflow_ids: ids }).catch(() => { app.focused = null; });
 }
 
 function workflowRow(w) {
@@ -410,6 +426,7 @@ async function loadDetail() {
     if (id !== app.detailId) return;
     app.detail = detail;
     renderDetail(detail);
+    focus([id, ...detail.tree.map((c) => c.workflow_id)]);
     renderLogs(logs.logs);
   } catch (err) {
     if (id !== app.detailId) return;
