@@ -417,3 +417,31 @@ def test_a_focused_watcher_gets_its_workflows_and_only_a_count_of_the_rest() -> 
             await service.close()
 
     asyncio.run(main())
+
+
+def test_a_restarted_service_gets_its_identity_back() -> None:
+    async def main() -> None:
+        async with Hub() as hub:
+
+            async def register(instance: str) -> tuple[RawService, str]:
+                service = await RawService.connect(hub.url, service_name="billing")
+                registered = await service.register("billing", instance_id=instance)
+                return service, registered["payload"]["service_id"]
+
+            first, first_id = await register("b-1")
+            other, other_id = await register("b-2")
+            twin, twin_id = await register("b-1")  # b-1 still connected: not the same one
+            assert len({first_id, other_id, twin_id}) == 3
+            await first.close()
+            await hub.wait_for(lambda h: not h.services[first_id].connected)
+            again, again_id = await register("b-1")
+            assert again_id == first_id
+            assert hub.services[first_id].connections == 2
+            _, _, body = await request(hub, "GET", "/v1/services")
+            assert sorted(s["service_id"] for s in body["services"]) == sorted(
+                {first_id, other_id, twin_id}
+            )
+            for service in (other, twin, again):
+                await service.close()
+
+    asyncio.run(main())
