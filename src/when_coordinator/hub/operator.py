@@ -1,6 +1,9 @@
 """The hub's operator interface: a JSON HTTP API and an operator WebSocket, on the hub's port.
 
-Both need ``Authorization: Bearer <token>`` when the hub has a token (``/healthz`` does not).
+Both need ``Authorization: Bearer <token>`` when the hub has a token (``/healthz`` does not),
+or the dashboard's session cookie (``dashboard/``); the read-only token gets 403 ``forbidden``
+for the steering commands. Summaries carry ``name``, ``service_name`` and the ``commands`` the
+phase allows (``queries.py``).
 
 HTTP (responses are JSON; errors are ``{"error": "...", "code": "..."}``):
 
@@ -8,7 +11,10 @@ HTTP (responses are JSON; errors are ``{"error": "...", "code": "..."}``):
 ``GET /healthz``                          ``{"status": "ok", "services": n, "workflows": n}``
 ``GET /v1/services``                      ``{"services": [service, ...]}``
 ``GET /v1/workflows``                     ``{"workflows": [summary, ...]}``; filters
-                                          ``?service_id=``, ``?phase=``, ``?root=``
+                                          ``?service_id=``, ``?phase=``, ``?root=``; with
+                                          ``?limit=`` (or ``offset``, ``q``, ``service``,
+                                          ``active``): one sorted page with counts
+``GET /v1/overview``                      services with workflow counts, grouped anomalies
 ``GET /v1/workflows/<id>``                the full workflow (history, checkpoints, errors,
                                           anomalies) plus its last ``?logs=`` (50) logs
 ``GET /v1/logs``                          ``{"logs": [...], "evicted": n}``; ``?workflow_id=``,
@@ -29,8 +35,11 @@ Operator WebSocket ``/v1/operator``: each request is a JSON object ``{"id": <any
 "ok": false, "error": "...", "code": "..."}``. Ops: ``pause`` (workflow_id, reason),
 ``resume`` (workflow_id, from_checkpoint), ``cancel`` (workflow_id, reason, force), ``status``
 (workflow_id, timeout), ``services``, ``workflows``, ``workflow`` (workflow_id), ``logs``
-(workflow_id, level, limit), ``connections``, ``anomalies``, ``subscribe`` (logs: bool,
-workflow_id: only that workflow and its descendants), ``unsubscribe``.
+(workflow_id, level, limit), ``connections``, ``anomalies``, ``query`` (a page, as over HTTP),
+``overview``, ``cancel_many`` (the filters, reason, force), ``subscribe`` (logs: bool,
+workflow_id: only that workflow and its descendants, workflows: false for no snapshot list,
+workflow_ids: as ``focus``), ``focus`` (workflow_ids: only those pushed, the others counted
+in ``changed`` events), ``unsubscribe``.
 
 After ``subscribe`` the server pushes events, objects with an ``event`` key: first
 ``snapshot`` (services, workflows), then in order of occurrence ``phase_changed``,
