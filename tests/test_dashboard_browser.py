@@ -88,6 +88,7 @@ def test_the_list_shows_a_running_workflow_and_its_progress_moving(page: Page) -
             capabilities=("invoices", "refunds"),
         ) as billing,
         FleetService(hub.url, "etl", instance_id="etl-0", version="1.4.0") as etl,
+        FleetService(hub.url, "reports", instance_id="reports-1", version="0.9.2") as reports,
     ):
         etl.run(Plan("reindex-search", "wf-reindex", increment=10, step=0.02, until=40, fail="x"))
         etl.run(Plan("nightly-etl", "wf-nightly", increment=20, step=0.02, stage="load"))
@@ -98,12 +99,18 @@ def test_the_list_shows_a_running_workflow_and_its_progress_moving(page: Page) -
             ),
             10,
         )
+        reports.run(Plan("monthly-report", "wf-report", increment=4, until=64, hold=True))
+        hub.wait_for(
+            lambda h: "wf-report" in h.workflows and h.workflows["wf-report"].progress > 20
+        )
+        hub.pause("wf-report", "month-end freeze")
+        hub.wait_for(lambda h: h.workflows["wf-report"].phase.value == "paused")
         billing.run(Plan("export-ledger", "wf-ledger", increment=1, until=35, hold=True))
         billing.run(
             Plan(
                 "invoice-run",
                 "wf-invoice",
-                increment=0.5,
+                increment=1,
                 step=0.1,
                 hold=True,
                 stage="rendering PDFs",
@@ -129,7 +136,7 @@ def test_the_list_shows_a_running_workflow_and_its_progress_moving(page: Page) -
         )
         assert phases[:2] == ["execution", "execution"]
         expect(page.locator("#counts")).to_contain_text("failed 1")
-        hub.wait_for(lambda h: h.workflows["wf-invoice"].progress >= 8, 10)
+        hub.wait_for(lambda h: h.workflows["wf-invoice"].progress >= 30, 10)
         IMG.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(IMG / "dashboard-list.png"))
 
@@ -139,7 +146,7 @@ def test_the_list_shows_a_running_workflow_and_its_progress_moving(page: Page) -
 
         page.goto(hub.http_url + "/#/w/wf-invoice")
         expect(page.locator("#children")).to_contain_text("invoice-run-part-2")
-        expect(page.locator("#checkpoints")).to_contain_text("cp-5")
+        expect(page.locator("#checkpoints")).to_contain_text("cp-30")
         expect(page.locator("#logs")).to_contain_text("invoice-run started")
         expect(page.locator("#detail-facts")).to_contain_text("Trace")
         page.screenshot(path=str(IMG / "dashboard-detail.png"), full_page=True)
@@ -149,8 +156,10 @@ def test_the_list_shows_a_running_workflow_and_its_progress_moving(page: Page) -
         expect(services).to_contain_text("billing-7f9c")
         expect(services).to_contain_text("invoices, refunds")
         expect(services).to_contain_text("2 active / 4")
+        hub.cancel("wf-report")
         assert not billing.failures
         assert not etl.failures
+        assert not reports.failures
 
 
 def test_pause_from_the_detail_page_reaches_the_service(page: Page) -> None:
@@ -322,3 +331,35 @@ def test_the_page_fits_a_phone(page: Page) -> None:
         )
         assert labels == [], f"controls without a label: {json.dumps(labels)}"
         billing.stop.set()
+
+
+def test_bulk_cancel_of_the_filtered_set_after_a_confirmation(page: Page) -> None:
+    with (
+        Hub(port=0).run_in_thread() as hub,
+        FleetService(hub.url, "etl") as etl,
+    ):
+        for n in (1, 2):
+            etl.run(Plan("batch-import", f"wf-{n}", increment=1, until=20, hold=True))
+        etl.run(Plan("keep-me", "wf-3", increment=1, until=20, hold=True))
+        hub.wait_for(lambda h: len(h.workflows) == 3, 10)
+        page.goto(hub.http_url + "/")
+        expect(page.locator("#workflows tbody tr")).to_have_count(3)
+        expect(page.locator("#bulk-cancel")).to_be_hidden()  # never "cancel everything"
+        page.locator("#f-q").fill("batch")
+        expect(page.locator("#workflows tbody tr")).to_have_count(2)
+        page.locator("#bulk-cancel").click()
+        expect(page.locator("#confirm")).to_be_visible()
+        expect(page.locator("#confirm-text")).to_contain_text("2 match in all")
+        page.locator("#confirm-no").click()  # changing one's mind cancels nothing
+        expect(page.locator("#confirm")).to_be_hidden()
+        assert not [s for s in hub.sent if s.message.type == "cancel"]
+
+        page.locator("#bulk-cancel").click()
+        page.locator("#confirm-reason").fill("bad input file")
+        page.locator("#confirm-yes").click()
+        rows = page.locator("#workflows tbody tr")
+        expect(rows.filter(has_text="cancelled")).to_have_count(2)
+        assert hub.workflows["wf-3"].phase.value == "execution"
+        reasons = {c.reason for w in ("wf-1", "wf-2") for c in hub.workflows[w].history}
+        assert "bad input file" in reasons
+        assert not etl.failures
