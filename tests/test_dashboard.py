@@ -445,3 +445,22 @@ def test_a_restarted_service_gets_its_identity_back() -> None:
                 await service.close()
 
     asyncio.run(main())
+
+
+def test_the_overview_groups_anomalies_with_their_counts() -> None:
+    async def main() -> None:
+        async with Hub() as hub:
+            service = await RawService.connect(hub.url, service_name="legacy")
+            await service.register("legacy")
+            for wid in ("wf-1", "wf-2"):
+                for _ in range(3):  # the reference Go client's duplicates
+                    await service.send(frame("workflow_created", wid, {"workflow_id": wid}))
+            await hub.wait_for(lambda h: len(h.anomalies) >= 4)
+            reply = await op(hub, {}, "overview")
+            groups = {g["text"]: g for g in reply["result"]["anomalies"]}
+            assert groups["workflow_created received again"]["count"] == 4
+            (service_record,) = reply["result"]["services"]
+            assert (service_record["service_name"], service_record["workflows"]) == ("legacy", 2)
+            await service.close()
+
+    asyncio.run(main())

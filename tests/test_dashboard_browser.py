@@ -20,6 +20,7 @@ import pytest
 
 from dashboard_fleet import FleetService, Plan
 from when_coordinator.hub import Hub
+from when_coordinator.hub.testing import RawService, frame
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -363,3 +364,42 @@ def test_bulk_cancel_of_the_filtered_set_after_a_confirmation(page: Page) -> Non
         reasons = {c.reason for w in ("wf-1", "wf-2") for c in hub.workflows[w].history}
         assert "bad input file" in reasons
         assert not etl.failures
+
+
+def test_cancelling_shows_pending_until_the_service_confirms(page: Page) -> None:
+    """A service that takes its time: the page says "cancelling…" until the phase changes."""
+    with Hub(port=0, trace_url="http://traces.example/trace/{trace_id}").run_in_thread() as hub:
+
+        async def start() -> RawService:
+            service = await RawService.connect(hub.url, service_name="slow")
+            await service.register("slow")
+            created = {"workflow_id": "wf-1", "action_type": "slow-job"}
+            await service.send(frame("workflow_created", "wf-1", created))
+            change = {"workflow_id": "wf-1", "from": "planning", "to": "execution"}
+            await service.send(frame("phase_changed", "wf-1", change))
+            entry = {"level": "info", "message": "working", "workflow_id": "wf-1"}
+            await service.send(frame("log", payload={**entry, "trace_id": "ab" * 16}))
+            return service
+
+        service = hub.run(start())
+        hub.wait_for(lambda h: len(h.logs) == 1)
+        page.goto(hub.http_url + "/#/w/wf-1")
+        expect(page.locator("#detail-phase")).to_have_text("execution")
+        link = page.get_by_role("link", name="ab" * 16)
+        expect(link).to_have_attribute("href", "http://traces.example/trace/" + "ab" * 16)
+        page.locator("#reason").fill("stuck")
+        page.locator("#do-cancel").click()
+        expect(page.locator("#detail-pending")).to_have_text("cancelling…")
+        expect(page.locator("#do-cancel")).to_be_disabled()
+        cancel = hub.run(service.expect("cancel"))
+        assert cancel["payload"]["reason"] == "stuck"
+        page.locator("#back").click()  # the list says so too
+        expect(page.locator('tr[data-id="wf-1"]')).to_contain_text("cancelling…")
+        page.locator('tr[data-id="wf-1"] a').click()
+        expect(page.locator("#detail-pending")).to_have_text("cancelling…")
+
+        change = {"workflow_id": "wf-1", "from": "execution", "to": "cancelling"}
+        hub.run(service.send(frame("phase_changed", "wf-1", change)))
+        expect(page.locator("#detail-phase")).to_have_text("cancelling")
+        expect(page.locator("#detail-pending")).to_have_text("")
+        hub.run(service.close())
