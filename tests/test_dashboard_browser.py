@@ -314,14 +314,23 @@ def test_the_page_fits_a_phone(page: Page) -> None:
         Hub(port=0).run_in_thread() as hub,
         FleetService(hub.url, "billing") as billing,
     ):
-        billing.run(Plan("invoice-run", "wf-1", increment=1, until=30, hold=True))
+        billing.run(Plan("invoice-run", "wf-1", increment=0.5, until=60, hold=True))
         page.set_viewport_size({"width": 390, "height": 844})
         page.goto(hub.http_url + "/")
         expect(page.locator('tr[data-id="wf-1"]')).to_contain_text("invoice-run")
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the page scrolls sideways on a phone ({width} px)"
-        # keyboard only: tab to the workflow's link and open it
+        # keyboard only: the workflow's link keeps the focus while the row updates live
         page.locator('tr[data-id="wf-1"] a').focus()
+        first = _progress(page, "wf-1")
+        page.wait_for_function(
+            """(first) => Number(document.querySelector(
+                'tr[data-id="wf-1"] [role=progressbar]').getAttribute("aria-valuenow"))
+                > first + 3""",
+            arg=first,
+        )
+        focused = page.evaluate("document.activeElement.closest('tr')?.dataset.id")
+        assert focused == "wf-1"
         page.keyboard.press("Enter")
         expect(page.locator("#detail-title")).to_have_text("invoice-run")
         labels = page.evaluate(

@@ -269,7 +269,7 @@ function onWorkflow(w) {
   settle(w);
   if (app.view === "list") {
     const row = document.querySelector(`tr[data-id="${CSS.escape(w.workflow_id)}"]`);
-    if (row) row.replaceWith(workflowRow(w));
+    if (row) updateRow(row, workflowRow(w));
     throttle("list", 1000, loadList); // order, counts and new workflows
   } else if (app.view === "detail" && app.detail) {
     const ids = new Set([app.detailId, ...app.detail.tree.map((c) => c.workflow_id)]);
@@ -343,10 +343,30 @@ function workflowRow(w) {
     el("td", { class: "opt", "data-ago": w.updated_at, text: ago(w.updated_at) }));
 }
 
+// Swap a row's cells, but not the one holding the keyboard focus (a live update must not
+// move a keyboard user's place).
+function updateRow(row, fresh) {
+  row.dataset.phase = fresh.dataset.phase;
+  [...fresh.cells].forEach((cell, i) => {
+    const old = row.cells[i];
+    if (old && !old.contains(document.activeElement)) old.replaceWith(cell);
+  });
+}
+
 function renderList() {
   const data = app.list;
   if (!data) return;
-  $("workflows").tBodies[0].replaceChildren(...data.workflows.map(workflowRow));
+  const body = $("workflows").tBodies[0];
+  const existing = new Map([...body.rows].map((row) => [row.dataset.id, row]));
+  const rows = data.workflows.map((w) => {
+    const fresh = workflowRow(w), old = existing.get(w.workflow_id);
+    if (!old) return fresh;
+    updateRow(old, fresh);
+    return old;
+  });
+  const active = document.activeElement;
+  body.replaceChildren(...rows);
+  if (active && active !== document.activeElement && body.contains(active)) active.focus();
   $("empty").hidden = data.workflows.length > 0;
   const first = data.total ? data.offset + 1 : 0, last = data.offset + data.workflows.length;
   $("page-info").textContent = `${first}–${last} of ${data.total.toLocaleString()}`;
