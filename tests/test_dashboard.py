@@ -464,3 +464,36 @@ def test_the_overview_groups_anomalies_with_their_counts() -> None:
             await service.close()
 
     asyncio.run(main())
+
+
+def test_a_batched_watcher_gets_one_frame_per_push_at_its_interval() -> None:
+    async def main() -> None:
+        async with Hub() as hub:
+            service = await RawService.connect(hub.url, service_name="etl")
+            await service.register("etl")
+            await service.send(frame("workflow_created", "wf-1", {"workflow_id": "wf-1"}))
+            await hub.wait_for(lambda h: "wf-1" in h.workflows)
+            async with connect(hub.operator_url, proxy=None) as ws:
+                bad = {"id": 0, "op": "subscribe", "interval": 60}
+                await ws.send(json.dumps(bad))
+                assert json.loads(await ws.recv())["code"] == "bad_request"
+                subscribe = {"id": 1, "op": "subscribe", "batch": True, "interval": 0.5}
+                await ws.send(json.dumps(subscribe))
+                assert json.loads(await ws.recv())["ok"]
+                first = json.loads(await ws.recv())
+                assert first["event"] == "batch"
+                assert first["events"][0]["event"] == "snapshot"
+                for percent in range(1, 21):  # 20 updates within one interval
+                    payload = {"workflow_id": "wf-1", "percent": percent}
+                    await service.send(frame("progress", "wf-1", payload))
+                await hub.wait_for(lambda h: h.workflows["wf-1"].progress == 20)
+                frames = []
+                while not any(
+                    e.get("workflow", {}).get("progress") == 20 for f in frames for e in f["events"]
+                ):
+                    frames.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
+                assert all(f["event"] == "batch" for f in frames)
+                assert len(frames) <= 2  # coalesced: not one frame per update
+            await service.close()
+
+    asyncio.run(main())

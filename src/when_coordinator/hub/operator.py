@@ -38,7 +38,8 @@ Operator WebSocket ``/v1/operator``: each request is a JSON object ``{"id": <any
 (workflow_id, level, limit), ``connections``, ``anomalies``, ``query`` (a page, as over HTTP),
 ``overview``, ``cancel_many`` (the filters, reason, force), ``subscribe`` (logs: bool,
 workflow_id: only that workflow and its descendants, workflows: false for no snapshot list,
-workflow_ids: as ``focus``), ``focus`` (workflow_ids: only those pushed, the others counted
+workflow_ids: as ``focus``, batch: one frame per push, interval: seconds between pushes, 0.1
+to 5), ``focus`` (workflow_ids: only those pushed, the others counted
 in ``changed`` events), ``unsubscribe``.
 
 After ``subscribe`` the server pushes events, objects with an ``event`` key: first
@@ -92,6 +93,7 @@ _STEERING = frozenset({"pause", "resume", "cancel", "cancel_many"})
 _MAX_STATUS_TIMEOUT = 9.0  # below the websockets handshake timeout (10 s) for HTTP callers
 _MAX_EVENTS = 1_000
 _SEND_INTERVAL = 0.1
+_MAX_INTERVAL = 5.0
 
 
 class OperatorError(HubError):
@@ -417,6 +419,9 @@ class OperatorSession:
         self._ws = ws
         self._read_only = read_only
         """Logged in with the read token: every op but the steering ones."""
+        self._interval = _SEND_INTERVAL
+        self._batch = False
+        """Send each drain as one ``batch`` event (one frame) instead of a frame per event."""
         self._focus: frozenset[str] | None = None
         """Set by ``focus``: workflow records and events only for these; the rest counted."""
         self._others = 0
@@ -502,6 +507,11 @@ class OperatorSession:
         self._scope = _text(request, "workflow_id")
         self._focus = _focus(request)
         self._others = 0
+        self._batch = _flag(request, "batch")
+        interval = _number(request, "interval", _SEND_INTERVAL)
+        if not _SEND_INTERVAL <= interval <= _MAX_INTERVAL:
+            raise OperatorError(f"'interval' must be in [{_SEND_INTERVAL:g}, {_MAX_INTERVAL:g}] s")
+        self._interval = interval
         with_workflows = _flag(request, "workflows") if "workflows" in request else True
         self._events.clear()
         self._workflows.clear()
@@ -614,9 +624,15 @@ class OperatorSession:
             self._wake.clear()
             if not (self._subscribed and self._streaming):
                 continue
-            for event in self._drain():
-                await self._ws.send(json.dumps(event, separators=(",", ":")))
-            await asyncio.sleep(_SEND_INTERVAL)  # coalesce bursts of progress updates
+            events = self._drain()
+            if self._batch:
+                if events:
+                    batch = {"event": "batch", "events": events}
+                    await self._ws.send(json.dumps(batch, separators=(",", ":")))
+            else:
+                for event in events:
+                    await self._ws.send(json.dumps(event, separators=(",", ":")))
+            await asyncio.sleep(self._interval)  # coalesce bursts of progress updates
 
     async def _reply(
         self, request_id: Any, *, result: Any = None, error: Exception | None = None
