@@ -335,12 +335,12 @@ function workflowRow(w) {
   return el("tr", { "data-id": w.workflow_id, "data-phase": w.phase },
     el("td", { class: "name" }, el("a", { href: `#/w/${encodeURIComponent(w.workflow_id)}`,
       text: w.name || w.workflow_id, title: w.workflow_id })),
-    el("td", { text: w.service_name }),
+    el("td", { class: "sm", text: w.service_name }),
     phaseCell,
     el("td", { class: "col-progress" }, bar(w.progress, `${w.name || w.workflow_id} progress`)),
     el("td", { class: "opt clip", text: stage, title: w.message || stage }),
     el("td", { class: "opt", text: clock(w.created_at) }),
-    el("td", { "data-duration": "", "data-created": w.created_at, "data-updated": w.updated_at,
+    el("td", { class: "sm", "data-duration": "", "data-created": w.created_at, "data-updated": w.updated_at,
       "data-phase": w.phase, text: duration(w) }),
     el("td", { class: "opt", "data-ago": w.updated_at, text: ago(w.updated_at) }));
 }
@@ -522,7 +522,7 @@ function renderSteer(w, pending) {
     button.hidden = !allowed;
     button.disabled = Boolean(pending);
   }
-  $("reason").disabled = !steer;
+  $("reason-field").hidden = !steer;
   $("steer-note").textContent = !steer ? "This session may watch but not steer."
     : w.commands.length === 0 ? `Nothing to steer in phase ${w.phase}.` : "";
 }
