@@ -296,6 +296,8 @@ def test_bulk_cancel_reaches_every_filtered_workflow_its_phase_allows() -> None:
                 )
                 await service.send(frame("phase_changed", wid, {"workflow_id": wid, "to": to}))
             await hub.wait_for(lambda h: h.workflows["wf-3"].phase.value == "execution")
+            reply = await op(hub, {}, "cancel_many", reason="everything?")
+            assert (reply["ok"], reply["code"]) == (False, "bad_request")
             reply = await op(hub, {}, "cancel_many", q="batch", reason="bulk")
             assert reply["ok"], reply
             assert sorted(reply["result"]["sent"]) == ["wf-0", "wf-1"]

@@ -201,6 +201,8 @@ def _page(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
 async def _cancel_many(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
     """Cancel every workflow the filters select whose phase allows it; failures are counted."""
     filters = {key: _text(params, key) for key in ("service", "service_id", "phase", "q")}
+    if not any(filters.values()):
+        raise OperatorError("cancel_many needs a filter (q, service or phase): it never means all")
     reason, force = _text(params, "reason"), _flag(params, "force")
     sent: list[str] = []
     failed: dict[str, str] = {}
