@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -497,5 +498,34 @@ def test_a_batched_watcher_gets_one_frame_per_push_at_its_interval() -> None:
                 assert all(f["event"] == "batch" for f in frames)
                 assert len(frames) <= 2  # coalesced: not one frame per update
             await service.close()
+
+    asyncio.run(main())
+
+
+def _raw(port: int, request: str) -> int:
+    """The status of one hand-written request (for headers a client library will not repeat)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request.encode())
+        return int(sock.makefile("rb").readline().split()[1])
+
+
+def test_repeated_credentials_are_refused_not_guessed() -> None:
+    async def main() -> None:
+        async with Hub(token=TOKEN, read_token=READ) as hub:
+            cookie, _ = await login(hub, TOKEN)
+            head = f"GET /v1/workflows HTTP/1.1\r\nHost: 127.0.0.1:{hub.port}\r\n"
+            cases = {
+                "one token": (f"Authorization: Bearer {TOKEN}\r\n", 200),
+                "two tokens": (f"Authorization: Bearer {READ}\r\n" * 2, 401),
+                "mixed tokens": (
+                    f"Authorization: Bearer {READ}\r\nAuthorization: Bearer {TOKEN}\r\n",
+                    401,
+                ),
+                "one cookie": (f"Cookie: {cookie}\r\n", 200),
+                "two cookies": (f"Cookie: {cookie}; {cookie}\r\n", 401),
+            }
+            for name, (headers, expected) in cases.items():
+                status = await asyncio.to_thread(_raw, hub.port, head + headers + "\r\n")
+                assert status == expected, name
 
     asyncio.run(main())

@@ -87,18 +87,24 @@ def _json(status: int, body: Any, **headers: str) -> Response:
     return _response(status, data, "application/json", **headers)
 
 
+def _one(headers: Headers, name: str) -> str:
+    """A header sent once; "" when absent or repeated (two answers are refused, not guessed)."""
+    values = headers.get_all(name)
+    return values[0] if len(values) == 1 else ""
+
+
 def _cookie(headers: Headers, name: str) -> str:
-    for header in headers.get_all("Cookie"):
-        for part in header.split(";"):
-            key, _, value = part.strip().partition("=")
-            if key == name:
-                return value
-    return ""
+    found = [
+        value
+        for header in headers.get_all("Cookie")
+        for key, _, value in (part.strip().partition("=") for part in header.split(";"))
+        if key == name
+    ]
+    return found[0] if len(found) == 1 else ""
 
 
 def _same_origin(headers: Headers) -> bool:
-    origin = headers.get("Origin", "")
-    host = headers.get("Host", "")
+    origin, host = _one(headers, "Origin"), _one(headers, "Host")
     return bool(origin and host) and urlsplit(origin).netloc == host
 
 
@@ -144,7 +150,7 @@ class Dashboard:
         """The access an ``Authorization: Bearer`` header grants (STEER when no token is set)."""
         if self._token is None:
             return Access.STEER
-        scheme, _, credentials = headers.get("Authorization", "").partition(" ")
+        scheme, _, credentials = _one(headers, "Authorization").partition(" ")
         if scheme.lower() != "bearer":
             return None
         given = credentials.strip().encode()
@@ -177,7 +183,7 @@ class Dashboard:
         if "Upgrade" in headers:  # a WebSocket handshake: only from the page's own origin
             return session.access if _same_origin(headers) else None
         if request.method not in ("GET", "HEAD"):
-            given = headers.get("X-CSRF-Token", "")
+            given = _one(headers, "X-CSRF-Token")
             if not hmac.compare_digest(given.encode(), session.csrf.encode()):
                 return None
         return session.access
