@@ -490,7 +490,7 @@ def test_a_batched_watcher_gets_one_frame_per_push_at_its_interval() -> None:
                     payload = {"workflow_id": "wf-1", "percent": percent}
                     await service.send(frame("progress", "wf-1", payload))
                 await hub.wait_for(lambda h: h.workflows["wf-1"].progress == 20)
-                frames = []
+                frames: list[dict[str, Any]] = []
                 while not any(
                     e.get("workflow", {}).get("progress") == 20 for f in frames for e in f["events"]
                 ):
