@@ -120,6 +120,13 @@ def test_a_session_cookie_replaces_the_token_and_dies_at_logout() -> None:
             assert status == 401
             cookie, csrf = await login(hub, TOKEN)
             session = {"Cookie": cookie}
+            _, headers, _ = await request(
+                hub,
+                "POST",
+                "/v1/session",
+                {"Authorization": f"Bearer {TOKEN}", "X-Forwarded-Proto": "https", **_origin(hub)},
+            )
+            assert headers["set-cookie"].endswith("; Secure")
             status, _, body = await request(hub, "GET", "/v1/workflows", session)
             assert (status, body["workflows"][0]["workflow_id"]) == (200, "wf-1")
             status, _, body = await request(hub, "GET", "/v1/session", session)

@@ -236,6 +236,8 @@ class Dashboard:
                 del self._sessions[next(iter(self._sessions))]
             self._sessions[sid] = _Session(granted, csrf, time.time() + self._ttl)
             cookie = f"{COOKIE}={sid}; Path=/; HttpOnly; SameSite=Strict; Max-Age={int(self._ttl)}"
+            if _one(request.headers, "X-Forwarded-Proto").lower() == "https":
+                cookie += "; Secure"  # behind a TLS-terminating proxy: never over plain HTTP
             return _json(
                 200,
                 {"auth_required": self.auth_required, "access": granted.value, "csrf": csrf},
