@@ -536,3 +536,30 @@ def test_repeated_credentials_are_refused_not_guessed() -> None:
                 assert status == expected, name
 
     asyncio.run(main())
+
+
+def test_a_unique_prefix_names_a_workflow_everywhere() -> None:
+    async def main() -> None:
+        async with Hub() as hub:
+            service = await RawService.connect(hub.url, service_name="etl")
+            await service.register("etl")
+            for wid in ("wf-7f3a91", "wf-7f3b22", "wf-8c0d44"):
+                await service.send(frame("workflow_created", wid, {"workflow_id": wid}))
+                change = {"workflow_id": wid, "to": "execution"}
+                await service.send(frame("phase_changed", wid, change))
+            await hub.wait_for(lambda h: len(h.workflows) == 3)
+            status, _, body = await request(hub, "GET", "/v1/workflows/wf-8")
+            assert (status, body["workflow_id"]) == (200, "wf-8c0d44")
+            status, _, body = await request(hub, "POST", "/v1/workflows/wf-7f3b/pause")
+            assert (status, body["workflow_id"]) == (200, "wf-7f3b22")
+            assert (await service.expect("pause"))["workflow_id"] == "wf-7f3b22"
+            status, _, body = await request(hub, "POST", "/v1/workflows/wf-7f/cancel")
+            assert (status, body["code"]) == (400, "ambiguous_workflow")
+            assert "wf-7f3a91, wf-7f3b22" in body["error"]
+            status, _, body = await request(hub, "GET", "/v1/workflows/wf-9")
+            assert (status, body["code"]) == (404, "unknown_workflow")
+            reply = await op(hub, {}, "workflow", workflow_id="wf-7f3a")
+            assert reply["result"]["workflow_id"] == "wf-7f3a91"
+            await service.close()
+
+    asyncio.run(main())

@@ -135,11 +135,12 @@ def _flag(params: Mapping[str, Any], key: str) -> bool:
     return value
 
 
-def _workflow_id(params: Mapping[str, Any]) -> str:
+def _workflow_id(hub: Hub, params: Mapping[str, Any]) -> str:
+    """The ``workflow_id`` parameter, or the one workflow whose id it begins (a prefix)."""
     workflow_id = _text(params, "workflow_id")
     if not workflow_id:
         raise OperatorError("'workflow_id' is required")
-    return workflow_id
+    return queries.resolve(hub, workflow_id)
 
 
 def _workflows(hub: Hub, params: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -177,7 +178,7 @@ def _logs(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _workflow(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
-    workflow_id = _workflow_id(params)
+    workflow_id = _workflow_id(hub, params)
     workflow = hub.workflows.get(workflow_id)
     if workflow is None:
         raise WorkflowNotFound(f"unknown workflow {workflow_id!r}")
@@ -240,7 +241,7 @@ def _read_only(op: str) -> OperatorError:
 async def execute(hub: Hub, op: str, params: Mapping[str, Any]) -> Any:
     """Carry out one operator request; raises ``OperatorError`` (or a hub ``CommandError``)."""
     if op in ("pause", "resume", "cancel"):
-        workflow_id = _workflow_id(params)
+        workflow_id = _workflow_id(hub, params)
         if op == "pause":
             sent = await hub.pause(workflow_id, _text(params, "reason"))
         elif op == "resume":
@@ -248,9 +249,13 @@ async def execute(hub: Hub, op: str, params: Mapping[str, Any]) -> Any:
         else:
             sent = await hub.cancel(workflow_id, _text(params, "reason"), _flag(params, "force"))
         workflow = hub.workflows.get(workflow_id)
-        return {"sent": sent.id, "service_id": workflow.service_id if workflow else ""}
+        return {
+            "sent": sent.id,
+            "service_id": workflow.service_id if workflow else "",
+            "workflow_id": workflow_id,
+        }
     if op == "status":
-        workflow_id = _workflow_id(params)
+        workflow_id = _workflow_id(hub, params)
         timeout = _number(params, "timeout", hub.command_timeout)
         if not 0 < timeout <= _MAX_STATUS_TIMEOUT:
             raise OperatorError(f"'timeout' must be in (0, {_MAX_STATUS_TIMEOUT:g}] seconds")
@@ -282,6 +287,8 @@ def _classify(exc: Exception) -> tuple[str, int]:
         return exc.code, exc.http_status
     if isinstance(exc, WorkflowNotFound):
         return "unknown_workflow", 404
+    if isinstance(exc, queries.AmbiguousWorkflow):
+        return "ambiguous_workflow", 400
     if isinstance(exc, StatusTimeout):
         return "timeout", 504
     if isinstance(exc, (ServiceUnavailable, HubClosed)):
