@@ -55,6 +55,7 @@ def browser() -> Iterator[Browser]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"browser tests need {missing}; CI=true makes that an error")
         pytest.skip(f"browser tests need {missing}")
+    expect.set_options(timeout=WAIT_MS)  # a loaded machine: waits end on events, not on time
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield chromium
