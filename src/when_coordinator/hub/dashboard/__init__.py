@@ -224,7 +224,7 @@ class Dashboard:
                     "auth_required": self.auth_required,
                     "access": access.value if access else None,
                     "csrf": found[1].csrf if found else "",
-                    "trace_url": self.trace_url,
+                    "trace_url": self.trace_url if access else "",  # nothing before sign-in
                 },
             )
         if request.method == "POST":  # log in: the token comes in the Authorization header
