@@ -33,16 +33,18 @@ from urllib.parse import urlsplit
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from ..routing import DASHBOARD_ROUTES, Target
+
 __all__ = ["COOKIE", "Access", "Dashboard"]
 
 COOKIE = "when_session"
-SESSION_PATH = "/v1/session"
+SESSION_ROUTE = ("v1", "session")
 _STATIC = {
-    "/": ("index.html", "text/html; charset=utf-8"),
-    "/index.html": ("index.html", "text/html; charset=utf-8"),
-    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
-    "/static/app.css": ("app.css", "text/css; charset=utf-8"),
+    (): ("index.html", "text/html; charset=utf-8"),
+    ("static", "app.js"): ("app.js", "text/javascript; charset=utf-8"),
+    ("static", "app.css"): ("app.css", "text/css; charset=utf-8"),
 }
+assert {*_STATIC, SESSION_ROUTE} == DASHBOARD_ROUTES, "routing.py lists the public routes"
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -190,17 +192,17 @@ class Dashboard:
 
     # ------------------------------------------------------------------ HTTP
 
-    def handles(self, path: str) -> bool:
-        return path in _STATIC or path == SESSION_PATH
+    def handles(self, target: Target) -> bool:
+        """One of the public ``routing.DASHBOARD_ROUTES``, judged on the parsed target."""
+        return target.dashboard
 
-    def http_request(self, request: Request) -> Response:
-        """Answer a dashboard path (``handles(path)`` is true): a file or the session."""
-        path = request.path.partition("?")[0]
-        if path == SESSION_PATH:
+    def http_request(self, request: Request, target: Target) -> Response:
+        """Answer a dashboard route (``handles(target)`` is true): a file or the session."""
+        if target.segments == SESSION_ROUTE:
             return self._session_request(request)
         if request.method not in ("GET", "HEAD"):
             return _json(405, {"error": "use GET", "code": "method_not_allowed"})
-        name, content_type = _STATIC[path]
+        name, content_type = _STATIC[target.segments]
         body = self._files.get(name)
         if body is None:
             body = resources.files(__name__).joinpath(name).read_bytes()
