@@ -1144,8 +1144,10 @@ class HubState:
         self.messages_applied[MessageType.REGISTER] += 1
         service_id = payload.service_id or conn.header_service_id or conn.service_id
         if not service_id:
-            name = payload.service_name or conn.header_service_name
-            service_id = self._known_service(name, payload.instance_id) or (
+            # Compared as kept: an over-long name or instance is stored cut.
+            limit = self.limits.max_text
+            name = cut(payload.service_name, limit) or conn.header_service_name
+            service_id = self._known_service(name, cut(payload.instance_id, limit)) or (
                 self._assign_service_id()
             )
         self._check_id(service_id, "service_id")
