@@ -272,6 +272,15 @@ def test_only_the_health_route_and_the_dashboard_shell_are_public() -> None:
             ):
                 status, body = await asyncio.to_thread(get, target)
                 assert status == 401, (target, status, body)
+            # A WebSocket upgrade on a public dashboard route is not the page: it needs the
+            # credential, then is a 404 (no WebSocket there), never the page.
+            for target in PUBLIC[1:]:
+                status, body = await asyncio.to_thread(raw_request, port, "GET", target, UPGRADE)
+                assert status == 401, (target, status, body)
+                status, body = await asyncio.to_thread(
+                    raw_request, port, "GET", target, UPGRADE + bearer(TOKEN)
+                )
+                assert status == 404, (target, status, body)
             # Without a token, a sign-in or a sign-out opens nothing.
             status, _ = await asyncio.to_thread(get, "/v1/session", "POST")
             assert status == 401

@@ -845,7 +845,10 @@ class Hub:
         target = parse_target(request.path)
         if target.public:
             return await http_request(self, request, target)
-        if self.dashboard.handles(target):  # the page shell and the sign-in session
+        # The page shell and the sign-in session; never a WebSocket upgrade, which is
+        # authenticated and routed like any other (``ws://host:port/`` gets the 404 the client
+        # explains, not the page).
+        if self.dashboard.handles(target) and not _websocket_upgrade(request.headers):
             return self.dashboard.http_request(request, target)
         metrics = not target.error and target.segments == METRICS_ROUTE
         if metrics and self.metrics_public:
@@ -1076,6 +1079,11 @@ def _check_token(token: str | None, what: str = "token") -> None:
         raise ValueError(f"{what} must not be empty (use None for no authentication)")
     if token != token.strip() or any(ch < " " or ch == "\x7f" for ch in token):
         raise ValueError(f"{what} must not have surrounding spaces or control characters")
+
+
+def _websocket_upgrade(headers: Headers) -> bool:
+    """A WebSocket handshake (however many ``Upgrade`` headers), not e.g. ``Upgrade: h2c``."""
+    return any("websocket" in value.lower() for value in headers.get_all("Upgrade"))
 
 
 def _websocket_route(target: Target) -> bool:
