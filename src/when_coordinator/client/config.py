@@ -188,6 +188,16 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         "The command line's hub address (default http://127.0.0.1:8080).",
     ),
     EnvVar(
+        "WHEN_READ_TOKEN",
+        None,
+        "`when-coordinator hub`: a second token that may watch (dashboard, API) but not steer.",
+    ),
+    EnvVar(
+        "WHEN_TRACE_URL",
+        None,
+        "`when-coordinator hub`: the dashboard's trace link, `{trace_id}` replaced.",
+    ),
+    EnvVar(
         "OTEL_LOGS_EXPORTER",
         None,
         "Read by the instrumentor: when it names `when`, the SDK already attaches the exporter.",
