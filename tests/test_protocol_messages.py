@@ -281,7 +281,8 @@ def test_envelope_workflow_id_is_omitted_when_empty() -> None:
 def test_explicit_envelope_workflow_id_wins() -> None:
     message = Message.create(StatusPayload(), workflow_id="wf-env")
     assert message.workflow_id == "wf-env"
-    assert message.payload == {}
+    assert message.payload == StatusPayload()
+    assert json.loads(encode(message)).keys() == {"id", "type", "workflow_id", "timestamp"}
 
 
 def test_create_fills_a_fresh_id_and_a_current_timestamp() -> None:
@@ -316,12 +317,17 @@ def test_reply_reuses_the_request_id() -> None:
         ('{"id":"a","type":"cancel","workflow_id":"env","payload":{"reason":"r"}}', "env"),
         ('{"id":"a","type":"status","workflow_id":"env","payload":{"workflow_id":"pl"}}', "env"),
         ('{"id":"a","type":"status","payload":{"workflow_id":"pl"}}', "pl"),
-        ('{"id":"a","type":"pause","payload":{"workflow_id":7}}', ""),
     ],
 )
 def test_command_target_precedence(frame: str, target: str) -> None:
     """Section 4: pause/resume/cancel prefer the payload, status the envelope."""
     assert decode(frame).target_workflow_id() == target
+
+
+def test_command_target_of_an_untyped_payload_ignores_a_non_string() -> None:
+    message = Message(type=MessageType.PAUSE, workflow_id="env", payload={"workflow_id": 7})
+    assert message.target_workflow_id() == "env"
+    assert Message(type="pause_v2", payload={"workflow_id": 7}).target_workflow_id() == ""
 
 
 def test_type_and_phase_strings_encode_as_plain_strings() -> None:
@@ -335,7 +341,8 @@ def test_unicode_survives_encoding() -> None:
     text = 'caf\u00e9 \u2603 \U0001f600 \u0000 "quoted" \\ <&>'
     message = Message.create(ProgressPayload("wf-\u00e9", 1, message=text))
     again = decode(encode(message))
-    assert again.payload["message"] == text
+    assert isinstance(again.payload, ProgressPayload)
+    assert again.payload.message == text
     assert again.workflow_id == "wf-\u00e9"
 
 

@@ -1,6 +1,12 @@
-"""The OpenTelemetry layer: workflows as spans, and spans and logs as coordination traffic."""
+"""The OpenTelemetry layer: workflows as spans, and spans and logs as coordination traffic.
 
-from .instrumentor import WhenInstrumentor
+``WhenInstrumentor`` is imported on first use: it pulls in ``opentelemetry.instrumentation``
+(and through it ``importlib.metadata`` and ``packaging``), which only a process run under
+``opentelemetry-instrument`` needs, and which every other import would pay for.
+"""
+
+from typing import TYPE_CHECKING, Any
+
 from .log_exporter import CoordinationLogExporter
 from .propagation import CarriedCall, attached, carrier
 from .span_processor import CoordinationSpanProcessor
@@ -13,6 +19,9 @@ from .workflow import (
     current_workflow,
     workflow,
 )
+
+if TYPE_CHECKING:
+    from .instrumentor import WhenInstrumentor
 
 __all__ = [
     "AsyncWorkflow",
@@ -30,3 +39,11 @@ __all__ = [
     "set_coordinator",
     "workflow",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "WhenInstrumentor":
+        from .instrumentor import WhenInstrumentor  # noqa: PLC0415 - imported when used
+
+        return WhenInstrumentor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
