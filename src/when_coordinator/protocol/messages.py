@@ -48,7 +48,7 @@ from .payloads import (
     convert,
     json_type,
 )
-from .timestamps import check_timestamp, format_timestamp, parse_timestamp
+from .timestamps import check_timestamp, format_timestamp, match_timestamp, parse_timestamp
 
 __all__ = [
     "ENVELOPE_WORKFLOW_TYPES",
@@ -264,15 +264,12 @@ def decode(text: str | bytes) -> Message:
     """
     try:
         frame: Any = _decoder.decode(text)
-    except (msgspec.DecodeError, msgspec.ValidationError, TypeError):
+    except (msgspec.DecodeError, msgspec.ValidationError, TypeError, RecursionError):
         return _decode_carefully(text)
     message_type = _FRAME_TYPES[frame.__class__]
     timestamp = frame.timestamp
-    if timestamp:
-        try:
-            check_timestamp(timestamp)
-        except ProtocolError as exc:
-            raise ProtocolError(f"envelope 'timestamp': {exc}") from None
+    if match_timestamp(timestamp) is None:
+        raise ProtocolError(f"envelope 'timestamp': {_not_rfc3339(timestamp)}")
     payload = frame.payload
     if message_type is _LOG:
         payload = LogPayload(payload)
@@ -286,6 +283,14 @@ def decode(text: str | bytes) -> Message:
         timestamp=timestamp,
         payload=payload,
     )
+
+
+def _not_rfc3339(timestamp: str) -> str:
+    try:
+        check_timestamp(timestamp)
+    except ProtocolError as exc:
+        return str(exc)
+    return f"timestamp {timestamp!r} is not valid"  # not reached: is_timestamp said no
 
 
 def _reject_constant(name: str) -> Any:
@@ -303,7 +308,7 @@ def _decode_carefully(text: object) -> Message:
     except ProtocolError:
         raise
     except json.JSONDecodeError as exc:
-        raise ProtocolError(f"invalid JSON: {exc.msg.lower()} at char {exc.pos}") from None
+        raise ProtocolError(f"invalid JSON: {exc.msg.lower()} (char {exc.pos})") from None
     except RecursionError:
         raise ProtocolError("invalid JSON: nested too deeply") from None
     except ValueError as exc:  # e.g. an integer literal longer than int_max_str_digits

@@ -550,6 +550,8 @@ def convert(cls: type[Any], data: Any, where: str) -> Any:
         result = msgspec.convert(cleaned, cls, strict=True)
     except msgspec.ValidationError as exc:
         raise explain(exc, cls, where, cleaned) from None
+    except RecursionError:
+        raise PayloadError(f"{where}: nested too deeply") from None
     check_payload_timestamps(result, where)
     return result
 

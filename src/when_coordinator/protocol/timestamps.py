@@ -2,8 +2,8 @@
 
 A timestamp stays the wire string everywhere (a ``Message``, a ``LogEntry``): ``datetime``
 cannot hold nanoseconds, and a round trip must not lose digits. What the decoder checks is
-that the string is valid, with one regular expression that knows the calendar, so that a
-whole ``log_batch`` is checked in one call instead of one call per entry.
+that the string is valid, with one regular expression that knows the calendar: one C call
+per timestamp, which measured cheaper than any cache in front of it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,14 @@ from datetime import datetime, timedelta, timezone
 
 from .errors import ProtocolError
 
-__all__ = ["check_timestamp", "check_timestamps", "format_timestamp", "parse_timestamp"]
+__all__ = [
+    "check_timestamp",
+    "check_timestamps",
+    "format_timestamp",
+    "is_timestamp",
+    "match_timestamp",
+    "parse_timestamp",
+]
 
 _ts_cache: tuple[int, str] = (-1, "")
 
@@ -46,7 +53,15 @@ _TIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\.[0-9]{1,9})?"
 _OFFSET = r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
 _STAMP = rf"(?:{_DATE}[Tt ]{_TIME}{_OFFSET})?"  # empty: no timestamp, which is allowed
 _match_stamp = re.compile(_STAMP).fullmatch
-_match_stamps = re.compile(rf"{_STAMP}(?:\n{_STAMP})*").fullmatch
+match_timestamp = _match_stamp
+"""``re.fullmatch`` of RFC 3339 (or empty): a ``re.Match``, or None. For hot paths that
+cannot afford a Python call around it."""
+
+
+def is_timestamp(text: str) -> bool:
+    """Whether ``text`` is RFC 3339 (or empty: no timestamp)."""
+    return _match_stamp(text) is not None
+
 
 # For parse_timestamp: the fields; the calendar is then checked by ``datetime`` itself.
 _TIMESTAMP_RE = re.compile(
@@ -61,23 +76,16 @@ def _invalid(text: object) -> ProtocolError:
 
 def check_timestamp(text: str) -> None:
     """Raise ``ProtocolError`` unless ``text`` is RFC 3339 (or empty: no timestamp)."""
-    if _match_stamp(text) is None:
+    if not is_timestamp(text):
         raise _invalid(text)
 
 
 def check_timestamps(texts: Iterable[str]) -> int:
-    """Check many timestamps in one regular-expression call; -1, or the index of a bad one.
-
-    A ``log_batch`` carries a timestamp per entry: one call per entry cost more than decoding
-    the entry. A newline cannot occur in a valid timestamp, so it separates them safely.
-    """
-    stamps = list(texts)
-    if not stamps:
-        return -1
-    joined = "\n".join(stamps)
-    if joined.count("\n") == len(stamps) - 1 and _match_stamps(joined) is not None:
-        return -1
-    return next(i for i, text in enumerate(stamps) if _match_stamp(text) is None)
+    """The index of the first of ``texts`` that is not RFC 3339 (or empty); -1 if none."""
+    for index, match in enumerate(map(_match_stamp, texts)):
+        if match is None:
+            return index
+    return -1
 
 
 def parse_timestamp(text: str) -> datetime:
