@@ -20,6 +20,8 @@ ONLY_WHEN_USED = (
     "when_coordinator.demo",
     "when_coordinator.otel.instrumentor",
     "opentelemetry.instrumentation",
+    "when_coordinator.otel.log_exporter",
+    "opentelemetry.sdk._logs",
 )
 
 
@@ -42,13 +44,18 @@ def test_import_does_not_load_what_only_some_users_need(prefix: str) -> None:
     assert _loaded(modules, prefix) == []
 
 
-def test_the_instrumentor_still_imports_by_its_public_name() -> None:
+def test_the_lazy_names_still_import_by_their_public_names() -> None:
     modules = _modules_after(
-        "from when_coordinator.otel import WhenInstrumentor\n"
+        "from when_coordinator.otel import (\n"
+        "    CarriedCall, CoordinationLogExporter, WhenInstrumentor, attached, carrier\n"
+        ")\n"
         "from opentelemetry.instrumentation.instrumentor import BaseInstrumentor\n"
-        "assert issubclass(WhenInstrumentor, BaseInstrumentor)"
+        "assert issubclass(WhenInstrumentor, BaseInstrumentor)\n"
+        "assert callable(CoordinationLogExporter.export)\n"
+        "assert callable(attached) and callable(carrier) and isinstance(CarriedCall, type)"
     )
     assert "when_coordinator.otel.instrumentor" in modules
+    assert "when_coordinator.otel.propagation" in modules
 
 
 def test_an_unknown_name_is_still_an_attribute_error() -> None:

@@ -1,14 +1,14 @@
 """The OpenTelemetry layer: workflows as spans, and spans and logs as coordination traffic.
 
-``WhenInstrumentor`` is imported on first use: it pulls in ``opentelemetry.instrumentation``
-(and through it ``importlib.metadata`` and ``packaging``), which only a process run under
-``opentelemetry-instrument`` needs, and which every other import would pay for.
+What only some processes use is imported on first use of its name: the instrumentor pulls in
+``opentelemetry.instrumentation`` (and through it ``importlib.metadata`` and ``packaging``),
+which only a process run under ``opentelemetry-instrument`` needs; the log exporter the SDK's
+logs pipeline; the propagation helpers the propagators. Every other import would pay for them.
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from .log_exporter import CoordinationLogExporter
-from .propagation import CarriedCall, attached, carrier
 from .span_processor import CoordinationSpanProcessor
 from .tracking import get_coordinator, set_coordinator
 from .workflow import (
@@ -22,6 +22,16 @@ from .workflow import (
 
 if TYPE_CHECKING:
     from .instrumentor import WhenInstrumentor
+    from .log_exporter import CoordinationLogExporter
+    from .propagation import CarriedCall, attached, carrier
+
+_LAZY = {
+    "WhenInstrumentor": ".instrumentor",
+    "CoordinationLogExporter": ".log_exporter",
+    "CarriedCall": ".propagation",
+    "attached": ".propagation",
+    "carrier": ".propagation",
+}
 
 __all__ = [
     "AsyncWorkflow",
@@ -42,8 +52,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "WhenInstrumentor":
-        from .instrumentor import WhenInstrumentor  # noqa: PLC0415 - imported when used
-
-        return WhenInstrumentor
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # the next lookup is an ordinary one
+    return value
