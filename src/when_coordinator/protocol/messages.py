@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import operator
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -253,7 +253,17 @@ def _envelope_class(message_type: MessageType) -> type[msgspec.Struct]:
 _FRAME_TYPES: dict[type[msgspec.Struct], MessageType] = {
     _envelope_class(message_type): message_type for message_type in MessageType
 }
-_decoder = msgspec.json.Decoder(functools.reduce(operator.or_, _FRAME_TYPES))
+
+
+def _first_decode(text: str | bytes) -> Any:
+    """Build the decoder on first use (resolving every Struct's types is import time that a
+    process which never decodes, a CLI call, need not pay), then decode with it."""
+    global _decode_frame  # noqa: PLW0603 - replaced once, by the decoder's own method
+    _decode_frame = msgspec.json.Decoder(functools.reduce(operator.or_, _FRAME_TYPES)).decode
+    return _decode_frame(text)
+
+
+_decode_frame: Callable[[str | bytes], Any] = _first_decode
 _LOG = MessageType.LOG
 
 
@@ -263,7 +273,7 @@ def decode(text: str | bytes) -> Message:
     Unknown types decode (a receiver ignores them), with the payload as a plain object.
     """
     try:
-        frame: Any = _decoder.decode(text)
+        frame: Any = _decode_frame(text)
     except (msgspec.DecodeError, msgspec.ValidationError, TypeError, RecursionError):
         return _decode_carefully(text)
     message_type = _FRAME_TYPES[frame.__class__]
