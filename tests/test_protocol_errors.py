@@ -19,6 +19,7 @@ from when_coordinator.protocol import (
     Message,
     MessageType,
     PausePayload,
+    PayloadError,
     ProgressPayload,
     ProtocolError,
     decode,
@@ -351,3 +352,12 @@ def test_unknown_envelope_and_payload_keys_are_ignored() -> None:
         _frame(type="pause", extra=1, payload={"workflow_id": "w", "reason": "r", "new": [1]})
     )
     assert message.typed_payload() == PausePayload(workflow_id="w", reason="r")
+
+
+def test_a_bad_payload_is_a_payload_error_and_a_bad_envelope_is_not() -> None:
+    """A receiver counts "bad payload" apart from "not a message" by the class."""
+    with pytest.raises(PayloadError, match="'reason'"):
+        decode(_frame(type="pause", payload={"reason": 5}))
+    with pytest.raises(ProtocolError) as caught:
+        decode(_frame(type="pause", workflow_id=5))
+    assert not isinstance(caught.value, PayloadError)

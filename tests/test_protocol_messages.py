@@ -6,7 +6,9 @@ would notice fails here even if encode and decode still agree with each other.
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 import re
 import threading
 import time
@@ -469,3 +471,14 @@ def test_parse_timestamp_reads_any_valid_form(case: tuple[str, datetime]) -> Non
     assert parsed == expected
     assert parsed.utcoffset() == expected.utcoffset()
     assert decode(json.dumps({"id": "a", "type": "ping", "timestamp": text})).timestamp == text
+
+
+def test_messages_and_payloads_survive_pickling() -> None:
+    """Process pools and copies carry them: ``LogPayload`` is not a Struct, and immutable."""
+    entry = LogEntry(TS, LogLevel.WARN, "m", fields={"k": [1]})
+    for payload in (LogPayload(entry), PhaseChangedPayload("w", None, Phase.PENDING)):
+        message = decode(encode(Message.create(payload)))
+        assert pickle.loads(pickle.dumps(message)) == message
+        assert copy.deepcopy(message.payload) == payload
+    with pytest.raises(AttributeError):
+        LogPayload(entry).entry = entry

@@ -433,6 +433,9 @@ class LogPayload:
     def __repr__(self) -> str:
         return f"LogPayload({self.entry!r})"
 
+    def __reduce__(self) -> tuple[type[LogPayload], tuple[LogEntry]]:
+        return (LogPayload, (self.entry,))  # pickle and copy: through __init__, not setattr
+
     def to_dict(self) -> dict[str, Any]:
         return self.entry.to_dict()
 
