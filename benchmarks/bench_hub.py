@@ -494,10 +494,13 @@ async def _serve_capacity() -> None:
                 # Both answers may be applied before the waiter is: paused counts too.
                 return h.workflows[wf].phase in (Phase.PAUSING, Phase.PAUSED)
 
+            await hub.wait_for(lambda h: h.workflows[wf].phase is Phase.EXECUTION, 10)
             started = time.perf_counter()
             await hub.pause(wf, "bench")
             await hub.wait_for(pausing, 10)
             latency = time.perf_counter() - started
+            # Resume only what is paused: the hub refuses (409) a resume from pausing.
+            await hub.wait_for(lambda h: h.workflows[wf].phase is Phase.PAUSED, 10)
             await hub.resume(wf)
             return latency
 

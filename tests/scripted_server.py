@@ -374,12 +374,16 @@ class RawServer:
 
     ``mode="silent"`` answers the WebSocket upgrade by hand and then only reads, never writing
     again: no pong, no close. ``mode="record"`` never answers at all and records the bytes.
+    ``mode="ping-flood"`` answers the upgrade, then sends JSON ``ping`` frames (up to
+    ``max_pings`` per connection, counted in ``pings_sent``) and never reads again.
     """
 
-    def __init__(self, mode: str = "silent") -> None:
-        if mode not in ("silent", "record"):
+    def __init__(self, mode: str = "silent", *, max_pings: int = 200_000) -> None:
+        if mode not in ("silent", "record", "ping-flood"):
             raise ValueError(mode)
         self.mode = mode
+        self.max_pings = max_pings
+        self.pings_sent = 0
         self.accepted = 0
         self.upgraded = 0
         self.closed = 0
@@ -433,7 +437,7 @@ class RawServer:
             self.received.append(buffer)
             self._cond.notify_all()
         try:
-            if self.mode == "silent":
+            if self.mode in ("silent", "ping-flood"):
                 head = await reader.readuntil(b"\r\n\r\n")
                 buffer.extend(head)
                 key = ""
@@ -451,6 +455,9 @@ class RawServer:
                 with self._cond:
                     self.upgraded += 1
                     self._cond.notify_all()
+            if self.mode == "ping-flood":
+                await self._flood(writer)
+                return
             while chunk := await reader.read(65536):
                 with self._cond:
                     buffer.extend(chunk)
@@ -462,6 +469,23 @@ class RawServer:
                 self.closed += 1
                 self._cond.notify_all()
             writer.transport.abort()
+
+    async def _flood(self, writer: asyncio.StreamWriter) -> None:
+        """Write pings, never read: the client's pongs pile up in the kernel, then in it."""
+        sent = 0
+        while sent < self.max_pings:
+            frames = []
+            for number in range(sent, sent + 256):
+                text = json.dumps({"id": f"flood-{number}", "type": "ping"}).encode()
+                frames.append(bytes([0x81, len(text)]) + text)  # FIN + text, unmasked, < 126
+            writer.write(b"".join(frames))
+            await writer.drain()
+            sent += 256
+            with self._cond:
+                self.pings_sent += 256
+                self._cond.notify_all()
+        assert self._stop is not None
+        await self._stop.wait()  # keep the connection, still reading nothing
 
     def wait_for(
         self, predicate: Callable[[RawServer], bool], timeout: float = 10.0, what: str = ""

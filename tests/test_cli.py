@@ -181,6 +181,9 @@ def test_pause_resume_and_cancel_reach_the_service(
         "wf-1",
         {"workflow_id": "wf-1", "reason": "db maintenance"},
     )
+    send(service, "phase_changed", "wf-1", **{"from": "execution", "to": "pausing"})
+    send(service, "phase_changed", "wf-1", **{"from": "pausing", "to": "paused"})
+    hub.wait_for(lambda h: h.workflows["wf-1"].phase == "paused")
     assert (
         run(["resume", "wf-1", "--hub", hub.http_url, "--from-checkpoint", "cp-2"]).returncode == 0
     )
@@ -351,3 +354,118 @@ def test_the_built_in_demo_stand_in_prints_phase_messages(
     assert cli._demo_stub() == 0
     messages = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [m["payload"]["to"] for m in messages][-2:] == ["completing", "completed"]
+
+
+# --------------------------------------------------------------------------- issue 12
+
+
+def next_command(ws: ClientConnection) -> dict[str, Any]:
+    """The next message from the hub that is not a ping."""
+    while True:
+        message: dict[str, Any] = json.loads(ws.recv(timeout=10))
+        if message["type"] != "ping":
+            return message
+
+
+def test_a_command_the_phase_forbids_is_a_one_line_error_naming_the_phase(
+    hub: ThreadedHub, service: ClientConnection
+) -> None:
+    resume = run(["resume", "wf-1", "--hub", hub.http_url])
+    assert resume.returncode == 1
+    assert resume.stderr == (
+        "when-coordinator resume: error: cannot resume workflow 'wf-1': its phase is "
+        "execution; it allows pause and cancel\n"
+    )
+    send(service, "phase_changed", "wf-2", **{"from": "pending", "to": "failed"})
+    hub.wait_for(lambda h: h.workflows["wf-2"].phase == "failed")
+    for command in ("pause", "cancel"):
+        result = run([command, "wf-2", "--hub", hub.http_url])
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"when-coordinator {command}: error: cannot {command} workflow 'wf-2': its phase "
+            "is failed; it has finished: no command applies\n"
+        )
+    assert run(["pause", "wf-1", "--hub", hub.http_url]).returncode == 0
+    assert next_command(service)["type"] == "pause"  # the refused ones never reached it
+
+
+def test_the_hub_command_refuses_an_empty_token_in_one_line() -> None:
+    for args, env in (
+        (["--token", ""], clean_env()),
+        (["--token", "   "], clean_env()),
+        ([], clean_env(WHEN_AUTH_TOKEN="")),
+    ):
+        result = run(["hub", "--port", "0", *args], env=env)
+        assert result.returncode == 1, result
+        assert result.stderr.startswith("when-coordinator hub: error: the token is empty")
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "listening" not in result.stdout
+    spaced = run(["hub", "--port", "0", "--token", " padded "])
+    assert spaced.returncode == 1
+    assert "surrounding spaces" in spaced.stderr
+
+
+def test_the_hub_command_warns_when_it_would_listen_beyond_loopback_without_a_token() -> None:
+    # The port is taken on loopback, so the wildcard bind fails: nothing listens beyond it.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        open_hub = run(["hub", "--host", "0.0.0.0", "--port", str(port)])
+        with_token = run(["hub", "--host", "0.0.0.0", "--port", str(port), "--token", "t0k"])
+        local = run(["hub", "--host", "127.0.0.1", "--port", str(port)])
+    warning = (
+        f"when-coordinator hub: warning: listening on 0.0.0.0 without a token: anyone who can "
+        f"reach port {port} can read and steer every workflow; set --token or WHEN_AUTH_TOKEN"
+    )
+    assert open_hub.stderr.splitlines()[0] == warning
+    assert "cannot listen on 0.0.0.0" in open_hub.stderr
+    assert "warning" not in with_token.stderr
+    assert "warning" not in local.stderr
+
+
+def test_a_hub_on_every_interface_prints_an_address_clients_can_dial() -> None:
+    for host, loopback in (("0.0.0.0", "127.0.0.1"), ("::", "[::1]")):
+        lines = cli.listening_lines(host, 8080, "no authentication")
+        url = re.search(r"listening on ws://(\S+):8080/v1/coordination$", lines[0])
+        assert url is not None, lines
+        assert url.group(1) not in ("0.0.0.0", "[::]", "127.0.0.1", "[::1]", "localhost")
+        assert f"ws://{loopback}:8080/v1/coordination" in lines[1]
+        assert lines[2].startswith(f"  operator API http://{url.group(1)}:8080 ")
+    assert cli.listening_lines("127.0.0.1", 9, "x")[0].endswith("ws://127.0.0.1:9/v1/coordination")
+
+
+def test_credentials_in_the_hub_url_are_never_echoed(hub: ThreadedHub) -> None:
+    secret = "pa55w0rd-e2f1"
+    closed = free_port()
+    for args in (["workflows"], ["watch", "--once"], ["pause", "wf-1"], ["status", "wf-1"]):
+        result = run([*args, "--hub", f"http://alice:{secret}@127.0.0.1:{closed}"])
+        assert result.returncode == 1, args
+        assert f"cannot reach the hub at http://127.0.0.1:{closed} " in result.stderr
+        assert secret not in result.stderr
+        assert "alice" not in result.stderr
+    for bad in (f"ftp://alice:{secret}@example", f"http://alice:{secret}@host:port"):
+        result = run(["workflows", "--hub", bad])
+        assert (result.returncode, "is not a hub URL" in result.stderr) == (1, True), result
+        assert secret not in result.stderr
+        assert "Traceback" not in result.stderr
+    with Hub(token="cli-secret").run_in_thread() as guarded:
+        url = guarded.http_url.replace("http://", f"http://alice:{secret}@")
+        refused = run(["workflows", "--hub", url])
+        assert (refused.returncode, "needs a valid token" in refused.stderr) == (1, True)
+        assert secret not in refused.stderr
+    # The credentials still work where no token is needed (sent as HTTP Basic auth).
+    url = hub.http_url.replace("http://", f"http://alice:{secret}@")
+    listed = run(["workflows", "--hub", url])
+    assert listed.returncode == 0, listed.stderr
+    assert secret not in listed.stdout + listed.stderr
+
+
+def test_the_hub_command_checks_its_send_buffer_options() -> None:
+    result = run(["hub", "--port", "0", "--send-buffer-timeout", "0"])
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "when-coordinator hub: error: send_buffer_timeout must be > 0 seconds"
+    )
+    result = run(["hub", "--port", "0", "--send-buffer-bytes", "-1"])
+    assert "send_buffer_bytes must be an int >= 0" in result.stderr

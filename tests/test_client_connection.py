@@ -19,6 +19,8 @@ import trustme
 from scripted_server import Frame, RawServer, ScriptedServer, fast_config, wait_until
 from when_coordinator import Config, ConfigError, Coordinator, PhaseManager
 from when_coordinator.client.connection import backoff_delays, handshake_headers
+from when_coordinator.client.coordinator import _CONTROL_LIMIT
+from when_coordinator.hub import Hub
 from when_coordinator.protocol import RegisteredPayload, parse_timestamp
 
 ID_SHAPE = re.compile(r"msg-[a-z0-9]{12}-\d{1,6}")
@@ -567,3 +569,54 @@ def test_tls_settings_are_checked_when_the_client_is_made(tmp_path: Path) -> Non
         Coordinator(Config(when_url="ws://127.0.0.1:1/x", ca_file=str(tmp_path / "ca.pem")))
     with pytest.raises(ConfigError, match="TLS"):
         Coordinator(Config(when_url="wss://127.0.0.1:1/x", ca_file=str(tmp_path / "missing.pem")))
+
+
+def test_a_url_without_the_hub_path_is_pointed_out_once(caplog: pytest.LogCaptureFixture) -> None:
+    """``ws://host:port`` meets a hub that answers 404: say where the endpoint usually is,
+    once, however many times the client retries."""
+    caplog.set_level(logging.WARNING, "when_coordinator")
+    with Hub(port=0).run_in_thread() as hub:
+        base = hub.url.removesuffix("/v1/coordination")
+        coordinator = Coordinator(fast_config(base, reconnect_max_delay=0.05))
+        coordinator.connect()
+        wait_until(lambda: coordinator.stats().connect_failures >= 5, 10, "five failed attempts")
+        coordinator.close(0.5)
+    messages = [r.getMessage() for r in caplog.records]
+    no_path = [m for m in messages if "has no path" in m]
+    not_found = [m for m in messages if "HTTP 404 to the WebSocket upgrade" in m]
+    assert len(no_path) == 1
+    assert len(not_found) == 1
+    assert "/v1/coordination" in no_path[0]
+    assert "/v1/coordination" in not_found[0]
+
+
+def test_a_hub_that_pings_and_never_reads_is_a_dead_peer_and_replies_stay_bounded() -> None:
+    """1.29 M queued pongs (867 MB) once: now the replies waiting to be written are bounded,
+    and a peer that leaves them unread for ``pong_timeout`` is dropped and re-dialled."""
+    pong_timeout = 0.5
+    with RawServer("ping-flood", max_pings=150_000) as raw:
+        coordinator = Coordinator(fast_config(raw.url, pong_timeout=pong_timeout))
+        events = Events(coordinator)
+        most = 0
+        stop = threading.Event()
+
+        def watch() -> None:  # the reply queue, as often as the GIL lets us look
+            nonlocal most
+            while not stop.is_set():
+                most = max(most, len(coordinator._control))
+                stop.wait(0.001)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            coordinator.connect()
+            events.wait("disconnected", 1, 20)
+            events.wait("connected", 2, 5)  # dialled again
+        finally:
+            stop.set()
+            watcher.join(5)
+        stats = coordinator.stats()
+        assert stats.inbound_dropped["not answered: hub not reading"] > 0
+        assert stats.received > 4 * _CONTROL_LIMIT  # many more pings than replies ever queued
+        assert most <= _CONTROL_LIMIT
+        coordinator.close(0.5)

@@ -165,3 +165,48 @@ def test_a_hub_with_a_lower_limit_costs_one_reconnect_not_a_stall(
     assert final.reconnects == 1
     assert final.sent == final.delivered + final.dropped
     assert any("(1009)" in r.getMessage() for r in caplog.records)
+
+
+def test_an_oversized_message_is_refused_before_it_displaces_queued_state(
+    hub: ThreadedHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The outbox full of workflow state (shed last): a checkpoint and a log over the frame
+    limit, but within the outbox's byte bound, are refused at once and evict nothing."""
+    caplog.set_level(logging.WARNING, "when_coordinator")
+    bound = 4 * LIMIT
+    client = Coordinator(fast_config(hub.url, max_frame_bytes=LIMIT, outbox_max_bytes=bound))
+    count = 0
+    while client.stats().queued_bytes + 3_000 < bound:  # not connected yet: all stays queued
+        assert client.send_checkpoint(f"wf-{count}", "cp", state={"blob": "s" * 2_000})
+        count += 1
+    assert not client.send_checkpoint("wf-big", "cp-big", state={"blob": "y" * (2 * LIMIT)})
+    assert not client.send_log(LogEntry(message="x" * (2 * LIMIT)))
+    stats = client.stats()
+    assert stats.queued == count  # nothing displaced
+    assert stats.drop_reasons == {"larger than max_frame_bytes": 2}
+    assert stats.dropped_by_kind == {"checkpoint": 1, "log": 1}
+
+    client.connect()
+    assert client.flush(WAIT)
+    hub.wait_for(
+        lambda h: len([m for m in h.received if m.message.type == "checkpoint"]) == count, WAIT
+    )
+    stats = client.stats()
+    assert stats.delivered == count
+    assert stats.sent == stats.delivered + stats.dropped
+    warnings_ = [r for r in caplog.records if "over the frame limit" in r.getMessage()]
+    assert len(warnings_) == 1  # rate-limited, like every other drop warning
+    client.close()
+
+
+def test_a_message_whose_estimate_is_over_the_limit_but_whose_frame_fits_is_sent(
+    hub: ThreadedHub, coordinator: Coordinator
+) -> None:
+    """The size estimate counts 64 bytes for each small value: many small fields make it
+    far higher than the frame, which is judged by its encoded size and delivered."""
+    fields = {f"k{i}": i for i in range(1_500)}  # estimated about 100 KB, encoded about 15 KB
+    assert coordinator.log_with_context("info", "many small fields", fields=fields)
+    assert coordinator.flush(WAIT)
+    assert _hub_messages(hub, 1) == ["many small fields"]
+    assert hub.logs[0].entry.fields == fields
+    assert coordinator.stats().dropped == 0

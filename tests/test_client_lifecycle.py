@@ -4,8 +4,10 @@ nothing written on a socket that belongs to another process."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
+import socket
 import subprocess
 import sys
 import textwrap
@@ -369,3 +371,44 @@ def test_a_forked_child_that_connects_gets_its_own_connection() -> None:
         assert server.of_type("progress")[1].connection == 1
         coordinator.close()
         wait_until(lambda: server.connections[0].closed, 5)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [(math.nan, ValueError), ("1", TypeError), (True, TypeError)],
+    ids=["nan", "text", "bool"],
+)
+def test_a_bad_timeout_is_refused_at_the_call_and_nothing_hangs(
+    timeout: Any, error: type[Exception]
+) -> None:
+    """``flush(float('nan'))`` once waited forever with anything queued (every comparison
+    with NaN is false), and ``close(nan)`` with it."""
+    with socket.socket() as sock:  # a port nothing listens on: what is queued stays queued
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    coordinator = Coordinator(fast_config(f"ws://127.0.0.1:{port}/v1/coordination"))
+    coordinator.connect()
+    assert coordinator.log_info("never delivered")
+    started = time.monotonic()
+    for call in (coordinator.flush, coordinator.wait_registered, coordinator.close):
+        with pytest.raises(error, match="timeout"):
+            call(timeout)
+    with pytest.raises(ValueError, match="finite"):
+        coordinator.close(math.inf)
+    assert coordinator.flush(-1.0) is False  # negative: do not wait
+    assert time.monotonic() - started < 5
+    assert coordinator.log_info("still open")  # the refused close() closed nothing
+    coordinator.close(0.2)
+
+
+@pytest.mark.parametrize(
+    "name", ["workflow_id", "action_id", "correlation_id", "trace_id", "span_id"]
+)
+def test_log_context_arguments_are_checked_at_the_call(name: str) -> None:
+    """A number here was accepted and only failed to encode later, on the client's thread."""
+    coordinator = Coordinator(fast_config("ws://127.0.0.1:1/v1/coordination"))
+    arguments: dict[str, Any] = {name: 5}
+    with pytest.raises(TypeError, match=name):
+        coordinator.log_with_context("info", "message", **arguments)
+    assert coordinator.stats().sent == 0
+    coordinator.close(0.1)

@@ -66,7 +66,9 @@ def replies(server: ScriptedServer, message_type: str, message_id: str) -> list[
 # ---------------------------------------------------------------------- registered and replays
 
 
-def test_every_registered_replays_each_non_terminal_workflow_once() -> None:
+def test_each_connection_replays_each_non_terminal_workflow_once() -> None:
+    # A hub repeating ``registered`` (18,600 frames made 1.58 M phase_changed with 100
+    # workflows) gets one replay per connection; a new connection gets its own.
     with ScriptedServer(auto_register=False) as server:
         coordinator = Coordinator(fast_config(server.url))
         coordinator.connect()
@@ -102,21 +104,34 @@ def test_every_registered_replays_each_non_terminal_workflow_once() -> None:
                 "checkpoint_id": "cp-1",
             },
         }
-        for round_ in (1, 2):
-            server.send(
-                {
-                    "id": f"reg-{round_}",
-                    "type": "registered",
-                    "payload": {"service_id": f"svc-{round_}", "hub_protocol_version": "1.0"},
-                }
-            )
+        registered = threading.Event()
+        coordinator.on_registered(lambda _payload: registered.set())
+        for connection in (1, 2):
+            if connection == 2:
+                server.close_connection()
+                server.wait_count("register", 2)
+                registered.clear()
+            for round_ in range(1, 201):
+                server.send(
+                    {
+                        "id": f"reg-{connection}-{round_}",
+                        "type": "registered",
+                        "payload": {
+                            "service_id": f"svc-{connection}-{round_}",
+                            "hub_protocol_version": "1.0",
+                        },
+                    }
+                )
             server.barrier()
             replayed = phase_frames(server.snapshot())[live:]
             assert len(replayed) == 3, replayed
             assert {p["workflow_id"]: p for p in replayed} == expected
+            assert {f.connection for f in server.of_type("phase_changed")[-3:]} == {connection}
             live += 3
+            assert registered.is_set()
             assert coordinator.is_registered
-            assert coordinator.service_id == f"svc-{round_}"
+            # Every ``registered`` still updates what the hub said.
+            assert coordinator.service_id == f"svc-{connection}-200"
             assert coordinator.hub_protocol_version == "1.0"
         stats = coordinator.stats()
         assert stats.sent == stats.delivered  # replays bypass the outbox
@@ -635,3 +650,28 @@ def test_phase_messages_carry_the_state_of_their_own_transition(
     assert all(f.workflow_id == "wf-fast" for f in frames)
     assert frames[-1].payload["reason"] == "exploded"
     wait_until(lambda: client.stats().inflight == 0, 5)
+
+
+def test_refused_and_unanswerable_commands_are_logged_at_a_bounded_rate(
+    server: ScriptedServer, client: Coordinator, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 2,000 such frames once made 382 MiB of host log in 5 s: one line per kind per interval.
+    caplog.set_level(logging.DEBUG, logger="when_coordinator")
+    to_execution(client.phases, "wf-1")
+    commands = Commands(client)
+    for i in range(300):
+        server.send({"id": f"p-{i}", "type": "pause", "payload": {"workflow_id": f"nope-{i}"}})
+        server.send({"id": f"r-{i}", "type": "resume", "payload": {"workflow_id": "wf-1"}})
+        server.send({"id": f"s-{i}", "type": "status", "payload": {"workflow_id": f"nope-{i}"}})
+        server.send({"id": f"u-{i}", "type": "reboot", "payload": {}})
+    server.barrier()
+    records = [r for r in caplog.records if r.name.startswith("when_coordinator")]
+    assert len(records) <= 3, [r.getMessage() for r in records]
+    assert any("refused pause" in r.getMessage() for r in records)
+    assert any("unknown workflow" in r.getMessage() for r in records)
+    # Every refusal still reaches on_command, and the connection stays.
+    refused = [commands.next() for _ in range(600)]
+    assert not any(event.accepted for event in refused)
+    assert client.stats().inbound_dropped == {"unknown type": 300}
+    assert client.stats().connects == 1
+    assert client.phases.get_phase("wf-1") is Phase.EXECUTION

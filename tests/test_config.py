@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from when_coordinator import Config, ConfigError
+from when_coordinator import Config, ConfigError, Coordinator, PhaseManager
 from when_coordinator.client import ENVIRONMENT
 
 # One sample per variable that sets a field: the raw text and the value the field must get. A
@@ -43,6 +44,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "WHEN_CLOSE_TIMEOUT": ("2.5", 2.5),
     "WHEN_WORKFLOW_ENTRYPOINTS": ("app.jobs:run, app.Worker.go", ("app.jobs:run", "app.Worker.go")),
     "WHEN_LOGS_ENABLED": ("off", False),
+    "WHEN_CICD_ATTRIBUTES": ("yes", True),
 }
 
 NUMERIC = [var.name for var in ENVIRONMENT if var.parse.__name__ in ("_int", "_float")]
@@ -264,3 +266,92 @@ def test_invalid_overrides_are_refused() -> None:
         Config.from_env({}, no_such_setting=1)
     with pytest.raises(ConfigError, match="ping_interval"):
         Config.from_env({}, ping_interval=-1.0)
+
+
+# ---------------------------------------------------------------------- bad arguments from code
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"auth_token": 123}, "auth_token"),  # once accepted; the client thread then died
+        ({"when_url": None}, "when_url"),
+        ({"when_url": b"ws://hub:1/v1/coordination"}, "when_url"),
+        ({"when_url": "ws://hub:port/v1/coordination"}, "when_url"),
+        ({"outbox_max_messages": math.nan}, "outbox_max_messages"),
+        ({"outbox_max_messages": 100.0}, "outbox_max_messages"),
+        ({"outbox_max_bytes": "1000"}, "outbox_max_bytes"),
+        ({"max_frame_bytes": True}, "max_frame_bytes"),
+        ({"reconnect_max_attempts": 2.5}, "reconnect_max_attempts"),
+        ({"schema_version": None}, "schema_version"),
+        ({"ping_interval": "30"}, "ping_interval"),
+        ({"pong_timeout": None}, "pong_timeout"),
+        ({"close_timeout": True}, "close_timeout"),
+        ({"reconnect_backoff_factor": math.nan}, "reconnect_backoff_factor"),
+        ({"service_name": None}, "service_name"),
+        ({"service_name": "billing\r\nX-Evil: 1"}, "service_name"),
+        ({"auth_token": "tok\n"}, "auth_token"),
+        ({"service_id": 7}, "service_id"),
+        ({"instance_id": None}, "instance_id"),
+        ({"version": 1.2}, "version"),
+        ({"protocol_version": 1}, "protocol_version"),
+        ({"ca_file": 3}, "ca_file"),
+        ({"capabilities": ["etl", 3]}, "capabilities"),
+        ({"capabilities": None}, "capabilities"),
+        ({"workflow_entrypoints": "app:run"}, "workflow_entrypoints"),
+        ({"workflow_entrypoints": [""]}, "workflow_entrypoints"),
+        ({"logs_enabled": "no"}, "logs_enabled"),
+    ],
+)
+def test_bad_types_and_values_fail_at_the_call_naming_the_field(
+    changes: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ConfigError, match=field):
+        Config(**changes)
+
+
+@pytest.mark.parametrize("name", [f.name for f in fields(Config)])
+def test_every_field_refuses_a_value_of_the_wrong_type(name: str) -> None:
+    values: dict[str, Any] = {name: object()}
+    with pytest.raises(ConfigError, match=name):
+        Config(**values)
+
+
+def test_paths_are_accepted_for_file_names(tmp_path: Any) -> None:
+    config = Config(ca_file=tmp_path / "ca.pem")
+    assert config.ca_file == str(tmp_path / "ca.pem")
+
+
+def test_a_coordinator_refuses_what_is_not_a_config() -> None:
+    with pytest.raises(TypeError, match="Config"):
+        Coordinator("ws://127.0.0.1:1/v1/coordination")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="PhaseManager"):
+        Coordinator(Config(), phases={})  # type: ignore[arg-type]
+    Coordinator(Config(), phases=PhaseManager()).close()
+
+
+# ---------------------------------------------------------------------- mistakes made easy to see
+
+
+def test_an_unknown_when_variable_is_warned_about_once_naming_the_close_match(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, "when_coordinator")
+    env = {"WHEN_PINGINTERVAL": "5", "WHEN_QQQ_ZZZ": "1", "WHEN_URL": "ws://hub:1/v1/x"}
+    for _ in range(3):
+        config = Config.from_env(env)
+    assert config.ping_interval == 30.0  # the typo sets nothing
+    messages = [r.getMessage() for r in caplog.records]
+    typo = [m for m in messages if "WHEN_PINGINTERVAL" in m]
+    assert len(typo) == 1
+    assert "did you mean WHEN_PING_INTERVAL?" in typo[0]
+    other = [m for m in messages if "WHEN_QQQ_ZZZ" in m]
+    assert len(other) == 1
+    assert "docs/configuration.md" in other[0]
+    assert len(messages) == 2  # the known WHEN_URL is not mentioned
+
+
+def test_every_documented_variable_is_known(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "when_coordinator")
+    Config.from_env({var.name: "" for var in ENVIRONMENT})
+    assert caplog.records == []

@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from when_coordinator.hub import Hub
+from when_coordinator.hub import CommandRefused, Hub
 from when_coordinator.hub.testing import RawService, frame
 
 
@@ -151,7 +151,7 @@ def test_http_commands_reach_the_service() -> None:
             assert (status, body["code"]) == (404, "unknown_workflow")
             await client.close()
             await hub.wait_for(lambda h: not h.services["etl-1"].connected)
-            status, body = await http(hub, "/v1/workflows/wf-1/resume", "POST")
+            status, body = await http(hub, "/v1/workflows/wf-1/pause", "POST")
             assert (status, body["code"]) == (503, "unavailable")
 
     asyncio.run(main())
@@ -215,6 +215,10 @@ def test_operator_websocket_requests_and_errors() -> None:
                 reply = await request(ws, "pause", workflow_id="wf-1", reason="ops")
                 assert reply["ok"]
                 assert (await client.expect("pause"))["id"] == reply["result"]["sent"]
+                for source, target in (("execution", "pausing"), ("pausing", "paused")):
+                    change = {"workflow_id": "wf-1", "from": source, "to": target}
+                    await client.send(frame("phase_changed", "wf-1", change))
+                await hub.wait_for(lambda h: h.workflows["wf-1"].phase == "paused")
                 await request(ws, "resume", workflow_id="wf-1", from_checkpoint="cp-3")
                 assert (await client.expect("resume"))["payload"]["from_checkpoint"] == "cp-3"
 
@@ -296,6 +300,59 @@ def test_a_scoped_subscription_only_sees_that_workflow_tree() -> None:
                 assert event["workflow_id"] == "wf-2"
                 update = await next_event(ws, "workflow")
                 assert update["workflow"]["workflow_id"] == "wf-2"
+            await client.close()
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- refused commands
+
+
+def test_a_command_the_phase_forbids_is_refused_with_409_the_phase_and_what_it_allows() -> None:
+    async def main() -> None:
+        async with Hub() as hub:
+            client = await populated(hub)  # wf-1 executing, wf-2 pending
+            status, body = await http(hub, "/v1/workflows/wf-1/resume", "POST")
+            assert (status, body["code"], body["phase"], body["allowed"]) == (
+                409,
+                "conflict",
+                "execution",
+                ["pause", "cancel"],
+            )
+            assert body["error"] == (
+                "cannot resume workflow 'wf-1': its phase is execution; it allows pause and cancel"
+            )
+            change = {"workflow_id": "wf-2", "from": "pending", "to": "failed"}
+            await client.send(frame("phase_changed", "wf-2", change))
+            change = {"workflow_id": "wf-1", "from": "execution", "to": "pausing"}
+            await client.send(frame("phase_changed", "wf-1", change))
+            await hub.wait_for(lambda h: h.workflows["wf-1"].phase == "pausing")
+            for command in ("pause", "resume", "cancel"):
+                status, body = await http(hub, f"/v1/workflows/wf-2/{command}", "POST")
+                assert (status, body["phase"], body["allowed"]) == (409, "failed", [])
+                assert "it has finished" in body["error"]
+            status, body = await http(hub, "/v1/workflows/wf-1/pause", "POST")
+            assert (status, body["phase"], body["allowed"]) == (409, "pausing", ["cancel"])
+
+            async with connect(hub.operator_url) as ws:
+                reply = await request(ws, "resume", workflow_id="wf-1")
+                assert (reply["ok"], reply["code"], reply["phase"], reply["allowed"]) == (
+                    False,
+                    "conflict",
+                    "pausing",
+                    ["cancel"],
+                )
+                reply = await request(ws, "cancel", workflow_id="wf-2", force=True)
+                assert (reply["code"], reply["phase"]) == ("conflict", "failed")
+                with pytest.raises(CommandRefused) as refused:
+                    await hub.resume("wf-1")
+                assert (refused.value.phase, refused.value.allowed) == ("pausing", ("cancel",))
+                # Nothing was sent for any of them; an allowed command still goes through.
+                assert [str(s.message.type) for s in hub.sent] == ["registered"]
+                reply = await request(ws, "cancel", workflow_id="wf-1", reason="stop")
+                assert reply["ok"]
+                got = await client.recv()
+                assert (got["type"], got["id"]) == ("cancel", reply["result"]["sent"])
             await client.close()
 
     asyncio.run(main())

@@ -12,6 +12,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from when_coordinator.hub import (
+    CommandRefused,
     Health,
     Hub,
     HubClosed,
@@ -95,6 +96,12 @@ def test_replaying_the_reference_transcript_gives_the_expected_state_and_command
                     assert (got["workflow_id"], got["payload"]) == (wf, {"workflow_id": wf})
                     status_requests[wf] = got
                     continue
+                if kind == "cancel" and hub.workflows[wf].phase.is_terminal:
+                    # The transcript's hub cancelled a completed workflow ("too late") and the
+                    # Go client refused it; ours refuses it itself (409) and sends nothing.
+                    with pytest.raises(CommandRefused, match="phase is completed"):
+                        await hub.cancel(wf, payload["reason"])
+                    continue
                 if kind == "pause":
                     await hub.pause(wf, payload["reason"])
                 elif kind == "resume":
@@ -168,7 +175,9 @@ def check_final(hub: Hub) -> None:
         "cancelled",
     ]
     assert wf1.history[1].reason == "operator pause"
-    assert (wf1.progress, wf1.stage, wf1.current_action) == (25.5, "transform", "extract")
+    # The status reply says 25.5 (the Go client's SetProgress value) after progress said 50:
+    # a status reply never moves progress backwards (an anomaly instead).
+    assert (wf1.progress, wf1.stage, wf1.current_action) == (50.0, "transform", "extract")
     assert wf1.checkpoint_id == "cp-1"
     assert [c.checkpoint_id for c in wf1.checkpoints] == ["cp-0", "cp-1"]
     assert wf1.checkpoints[0].reason == "periodic"
@@ -176,8 +185,11 @@ def check_final(hub: Hub) -> None:
         ("transient timeout", True, "act-1")
     ]
     # planning->execution came without its predecessors, then twice more; pausing->paused
-    # came without execution->pausing, then once more.
-    assert wf1.anomaly_count == 5
+    # came without execution->pausing, then once more; the status reply's older progress.
+    assert wf1.anomaly_count == 6
+    assert (
+        sum("reports progress 25.5 but the workflow reported 50" in a for a in wf1.anomalies) == 1
+    )
     assert sum("duplicate" in a for a in wf1.anomalies) == 3
 
     assert wf2.phase is Phase.COMPLETED
@@ -318,6 +330,10 @@ def test_commands_go_to_the_service_that_owns_the_workflow() -> None:
             await hub.cancel("wf-b", "stop", force=True)
             got = await b.expect("cancel")
             assert got["payload"] == {"workflow_id": "wf-b", "reason": "stop", "force": True}
+            for source, target in (("execution", "pausing"), ("pausing", "paused")):
+                change = {"workflow_id": "wf-a", "from": source, "to": target}
+                await a.send(frame("phase_changed", "wf-a", change))
+            await hub.wait_for(lambda h: h.workflows["wf-a"].phase == "paused")
             await hub.resume("wf-a", "cp-9")
             got = await a.expect("resume")
             assert got["payload"] == {"workflow_id": "wf-a", "from_checkpoint": "cp-9"}
@@ -334,7 +350,7 @@ def test_commands_go_to_the_service_that_owns_the_workflow() -> None:
             await a.close()
             await hub.wait_for(lambda h: not h.services["svc-a"].connected)
             with pytest.raises(ServiceUnavailable, match="svc-a"):
-                await hub.pause("wf-a")
+                await hub.cancel("wf-a")
             await b.close()
 
     asyncio.run(main())

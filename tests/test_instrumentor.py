@@ -670,6 +670,44 @@ def test_the_package_own_records_stay_out_of_the_hub(
     assert "the package's own warning" not in messages
 
 
+class RefusingTracerProvider(TracerProvider):
+    """An SDK provider that refuses processors, as a wrapper with its own rules might."""
+
+    def add_span_processor(self, span_processor: Any) -> None:
+        raise RuntimeError("no processors here")
+
+
+class RefusingLoggerProvider(LoggerProvider):
+    def add_log_record_processor(self, log_record_processor: Any) -> None:
+        raise RuntimeError("no processors here")
+
+
+def test_providers_that_refuse_get_one_warning_each_and_instrument_never_raises(
+    hub: ThreadedHub,
+    instrument: Callable[..., Coordinator],
+    make_module: Callable[[], str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tracer_provider, logger_provider = RefusingTracerProvider(), RefusingLoggerProvider()
+    name = make_module()
+    with caplog.at_level(logging.WARNING, logger=INSTRUMENTOR_LOGGER):
+        coordinator = instrument(
+            f"{name}:job", tracer_provider=tracer_provider, logger_provider=logger_provider
+        )
+    warned = [r.getMessage() for r in caplog.records if r.name == INSTRUMENTOR_LOGGER]
+    assert len(warned) == 2, warned
+    assert "cannot attach its span processor" in warned[0]
+    assert "cannot attach its log exporter" in warned[1]
+    importlib.import_module(name).job(6)  # the workflow and its record still reach the hub
+    (job,) = settled(hub, 1)
+    assert job.phase is Phase.COMPLETED
+    coordinator.flush(TIMEOUT)
+    hub.wait_for(lambda h: len(h.logs_for(job.workflow_id)) == 1, timeout=TIMEOUT)
+    assert hub.logs_for(job.workflow_id)[0].message == "job running with 6"
+    tracer_provider.shutdown()
+    logger_provider.shutdown()
+
+
 def test_an_otel_logging_handler_added_later_does_not_duplicate_records(
     hub: ThreadedHub,
     instrument: Callable[..., Coordinator],

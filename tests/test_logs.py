@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
@@ -14,9 +16,19 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
+from faults import free_port
 from scripted_server import Frame, ScriptedServer, fast_config
-from when_coordinator import Coordinator, CoordinatorLogHandler, LogEntry, LogForwarder, Message
+from when_coordinator import (
+    Config,
+    Coordinator,
+    CoordinatorLogHandler,
+    LogEntry,
+    LogForwarder,
+    LogLevel,
+    Message,
+)
 from when_coordinator.client import current_workflow
+from when_coordinator.hub import Hub
 from when_coordinator.protocol import parse_timestamp
 
 
@@ -466,3 +478,64 @@ def test_entries_are_kept_through_a_disconnection(
     assert sorted(got) == sorted(expected * 2)  # once directly, once through the forwarder
     assert coordinator.stats().dropped == 0
     coordinator.close()
+
+
+# ---------------------------------------------------------------------- close and exit
+
+
+def test_close_delivers_what_attached_forwarders_buffer_to_the_real_hub(
+    app_logger: logging.Logger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The getting-started recipe: ``LogForwarder(coordinator, flush_interval=5)``, then
+    ``close()`` well before the timer would have flushed."""
+    with Hub(port=0).run_in_thread() as hub:
+        coordinator = Coordinator(Config(when_url=hub.url, service_name="forwarded"))
+        coordinator.connect()
+        assert coordinator.wait_registered(5)
+        forwarder = LogForwarder(coordinator, flush_interval=5)
+        app_logger.addHandler(CoordinatorLogHandler(LogForwarder(coordinator, flush_interval=5)))
+        for i in range(3):
+            forwarder.log(LogLevel.INFO, f"forwarded {i}")
+            app_logger.info("handled %d", i)
+        with caplog.at_level(logging.WARNING, logger="when_coordinator"):
+            coordinator.close()
+        expected = {f"forwarded {i}" for i in range(3)} | {f"handled {i}" for i in range(3)}
+        hub.wait_for(lambda h: {r.message for r in h.logs} >= expected, timeout=5)
+        assert sorted(r.message for r in hub.logs) == sorted(expected)
+    stats = coordinator.stats()
+    assert stats.dropped == 0, stats
+    assert stats.delivered == stats.sent == 2  # one log_batch per forwarder
+    assert [r for r in caplog.records if r.name.startswith("when_coordinator")] == []
+
+
+def test_a_forwarder_attached_to_a_coordinator_can_still_be_collected(client: Coordinator) -> None:
+    forwarder = LogForwarder(client, flush_interval=60)
+    ref = weakref.ref(forwarder)
+    del forwarder
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_drop_at_close_is_warned_once_with_the_counts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    coordinator = Coordinator(fast_config(f"ws://127.0.0.1:{free_port()}/v1/coordination"))
+    coordinator.connect()  # nothing listens: everything stays queued
+    forwarder = LogForwarder(coordinator, flush_interval=60)
+    for i in range(3):
+        coordinator.log_info(f"direct {i}")
+        forwarder.log(LogLevel.INFO, f"buffered {i}")
+    coordinator.send_progress("wf-1", "", 50.0, "", "")
+    with caplog.at_level(logging.WARNING, logger="when_coordinator"):
+        coordinator.close(0.2)
+        for i in range(5):  # after close(): dropped, warned about once
+            coordinator.log_info(f"late {i}")
+            forwarder.log(LogLevel.INFO, f"late {i}")
+    warnings = [r.getMessage() for r in caplog.records if "cannot connect" not in r.getMessage()]
+    assert len(warnings) == 2, warnings
+    at_close, late = warnings
+    assert "closed with 5 message(s) undelivered" in at_close
+    assert "(log: 3, log_batch: 1, progress: 1)" in at_close
+    assert "sent after close() was dropped" in late
+    stats = coordinator.stats()
+    assert stats.drop_reasons["not sending: closed"] == 10

@@ -373,3 +373,23 @@ def test_export_failures_are_counted_never_raised(pipelines: Callable[..., Pipel
 def test_max_batch_must_be_positive(otel_coordinator: Coordinator) -> None:
     with pytest.raises(ValueError, match="max_batch"):
         CoordinationLogExporter(otel_coordinator, max_batch=0)
+
+
+def test_records_of_opentelemetry_loggers_never_reach_the_hub(
+    otel_hub: ThreadedHub, otel_coordinator: Coordinator, pipelines: Callable[..., Pipeline]
+) -> None:
+    """What the SDK and its exporters log about themselves (an OTLP exporter's "Failed to
+    export", fed in by any bridge handler on the root logger) is telemetry about telemetry:
+    sent on, an exporter that cannot reach its endpoint would keep exporting its failures."""
+    pipeline = pipelines(CoordinationLogExporter(otel_coordinator))
+    for name in ("opentelemetry", "opentelemetry.exporter.otlp.proto.http._log_exporter"):
+        pipeline.logger(name).error("Failed to export logs batch")
+    pipeline.logger("opentelemetry_app").warning("an application logger, not OpenTelemetry's")
+    pipeline.logger().info("application record")
+    (first, second) = hub_logs(otel_hub, 2)
+    assert otel_coordinator.flush(OTEL_TIMEOUT)
+    assert [first.message, second.message] == [
+        "an application logger, not OpenTelemetry's",
+        "application record",
+    ]
+    assert len(otel_hub.logs) == 2

@@ -414,6 +414,46 @@ def test_progress_checkpoint_error_and_transition(
     assert span.status.status_code is not StatusCode.ERROR
 
 
+class Unprintable(Exception):
+    """An exception whose ``str()`` raises (a broken ``__str__`` in application code)."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+def test_an_error_whose_text_cannot_be_made_never_raises_into_the_caller(
+    otel_hub: ThreadedHub,
+    otel_coordinator: Coordinator,
+    tracer_provider: TracerProvider,
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    with workflow("odd", coordinator=otel_coordinator, tracer_provider=tracer_provider) as wf:
+        wf.error(Unprintable())  # raised RuntimeError into this block before
+        wf.error(Unprintable(), recoverable=True)
+        assert otel_coordinator.send_error(wf.id, "act", Unprintable(), True)
+        wf_id = wf.id
+    state = wait_state(otel_hub, wf_id, lambda s: s.phase is Phase.COMPLETED and len(s.errors) == 3)
+    assert {e.error for e in state.errors} == {"Unprintable: <str() failed>"}
+    span = span_of(span_exporter, wf_id)
+    assert [e.name for e in span.events].count("exception") == 2
+
+    # Raised out of the block, it fails the workflow and comes out unchanged.
+    boom = Unprintable()
+    ids: list[str] = []
+
+    def fail() -> None:
+        with workflow("odder", coordinator=otel_coordinator, tracer_provider=tracer_provider) as wf:
+            ids.append(wf.id)
+            raise boom
+
+    with pytest.raises(Unprintable) as caught:
+        fail()
+    assert caught.value is boom
+    wf_id = ids[0]
+    state = wait_state(otel_hub, wf_id, lambda s: s.phase is Phase.FAILED and len(s.errors) == 1)
+    assert state.errors[0].error == "Unprintable: <str() failed>"
+
+
 # ---------------------------------------------------------------------- nesting
 
 

@@ -13,7 +13,7 @@ def test_every_test_the_reliability_page_names_exists() -> None:
     named = 0
     for line in page.splitlines():
         current = ""
-        for match in re.finditer(r"`(test_\w+\.py)?(?:::(test_\w+))?[^`]*`", line):
+        for match in re.finditer(r"`(?:tests/)?(test_\w+\.py)?(?:::(test_\w+))?[^`]*`", line):
             if match.group(1):
                 current = match.group(1)
                 assert (ROOT / "tests" / current).exists(), current

@@ -11,11 +11,14 @@ service or its workflows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import functools
 import json
 import logging
 import random
 import threading
+import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,10 +27,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
-from faults import transcript_frames
+from faults import TRANSCRIPT, transcript_frames
 from scripted_server import ScriptedServer, fast_config, wait_until
 from when_coordinator import Coordinator, Phase, PhaseManager, PhaseState
-from when_coordinator.hub import Hub, ThreadedHub, WorkflowState
+from when_coordinator.hub import Hub, HubLimits, ThreadedHub, WorkflowState
 from when_coordinator.hub.testing import RawService, frame
 from when_coordinator.protocol import MessageType, ProtocolError, decode
 
@@ -37,6 +40,7 @@ SIZES = [
     pytest.param(1_500, id="soak-320k-frames", marks=[pytest.mark.soak, pytest.mark.timeout(3600)]),
 ]
 
+MIB = 1 << 20
 TYPES = [t.value for t in MessageType]
 HUGE = [10**30, 2**64, -(2**63), 10**400, 1e308, -1e308, 2**53 + 1]
 SPECIAL_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e999", "-0", "1E400", "0.1e-400"]
@@ -469,3 +473,200 @@ def test_invalid_utf8_from_the_hub_costs_one_reconnect_and_no_phase() -> None:
         assert coordinator.phases.get_phase("wf-1") is Phase.EXECUTION
         wait_until(lambda: coordinator.stats().connects == 2, 5)
         coordinator.close(2.0)
+
+
+# ---------------------------------------------------------------------- abuse within the limits
+
+
+ABUSE_LIMITS = HubLimits(
+    log_buffer_bytes=4 * MIB,
+    workflow_log_buffer_bytes=1 * MIB,
+    workflow_logs_bytes=4 * MIB,
+    workflow_bytes=2 * MIB,
+    workflows_bytes=8 * MIB,
+    checkpoint_state_bytes=4 * MIB,
+    received_bytes=4 * MIB,
+)
+BIG = 900_000  # characters in a large frame's text: the frame stays under 1 MiB
+
+
+def wire_frames() -> list[dict[str, Any]]:
+    """Every client-to-hub frame of the recorded transcripts (/work/shared/wire/*.jsonl)."""
+    frames: list[dict[str, Any]] = []
+    for path in sorted(TRANSCRIPT.parent.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            if record.get("dir") == "in":
+                frames.append(json.loads(record["frame"]))
+    return frames
+
+
+async def send_all(client: RawService, frames: list[str | bytes]) -> None:
+    """Send, then wait for a pong: frames still in this loop's write buffer (large ones
+    fill it) would otherwise wait there until the loop runs again."""
+    for item in frames:
+        await client.ws.send(item)
+    await asyncio.wait_for(await client.ws.ping(), 30)
+
+
+def good_says(hub: ThreadedHub, marker: str) -> bool:
+    return hub.hub.workflows["good-wf-run"].message == marker
+
+
+def large_frame(rng: random.Random, n: int) -> str:
+    """A well-formed frame of about 900 KB of one kind, for one of many workflows."""
+    wf = f"abuse-{n % 40}"
+    text = f"{n} " + rng.choice("abcxyz") * BIG
+    kind = n % 8
+    if kind == 0:
+        message = frame("progress", wf, {"workflow_id": wf, "percent": n % 100, "message": text})
+    elif kind == 1:
+        message = frame("log", payload={"level": "info", "message": text, "workflow_id": wf})
+    elif kind == 2:
+        entries = [{"level": "warn", "message": text[: BIG // 9], "workflow_id": wf}] * 8
+        message = frame("log_batch", payload={"logs": entries})
+    elif kind == 3:
+        state = {"rows": [text[: BIG // 4]] * 3, "n": n}
+        message = frame(
+            "checkpoint",
+            wf,
+            {"workflow_id": wf, "checkpoint_id": f"cp-{n}", "reason": "r", "state": state},
+        )
+    elif kind == 4:
+        message = frame("error", wf, {"workflow_id": wf, "error": text, "recoverable": True})
+    elif kind == 5:
+        source, target = ("execution", "pausing") if n % 16 < 8 else ("pausing", "execution")
+        change = {"workflow_id": wf, "from": source, "to": target, "reason": text}
+        message = frame("phase_changed", wf, change)
+    elif kind == 6:
+        answer = {"workflow_id": wf, "phase": "execution", "progress": 1, "current_action": text}
+        message = frame("status_response", wf, answer)
+    else:
+        message = frame("workflow_created", wf, {"workflow_id": wf, "action_type": text})
+    return json.dumps(message)
+
+
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
+def test_abuse_within_the_frame_limit_keeps_the_hub_in_its_byte_bounds_and_others_unaffected(
+    errors: list[logging.LogRecord],
+) -> None:
+    """Mutated transcript frames, odd frames and ~300 MB of well-formed frames just under the
+    frame limit (progress, logs, batches, checkpoint states, errors, reasons, status replies)
+    over many workflows: every byte bound holds at every observation, the Python memory the
+    hub keeps stays within a small multiple of their sum (measured with tracemalloc), and a
+    well-behaved service at the same hub is untouched and keeps working, commands included."""
+    rng = random.Random(1212)
+    bases = wire_frames()
+    fuzz_ids = sorted({b.get("workflow_id", "") for b in bases} - {""})
+    budget = (
+        sum(
+            getattr(ABUSE_LIMITS, name)
+            for name in (
+                "log_buffer_bytes",
+                "workflow_logs_bytes",
+                "workflows_bytes",
+                "checkpoint_state_bytes",
+            )
+        )
+        + 2 * ABUSE_LIMITS.received_bytes
+    )  # received and sent
+    loop = asyncio.new_event_loop()
+    hub_options: dict[str, Any] = {"rate_limit": 1e6, "rate_burst": 10**6, "limits": ABUSE_LIMITS}
+    with Hub(port=0, **hub_options).run_in_thread() as hub:
+        good = Coordinator(fast_config(hub.url, service_name="good", service_id=GOOD_SERVICE))
+        good.connect()
+        assert good.wait_registered(10)
+        phases = good.phases
+        for wf in GOOD:
+            phases.register_workflow(wf)
+            good.send_workflow_created(wf)
+            for phase in ("pre-flight", "planning", "execution"):
+                phases.transition_to(wf, phase)
+        phases.pause("good-wf-held", "held")
+        phases.complete_pause("good-wf-held", "cp-held")
+        phases.complete("good-wf-done")
+        good.send_progress("good-wf-run", "act", 1.0, message="ready")
+        hub.wait_for(lambda h: h.hub.workflows["good-wf-run"].message == "ready", 10)
+        before = good_view(hub)
+        good_connection = hub.services[GOOD_SERVICE].connection_id
+
+        async def open_abuser() -> RawService:
+            abuser = await RawService.connect(hub.url, service_name="abuser")
+            await abuser.register("abuser", service_id="abuser")
+            return abuser
+
+        abuser = loop.run_until_complete(open_abuser())
+        tracemalloc.start()
+        baseline = tracemalloc.get_traced_memory()[0]
+        peak_kept = 0
+        sent_bytes = 0
+        try:
+            for round_number in range(30):
+                batch: list[str | bytes] = []
+                for position in range(60):  # odd and mutated frames
+                    base = bases[rng.randrange(len(bases))]
+                    item = mutate(hash((round_number, position)), base, fuzz_ids)
+                    if names_no_good_service(item):
+                        batch.append(item)
+                batch += [large_frame(rng, round_number * 10 + k) for k in range(10)]
+                rng.shuffle(batch)
+                marker = f"abuse round {round_number}"
+                # A fresh sentinel each round: the mutated frames re-register the connection
+                # under other service ids, and a workflow belongs to the service that made it.
+                sentinel_id = f"abuse-sentinel-{round_number}"
+                last = frame("progress", sentinel_id, {"workflow_id": sentinel_id, "percent": 1})
+                batch.append(json.dumps(last))
+                connection_id = hub.call(lambda: list(hub.hub.connections)[-1])
+                with contextlib.suppress(ConnectionClosed):
+                    loop.run_until_complete(send_all(abuser, batch))
+                sent_bytes += sum(len(item) for item in batch)
+
+                def settled(
+                    h: ThreadedHub, wf: str = sentinel_id, cid: str = connection_id
+                ) -> bool:
+                    return wf in h.hub.workflows or not h.hub.connections[cid].is_open
+
+                hub.wait_for(settled, 30)
+                if not hub.connections[connection_id].is_open:  # refused for cause: reconnect
+                    assert hub.connections[connection_id].close_code in (1002, 1007, 1008, 1009)
+                    loop.run_until_complete(abuser.close())
+                    abuser = loop.run_until_complete(open_abuser())
+                # Every bound holds (one item may exceed its bound alone).
+                memory = hub.memory()
+                for name, use in memory.items():
+                    if "bytes" in use:
+                        assert use["bytes"] <= use["limit"] + MIB, (name, use)
+                    else:  # bounded by count, each record's texts cut
+                        assert use["count"] <= use["limit"], (name, use)
+                kept = sum(use.get("bytes", 0) for use in memory.values())
+                assert kept <= budget + 2 * MIB
+                peak_kept = max(peak_kept, tracemalloc.get_traced_memory()[0] - baseline)
+                # The well-behaved service is untouched and keeps working.
+                assert good_view(hub) == before
+                good.send_progress("good-wf-run", "act", float(round_number), message=marker)
+                hub.wait_for(functools.partial(good_says, marker=marker), 10)
+            current = tracemalloc.get_traced_memory()[0] - baseline
+        finally:
+            tracemalloc.stop()
+            loop.run_until_complete(abuser.close())
+            loop.close()
+        try:
+            assert sent_bytes > 250 * MIB
+            # What the hub holds after ~300 MB, in Python's own accounting: its byte budget
+            # plus Python's overhead and frames in flight, not what was sent.
+            assert current < 2 * budget + 16 * MIB, (current, budget)
+            assert peak_kept < 2 * budget + 32 * MIB, (peak_kept, budget)
+            memory = hub.memory()
+            evicted = sum(use["evicted"] for use in memory.values())
+            assert evicted > 100
+            assert memory["checkpoint_states"]["evicted"] > 0
+            assert memory["workflows"]["texts_truncated"] > 0
+            # Commands still reach the well-behaved service, and its answers come back.
+            assert hub.services[GOOD_SERVICE].connection_id == good_connection
+            assert good.stats().connects == 1
+            status = hub.status("good-wf-run", timeout=10)
+            assert status.phase is Phase.EXECUTION
+            hub.pause("good-wf-run", "after the abuse")
+            hub.wait_for(lambda h: h.hub.workflows["good-wf-run"].phase is Phase.PAUSING, 10)
+        finally:
+            good.close(2.0)

@@ -132,6 +132,78 @@ def test_forked_children_of_a_busy_parent_neither_deadlock_nor_use_its_connectio
         coordinator.close(2.0)
 
 
+@needs_fork
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+def test_a_forked_child_that_connects_never_takes_over_the_parents_workflows() -> None:
+    """The child's registration replays only what the child started; what it inherited stays
+    the parent's, so after the child exits the parent's workflows are still steered there
+    (before: the replay moved them to the child, then ``503 ... is not connected``)."""
+    with Hub(port=0).run_in_thread() as hub:
+        coordinator = Coordinator(fast_config(hub.url, service_name="parent"))
+        coordinator.connect()
+        assert coordinator.wait_registered(10)
+        phases = coordinator.phases
+        parents = [f"wf-parent-{i}" for i in range(3)]
+        for wf in parents:
+            phases.register_workflow(wf)
+            for phase in ("pre-flight", "planning", "execution"):
+                phases.transition_to(wf, phase)
+        settle(hub, coordinator, "wf-parent-marker")
+        connection_id = parent_connection(hub, coordinator)
+        assert all(hub.workflows[wf].connection_id == connection_id for wf in parents)
+
+        def child() -> dict[str, Any]:
+            coordinator.connect()
+            registered = coordinator.wait_registered(10)
+            own = f"wf-child-{os.getpid()}"
+            phases.register_workflow(own)
+            for phase in ("pre-flight", "planning", "execution"):
+                phases.transition_to(own, phase)
+            # The parent's workflow, carried on in the child, is not reported from here.
+            reported = coordinator.send_progress(parents[0], "act", 50.0)
+            phases.transition_to(parents[1], "completing")
+            flushed = coordinator.flush(10)
+            stats = coordinator.stats()
+            coordinator.close(2.0)
+            return {
+                "registered": registered,
+                "flushed": flushed,
+                "own": own,
+                "reported": reported,
+                "reasons": dict(stats.drop_reasons),
+                "service_id": coordinator.service_id,
+            }
+
+        code, report, _took = fork_run(child, timeout=20)
+        assert code == 0, report
+        assert report["registered"]
+        assert report["flushed"]
+        own = report["own"]
+        hub.wait_for(lambda h: own in h.workflows, 10)
+        child_connection = hub.workflows[own].connection_id
+        assert child_connection != connection_id
+        hub.wait_for(lambda h: not h.connections[child_connection].is_open, 10)
+
+        workflows = hub.workflows
+        for wf in parents:
+            assert workflows[wf].connection_id == connection_id
+            assert workflows[wf].phase.value == "execution"
+        # Still steerable: a pause reaches the parent, which moves the workflow on.
+        commands: list[str] = []
+        coordinator.on_command(lambda event: commands.append(event.workflow_id))
+        for wf in parents:
+            hub.pause(wf, "operator")
+        hub.wait_for(lambda h: all(h.workflows[wf].phase.value == "pausing" for wf in parents), 10)
+        assert all(phases.get_phase(wf).value == "pausing" for wf in parents)
+        assert sorted(commands) == parents
+        # In the child, what it said about the parent's workflows was dropped and counted.
+        assert report["reported"] is False
+        assert report["reasons"] == {"not sending: the parent process's workflow": 2}
+        assert coordinator.flush(10)
+        assert_parent_connection_carries_only_the_parent(hub, coordinator, connection_id)
+        coordinator.close(2.0)
+
+
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 @pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
 @pytest.mark.parametrize("round_", soak(5))

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import importlib
+import ipaddress
 import json
 import os
+import re
 import signal
+import socket
 import sys
 import time
 import urllib.error
@@ -51,27 +55,48 @@ class HubClientError(Exception):
     """A request to the hub failed; the message is what the user sees after ``error:``."""
 
 
-def _base_urls(hub: str) -> tuple[str, str]:
-    """``--hub`` (http, https, ws, wss or host:port) to the HTTP and WebSocket bases."""
+def _without_userinfo(text: str) -> str:
+    """``text`` with any ``user:password@`` of a URL in it removed (for messages)."""
+    return re.sub(r"(//|^)[^/@\s]*@", r"\1", text)
+
+
+def _base_urls(hub: str) -> tuple[str, str, str | None]:
+    """``--hub`` (http, https, ws, wss or host:port) to the HTTP and WebSocket bases, and
+    the HTTP Basic credentials of a ``user:password@`` in it.
+
+    The bases never carry the credentials: every message shows them, and none may show a
+    password.
+    """
     text = hub.strip()
     if "://" not in text:
         text = "http://" + text
-    parts = urllib.parse.urlsplit(text)
+    shown = _without_userinfo(hub.strip())
+    try:
+        parts = urllib.parse.urlsplit(text)
+        host = parts.netloc.rpartition("@")[2]
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise HubClientError(f"--hub {shown!r} is not a hub URL (like {DEFAULT_HUB_URL})") from None
     scheme = parts.scheme.lower()
-    if scheme not in ("http", "https", "ws", "wss") or not parts.netloc:
-        raise HubClientError(f"--hub {hub!r} is not a hub URL (like {DEFAULT_HUB_URL})")
+    if scheme not in ("http", "https", "ws", "wss") or not host:
+        raise HubClientError(f"--hub {shown!r} is not a hub URL (like {DEFAULT_HUB_URL})")
     secure = scheme in ("https", "wss")
-    http = f"{'https' if secure else 'http'}://{parts.netloc}"
-    ws = f"{'wss' if secure else 'ws'}://{parts.netloc}"
-    return http, ws
+    http = f"{'https' if secure else 'http'}://{host}"
+    ws = f"{'wss' if secure else 'ws'}://{host}"
+    basic = None
+    if "@" in parts.netloc:
+        user = urllib.parse.unquote(parts.username or "")
+        password = urllib.parse.unquote(parts.password or "")
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return http, ws, basic
 
 
 class HubClient:
     """The operator API seen from the command line (HTTP for requests, WebSocket to watch)."""
 
     def __init__(self, hub: str, token: str | None = None, timeout: float = 10.0) -> None:
-        self.hub = hub
-        self.http_base, self.ws_base = _base_urls(hub)
+        self.http_base, self.ws_base, self._basic = _base_urls(hub)
+        self.hub = self.http_base
         self.token = token or None
         self.timeout = timeout
 
@@ -79,6 +104,8 @@ class HubClient:
         headers = {"Accept": "application/json", "User-Agent": "when-coordinator-cli"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        elif self._basic:  # for a proxy in front of the hub that asks for a password
+            headers["Authorization"] = f"Basic {self._basic}"
         return headers
 
     def request(self, method: str, path: str, params: Mapping[str, str] | None = None) -> Any:
@@ -428,16 +455,33 @@ def _cmd_hub(args: argparse.Namespace) -> int:
     )
     if args.log_level != "debug":  # one line per HTTP request is noise at info level
         logging.getLogger("when_coordinator.hub.websockets").setLevel(logging.WARNING)
+    if args.token is not None and not args.token.strip():
+        raise HubClientError(
+            "the token is empty (--token '' or WHEN_AUTH_TOKEN=''), which would leave the hub "
+            "open: give a token, or unset WHEN_AUTH_TOKEN and leave out --token to run "
+            "without one"
+        )
     try:
         hub = Hub(
             args.host,
             args.port,
-            token=args.token or None,
+            token=args.token,
             db=args.db,
             ping_interval=args.ping_interval,
+            send_buffer_bytes=args.send_buffer_bytes,
+            send_buffer_timeout=args.send_buffer_timeout,
+            metrics_public=args.metrics_public,
         )
     except ValueError as exc:
         raise HubClientError(str(exc)) from None
+    if not args.token and not _is_loopback(args.host):
+        print(
+            f"when-coordinator hub: warning: listening on {args.host or 'all interfaces'} "
+            f"without a token: anyone who can reach port {args.port} can read and steer every "
+            "workflow; set --token or WHEN_AUTH_TOKEN",
+            file=sys.stderr,
+            flush=True,
+        )
 
     async def serve() -> int:
         try:
@@ -454,8 +498,8 @@ def _cmd_hub(args: argparse.Namespace) -> int:
                 loop.add_signal_handler(signum, stop.set)
         auth = "token required" if args.token else "no authentication"
         store = f", state kept in {args.db}" if args.db else ""
-        print(f"when-coordinator hub listening on {hub.url}", flush=True)
-        print(f"  operator API {hub.http_url} ({auth}{store}); Ctrl-C stops", flush=True)
+        for line in listening_lines(args.host, hub.port, f"{auth}{store}"):
+            print(line, flush=True)
         try:
             await stop.wait()
         finally:
@@ -467,6 +511,62 @@ def _cmd_hub(args: argparse.Namespace) -> int:
         return asyncio.run(serve())
     except KeyboardInterrupt:
         return 0
+
+
+_WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one (unresolvable: no)."""
+    if host in _WILDCARDS:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def dial_host(host: str) -> str:
+    """A host that clients can dial for a hub bound to ``host``.
+
+    A wildcard (``0.0.0.0``, ``::``) is no address to dial: it means every interface, so
+    the address other machines reach is this machine's outward one (found by routing a UDP
+    socket, which sends nothing), else its host name.
+    """
+    if host not in _WILDCARDS:
+        return f"[{host}]" if ":" in host and not host.startswith("[") else host
+    family, probe_to = (
+        (socket.AF_INET6, "2001:db8::1") if host == "::" else (socket.AF_INET, "192.0.2.1")
+    )
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((probe_to, 9))  # documentation-only prefixes: nothing is sent
+            address = str(probe.getsockname()[0])
+        if not ipaddress.ip_address(address).is_loopback:
+            return f"[{address}]" if ":" in address else address
+    except OSError:
+        pass
+    return socket.gethostname()
+
+
+def listening_lines(host: str, port: int, detail: str) -> list[str]:
+    """What ``when-coordinator hub`` prints once it listens: a URL that works for clients."""
+    address = dial_host(host)
+    lines = [f"when-coordinator hub listening on ws://{address}:{port}/v1/coordination"]
+    if host in _WILDCARDS:
+        loopback = "[::1]" if host == "::" else "127.0.0.1"
+        lines.append(
+            f"  on all interfaces (from this machine also ws://{loopback}:{port}/v1/coordination)"
+        )
+    lines.append(f"  operator API http://{address}:{port} ({detail}); Ctrl-C stops")
+    return lines
 
 
 def _demo_stub() -> int:
@@ -564,11 +664,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hub.add_argument("--db", metavar="FILE", help="keep services, workflows and logs in SQLite")
     hub.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="serve GET /metrics (Prometheus text) without the token",
+    )
+    hub.add_argument(
         "--ping-interval",
         type=float,
         default=30.0,
         metavar="SECONDS",
         help="seconds between pings to each service (default: %(default)s)",
+    )
+    hub.add_argument(
+        "--send-buffer-bytes",
+        type=int,
+        default=1 << 20,
+        metavar="BYTES",
+        help="a connection whose unsent bytes stay above this (default: %(default)s) ...",
+    )
+    hub.add_argument(
+        "--send-buffer-timeout",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="... for this long has stopped reading and is closed (default: %(default)s)",
     )
     hub.add_argument(
         "--log-level",

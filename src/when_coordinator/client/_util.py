@@ -9,7 +9,15 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["RateLimitedLog", "WireLogBatch", "approx_size", "jsonable", "log_size"]
+__all__ = [
+    "RateLimitedLog",
+    "WireLogBatch",
+    "approx_size",
+    "describe_error",
+    "jsonable",
+    "log_size",
+    "warn_once",
+]
 
 
 class RateLimitedLog:
@@ -39,6 +47,34 @@ class RateLimitedLog:
             message += " (%d similar messages suppressed)"
             args = (*args, suppressed)
         self._logger.log(level, message, *args, exc_info=exc_info)
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_once(logger: logging.Logger, key: str, message: str, *args: object) -> None:
+    """Log a configuration hint once per process: it does not change by repeating it, and a
+    retry loop must not turn it into a flood."""
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    logger.warning(message, *args)
+
+
+def describe_error(error: object) -> str:
+    """``"Type: text"`` for an exception (or the text itself), never raising: an object whose
+    ``__str__`` fails gets a fallback naming its type, so reporting an error cannot become
+    another error in the caller's code."""
+    if isinstance(error, str):
+        return error
+    name = type(error).__name__
+    try:
+        text = str(error)
+    except Exception:
+        return f"{name}: <str() failed>"
+    return f"{name}: {text}"
 
 
 class WireLogBatch(list[dict[str, Any]]):
@@ -116,3 +152,11 @@ def jsonable(value: Any, depth: int = 0) -> Any:
         return str(value)
     except Exception:
         return f"<unprintable {type(value).__name__}>"
+
+
+def qualified_name(exc: BaseException) -> str:
+    """An exception's fully qualified class name (``error.type`` in the semantic conventions);
+    builtins keep their short name."""
+    cls = type(exc)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"

@@ -7,6 +7,8 @@ Field names follow the reference Go ``Config`` in snake_case; durations are seco
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
 import os
 import re
@@ -16,7 +18,22 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["ENVIRONMENT", "Config", "ConfigError", "EnvVar"]
+from ._util import warn_once
+
+__all__ = [
+    "ENVIRONMENT",
+    "HUB_PATH",
+    "Config",
+    "ConfigError",
+    "EnvVar",
+    "check_environment",
+    "url_hint",
+]
+
+_log = logging.getLogger("when_coordinator.client")
+
+HUB_PATH = "/v1/coordination"
+"""The path the reference hub (and the Go hub) serve the coordination WebSocket on."""
 
 
 class ConfigError(ValueError):
@@ -158,7 +175,135 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         "Forward Python logging records to the hub (default true).",
         _bool,
     ),
+    EnvVar(
+        "WHEN_CICD_ATTRIBUTES",
+        "cicd_attributes",
+        "Also set the cicd.pipeline.* run attributes on workflow spans (default false).",
+        _bool,
+    ),
+    EnvVar(
+        "WHEN_METRICS_ENABLED",
+        None,
+        "false: record no metrics (default: through the global meter provider when it is an "
+        "SDK one and OTEL_METRICS_EXPORTER is not none).",
+    ),
+    EnvVar(
+        "OTEL_METRICS_EXPORTER",
+        None,
+        "none (or OTEL_SDK_DISABLED=true): no metrics through the global meter provider.",
+    ),
+    EnvVar("OTEL_SDK_DISABLED", None, "true: no metrics through the global meter provider."),
 )
+
+
+def _check_text(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {type(value).__name__}")
+
+
+def _check_header_text(name: str, value: object) -> None:
+    """Sent in a handshake header: a line break or control character would break it."""
+    _check_text(name, value)
+    assert isinstance(value, str)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ConfigError(f"{name} must not contain control characters or line breaks")
+
+
+def _check_required_header_text(name: str, value: object) -> None:
+    _check_header_text(name, value)
+    if not value:
+        raise ConfigError(f"{name} must not be empty")
+
+
+def _check_url(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{name} must be a string (empty: nothing connects), got {type(value).__name__}"
+        )
+
+
+def _check_strings(name: str, value: object) -> None:
+    assert isinstance(value, tuple)  # made a tuple by __post_init__
+    for item in value:
+        if not isinstance(item, str) or not item:
+            raise ConfigError(f"{name} must hold non-empty strings, got {item!r}")
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if _number(name, value) < 0:
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _check_positive_seconds(name: str, value: object) -> None:
+    if _number(name, value) <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+
+
+def _check_factor(name: str, value: object) -> None:
+    if _number(name, value) < 1:
+        raise ConfigError(f"{name} must be >= 1, got {value!r}")
+
+
+def _integer(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+def _check_count(name: str, value: object) -> None:
+    _integer(name, value, 0)
+
+
+def _check_bound(name: str, value: object) -> None:
+    _integer(name, value, 1)
+
+
+def _check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+
+
+_SEQUENCE_FIELDS = ("capabilities", "workflow_entrypoints")
+_PATH_FIELDS = ("ca_file", "client_cert_file", "client_key_file")
+
+_CHECKS: dict[str, Callable[[str, object], None]] = {
+    "when_url": _check_url,
+    "service_name": _check_required_header_text,
+    "service_id": _check_header_text,
+    "instance_id": _check_text,
+    "capabilities": _check_strings,
+    "version": _check_text,
+    "protocol_version": _check_text,
+    "schema_version": _check_count,
+    "reconnect_initial_delay": _check_positive_seconds,
+    "reconnect_max_delay": _check_positive_seconds,
+    "reconnect_backoff_factor": _check_factor,
+    "reconnect_max_attempts": _check_count,
+    "ping_interval": _check_positive_seconds,
+    "pong_timeout": _check_seconds,
+    "open_timeout": _check_seconds,
+    "auth_token": _check_header_text,
+    "ca_file": _check_text,
+    "client_cert_file": _check_text,
+    "client_key_file": _check_text,
+    "outbox_max_messages": _check_bound,
+    "outbox_max_bytes": _check_bound,
+    "max_frame_bytes": _check_bound,
+    "close_timeout": _check_seconds,
+    "workflow_entrypoints": _check_strings,
+    "logs_enabled": _check_flag,
+    "cicd_attributes": _check_flag,
+}
+"""One check per ``Config`` field (a field without one fails at import, below)."""
 
 
 def _default_instance_id() -> str:
@@ -168,6 +313,10 @@ def _default_instance_id() -> str:
 @dataclass(frozen=True)
 class Config:
     """How to reach the hub and how the client behaves; validated on creation.
+
+    Every field's type and range is checked when the ``Config`` is made: a bad value raises
+    ``ConfigError`` (a ``ValueError``) naming the field, at the call, rather than failing later
+    on the client's thread.
 
     Outbox bounds cap the memory the client may hold while the hub is slow or unreachable;
     ``max_frame_bytes`` caps what the hub may make it buffer.
@@ -198,40 +347,40 @@ class Config:
     close_timeout: float = 5.0
     workflow_entrypoints: tuple[str, ...] = ()
     logs_enabled: bool = True
+    cicd_attributes: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.capabilities, str):
-            raise ConfigError("capabilities must be a sequence of strings, not one string")
-        object.__setattr__(self, "capabilities", tuple(self.capabilities))
-        object.__setattr__(self, "workflow_entrypoints", tuple(self.workflow_entrypoints))
+        for name in _SEQUENCE_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                raise ConfigError(
+                    f"{name} must be a sequence of strings, got {type(value).__name__}"
+                    + (" (not one string)" if isinstance(value, str) else "")
+                )
+            object.__setattr__(self, name, tuple(value))
+        for name in _PATH_FIELDS:  # a pathlib.Path is a fine file name
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
         self._validate()
 
     def _validate(self) -> None:
+        """Every field's type and range, checked here and only here, so that a bad value fails
+        at the call that made it, not later on the client's thread."""
+        for spec in fields(self):
+            _CHECKS[spec.name](spec.name, getattr(self, spec.name))
         if self.when_url:
             parts = urlsplit(self.when_url)
             if parts.scheme not in ("ws", "wss") or not parts.hostname:
                 raise ConfigError(
                     f"when_url must be a ws:// or wss:// URL with a host, got {self.when_url!r}"
                 )
-        if not self.service_name:
-            raise ConfigError("service_name must not be empty")
-        positive = ("reconnect_initial_delay", "reconnect_max_delay", "ping_interval")
-        for name in (*positive, "pong_timeout", "open_timeout", "close_timeout"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-            if name in positive and value == 0:
-                raise ConfigError(f"{name} must be > 0")
+            try:
+                parts.port  # noqa: B018 - raises on a port that is not a number
+            except ValueError:
+                raise ConfigError(f"when_url has an invalid port: {self.when_url!r}") from None
         if self.reconnect_max_delay < self.reconnect_initial_delay:
             raise ConfigError("reconnect_max_delay must be >= reconnect_initial_delay")
-        if self.reconnect_backoff_factor < 1:
-            raise ConfigError("reconnect_backoff_factor must be >= 1")
-        for name in ("reconnect_max_attempts", "schema_version"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0")
-        for name in ("outbox_max_messages", "outbox_max_bytes", "max_frame_bytes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1")
         if self.client_key_file and not self.client_cert_file:
             raise ConfigError("client_key_file needs client_cert_file")
 
@@ -251,6 +400,7 @@ class Config:
         A variable that does not parse raises ``ConfigError`` naming it and the value's problem.
         """
         env = os.environ if environ is None else environ
+        check_environment(env)
         values: dict[str, Any] = {}
         for var in ENVIRONMENT:
             raw = env.get(var.name)
@@ -281,3 +431,39 @@ class Config:
             if not names:
                 raise
             raise ConfigError(f"{exc} (set by {', '.join(names)})") from None
+
+
+_missing = {spec.name for spec in fields(Config)} ^ set(_CHECKS)
+if _missing:  # pragma: no cover - a field added without its check
+    raise AssertionError(f"Config fields without a check: {sorted(_missing)}")
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Warn, once per process and name, about a ``WHEN_*`` variable nobody reads.
+
+    A typo (a missing underscore, say) otherwise leaves the default in force with no sign of it;
+    the warning names the closest known variable.
+    """
+    known = [var.name for var in ENVIRONMENT]
+    for name in environ:
+        if not name.startswith("WHEN_") or name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "see docs/configuration.md"
+        warn_once(
+            _log,
+            f"unknown variable {name}",
+            "%s is not a when-coordinator setting and is ignored: %s",
+            name,
+            hint,
+        )
+
+
+def url_hint(url: str) -> str:
+    """A warning for a hub URL that is valid but probably wrong ("" when it looks right)."""
+    if url and urlsplit(url).path in ("", "/"):
+        return (
+            f"when_url {url} has no path: the hub's coordination endpoint is usually at "
+            f"{HUB_PATH} (a hub answers HTTP 404 elsewhere)"
+        )
+    return ""

@@ -18,18 +18,19 @@ import atexit
 import contextlib
 import inspect
 import logging
+import math
 import os
 import threading
 import time
 import weakref
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from .._version import __version__
 from ..phase_manager import PhaseError, PhaseManager, PhaseState
@@ -59,8 +60,17 @@ from ..protocol import (
     format_timestamp,
     new_message_id,
 )
-from ._util import RateLimitedLog, WireLogBatch, approx_size, jsonable, log_size
-from .config import Config
+from ._util import (
+    RateLimitedLog,
+    WireLogBatch,
+    approx_size,
+    describe_error,
+    jsonable,
+    log_size,
+    qualified_name,
+    warn_once,
+)
+from .config import HUB_PATH, Config, url_hint
 from .connection import RedactingLogger, backoff_delays, handshake_headers, redact, ssl_context
 from .outbox import Entry, Outbox, ProgressBody
 
@@ -70,12 +80,21 @@ _log = logging.getLogger("when_coordinator.client")
 
 MessageHandler = Callable[[Message], "Awaitable[None] | None"]
 
+
+class LogSource(Protocol):
+    """What buffers log entries for a coordinator (``LogForwarder``): flushed before it closes."""
+
+    def _flush_to_coordinator(self, *, final: bool) -> None: ...
+
+
 _INFLIGHT_CONFIRM_EVERY = 256
 """Ask for an acknowledgement after this many unacknowledged messages, even under load."""
 _INFLIGHT_LIMIT = _INFLIGHT_CONFIRM_EVERY * 4
 """Stop sending past this many unacknowledged messages until the hub catches up."""
 _BATCH_MESSAGES = 64
 _BATCH_BYTES = 64 * 1024
+_CONTROL_LIMIT = 1024
+"""Replies (pongs, status responses) waiting to be written before the reader stops reading."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +124,8 @@ class CoordinatorStats:
     received: int
     inbound_dropped: Mapping[str, int]
     coalesced: int = 0
+    connect_errors: Mapping[str, int] = field(default_factory=dict)
+    """Failed connection attempts by the exception's qualified class name."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +163,20 @@ def _check_percent(percent: object) -> float:
     return percent
 
 
+def _check_timeout(timeout: object) -> float | None:
+    """Seconds to wait: None or infinity wait for good, a negative number not at all. NaN
+    (every comparison false) once made ``flush()`` wait forever: it is refused here."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if math.isnan(timeout):
+        raise ValueError("timeout must be a number of seconds or None, got nan")
+    if math.isinf(timeout):
+        return None if timeout > 0 else 0.0
+    return max(float(timeout), 0.0)
+
+
 def _check_count(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
@@ -156,6 +191,10 @@ class Coordinator:
     """
 
     def __init__(self, config: Config | None = None, *, phases: PhaseManager | None = None):
+        if config is not None and not isinstance(config, Config):
+            raise TypeError(f"config must be a Config, got {type(config).__name__}")
+        if phases is not None and not isinstance(phases, PhaseManager):
+            raise TypeError(f"phases must be a PhaseManager, got {type(phases).__name__}")
         self.config = config if config is not None else Config.from_env()
         self._phases = phases if phases is not None else PhaseManager()
         self._outbox = Outbox(self.config.outbox_max_messages, self.config.outbox_max_bytes)
@@ -166,8 +205,11 @@ class Coordinator:
         self._stop: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
         self._control: deque[Message] = deque()
+        self._control_taken: asyncio.Event | None = None
         self._ws: ClientConnection | None = None
         self._session = 0
+        self._replayed = 0
+        """The session whose live workflows were replayed (on its first ``registered``)."""
         self._confirming = False
         self._frame_limit = self.config.max_frame_bytes
         """The largest frame sent: ``max_frame_bytes``, lowered if the hub closes for less."""
@@ -175,19 +217,26 @@ class Coordinator:
         self._registered = threading.Event()
         self._closed = False
         self._forked = False
+        self._inherited: set[str] = set()
+        """After a fork, the parent's workflows: never the child's to report or replay."""
         self._retainers: weakref.WeakSet[object] = weakref.WeakSet()
         self._exit_pending = False
+        self._exit_spent: float | None = None
+        """Seconds the exit path waited so far (None: the process is not exiting)."""
+        self._log_sources: weakref.WeakSet[LogSource] = weakref.WeakSet()
         self._handlers: dict[str, MessageHandler] = {}
         self._callbacks: dict[str, list[Callable[..., Any]]] = {
             "connected": [],
             "disconnected": [],
             "registered": [],
             "command": [],
+            "pong": [],
         }
         self.service_id = self.config.service_id
         self.hub_protocol_version = ""
         self._connects = 0
         self._connect_failures = 0
+        self._connect_errors: Counter[str] = Counter()
         self._received = 0
         self._inbound_dropped: Counter[str] = Counter()
         self._warn = RateLimitedLog(_log)
@@ -235,6 +284,9 @@ class Coordinator:
                 if not self.config.enabled:
                     _log.info("when_url is not set: not connecting to a hub")
                 return
+            hint = url_hint(self.config.when_url)
+            if hint:
+                warn_once(_log, f"url path {self.config.when_url}", "%s", hint)
             ready = threading.Event()
             self._thread = threading.Thread(
                 target=self._run_thread, args=(ready,), name="when-coordinator", daemon=True
@@ -259,10 +311,14 @@ class Coordinator:
                 self._drained.notify_all()
 
     def close(self, timeout: float | None = None) -> None:
-        """Deliver what is queued within ``timeout`` (default ``config.close_timeout``), then
-        close with code 1000 and join the thread. Idempotent; what is left is counted dropped."""
-        timeout = self.config.close_timeout if timeout is None else timeout
+        """Hand over what the attached log forwarders buffer, deliver what is queued within
+        ``timeout`` (default ``config.close_timeout``), then close with code 1000 and join the
+        thread. Idempotent; what is left is counted dropped, with one warning."""
+        timeout = self.config.close_timeout if timeout is None else _check_timeout(timeout)
+        if timeout is None:
+            raise ValueError("close() needs a finite timeout: it must not hang the host")
         deadline = time.monotonic() + max(timeout, 0.0)
+        self._flush_log_sources(final=True)
         with self._lifecycle:
             if self._closed:
                 return
@@ -278,8 +334,59 @@ class Coordinator:
                     loop.call_soon_threadsafe(stop.set)
             if not own_thread:
                 thread.join(max(deadline - time.monotonic(), 0.0) + 2.0)
+        before = self._outbox.counters().dropped
         self._outbox.clear("coordinator closed")
+        left = {
+            kind: count - before.get(kind, 0)
+            for kind, count in self._outbox.counters().dropped.items()
+            if count > before.get(kind, 0)
+        }
+        if left and self.config.enabled:
+            _log.warning(
+                "closed with %d message(s) undelivered, dropped (%s); see stats()",
+                sum(left.values()),
+                ", ".join(f"{kind}: {count}" for kind, count in sorted(left.items())),
+            )
         self._unsubscribe()
+
+    def _attach_log_source(self, source: LogSource) -> None:
+        """Have ``close()`` and the exit handler flush ``source`` first (a ``LogForwarder``, and
+        so a ``CoordinatorLogHandler`` feeding one): what it buffers is then queued before the
+        last delivery. Held weakly, so an attached source can still be collected."""
+        self._log_sources.add(source)
+
+    def _flush_log_sources(self, *, final: bool) -> None:
+        for source in tuple(self._log_sources):
+            try:
+                source._flush_to_coordinator(final=final)
+            except Exception:
+                _log.warning("flushing %r before closing failed", source, exc_info=True)
+
+    @contextlib.contextmanager
+    def _exit_wait(self) -> Iterator[float]:
+        """One wait of the exit path: yields the seconds it may take and counts what it took.
+
+        Several exit handlers wait on this coordinator in turn (the instrumentor's, this one's,
+        an exporter's final shutdown, the last ``release()``), with other handlers, such as the
+        SDK's own exporters, running in between: all of ours share one ``close_timeout``, so
+        with a hub that is slow or gone the process exits at most ``close_timeout`` later than
+        it would without this package.
+        """
+        if self._exit_spent is None:
+            self._exit_spent = 0.0
+        started = time.monotonic()
+        try:
+            yield max(self.config.close_timeout - self._exit_spent, 0.0)
+        finally:
+            self._exit_spent += time.monotonic() - started
+
+    def _flush_final(self) -> bool:
+        """Flush before the end, within ``close_timeout`` or, once the process is exiting,
+        within what is left of the exit path's one ``close_timeout``."""
+        if self._exit_spent is None:
+            return self.flush(self.config.close_timeout)
+        with self._exit_wait() as budget:
+            return self.flush(budget)
 
     def retain(self, owner: object) -> None:
         """Keep the connection open at interpreter exit until ``owner`` calls ``release()``.
@@ -294,7 +401,8 @@ class Coordinator:
         """Drop a ``retain()``; at exit, the last release closes the coordinator."""
         self._retainers.discard(owner)
         if self._exit_pending and not self._retainers:
-            self.close()
+            with self._exit_wait() as budget:
+                self.close(budget)
 
     def __enter__(self) -> Coordinator:
         self.connect()
@@ -306,15 +414,20 @@ class Coordinator:
     def wait_registered(self, timeout: float | None = None) -> bool:
         """Block until the hub answered ``registered`` (True) or ``timeout`` passed (False)."""
         self._refuse_on_client_thread("wait_registered")
-        return self._registered.wait(timeout)
+        return self._registered.wait(_check_timeout(timeout))
 
     async def wait_registered_async(self, timeout: float | None = None) -> bool:
         """``wait_registered`` for asyncio code, without blocking the caller's loop."""
         return await asyncio.to_thread(self.wait_registered, timeout)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything queued so far is delivered or dropped; False on timeout."""
+        """Wait until everything queued so far is delivered or dropped; False on timeout.
+
+        ``timeout`` is seconds (None or infinity: no limit; negative: do not wait); anything
+        else, NaN included, raises at the call.
+        """
         self._refuse_on_client_thread("flush")
+        timeout = _check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._drained:
             while self._outbox.pending or self._control:
@@ -351,6 +464,10 @@ class Coordinator:
     def on_command(self, callback: Callable[[CommandEvent], None]) -> Callable[[], None]:
         """Call ``callback(event)`` for every pause, resume and cancel, accepted or refused."""
         return self._subscribe("command", callback)
+
+    def on_pong(self, callback: Callable[[float], None]) -> Callable[[], None]:
+        """Call ``callback(seconds)`` with the round trip of every ping the hub answered."""
+        return self._subscribe("pong", callback)
 
     def on_message(self, message_type: MessageType | str, handler: MessageHandler | None) -> None:
         """Handle ``message_type`` with ``handler`` instead of the default (None restores it).
@@ -393,10 +510,24 @@ class Coordinator:
         if self._closed or self._forked or not self.config.enabled:
             reason = "closed" if self._closed else "forked child" if self._forked else "no hub"
             self._outbox.reject(message_type, f"not sending: {reason}")
+            if self._closed and self.config.enabled:
+                self._warn.log(
+                    logging.WARNING,
+                    "closed",
+                    "%s sent after close() was dropped; see stats()",
+                    message_type,
+                )
+            return False
+        if self._inherited and workflow_id in self._inherited:
+            # Reported from here, it would move the workflow to this process at the hub.
+            self._outbox.reject(message_type, "not sending: the parent process's workflow")
             return False
         outbox = self._outbox
+        entry = Entry(message_type, workflow_id, body, size, time.time_ns(), seq)
+        if size > self._frame_limit and not self._fits_a_frame(entry):
+            return False  # refused before it could displace anything queued
         before = outbox.dropped_total
-        accepted = outbox.put(Entry(message_type, workflow_id, body, size, time.time_ns(), seq))
+        accepted = outbox.put(entry)
         if outbox.dropped_total != before:
             self._warn.log(
                 logging.WARNING,
@@ -406,6 +537,26 @@ class Coordinator:
                 outbox.dropped_total,
             )
         return accepted
+
+    def _fits_a_frame(self, entry: Entry) -> bool:
+        """Admission for a message whose size estimate is over the frame limit.
+
+        It would be dropped when sent (``_oversized``), but queued first it would have made
+        the outbox shed workflow state for room it never uses. The estimate is cheap, not
+        exact (it may be high for many small fields), so such a message is encoded here, once,
+        and judged by its real size: refused and counted, or queued with its frame ready.
+        """
+        try:
+            text = _encode_entry(entry)
+        except Exception as exc:
+            self._outbox.reject(entry.type, "cannot encode")
+            self._warn.log(logging.WARNING, "encode", "dropped a %s: %s", entry.type, exc)
+            return False
+        if self._oversized(text, entry.type):
+            self._outbox.reject(entry.type, "larger than max_frame_bytes")
+            return False
+        entry.text, entry.body, entry.size = text, None, len(text)
+        return True
 
     def send(self, message: Message) -> bool:
         """Queue a ready-made ``Message`` as it is; False if it was shed at once."""
@@ -462,7 +613,7 @@ class Coordinator:
     ) -> bool:
         _check_workflow(workflow_id)
         _check_text("action_id", action_id)
-        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        text = describe_error(error)  # a str() that raises must not reach the caller
         body = (action_id, text, bool(recoverable))
         return self._enqueue(MessageType.ERROR, workflow_id, body, 160 + len(text))
 
@@ -554,9 +705,9 @@ class Coordinator:
             message=_check_text("message", message),
             workflow_id=_check_text("workflow_id", workflow_id),
             action_id=_check_text("action_id", action_id),
-            correlation_id=correlation_id,
-            trace_id=trace_id,
-            span_id=span_id,
+            correlation_id=_check_text("correlation_id", correlation_id),
+            trace_id=_check_text("trace_id", trace_id),
+            span_id=_check_text("span_id", span_id),
             fields=dict(fields) if fields else {},
         )
         return self._enqueue(MessageType.LOG, "", entry, _entry_size(entry))
@@ -575,6 +726,8 @@ class Coordinator:
 
     def _on_phase_changed(self, state: PhaseState) -> None:
         # Runs under the phase manager's lock, so queue order is transition order.
+        if state.sequence == 0 and self._inherited:
+            self._inherited.discard(state.workflow_id)  # registered anew: this process's own
         size = 200 + len(state.workflow_id) + len(state.reason) + len(state.checkpoint_id)
         self._enqueue(MessageType.PHASE_CHANGED, state.workflow_id, state, size, seq=state.sequence)
 
@@ -599,6 +752,7 @@ class Coordinator:
             received=self._received,
             inbound_dropped=dict(self._inbound_dropped),
             coalesced=counts.coalesced,
+            connect_errors=dict(self._connect_errors),
         )
 
     # ------------------------------------------------------------------ the client thread
@@ -607,6 +761,7 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._wake = wake = asyncio.Event()
+        self._control_taken = asyncio.Event()
 
         def wakeup() -> None:
             with contextlib.suppress(RuntimeError):  # the loop is closing
@@ -626,6 +781,16 @@ class Coordinator:
             except Exception as exc:
                 failures += 1
                 self._connect_failures += 1
+                if isinstance(exc, InvalidStatus) and exc.response.status_code == 404:
+                    warn_once(
+                        _log,
+                        f"http 404 {self.config.when_url}",
+                        "the hub at %s answered HTTP 404 to the WebSocket upgrade: wrong path? "
+                        "The coordination endpoint is usually %s",
+                        self.config.when_url,
+                        HUB_PATH,
+                    )
+                self._connect_errors[qualified_name(exc)] += 1
                 self._warn.log(
                     logging.WARNING,
                     "connect",
@@ -755,13 +920,14 @@ class Coordinator:
             await asyncio.sleep(self.config.ping_interval)
             pong = await ws.ping()
             try:
-                await asyncio.wait_for(pong, self.config.pong_timeout)
+                latency = await asyncio.wait_for(pong, self.config.pong_timeout)
             except asyncio.TimeoutError:
                 _log.warning(
                     "no pong from the hub within %.1f s: reconnecting", self.config.pong_timeout
                 )
                 ws.transport.abort()
                 return
+            self._fire("pong", latency)
 
     def _register_payload(self) -> RegisterPayload:
         config = self.config
@@ -797,6 +963,36 @@ class Coordinator:
                     self._drop_inbound("invalid frame", str(exc))
                     continue
                 await self._dispatch(message)
+                if len(self._control) >= _CONTROL_LIMIT and not await self._replies_taken():
+                    self._inbound_dropped["not answered: hub not reading"] += len(self._control)
+                    self._warn.log(
+                        logging.WARNING,
+                        "not reading",
+                        "the hub does not read what the client sends (%d replies waiting for "
+                        "%.1f s): reconnecting",
+                        len(self._control),
+                        self.config.pong_timeout,
+                    )
+                    ws.transport.abort()
+                    return
+
+    async def _replies_taken(self) -> bool:
+        """Wait, up to ``pong_timeout``, until the writer took the queued replies.
+
+        The reader stops reading meanwhile, so a hub that asks faster than it reads the
+        answers is slowed down by TCP, and the queue of replies stays bounded. One that does
+        not read at all within that time is a dead peer: False, and the caller reconnects.
+        """
+        assert self._control_taken is not None
+        assert self._wake is not None
+        taken = self._control_taken
+        taken.clear()
+        self._wake.set()
+        try:
+            await asyncio.wait_for(taken.wait(), self.config.pong_timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     def _drop_inbound(self, reason: str, detail: str) -> None:
         self._inbound_dropped[reason] += 1
@@ -813,14 +1009,20 @@ class Coordinator:
                 return
             default = self._defaults.get(key)
             if default is None:
-                _log.debug("ignoring message of unknown type %r", key)
+                self._warn.log(logging.DEBUG, "unknown type", "ignoring message of type %r", key)
                 self._inbound_dropped["unknown type"] += 1
                 return
             default(message)
         except ProtocolError as exc:
             self._drop_inbound("invalid payload", f"{key}: {exc}")
         except Exception:
-            _log.exception("handler for %r messages failed", key)
+            self._warn.log(
+                logging.ERROR,
+                f"handler {key}",
+                "handler for %r messages failed",
+                key,
+                exc_info=True,
+            )
         if self._control and self._wake is not None:
             self._wake.set()
 
@@ -908,8 +1110,12 @@ class Coordinator:
 
     def _drain_control(self) -> list[Message]:
         control = self._control
+        if not control:
+            return []
         messages = list(control)
         control.clear()
+        if self._control_taken is not None:
+            self._control_taken.set()
         return messages
 
     def _start_confirm(self, ws: ClientConnection, session: int) -> None:
@@ -923,7 +1129,7 @@ class Coordinator:
             count = self._outbox.inflight
             try:
                 pong = await ws.ping()
-                await asyncio.wait_for(pong, self.config.pong_timeout)
+                self._fire("pong", await asyncio.wait_for(pong, self.config.pong_timeout))
             except asyncio.TimeoutError:
                 _log.warning(
                     "no pong from the hub within %.1f s: reconnecting", self.config.pong_timeout
@@ -950,10 +1156,17 @@ class Coordinator:
             self.service_id = payload.service_id
         self.hub_protocol_version = payload.hub_protocol_version
         # Re-assert every live workflow to a hub that may have lost it, except transitions
-        # still on their way (they will arrive anyway, and must not arrive twice).
-        for state in self._phases.get_active_workflows():
-            if not self._outbox.phase_pending(state.workflow_id, state.sequence):
-                self._control.append(_phase_message(state, time.time_ns()))
+        # still on their way (they will arrive anyway, and must not arrive twice). Once per
+        # connection: a hub repeating ``registered`` learns nothing new from a second replay,
+        # and one that repeats it in a loop would otherwise get every workflow each time.
+        if self._replayed != self._session:
+            self._replayed = self._session
+            inherited = self._inherited
+            for state in self._phases.get_active_workflows():
+                if state.workflow_id in inherited:
+                    continue  # the parent's: it reports them on its own connection
+                if not self._outbox.phase_pending(state.workflow_id, state.sequence):
+                    self._control.append(_phase_message(state, time.time_ns()))
         self._registered.set()
         self._fire("registered", payload)
 
@@ -966,7 +1179,12 @@ class Coordinator:
         try:
             state = self._phases.get_state(workflow_id)
         except PhaseError:
-            _log.info("status asked for unknown workflow %r: not answered", workflow_id)
+            self._warn.log(
+                logging.INFO,
+                "unknown status",
+                "status asked for unknown workflow %r: not answered",
+                workflow_id,
+            )
             return
         payload = StatusResponsePayload(
             workflow_id=workflow_id,
@@ -994,7 +1212,10 @@ class Coordinator:
                 event = replace(event, reason=payload.reason, force=payload.force)
                 state = phases.cancel(workflow_id, payload.reason)
         except PhaseError as exc:
-            _log.info("refused %s from the hub: %s", message.type, exc)
+            # The hub decides how many of these arrive: one line per interval, not per frame.
+            self._warn.log(
+                logging.INFO, "refused command", "refused %s from the hub: %s", message.type, exc
+            )
             event = replace(event, error=str(exc))
         else:
             event = replace(event, accepted=True, state=state)
@@ -1129,12 +1350,14 @@ def _close_at_exit(ref: weakref.ref[Coordinator]) -> None:
     if coordinator is None or coordinator._forked:
         return
     try:
-        if coordinator._retainers:
-            coordinator._exit_pending = True  # the last release() closes
-            if coordinator._thread is not None:
-                coordinator.flush(coordinator.config.close_timeout)
-        else:
-            coordinator.close()
+        with coordinator._exit_wait() as budget:
+            if coordinator._retainers:
+                coordinator._flush_log_sources(final=True)
+                coordinator._exit_pending = True  # the last release() closes
+                if coordinator._thread is not None:
+                    coordinator.flush(budget)
+            else:
+                coordinator.close(budget)
     except Exception:
         _log.debug("closing at exit failed", exc_info=True)
 
@@ -1142,8 +1365,9 @@ def _close_at_exit(ref: weakref.ref[Coordinator]) -> None:
 def _reset_after_fork(ref: weakref.ref[Coordinator]) -> None:
     """In a forked child: forget the parent's thread, socket and queue; stay quiet.
 
-    The parent still owns its connection and delivers its own queue. A child that should
-    report calls ``connect()`` again, which starts a fresh connection and queue.
+    The parent still owns its connection, its queue and its workflows. A child that should
+    report calls ``connect()`` again, which starts a fresh connection and queue and reports
+    (and replays after each registration) only the workflows the child starts itself.
     """
     coordinator = ref()
     if coordinator is None:
@@ -1157,6 +1381,7 @@ def _reset_after_fork(ref: weakref.ref[Coordinator]) -> None:
     coordinator._stop = None
     coordinator._wake = None
     coordinator._control.clear()
+    coordinator._control_taken = None
     coordinator._confirming = False
     coordinator._forked = True
     # The child is another instance of the service: it must not speak as its parent.
@@ -1168,3 +1393,7 @@ def _reset_after_fork(ref: weakref.ref[Coordinator]) -> None:
         coordinator.config.outbox_max_messages, coordinator.config.outbox_max_bytes
     )
     coordinator._phases._reset_lock_after_fork()
+    # The child starts with no workflows of its own: the ones it inherited stay the parent's
+    # (a replay of them on the child's connection would move them to the child at the hub,
+    # and after the child exits they could no longer be steered).
+    coordinator._inherited = set(coordinator._phases.get_all_workflows())

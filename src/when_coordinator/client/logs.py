@@ -3,7 +3,6 @@ handler, the counterparts of the Go client's log forwarder and logrus hook."""
 
 from __future__ import annotations
 
-import atexit
 import contextvars
 import logging
 import threading
@@ -49,7 +48,9 @@ class LogForwarder:
     ``flush_interval`` seconds, on ``flush()`` and on ``stop()``.
 
     Entries leave the buffer for the coordinator's outbox, which keeps them through
-    disconnections within its bounds. After ``stop()`` entries are sent one by one.
+    disconnections within its bounds. After ``stop()`` entries are sent one by one. The
+    forwarder is attached to its coordinator: ``close()`` and the exit handler stop it first, so
+    nothing it buffered is left behind.
     """
 
     def __init__(
@@ -66,8 +67,7 @@ class LogForwarder:
         self._buffer: list[LogEntry] = []
         self._stopped = threading.Event()
         self._timer: threading.Thread | None = None
-        ref = weakref.ref(self)
-        atexit.register(_stop_at_exit, ref)
+        coordinator._attach_log_source(self)
 
     def add(self, entry: LogEntry) -> None:
         """Buffer one entry; a missing timestamp becomes the time of this call."""
@@ -125,6 +125,13 @@ class LogForwarder:
         if timer is not None and timer is not threading.current_thread():
             timer.join(5.0)
 
+    def _flush_to_coordinator(self, *, final: bool) -> None:
+        """Called by the coordinator before it delivers for the last time (``final``: it is
+        closing, so stop buffering; the timer thread ends on its own)."""
+        if final:
+            self._stopped.set()
+        self.flush()
+
     def _start_timer(self) -> None:
         ref = weakref.ref(self)
         self._timer = threading.Thread(
@@ -146,12 +153,6 @@ def _timer_loop(ref: weakref.ref[LogForwarder], stopped: threading.Event, interv
         except Exception:
             logging.getLogger(__name__).exception("log forwarder flush failed")
         del forwarder
-
-
-def _stop_at_exit(ref: weakref.ref[LogForwarder]) -> None:
-    forwarder = ref()
-    if forwarder is not None:
-        forwarder.stop()
 
 
 _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
@@ -209,6 +210,12 @@ class CoordinatorLogHandler(logging.Handler):
                 self.target.send_log(entry)
         except Exception:
             self.handleError(record)
+
+    def flush(self) -> None:
+        """Hand what a target forwarder buffers to the coordinator (``logging.shutdown()`` at
+        exit calls this too)."""
+        if isinstance(self.target, LogForwarder):
+            self.target.flush()
 
     def to_entry(self, record: logging.LogRecord) -> LogEntry:
         """Map a record as PROTOCOL.md section 7 says, plus the current trace and workflow."""

@@ -5,8 +5,10 @@ with an operator API on the same port; the ``when-coordinator`` command line and
 suite both use it. See docs/hub.md.
 """
 
+from .bounds import HubLimits
 from .errors import (
     CommandError,
+    CommandRefused,
     HubClosed,
     HubError,
     ServiceUnavailable,
@@ -40,12 +42,14 @@ __all__ = [
     "Anomaly",
     "CheckpointRecord",
     "CommandError",
+    "CommandRefused",
     "ConnectionState",
     "ErrorRecord",
     "Health",
     "Hub",
     "HubClosed",
     "HubError",
+    "HubLimits",
     "HubState",
     "HubStore",
     "LogRecord",

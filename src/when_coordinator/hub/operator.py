@@ -1,11 +1,13 @@
 """The hub's operator interface: a JSON HTTP API and an operator WebSocket, on the hub's port.
 
-Both need ``Authorization: Bearer <token>`` when the hub has a token (``/healthz`` does not).
+Both need ``Authorization: Bearer <token>`` when the hub has a token (``GET /healthz`` does
+not); the server checks it, whatever the path, before anything here runs.
 
 HTTP (responses are JSON; errors are ``{"error": "...", "code": "..."}``):
 
 ========================================  ==================================================
-``GET /healthz``                          ``{"status": "ok", "services": n, "workflows": n}``
+``GET /healthz``                          ``{"status": "ok", "services": n, "workflows": n, "store":
+                                          {...}, "memory": {...}}``; 503 while the store fails
 ``GET /v1/services``                      ``{"services": [service, ...]}``
 ``GET /v1/workflows``                     ``{"workflows": [summary, ...]}``; filters
                                           ``?service_id=``, ``?phase=``, ``?root=``
@@ -15,22 +17,27 @@ HTTP (responses are JSON; errors are ``{"error": "...", "code": "..."}``):
                                           ``?level=``, ``?limit=`` (100)
 ``GET /v1/connections``                   coordination connections with their counters
 ``GET /v1/anomalies``                     the most recent anomalies
+``GET /v1/metrics``                       the figures of ``GET /metrics`` as JSON (for the
+                                          dashboard; see ``metrics.figures``)
 ``POST /v1/workflows/<id>/pause``         ``?reason=``; ``{"sent": message_id}``
 ``POST /v1/workflows/<id>/resume``        ``?from_checkpoint=``
 ``POST /v1/workflows/<id>/cancel``        ``?reason=&force=true``
 ``POST /v1/workflows/<id>/status``        ``?timeout=`` (5, at most 9); the service's answer
 ========================================  ==================================================
 
-Status codes: 400 bad parameters, 401 token, 404 unknown workflow or path, 405 wrong method,
-503 the owning service is not connected, 504 no status answer in time.
+Status codes: 400 bad parameters or a malformed path, 401 token, 404 unknown workflow or path,
+405 wrong method, 409 the workflow's phase does not allow the command (the answer carries
+``phase`` and ``allowed``), 503 the owning service is not connected, 504 no status answer in
+time.
 
 Operator WebSocket ``/v1/operator``: each request is a JSON object ``{"id": <any>, "op": <name>,
 ...params}`` answered by ``{"id": <same>, "ok": true, "result": ...}`` or ``{"id": <same>,
 "ok": false, "error": "...", "code": "..."}``. Ops: ``pause`` (workflow_id, reason),
 ``resume`` (workflow_id, from_checkpoint), ``cancel`` (workflow_id, reason, force), ``status``
 (workflow_id, timeout), ``services``, ``workflows``, ``workflow`` (workflow_id), ``logs``
-(workflow_id, level, limit), ``connections``, ``anomalies``, ``subscribe`` (logs: bool,
-workflow_id: only that workflow and its descendants), ``unsubscribe``.
+(workflow_id, level, limit), ``connections``, ``anomalies``, ``metrics``, ``subscribe`` (logs: bool,
+workflow_id: only that workflow and its descendants), ``unsubscribe``. A refused command's
+error has ``code`` ``conflict`` and the same ``phase`` and ``allowed`` as over HTTP.
 
 After ``subscribe`` the server pushes events, objects with an ``event`` key: first
 ``snapshot`` (services, workflows), then in order of occurrence ``phase_changed``,
@@ -47,18 +54,28 @@ import email.utils
 import json
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from .errors import HubClosed, HubError, ServiceUnavailable, StatusTimeout, WorkflowNotFound
+from .errors import (
+    CommandRefused,
+    HubClosed,
+    HubError,
+    ServiceUnavailable,
+    StatusTimeout,
+    WorkflowNotFound,
+)
+from .metrics import figures
+from .routing import Target
 from .state import (
     Changes,
     CheckpointEvent,
@@ -72,7 +89,7 @@ from .state import (
 if TYPE_CHECKING:
     from .server import Hub
 
-__all__ = ["OperatorError", "OperatorSession", "execute", "http_request"]
+__all__ = ["OperatorError", "OperatorSession", "bad_path", "execute", "http_request"]
 
 _log = logging.getLogger("when_coordinator.hub.operator")
 
@@ -205,6 +222,8 @@ async def execute(hub: Hub, op: str, params: Mapping[str, Any]) -> Any:
         return [conn.as_dict() for conn in hub.connections.values()]
     if op == "anomalies":
         return [anomaly.as_dict() for anomaly in hub.anomalies]
+    if op == "metrics":
+        return figures(hub, time.monotonic())
     raise OperatorError(f"unknown op {op!r}", code="unknown_op")
 
 
@@ -213,6 +232,8 @@ def _classify(exc: Exception) -> tuple[str, int]:
         return exc.code, exc.http_status
     if isinstance(exc, WorkflowNotFound):
         return "unknown_workflow", 404
+    if isinstance(exc, CommandRefused):
+        return "conflict", 409
     if isinstance(exc, StatusTimeout):
         return "timeout", 504
     if isinstance(exc, (ServiceUnavailable, HubClosed)):
@@ -243,11 +264,24 @@ def _error(status: int, message: str, code: str) -> Response:
     return json_response(status, {"error": message, "code": code})
 
 
-async def http_request(hub: Hub, request: Request) -> Response:
-    """Answer one HTTP request of the operator API (authentication is already checked)."""
-    raw_path, _, query = request.path.partition("?")
-    params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
-    parts = [unquote(p) for p in raw_path.strip("/").split("/")] if raw_path != "/" else []
+def _error_body(exc: Exception) -> dict[str, Any]:
+    """What an error answer carries beyond its message and code."""
+    if isinstance(exc, CommandRefused):
+        return {"phase": exc.phase, "allowed": list(exc.allowed)}
+    return {}
+
+
+def bad_path(target: Target) -> Response:
+    """The answer to an authenticated request whose path is malformed (see ``routing``)."""
+    return _error(400, f"malformed path: {target.error}", "bad_path")
+
+
+async def http_request(hub: Hub, request: Request, target: Target) -> Response:
+    """Answer one HTTP request of the operator API: ``target`` is the request's parsed path,
+    already authenticated (or the public health route)."""
+    raw_path = target.path
+    params = {k: v[-1] for k, v in parse_qs(target.query, keep_blank_values=True).items()}
+    parts = list(target.segments)
     try:
         if request.method == "POST":
             if len(parts) == 4 and parts[:2] == ["v1", "workflows"] and parts[3] in _COMMANDS:
@@ -258,13 +292,17 @@ async def http_request(hub: Hub, request: Request) -> Response:
             return _error(405, f"method {request.method} not allowed", "method_not_allowed")
         if parts == ["healthz"]:
             state = hub.state
+            store = hub.store_health()
+            ready = store is None or store["ok"]  # a store that cannot write: not ready
             return json_response(
-                200,
+                200 if ready else 503,
                 {
-                    "status": "ok",
+                    "status": "ok" if ready else "store failing",
                     "protocol_version": hub.protocol_version,
                     "services": sum(1 for s in state.services.values() if s.connected),
                     "workflows": len(state.workflows),
+                    "store": store,
+                    "memory": hub.memory(),
                 },
             )
         if parts == ["v1", "services"]:
@@ -280,6 +318,8 @@ async def http_request(hub: Hub, request: Request) -> Response:
             return json_response(200, {"connections": await execute(hub, "connections", {})})
         if parts == ["v1", "anomalies"]:
             return json_response(200, {"anomalies": await execute(hub, "anomalies", {})})
+        if parts == ["v1", "metrics"]:
+            return json_response(200, await execute(hub, "metrics", {}))
         if len(parts) == 4 and parts[:2] == ["v1", "workflows"] and parts[3] in _COMMANDS:
             return _error(405, f"use POST for {parts[3]}", "method_not_allowed")
         return _error(404, f"no such path: {raw_path}", "not_found")
@@ -287,7 +327,8 @@ async def http_request(hub: Hub, request: Request) -> Response:
         code, status = _classify(exc)
         if status == 500:
             _log.exception("operator HTTP request %s %s failed", request.method, raw_path)
-        return _error(status, str(exc) or type(exc).__name__, code)
+        body = {"error": str(exc) or type(exc).__name__, "code": code, **_error_body(exc)}
+        return json_response(status, body)
 
 
 def _is_get_route(parts: list[str]) -> bool:
@@ -298,6 +339,7 @@ def _is_get_route(parts: list[str]) -> bool:
         ["v1", "logs"],
         ["v1", "connections"],
         ["v1", "anomalies"],
+        ["v1", "metrics"],
     ) or (len(parts) == 3 and parts[:2] == ["v1", "workflows"])
 
 
@@ -523,6 +565,12 @@ class OperatorSession:
             code, status = _classify(error)
             if status == 500:
                 _log.error("operator request failed", exc_info=error)
-            body = {"id": request_id, "ok": False, "error": str(error), "code": code}
+            body = {
+                "id": request_id,
+                "ok": False,
+                "error": str(error),
+                "code": code,
+                **_error_body(error),
+            }
         with contextlib.suppress(ConnectionClosed):
             await self._ws.send(json.dumps(body, separators=(",", ":")))

@@ -5,7 +5,12 @@ One port serves everything:
 - ``/v1/coordination`` and ``/ws/coordination``: the coordination protocol for services;
 - ``/v1/operator``: the operator WebSocket (commands and a live event stream);
 - ``GET /healthz``, ``GET /v1/...`` and ``POST /v1/workflows/<id>/<command>``: the operator's
-  HTTP JSON API (see ``operator.py`` and docs/hub.md); any other path is a 404.
+  HTTP JSON API (see ``operator.py`` and docs/hub.md);
+- ``GET /metrics``: Prometheus text (``metrics.py``), behind the token unless
+  ``metrics_public``; any other path is a 404.
+
+With a token, every request but ``GET /healthz`` is authenticated before it is routed,
+whatever its path; the path is parsed once, by ``routing.parse_target``.
 
 All state lives in a ``HubState`` changed only on the event loop, one received frame at a time;
 after each frame the hub re-evaluates ``wait_for`` predicates, feeds operator watchers and
@@ -21,7 +26,6 @@ yields between a connection's frames every few dozen, so a flood cannot starve t
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import hmac
 import inspect
@@ -29,6 +33,7 @@ import itertools
 import logging
 import os
 import sqlite3
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -56,21 +61,32 @@ from ..protocol import (
     decode,
     encode,
 )
+from .bounds import HubLimits, json_size
+from .commands import check_command
 from .errors import HubClosed, HubError, ServiceUnavailable, StatusTimeout, WorkflowNotFound
-from .operator import OperatorSession, http_request
+from .metrics import CommandLatency, metrics_response
+from .operator import OperatorSession, bad_path, http_request
+from .persister import Persister
+from .routing import (
+    COORDINATION_ROUTES,
+    METRICS_ROUTE,
+    OPERATOR_ROUTE,
+    Target,
+    parse_target,
+    redact_query,
+)
+from .sendguard import SendBufferGuard
 from .state import (
     HUB_PROTOCOL_VERSION,
     Anomaly,
-    Changes,
     ConnectionState,
     HubState,
-    LogEvent,
     LogRecord,
     ServiceState,
     VersionRefused,
     WorkflowState,
 )
-from .store import HubStore, StoreBatch
+from .store import HubStore
 
 if TYPE_CHECKING:
     from .threaded import ThreadedHub
@@ -116,13 +132,26 @@ class ReceivedLog(Sequence[ReceivedMessage]):
     load, collections of tens of milliseconds every few seconds; strings it does not track.
     """
 
-    __slots__ = ("_frames",)
+    __slots__ = ("_frames", "_maxlen", "bytes", "evicted", "max_bytes")
 
-    def __init__(self, maxlen: int) -> None:
-        self._frames: deque[tuple[str, str]] = deque(maxlen=maxlen)
+    def __init__(self, maxlen: int, max_bytes: int | None = None) -> None:
+        self._frames: deque[tuple[str, str]] = deque()
+        self._maxlen = max(1, maxlen)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        """The length of the frames held (one frame larger than ``max_bytes`` is kept alone)."""
+        self.evicted = 0
 
     def append(self, service_id: str, frame: str) -> None:
-        self._frames.append((service_id, frame))
+        frames = self._frames
+        frames.append((service_id, frame))
+        self.bytes += len(frame)
+        limit = self.max_bytes
+        while len(frames) > self._maxlen or (
+            limit is not None and self.bytes > limit and len(frames) > 1
+        ):
+            self.bytes -= len(frames.popleft()[1])
+            self.evicted += 1
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -212,19 +241,35 @@ else:
 
 
 class _CredentialRedactingLogger(_LoggerAdapter):
-    """The logger handed to websockets, which logs every request header at DEBUG: the
-    ``Authorization`` value is a client's token (the right one or someone's wrong one), and
-    no log may show it."""
+    """The logger handed to websockets, which logs every request line and header at DEBUG:
+    the ``Authorization`` value is a client's token (the right one or someone's wrong one),
+    a query string may carry one too, and no log may show either."""
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        if (
-            len(args) == 2
-            and isinstance(args[0], str)
-            and args[0].lower() in _CREDENTIAL_HEADERS
-            and self.isEnabledFor(level)
-        ):
+        if not self.isEnabledFor(level):
+            return
+        if len(args) == 2 and isinstance(args[0], str) and args[0].lower() in _CREDENTIAL_HEADERS:
             args = (args[0], "<redacted>")
+        elif level < logging.WARNING:
+            args = tuple(redact_query(a) if isinstance(a, str) else a for a in args)
+            exc_info = kwargs.get("exc_info")
+            if exc_info:  # a refused request line is quoted in the exception's text
+                if isinstance(exc_info, BaseException):
+                    error: object = exc_info
+                elif isinstance(exc_info, tuple):
+                    error = exc_info[1]
+                else:
+                    error = sys.exc_info()[1]
+                kwargs["exc_info"] = None
+                msg = f"{msg}: %s"
+                args = (*args, redact_query(repr(error)))
         self.logger.log(level, msg, *args, **kwargs)
+
+
+def _header(headers: Headers, name: str) -> str | None:
+    """The value of a header sent once; ``None`` when absent or repeated (ambiguous)."""
+    values = headers.get_all(name)
+    return values[0] if len(values) == 1 else None
 
 
 def _describe(predicate: Callable[..., object]) -> str:
@@ -248,6 +293,13 @@ class Hub:
     ``db``: a SQLite file that keeps services, workflows and logs across restarts.
     ``ping_interval``: seconds between JSON pings to each service; a service whose oldest
     unanswered ping is older than ``pong_timeout`` (default: ``ping_interval``) is ``late``.
+    ``send_buffer_bytes``, ``send_buffer_timeout``: a connection (service or operator) whose
+    unsent bytes stay above the first for longer than the second has stopped reading and is
+    closed (1008); so is one that a command could not be written to within
+    ``command_timeout``.
+    ``limits``: the byte bounds of everything the hub keeps (``HubLimits``; see ``memory()``).
+    ``db_max_bytes``: a bound on the SQLite file (writes past it fail like on a full disk).
+    ``metrics_public``: serve ``GET /metrics`` (Prometheus text) without the token.
     """
 
     def __init__(
@@ -268,19 +320,25 @@ class Hub:
         rate_burst: int = 10_000,
         flood_close_after: int | None = 20_000,
         command_timeout: float = 5.0,
+        send_buffer_bytes: int = 1 << 20,
+        send_buffer_timeout: float = 20.0,
         store_interval: float = 0.2,
         protocol_version: str = HUB_PROTOCOL_VERSION,
+        limits: HubLimits | None = None,
+        db_max_bytes: int | None = None,
+        metrics_public: bool = False,
     ) -> None:
         if ping_interval <= 0:
             raise ValueError("ping_interval must be > 0 seconds")
         if rate_limit <= 0 or rate_burst < 1:
             raise ValueError("rate_limit must be > 0 and rate_burst >= 1")
-        if token is not None and not token:
-            raise ValueError("token must not be empty (use None for no authentication)")
+        _check_token(token)
+        self._guard = SendBufferGuard(send_buffer_bytes, send_buffer_timeout)
         self._host = host
         self._requested_port = port
         self._token = token.encode() if token is not None else None
         self._db = db
+        self._db_max_bytes = db_max_bytes
         self._ping_interval = float(ping_interval)
         self._pong_timeout = float(pong_timeout if pong_timeout is not None else ping_interval)
         self._max_frame_bytes = max_frame_bytes
@@ -294,10 +352,17 @@ class Hub:
             log_buffer=log_buffer,
             workflow_log_buffer=workflow_log_buffer,
             max_workflows=max_workflows,
+            limits=limits,
         )
-        self._received = ReceivedLog(max(1, record_limit))
-        self._sent: deque[SentMessage] = deque(maxlen=max(1, record_limit))
+        self.limits = self._state.limits
+        self._received = ReceivedLog(max(1, record_limit), self.limits.received_bytes)
+        self._sent: deque[SentMessage] = deque()
+        self._sent_sizes: deque[int] = deque()
+        self._sent_bytes = 0
+        self._sent_evicted = 0
+        self._record_limit = max(1, record_limit)
         self._peers: dict[str, _Peer] = {}
+        self._open: set[ServerConnection] = set()
         self._connection_ids = itertools.count(1)
         self._pending: dict[str, _PendingStatus] = {}
         self._waiters: list[_Waiter] = []
@@ -307,9 +372,11 @@ class Hub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._port = 0
         self._closed: asyncio.Event | None = None
-        self._persister: _Persister | None = None
+        self._persister: Persister | None = None
         self._log_buffer = log_buffer
         self._store_interval = store_interval
+        self.metrics_public = metrics_public
+        self.command_latency = CommandLatency()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -320,8 +387,8 @@ class Hub:
         self._loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
         if self._db is not None:
-            store = HubStore(self._db, log_limit=self._log_buffer)
-            self._persister = _Persister(self._state, store, self._store_interval)
+            store = HubStore(self._db, log_limit=self._log_buffer, max_bytes=self._db_max_bytes)
+            self._persister = Persister(self._state, store, self._store_interval, self._publish)
             try:
                 snapshot = await self._persister.run(store.load)
             except (sqlite3.Error, RuntimeError) as exc:
@@ -349,7 +416,11 @@ class Hub:
             raise
         self._port = int(self._server.sockets[0].getsockname()[1])
         self._spawn(self._ping_loop())
-        _log.info("hub listening on %s", self.url)
+        self._spawn(self._guard_loop())
+        if self._host in ("", "0.0.0.0", "::"):  # self.url dials loopback: say so
+            _log.info("hub listening on all interfaces, port %d (locally %s)", self._port, self.url)
+        else:
+            _log.info("hub listening on %s", self.url)
         return self
 
     async def close(self) -> None:
@@ -486,6 +557,26 @@ class Hub:
         """The most recent anomalies of the whole hub."""
         return tuple(self._state.anomalies)
 
+    def memory(self) -> dict[str, dict[str, int]]:
+        """Each retained collection's estimated bytes, its byte bound and what the bound
+        evicted (see ``HubLimits``); served in ``/healthz``."""
+        received = self._received
+        return {
+            **self._state.memory(),
+            "received": {
+                "bytes": received.bytes,
+                "limit": self.limits.received_bytes,
+                "count": len(received),
+                "evicted": received.evicted,
+            },
+            "sent": {
+                "bytes": self._sent_bytes,
+                "limit": self.limits.received_bytes,
+                "count": len(self._sent),
+                "evicted": self._sent_evicted,
+            },
+        }
+
     @property
     def watchers(self) -> int:
         """Operator connections currently subscribed to the event stream."""
@@ -552,11 +643,19 @@ class Hub:
         self._subscribers.discard(session)
         self._publish()
 
-    async def flush(self) -> None:
-        """Write pending changes to the SQLite store now (no-op without ``db``)."""
+    async def flush(self) -> bool:
+        """Write pending changes to the SQLite store now (no-op without ``db``); False when
+        the write failed (the changes are kept and retried, see ``store_health()``)."""
         self._publish()
         if self._persister is not None:
-            await self._persister.flush()
+            return await self._persister.flush()
+        return True
+
+    def store_health(self) -> dict[str, Any] | None:
+        """The SQLite store's state (None without ``db``): ``ok`` is False while writes
+        fail; then ``/healthz`` answers 503. Also counts writes, failures, retries, what is
+        pending and what the pending bound dropped."""
+        return self._persister.health() if self._persister is not None else None
 
     # ------------------------------------------------------------------ commands
 
@@ -592,9 +691,29 @@ class Hub:
         return peer, workflow.service_id
 
     async def _command(self, message: Message, service_id: str | None) -> Message:
-        peer, owner = self._route(message.workflow_id, service_id)
-        await self._send(peer, message, owner, timeout=self.command_timeout)
+        workflow_id = message.workflow_id
+        if self._server is not None and isinstance(workflow_id, str):
+            workflow = self._state.workflows.get(workflow_id)
+            if workflow is not None:  # a phase that does not allow it: 409, nothing sent
+                check_command(str(message.type), workflow_id, workflow.phase)
+        peer, owner = self._route(workflow_id, service_id)
+        started = time.monotonic()
+        try:
+            await self._send(peer, message, owner, timeout=self.command_timeout)
+        except HubError as exc:
+            self._timed(str(message.type), started, exc)
+            raise
+        self._timed(str(message.type), started)
         return message
+
+    def _timed(self, command: str, started: float, error: Exception | None = None) -> None:
+        outcome = "ok" if error is None else type(error).__name__
+        self.command_latency.observe(command, time.monotonic() - started, outcome)
+
+    def store_status(self, now: float) -> tuple[float, int] | None:
+        """(seconds the oldest unwritten change waited, failed writes); None without a store."""
+        persister = self._persister
+        return None if persister is None else persister.status(now)
 
     async def pause(
         self, workflow_id: str, reason: str = "", *, service_id: str | None = None
@@ -640,14 +759,22 @@ class Hub:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StatusResponsePayload] = loop.create_future()
         self._pending[request.id] = _PendingStatus(future, peer.connection_id, workflow_id)
+        started = time.monotonic()
         try:
             await self._send(peer, request, owner, timeout=timeout)
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            answer = await asyncio.wait_for(asyncio.shield(future), timeout)
+            self._timed("status", started)
+            return answer
         except asyncio.TimeoutError:
-            raise StatusTimeout(
+            error = StatusTimeout(
                 f"service {owner!r} did not answer status for workflow {workflow_id!r} "
                 f"within {timeout:g} s"
-            ) from None
+            )
+            self._timed("status", started, error)
+            raise error from None
+        except HubError as exc:
+            self._timed("status", started, exc)
+            raise
         finally:
             self._pending.pop(request.id, None)
             if not future.done():
@@ -669,17 +796,46 @@ class Hub:
         except ConnectionClosed:
             raise ServiceUnavailable(f"service {service_id!r} disconnected") from None
         except asyncio.TimeoutError:
+            # The frame sits in the send buffer behind what the service has not read, and
+            # cannot be taken back: a peer that does not read is dead, and closing it is
+            # what frees the buffer.
+            _log.warning(
+                "closing %s: not reading (a send waited %g s)", peer.connection_id, timeout
+            )
+            self._guard.abort(peer.ws, f"not reading: a frame waited {timeout:g} s to be sent")
             raise ServiceUnavailable(
-                f"service {service_id!r} is not reading: send timed out after {timeout:g} s"
+                f"service {service_id!r} is not reading: send timed out after {timeout:g} s; "
+                "its connection was closed"
             ) from None
-        self._sent.append(SentMessage(service_id, message))
+        if self._guard.aborted(peer.ws):  # the send returned because its buffer was dropped
+            raise ServiceUnavailable(
+                f"service {service_id!r} is not reading: its connection was closed before "
+                "the message was delivered"
+            )
+        self._keep_sent(SentMessage(service_id, message))
+
+    def _keep_sent(self, sent: SentMessage) -> None:
+        """Remember a sent message within ``record_limit`` and ``limits.received_bytes``."""
+        size = 256 + (json_size(sent.message.payload) if sent.message.payload else 0)
+        self._sent.append(sent)
+        self._sent_sizes.append(size)
+        self._sent_bytes += size
+        while len(self._sent) > self._record_limit or (
+            self._sent_bytes > self.limits.received_bytes and len(self._sent) > 1
+        ):
+            self._sent.popleft()
+            self._sent_bytes -= self._sent_sizes.popleft()
+            self._sent_evicted += 1
 
     # ------------------------------------------------------------------ HTTP and routing
 
     def _authorized(self, headers: Headers) -> bool:
         if self._token is None:
             return True
-        scheme, _, credentials = headers.get("Authorization", "").partition(" ")
+        value = _header(headers, "Authorization")  # two of them: refused, not guessed
+        if value is None:
+            return False
+        scheme, _, credentials = value.partition(" ")
         if scheme.lower() != "bearer":
             return False
         return hmac.compare_digest(credentials.strip().encode(), self._token)
@@ -687,19 +843,26 @@ class Hub:
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
-        path = request.path.partition("?")[0]
-        if path == "/healthz":
-            return await http_request(self, request)
-        websocket = path in COORDINATION_PATHS or path == OPERATOR_PATH
-        if not websocket and not path.startswith("/v1/"):
-            return await http_request(self, request)  # the 404
+        """Deny by default: every request but the public health route shows the token
+        before its path is even looked at; then the parsed path routes it."""
+        target = parse_target(request.path)
+        if target.public:
+            return await http_request(self, request, target)
+        metrics = not target.error and target.segments == METRICS_ROUTE
+        if metrics and self.metrics_public:
+            return metrics_response(self, request.method, time.monotonic())
         if not self._authorized(request.headers):
             remote = _format_remote(connection.remote_address)
-            _log.info("refused %s %s from %s: bad or missing token", request.method, path, remote)
+            shown = target.path if not target.error else "(a malformed path)"
+            _log.info("refused %s %s from %s: bad or missing token", request.method, shown, remote)
             return self._unauthorized(connection)
-        if websocket:
+        if target.error:
+            return bad_path(target)
+        if metrics:
+            return metrics_response(self, request.method, time.monotonic())
+        if _websocket_route(target):
             return None
-        return await http_request(self, request)
+        return await http_request(self, request, target)
 
     @staticmethod
     def _unauthorized(connection: ServerConnection) -> Response:
@@ -711,11 +874,15 @@ class Hub:
 
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
-        path = ws.request.path.partition("?")[0]
-        if path == OPERATOR_PATH:
-            await OperatorSession(self, ws).run()
-        else:
-            await self._serve_service(ws, path)
+        target = parse_target(ws.request.path)  # a websocket route: _process_request said so
+        self._open.add(ws)  # until the connection is closed, closing ones included
+        try:
+            if target.segments == OPERATOR_ROUTE:
+                await OperatorSession(self, ws).run()
+            else:
+                await self._serve_service(ws, target.path)
+        finally:
+            self._open.discard(ws)
 
     # ------------------------------------------------------------------ services
 
@@ -730,8 +897,8 @@ class Hub:
             now=now,
             path=path,
             remote=_format_remote(ws.remote_address),
-            service_name=headers.get("X-Service-Name", ""),
-            service_id=headers.get("X-Service-ID", ""),
+            service_name=_header(headers, "X-Service-Name") or "",
+            service_id=_header(headers, "X-Service-ID") or "",
         )
         self._publish()
         try:
@@ -811,7 +978,7 @@ class Hub:
             if message.type is MessageType.REGISTER:
                 await self._register(peer, message, frame, now)
                 return
-            self._state.receive(peer.connection_id, message, now=now)
+            applied = self._state.receive(peer.connection_id, message, now=now)
         except ProtocolError as exc:
             self._invalid(peer, str(exc))
             return
@@ -821,9 +988,13 @@ class Hub:
             return
         conn = self._state.connections[peer.connection_id]
         self._received.append(conn.service_id, frame)
-        if message.type is MessageType.STATUS_RESPONSE:
+        if applied and message.type is MessageType.STATUS_RESPONSE:
             pending = self._pending.get(message.id)
-            if pending is not None and not pending.future.done():
+            if (
+                pending is not None
+                and pending.connection_id == peer.connection_id
+                and not pending.future.done()
+            ):
                 pending.future.set_result(StatusResponsePayload.from_dict(message.payload))
         self._publish()
 
@@ -871,78 +1042,39 @@ class Hub:
 
     async def _ping(self, peer: _Peer, ping: Message, service_id: str) -> None:
         # A dead or stuck connection shows up as late, then disconnected.
+        # A ping that cannot be written in time closes the connection (see ``_send``): give
+        # it as long as a command gets, even with a short ping interval.
+        timeout = max(self._ping_interval, self.command_timeout)
         with contextlib.suppress(ServiceUnavailable):
-            await self._send(peer, ping, service_id, timeout=self._ping_interval)
+            await self._send(peer, ping, service_id, timeout=timeout)
 
-
-class _Persister:
-    """Collects changes on the loop and writes them to the store on one worker thread."""
-
-    def __init__(self, state: HubState, store: HubStore, interval: float) -> None:
-        self._state = state
-        self._store = store
-        self._interval = interval
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, "when-hub-store")
-        self._pending = Changes()
-        self._logs: deque[LogRecord] = deque(maxlen=max(1, store.log_limit))
-        self._wake = asyncio.Event()
-        self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
-        self.errors = 0
-
-    async def run(self, fn: Callable[[], _T]) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._loop())
-
-    def add(self, changes: Changes) -> None:
-        self._pending.services |= changes.services
-        self._pending.workflows |= changes.workflows
-        self._pending.workflows -= changes.removed_workflows
-        self._pending.removed_workflows |= changes.removed_workflows
-        self._logs.extend(e.record for e in changes.events if isinstance(e, LogEvent))
-        self._wake.set()
-
-    def _batch(self) -> StoreBatch:
-        """Documents for what changed, taken from the live state at one moment."""
-        state, pending = self._state, self._pending
-        self._pending = Changes()
-        batch = StoreBatch()
-        for service_id in pending.services:
-            service = state.services.get(service_id)
-            batch.services[service_id] = service.as_dict() if service is not None else None
-        for workflow_id in pending.removed_workflows:
-            batch.workflows[workflow_id] = None
-        for workflow_id in pending.workflows:
-            workflow = state.workflows.get(workflow_id)
-            batch.workflows[workflow_id] = workflow.as_dict() if workflow is not None else None
-        batch.logs = [record.as_dict() for record in self._logs]
-        self._logs.clear()
-        return batch
-
-    async def flush(self) -> None:
-        async with self._lock:
-            batch = self._batch()
-            if not batch:
-                return
-            try:
-                await self.run(lambda: self._store.write(batch))
-            except Exception:
-                self.errors += 1
-                _log.exception("hub store: a write failed; those changes are not persisted")
-
-    async def _loop(self) -> None:
+    async def _guard_loop(self) -> None:
+        """Close the connections (services and operators) that stopped reading. Closing
+        ones too: websockets' close waits, without a deadline, for the buffer to drain."""
+        guard = self._guard
+        loop = asyncio.get_running_loop()
         while True:
-            await self._wake.wait()
-            await asyncio.sleep(self._interval)  # let changes coalesce
-            self._wake.clear()
-            await self.flush()
+            await asyncio.sleep(guard.interval)
+            guard.scan(tuple(self._open), loop.time())
 
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self.flush()
-        await self.run(self._store.close)
-        self._executor.shutdown(wait=True)
+    @property
+    def closed_not_reading(self) -> int:
+        """Connections closed because they stopped reading (send buffer or send timeout)."""
+        return self._guard.closed
+
+
+def _check_token(token: str | None) -> None:
+    """A token that no client could present would leave the hub unusable; an empty one
+    would look like protection and be none."""
+    if token is None:
+        return
+    if not isinstance(token, str):
+        raise ValueError("token must be a string (or None for no authentication)")
+    if not token.strip():
+        raise ValueError("token must not be empty (use None for no authentication)")
+    if token != token.strip() or any(ch < " " or ch == "\x7f" for ch in token):
+        raise ValueError("token must not have surrounding spaces or control characters")
+
+
+def _websocket_route(target: Target) -> bool:
+    return target.segments == OPERATOR_ROUTE or target.segments in COORDINATION_ROUTES

@@ -23,7 +23,7 @@ import dataclasses
 import itertools
 import math
 import re
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -47,6 +47,7 @@ from ..protocol import (
     WorkflowCreatedPayload,
     can_transition,
 )
+from .bounds import ITEM_OVERHEAD, HubLimits, cut, json_size
 
 __all__ = [
     "HUB_PROTOCOL_VERSION",
@@ -327,6 +328,30 @@ def _append(items: tuple[_R, ...], item: _R, limit: int) -> tuple[_R, ...]:
     if len(items) >= limit:
         return (*items[len(items) - limit + 1 :], item) if limit > 0 else ()
     return (*items, item)
+
+
+_LISTS = ("history", "checkpoints", "errors")
+_MAX_CAPABILITIES = 64
+"""Capabilities kept of one ``register`` (each cut at 256 characters)."""
+_LISTED = ITEM_OVERHEAD + 300
+"""Bytes counted per child id and per anomaly text of a workflow (anomaly texts are cut at
+600 characters, most are far shorter)."""
+_WORKFLOW_OVERHEAD = 1_000 + 6 * 1_024
+"""Bytes counted for a workflow's record itself, its six ids counted at ``max_id``'s default."""
+
+_Record = Any  # PhaseChange | CheckpointRecord | ErrorRecord
+
+
+def _record_size(record: _Record) -> int:
+    """Estimated bytes of a history, checkpoint or error record (a checkpoint's ``state``
+    is counted apart, against ``HubLimits.checkpoint_state_bytes``)."""
+    if isinstance(record, PhaseChange):
+        text = len(record.reason) + len(record.checkpoint_id)
+    elif isinstance(record, CheckpointRecord):
+        text = len(record.checkpoint_id) + len(record.reason)
+    else:
+        text = len(record.error) + len(record.action_id)
+    return 3 * ITEM_OVERHEAD + text + len(record.timestamp)
 
 
 @dataclass(slots=True)
@@ -649,30 +674,70 @@ def _unpack(packed: _PackedLog) -> LogRecord:
     return LogRecord(entry, service_id, at)
 
 
+def _packed_size(packed: _PackedLog) -> int:
+    """Estimated bytes of a packed record: its strings by length, nested field values by
+    their JSON length, and a fixed overhead per value."""
+    size = ITEM_OVERHEAD
+    for value in packed:
+        if isinstance(value, str):
+            size += len(value) + 16
+        elif isinstance(value, (int, float)) or value is None:
+            size += 16
+        else:
+            size += json_size(value) + 16
+    return size
+
+
 class LogBuffer:
-    """A bounded buffer of log records that counts what it had to evict.
+    """A buffer of log records bounded by count and by bytes that counts what it evicted.
 
     Records are kept packed (see ``_pack``) and rebuilt as ``LogRecord`` when read, so reads
-    give equal records, not the same objects.
+    give equal records, not the same objects. ``max_bytes`` bounds the estimated size
+    (``_packed_size``); one record larger than the bound is kept alone.
     """
 
-    __slots__ = ("entries", "evicted", "total")
+    __slots__ = ("bytes", "entries", "evicted", "max_bytes", "maxlen", "sizes", "total")
 
-    def __init__(self, maxlen: int) -> None:
-        self.entries: deque[_PackedLog] = deque(maxlen=max(0, maxlen))
+    def __init__(self, maxlen: int, max_bytes: int | None = None) -> None:
+        self.entries: deque[_PackedLog] = deque()
+        self.sizes: deque[int] = deque()
+        self.maxlen = max(0, maxlen)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        """Estimated bytes held."""
         self.evicted = 0
         """Records pushed out by newer ones."""
         self.total = 0
         """Records ever appended."""
 
     def append(self, record: LogRecord) -> None:
-        self._append(_pack(record))
+        packed = _pack(record)
+        self._append(packed, _packed_size(packed))
 
-    def _append(self, packed: _PackedLog) -> None:
-        if len(self.entries) == self.entries.maxlen:
-            self.evicted += 1
-        self.entries.append(packed)
+    def _append(self, packed: _PackedLog, size: int) -> int:
+        """Append; returns the bytes evicted to make room."""
         self.total += 1
+        if self.maxlen == 0:
+            self.evicted += 1
+            return size
+        self.entries.append(packed)
+        self.sizes.append(size)
+        self.bytes += size
+        freed = 0
+        limit = self.max_bytes
+        while len(self.entries) > self.maxlen or (
+            limit is not None and self.bytes > limit and len(self.entries) > 1
+        ):
+            freed += self._pop()
+        return freed
+
+    def _pop(self) -> int:
+        """Evict the oldest record; returns its size."""
+        self.entries.popleft()
+        size = self.sizes.popleft()
+        self.bytes -= size
+        self.evicted += 1
+        return size
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -737,6 +802,14 @@ class Changes:
             or self.events
         )
 
+    def merge_ids(self, other: Changes) -> None:
+        """Take ``other``'s record ids (not its events)."""
+        self.services |= other.services
+        self.workflows |= other.workflows
+        self.connections |= other.connections
+        self.workflows -= other.removed_workflows
+        self.removed_workflows |= other.removed_workflows
+
     def merge(self, other: Changes) -> None:
         self.services |= other.services
         self.workflows |= other.workflows
@@ -768,6 +841,14 @@ class Snapshot:
 # --------------------------------------------------------------------------- the state
 
 
+class _NotOwner(Exception):
+    """A message about a workflow that belongs to another service (caught in ``receive``)."""
+
+    def __init__(self, workflow: WorkflowState) -> None:
+        super().__init__(workflow.workflow_id)
+        self.workflow = workflow
+
+
 class HubState:
     """The hub's whole state, changed only through its methods (no I/O, no clock).
 
@@ -776,7 +857,9 @@ class HubState:
     ``_evict``),
     ``max_history`` phase changes and ``max_records`` checkpoints and errors per workflow,
     ``max_anomalies`` anomaly texts per record (the count keeps going), ``max_closed``
-    closed connections.
+    closed connections, ``max_services`` services (those disconnected longest ago are
+    forgotten first); and every one of these by bytes too (``limits``, see ``HubLimits``),
+    with what a bound pushes out counted in ``evicted`` (see ``memory()``).
     """
 
     def __init__(
@@ -790,18 +873,49 @@ class HubState:
         max_records: int = 1_000,
         max_anomalies: int = 100,
         max_closed: int = 100,
+        max_services: int = 10_000,
+        limits: HubLimits | None = None,
     ) -> None:
         negotiate_version(hub_protocol_version, hub_protocol_version)  # validates the format
         self.hub_protocol_version = hub_protocol_version
         self.services: dict[str, ServiceState] = {}
         self.workflows: dict[str, WorkflowState] = {}
         self.connections: dict[str, ConnectionState] = {}
-        self.logs = LogBuffer(log_buffer)
+        self.limits = limits if limits is not None else HubLimits()
+        self.logs = LogBuffer(log_buffer, self.limits.log_buffer_bytes)
         self.workflow_logs: dict[str, LogBuffer] = {}
+        self.workflow_log_bytes = 0
+        """Estimated bytes of all workflow log buffers together."""
+        self.workflows_bytes = 0
+        """Estimated bytes of all workflows (records and text fields, checkpoint states apart)."""
+        self.checkpoint_state_bytes = 0
+        """Estimated bytes of all checkpoint ``state`` objects."""
+        self.evicted: dict[str, int] = {
+            "workflow_logs": 0,
+            "workflow_records": 0,
+            "checkpoint_states": 0,
+            "texts_truncated": 0,
+        }
+        """What the byte bounds pushed out (besides ``logs.evicted`` and ``workflows_evicted``)."""
+        self._log_lru: OrderedDict[str, None] = OrderedDict()
+        """Workflows with logs, the one that logged least recently first."""
+        self._sizes: dict[str, list[int]] = {}
+        """Per workflow: bytes of history, checkpoints, errors, the rest, and the total."""
+        self._state_sizes: dict[int, int] = {}
+        """Bytes of each retained checkpoint ``state``, by ``id()`` of its (live) record."""
+        self._stateful: OrderedDict[str, None] = OrderedDict()
+        """Workflows holding checkpoint states, the longest holder first."""
+        self._touched: WorkflowState | None = None
+        self._progressed: set[str] = set()
+        """Workflows that sent a ``progress`` (a completed one keeps what it reported)."""
         self.anomalies: deque[Anomaly] = deque(maxlen=max(1, max_anomalies) * 10)
         """The most recent anomalies of the whole hub."""
         self.anomaly_count = 0
         self.workflows_evicted = 0
+        self.services_evicted = 0
+        self._max_services = max(1, max_services)
+        self.messages_applied: Counter[str] = Counter()
+        """Messages from services applied, by type (``register`` included): for metrics."""
         self._workflow_log_buffer = workflow_log_buffer
         self._max_workflows = max(1, max_workflows)
         self._max_history = max(1, max_history)
@@ -846,12 +960,14 @@ class HubState:
         *,
         service: ServiceState | None = None,
         workflow: WorkflowState | None = None,
+        workflow_id: str = "",
     ) -> None:
         self.anomaly_count += 1
+        text = cut(text, 600)
         anomaly = Anomaly(
             text,
             service.service_id if service is not None else "",
-            workflow.workflow_id if workflow is not None else "",
+            workflow.workflow_id if workflow is not None else workflow_id,
             now,
         )
         self.anomalies.append(anomaly)
@@ -944,6 +1060,8 @@ class HubState:
         if service is None:
             service = ServiceState(service_id=service_id, first_seen=now)
             self.services[service_id] = service
+            if len(self.services) > self._max_services:
+                self._evict_services(keep=service_id)
         elif service.connected and service.connection_id not in ("", conn.connection_id):
             self._anomaly(
                 f"service id reused by connection {conn.connection_id} while "
@@ -971,6 +1089,19 @@ class HubState:
         self._changes.connections.add(conn.connection_id)
         return service
 
+    def _evict_services(self, keep: str) -> None:
+        """Beyond ``max_services``, forget the services disconnected longest ago (their
+        workflows keep their owner's id: the service is known again when it registers)."""
+        gone = sorted(
+            (s.disconnected_at, s.service_id)
+            for s in self.services.values()
+            if not s.connected and s.service_id != keep
+        )
+        for _, service_id in gone[: len(self.services) - self._max_services]:
+            del self.services[service_id]
+            self.services_evicted += 1
+            self._changes.services.add(service_id)
+
     def _rename(self, conn: ConnectionState, new_id: str) -> None:
         """A connection that spoke before ``register`` registers under another id.
 
@@ -994,9 +1125,11 @@ class HubState:
         """
         conn = self.connections[connection_id]
         negotiated = negotiate_version(payload.protocol_version, self.hub_protocol_version)
+        self.messages_applied[MessageType.REGISTER] += 1
         service_id = payload.service_id or conn.header_service_id or conn.service_id
         if not service_id:
             service_id = self._assign_service_id()
+        self._check_id(service_id, "service_id")
         if conn.registered:
             existing = self.services.get(conn.service_id)
             if existing is not None:
@@ -1008,10 +1141,15 @@ class HubState:
         conn.messages += 1
         service.registered = True
         service.messages += 1
-        service.service_name = payload.service_name or conn.header_service_name
-        service.instance_id = payload.instance_id
-        service.version = payload.version
-        service.capabilities = tuple(payload.capabilities or ())
+        service.service_name = self._text(payload.service_name) or conn.header_service_name
+        service.instance_id = self._text(payload.instance_id)
+        service.version = self._text(payload.version)
+        capabilities = payload.capabilities or ()
+        if len(capabilities) > _MAX_CAPABILITIES:
+            self.evicted["texts_truncated"] += 1
+        service.capabilities = tuple(
+            cut(str(c), 256) for c in itertools.islice(capabilities, _MAX_CAPABILITIES)
+        )
         service.protocol_version = negotiated
         service.schema_version = payload.schema_version
         if conn.header_service_id and conn.header_service_id != service_id:
@@ -1024,7 +1162,7 @@ class HubState:
         name = service.service_name or service_id
         return Registration(
             service_id=service_id,
-            instance_id=payload.instance_id,
+            instance_id=service.instance_id,
             protocol_version=negotiated,
             message=f"welcome {name}: registered as {service_id}",
         )
@@ -1077,13 +1215,16 @@ class HubState:
                 updated_at=now,
             )
             self.workflows[workflow_id] = workflow
-            self.workflow_logs[workflow_id] = LogBuffer(self._workflow_log_buffer)
+            self.workflow_logs[workflow_id] = self._log_buffer()
             self._link_orphans(workflow)
             self._evict(service.service_id)
+        elif workflow.service_id and workflow.service_id != service.service_id:
+            raise _NotOwner(workflow)
         workflow.service_id = service.service_id
         workflow.connection_id = conn.connection_id
         workflow.updated_at = now
         self._changes.workflows.add(workflow_id)
+        self._touched = workflow
         return workflow
 
     def _link_orphans(self, parent: WorkflowState) -> None:
@@ -1113,39 +1254,252 @@ class HubState:
             if not waiting:
                 del self._orphans[workflow.parent_workflow_id]
 
-    def _evict(self, service_id: str = "") -> None:
-        """Beyond ``max_workflows``, forget the oldest finished workflow (the newcomer's
-        service's own first), else the oldest running one of the newcomer's service, and only
-        then anyone's: a service flooding the hub with new workflows pushes out its own, not the
-        running workflows of others."""
-        while len(self.workflows) > self._max_workflows:
-            workflows = self.workflows
-            own = (
-                (wf for wf in self._finished if workflows[wf].service_id == service_id)
-                if service_id
-                else iter(())
-            )
-            victim = next(own, None)
-            if victim is not None:
-                del self._finished[victim]
-            elif self._finished:
-                victim, _ = self._finished.popitem(last=False)
-            else:
-                victim = next(
-                    (
-                        w.workflow_id
-                        for w in workflows.values()
-                        if service_id and w.service_id == service_id
-                    ),
-                    next(iter(workflows)),
-                )
-            gone = self.workflows.pop(victim, None)
-            if gone is not None and gone.parent_workflow_id:
+    def _evict(self, service_id: str = "", keep: str = "", own_first: bool = False) -> None:
+        """Beyond ``max_workflows`` (or ``limits.workflows_bytes``), forget the oldest finished
+        workflow (the newcomer's service's own first), else the oldest running one of the
+        newcomer's service, and only then anyone's: a service flooding the hub with new
+        workflows pushes out its own, not the running workflows of others. ``own_first`` (for
+        the byte bound: one service's large records) takes all of the service's own workflows
+        before anyone else's. ``keep`` (the workflow being updated) is never chosen."""
+        budget = self.limits.workflows_bytes
+        while len(self.workflows) > self._max_workflows or (
+            self.workflows_bytes > budget and len(self.workflows) > 1
+        ):
+            victim = self._victim(service_id, keep, own_first)
+            if victim is None:
+                return
+            self._forget(victim)
+
+    def _victim(self, service_id: str, keep: str, own_first: bool) -> str | None:
+        workflows = self.workflows
+        if service_id:
+            for wf in self._finished:
+                if wf != keep and workflows[wf].service_id == service_id:
+                    return wf
+            if own_first:
+                for workflow in workflows.values():
+                    if workflow.service_id == service_id and workflow.workflow_id != keep:
+                        return workflow.workflow_id
+        for wf in self._finished:
+            if wf != keep:
+                return wf
+        if service_id:
+            for workflow in workflows.values():
+                if workflow.service_id == service_id and workflow.workflow_id != keep:
+                    return workflow.workflow_id
+        return next((wf for wf in workflows if wf != keep), None)
+
+    def _forget(self, victim: str) -> None:
+        """Remove a workflow and everything the hub holds for it, keeping the byte totals."""
+        gone = self.workflows.pop(victim, None)
+        self._finished.pop(victim, None)
+        if gone is not None:
+            parent_id = gone.parent_workflow_id
+            if parent_id:
                 self._forget_orphan(gone)
-            self.workflow_logs.pop(victim, None)
-            self.workflows_evicted += 1
-            self._changes.workflows.discard(victim)
-            self._changes.removed_workflows.add(victim)
+                parent = self.workflows.get(parent_id)
+                if parent is not None and victim in parent.children:
+                    parent.children = tuple(c for c in parent.children if c != victim)
+            for record in gone.checkpoints:
+                self._drop_state(record)
+        self._stateful.pop(victim, None)
+        sizes = self._sizes.pop(victim, None)
+        if sizes is not None:
+            self.workflows_bytes -= sizes[4]
+        buffer = self.workflow_logs.pop(victim, None)
+        if buffer is not None:
+            self.workflow_log_bytes -= buffer.bytes
+        self._log_lru.pop(victim, None)
+        self._progressed.discard(victim)
+        self.workflows_evicted += 1
+        self._changes.workflows.discard(victim)
+        self._changes.removed_workflows.add(victim)
+
+    # ------------------------------------------------------------------ byte bounds
+
+    def _log_buffer(self) -> LogBuffer:
+        return LogBuffer(self._workflow_log_buffer, self.limits.workflow_log_buffer_bytes)
+
+    def _text(self, text: str) -> str:
+        """A reported free-text field as kept: cut at ``limits.max_text`` (counted)."""
+        if len(text) <= self.limits.max_text:
+            return text
+        self.evicted["texts_truncated"] += 1
+        return cut(text, self.limits.max_text)
+
+    def _check_id(self, value: str, what: str) -> None:
+        if len(value) > self.limits.max_id:
+            raise ProtocolError(f"{what} of {len(value)} characters (at most {self.limits.max_id})")
+
+    def _sizes_of(self, workflow: WorkflowState) -> list[int]:
+        sizes = self._sizes.get(workflow.workflow_id)
+        if sizes is None:
+            sizes = self._sizes[workflow.workflow_id] = [0, 0, 0, 0, 0]
+        return sizes
+
+    def _push(self, workflow: WorkflowState, index: int, item: _Record, limit: int) -> None:
+        """Append to history (0), checkpoints (1) or errors (2) within ``limit`` records."""
+        name = _LISTS[index]
+        items: tuple[_Record, ...] = (*getattr(workflow, name), item)
+        sizes = self._sizes_of(workflow)
+        sizes[index] += _record_size(item)
+        if len(items) > limit:
+            for dropped in items[: len(items) - limit]:
+                sizes[index] -= _record_size(dropped)
+                self._drop_state(dropped)
+            items = items[len(items) - limit :]
+        setattr(workflow, name, items)
+        if sizes[0] + sizes[1] + sizes[2] > self.limits.workflow_bytes:
+            self._trim_records(workflow, sizes)
+
+    def _trim_records(self, workflow: WorkflowState, sizes: list[int]) -> None:
+        """Within ``limits.workflow_bytes``: the largest list loses its oldest records (each
+        list keeps its newest)."""
+        budget = self.limits.workflow_bytes
+        while sizes[0] + sizes[1] + sizes[2] > budget:
+            candidates = [i for i in range(3) if len(getattr(workflow, _LISTS[i])) > 1]
+            if not candidates:
+                return
+            index = max(candidates, key=lambda i: sizes[i])
+            items = getattr(workflow, _LISTS[index])
+            setattr(workflow, _LISTS[index], items[1:])
+            sizes[index] -= _record_size(items[0])
+            self._drop_state(items[0])
+            self.evicted["workflow_records"] += 1
+
+    def _account(self, workflow: WorkflowState) -> None:
+        """Refresh a workflow's byte estimate after a change, then hold the hub-wide bound.
+
+        On every message: kept to a few dozen operations (ids are bounded by ``max_id``, so
+        they are counted at that bound rather than measured)."""
+        workflow_id = workflow.workflow_id
+        sizes = self._sizes.get(workflow_id)
+        if self.workflows.get(workflow_id) is not workflow:
+            self._sizes.pop(workflow_id, None)  # forgotten while being updated
+            return
+        if sizes is None:
+            sizes = self._sizes[workflow_id] = [0, 0, 0, 0, 0]
+        w = workflow
+        total = (
+            sizes[0]
+            + sizes[1]
+            + sizes[2]
+            + len(w.message)
+            + len(w.stage)
+            + len(w.current_action)
+            + len(w.reason)
+            + len(w.action_type)
+            + len(w.action_id)
+            + (len(w.children) + len(w.anomalies)) * _LISTED
+            + _WORKFLOW_OVERHEAD
+        )
+        if total != sizes[4]:
+            self.workflows_bytes += total - sizes[4]
+            sizes[4] = total
+            if self.workflows_bytes > self.limits.workflows_bytes:
+                self._evict(workflow.service_id, keep=workflow_id, own_first=True)
+
+    def _add_state(self, workflow: WorkflowState, record: CheckpointRecord) -> None:
+        """Count a new checkpoint's ``state``; past ``limits.checkpoint_state_bytes`` drop the
+        oldest states of the longest holders (the records stay, without ``state``)."""
+        if (
+            record.state is None
+            or self.workflows.get(workflow.workflow_id) is not workflow
+            or not any(r is record for r in reversed(workflow.checkpoints))
+        ):
+            return
+        size = json_size(record.state) + ITEM_OVERHEAD
+        self._state_sizes[id(record)] = size
+        self.checkpoint_state_bytes += size
+        self._stateful.setdefault(workflow.workflow_id, None)
+        while self.checkpoint_state_bytes > self.limits.checkpoint_state_bytes and self._stateful:
+            holder_id = next(iter(self._stateful))
+            holder = self.workflows.get(holder_id)
+            if holder is None or not self._strip_oldest_state(holder):
+                del self._stateful[holder_id]
+
+    def _strip_oldest_state(self, workflow: WorkflowState) -> bool:
+        """Drop the oldest retained ``state``; False when the workflow holds none."""
+        records = workflow.checkpoints
+        for index, record in enumerate(records):
+            if id(record) in self._state_sizes and record.state is not None:
+                self._drop_state(record)
+                bare = dataclasses.replace(record, state=None)
+                workflow.checkpoints = (*records[:index], bare, *records[index + 1 :])
+                self.evicted["checkpoint_states"] += 1
+                self._changes.workflows.add(workflow.workflow_id)
+                return True
+        return False
+
+    def _drop_state(self, record: object) -> None:
+        size = self._state_sizes.pop(id(record), None)
+        if size is not None:
+            self.checkpoint_state_bytes -= size
+
+    def _keep_log(self, packed: _PackedLog, size: int, workflow_id: str) -> bool:
+        """Add a packed record to the workflow's buffer within every log bound."""
+        buffer = self.workflow_logs.get(workflow_id)
+        if buffer is None:
+            return False
+        evicted = buffer.evicted
+        self.workflow_log_bytes += size - buffer._append(packed, size)
+        self.evicted["workflow_logs"] += buffer.evicted - evicted
+        lru = self._log_lru
+        if workflow_id in lru:
+            lru.move_to_end(workflow_id)
+        else:
+            lru[workflow_id] = None
+        budget = self.limits.workflow_logs_bytes
+        while self.workflow_log_bytes > budget and lru:
+            oldest = next(iter(lru))
+            victim = self.workflow_logs.get(oldest)
+            if victim is None or not victim.entries:
+                del lru[oldest]
+                continue
+            self.workflow_log_bytes -= victim._pop()
+            self.evicted["workflow_logs"] += 1
+        return True
+
+    def record_bytes(self, record: _Record) -> int:
+        """Estimated bytes of a history, checkpoint or error record, its ``state`` included."""
+        return _record_size(record) + self._state_sizes.get(id(record), 0)
+
+    def memory(self) -> dict[str, dict[str, int]]:
+        """What the hub holds against each byte bound, and what the bounds pushed out."""
+        limits = self.limits
+        return {
+            "logs": {
+                "bytes": self.logs.bytes,
+                "limit": limits.log_buffer_bytes,
+                "count": len(self.logs),
+                "evicted": self.logs.evicted,
+            },
+            "workflow_logs": {
+                "bytes": self.workflow_log_bytes,
+                "limit": limits.workflow_logs_bytes,
+                "count": sum(len(b) for b in self.workflow_logs.values()),
+                "evicted": self.evicted["workflow_logs"],
+            },
+            "workflows": {
+                "bytes": self.workflows_bytes,
+                "limit": limits.workflows_bytes,
+                "count": len(self.workflows),
+                "evicted": self.workflows_evicted,
+                "records_evicted": self.evicted["workflow_records"],
+                "texts_truncated": self.evicted["texts_truncated"],
+            },
+            "services": {
+                "count": len(self.services),
+                "limit": self._max_services,
+                "evicted": self.services_evicted,
+            },
+            "checkpoint_states": {
+                "bytes": self.checkpoint_state_bytes,
+                "limit": limits.checkpoint_state_bytes,
+                "count": len(self._state_sizes),
+                "evicted": self.evicted["checkpoint_states"],
+            },
+        }
 
     def _settle(self, workflow: WorkflowState) -> None:
         if workflow.phase.is_terminal:
@@ -1153,18 +1507,31 @@ class HubState:
         else:
             self._finished.pop(workflow.workflow_id, None)
 
+    def _complete(self, workflow: WorkflowState) -> None:
+        """A workflow that reaches ``completed`` without ever reporting progress has done all
+        its work: 100%. One that reported progress shows what it reported."""
+        if (
+            workflow.phase is Phase.COMPLETED
+            and workflow.progress == 0.0
+            and workflow.workflow_id not in self._progressed
+        ):
+            workflow.progress = 100.0
+
     def _workflow_id_of(self, message: Message, payload_id: str, what: str) -> str:
         workflow_id = message.workflow_id or payload_id
         if not workflow_id:
             raise ProtocolError(f"{what} message without a workflow_id")
+        self._check_id(workflow_id, f"{what} workflow_id")
         return workflow_id
 
-    def receive(self, connection_id: str, message: Message, *, now: float) -> None:
+    def receive(self, connection_id: str, message: Message, *, now: float) -> bool:
         """Apply one decoded message from a service (anything but ``register``).
 
         Raises ``ProtocolError`` when the payload has wrong types; the state is then
         unchanged and the caller counts an invalid frame. Unknown message types and
-        hub-to-service types are ignored (and counted on the connection).
+        hub-to-service types are ignored (and counted on the connection). Returns False when
+        the message was refused: it is about a workflow another service owns (an anomaly of
+        the sender; the workflow is untouched).
         """
         conn = self.connections[connection_id]
         kind = message.type
@@ -1173,12 +1540,41 @@ class HubState:
         if kind not in _SERVICE_TO_HUB:
             conn.ignored += 1
             self._changes.connections.add(connection_id)
-            return
+            return True
         payload = message.typed_payload()
         service = self._service_of(conn, kind, now)  # str(kind) only if it is an anomaly
         conn.messages += 1
         service.messages += 1
         service.last_seen = now
+        self._touched = None
+        try:
+            self._apply(conn, service, message, payload, now)
+        except _NotOwner as refused:
+            owned = refused.workflow
+            self._anomaly(
+                f"{kind} about workflow {owned.workflow_id[:80]!r} of service "
+                f"{owned.service_id[:80]!r} refused: a workflow belongs to the service that "
+                "created it",
+                now,
+                service=service,
+                workflow_id=owned.workflow_id,
+            )
+            return False
+        self.messages_applied[kind] += 1
+        touched, self._touched = self._touched, None
+        if touched is not None:
+            self._account(touched)
+        return True
+
+    def _apply(
+        self,
+        conn: ConnectionState,
+        service: ServiceState,
+        message: Message,
+        payload: object,
+        now: float,
+    ) -> None:
+        kind = message.type
         if isinstance(payload, PhaseChangedPayload):
             self._phase_changed(conn, service, message, payload, now)
         elif isinstance(payload, ProgressPayload):
@@ -1233,14 +1629,16 @@ class HubState:
         payload: WorkflowCreatedPayload,
         now: float,
     ) -> None:
+        self._check_id(payload.parent_workflow_id, "parent_workflow_id")
+        self._check_id(payload.root_workflow_id, "root_workflow_id")
         workflow_id, workflow = self._target(
             message, payload.workflow_id, "workflow_created", service, conn, now
         )
         if workflow.announced:
             self._anomaly("workflow_created received again", now, workflow=workflow)
         workflow.announced = True
-        workflow.action_id = payload.action_id or workflow.action_id
-        workflow.action_type = payload.action_type or workflow.action_type
+        workflow.action_id = self._text(payload.action_id) or workflow.action_id
+        workflow.action_type = self._text(payload.action_type) or workflow.action_type
         parent_id = payload.parent_workflow_id
         if parent_id == workflow_id:
             self._anomaly("workflow names itself as its parent", now, workflow=workflow)
@@ -1267,6 +1665,7 @@ class HubState:
         payload: PhaseChangedPayload,
         now: float,
     ) -> None:
+        self._check_id(payload.checkpoint_id, "checkpoint_id")
         workflow_id, workflow = self._target(
             message, payload.workflow_id, "phase_changed", service, conn, now
         )
@@ -1309,14 +1708,14 @@ class HubState:
             self._anomaly(
                 f"transition {arrow()} is not allowed by the phase table", now, workflow=workflow
             )
-        change = PhaseChange(
-            source, target, payload.reason, payload.checkpoint_id, now, message.timestamp
-        )
+        reason = self._text(payload.reason)
+        change = PhaseChange(source, target, reason, payload.checkpoint_id, now, message.timestamp)
         workflow.previous_phase = workflow.phase if source is None else source
         workflow.phase = target
-        workflow.reason = payload.reason
-        workflow.history = _append(workflow.history, change, self._max_history)
+        workflow.reason = reason
+        self._push(workflow, 0, change, self._max_history)
         self._settle(workflow)
+        self._complete(workflow)
         self._changes.events.append(PhaseEvent(workflow_id, service.service_id, change))
         if payload.checkpoint_id:
             self._note_checkpoint(workflow, service, payload, message, now)
@@ -1335,11 +1734,11 @@ class HubState:
             return
         record = CheckpointRecord(
             payload.checkpoint_id,
-            f"phase {payload.to_phase}: {payload.reason}".rstrip(": "),
+            self._text(f"phase {payload.to_phase}: {payload.reason}".rstrip(": ")),
             now,
             message.timestamp,
         )
-        workflow.checkpoints = _append(workflow.checkpoints, record, self._max_records)
+        self._push(workflow, 1, record, self._max_records)
         self._changes.events.append(
             CheckpointEvent(workflow.workflow_id, service.service_id, record)
         )
@@ -1352,6 +1751,7 @@ class HubState:
         payload: CheckpointPayload,
         now: float,
     ) -> None:
+        self._check_id(payload.checkpoint_id, "checkpoint_id")
         workflow_id, workflow = self._target(
             message, payload.workflow_id, "checkpoint", service, conn, now
         )
@@ -1363,11 +1763,16 @@ class HubState:
             self._anomaly("checkpoint received again: ignored", now, workflow=workflow)
             return
         record = CheckpointRecord(
-            payload.checkpoint_id, payload.reason, now, message.timestamp, payload.state
+            payload.checkpoint_id,
+            self._text(payload.reason),
+            now,
+            message.timestamp,
+            payload.state,
         )
         if payload.checkpoint_id:
             workflow.checkpoint_id = payload.checkpoint_id
-        workflow.checkpoints = _append(workflow.checkpoints, record, self._max_records)
+        self._push(workflow, 1, record, self._max_records)
+        self._add_state(workflow, record)
         self._changes.events.append(CheckpointEvent(workflow_id, service.service_id, record))
 
     def _error(
@@ -1385,9 +1790,13 @@ class HubState:
             self._anomaly("error received again: ignored", now, workflow=workflow)
             return
         record = ErrorRecord(
-            payload.error, payload.recoverable, payload.action_id, now, message.timestamp
+            self._text(payload.error),
+            payload.recoverable,
+            self._text(payload.action_id),
+            now,
+            message.timestamp,
         )
-        workflow.errors = _append(workflow.errors, record, self._max_records)
+        self._push(workflow, 2, record, self._max_records)
         self._changes.events.append(ErrorEvent(workflow_id, service.service_id, record))
 
     def _progress(
@@ -1400,11 +1809,12 @@ class HubState:
     ) -> None:
         _, workflow = self._target(message, payload.workflow_id, "progress", service, conn, now)
         workflow.progress = self._percent(payload.percent, workflow, now)
+        self._progressed.add(workflow.workflow_id)
         if payload.stage:
-            workflow.stage = payload.stage
+            workflow.stage = self._text(payload.stage)
         if payload.action_id:
-            workflow.action_id = payload.action_id
-        workflow.message = payload.message
+            workflow.action_id = self._text(payload.action_id)
+        workflow.message = self._text(payload.message)
         workflow.current_item = payload.current_item
         workflow.total_items = payload.total_items
 
@@ -1447,25 +1857,35 @@ class HubState:
             )
             workflow.previous_phase = workflow.phase
             workflow.phase = payload.phase
-            workflow.history = _append(workflow.history, change, self._max_history)
+            self._push(workflow, 0, change, self._max_history)
             self._settle(workflow)
+            self._complete(workflow)
             self._changes.events.append(PhaseEvent(workflow_id, service.service_id, change))
-        workflow.progress = self._percent(payload.progress, workflow, now)
-        workflow.current_action = payload.current_action
+        reported = self._percent(payload.progress, workflow, now)
+        if reported < workflow.progress:
+            # A status reply's progress may be a stale default (the Go client fills it only
+            # from SetProgress): the ``progress`` messages are the authority on the value.
+            self._anomaly(
+                f"status_response reports progress {reported:g} but the workflow reported "
+                f"{workflow.progress:g}: kept {workflow.progress:g}",
+                now,
+                workflow=workflow,
+            )
+        else:
+            workflow.progress = reported
+        workflow.current_action = self._text(payload.current_action)
         if payload.message:
-            workflow.message = payload.message
+            workflow.message = self._text(payload.message)
 
     def _log(self, service: ServiceState, entry: LogEntry, now: float) -> None:
         record = LogRecord(entry, service.service_id, now)
         packed = _pack(record)  # one tuple shared by both buffers
-        self.logs._append(packed)
-        if entry.workflow_id:
-            buffer = self.workflow_logs.get(entry.workflow_id)
-            if buffer is not None:
-                buffer._append(packed)
-                workflow = self.workflows[entry.workflow_id]
-                workflow.log_count += 1
-                self._changes.workflows.add(entry.workflow_id)
+        size = _packed_size(packed)
+        self.logs._append(packed, size)
+        if entry.workflow_id and self._keep_log(packed, size, entry.workflow_id):
+            workflow = self.workflows[entry.workflow_id]
+            workflow.log_count += 1
+            self._changes.workflows.add(entry.workflow_id)
         self._changes.events.append(LogEvent(record))
 
     def _pong(self, service: ServiceState, ping_id: str, now: float) -> None:
@@ -1504,8 +1924,9 @@ class HubState:
         for workflow in snapshot.workflows:
             workflow.connection_id = ""
             self.workflows[workflow.workflow_id] = workflow
-            self.workflow_logs[workflow.workflow_id] = LogBuffer(self._workflow_log_buffer)
+            self.workflow_logs[workflow.workflow_id] = self._log_buffer()
             self._settle(workflow)
+            self._restore_sizes(workflow)
         for workflow in snapshot.workflows:
             self._wait_for_parent(workflow)
         self._restore_logs(snapshot.logs)
@@ -1515,11 +1936,22 @@ class HubState:
         self._next_service = itertools.count(max(numbers, default=0) + 1)
         self._evict()
 
+    def _restore_sizes(self, workflow: WorkflowState) -> None:
+        """Account a restored workflow against the byte bounds (they may be lower now)."""
+        sizes = self._sizes_of(workflow)
+        for index, name in enumerate(_LISTS):
+            sizes[index] = sum(_record_size(r) for r in getattr(workflow, name))
+        self._trim_records(workflow, sizes)
+        for record in workflow.checkpoints:
+            self._add_state(workflow, record)
+        self._account(workflow)
+
     def _restore_logs(self, records: Iterable[LogRecord]) -> None:
         for record in records:
-            self.logs.append(record)
-            buffer = self.workflow_logs.get(record.workflow_id) if record.workflow_id else None
-            if buffer is not None:
-                buffer.append(record)
+            packed = _pack(record)
+            size = _packed_size(packed)
+            self.logs._append(packed, size)
+            if record.workflow_id:
+                self._keep_log(packed, size, record.workflow_id)
         self.logs.evicted = 0
         self.logs.total = len(self.logs)

@@ -194,9 +194,19 @@ class ThreadedHub:
     def anomalies(self) -> tuple[Anomaly, ...]:
         return self.call(lambda: self.hub.anomalies)
 
+    def memory(self) -> dict[str, dict[str, int]]:
+        return self.call(self.hub.memory)
+
+    def store_health(self) -> dict[str, Any] | None:
+        return self.call(self.hub.store_health)
+
     @property
     def watchers(self) -> int:
         return self.call(lambda: self.hub.watchers)
+
+    @property
+    def closed_not_reading(self) -> int:
+        return self.call(lambda: self.hub.closed_not_reading)
 
     # ------------------------------------------------------------------ commands
 
@@ -228,9 +238,9 @@ class ThreadedHub:
     def send(self, service_id: str, message: Message) -> None:
         self.run(self.hub.send(service_id, message))
 
-    def flush(self) -> None:
-        """Write pending changes to the SQLite store now."""
-        self.run(self.hub.flush())
+    def flush(self) -> bool:
+        """Write pending changes to the SQLite store now; False if the write failed."""
+        return self.run(self.hub.flush())
 
     def wait_for(self, predicate: Callable[[ThreadedHub], _T], timeout: float = 5.0) -> _T:
         """Block until ``predicate(self)`` is truthy (re-checked on every change); see

@@ -9,6 +9,7 @@ logs pipeline; the propagation helpers the propagators. Every other import would
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .metrics import disable_metrics, enable_metrics
 from .span_processor import CoordinationSpanProcessor
 from .tracking import get_coordinator, set_coordinator
 from .workflow import (
@@ -45,6 +46,8 @@ __all__ = [
     "attached",
     "carrier",
     "current_workflow",
+    "disable_metrics",
+    "enable_metrics",
     "get_coordinator",
     "set_coordinator",
     "workflow",

@@ -19,10 +19,15 @@ if TYPE_CHECKING:
 else:  # the newer names, else the ones releases before 1.39 had
     LogExporterBase = getattr(_export, "LogRecordExporter", None) or _export.LogExporter
     ExportResult = getattr(_export, "LogRecordExportResult", None) or _export.LogExportResult
+import opentelemetry._logs._internal as _api_logs
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, SimpleLogRecordProcessor
 
+ApiProxyLoggerProvider: type[Any] = getattr(_api_logs, "ProxyLoggerProvider", type(None))
+"""The API's stand-in while no logger provider is installed (never matched if it moved)."""
+
 __all__ = [
+    "ApiProxyLoggerProvider",
     "BatchLogRecordProcessor",
     "ExportResult",
     "LogExporterBase",

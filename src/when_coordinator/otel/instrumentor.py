@@ -5,12 +5,22 @@ distro and configurator have built the SDK providers, and only adds to them:
 
 - the ``CoordinationSpanProcessor`` on the tracer provider, and the ``CoordinationLogExporter``
   (behind a ``BatchLogRecordProcessor``) on the logger provider, unless ``OTEL_LOGS_EXPORTER``
-  already names ``when``; where only the API's proxy providers exist it installs SDK ones;
+  already names ``when``; where only the API's proxy providers exist it installs SDK ones. A
+  provider is whatever is installed: the SDK's, or a proxy wrapping one (logfire's keep it in
+  ``provider``); one it cannot attach to gets one warning saying what still works;
 - a ``logging`` handler feeding Python log records into that logs pipeline (off with
-  ``WHEN_LOGS_ENABLED=false``), unless one is already there;
+  ``WHEN_LOGS_ENABLED=false``), unless one is already there; records of ``opentelemetry.*``
+  loggers (the SDK and its exporters reporting on themselves) never enter it;
+- the package's metrics (``otel/metrics.py``) through the meter provider: the
+  ``meter_provider`` keyword, else the global one (off with ``OTEL_METRICS_EXPORTER=none``);
 - workflow context carried into threads, thread pools and process pools;
 - a workflow around every call of the functions named in ``WHEN_WORKFLOW_ENTRYPOINTS``
   (``module:function`` or ``module:Class.method``), also for modules imported later.
+
+At exit it flushes only what it attached (its own processor, then the coordinator, within the
+one ``close_timeout`` every exit-time flush of the coordinator shares), never another exporter:
+the SDK's flush ignores its timeout, and an OTLP exporter facing a closed port retries for
+seconds per batch. ``instrument()`` never raises into the application.
 
 It takes neither the configurator nor the distro slot, attaches nothing twice, and
 ``uninstrument()`` undoes what it did. SDK span and log processors cannot be removed from a
@@ -28,7 +38,7 @@ import os
 import socket
 import sys
 import threading
-import weakref
+import time
 from collections.abc import Callable, Collection
 from types import ModuleType
 from typing import Any
@@ -39,9 +49,16 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
-from ..client import Config, ConfigError, Coordinator
-from ._sdk_logs import BatchLogRecordProcessor, LoggerProvider, LoggingHandler
-from .log_exporter import CoordinationLogExporter
+from ..client import Config, ConfigError, Coordinator, CoordinatorLogHandler
+from . import metrics as _metrics
+from ._identity import ByIdentity
+from ._sdk_logs import (
+    ApiProxyLoggerProvider,
+    BatchLogRecordProcessor,
+    LoggerProvider,
+    LoggingHandler,
+)
+from .log_exporter import CoordinationLogExporter, bind_unbound_exporters, is_telemetry_logger
 from .propagation import CarriedCall, carrier, run_in_copied_context
 from .span_processor import CoordinationSpanProcessor
 from .tracking import set_coordinator
@@ -52,12 +69,8 @@ __all__ = ["WhenInstrumentor", "parse_entrypoint"]
 _log = logging.getLogger(__name__)
 
 # One processor / exporter per provider, re-enabled rather than attached again.
-_span_processors: weakref.WeakKeyDictionary[Any, CoordinationSpanProcessor] = (
-    weakref.WeakKeyDictionary()
-)
-_log_exporters: weakref.WeakKeyDictionary[Any, CoordinationLogExporter] = (
-    weakref.WeakKeyDictionary()
-)
+_span_processors: ByIdentity[CoordinationSpanProcessor] = ByIdentity()
+_log_exporters: ByIdentity[tuple[CoordinationLogExporter, Any]] = ByIdentity()
 
 _ABSENT = object()
 
@@ -85,17 +98,17 @@ def parse_entrypoint(spec: str) -> tuple[str, str]:
 
 
 class _SkipOwnRecords(logging.Filter):
-    """Keep the package's own records, and anything its client thread logs, out of the hub."""
+    """Keep telemetry's records about itself (``is_telemetry_logger``), and anything the
+    client thread logs, out of the logs pipeline."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (
-            record.name.startswith("when_coordinator") or record.threadName == "when-coordinator"
-        )
+        return not (is_telemetry_logger(record.name) or record.threadName == "when-coordinator")
 
 
 class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """See the module docstring. ``instrument()`` takes optional keyword arguments:
-    ``config``, ``coordinator``, ``tracer_provider``, ``logger_provider``."""
+    ``config``, ``coordinator``, ``tracer_provider``, ``logger_provider``, ``meter_provider``
+    (default: the global one, see ``otel/metrics.py``)."""
 
     def __init__(self) -> None:
         if getattr(self, "_initialised", False):
@@ -108,6 +121,8 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._previous_default: Coordinator | None = None
         self._span_processor: CoordinationSpanProcessor | None = None
         self._log_exporter: CoordinationLogExporter | None = None
+        self._log_processor: Any = None
+        self._bound_exporters: list[CoordinationLogExporter] = []
         self._logging_handler: logging.Handler | None = None
         # (owner, name, what the owner itself held before, our wrapper), in wrapping order.
         self._wrapped: list[tuple[Any, str, Any, Any]] = []
@@ -115,11 +130,20 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._generation = 0
         self._tracer_provider: Any = None
         self._pid = os.getpid()
-        self._providers: list[Any] = []
         self._exit_hook = False
+        self._metrics: _metrics.WorkflowMetrics | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ()
+
+    def instrument(self, **kwargs: Any) -> Any:
+        """``BaseInstrumentor.instrument()``, which never raises into the application: a step
+        that fails is logged and the others still run."""
+        try:
+            return super().instrument(**kwargs)
+        except Exception:
+            _log.exception("when-coordinator could not instrument this process")
+            return None
 
     # ------------------------------------------------------------------ instrument
 
@@ -138,19 +162,37 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             coordinator.connect()
         self._coordinator = coordinator
         self._pid = os.getpid()
+        meter_provider = kwargs.get("meter_provider")
+        before = _metrics.recorder
+        if meter_provider is not None:
+            _metrics.enable_metrics(meter_provider)
+        else:
+            _metrics.enable_from_global()
+        # What instrument() switched on, uninstrument() switches off; not the application's.
+        self._metrics = _metrics.recorder if _metrics.recorder is not before else None
         self._previous_default = set_coordinator(coordinator)
+        self._bound_exporters = bind_unbound_exporters(coordinator)
 
-        tracer_provider = kwargs.get("tracer_provider") or _sdk_tracer_provider()
-        self._span_processor = _attach_span_processor(tracer_provider, coordinator)
+        tracer_provider = kwargs.get("tracer_provider")
+        target = None
+        try:
+            tracer_provider, target = _tracer_provider(tracer_provider)
+            if target is not None:
+                self._span_processor = _attach_span_processor(target, coordinator)
+        except Exception:
+            _log.debug("attaching to %r failed", tracer_provider, exc_info=True)
+        if self._span_processor is None:
+            _log.warning(
+                "when-coordinator cannot attach its span processor to the tracer provider %s: "
+                "workflow() and WHEN_WORKFLOW_ENTRYPOINTS workflows still reach the hub with "
+                "their phases, progress and logs, but spans of other tracers neither become "
+                "workflows nor their actions",
+                type(tracer_provider).__name__,
+            )
         self._tracer_provider = tracer_provider
-        self._providers = [tracer_provider]
 
         if config.logs_enabled:
-            logger_provider = kwargs.get("logger_provider") or _sdk_logger_provider()
-            self._providers.append(logger_provider)
-            if "when" not in _env_list("OTEL_LOGS_EXPORTER"):
-                self._log_exporter = _attach_log_exporter(logger_provider, coordinator)
-            self._logging_handler = _attach_logging_handler(logger_provider)
+            self._attach_logs(kwargs.get("logger_provider"), coordinator)
             if self._logging_handler is not None:
                 # A root handler would make the application's logging.basicConfig() a no-op.
                 self._wrap(logging, "basicConfig", self._basic_config)
@@ -172,16 +214,60 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         for module_name, qualname in entrypoints:  # each once, even if named twice
             self._patch_entrypoint(module_name, qualname)
 
+    def _attach_logs(self, logger_provider: Any, coordinator: Coordinator) -> None:
+        """The exporter (unless the SDK configuration already has it) and the logging handler
+        on the installed logger provider, or, where there is none to attach to, a
+        ``CoordinatorLogHandler`` sending Python log records to the hub directly."""
+        target = None
+        try:
+            logger_provider, target = _logger_provider(logger_provider)
+            if target is not None and "when" not in _env_list("OTEL_LOGS_EXPORTER"):
+                self._log_exporter, self._log_processor = _attach_log_exporter(target, coordinator)
+            if target is not None:
+                self._logging_handler = _attach_logging_handler(logger_provider)
+                return
+        except Exception:
+            _log.debug("attaching to %r failed", logger_provider, exc_info=True)
+            if self._log_exporter is not None:
+                return  # the exporter is on: only the bridge handler failed
+        _log.warning(
+            "when-coordinator cannot attach its log exporter to the logger provider %s: "
+            "Python logging records still reach the hub (through a logging handler of its "
+            "own), records emitted through the OpenTelemetry logs API do not",
+            type(logger_provider).__name__,
+        )
+        handler = CoordinatorLogHandler(coordinator)
+        handler.addFilter(_SkipOwnRecords())
+        logging.getLogger().addHandler(handler)
+        self._logging_handler = handler
+
     def _flush_at_exit(self) -> None:
+        """Deliver what went through our own pipeline, within the coordinator's exit budget.
+
+        Only our processor is flushed, not the providers: their ``force_flush`` waits on every
+        exporter of the application and ignores its timeout, and an OTLP exporter with no
+        Collector listening retries each batch for seconds. Our processor only feeds our
+        exporter, which hands records to the outbox without blocking; the other exporters are
+        left to the SDK's own exit handler. Exporters the SDK configuration made
+        (``OTEL_LOGS_EXPORTER=when``) are bound to the coordinator, which stays open for
+        their final export in that handler.
+        """
         coordinator = self._coordinator
         if coordinator is None:
             return
-        timeout_ms = int(coordinator.config.close_timeout * 1000)
-        for provider in self._providers:
+        with coordinator._exit_wait() as budget:
+            deadline = time.monotonic() + budget
+            processor = self._log_processor
+            if processor is not None:
+                try:
+                    processor.force_flush(int(budget * 1000))
+                except Exception:
+                    _log.debug("flushing %r at exit failed", processor, exc_info=True)
             try:
-                provider.force_flush(timeout_ms)
+                if coordinator.config.enabled:
+                    coordinator.flush(max(deadline - time.monotonic(), 0.0))
             except Exception:
-                _log.debug("flushing %r at exit failed", provider, exc_info=True)
+                _log.debug("flushing the coordinator at exit failed", exc_info=True)
 
     def _report_from_forked_worker(self) -> None:
         """In a process-pool worker forked from an instrumented process: report on a fresh
@@ -208,16 +294,24 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         set_coordinator(coordinator)
         if self._span_processor is not None:
             self._span_processor.use(coordinator)
-        if self._log_exporter is not None:
-            self._log_exporter.use(coordinator)
+        for exporter in (self._log_exporter, *self._bound_exporters):
+            if exporter is not None:
+                exporter.use(coordinator)
         multiprocessing.util.Finalize(None, self._close_in_worker, exitpriority=100)
 
     def _close_in_worker(self) -> None:
         coordinator = self._coordinator
         if coordinator is None or self._pid != os.getpid():
             return
+        if self._bound_exporters:
+            # Forked workers end with os._exit: the SDK's exit handler, which would run the
+            # final export through them, never runs. Only the provider can flush its
+            # processor; it runs every exporter, so it gets a thread and a deadline.
+            with coordinator._exit_wait() as budget:
+                _flush_within(_logs.get_logger_provider(), budget)
         self._flush_at_exit()
-        coordinator.close()
+        with coordinator._exit_wait() as budget:
+            coordinator.close(budget)
 
     def _basic_config(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         """Run ``logging.basicConfig`` as if our handler were not on the root logger yet."""
@@ -300,8 +394,14 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if self._log_exporter is not None:
             self._log_exporter.enabled = False
             self._log_exporter = None
-        self._providers = []
+        self._log_processor = None
+        for exporter in self._bound_exporters:
+            exporter.unbind()
+        self._bound_exporters = []
         self._tracer_provider = None
+        if self._metrics is not None and _metrics.recorder is self._metrics:
+            _metrics.disable_metrics()  # switched on here and still in use: off again
+        self._metrics = None
         set_coordinator(self._previous_default)
         self._previous_default = None
         coordinator, self._coordinator = self._coordinator, None
@@ -316,21 +416,44 @@ def _env_list(name: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
 
 
-def _sdk_tracer_provider() -> Any:
-    """The global SDK tracer provider, installing one where only the API's proxy exists."""
-    provider = trace.get_tracer_provider()
-    if not hasattr(provider, "add_span_processor"):
-        provider = TracerProvider(resource=Resource.create())
+def _attachable(provider: Any, method: str) -> Any:
+    """``provider``, or the provider it wraps, that has ``method``; None if neither has.
+
+    Proxies that wrap an SDK provider (logfire's keep it in ``provider``) are looked through,
+    a few levels deep at most.
+    """
+    for _ in range(4):
+        if provider is None:
+            return None
+        if callable(getattr(provider, method, None)):
+            return provider
+        provider = getattr(provider, "provider", None)
+    return None
+
+
+def _tracer_provider(given: Any) -> tuple[Any, Any]:
+    """(the tracer provider in use, the one to add the span processor to, or None).
+
+    The global one unless given; an SDK provider is installed only where nothing is yet (the
+    API's proxy): replacing someone's provider is not allowed, and would not be ours to do.
+    """
+    provider = given if given is not None else trace.get_tracer_provider()
+    target = _attachable(provider, "add_span_processor")
+    if target is None and given is None and isinstance(provider, trace.ProxyTracerProvider):
+        provider = target = TracerProvider(resource=Resource.create())
         trace.set_tracer_provider(provider)
-    return provider
+    return provider, target
 
 
-def _sdk_logger_provider() -> Any:
-    provider = _logs.get_logger_provider()
-    if not hasattr(provider, "add_log_record_processor"):
-        provider = LoggerProvider(resource=Resource.create())
+def _logger_provider(given: Any) -> tuple[Any, Any]:
+    """(the logger provider in use, the one to add the log processor to, or None); as
+    ``_tracer_provider``."""
+    provider = given if given is not None else _logs.get_logger_provider()
+    target = _attachable(provider, "add_log_record_processor")
+    if target is None and given is None and isinstance(provider, ApiProxyLoggerProvider):
+        provider = target = LoggerProvider(resource=Resource.create())
         _logs.set_logger_provider(provider)
-    return provider
+    return provider, target
 
 
 def _attach_span_processor(provider: Any, coordinator: Coordinator) -> CoordinationSpanProcessor:
@@ -338,19 +461,36 @@ def _attach_span_processor(provider: Any, coordinator: Coordinator) -> Coordinat
     if processor is None:
         processor = CoordinationSpanProcessor(coordinator)
         provider.add_span_processor(processor)
-        _span_processors[provider] = processor
+        _span_processors.set(provider, processor)
     processor.use(coordinator)
     return processor
 
 
-def _attach_log_exporter(provider: Any, coordinator: Coordinator) -> CoordinationLogExporter:
-    exporter = _log_exporters.get(provider)
-    if exporter is None:
+def _attach_log_exporter(provider: Any, coordinator: Coordinator) -> tuple[Any, Any]:
+    """(our exporter, the batch processor that feeds it) on ``provider``."""
+    attached = _log_exporters.get(provider)
+    if attached is None:
         exporter = CoordinationLogExporter(coordinator)
-        provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
-        _log_exporters[provider] = exporter
-    exporter.use(coordinator)
-    return exporter
+        attached = (exporter, BatchLogRecordProcessor(exporter))
+        provider.add_log_record_processor(attached[1])
+        _log_exporters.set(provider, attached)
+    attached[0].use(coordinator)
+    return attached
+
+
+def _flush_within(provider: Any, timeout: float) -> None:
+    """``provider.force_flush()`` on a daemon thread, waited for ``timeout`` seconds at most:
+    the SDK's flush ignores its timeout and waits on every exporter of the provider."""
+
+    def run() -> None:
+        try:
+            provider.force_flush(int(timeout * 1000))
+        except Exception:
+            _log.debug("flushing %r failed", provider, exc_info=True)
+
+    thread = threading.Thread(target=run, name="when-flush", daemon=True)
+    thread.start()
+    thread.join(timeout)
 
 
 def _bridge_handler_types() -> tuple[type[logging.Handler], ...]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +23,12 @@ from . import attributes as attr
 from ._sdk_logs import ExportResult, LogExporterBase, record_of, scope_name_of
 from .tracking import get_coordinator, tracker_for
 
-__all__ = ["CoordinationLogExporter", "level_for_severity"]
+__all__ = [
+    "CoordinationLogExporter",
+    "bind_unbound_exporters",
+    "is_telemetry_logger",
+    "level_for_severity",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -81,6 +87,35 @@ def _level_name(severity: Any, text: str | None) -> str:
 _NO_SCOPE = object()
 
 
+_unbound: weakref.WeakSet[CoordinationLogExporter] = weakref.WeakSet()
+"""Exporters made without a coordinator that have not looked up the default one yet."""
+
+
+def bind_unbound_exporters(coordinator: Coordinator) -> list[CoordinationLogExporter]:
+    """Point the exporters made without a coordinator (the SDK configuration's, from
+    ``OTEL_LOGS_EXPORTER=when``, made before any coordinator existed) at ``coordinator`` now.
+
+    Bound, they keep it open at exit until their provider's final export has run through
+    them (``Coordinator.retain``); left to find it at their first export, a process that
+    exits sooner closed it first and lost what they held.
+    """
+    bound = list(_unbound)
+    for exporter in bound:
+        exporter.use(coordinator)
+    return bound
+
+
+def is_telemetry_logger(name: str) -> bool:
+    """Whether records of the logger (or instrumentation scope) ``name`` are telemetry
+    reporting on itself: this package's and OpenTelemetry's (the SDK, its exporters).
+
+    Fed back into a logs pipeline they loop: an OTLP exporter that cannot reach its endpoint
+    logs each failure, the record is exported, fails and is logged again, and a flush of that
+    pipeline never ends.
+    """
+    return name.startswith(("when_coordinator", "opentelemetry.")) or name == "opentelemetry"
+
+
 class CoordinationLogExporter(LogExporterBase):
     """A ``LogRecordExporter`` that sends to the hub; uses the default coordinator unless
     given one. Errors are counted in ``errors`` and never raised."""
@@ -96,6 +131,8 @@ class CoordinationLogExporter(LogExporterBase):
         self.enabled = True
         """Off: batches are accepted and discarded (processors cannot leave a provider)."""
         self._warn = RateLimitedLog(_log)
+        if coordinator is None:
+            _unbound.add(self)
 
     def use(self, coordinator: Coordinator) -> None:
         """Send to ``coordinator`` from now on, and switch on."""
@@ -103,7 +140,15 @@ class CoordinationLogExporter(LogExporterBase):
         if previous is not None and previous is not coordinator:
             previous.release(self)
         coordinator.retain(self)
+        _unbound.discard(self)
         self.enabled = True
+
+    def unbind(self) -> None:
+        """Forget the coordinator (released): the default one is looked up at the next export."""
+        previous, self._coordinator = self._coordinator, None
+        if previous is not None:
+            previous.release(self)
+        _unbound.add(self)
 
     @property
     def coordinator(self) -> Coordinator:
@@ -129,9 +174,9 @@ class CoordinationLogExporter(LogExporterBase):
             for item in batch:
                 if getattr(item, "instrumentation_scope", None) is not scope:  # few per batch
                     scope = getattr(item, "instrumentation_scope", None)
-                    ours = scope_name_of(item).startswith("when_coordinator")
+                    ours = is_telemetry_logger(scope_name_of(item))
                 if ours:
-                    continue  # our own records: sending them could feed on itself
+                    continue  # telemetry about itself: sending it could feed on itself
                 try:
                     wire, size = self._wire(record_of(item), tracker.owner)
                 except Exception:
@@ -233,15 +278,15 @@ class CoordinationLogExporter(LogExporterBase):
 
     def shutdown(self) -> None:
         """Stop exporting and deliver what was handed over (within the coordinator's
-        ``close_timeout``); the coordinator is shared and stays open unless the process is
-        exiting and this was its last user."""
+        ``close_timeout``, or what is left of it at exit); the coordinator is shared and stays
+        open unless the process is exiting and this was its last user."""
         self._shutdown = True
         coordinator = self._coordinator
         if coordinator is None:
             return
         try:
             if coordinator.config.enabled:
-                coordinator.flush(coordinator.config.close_timeout)
+                coordinator._flush_final()
         except Exception:
             self.errors += 1
         finally:

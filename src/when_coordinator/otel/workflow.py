@@ -20,7 +20,6 @@ import functools
 import inspect
 import threading
 import uuid
-import weakref
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from contextvars import ContextVar
 from types import TracebackType
@@ -35,9 +34,12 @@ from opentelemetry.util.types import AttributeValue
 from .._version import __version__
 from ..client import CommandEvent, Coordinator
 from ..client import current_workflow as _client_workflow
+from ..client._util import describe_error
 from ..phase_manager import PhaseError, PhaseState, WorkflowExistsError
 from ..protocol import MessageType, Phase
 from . import attributes as attr
+from ._identity import ByIdentity
+from .metrics import OTHER_ERROR, error_type
 from .tracking import get_coordinator, settle, start_lifecycle, tracker_for
 
 __all__ = [
@@ -74,6 +76,12 @@ def current_workflow() -> Workflow | AsyncWorkflow | None:
 
 
 _MAX_PROGRESS_EVENTS = 64
+_CICD_RESULTS = {
+    Phase.COMPLETED: "success",
+    Phase.FAILED: "failure",
+    Phase.CANCELLED: "cancellation",
+}
+"""Final phase -> ``cicd.pipeline.result`` (semantic conventions' values)."""
 _LIFECYCLE_EVENTS = 8
 """Events kept free for the lifecycle: three to start, two to end, a failure or a pause."""
 
@@ -97,7 +105,7 @@ def _progress_events_allowed(span: Span) -> int:
 
 
 _global_tracer: trace.Tracer | None = None
-_tracers: weakref.WeakKeyDictionary[TracerProvider, trace.Tracer] = weakref.WeakKeyDictionary()
+_tracers: ByIdentity[trace.Tracer] = ByIdentity()  # providers need not be hashable (logfire's)
 
 
 def _tracer(provider: TracerProvider | None) -> trace.Tracer:
@@ -113,7 +121,8 @@ def _tracer(provider: TracerProvider | None) -> trace.Tracer:
         return _global_tracer
     tracer = _tracers.get(provider)
     if tracer is None:
-        tracer = _tracers[provider] = provider.get_tracer("when_coordinator", __version__)
+        tracer = provider.get_tracer("when_coordinator", __version__)
+        _tracers.set(provider, tracer)
     return tracer
 
 
@@ -145,6 +154,7 @@ class _WorkflowBase:
         coordinator: Coordinator | None = None,
         attributes: Mapping[str, AttributeValue] | None = None,
         tracer_provider: TracerProvider | None = None,
+        cicd_attributes: bool | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError("a workflow needs a non-empty name")
@@ -160,6 +170,10 @@ class _WorkflowBase:
         self.action_type = action_type or name
         self._attributes = dict(attributes or {})
         self._tracer_provider = tracer_provider
+        self._cicd = (
+            self._coordinator.config.cicd_attributes if cicd_attributes is None else cicd_attributes
+        )
+        self._failed = False
         self._span: Span = INVALID_SPAN
         self._context: otel_context.Context | None = None
         self._tokens: tuple[Any, ...] = ()
@@ -273,15 +287,20 @@ class _WorkflowBase:
         return checkpoint_id
 
     def error(self, message: str | BaseException, recoverable: bool = True) -> None:
-        """Report an error the workflow survives (or not: ``recoverable=False``)."""
+        """Report an error the workflow survives (or not: ``recoverable=False``).
+
+        An exception is reported as ``"Type: text"``; one whose ``str()`` raises as
+        ``"Type: <str() failed>"``, never raising into the caller.
+        """
         self._check_running()
-        self._coordinator.send_error(self.id, self.action_id, message, recoverable)
+        text = describe_error(message)  # never raises, whatever str(message) does
+        self._coordinator.send_error(self.id, self.action_id, text, recoverable)
         if isinstance(message, BaseException):
-            self._span.record_exception(message, {"when.error.recoverable": recoverable})
+            _record_exception(self._span, message, text, {attr.ERROR_RECOVERABLE: recoverable})
         else:
             self._span.add_event(
                 attr.ERROR_EVENT,
-                {"when.error.message": message, "when.error.recoverable": recoverable},
+                {attr.ERROR_MESSAGE: text, attr.ERROR_RECOVERABLE: recoverable},
             )
 
     # ------------------------------------------------------------------ lifecycle
@@ -312,6 +331,9 @@ class _WorkflowBase:
             attributes[attr.WORKFLOW_PARENT_ID] = self.parent_id
         if self.action_id:
             attributes[attr.ACTION_ID] = self.action_id
+        if self._cicd:
+            attributes[attr.CICD_PIPELINE_NAME] = self.name
+            attributes[attr.CICD_PIPELINE_RUN_ID] = self.id
         attributes.update(self._attributes)
         self._span = _tracer(self._tracer_provider).start_span(self.name, attributes=attributes)
         self._progress_budget = _progress_events_allowed(self._span)
@@ -354,10 +376,11 @@ class _WorkflowBase:
                 suppress = isinstance(exc, WorkflowCancelled) and exc.workflow_id == self.id
                 self._end_cancelled(getattr(exc, "reason", "") or "cancelled")
             else:
-                reason = f"{type(exc).__name__}: {exc}"
+                reason = describe_error(exc)
                 self._coordinator.send_error(self.id, self.action_id, reason, False)
-                self._span.record_exception(exc)
-                self._span.set_status(Status(StatusCode.ERROR, reason))
+                _record_exception(self._span, exc, reason)
+                self._fail_span(error_type(exc), reason)
+                self._tracker.note_failure(self.id, error_type(exc))
                 settle(self._phases, self.id, error=reason)
         finally:
             self._tracker.detach(self)
@@ -366,8 +389,22 @@ class _WorkflowBase:
             self._notify()
         return suppress
 
+    def _fail_span(self, kind: str, description: str) -> None:
+        """Span status and the semantic conventions' attributes of a failure."""
+        self._failed = True
+        self._span.set_status(Status(StatusCode.ERROR, description))
+        self._span.set_attributes({attr.ERROR_TYPE: kind, attr.STATUS_DESCRIPTION: description})
+
     def _final_attributes(self) -> dict[str, AttributeValue]:
-        attributes: dict[str, AttributeValue] = {attr.PHASE: self._phases.get_phase(self.id).value}
+        state = self._phases.get_state(self.id)
+        phase = state.phase
+        if phase is Phase.FAILED and not self._failed:
+            # Failed without an exception here (an explicit transition, a cancellation that
+            # the phase did not allow): still an error, of no more precise type.
+            self._fail_span(OTHER_ERROR, state.reason or "failed")
+        attributes: dict[str, AttributeValue] = {attr.PHASE: phase.value}
+        if self._cicd and phase in _CICD_RESULTS:
+            attributes[attr.CICD_PIPELINE_RESULT] = _CICD_RESULTS[phase]
         if self._percent is not None:
             attributes[attr.PROGRESS_PERCENT] = self._percent
         if self._last_stage:
@@ -441,6 +478,27 @@ class _WorkflowBase:
             if state.phase not in (Phase.PAUSING, Phase.RESUMING):
                 return state.phase is Phase.PAUSED
         return True
+
+
+def _record_exception(
+    span: Span,
+    exc: BaseException,
+    text: str,
+    attributes: Mapping[str, AttributeValue] | None = None,
+) -> None:
+    """``span.record_exception``, which calls ``str(exc)``: an exception whose ``__str__``
+    raises is recorded with ``text`` (from ``describe_error``) instead of raising."""
+    try:
+        span.record_exception(exc, attributes)
+    except Exception:
+        span.add_event(
+            "exception",
+            {
+                "exception.type": type(exc).__name__,
+                "exception.message": text,
+                **(attributes or {}),
+            },
+        )
 
 
 class Workflow(_WorkflowBase):
@@ -744,11 +802,14 @@ def workflow(
     coordinator: Coordinator | None = None,
     attributes: Mapping[str, AttributeValue] | None = None,
     tracer_provider: TracerProvider | None = None,
+    cicd_attributes: bool | None = None,
 ) -> WorkflowDefinition:
     """A workflow named ``name``: ``with``, ``async with``, or a decorator.
 
     Ids default to fresh ones; parent and root come from the enclosing workflow or, across
     processes, from W3C baggage. ``action_type`` defaults to the name, so the hub shows it.
+    ``cicd_attributes`` also sets the ``cicd.pipeline.*`` run attributes on its span (default:
+    the coordinator's ``cicd_attributes``, ``WHEN_CICD_ATTRIBUTES``).
     """
     return WorkflowDefinition(
         name,
@@ -760,4 +821,5 @@ def workflow(
         coordinator=coordinator,
         attributes=attributes,
         tracer_provider=tracer_provider,
+        cicd_attributes=cicd_attributes,
     )
