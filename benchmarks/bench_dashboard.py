@@ -230,7 +230,7 @@ def run() -> list[Figure]:
     nominal = CLIENTS * RATE
     figures = [
         Figure(
-            f"[9] dashboard: list of {WORKFLOWS:,} workflows opens (Chromium)",
+            f"[11] dashboard: list of {WORKFLOWS:,} workflows opens (Chromium)",
             statistics.median(opens) if opens else float("nan"),
             None,
             "ms",
@@ -243,14 +243,14 @@ def run() -> list[Figure]:
     if with_page is None:
         return [
             *figures,
-            Figure("[10] dashboard live under load", float("nan"), None, "-", None,
+            Figure("[12] dashboard live under load", float("nan"), None, "-", None,
                    "needs Chromium", False),
         ]  # fmt: skip
     extra = with_page["growth"] - without["growth"]
     return [
         *figures,
         Figure(
-            f"[10] hub with the dashboard open: {CLIENTS} clients x {RATE:g} msg/s",
+            f"[12] hub with the dashboard open: {CLIENTS} clients x {RATE:g} msg/s",
             with_page["ratio"],
             None,
             "x offered",
@@ -259,7 +259,7 @@ def run() -> list[Figure]:
             with_page["ratio"] >= MIN_APPLIED_RATIO,
         ),
         Figure(
-            "[10] longest silence the page heard in the window",
+            "[12] longest silence the page heard in the window",
             with_page["gap"],
             None,
             "s",
@@ -269,7 +269,7 @@ def run() -> list[Figure]:
         ),
         Figure.info("    pushes to the page", with_page["pushes"], "/s"),
         Figure(
-            "[10] hub memory growth over the window, page open vs not",
+            "[12] hub memory growth over the window, page open vs not",
             with_page["growth"],
             without["growth"],
             "MB",

@@ -49,6 +49,7 @@ from websockets.http11 import Request, Response
 
 from ..protocol import (
     CancelPayload,
+    EmptyPayload,
     Message,
     MessageType,
     PausePayload,
@@ -1039,7 +1040,7 @@ class Hub:
                 conn = self._state.connections.get(peer.connection_id)
                 if conn is None or not conn.service_id:
                     continue
-                ping = Message(type=MessageType.PING)
+                ping = Message.create(EmptyPayload(), type=MessageType.PING)
                 self._state.ping_sent(peer.connection_id, ping.id, now=now)
                 self._spawn(self._ping(peer, ping, conn.service_id))
             self._state.check_health(now=now, pong_timeout=self._pong_timeout)

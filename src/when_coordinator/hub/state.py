@@ -1690,7 +1690,7 @@ class HubState:
         workflow_id, workflow = self._target(
             message, payload.workflow_id, "phase_changed", service, conn, now
         )
-        source, target = payload.from_phase, payload.to_phase
+        source, target = payload.from_phase or None, payload.to_phase
         last = workflow.history[-1] if workflow.history else None
 
         def arrow() -> str:  # for anomalies only: formatting two Enums costs on every message
