@@ -22,6 +22,10 @@ HTTP (responses are JSON; errors are ``{"error": "...", "code": "..."}``):
 ``POST /v1/workflows/<id>/status``        ``?timeout=`` (5, at most 9); the service's answer
 ========================================  ==================================================
 
+Wherever a workflow id is taken (paths, ``?workflow_id=``, the ops below), a unique prefix of
+a known id stands for it: an ambiguous one is 400 ``ambiguous`` (the answer lists up to ten
+``candidates``), one that matches nothing 404.
+
 Status codes: 400 bad parameters or a malformed path, 401 token, 404 unknown workflow or path,
 405 wrong method, 409 the workflow's phase does not allow the command (the answer carries
 ``phase`` and ``allowed``), 503 the owning service is not connected, 504 no status answer in
@@ -140,6 +144,48 @@ def _workflow_id(params: Mapping[str, Any]) -> str:
     return workflow_id
 
 
+_MAX_CANDIDATES = 10
+
+
+class AmbiguousWorkflow(OperatorError):
+    """A workflow id prefix that several known workflows share."""
+
+    def __init__(self, prefix: str, candidates: list[str]) -> None:
+        shown = ", ".join(candidates[:_MAX_CANDIDATES])
+        more = len(candidates) - _MAX_CANDIDATES
+        super().__init__(
+            f"workflow id {prefix!r} is ambiguous: it starts {len(candidates)} workflows "
+            f"({shown}{f' and {more} more' if more > 0 else ''}); give more of the id",
+            code="ambiguous",
+        )
+        self.candidates = candidates[:_MAX_CANDIDATES]
+
+
+def resolve_workflow_id(hub: Hub, text: str, *, unknown_ok: bool = False) -> str:
+    """The known workflow id that ``text`` is, or is the unique prefix of.
+
+    Ids are long (``wf-`` and 32 hex digits) and operators type the start, as with git or
+    docker. An exact id always wins, even if it also starts longer ids. Raises
+    ``AmbiguousWorkflow``, or ``WorkflowNotFound`` (unless ``unknown_ok``: then ``text``
+    comes back as it is, for a workflow that may appear later).
+    """
+    workflows = hub.workflows
+    if text in workflows:
+        return text
+    candidates = sorted(w for w in workflows if w.startswith(text))
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise AmbiguousWorkflow(text, candidates)
+    if unknown_ok:
+        return text
+    raise WorkflowNotFound(f"unknown workflow {text!r}: no service has reported it to this hub")
+
+
+def _resolved_id(hub: Hub, params: Mapping[str, Any]) -> str:
+    return resolve_workflow_id(hub, _workflow_id(params))
+
+
 def _workflows(hub: Hub, params: Mapping[str, Any]) -> list[dict[str, Any]]:
     service_id = _text(params, "service_id")
     phase = _text(params, "phase")
@@ -163,6 +209,8 @@ def _logs(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
     if limit < 0:
         raise OperatorError("'limit' must be >= 0")
     state = hub.state
+    if workflow_id and workflow_id not in state.workflow_logs:
+        workflow_id = resolve_workflow_id(hub, workflow_id)
     buffer = state.workflow_logs.get(workflow_id) if workflow_id else state.logs
     records = list(buffer) if buffer is not None else []
     if level:
@@ -175,7 +223,7 @@ def _logs(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _workflow(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
-    workflow_id = _workflow_id(params)
+    workflow_id = _resolved_id(hub, params)
     workflow = hub.workflows.get(workflow_id)
     if workflow is None:
         raise WorkflowNotFound(f"unknown workflow {workflow_id!r}")
@@ -189,7 +237,7 @@ def _workflow(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
 async def execute(hub: Hub, op: str, params: Mapping[str, Any]) -> Any:
     """Carry out one operator request; raises ``OperatorError`` (or a hub ``CommandError``)."""
     if op in ("pause", "resume", "cancel"):
-        workflow_id = _workflow_id(params)
+        workflow_id = _resolved_id(hub, params)
         if op == "pause":
             sent = await hub.pause(workflow_id, _text(params, "reason"))
         elif op == "resume":
@@ -197,9 +245,13 @@ async def execute(hub: Hub, op: str, params: Mapping[str, Any]) -> Any:
         else:
             sent = await hub.cancel(workflow_id, _text(params, "reason"), _flag(params, "force"))
         workflow = hub.workflows.get(workflow_id)
-        return {"sent": sent.id, "service_id": workflow.service_id if workflow else ""}
+        return {
+            "sent": sent.id,
+            "service_id": workflow.service_id if workflow else "",
+            "workflow_id": workflow_id,
+        }
     if op == "status":
-        workflow_id = _workflow_id(params)
+        workflow_id = _resolved_id(hub, params)
         timeout = _number(params, "timeout", hub.command_timeout)
         if not 0 < timeout <= _MAX_STATUS_TIMEOUT:
             raise OperatorError(f"'timeout' must be in (0, {_MAX_STATUS_TIMEOUT:g}] seconds")
@@ -261,6 +313,8 @@ def _error_body(exc: Exception) -> dict[str, Any]:
     """What an error answer carries beyond its message and code."""
     if isinstance(exc, CommandRefused):
         return {"phase": exc.phase, "allowed": list(exc.allowed)}
+    if isinstance(exc, AmbiguousWorkflow):
+        return {"candidates": exc.candidates}
     return {}
 
 
@@ -444,7 +498,8 @@ class OperatorSession:
 
     def _subscribe(self, request: Mapping[str, Any]) -> dict[str, Any]:
         self._logs = _flag(request, "logs")
-        self._scope = _text(request, "workflow_id")
+        scope = _text(request, "workflow_id")
+        self._scope = resolve_workflow_id(self._hub, scope, unknown_ok=True) if scope else ""
         self._events.clear()
         self._workflows.clear()
         self._services.clear()
