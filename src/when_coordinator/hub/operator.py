@@ -154,7 +154,7 @@ class AmbiguousWorkflow(OperatorError):
         shown = ", ".join(candidates[:_MAX_CANDIDATES])
         more = len(candidates) - _MAX_CANDIDATES
         super().__init__(
-            f"workflow id {prefix!r} is ambiguous: it starts {len(candidates)} workflows "
+            f"workflow id {prefix!r} is ambiguous: {len(candidates)} workflow ids start so "
             f"({shown}{f' and {more} more' if more > 0 else ''}); give more of the id",
             code="ambiguous",
         )
