@@ -534,6 +534,8 @@ class LogSink:
         self.shorts: dict[str, str] = {}
         self.seen = _Seen()
         self.finished = False
+        self.snapshot = False
+        self.deferred: list[tuple[str, Any]] = []
 
     def wake_at(self) -> float | None:
         return None
@@ -562,6 +564,10 @@ class LogSink:
         if kind == "snapshot":
             self.names = views.service_names(event.get("services", []))
             self.shorts = views.short_ids(w["workflow_id"] for w in event.get("workflows", []))
+            self.snapshot = True
+            deferred, self.deferred = self.deferred, []
+            for request_id, result in deferred:
+                self.reply(request_id, result)
         elif kind == "service":
             service = event["service"]
             self.names[service["service_id"]] = service.get("service_name") or service["service_id"]
@@ -575,6 +581,9 @@ class LogSink:
                 self.show(record)
 
     def reply(self, request_id: str, result: Any) -> None:
+        if not self.snapshot:  # the names come with the snapshot
+            self.deferred.append((request_id, result))
+            return
         if request_id not in self.pending:
             return
         self.pending.discard(request_id)
@@ -592,3 +601,4 @@ class LogSink:
     def online(self) -> None:
         print("when-coordinator logs: reconnected", file=sys.stderr, flush=True)
         self.pending = set(self.expected)
+        self.snapshot = False
