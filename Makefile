@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test soak lint typecheck docs bench clean
+.PHONY: demo test soak lint typecheck docs bench clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,22 @@ typecheck: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-test: lint typecheck docs
+# System tools the tests drive: tmux (`watch` in a real 80x24 terminal). Installed with
+# apt-get where possible (as root, else with sudo); otherwise those tests skip, and under
+# CI=true they fail instead.
+system-deps:
+	@command -v tmux >/dev/null 2>&1 || { \
+	  echo "make: installing tmux for the terminal tests of the command line"; \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends tmux; } \
+	      || echo "make: warning: could not install tmux: the terminal tests will skip"; \
+	  else \
+	    echo "make: warning: no apt-get: install tmux, or the terminal tests will skip"; \
+	  fi; \
+	}
+
+test: lint typecheck docs system-deps
 	$(BIN)/pytest
 
 # The reliability tests' long variants (docs/reliability.md): fault rounds repeated, fuzzing

@@ -177,7 +177,7 @@ def test_pause_resume_and_cancel_reach_the_service(
 ) -> None:
     result = run(["pause", "wf-1", "--hub", hub.http_url, "--reason", "db maintenance"])
     assert result.returncode == 0, result.stderr
-    assert "pause sent to service etl-1 for workflow wf-1" in result.stdout
+    assert "pause sent to service etl (etl-1) for workflow wf-1" in result.stdout
     pause = receive(service, "pause")
     assert (pause["workflow_id"], pause["payload"]) == (
         "wf-1",

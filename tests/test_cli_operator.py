@@ -105,7 +105,7 @@ def test_any_unique_prefix_names_a_workflow_and_an_ambiguous_one_lists_the_candi
     url = hub.http_url
     paused = run(["pause", "wf-3f2a", "--hub", url])
     assert paused.returncode == 0, paused.stderr
-    assert "pause sent to service etl-1 for workflow wf-3f2a9c0d" in paused.stdout
+    assert "pause sent to service etl (etl-1) for workflow wf-3f2a9c0d" in paused.stdout
     assert receive(service, "pause")["workflow_id"] == "wf-3f2a9c0d"
     shown = run(["show", "wf-3f2b", "--hub", url])
     assert shown.stdout.splitlines()[0].split() == ["workflow", "wf-3f2b17e4"]

@@ -369,8 +369,14 @@ def _cmd_control(args: argparse.Namespace) -> int:
     if name == "cancel" and args.force:
         params["force"] = "true"
     result = client.command(name, args.workflow_id, **params)
+    service_id = str(result.get("service_id") or "")
+    try:
+        service_name = views.service_names(_services(client)).get(service_id, service_id)
+    except HubClientError:  # the command went out; the name is a nicety
+        service_name = service_id
+    who = f"{service_name} ({service_id})" if service_name != service_id else service_id or "?"
     print(
-        f"{name} sent to service {result.get('service_id') or '?'} for workflow "
+        f"{name} sent to service {who} for workflow "
         f"{result.get('workflow_id') or args.workflow_id} (message {result.get('sent')}); the "
         "service reports the outcome as phase changes (see `when-coordinator watch`)"
     )

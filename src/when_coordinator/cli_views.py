@@ -93,7 +93,8 @@ def fit_table(
 ) -> list[str]:
     """Rows (the first is the header) as aligned lines at most ``total`` cells wide.
 
-    Columns named in ``shrink`` give up width first, in that order, down to ``minimum``;
+    Columns named in ``shrink`` give up width first, in that order (the stage before the
+    name before the service: what identifies a row goes last), down to ``minimum``;
     whatever still does not fit is cut at the end of the line. ``None`` is no limit.
     """
     if not rows:
