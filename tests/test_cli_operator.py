@@ -418,3 +418,63 @@ def test_watch_fits_an_80x24_terminal_active_first_aligned_and_live(
         assert screen[0].startswith("when-coordinator watch")  # the header stays
         term.keys("C-c")
         term.wait_for(lambda s: any(line == "EXITED 0" for line in s))
+
+
+def test_watch_on_a_terminal_shows_the_hub_offline_and_recovers(
+    terminal: Callable[[list[str]], Terminal],
+) -> None:
+    port = free_port()
+    with Hub(port=port).run_in_thread() as first:
+        term = terminal([*COMMAND, "watch", "--hub", first.http_url])
+        term.wait_for(lambda s: s[2] == "no workflows yet")
+        first.wait_for(lambda h: h.watchers == 1)
+    offline = term.wait_for(lambda s: s[1].startswith("OFFLINE for "))
+    assert offline[0].startswith("when-coordinator watch")
+    assert any(
+        line.endswith(f"lost the hub at http://127.0.0.1:{port}; reconnecting") for line in offline
+    )
+    with Hub(port=port).run_in_thread() as second, connect(second.url, proxy=None) as ws:
+        send(ws, "register", service_name="etl", capabilities=None)
+        receive(ws, "registered")
+        created(ws, second, "wf-after")
+        screen = term.wait_for(lambda s: _row(s, "wf-after") != "", timeout=20)
+        assert screen[1] == ""  # no longer offline
+        assert any(
+            line.endswith(f"reconnected to the hub at http://127.0.0.1:{port}") for line in screen
+        )
+        term.keys("C-c")
+        term.wait_for(lambda s: any(line == "EXITED 0" for line in s))
+
+
+def test_a_redraw_skipped_within_a_tenth_of_a_second_is_made_up() -> None:
+    """The sink asks to be woken when the skipped redraw is due, and then draws the newest
+    state (before, a row could show ``pausing`` until the next event)."""
+    from io import StringIO  # noqa: PLC0415
+
+    from when_coordinator.cli_watch import WatchSink  # noqa: PLC0415
+
+    out = StringIO()
+    sink = WatchSink(
+        out,
+        mode="screen",
+        hub="http://hub",
+        once=False,
+        logs=False,
+        anomalies=False,
+        phases=None,
+        service="",
+        expected=[],
+    )
+    record = {"workflow_id": "wf-1", "phase": "execution", "created_at": 1.0}
+    sink.event({"event": "snapshot", "workflows": [record], "services": []})
+    drawn = out.getvalue()
+    assert "execution" in drawn
+    sink.event({"event": "workflow", "workflow": {**record, "phase": "pausing"}})
+    sink.event({"event": "workflow", "workflow": {**record, "phase": "paused"}})
+    assert out.getvalue() == drawn  # both inside the 0.1 s: not drawn yet
+    wake = sink.wake_at()
+    assert wake is not None
+    assert wake <= sink.drawn_at + 0.1 + 1e-6
+    time.sleep(max(0.0, wake - time.monotonic()))
+    sink.tick()
+    assert "paused" in out.getvalue()[len(drawn) :]
