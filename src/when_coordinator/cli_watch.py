@@ -65,7 +65,11 @@ def follow(
     """Run the event stream into ``sink`` until it is finished, the deadline passes, or (with
     ``reconnect`` off) the hub goes away. A hub that cannot be reached at the start is an
     error; one that goes away later is waited for."""
-    from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: PLC0415
+    from websockets.exceptions import (  # noqa: PLC0415
+        ConnectionClosed,
+        InvalidHandshake,
+        InvalidStatus,
+    )
     from websockets.sync.client import connect  # noqa: PLC0415
 
     url = client.ws_base + "/v1/operator"
@@ -99,7 +103,7 @@ def follow(
             )
         except InvalidStatus as exc:
             raise _refused(client, exc.response.status_code) from None
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, InvalidHandshake) as exc:  # also not a hub (yet)
             if not connected_once:
                 raise client._unreachable(exc) from None
             delay = _RECONNECT_DELAYS[min(failures, len(_RECONNECT_DELAYS) - 1)]
@@ -125,7 +129,10 @@ def follow(
                     except TimeoutError:
                         sink.tick()
                         continue
-                    message = json.loads(raw)
+                    try:
+                        message = json.loads(raw)
+                    except ValueError:  # not the operator protocol: skip it
+                        continue
                     if not isinstance(message, dict):
                         continue
                     if "event" in message:
@@ -390,7 +397,8 @@ class WatchSink:
         elif kind == "service":
             service = event["service"]
             self.names[service["service_id"]] = service.get("service_name") or service["service_id"]
-            if self.mode == "json" and not self.service:
+            labels = {service["service_id"], service.get("service_name")}
+            if self.mode == "json" and (not self.service or self.service in labels):
                 self.emit(event)
         elif kind == "removed":
             self.workflows.pop(str(event.get("workflow_id")), None)
