@@ -386,6 +386,9 @@ def _cmd_control(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+_ID_HELP = "the workflow's id, or any unique prefix of it"
+
+
 def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--phase",
@@ -441,7 +444,7 @@ def add_commands(
         parents=[remote],
         help="a workflow's history, checkpoints, errors, children and logs",
     )
-    show.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    show.add_argument("workflow_id", metavar="WORKFLOW_ID", help=_ID_HELP)
     show.add_argument(
         "--logs", type=int, default=10, metavar="N", help="this many recent log entries (10)"
     )
@@ -451,7 +454,7 @@ def add_commands(
     logs = commands.add_parser(
         "logs", parents=[remote], help="the log entries the hub holds (--follow for live ones)"
     )
-    logs.add_argument("--workflow", metavar="ID", help="only this workflow's")
+    logs.add_argument("--workflow", metavar="ID", help="only this workflow's (a prefix works)")
     logs.add_argument("--level", choices=views.LEVELS, help="only entries at this level or above")
     logs.add_argument(
         "--limit", type=int, default=100, metavar="N", help="the last N entries (100)"
@@ -469,7 +472,7 @@ def add_commands(
     status = commands.add_parser(
         "status", parents=[remote], help="ask a workflow's service for its live status"
     )
-    status.add_argument("workflow_id", metavar="WORKFLOW_ID")
+    status.add_argument("workflow_id", metavar="WORKFLOW_ID", help=_ID_HELP)
     status.add_argument(
         "--timeout",
         type=float,
@@ -486,9 +489,7 @@ def add_commands(
         ("cancel", "ask a workflow to cancel"),
     ):
         command = commands.add_parser(name, parents=[remote], help=text, description=text + ".")
-        command.add_argument(
-            "workflow_id", metavar="WORKFLOW_ID", help="the id, or any unique prefix of it"
-        )
+        command.add_argument("workflow_id", metavar="WORKFLOW_ID", help=_ID_HELP)
         if name in ("pause", "cancel"):
             command.add_argument("--reason", default="", help="recorded with the phase change")
         if name == "resume":

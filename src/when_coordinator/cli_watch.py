@@ -600,7 +600,7 @@ class LogSink:
         if not self.pending:
             history = sorted(self.held, key=lambda r: float(r.get("at") or 0.0))
             self.held = []
-            for record in history[-self.limit :] if self.limit else history:
+            for record in history[len(history) - self.limit :] if self.limit > 0 else []:
                 self.show(record)
 
     def offline(self, why: str) -> None:
