@@ -1,7 +1,9 @@
 """The ``when-coordinator`` command: run the reference hub, watch and steer its workflows.
 
 Only the standard library and websockets are used, and heavy modules are imported by the
-subcommand that needs them, so the command starts quickly.
+subcommand that needs them, so the command starts quickly. The operator commands (workflows,
+watch, show, logs, services, status, pause, resume, cancel) are in ``cli_operator``, their
+tables in ``cli_views`` and the live event stream in ``cli_watch``.
 
 The ``demo`` subcommand runs ``when_coordinator.demo.main(argv) -> int`` when that module
 exists (it owns its arguments: everything after ``demo`` is passed through); until then a
