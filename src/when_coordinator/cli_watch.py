@@ -169,7 +169,15 @@ def seed_requests(
 
 
 def _key(kind: str, record: Mapping[str, Any]) -> tuple[Any, ...]:
-    return (kind, record.get("at"), record.get("message"), record.get("text"))
+    return (
+        kind,
+        record.get("at"),
+        record.get("timestamp"),
+        record.get("service_id"),
+        record.get("workflow_id"),
+        record.get("message"),
+        record.get("text"),
+    )
 
 
 class _Seen:
