@@ -119,6 +119,7 @@ def test_workflows_prints_a_tree_table_and_json(
     lines = result.stdout.splitlines()
     assert lines[0].split() == [
         "WORKFLOW",
+        "NAME",
         "SERVICE",
         "PHASE",
         "PROGRESS",
@@ -126,8 +127,9 @@ def test_workflows_prints_a_tree_table_and_json(
         "ERRORS",
         "UPDATED",
     ]
-    assert lines[1].split()[:5] == ["wf-1", "etl-1", "execution", "50%", "transform"]
-    assert lines[2].split()[:4] == ["└", "wf-2", "etl-1", "pending"]
+    # The name (action_type) and the service's registered name, not its id.
+    assert lines[1].split()[:6] == ["wf-1", "ETL", "etl", "execution", "50%", "transform"]
+    assert lines[2].split()[:5] == ["└", "wf-2", "-", "etl", "pending"]
 
     as_json = run(["workflows", "--json"], env=clean_env(WHEN_HUB_URL=hub.http_url))
     assert {w["workflow_id"] for w in json.loads(as_json.stdout)} == {"wf-1", "wf-2"}
@@ -175,7 +177,7 @@ def test_pause_resume_and_cancel_reach_the_service(
 ) -> None:
     result = run(["pause", "wf-1", "--hub", hub.http_url, "--reason", "db maintenance"])
     assert result.returncode == 0, result.stderr
-    assert "pause sent to service etl-1 for workflow wf-1" in result.stdout
+    assert "pause sent to service etl (etl-1) for workflow wf-1" in result.stdout
     pause = receive(service, "pause")
     assert (pause["workflow_id"], pause["payload"]) == (
         "wf-1",
@@ -231,10 +233,10 @@ def test_watch_follows_phases_and_progress_until_interrupted(
             "wf-1",
             **{"from": "execution", "to": "pausing", "reason": "ops"},
         )
-        read_until(process, r"wf-1  execution -> pausing  \(ops\)")
+        read_until(process, r"wf-1 ETL  execution -> pausing  \(ops\)")
         send(service, "progress", "wf-1", percent=75, stage="load")
-        line = read_until(process, r"wf-1  pausing  \[.* 75%")[-1]
-        assert line.endswith("[###############-----] 75%  load")
+        line = read_until(process, r"wf-1 ETL  etl  pausing     \[.*  75%")[-1]
+        assert line.endswith("[###############-----]  75%  load")
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=30)
         assert process.returncode == 0
@@ -250,7 +252,7 @@ def test_watch_once_and_timeout_end_by_themselves(
     once = run(["watch", "--once", "--hub", hub.http_url])
     assert once.returncode == 0, once.stderr
     assert "watching 2 workflow(s)" in once.stdout
-    assert re.search(r"wf-1  execution  \[##########----------\] 50%  transform", once.stdout)
+    assert re.search(r"wf-1\s+ETL\s+etl\s+execution   \[##########----------\]  50%", once.stdout)
     timed = run(["watch", "--timeout", "0.3", "--hub", hub.http_url, "--workflow", "wf-2"])
     assert timed.returncode == 0, timed.stderr
     assert "watching 1 workflow(s)" in timed.stdout
@@ -405,6 +407,22 @@ def test_the_hub_command_refuses_an_empty_token_in_one_line() -> None:
     assert "surrounding spaces" in spaced.stderr
 
 
+def test_the_hub_command_refuses_an_empty_or_padded_read_token() -> None:
+    for args, env in (
+        (["--token", "t0k", "--read-token", ""], clean_env()),
+        (["--token", "t0k", "--read-token", "  "], clean_env()),
+        (["--token", "t0k"], clean_env(WHEN_READ_TOKEN="")),
+    ):
+        result = run(["hub", "--port", "0", *args], env=env)
+        assert result.returncode == 1, result
+        assert result.stderr.startswith("when-coordinator hub: error: the read-only token is empty")
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "listening" not in result.stdout
+    spaced = run(["hub", "--port", "0", "--token", "t0k", "--read-token", " padded "])
+    assert spaced.returncode == 1
+    assert "read_token must not have surrounding spaces" in spaced.stderr
+
+
 def test_the_hub_command_warns_when_it_would_listen_beyond_loopback_without_a_token() -> None:
     # The port is taken on loopback, so the wildcard bind fails: nothing listens beyond it.
     with socket.socket() as taken:
@@ -432,6 +450,7 @@ def test_a_hub_on_every_interface_prints_an_address_clients_can_dial() -> None:
         assert url.group(1) not in ("0.0.0.0", "[::]", "127.0.0.1", "[::1]", "localhost")
         assert f"ws://{loopback}:8080/v1/coordination" in lines[1]
         assert lines[2].startswith(f"  operator API http://{url.group(1)}:8080 ")
+        assert lines[3] == f"  dashboard    http://{url.group(1)}:8080/"
     assert cli.listening_lines("127.0.0.1", 9, "x")[0].endswith("ws://127.0.0.1:9/v1/coordination")
 
 
