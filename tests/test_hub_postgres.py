@@ -26,6 +26,8 @@ from when_coordinator import Config, Coordinator, Phase, PhaseManager
 from when_coordinator.cli import HubClient
 from when_coordinator.hub import Hub, HubError, ThreadedHub
 from when_coordinator.hub.pgstore import SCHEMA_VERSION, PostgresStore
+from when_coordinator.hub.state import PhaseChange
+from when_coordinator.hub.store import StoreBatch
 
 TIMEOUT = 15.0
 
@@ -352,3 +354,21 @@ def test_the_embedded_default_never_imports_psycopg(tmp_path: Path) -> None:
         "assert 'psycopg' not in sys.modules, 'psycopg imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_records_beyond_the_limit_per_workflow_and_kind_are_pruned(pg_url: str) -> None:
+    store = PostgresStore(pg_url, "x", record_limit=2)
+    store.load()
+    try:
+        for i in range(5):
+            change = PhaseChange(Phase.PLANNING, Phase.EXECUTION, f"r{i}", "", float(i), f"t{i}")
+            document = {"workflow_id": "wf-1", "phase": "execution"}
+            store.write(
+                StoreBatch(workflows={"wf-1": document}, records=[("wf-1", "history", change)])
+            )
+        store.prune()
+        assert store.counts()["workflow_records"] == 2
+        history = store.load().workflows[0].history
+        assert [c.reason for c in history] == ["r3", "r4"]
+    finally:
+        store.close()
