@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test soak lint typecheck docs bench clean system-deps postgresql
+.PHONY: demo test soak lint typecheck docs bench clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +31,7 @@ docs: $(STAMP)
 system-deps:
 	@sh scripts/ensure-system-deps
 
-# The PostgreSQL server the hub's PostgreSQL tests start (installed when missing and root).
-postgresql:
-	sh scripts/ensure-postgresql
-
-test: system-deps postgresql lint typecheck docs
+test: system-deps lint typecheck docs
 	$(BIN)/pytest
 
 # The reliability tests' long variants (docs/reliability.md): fault rounds repeated, fuzzing

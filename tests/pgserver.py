@@ -6,7 +6,7 @@ run as root, so as root the server runs as the ``postgres`` system user (``runus
 directory owned by it. One server per test session; each test gets a database of its own.
 
 Without the binaries the tests that need them skip, saying how to get them
-(``make test`` installs them where it can, see ``scripts/ensure-postgresql``); under
+(``make test`` installs them where it can, see ``scripts/ensure-system-deps``); under
 ``CI=true`` they fail instead, so a CI run never passes without them.
 """
 
