@@ -206,8 +206,14 @@ def _check_required_header_text(name: str, value: object) -> None:
 
 def _check_url(name: str, value: object) -> None:
     if not isinstance(value, str):
+        several = (
+            " (several URLs: one string, comma-separated)"
+            if isinstance(value, (list, tuple))
+            else ""
+        )
         raise ConfigError(
             f"{name} must be a string (empty: nothing connects), got {type(value).__name__}"
+            + several
         )
 
 
