@@ -7,6 +7,10 @@ Real hubs on loopback: reference hubs on threads (``Hub.run_in_thread``) and, fo
 from __future__ import annotations
 
 import logging
+import re
+import shutil
+import socket
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -22,6 +26,7 @@ from when_coordinator.cli import HubClient
 from when_coordinator.hub import Hub
 
 PATH = "/v1/coordination"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def dead_url() -> str:
@@ -288,3 +293,76 @@ def test_the_connected_hub_gone_mid_run_the_client_moves_to_the_other_and_loses_
         assert sorted(arrived) == sorted(required_logs)
     finally:
         coordinator.close(2.0)
+
+
+# ---------------------------------------------------------------------- behind a load balancer
+
+
+def documented_haproxy_config(listen: int, servers: list[int]) -> str:
+    """The HAProxy sample of docs/operations.md, on loopback, without TLS."""
+    page = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    sample = next(b for b in re.findall(r"```\n(.*?)```", page, re.S) if "frontend when_hub" in b)
+    sample = re.sub(r"bind \S+ ssl crt \S+", f"bind 127.0.0.1:{listen}", sample)
+    sample = re.sub(r"\n    server .*", "", sample)
+    return sample + "".join(f"    server hub{i} 127.0.0.1:{p}\n" for i, p in enumerate(servers))
+
+
+def accepts(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+def test_the_documented_haproxy_configuration_moves_a_client_off_a_killed_hub(
+    tmp_path: Path,
+) -> None:
+    """One load-balancer URL: the hub process behind it is SIGKILLed, the client re-dials the
+    same URL and registers on the other instance (the sample's health check on /healthz)."""
+    processes = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        processes.append(HubProcess(tmp_path / name))
+    with ExitStack() as stack:
+        for process in processes:
+            stack.enter_context(process)
+        listen = free_port()
+        config = tmp_path / "haproxy.cfg"
+        config.write_text(documented_haproxy_config(listen, [p.port for p in processes]))
+        balancer = subprocess.Popen(
+            ["haproxy", "-db", "-f", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        stack.callback(balancer.wait, 10)
+        stack.callback(balancer.kill)
+        wait_until(lambda: accepts(listen), 10, "haproxy to listen")
+
+        url = f"ws://127.0.0.1:{listen}{PATH}"
+        coordinator = Coordinator(fast_config(url, service_id="svc-lb"))
+        stack.callback(coordinator.close, 2.0)
+        events = Disconnects(coordinator)
+        coordinator.connect()
+        events.wait("registered", 1)
+        coordinator.phases.register_workflow("wf-lb")
+        assert coordinator.flush(10)
+
+        def holder() -> HubProcess | None:
+            for process in processes:
+                if process.running:
+                    services = process.api("/v1/services")["services"]
+                    if [(s["service_id"], s["connected"]) for s in services] == [("svc-lb", True)]:
+                        return process
+            return None
+
+        wait_until(lambda: holder() is not None, 10, "a hub to hold the service")
+        first = holder()
+        assert first is not None
+        first.kill()
+        events.wait("registered", 2)
+        coordinator.phases.transition_to("wf-lb", "pre-flight", "after the failover")
+        assert coordinator.flush(10)
+        other = next(p for p in processes if p is not first)
+        wait_until(lambda: holder() is other, 10, "the other hub to hold the service")
+        assert other.workflow("wf-lb")["phase"] == "pre-flight"
+        assert coordinator.stats().url == url

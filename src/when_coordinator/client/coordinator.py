@@ -1403,6 +1403,7 @@ def _reset_after_fork(ref: weakref.ref[Coordinator]) -> None:
     coordinator._thread = None
     coordinator._loop = None
     coordinator._ws = None
+    coordinator._url = ""
     coordinator._stop = None
     coordinator._wake = None
     coordinator._control.clear()
