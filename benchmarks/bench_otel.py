@@ -16,6 +16,11 @@ figures 1 to 3, with its targets):
    ``BatchLogRecordProcessor`` to our exporter and on to the hub, beside the same pipeline
    with an exporter that discards; every record must reach the hub. Target: at least 0.8x.
 
+``BENCH_METRICS=on`` runs them with the package's metrics on (otel/metrics.py), through an SDK
+meter provider whose periodic reader collects every second into an exporter that discards: a
+pessimistic setting (the SDK's default interval is 60 s). Off (the default), no meter provider
+is set, as in a service without metrics.
+
 The hub runs in its own process (``python -m benchmarks.bench_otel hub``), as it would in
 production, so that it does not compete with the measured code for the GIL; the client
 thread does, since it is part of what a service pays.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import statistics
 import sys
 import time
@@ -38,6 +44,13 @@ from opentelemetry.sdk._logs.export import (
     LogRecordExporter,
     LogRecordExportResult,
 )
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
@@ -50,6 +63,7 @@ from opentelemetry.util.types import AttributeValue
 
 from when_coordinator import Config, Coordinator, workflow
 from when_coordinator.otel import CoordinationLogExporter
+from when_coordinator.otel import metrics as when_metrics
 
 from .harness import Child, Figure, compare, measure, say, serve_commands
 
@@ -79,6 +93,31 @@ class _DiscardLogs(LogRecordExporter):
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return True
+
+
+class _DiscardMetrics(MetricExporter):
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        pass
+
+
+def _metrics_provider() -> MeterProvider | None:
+    """The package's metrics on (``BENCH_METRICS=on``), or None: see the module docstring."""
+    if os.environ.get("BENCH_METRICS", "off") != "on":
+        when_metrics.disable_metrics()
+        return None
+    reader = PeriodicExportingMetricReader(_DiscardMetrics(), export_interval_millis=1_000)
+    provider = MeterProvider(metric_readers=[reader])
+    if not when_metrics.enable_metrics(provider):
+        raise RuntimeError("BENCH_METRICS=on, but WHEN_METRICS_ENABLED switches them off")
+    return provider
 
 
 def _hub_logs(hub: Child) -> int:
@@ -322,6 +361,7 @@ def _logs(coordinator: Coordinator, hub: Child) -> list[Figure]:
 
 
 def run() -> list[Figure]:
+    meter_provider = _metrics_provider()
     hub = Child("bench_otel", "hub")
     coordinator = _coordinator(hub.hello["url"])
     try:
@@ -332,6 +372,9 @@ def run() -> list[Figure]:
     finally:
         coordinator.close(10)
         hub.close()
+        if meter_provider is not None:
+            when_metrics.disable_metrics()
+            meter_provider.shutdown()
 
 
 async def _serve_hub() -> None:

@@ -4,7 +4,8 @@
 ``/v1/logs`` and ``/v1/metrics`` with protobuf bodies (plain or ``Content-Encoding: gzip``),
 decodes them with the ``opentelemetry-proto`` messages and answers 200 with the empty response
 message, as a Collector does. Tests point ``OTEL_EXPORTER_OTLP_ENDPOINT`` at ``url`` and read
-back ``spans`` and ``log_records``; ``wait_for`` blocks until a predicate over the receiver holds.
+back ``spans``, ``log_records`` and ``metrics``; ``wait_for`` blocks until a predicate over the
+receiver holds.
 
 Bodies that do not decode are answered 400 and kept in ``errors``, so a test sees them.
 """
@@ -35,9 +36,17 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-__all__ = ["OtlpReceiver", "ReceivedLog", "ReceivedRequest", "ReceivedSpan", "attributes"]
+__all__ = [
+    "OtlpReceiver",
+    "ReceivedLog",
+    "ReceivedMetric",
+    "ReceivedRequest",
+    "ReceivedSpan",
+    "attributes",
+]
 
 _T = TypeVar("_T")
 
@@ -113,6 +122,33 @@ class ReceivedLog:
 
 
 @dataclass(frozen=True)
+class ReceivedMetric:
+    """One metric of one export, with its resource and scope."""
+
+    metric: Metric
+    resource: Mapping[str, Any]
+    scope: str
+
+    @property
+    def name(self) -> str:
+        return self.metric.name
+
+    @property
+    def unit(self) -> str:
+        return self.metric.unit
+
+    @property
+    def kind(self) -> str:
+        """``sum``, ``gauge``, ``histogram``...: the data the metric carries."""
+        return self.metric.WhichOneof("data") or ""
+
+    @property
+    def points(self) -> list[Any]:
+        data = getattr(self.metric, self.kind, None)
+        return list(data.data_points) if data is not None else []
+
+
+@dataclass(frozen=True)
 class ReceivedRequest:
     """One export request: its path, ``Content-Encoding``, ``Content-Type``, and the
     ``service.name`` of each resource in it."""
@@ -137,6 +173,7 @@ class OtlpReceiver:
         self._lock = threading.Condition()
         self._spans: list[ReceivedSpan] = []
         self._logs: list[ReceivedLog] = []
+        self._metrics: list[ReceivedMetric] = []
         self._requests: list[ReceivedRequest] = []
         self._errors: list[str] = []
         self._metric_requests = 0
@@ -225,6 +262,11 @@ class OtlpReceiver:
             return list(self._logs)
 
     @property
+    def metrics(self) -> list[ReceivedMetric]:
+        with self._lock:
+            return list(self._metrics)
+
+    @property
     def requests(self) -> list[ReceivedRequest]:
         with self._lock:
             return list(self._requests)
@@ -244,6 +286,7 @@ class OtlpReceiver:
         with self._lock:
             self._spans.clear()
             self._logs.clear()
+            self._metrics.clear()
             self._requests.clear()
             self._errors.clear()
             self._metric_requests = 0
@@ -291,6 +334,7 @@ class OtlpReceiver:
             self._logs.extend(logs)
             if path == "/v1/metrics":
                 self._metric_requests += 1
+                self._metrics.extend(_metrics_of(body))
             self._lock.notify_all()
         return 200, reply
 
@@ -330,3 +374,15 @@ class OtlpReceiver:
         with self._lock:
             self._errors.append(text)
             self._lock.notify_all()
+
+
+def _metrics_of(body: bytes) -> list[ReceivedMetric]:
+    """The metrics of an export request that ``_decode`` already accepted."""
+    request = ExportMetricsServiceRequest()
+    request.ParseFromString(body)
+    return [
+        ReceivedMetric(metric, attributes(resource_metrics.resource.attributes), scope.scope.name)
+        for resource_metrics in request.resource_metrics
+        for scope in resource_metrics.scope_metrics
+        for metric in scope.metrics
+    ]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from otlp_receiver import OtlpReceiver, ReceivedLog, ReceivedSpan
+from otlp_receiver import OtlpReceiver, ReceivedLog, ReceivedMetric, ReceivedSpan, attributes
 from when_coordinator.hub import Hub, ThreadedHub
 from when_coordinator.hub.state import LogRecord, WorkflowState
 from when_coordinator.protocol import Phase
@@ -276,3 +276,84 @@ def test_collector_only_no_hub_workflows_still_become_spans(receiver: OtlpReceiv
     assert Counter(r.body for r in logs_of(receiver, service)) == Counter(
         dict.fromkeys(ALL_MESSAGES, 1)
     )
+
+
+def metrics_of(receiver: OtlpReceiver, service_name: str) -> dict[str, ReceivedMetric]:
+    """The package's metrics of one service, by name (the last export of each)."""
+    return {
+        m.name: m
+        for m in receiver.metrics
+        if m.resource.get("service.name") == service_name and m.scope == "when_coordinator"
+    }
+
+
+def test_metrics_co_export_beside_spans_and_logs(hub: ThreadedHub, receiver: OtlpReceiver) -> None:
+    """``OTEL_METRICS_EXPORTER=otlp`` and no code change: the package's metrics reach the
+    Collector with the same resource as the run's spans and logs."""
+    service = "coexport-metrics"
+    run_app(
+        {
+            "OTEL_SERVICE_NAME": service,
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_LOGS_EXPORTER": "otlp",
+            "OTEL_METRICS_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+            "WHEN_URL": hub.url,
+            "WHEN_WORKFLOW_ENTRYPOINTS": "etl_jobs:nightly_etl",
+        }
+    )
+    workflow, span = wait_until_settled(hub, receiver, service)
+    # The provider exports at exit, once the coordinator has closed: all of it is in.
+    receiver.wait_for(lambda r: "when.workflow.duration" in metrics_of(r, service), TIMEOUT)
+    found = metrics_of(receiver, service)
+    assert found.keys() >= {
+        "when.workflow.duration",
+        "when.workflow.active",
+        "when.workflow.transitions",
+        "when.client.outbox.size",
+        "when.client.sent.messages",
+        "when.client.connection.attempts",
+        "when.client.connection.duration",
+    }
+    duration = found["when.workflow.duration"]
+    assert (duration.kind, duration.unit) == ("histogram", "s")
+    (point,) = duration.points
+    assert attributes(point.attributes) == {
+        "when.workflow.name": "nightly_etl",
+        "when.workflow.result": "completed",
+    }
+    assert point.count == 1
+    assert span.attributes["when.workflow.id"] == workflow.workflow_id
+    assert {
+        attributes(p.attributes)["when.workflow.phase"]: p.as_int
+        for p in found["when.workflow.active"].points
+    } == dict.fromkeys((p.value for p in Phase if not p.is_terminal), 0)
+    attempts = found["when.client.connection.attempts"].points
+    assert sum(p.as_int for p in attempts) == 1
+    assert attributes(attempts[0].attributes)["server.port"] == hub.port
+    # The resource is the one of the spans: the three signals describe one service run.
+    assert duration.resource == span.resource
+
+
+def test_no_metrics_with_the_metrics_exporter_none(
+    hub: ThreadedHub, receiver: OtlpReceiver
+) -> None:
+    service = "coexport-no-metrics"
+    run_app(
+        {
+            "OTEL_SERVICE_NAME": service,
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_LOGS_EXPORTER": "none",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+            "WHEN_URL": hub.url,
+            "WHEN_WORKFLOW_ENTRYPOINTS": "etl_jobs:nightly_etl",
+        }
+    )
+    receiver.wait_for(
+        lambda r: any("when.workflow.id" in s.attributes for s in spans_of(r, service)),
+        timeout=TIMEOUT,
+    )
+    assert not [r for r in receiver.requests if r.path == "/v1/metrics" and service in r.services]

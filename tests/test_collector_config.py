@@ -1,4 +1,6 @@
-"""``collector-config/otel-collector.yaml``: a Collector configuration that holds together.
+"""``collector-config/otel-collector.yaml``: a Collector configuration that holds together,
+alone and with the ``hub-metrics.yaml`` overlay merged over it (as ``--config a --config b``
+does: maps merge, lists are replaced).
 
 The Collector refuses to start when a pipeline names a component that is not defined; it
 starts, but silently does nothing with it, when a defined component is not used. Both are
@@ -15,15 +17,55 @@ import yaml  # type: ignore[import-untyped, unused-ignore]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "collector-config"
 CONFIG_PATH = CONFIG_DIR / "otel-collector.yaml"
+HUB_OVERLAY = CONFIG_DIR / "hub-metrics.yaml"
 KINDS = ("receivers", "processors", "exporters")
 SIGNALS = ("traces", "logs", "metrics")
 
 
-@pytest.fixture(scope="module")
-def config() -> dict[str, Any]:
-    loaded = yaml.safe_load(CONFIG_PATH.read_text(encoding="utf-8"))
-    assert isinstance(loaded, dict), "the configuration must be a YAML mapping"
+def _load(path: Path) -> dict[str, Any]:
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict), f"{path.name} must be a YAML mapping"
     return loaded
+
+
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """The Collector's merge of several ``--config`` files: maps recursively, the rest replaced."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.fixture(scope="module", params=["alone", "with hub-metrics.yaml"])
+def config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    loaded = _load(CONFIG_PATH)
+    if request.param != "alone":
+        loaded = _merge(loaded, _load(HUB_OVERLAY))
+    return loaded
+
+
+def test_the_metrics_pipeline_takes_the_services_otlp_metrics(config: dict[str, Any]) -> None:
+    metrics = config["service"]["pipelines"]["metrics"]
+    assert "otlp" in metrics["receivers"]
+    assert "otlp" in metrics["exporters"]
+
+
+def test_the_overlay_scrapes_the_hub_with_its_token() -> None:
+    merged = _merge(_load(CONFIG_PATH), _load(HUB_OVERLAY))
+    assert "prometheus/hub" in merged["service"]["pipelines"]["metrics"]["receivers"]
+    (job,) = merged["receivers"]["prometheus/hub"]["config"]["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["authorization"]["type"] == "Bearer"
+    assert "WHEN_AUTH_TOKEN" in job["authorization"]["credentials"]
+    (targets,) = job["static_configs"]
+    assert targets["targets"][0].endswith(":8080}")  # the hub's default port
+    # The overlay keeps the other pipelines as they are.
+    base = _load(CONFIG_PATH)
+    for signal in ("traces", "logs"):
+        assert merged["service"]["pipelines"][signal] == base["service"]["pipelines"][signal]
 
 
 def _type(component_id: str) -> str:
@@ -100,6 +142,7 @@ def test_readme_gives_the_environment_of_each_topology() -> None:
         "WHEN_URL=ws://hub:8080/v1/coordination",
         "WHEN_WORKFLOW_ENTRYPOINTS=",
         "opentelemetry-instrument python app.py",
+        "hub-metrics.yaml",
     ):
         assert text in readme, f"collector-config/README.md does not mention {text!r}"
 

@@ -44,6 +44,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "WHEN_CLOSE_TIMEOUT": ("2.5", 2.5),
     "WHEN_WORKFLOW_ENTRYPOINTS": ("app.jobs:run, app.Worker.go", ("app.jobs:run", "app.Worker.go")),
     "WHEN_LOGS_ENABLED": ("off", False),
+    "WHEN_CICD_ATTRIBUTES": ("yes", True),
 }
 
 NUMERIC = [var.name for var in ENVIRONMENT if var.parse.__name__ in ("_int", "_float")]

@@ -470,6 +470,7 @@ def _cmd_hub(args: argparse.Namespace) -> int:
             ping_interval=args.ping_interval,
             send_buffer_bytes=args.send_buffer_bytes,
             send_buffer_timeout=args.send_buffer_timeout,
+            metrics_public=args.metrics_public,
         )
     except ValueError as exc:
         raise HubClientError(str(exc)) from None
@@ -662,6 +663,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="require 'Authorization: Bearer TOKEN' from every client (default: $WHEN_AUTH_TOKEN)",
     )
     hub.add_argument("--db", metavar="FILE", help="keep services, workflows and logs in SQLite")
+    hub.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="serve GET /metrics (Prometheus text) without the token",
+    )
     hub.add_argument(
         "--ping-interval",
         type=float,

@@ -152,3 +152,11 @@ def jsonable(value: Any, depth: int = 0) -> Any:
         return str(value)
     except Exception:
         return f"<unprintable {type(value).__name__}>"
+
+
+def qualified_name(exc: BaseException) -> str:
+    """An exception's fully qualified class name (``error.type`` in the semantic conventions);
+    builtins keep their short name."""
+    cls = type(exc)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"

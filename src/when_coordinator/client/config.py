@@ -182,6 +182,24 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         "Forward Python logging records to the hub (default true).",
         _bool,
     ),
+    EnvVar(
+        "WHEN_CICD_ATTRIBUTES",
+        "cicd_attributes",
+        "Also set the cicd.pipeline.* run attributes on workflow spans (default false).",
+        _bool,
+    ),
+    EnvVar(
+        "WHEN_METRICS_ENABLED",
+        None,
+        "false: record no metrics (default: through the global meter provider when it is an "
+        "SDK one and OTEL_METRICS_EXPORTER is not none).",
+    ),
+    EnvVar(
+        "OTEL_METRICS_EXPORTER",
+        None,
+        "none (or OTEL_SDK_DISABLED=true): no metrics through the global meter provider.",
+    ),
+    EnvVar("OTEL_SDK_DISABLED", None, "true: no metrics through the global meter provider."),
 )
 
 
@@ -296,6 +314,7 @@ _CHECKS: dict[str, Callable[[str, object], None]] = {
     "close_timeout": _check_seconds,
     "workflow_entrypoints": _check_strings,
     "logs_enabled": _check_flag,
+    "cicd_attributes": _check_flag,
 }
 """One check per ``Config`` field (a field without one fails at import, below)."""
 
@@ -341,6 +360,7 @@ class Config:
     close_timeout: float = 5.0
     workflow_entrypoints: tuple[str, ...] = ()
     logs_enabled: bool = True
+    cicd_attributes: bool = False
 
     def __post_init__(self) -> None:
         for name in _SEQUENCE_FIELDS:

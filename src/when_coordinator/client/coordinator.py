@@ -65,6 +65,7 @@ from ._util import (
     describe_error,
     jsonable,
     log_size,
+    qualified_name,
     warn_once,
 )
 from .config import HUB_PATH, Config, display_url, url_hint
@@ -131,6 +132,8 @@ class CoordinatorStats:
     received: int
     inbound_dropped: Mapping[str, int]
     coalesced: int = 0
+    connect_errors: Mapping[str, int] = field(default_factory=dict)
+    """Failed connection attempts by the exception's qualified class name."""
     url: str = ""
 
 
@@ -242,11 +245,13 @@ class Coordinator:
             "disconnected": [],
             "registered": [],
             "command": [],
+            "pong": [],
         }
         self.service_id = self.config.service_id
         self.hub_protocol_version = ""
         self._connects = 0
         self._connect_failures = 0
+        self._connect_errors: Counter[str] = Counter()
         self._received = 0
         self._inbound_dropped: Counter[str] = Counter()
         self._warn = RateLimitedLog(_log)
@@ -475,6 +480,10 @@ class Coordinator:
     def on_command(self, callback: Callable[[CommandEvent], None]) -> Callable[[], None]:
         """Call ``callback(event)`` for every pause, resume and cancel, accepted or refused."""
         return self._subscribe("command", callback)
+
+    def on_pong(self, callback: Callable[[float], None]) -> Callable[[], None]:
+        """Call ``callback(seconds)`` with the round trip of every ping the hub answered."""
+        return self._subscribe("pong", callback)
 
     def on_message(self, message_type: MessageType | str, handler: MessageHandler | None) -> None:
         """Handle ``message_type`` with ``handler`` instead of the default (None restores it).
@@ -759,6 +768,7 @@ class Coordinator:
             received=self._received,
             inbound_dropped=dict(self._inbound_dropped),
             coalesced=counts.coalesced,
+            connect_errors=dict(self._connect_errors),
             url=self._url,
         )
 
@@ -808,6 +818,7 @@ class Coordinator:
                         shown,
                         HUB_PATH,
                     )
+                self._connect_errors[qualified_name(exc)] += 1
                 self._warn.log(
                     logging.WARNING,
                     f"connect {url}",
@@ -949,13 +960,14 @@ class Coordinator:
             await asyncio.sleep(self.config.ping_interval)
             pong = await ws.ping()
             try:
-                await asyncio.wait_for(pong, self.config.pong_timeout)
+                latency = await asyncio.wait_for(pong, self.config.pong_timeout)
             except asyncio.TimeoutError:
                 _log.warning(
                     "no pong from the hub within %.1f s: reconnecting", self.config.pong_timeout
                 )
                 ws.transport.abort()
                 return
+            self._fire("pong", latency)
 
     def _register_payload(self) -> RegisterPayload:
         config = self.config
@@ -1154,7 +1166,7 @@ class Coordinator:
             count = self._outbox.inflight
             try:
                 pong = await ws.ping()
-                await asyncio.wait_for(pong, self.config.pong_timeout)
+                self._fire("pong", await asyncio.wait_for(pong, self.config.pong_timeout))
             except asyncio.TimeoutError:
                 _log.warning(
                     "no pong from the hub within %.1f s: reconnecting", self.config.pong_timeout

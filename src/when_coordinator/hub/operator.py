@@ -17,6 +17,8 @@ HTTP (responses are JSON; errors are ``{"error": "...", "code": "..."}``):
                                           ``?level=``, ``?limit=`` (100)
 ``GET /v1/connections``                   coordination connections with their counters
 ``GET /v1/anomalies``                     the most recent anomalies
+``GET /v1/metrics``                       the figures of ``GET /metrics`` as JSON (for the
+                                          dashboard; see ``metrics.figures``)
 ``POST /v1/workflows/<id>/pause``         ``?reason=``; ``{"sent": message_id}``
 ``POST /v1/workflows/<id>/resume``        ``?from_checkpoint=``
 ``POST /v1/workflows/<id>/cancel``        ``?reason=&force=true``
@@ -33,7 +35,7 @@ Operator WebSocket ``/v1/operator``: each request is a JSON object ``{"id": <any
 "ok": false, "error": "...", "code": "..."}``. Ops: ``pause`` (workflow_id, reason),
 ``resume`` (workflow_id, from_checkpoint), ``cancel`` (workflow_id, reason, force), ``status``
 (workflow_id, timeout), ``services``, ``workflows``, ``workflow`` (workflow_id), ``logs``
-(workflow_id, level, limit), ``connections``, ``anomalies``, ``subscribe`` (logs: bool,
+(workflow_id, level, limit), ``connections``, ``anomalies``, ``metrics``, ``subscribe`` (logs: bool,
 workflow_id: only that workflow and its descendants), ``unsubscribe``. A refused command's
 error has ``code`` ``conflict`` and the same ``phase`` and ``allowed`` as over HTTP.
 
@@ -52,6 +54,7 @@ import email.utils
 import json
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -71,6 +74,7 @@ from .errors import (
     StatusTimeout,
     WorkflowNotFound,
 )
+from .metrics import figures
 from .routing import Target
 from .state import (
     Changes,
@@ -218,6 +222,8 @@ async def execute(hub: Hub, op: str, params: Mapping[str, Any]) -> Any:
         return [conn.as_dict() for conn in hub.connections.values()]
     if op == "anomalies":
         return [anomaly.as_dict() for anomaly in hub.anomalies]
+    if op == "metrics":
+        return figures(hub, time.monotonic())
     raise OperatorError(f"unknown op {op!r}", code="unknown_op")
 
 
@@ -312,6 +318,8 @@ async def http_request(hub: Hub, request: Request, target: Target) -> Response:
             return json_response(200, {"connections": await execute(hub, "connections", {})})
         if parts == ["v1", "anomalies"]:
             return json_response(200, {"anomalies": await execute(hub, "anomalies", {})})
+        if parts == ["v1", "metrics"]:
+            return json_response(200, await execute(hub, "metrics", {}))
         if len(parts) == 4 and parts[:2] == ["v1", "workflows"] and parts[3] in _COMMANDS:
             return _error(405, f"use POST for {parts[3]}", "method_not_allowed")
         return _error(404, f"no such path: {raw_path}", "not_found")
@@ -331,6 +339,7 @@ def _is_get_route(parts: list[str]) -> bool:
         ["v1", "logs"],
         ["v1", "connections"],
         ["v1", "anomalies"],
+        ["v1", "metrics"],
     ) or (len(parts) == 3 and parts[:2] == ["v1", "workflows"])
 
 

@@ -74,6 +74,8 @@ class Persister:
         self.failing = False
         self.last_error = ""
         self.failing_since = 0.0
+        self._pending_since: float | None = None  # monotonic time of the oldest unwritten
+        self._writing_since: float | None = None  # ... of the batch being written
 
     async def run(self, fn: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -95,6 +97,8 @@ class Persister:
             elif isinstance(event, ErrorEvent):
                 self._record(event.workflow_id, "errors", event.record)
         self._bound()
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
         self._wake.set()
 
     def _record(self, workflow_id: str, kind: str, record: Any, size: int | None = None) -> None:
@@ -166,7 +170,9 @@ class Persister:
         """Write what is pending; False (the changes kept for a retry) if the write failed."""
         async with self._lock:
             batch = self._batch()
+            self._writing_since, self._pending_since = self._pending_since, None
             if not batch:
+                self._writing_since = None
                 return True
             if self.failing:
                 self.retries += 1
@@ -174,6 +180,11 @@ class Persister:
                 await self.run(lambda: self._store.write(batch))
             except Exception as exc:
                 self._requeue()
+                if self._writing_since is not None:  # still unwritten since then
+                    self._pending_since = min(
+                        self._writing_since, self._pending_since or self._writing_since
+                    )
+                self._writing_since = None
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if not self.failing:
@@ -183,6 +194,7 @@ class Persister:
                 elif self.errors % 100 == 0:
                     _log.error("hub store: %d writes failed; last: %s", self.errors, exc)
                 return False
+            self._writing_since = None
             self.writes += 1
             if self.failing:
                 self.failing = False
@@ -200,6 +212,14 @@ class Persister:
             + len(self._resync)
             + len(self._logs)
         )
+
+    def status(self, now: float) -> tuple[float, int]:
+        """(seconds the oldest unwritten change has waited at ``now``, failed writes)."""
+        oldest = min(
+            (t for t in (self._pending_since, self._writing_since) if t is not None),
+            default=now,
+        )
+        return max(0.0, now - oldest), self.errors
 
     def health(self) -> dict[str, Any]:
         return {

@@ -23,6 +23,7 @@ from urllib.parse import unquote_to_bytes
 __all__ = [
     "COORDINATION_ROUTES",
     "HEALTH_ROUTE",
+    "METRICS_ROUTE",
     "OPERATOR_ROUTE",
     "Target",
     "parse_target",
@@ -35,6 +36,8 @@ COORDINATION_ROUTES: frozenset[tuple[str, ...]] = frozenset(
     {("v1", "coordination"), ("ws", "coordination")}
 )
 OPERATOR_ROUTE: tuple[str, ...] = ("v1", "operator")
+METRICS_ROUTE: tuple[str, ...] = ("metrics",)
+"""Prometheus text; public only with ``metrics_public``, else behind the token like the rest."""
 
 # RFC 3986 pchar: unreserved / pct-encoded / sub-delims / ":" / "@".
 _SEGMENT = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})+")

@@ -5,7 +5,9 @@ One port serves everything:
 - ``/v1/coordination`` and ``/ws/coordination``: the coordination protocol for services;
 - ``/v1/operator``: the operator WebSocket (commands and a live event stream);
 - ``GET /healthz``, ``GET /v1/...`` and ``POST /v1/workflows/<id>/<command>``: the operator's
-  HTTP JSON API (see ``operator.py`` and docs/hub.md); any other path is a 404.
+  HTTP JSON API (see ``operator.py`` and docs/hub.md);
+- ``GET /metrics``: Prometheus text (``metrics.py``), behind the token unless
+  ``metrics_public``; any other path is a 404.
 
 With a token, every request but ``GET /healthz`` is authenticated before it is routed,
 whatever its path; the path is parsed once, by ``routing.parse_target``.
@@ -61,9 +63,17 @@ from ..protocol import (
 from .bounds import HubLimits, json_size
 from .commands import check_command
 from .errors import HubClosed, HubError, ServiceUnavailable, StatusTimeout, WorkflowNotFound
+from .metrics import CommandLatency, metrics_response
 from .operator import OperatorSession, bad_path, http_request
 from .persister import Persister
-from .routing import COORDINATION_ROUTES, OPERATOR_ROUTE, Target, parse_target, redact_query
+from .routing import (
+    COORDINATION_ROUTES,
+    METRICS_ROUTE,
+    OPERATOR_ROUTE,
+    Target,
+    parse_target,
+    redact_query,
+)
 from .sendguard import SendBufferGuard
 from .state import (
     HUB_PROTOCOL_VERSION,
@@ -288,6 +298,7 @@ class Hub:
     ``command_timeout``.
     ``limits``: the byte bounds of everything the hub keeps (``HubLimits``; see ``memory()``).
     ``db_max_bytes``: a bound on the SQLite file (writes past it fail like on a full disk).
+    ``metrics_public``: serve ``GET /metrics`` (Prometheus text) without the token.
     """
 
     def __init__(
@@ -314,6 +325,7 @@ class Hub:
         protocol_version: str = HUB_PROTOCOL_VERSION,
         limits: HubLimits | None = None,
         db_max_bytes: int | None = None,
+        metrics_public: bool = False,
     ) -> None:
         if ping_interval <= 0:
             raise ValueError("ping_interval must be > 0 seconds")
@@ -362,6 +374,8 @@ class Hub:
         self._persister: Persister | None = None
         self._log_buffer = log_buffer
         self._store_interval = store_interval
+        self.metrics_public = metrics_public
+        self.command_latency = CommandLatency()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -682,8 +696,23 @@ class Hub:
             if workflow is not None:  # a phase that does not allow it: 409, nothing sent
                 check_command(str(message.type), workflow_id, workflow.phase)
         peer, owner = self._route(workflow_id, service_id)
-        await self._send(peer, message, owner, timeout=self.command_timeout)
+        started = time.monotonic()
+        try:
+            await self._send(peer, message, owner, timeout=self.command_timeout)
+        except HubError as exc:
+            self._timed(str(message.type), started, exc)
+            raise
+        self._timed(str(message.type), started)
         return message
+
+    def _timed(self, command: str, started: float, error: Exception | None = None) -> None:
+        outcome = "ok" if error is None else type(error).__name__
+        self.command_latency.observe(command, time.monotonic() - started, outcome)
+
+    def store_status(self, now: float) -> tuple[float, int] | None:
+        """(seconds the oldest unwritten change waited, failed writes); None without a store."""
+        persister = self._persister
+        return None if persister is None else persister.status(now)
 
     async def pause(
         self, workflow_id: str, reason: str = "", *, service_id: str | None = None
@@ -729,14 +758,22 @@ class Hub:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StatusResponsePayload] = loop.create_future()
         self._pending[request.id] = _PendingStatus(future, peer.connection_id, workflow_id)
+        started = time.monotonic()
         try:
             await self._send(peer, request, owner, timeout=timeout)
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            answer = await asyncio.wait_for(asyncio.shield(future), timeout)
+            self._timed("status", started)
+            return answer
         except asyncio.TimeoutError:
-            raise StatusTimeout(
+            error = StatusTimeout(
                 f"service {owner!r} did not answer status for workflow {workflow_id!r} "
                 f"within {timeout:g} s"
-            ) from None
+            )
+            self._timed("status", started, error)
+            raise error from None
+        except HubError as exc:
+            self._timed("status", started, exc)
+            raise
         finally:
             self._pending.pop(request.id, None)
             if not future.done():
@@ -810,6 +847,9 @@ class Hub:
         target = parse_target(request.path)
         if target.public:
             return await http_request(self, request, target)
+        metrics = not target.error and target.segments == METRICS_ROUTE
+        if metrics and self.metrics_public:
+            return metrics_response(self, request.method, time.monotonic())
         if not self._authorized(request.headers):
             remote = _format_remote(connection.remote_address)
             shown = target.path if not target.error else "(a malformed path)"
@@ -817,6 +857,8 @@ class Hub:
             return self._unauthorized(connection)
         if target.error:
             return bad_path(target)
+        if metrics:
+            return metrics_response(self, request.method, time.monotonic())
         if _websocket_route(target):
             return None
         return await http_request(self, request, target)

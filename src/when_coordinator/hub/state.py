@@ -23,7 +23,7 @@ import dataclasses
 import itertools
 import math
 import re
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -914,6 +914,8 @@ class HubState:
         self.workflows_evicted = 0
         self.services_evicted = 0
         self._max_services = max(1, max_services)
+        self.messages_applied: Counter[str] = Counter()
+        """Messages from services applied, by type (``register`` included): for metrics."""
         self._workflow_log_buffer = workflow_log_buffer
         self._max_workflows = max(1, max_workflows)
         self._max_history = max(1, max_history)
@@ -1123,6 +1125,7 @@ class HubState:
         """
         conn = self.connections[connection_id]
         negotiated = negotiate_version(payload.protocol_version, self.hub_protocol_version)
+        self.messages_applied[MessageType.REGISTER] += 1
         service_id = payload.service_id or conn.header_service_id or conn.service_id
         if not service_id:
             service_id = self._assign_service_id()
@@ -1557,6 +1560,7 @@ class HubState:
                 workflow_id=owned.workflow_id,
             )
             return False
+        self.messages_applied[kind] += 1
         touched, self._touched = self._touched, None
         if touched is not None:
             self._account(touched)

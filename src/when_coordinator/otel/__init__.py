@@ -2,6 +2,7 @@
 
 from .instrumentor import WhenInstrumentor
 from .log_exporter import CoordinationLogExporter
+from .metrics import disable_metrics, enable_metrics
 from .propagation import CarriedCall, attached, carrier
 from .span_processor import CoordinationSpanProcessor
 from .tracking import get_coordinator, set_coordinator
@@ -26,6 +27,8 @@ __all__ = [
     "attached",
     "carrier",
     "current_workflow",
+    "disable_metrics",
+    "enable_metrics",
     "get_coordinator",
     "set_coordinator",
     "workflow",

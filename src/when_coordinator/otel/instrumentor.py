@@ -11,6 +11,8 @@ distro and configurator have built the SDK providers, and only adds to them:
 - a ``logging`` handler feeding Python log records into that logs pipeline (off with
   ``WHEN_LOGS_ENABLED=false``), unless one is already there; records of ``opentelemetry.*``
   loggers (the SDK and its exporters reporting on themselves) never enter it;
+- the package's metrics (``otel/metrics.py``) through the meter provider: the
+  ``meter_provider`` keyword, else the global one (off with ``OTEL_METRICS_EXPORTER=none``);
 - workflow context carried into threads, thread pools and process pools;
 - a workflow around every call of the functions named in ``WHEN_WORKFLOW_ENTRYPOINTS``
   (``module:function`` or ``module:Class.method``), also for modules imported later.
@@ -48,6 +50,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
 from ..client import Config, ConfigError, Coordinator, CoordinatorLogHandler
+from . import metrics as _metrics
 from ._identity import ByIdentity
 from ._sdk_logs import (
     ApiProxyLoggerProvider,
@@ -104,7 +107,8 @@ class _SkipOwnRecords(logging.Filter):
 
 class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """See the module docstring. ``instrument()`` takes optional keyword arguments:
-    ``config``, ``coordinator``, ``tracer_provider``, ``logger_provider``."""
+    ``config``, ``coordinator``, ``tracer_provider``, ``logger_provider``, ``meter_provider``
+    (default: the global one, see ``otel/metrics.py``)."""
 
     def __init__(self) -> None:
         if getattr(self, "_initialised", False):
@@ -127,6 +131,7 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._tracer_provider: Any = None
         self._pid = os.getpid()
         self._exit_hook = False
+        self._metrics: _metrics.WorkflowMetrics | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ()
@@ -157,6 +162,14 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             coordinator.connect()
         self._coordinator = coordinator
         self._pid = os.getpid()
+        meter_provider = kwargs.get("meter_provider")
+        before = _metrics.recorder
+        if meter_provider is not None:
+            _metrics.enable_metrics(meter_provider)
+        else:
+            _metrics.enable_from_global()
+        # What instrument() switched on, uninstrument() switches off; not the application's.
+        self._metrics = _metrics.recorder if _metrics.recorder is not before else None
         self._previous_default = set_coordinator(coordinator)
         self._bound_exporters = bind_unbound_exporters(coordinator)
 
@@ -386,6 +399,9 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             exporter.unbind()
         self._bound_exporters = []
         self._tracer_provider = None
+        if self._metrics is not None and _metrics.recorder is self._metrics:
+            _metrics.disable_metrics()  # switched on here and still in use: off again
+        self._metrics = None
         set_coordinator(self._previous_default)
         self._previous_default = None
         coordinator, self._coordinator = self._coordinator, None

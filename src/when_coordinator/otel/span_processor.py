@@ -159,6 +159,8 @@ class CoordinationSpanProcessor(SpanProcessor):
                     error = None
                     if span.status.status_code is StatusCode.ERROR:
                         error = span.status.description or "span ended with an error"
+                        kind = (span.attributes or {}).get(attr.ERROR_TYPE)
+                        tracker.note_failure(workflow_id, kind if isinstance(kind, str) else "")
                     settle(tracker.phases, workflow_id, error=error)
                 return
             owner = tracker.owner(context.span_id)

@@ -19,6 +19,7 @@ from ..client import CommandEvent, Config, ConfigError, Coordinator
 from ..phase_manager import PhaseError, PhaseManager, PhaseState
 from ..protocol import Phase
 from . import attributes as attr
+from . import metrics as _metrics
 
 if TYPE_CHECKING:
     from .workflow import _WorkflowBase
@@ -55,6 +56,7 @@ def get_coordinator() -> Coordinator:
                     config = Config()
                 _default = Coordinator(config)
                 _default.connect()
+                _metrics.observe(_default)
             coordinator = _default
     return coordinator
 
@@ -64,6 +66,8 @@ def set_coordinator(coordinator: Coordinator | None) -> Coordinator | None:
     global _default
     with _default_lock:
         previous, _default = _default, coordinator
+    if coordinator is not None:
+        _metrics.observe(coordinator)
     return previous
 
 
@@ -82,6 +86,11 @@ class Tracker:
         # span id -> (workflow id, action name); kept a while after the span ends, because
         # log records are exported later than they are made.
         self._owners: OrderedDict[int, tuple[str, str]] = OrderedDict()
+        # workflow id -> its name and, once it failed, the error.type: for the metrics
+        # recorded when it reaches its final phase (an adopted span is released before that).
+        self._names: dict[str, str] = {}
+        self._failures: dict[str, str] = {}
+        _metrics.observe(coordinator)
         self.phases.on_phase_changed(self._on_phase_changed)
         coordinator.on_command(self._on_command)
 
@@ -90,6 +99,16 @@ class Tracker:
     def adopt_span(self, workflow_id: str, span: Span) -> None:
         with self._lock:
             self._spans[workflow_id] = span
+            self._names[workflow_id] = getattr(span, "name", "") or ""
+            if len(self._names) > self.MAX_SPANS:  # runs that never ended: forget the oldest
+                del self._names[next(iter(self._names))]
+
+    def note_failure(self, workflow_id: str, error_type: str) -> None:
+        """The ``error.type`` of the failure about to settle the workflow."""
+        with self._lock:
+            self._failures[workflow_id] = error_type
+            if len(self._failures) > self.MAX_SPANS:
+                del self._failures[next(iter(self._failures))]
 
     def release_span(self, workflow_id: str) -> None:
         with self._lock:
@@ -130,9 +149,16 @@ class Tracker:
             self._spans.pop(workflow.id, None)
 
     def _on_phase_changed(self, state: PhaseState) -> None:
+        name = failure = ""
         with self._lock:
             span = self._spans.get(state.workflow_id)
             workflow = self._workflows.get(state.workflow_id)
+            if state.phase.is_terminal:
+                name = self._names.pop(state.workflow_id, "")
+                failure = self._failures.pop(state.workflow_id, "")
+        recorder = _metrics.recorder
+        if recorder is not None:
+            recorder.transition(state, name, failure)
         if span is not None:
             span.add_event(
                 attr.PHASE_CHANGED_EVENT,

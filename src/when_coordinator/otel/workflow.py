@@ -39,6 +39,7 @@ from ..phase_manager import PhaseError, PhaseState, WorkflowExistsError
 from ..protocol import MessageType, Phase
 from . import attributes as attr
 from ._identity import ByIdentity
+from .metrics import OTHER_ERROR, error_type
 from .tracking import get_coordinator, settle, start_lifecycle, tracker_for
 
 __all__ = [
@@ -75,6 +76,12 @@ def current_workflow() -> Workflow | AsyncWorkflow | None:
 
 
 _MAX_PROGRESS_EVENTS = 64
+_CICD_RESULTS = {
+    Phase.COMPLETED: "success",
+    Phase.FAILED: "failure",
+    Phase.CANCELLED: "cancellation",
+}
+"""Final phase -> ``cicd.pipeline.result`` (semantic conventions' values)."""
 _LIFECYCLE_EVENTS = 8
 """Events kept free for the lifecycle: three to start, two to end, a failure or a pause."""
 
@@ -147,6 +154,7 @@ class _WorkflowBase:
         coordinator: Coordinator | None = None,
         attributes: Mapping[str, AttributeValue] | None = None,
         tracer_provider: TracerProvider | None = None,
+        cicd_attributes: bool | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError("a workflow needs a non-empty name")
@@ -162,6 +170,10 @@ class _WorkflowBase:
         self.action_type = action_type or name
         self._attributes = dict(attributes or {})
         self._tracer_provider = tracer_provider
+        self._cicd = (
+            self._coordinator.config.cicd_attributes if cicd_attributes is None else cicd_attributes
+        )
+        self._failed = False
         self._span: Span = INVALID_SPAN
         self._context: otel_context.Context | None = None
         self._tokens: tuple[Any, ...] = ()
@@ -284,11 +296,11 @@ class _WorkflowBase:
         text = describe_error(message)  # never raises, whatever str(message) does
         self._coordinator.send_error(self.id, self.action_id, text, recoverable)
         if isinstance(message, BaseException):
-            _record_exception(self._span, message, text, {"when.error.recoverable": recoverable})
+            _record_exception(self._span, message, text, {attr.ERROR_RECOVERABLE: recoverable})
         else:
             self._span.add_event(
                 attr.ERROR_EVENT,
-                {"when.error.message": text, "when.error.recoverable": recoverable},
+                {attr.ERROR_MESSAGE: text, attr.ERROR_RECOVERABLE: recoverable},
             )
 
     # ------------------------------------------------------------------ lifecycle
@@ -319,6 +331,9 @@ class _WorkflowBase:
             attributes[attr.WORKFLOW_PARENT_ID] = self.parent_id
         if self.action_id:
             attributes[attr.ACTION_ID] = self.action_id
+        if self._cicd:
+            attributes[attr.CICD_PIPELINE_NAME] = self.name
+            attributes[attr.CICD_PIPELINE_RUN_ID] = self.id
         attributes.update(self._attributes)
         self._span = _tracer(self._tracer_provider).start_span(self.name, attributes=attributes)
         self._progress_budget = _progress_events_allowed(self._span)
@@ -364,7 +379,8 @@ class _WorkflowBase:
                 reason = describe_error(exc)
                 self._coordinator.send_error(self.id, self.action_id, reason, False)
                 _record_exception(self._span, exc, reason)
-                self._span.set_status(Status(StatusCode.ERROR, reason))
+                self._fail_span(error_type(exc), reason)
+                self._tracker.note_failure(self.id, error_type(exc))
                 settle(self._phases, self.id, error=reason)
         finally:
             self._tracker.detach(self)
@@ -373,8 +389,22 @@ class _WorkflowBase:
             self._notify()
         return suppress
 
+    def _fail_span(self, kind: str, description: str) -> None:
+        """Span status and the semantic conventions' attributes of a failure."""
+        self._failed = True
+        self._span.set_status(Status(StatusCode.ERROR, description))
+        self._span.set_attributes({attr.ERROR_TYPE: kind, attr.STATUS_DESCRIPTION: description})
+
     def _final_attributes(self) -> dict[str, AttributeValue]:
-        attributes: dict[str, AttributeValue] = {attr.PHASE: self._phases.get_phase(self.id).value}
+        state = self._phases.get_state(self.id)
+        phase = state.phase
+        if phase is Phase.FAILED and not self._failed:
+            # Failed without an exception here (an explicit transition, a cancellation that
+            # the phase did not allow): still an error, of no more precise type.
+            self._fail_span(OTHER_ERROR, state.reason or "failed")
+        attributes: dict[str, AttributeValue] = {attr.PHASE: phase.value}
+        if self._cicd and phase in _CICD_RESULTS:
+            attributes[attr.CICD_PIPELINE_RESULT] = _CICD_RESULTS[phase]
         if self._percent is not None:
             attributes[attr.PROGRESS_PERCENT] = self._percent
         if self._last_stage:
@@ -772,11 +802,14 @@ def workflow(
     coordinator: Coordinator | None = None,
     attributes: Mapping[str, AttributeValue] | None = None,
     tracer_provider: TracerProvider | None = None,
+    cicd_attributes: bool | None = None,
 ) -> WorkflowDefinition:
     """A workflow named ``name``: ``with``, ``async with``, or a decorator.
 
     Ids default to fresh ones; parent and root come from the enclosing workflow or, across
     processes, from W3C baggage. ``action_type`` defaults to the name, so the hub shows it.
+    ``cicd_attributes`` also sets the ``cicd.pipeline.*`` run attributes on its span (default:
+    the coordinator's ``cicd_attributes``, ``WHEN_CICD_ATTRIBUTES``).
     """
     return WorkflowDefinition(
         name,
@@ -788,4 +821,5 @@ def workflow(
         coordinator=coordinator,
         attributes=attributes,
         tracer_provider=tracer_provider,
+        cicd_attributes=cicd_attributes,
     )
