@@ -454,8 +454,8 @@ def split_urls(text: str) -> tuple[str, ...]:
 
 
 def _check_hub_url(url: str, count: int) -> None:
-    """One URL of ``when_url``: the error names it (without credentials) and, in a list,
-    its position, so that the one bad URL of several is found at once."""
+    """One URL of ``when_url``: in a list the error names the URL (without credentials), so
+    that the one bad URL of several is found at once."""
     where = f"when_url entry {display_url(url)!r}" if count > 1 else "when_url"
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
