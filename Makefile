@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test soak lint typecheck docs bench clean
+.PHONY: demo test soak lint typecheck docs bench clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ typecheck: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-test: lint typecheck docs
+# redis-server for the task-queue integration tests: installed where possible (see the script).
+system-deps:
+	scripts/ensure-system-deps
+
+test: system-deps lint typecheck docs
 	$(BIN)/pytest
 
 # The reliability tests' long variants (docs/reliability.md): fault rounds repeated, fuzzing
@@ -33,7 +37,7 @@ test: lint typecheck docs
 soak: $(STAMP)
 	$(BIN)/pytest -m soak tests/test_reliability_*.py
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks
 
 clean:

@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from redis_server import RedisServer, redis_server_binary
 from when_coordinator import Config, Coordinator, PhaseManager
 from when_coordinator.hub import Hub, ThreadedHub
 
@@ -72,3 +73,11 @@ def tracer_provider(span_exporter: InMemorySpanExporter) -> Iterator[TracerProvi
     provider.add_span_processor(SimpleSpanProcessor(span_exporter))
     yield provider
     provider.shutdown()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real ``redis-server`` on a free loopback port for the whole session (started on first
+    use); skipped where it is not installed, a failure under ``CI=true``."""
+    with RedisServer(redis_server_binary()) as server:
+        yield server.url

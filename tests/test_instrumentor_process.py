@@ -363,6 +363,12 @@ def test_process_pool_child_workflow_is_linked_to_its_parent(
         (record,) = [r for r in hub.logs if r.workflow_id == child["id"]]
         assert record.message == f"pool child 7 in {child['id']}"
         assert workflows[child["id"]].service_id != workflows[parent_id].service_id
+        # Another instance of the same service, not another service.
+        child_service = hub.services[workflows[child["id"]].service_id]
+        assert child_service.service_name == service
+        assert (
+            child_service.instance_id != hub.services[workflows[parent_id].service_id].instance_id
+        )
         assert not [a for a in hub.anomalies if "reused" in a.text]
 
 

@@ -175,11 +175,18 @@ class PhaseManager:
     # ------------------------------------------------------------------ registration
 
     def register_workflow(
-        self, workflow_id: str, parent_workflow_id: str = "", root_workflow_id: str = ""
+        self,
+        workflow_id: str,
+        parent_workflow_id: str = "",
+        root_workflow_id: str = "",
+        *,
+        phase: Phase = Phase.PENDING,
     ) -> PhaseState:
         """Add a workflow in ``pending``. No listener is called: there was no transition.
 
         An empty root defaults to the parent's root (or the parent), else the workflow itself.
+        ``phase`` registers a workflow that another process ran until now (a retried task
+        picked up by another worker) in the phase the hub already has for it.
         """
         _text("workflow_id", workflow_id)
         _text("parent_workflow_id", parent_workflow_id)
@@ -200,6 +207,7 @@ class PhaseManager:
             now = time.time()
             state = PhaseState(
                 workflow_id=workflow_id,
+                phase=Phase(phase),
                 parent_workflow_id=parent_workflow_id,
                 root_workflow_id=root_workflow_id,
                 started_at=now,

@@ -162,6 +162,23 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         _list,
     ),
     EnvVar(
+        "WHEN_TASKS_INCLUDE",
+        None,
+        "Task-queue integrations: comma-separated task name patterns run as workflows "
+        "(default: every task).",
+    ),
+    EnvVar(
+        "WHEN_TASKS_EXCLUDE",
+        None,
+        "Task-queue integrations: comma-separated task name patterns never run as workflows.",
+    ),
+    EnvVar(
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
+        None,
+        "Read by opentelemetry-instrument: `when_celery` (or `when`) there switches that "
+        "instrumentor off.",
+    ),
+    EnvVar(
         "WHEN_HUB_URL",
         None,
         "The command line's hub address (default http://127.0.0.1:8080).",

@@ -189,6 +189,16 @@ class _WorkflowBase:
         self._version = 0
         self._changed = threading.Condition()
 
+    # A workflow another process ran until now (a retried task): the hub has it in this phase
+    # already, so it is not announced again; from ``paused`` it resumes. See ``_continue``.
+    _continued: Phase | None = None
+    _continue_reason = ""
+
+    def _continue(self, phase: Phase, reason: str = "") -> None:
+        """Before it starts: continue the workflow from ``phase`` instead of announcing it."""
+        self._continued = phase
+        self._continue_reason = reason
+
     # ------------------------------------------------------------------ reading
 
     @property
@@ -309,18 +319,20 @@ class _WorkflowBase:
         if self._started:
             raise RuntimeError(f"workflow {self.id!r} was already started")
         self._started = True
+        phase = self._continued or Phase.PENDING
         try:
-            self._phases.register_workflow(self.id, self.parent_id, self.root_id)
+            self._phases.register_workflow(self.id, self.parent_id, self.root_id, phase=phase)
         except WorkflowExistsError as exc:
             if not exc.phase.is_terminal:
                 self._ended = True
                 raise ValueError(f"workflow {self.id!r} is already running") from None
             self._phases.remove_workflow(self.id)  # a new run under a reused id
-            self._phases.register_workflow(self.id, self.parent_id, self.root_id)
+            self._phases.register_workflow(self.id, self.parent_id, self.root_id, phase=phase)
         self._tracker.attach(self)
-        self._coordinator.send_workflow_created(
-            self.id, self.parent_id, self.root_id, self.action_id, self.action_type
-        )
+        if self._continued is None:
+            self._coordinator.send_workflow_created(
+                self.id, self.parent_id, self.root_id, self.action_id, self.action_type
+            )
         attributes: dict[str, AttributeValue] = {
             attr.WORKFLOW_ID: self.id,
             attr.WORKFLOW_NAME: self.name,
@@ -342,6 +354,10 @@ class _WorkflowBase:
         context = baggage.set_baggage(attr.BAGGAGE_WORKFLOW_ID, self.id)
         context = baggage.set_baggage(attr.BAGGAGE_ROOT_ID, self.root_id, context)
         self._context = trace.set_span_in_context(self._span, context)
+        if self._continued is Phase.PAUSED:
+            reason = self._continue_reason or "continued"
+            self._phases.transition_to(self.id, Phase.RESUMING, reason)
+            self._phases.transition_to(self.id, Phase.EXECUTION, reason)
         start_lifecycle(self._phases, self.id)
         if self._cancel_reason is not None:
             self._cancel_now()
@@ -420,6 +436,36 @@ class _WorkflowBase:
                 settle(self._phases, self.id, error=f"cancelled while {phase.value}")
                 return
         settle(self._phases, self.id)
+
+    def _suspend(self, reason: str, checkpoint_id: str) -> None:
+        """End this process's part of a workflow that continues later, maybe in another
+        process (a task that will be retried): pause it at the hub, close the span, forget it
+        here. The next part starts with ``_continue(Phase.PAUSED)``."""
+        if self._ended or not self._started:
+            return
+        try:
+            if self._phases.get_phase(self.id) is Phase.EXECUTION:
+                self._phases.pause(self.id, reason)
+            if self._phases.get_phase(self.id) is Phase.PAUSING:
+                self._phases.complete_pause(self.id, checkpoint_id)
+        except PhaseError:
+            pass  # a hub command moved it meanwhile: its last phase stands
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Close the span and forget the workflow here without settling it: another process
+        reports how it ends (a task whose process is being terminated, or a retry)."""
+        if self._ended or not self._started:
+            return
+        self._ended = True
+        try:
+            self._tracker.detach(self)
+            self._span.set_attributes(self._final_attributes())
+            self._span.end()
+        finally:
+            self._phases.remove_workflow(self.id)  # not replayed from here after a reconnect
+            self._notify()
 
     # ------------------------------------------------------------------ control
 

@@ -1,0 +1,130 @@
+"""A Celery worker's throughput with and without the ``when_celery`` instrumentor.
+
+A trivial task (``tasks.add`` of ``examples/celery_app``) through a real Redis: the worker runs
+under ``opentelemetry-instrument`` (prefork, one process, the contrib Celery instrumentation on
+in both runs), once with ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=when_celery`` and once with
+every task a workflow reported to a hub in its own process. The tasks are queued before the
+worker starts; the rate is taken from the tasks' completion times in the result backend, from
+the first to the last, so neither worker start-up nor this process's polling is counted.
+Rounds alternate (baseline, ours, three times each) and the fastest of each is kept.
+Target: at least 0.9x the baseline's tasks per second.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .harness import ROOT, Figure
+
+TASKS = 400
+ROUNDS = 3
+MIN_RATIO = 0.9
+ROUND_TIMEOUT = 120.0
+BIN = Path(sys.executable).parent
+APP_DIR = ROOT / "examples" / "celery_app"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)  # a server starting up: nothing to wait on but its port
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@contextmanager
+def _process(args: list[str], **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _round(app: Any, broker: str, hub_url: str, ours: bool) -> float:
+    """Seconds per task of one worker run over ``TASKS`` queued tasks."""
+    app.backend.client.flushdb()
+    results = [app.send_task("tasks.add", args=(i, i)) for i in range(TASKS)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "WHEN_", "CELERY_"))}
+    env.update(
+        {
+            "WHEN_URL": hub_url,
+            "OTEL_SERVICE_NAME": "bench-celery",
+            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_LOGS_EXPORTER": "none",
+            "OTEL_METRICS_EXPORTER": "none",
+            "CELERY_BROKER_URL": broker,
+        }
+    )
+    if not ours:
+        env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"] = "when_celery"
+    worker = [str(BIN / "opentelemetry-instrument"), str(BIN / "celery"), "-A", "tasks"]
+    worker += ["worker", "--concurrency", "1", "--loglevel", "WARNING"]
+    worker += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
+    with _process(worker, cwd=APP_DIR, env=env):
+        deadline = time.monotonic() + ROUND_TIMEOUT
+        for result in results:
+            result.get(timeout=max(1.0, deadline - time.monotonic()))
+    done = sorted(result.date_done for result in results)
+    return float((done[-1] - done[0]).total_seconds()) / (TASKS - 1)
+
+
+def run() -> list[Figure]:
+    server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(server):
+        print("bench_celery: redis-server is not installed; skipped", file=sys.stderr)
+        return []
+    sys.path.insert(0, str(ROOT / "tests"))
+    import celery  # noqa: PLC0415 - a dev dependency
+
+    from redis_server import RedisServer  # noqa: PLC0415 - the tests' helper, reused
+
+    hub_port = _free_port()
+    hub = [str(BIN / "when-coordinator"), "hub", "--port", str(hub_port), "--log-level", "warning"]
+    with RedisServer(server) as redis, _process(hub):
+        _wait_port(hub_port)
+        hub_url = f"ws://127.0.0.1:{hub_port}/v1/coordination"
+        app = celery.Celery("bench", broker=redis.url, backend=redis.url)
+        best = {False: float("inf"), True: float("inf")}
+        for _ in range(ROUNDS):
+            for ours in (False, True):
+                seconds = _round(app, redis.url, hub_url, ours)
+                best[ours] = min(best[ours], seconds)
+                label = "when_celery" if ours else "baseline"
+                print(f"  {label}: {1 / seconds:.0f} tasks/s", file=sys.stderr, flush=True)
+        app.close()
+    base, ours_rate = 1 / best[False], 1 / best[True]
+    return [
+        Figure(
+            "celery worker: tasks/s, every task a workflow",
+            ours_rate,
+            base,
+            "tasks/s",
+            ours_rate / base,
+            f">= {MIN_RATIO:g}x without when_celery",
+            ours_rate >= MIN_RATIO * base,
+        )
+    ]

@@ -1,0 +1,287 @@
+"""A loopback relay through which short-lived forked children speak to the hub over their
+parent's connection.
+
+Workers fork children: RQ's default ``Worker`` a "work horse" per job, Celery's prefork pool a
+set of pool processes. If each child dialled the hub itself, the hub would see a new service
+instance per child (per task, for RQ), and since it keeps a workflow with the service that
+created it, a retry in another child or a revoke seen by the parent could not reach it. Instead
+the worker process runs a ``Relay``: a WebSocket endpoint on 127.0.0.1 speaking the same
+protocol. A child connects to it (``report_through``), the relay answers its ``register``
+itself and forwards everything else on the worker's own connection; hub commands about a
+workflow a child announced (pause, resume, cancel, status) go back down to that child, whose
+``safe_point()`` honours them. The hub sees one service instance per worker process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from opentelemetry import _logs, trace
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from ...client import CommandEvent, Coordinator
+from ...protocol import Message, MessageType, ProtocolError, RegisteredPayload, decode, encode
+from ..tracking import get_coordinator, set_coordinator
+
+__all__ = [
+    "Relay",
+    "deliver_and_close",
+    "relay_of_this_process",
+    "report_through",
+    "report_to_parent",
+]
+
+_log = logging.getLogger(__name__)
+
+
+class Relay:
+    """See the module docstring. ``start()`` returns the ``ws://`` URL children dial."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+        self.dropped = 0
+        """Frames from children that did not decode (dropped, never forwarded)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: Server | None = None
+        self._owners: dict[str, ServerConnection] = {}
+        self._phases: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self.url = ""
+        self.token = secrets.token_urlsafe(24)
+        """What children present (``Authorization: Bearer``): only they may speak as the worker,
+        whatever else runs on the machine."""
+        self._unsubscribe: Callable[[], None] | None = None
+        self._default_status: Callable[[Message], None] | None = None
+
+    def start(self, timeout: float = 10.0) -> str:
+        ready = threading.Event()
+        thread = threading.Thread(target=self._main, args=(ready,), name="when-relay", daemon=True)
+        thread.start()
+        if not ready.wait(timeout) or not self.url:
+            raise RuntimeError("the relay did not start")
+        # Refused by the worker's own phase manager (it does not run these workflows) and
+        # forwarded to the child that does.
+        self._unsubscribe = self.coordinator.on_command(self._on_command)
+        # A status request is answered by the child running the workflow, else as usual.
+        self._default_status = self.coordinator._defaults.get(MessageType.STATUS)
+        self.coordinator.on_message(MessageType.STATUS, self._on_status)
+        return self.url
+
+    def close(self) -> None:
+        """Stop serving (children still connected are disconnected)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+            self.coordinator.on_message(MessageType.STATUS, None)
+        loop, server = self._loop, self._server
+        if loop is not None and server is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
+                loop.call_soon_threadsafe(server.close)
+
+    def _main(self, ready: threading.Event) -> None:
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            try:
+                self._server = await serve(
+                    self._handle,
+                    "127.0.0.1",
+                    0,
+                    max_size=self.coordinator.config.max_frame_bytes,
+                    process_request=self._check,
+                )
+                port = next(iter(self._server.sockets)).getsockname()[1]
+                self.url = f"ws://127.0.0.1:{port}/v1/coordination"
+            finally:
+                ready.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._server.serve_forever()
+
+        try:
+            asyncio.run(run())
+        except Exception:
+            _log.warning("the relay stopped", exc_info=True)
+
+    def _check(self, connection: ServerConnection, request: Request) -> Response | None:
+        presented = request.headers.get("Authorization", "")
+        if hmac.compare_digest(presented.encode(), f"Bearer {self.token}".encode()):
+            return None
+        return connection.respond(HTTPStatus.UNAUTHORIZED, "not a child of this worker\n")
+
+    def phase_of(self, workflow_id: str) -> str:
+        """The last phase a child reported for ``workflow_id`` ("" when none)."""
+        with self._lock:
+            return self._phases.get(workflow_id, "")
+
+    def forget(self, workflow_id: str) -> None:
+        with self._lock:
+            self._phases.pop(workflow_id, None)
+            self._owners.pop(workflow_id, None)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        try:
+            async for frame in ws:
+                try:
+                    message = decode(frame)
+                except ProtocolError:
+                    self.dropped += 1
+                    continue
+                if message.type is MessageType.REGISTER:
+                    await ws.send(encode(self._registered(message)))
+                    continue
+                if message.type is MessageType.PONG:
+                    continue
+                self._note(message, ws)
+                self.coordinator.send(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            with self._lock:
+                for workflow_id in [k for k, v in self._owners.items() if v is ws]:
+                    del self._owners[workflow_id]
+
+    def _registered(self, message: Message) -> Message:
+        version = message.payload.get("protocol_version")
+        return Message.create(
+            RegisteredPayload(
+                service_id=self.coordinator.service_id,
+                instance_id=self.coordinator.config.instance_id,
+                message="relayed by the worker process",
+                protocol_version=version if isinstance(version, str) else "1.0",
+            )
+        )
+
+    def _note(self, message: Message, ws: ServerConnection) -> None:
+        workflow_id = message.workflow_id or message.payload.get("workflow_id")
+        if not isinstance(workflow_id, str) or not workflow_id:
+            return
+        with self._lock:
+            self._owners[workflow_id] = ws
+            if message.type is MessageType.PHASE_CHANGED:
+                to = message.payload.get("to")
+                if isinstance(to, str):
+                    self._phases[workflow_id] = to
+
+    def _on_command(self, event: CommandEvent) -> None:
+        if event.message is not None:
+            self._forward(event.workflow_id, event.message)
+
+    def _on_status(self, message: Message) -> None:
+        if not self._forward(message.target_workflow_id(), message):
+            default = self._default_status
+            if default is not None:
+                default(message)
+
+    def _forward(self, workflow_id: str, message: Message) -> bool:
+        """Send ``message`` to the child running ``workflow_id``; False when there is none."""
+        with self._lock:
+            ws = self._owners.get(workflow_id)
+        loop = self._loop
+        if ws is None or loop is None or os.getpid() != self._pid:
+            return False
+        frame = encode(message)
+
+        async def forward() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(frame)
+
+        asyncio.run_coroutine_threadsafe(forward(), loop)
+        return True
+
+
+def report_through(url: str, token: str) -> Coordinator:
+    """In a forked child: report through the relay at ``url`` (its ``token``) from now on.
+
+    The child gets a coordinator of its own (the inherited one belongs to the parent), and the
+    ``when`` instrumentor's span processor and log exporter are pointed at it.
+    """
+    from ..instrumentor import WhenInstrumentor  # noqa: PLC0415 - import cycle
+
+    inherited = get_coordinator()
+    config = inherited.config.with_changes(
+        when_url=url,
+        auth_token=token,
+        ca_file="",
+        client_cert_file="",
+        client_key_file="",
+        reconnect_initial_delay=0.05,
+        reconnect_max_delay=0.5,
+    )
+    coordinator = Coordinator(config)
+    coordinator.connect()
+    # Registered before any workflow starts: a workflow already running when ``registered``
+    # arrives would have its phase replayed, a duplicate at the hub. The relay is local.
+    coordinator.wait_registered(2.0)
+    set_coordinator(coordinator)
+    instrumentor: Any = WhenInstrumentor._instance
+    if isinstance(instrumentor, WhenInstrumentor):
+        # Exporters the SDK attached itself (OTEL_LOGS_EXPORTER=when) are tracked as bound.
+        bound = getattr(instrumentor, "_bound_exporters", ())
+        for part in (instrumentor._span_processor, instrumentor._log_exporter, *bound):
+            if part is not None:
+                part.use(coordinator)
+    return coordinator
+
+
+# ---------------------------------------------------------------------- one relay per worker
+
+_lock = threading.Lock()
+_relay: Relay | None = None
+_child: tuple[int, Coordinator] | None = None  # (pid, its coordinator) in a child
+
+
+def relay_of_this_process() -> Relay | None:
+    """The worker process's relay, started on first use (before it forks its children);
+    None without a hub to relay to."""
+    global _relay  # noqa: PLW0603 - one relay per worker process
+    with _lock:
+        if _relay is None or _relay._pid != os.getpid():
+            coordinator = get_coordinator()
+            if not coordinator.config.enabled:
+                return None
+            relay = Relay(coordinator)
+            relay.start()
+            _relay = relay
+        return _relay
+
+
+def report_to_parent() -> Coordinator | None:
+    """In a child forked from a process that started its relay: report through it (once per
+    process; the coordinator it reports with, None where there is no parent relay)."""
+    global _child  # noqa: PLW0603 - one per child process
+    relay, pid = _relay, os.getpid()
+    if relay is None or relay._pid == pid:
+        return None
+    with _lock:
+        if _child is None or _child[0] != pid:
+            _child = (pid, report_through(relay.url, relay.token))
+        return _child[1]
+
+
+def deliver_and_close() -> None:
+    """In a child about to exit (often with ``os._exit``): hand what the SDK pipelines and the
+    coordinator hold to the parent, within the close timeout."""
+    child = _child
+    if child is None or child[0] != os.getpid():
+        return
+    coordinator = child[1]
+    timeout = coordinator.config.close_timeout
+    for provider in (trace.get_tracer_provider(), _logs.get_logger_provider()):
+        flush = getattr(provider, "force_flush", None)
+        if flush is not None:
+            try:
+                flush(int(timeout * 1000))
+            except Exception:
+                _log.debug("flushing %r failed", provider, exc_info=True)
+    coordinator.close(timeout=timeout)
