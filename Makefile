@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# make demo ARGS=--keep leaves the hub (and its dashboard) running until Ctrl-C.
 demo: $(STAMP)
-	$(BIN)/when-coordinator demo
+	$(BIN)/when-coordinator demo $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -25,9 +26,10 @@ typecheck: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-# redis-server for the task-queue integration tests: installed where possible (see the script).
+# The system programs the tests start (redis-server, chromium, postgresql, tmux): installed
+# with apt-get when missing and root, else one line names them (CI=true: a missing one fails).
 system-deps:
-	scripts/ensure-system-deps
+	@sh scripts/ensure-system-deps
 
 test: system-deps lint typecheck docs
 	$(BIN)/pytest

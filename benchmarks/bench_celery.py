@@ -119,7 +119,7 @@ def run() -> list[Figure]:
     base, ours_rate = 1 / best[False], 1 / best[True]
     return [
         Figure(
-            "celery worker: tasks/s, every task a workflow",
+            "[10] celery worker: tasks/s, every task a workflow",
             ours_rate,
             base,
             "tasks/s",

@@ -1,9 +1,10 @@
 """Cost of the protocol core per message, beside plain ``json`` on the same data.
 
 The mix is every frame of the reference transcript plus a typical ``progress`` and a 20-entry
-``log_batch``, the two kinds a busy service sends most. ``encode``/``decode`` must stay within
-1.2x of ``json.dumps``/``json.loads``: the envelope checks are meant to be nearly free, and the
-typed payload is paid only by whoever asks for it (shown separately, for information).
+``log_batch``, the two kinds a busy service sends most. ``encode``/``decode`` must cost at most
+half of ``json.dumps``/``json.loads``, although ``decode`` does more than ``json.loads``: it
+validates every field and builds the typed payload (msgspec, in C), so ``typed_payload()`` is
+free afterwards (shown separately, for information).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .harness import Figure, compare
 TRANSCRIPT = (
     Path(__file__).resolve().parents[2] / "shared" / "wire" / "reference-client-transcript.jsonl"
 )
-MAX_RATIO = 1.2
+MAX_RATIO = 0.5
 UNIT = "us/msg"
 
 

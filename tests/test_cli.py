@@ -405,6 +405,22 @@ def test_the_hub_command_refuses_an_empty_token_in_one_line() -> None:
     assert "surrounding spaces" in spaced.stderr
 
 
+def test_the_hub_command_refuses_an_empty_or_padded_read_token() -> None:
+    for args, env in (
+        (["--token", "t0k", "--read-token", ""], clean_env()),
+        (["--token", "t0k", "--read-token", "  "], clean_env()),
+        (["--token", "t0k"], clean_env(WHEN_READ_TOKEN="")),
+    ):
+        result = run(["hub", "--port", "0", *args], env=env)
+        assert result.returncode == 1, result
+        assert result.stderr.startswith("when-coordinator hub: error: the read-only token is empty")
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "listening" not in result.stdout
+    spaced = run(["hub", "--port", "0", "--token", "t0k", "--read-token", " padded "])
+    assert spaced.returncode == 1
+    assert "read_token must not have surrounding spaces" in spaced.stderr
+
+
 def test_the_hub_command_warns_when_it_would_listen_beyond_loopback_without_a_token() -> None:
     # The port is taken on loopback, so the wildcard bind fails: nothing listens beyond it.
     with socket.socket() as taken:
@@ -432,6 +448,7 @@ def test_a_hub_on_every_interface_prints_an_address_clients_can_dial() -> None:
         assert url.group(1) not in ("0.0.0.0", "[::]", "127.0.0.1", "[::1]", "localhost")
         assert f"ws://{loopback}:8080/v1/coordination" in lines[1]
         assert lines[2].startswith(f"  operator API http://{url.group(1)}:8080 ")
+        assert lines[3] == f"  dashboard    http://{url.group(1)}:8080/"
     assert cli.listening_lines("127.0.0.1", 9, "x")[0].endswith("ws://127.0.0.1:9/v1/coordination")
 
 

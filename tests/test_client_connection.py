@@ -95,7 +95,7 @@ def test_minimal_handshake_and_register_payload() -> None:
             assert "workflow_id" not in first.text.split('"payload"')[0]
             assert first.message.timestamp.endswith("Z")
             parse_timestamp(first.message.timestamp)
-            assert first.payload == {
+            assert first.payload.to_dict() == {
                 "service_name": "test-service",
                 "instance_id": "inst-1",
                 "capabilities": None,
@@ -124,7 +124,7 @@ def test_full_handshake_and_register_payload() -> None:
             assert headers["X-Service-ID"] == "svc-configured"
             assert headers["Authorization"] == "Bearer tok-abc"
             register = server.wait_count("register", 1)[0]
-            assert register.payload == {
+            assert register.payload.to_dict() == {
                 "service_name": "billing",
                 "service_id": "svc-configured",
                 "instance_id": "inst-2",

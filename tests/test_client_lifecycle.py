@@ -107,7 +107,7 @@ def test_the_context_manager_connects_and_closes() -> None:
         assert not client_thread(coordinator).is_alive()
         server.wait_for(lambda s: s.connections[0].closed and s.count("error") == 1, 5)
         error = server.of_type("error")[0]
-        assert error.payload == {
+        assert error.payload.to_dict() == {
             "workflow_id": "wf",
             "error": "ValueError: bad row",
             "recoverable": False,

@@ -217,7 +217,7 @@ def test_status_is_answered_for_a_known_workflow(
     first, second, third = (replies(server, "status_response", f"st-{n}") for n in (1, 2, 3))
     assert len(first) == len(second) == len(third) == 1
     assert first[0].workflow_id == "wf-a"
-    assert first[0].payload == {
+    assert first[0].payload.to_dict() == {
         "workflow_id": "wf-a",
         "phase": "execution",
         "progress": 42.5,

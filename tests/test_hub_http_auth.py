@@ -1,10 +1,13 @@
 """The token guards every operator request, however its path is spelled (issue 12, items 11
 and 16): raw HTTP requests, written byte for byte on a socket (``curl --path-as-is``), against
-a real hub in the test process and a real ``when-coordinator hub --token`` subprocess."""
+a real hub in the test process and a real ``when-coordinator hub --token`` subprocess. Public:
+``GET /healthz`` and the dashboard's page shell and sign-in (``routing.DASHBOARD_ROUTES``),
+nothing else; the dashboard's session cookie and the read-only token are credentials too."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import socket
@@ -17,10 +20,11 @@ from websockets.sync.client import ClientConnection, connect
 from faults import HubProcess
 from scripted_server import wait_until
 from when_coordinator.hub import Hub
-from when_coordinator.hub.routing import parse_target
+from when_coordinator.hub.routing import DASHBOARD_ROUTES, HEALTH_ROUTE, parse_target
 from when_coordinator.hub.testing import RawService, frame
 
 TOKEN = "op-token-5be1f0c3a9"
+READ = "read-token-0c8e21d7"
 WRONG = "not-the-token-77aa"
 UPGRADE = (
     ("Upgrade", "websocket"),
@@ -81,6 +85,10 @@ ROUTES: list[tuple[str, str, bool, int]] = [
     ("GET", "/v1/logs", False, 200),
     ("GET", "/v1/connections", False, 200),
     ("GET", "/v1/anomalies", False, 200),
+    ("GET", "/v1/overview", False, 200),
+    ("GET", "/v1/workflows?limit=5&q=wf", False, 200),
+    ("GET", "/v1/metrics", False, 200),
+    ("GET", "/metrics", False, 200),
     ("POST", "/v1/workflows/wf-1/pause", False, 200),
     ("POST", "/v1/workflows/wf-1/resume", False, 409),  # it is executing: see item 17
     ("POST", "/v1/workflows/wf-1/cancel?force=true", False, 200),
@@ -88,7 +96,8 @@ ROUTES: list[tuple[str, str, bool, int]] = [
     ("GET", "/v1/operator", True, 101),
     ("GET", "/v1/coordination", True, 101),
     ("GET", "/ws/coordination", True, 101),
-    ("GET", "/", False, 404),
+    ("GET", "/index.html", False, 404),  # the page is only at / (public: see below)
+    ("GET", "/static/other.js", False, 404),
     ("GET", "/v1/nothing", False, 404),
     ("GET", "/elsewhere", False, 404),
 ]
@@ -155,6 +164,7 @@ def test_every_route_and_every_spelling_of_its_path_needs_the_token() -> None:
                 (("Authorization", f"Basic {TOKEN}"),),
                 bearer(TOKEN) + bearer(WRONG),  # two headers: ambiguous, refused (not 500)
                 bearer(TOKEN) + bearer(TOKEN),
+                (("Cookie", "when_session=forged"),),  # a session the hub never made
             ]
             tried = 0
             for method, path, upgrade, _ in ROUTES:
@@ -197,21 +207,147 @@ def test_every_route_and_every_spelling_of_its_path_needs_the_token() -> None:
     asyncio.run(main())
 
 
-def test_only_the_health_route_is_public() -> None:
+PUBLIC = ("/healthz", "/", "/static/app.js", "/static/app.css", "/v1/session")
+
+
+def test_only_the_health_route_and_the_dashboard_shell_are_public() -> None:
     async def main() -> None:
-        async with Hub(token=TOKEN) as hub:
+        async with Hub(token=TOKEN, read_token=READ, trace_url="http://t/{trace_id}") as hub:
+            service = await _service(hub)
             port = hub.port
 
-            def get(target: str, method: str = "GET") -> int:
-                return raw_request(port, method, target)[0]
+            def get(target: str, method: str = "GET") -> tuple[int, bytes]:
+                return raw_request(port, method, target)
 
-            for target in ("/healthz", "/healthz?verbose=1", "/%68ealthz"):
-                assert await asyncio.to_thread(get, target) == 200, target
-            assert await asyncio.to_thread(get, "/healthz", "HEAD") == 200
-            for target in ("//healthz", "/healthz/", "/v1/healthz", "/./healthz", "/healthz#x"):
-                assert await asyncio.to_thread(get, target) == 401, target
+            # Exactly these routes, listed in routing.py, answer without a credential.
+            assert {parse_target(p).segments for p in PUBLIC} == {HEALTH_ROUTE, *DASHBOARD_ROUTES}
+            for target in (
+                *PUBLIC,
+                "/healthz?verbose=1",
+                "/%68ealthz",
+                "/?next=/v1/workflows",
+                "/%73tatic/app.js",  # the parsed path is /static/app.js
+            ):
+                status, body = await asyncio.to_thread(get, target)
+                assert status == 200, (target, status, body)
+                assert b"wf-1" not in body, target  # no data
+                assert b"etl" not in body, target
+            assert (await asyncio.to_thread(get, "/healthz", "HEAD"))[0] == 200
+            # The sign-in says only whether a token is needed.
+            _, body = await asyncio.to_thread(get, "/v1/session")
+            assert json.loads(body) == {
+                "auth_required": True,
+                "access": None,
+                "csrf": "",
+                "trace_url": "",
+            }
+            # Every other spelling, and every neighbour, needs a credential.
+            for target in (
+                "//healthz",
+                "/healthz/",
+                "/v1/healthz",
+                "/./healthz",
+                "/healthz#x",
+                "//",
+                "/#x",
+                "/%2F",
+                "/index.html",
+                "//static/app.js",
+                "/static/app.js/",
+                "/static/./app.js",
+                "/static/../static/app.js",
+                "/static/app.js#x",
+                "/static/app.js%00",
+                "/static",
+                "/static/",
+                "/static/index.html",
+                "/STATIC/app.js",
+                "/v1/session/",
+                "/v1/session/x",
+                "//v1/session",
+                "/v1/./session",
+                "/v1/sessions",
+                f"http://127.0.0.1:{port}/",
+                f"http://127.0.0.1:{port}/v1/session",
+            ):
+                status, body = await asyncio.to_thread(get, target)
+                assert status == 401, (target, status, body)
+            # A WebSocket upgrade on a public dashboard route is not the page: it needs the
+            # credential, then is a 404 (no WebSocket there), never the page.
+            for target in PUBLIC[1:]:
+                status, body = await asyncio.to_thread(raw_request, port, "GET", target, UPGRADE)
+                assert status == 401, (target, status, body)
+                status, body = await asyncio.to_thread(
+                    raw_request, port, "GET", target, UPGRADE + bearer(TOKEN)
+                )
+                assert status == 404, (target, status, body)
+            # Without a token, a sign-in or a sign-out opens nothing.
+            status, _ = await asyncio.to_thread(get, "/v1/session", "POST")
+            assert status == 401
+            status, _ = await asyncio.to_thread(get, "/v1/session", "DELETE")
+            assert status == 200  # signing out of nothing
+            assert (await asyncio.to_thread(get, "/v1/workflows"))[0] == 401
+            await service.close()
 
     asyncio.run(main())
+
+
+def test_a_session_cookie_and_the_read_token_are_credentials_on_every_read_route() -> None:
+    """What a token opens, the page's session opens too (``/metrics`` included), on the same
+    parsed path; the read-only token and its session watch but never steer or coordinate."""
+
+    async def main() -> None:
+        async with Hub(token=TOKEN, read_token=READ) as hub:
+            service = await _service(hub)
+            port = hub.port
+
+            async def send(
+                method: str, target: str, headers: tuple[tuple[str, str], ...]
+            ) -> tuple[int, bytes]:
+                return await asyncio.to_thread(raw_request, port, method, target, headers)
+
+            origin = (("Origin", f"http://127.0.0.1:{port}"),)
+            sessions: dict[str, tuple[tuple[str, str], ...]] = {}
+            status, _ = await send("POST", "/v1/session", bearer(WRONG) + origin)
+            assert status == 401
+            for name, token in (("steer", TOKEN), ("read", READ)):
+                cookie, csrf = await asyncio.to_thread(_sign_in, port, token)
+                sessions[name] = (("Cookie", cookie), ("X-CSRF-Token", csrf))
+            reads = [r for r in ROUTES if r[0] == "GET" and not r[2] and r[3] == 200]
+            assert ("GET", "/metrics", False, 200) in reads
+            for credentials in (bearer(READ), sessions["steer"], sessions["read"]):
+                for _, path, _, expected in reads:
+                    status, body = await send("GET", path, credentials)
+                    assert status == expected, (path, credentials, status, body)
+                    status, body = await send("GET", "/" + path, credentials)
+                    assert status == 400, (path, status, body)  # one parse for every credential
+            # Steering: the read-only token and its session get 403; the steering session works.
+            for credentials in (bearer(READ), sessions["read"]):
+                status, body = await send("POST", "/v1/workflows/wf-1/pause", credentials)
+                assert (status, json.loads(body)["code"]) == (403, "forbidden"), body
+                status, _ = await send("GET", "/v1/coordination", credentials + UPGRADE)
+                assert status == 401
+            status, body = await send("POST", "/v1/workflows/wf-1/pause", sessions["steer"])
+            assert status == 200, body
+            command = await service.recv()
+            assert (command["type"], command["id"]) == ("pause", json.loads(body)["sent"])
+            await service.close()
+
+    asyncio.run(main())
+
+
+def _sign_in(port: int, token: str) -> tuple[str, str]:
+    """Sign in as the page does; returns the cookie (name=value) and the CSRF token."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"Authorization": f"Bearer {token}", "Origin": f"http://127.0.0.1:{port}"}
+        conn.request("POST", "/v1/session", headers=headers)
+        response = conn.getresponse()
+        body = json.loads(response.read())
+        cookie = response.getheader("Set-Cookie") or ""
+        return cookie.split(";")[0], str(body["csrf"])
+    finally:
+        conn.close()
 
 
 def test_a_duplicate_authorization_header_is_a_401_not_a_500(

@@ -69,6 +69,42 @@ def test_ownership_moves_only_with_the_same_service_id_on_a_new_connection() -> 
     assert (workflow.service_id, workflow.connection_id, workflow.progress) == ("svc-a", "ca2", 20)
 
 
+def test_a_restarted_service_that_gets_its_id_back_owns_its_workflows_again() -> None:
+    """Identity on re-register (same name and instance, no id given) and ownership agree: the
+    restarted process is the same service id, so its workflows are its own; a live replica
+    with the same name is another id and may not touch them. Names over the text bound are
+    compared as kept (cut)."""
+    state = HubState()
+    long_name = "billing-" + "x" * (state.limits.max_text + 50)
+
+    def progress(conn: str, wid: str, percent: int) -> bool:
+        change = msg("progress", wid, {"workflow_id": wid, "percent": percent})
+        return state.receive(conn, change, now=6.0)
+
+    for name in ("billing", long_name):
+        wid = f"wf-{len(name)}"
+        first_c, again_c, twin_c = (f"{c}-{len(name)}" for c in ("c1", "c2", "c3"))
+        registered: list[str] = []
+        for conn in (first_c, again_c, twin_c):
+            state.open_connection(conn, now=1.0)
+            payload = RegisterPayload(service_name=name, instance_id="b-1")
+            registered.append(state.register(conn, payload, now=1.0).service_id)
+            if conn == first_c:
+                assert progress(first_c, wid, 10)
+                state.close_connection(first_c, now=3.0)
+        first, again, twin = registered
+        assert again == first  # a restart keeps its identity...
+        assert twin != first  # ...a replica beside it does not
+        assert not progress(twin_c, wid, 90)
+        assert progress(again_c, wid, 20)
+        workflow = state.workflows[wid]
+        assert (workflow.service_id, workflow.connection_id, workflow.progress) == (
+            first,
+            again_c,
+            20,
+        )
+
+
 def test_a_service_cannot_take_over_another_services_workflow_at_a_running_hub() -> None:
     async def main() -> None:
         async with Hub() as hub:

@@ -24,6 +24,7 @@ from test_instrumentor_process import (
     INSTRUMENT,
     clean_env,
     logs_of,
+    run,
     run_script,
     when_env,
     workflows_of,
@@ -256,3 +257,27 @@ def test_a_provider_it_cannot_attach_to_gets_one_warning_and_logging_still_flows
     (workflow,) = workflows_of(hub, service).values()
     (record,) = [r for r in logs_of(hub, service) if r.message == "job running with 5"]
     assert record.workflow_id == workflow.workflow_id
+
+
+def test_warnings_of_an_app_without_logging_configuration_still_reach_stderr(
+    hub: ThreadedHub, tmp_path: Path
+) -> None:
+    """Python prints a warning no handler takes (``logging.lastResort``); the instrumentor's
+    handler on the root logger must not take that away (it did: the client's "cannot connect
+    to the hub" vanished whenever it came before the application's ``basicConfig``), nor
+    print a record twice once the application configured logging."""
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "import logging\n"
+        "logging.getLogger('app').warning('before any configuration')\n"
+        "logging.getLogger('app').info('an info record is not a warning')\n"
+        "logging.basicConfig(format='CONFIGURED %(message)s')\n"
+        "logging.getLogger('app').warning('after basicConfig')\n"
+    )
+    env = exporters_env("last-resort", hub.url, False)
+    result = run([str(INSTRUMENT), sys.executable, str(script)], env, tmp_path)
+    lines = result.stderr.splitlines()
+    assert lines.count("before any configuration") == 1, result.stderr
+    assert lines.count("CONFIGURED after basicConfig") == 1, result.stderr
+    assert "after basicConfig" not in lines, result.stderr
+    assert "an info record is not a warning" not in result.stderr

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = ROOT / "examples" / "celery_app"
 BIN = Path(sys.executable).parent
 SERVICE = "celery-tests"
-TIMEOUT = 30.0
+TIMEOUT = 60.0  # a wait, not a sleep: generous for a loaded machine starting worker pools
 
 
 @pytest.fixture(scope="module")

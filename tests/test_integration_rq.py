@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = ROOT / "examples" / "rq_app"
 BIN = Path(sys.executable).parent
 SERVICE = "rq-tests"
-TIMEOUT = 30.0
+TIMEOUT = 60.0  # a wait, not a sleep: generous for a loaded machine starting worker pools
 
 
 @pytest.fixture(scope="module")

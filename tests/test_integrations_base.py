@@ -29,10 +29,18 @@ PROBE = """
 import json
 from when_coordinator.otel.integrations.celery import WhenCeleryInstrumentor
 from when_coordinator.otel.integrations.rq import WhenRQInstrumentor
+from when_coordinator.otel.integrations.dramatiq import WhenDramatiqInstrumentor
+from when_coordinator.otel.integrations.apscheduler import WhenAPSchedulerInstrumentor
+from when_coordinator.otel.integrations.huey import WhenHueyInstrumentor
+from when_coordinator.otel.integrations.click import WhenClickInstrumentor
 
 print(json.dumps({
     "celery": WhenCeleryInstrumentor().is_instrumented_by_opentelemetry,
     "rq": WhenRQInstrumentor().is_instrumented_by_opentelemetry,
+    "dramatiq": WhenDramatiqInstrumentor().is_instrumented_by_opentelemetry,
+    "apscheduler": WhenAPSchedulerInstrumentor().is_instrumented_by_opentelemetry,
+    "huey": WhenHueyInstrumentor().is_instrumented_by_opentelemetry,
+    "click": WhenClickInstrumentor().is_instrumented_by_opentelemetry,
 }))
 """
 
@@ -52,11 +60,22 @@ def test_task_filter_includes_and_excludes_by_pattern() -> None:
     assert task_workflow_id("celery", "5f0c") == "celery-5f0c"
 
 
+FRAMEWORKS = {
+    "celery": "WhenCeleryInstrumentor",
+    "rq": "WhenRQInstrumentor",
+    "dramatiq": "WhenDramatiqInstrumentor",
+    "apscheduler": "WhenAPSchedulerInstrumentor",
+    "huey": "WhenHueyInstrumentor",
+    "click": "WhenClickInstrumentor",
+}
+ALL_ON = dict.fromkeys(FRAMEWORKS, True)
+
+
 def test_entry_points_name_each_framework() -> None:
     found = {e.name: e for e in entry_points(group="opentelemetry_instrumentor")}
-    assert found["when_celery"].value.endswith("integrations.celery:WhenCeleryInstrumentor")
-    assert found["when_rq"].value.endswith("integrations.rq:WhenRQInstrumentor")
-    for name, framework in (("when_celery", "celery"), ("when_rq", "rq")):
+    for framework, cls in FRAMEWORKS.items():
+        name = f"when_{framework}"
+        assert found[name].value.endswith(f"integrations.{framework}:{cls}")
         (dependency,) = found[name].load()().instrumentation_dependencies()
         assert dependency.startswith(framework + " ")
 
@@ -82,21 +101,28 @@ def run_probe(tmp_path: Path, env: dict[str, str]) -> tuple[dict[str, bool], str
 
 
 def test_instrumented_by_default_and_disabled_by_name(tmp_path: Path) -> None:
-    assert run_probe(tmp_path, {})[0] == {"celery": True, "rq": True}
-    disabled = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "when_celery"}
-    assert run_probe(tmp_path, disabled)[0] == {"celery": False, "rq": True}
+    assert run_probe(tmp_path, {})[0] == ALL_ON
+    disabled = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "when_celery,when_huey"}
+    assert run_probe(tmp_path, disabled)[0] == {**ALL_ON, "celery": False, "huey": False}
 
 
 def test_skipped_cleanly_without_the_framework(tmp_path: Path) -> None:
-    # A ``celery`` that cannot be imported, first on the path: as if it were not installed.
+    # Frameworks that cannot be imported, first on the path: as if they were not installed.
     missing = tmp_path / "missing"
-    (missing / "celery").mkdir(parents=True)
-    (missing / "celery" / "__init__.py").write_text(
-        'raise ModuleNotFoundError("No module named \'celery\'", name="celery")\n',
-        encoding="utf-8",
-    )
+    for framework in ("celery", "dramatiq", "apscheduler", "huey"):
+        (missing / framework).mkdir(parents=True)
+        (missing / framework / "__init__.py").write_text(
+            f'raise ModuleNotFoundError("No module named {framework!r}", name={framework!r})\n',
+            encoding="utf-8",
+        )
     result, stderr = run_probe(tmp_path, {"PYTHONPATH": str(missing)})
-    assert result == {"celery": False, "rq": True}
+    assert result == {
+        **ALL_ON,
+        "celery": False,
+        "dramatiq": False,
+        "apscheduler": False,
+        "huey": False,
+    }
     assert "Traceback" not in stderr, stderr
 
 
@@ -104,7 +130,12 @@ def test_importing_the_package_imports_no_framework() -> None:
     code = (
         "import sys, when_coordinator, when_coordinator.otel;"
         "import when_coordinator.otel.integrations.celery, when_coordinator.otel.integrations.rq;"
-        "print(sorted({'celery', 'rq', 'redis', 'kombu'} & set(sys.modules)))"
+        "import when_coordinator.otel.integrations.dramatiq;"
+        "import when_coordinator.otel.integrations.apscheduler;"
+        "import when_coordinator.otel.integrations.huey;"
+        "import when_coordinator.otel.integrations.click;"
+        "print(sorted({'celery', 'rq', 'redis', 'kombu', 'dramatiq', 'dramatiq_abort',"
+        " 'apscheduler', 'huey', 'click'} & set(sys.modules)))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True

@@ -19,6 +19,7 @@ from when_coordinator.protocol import (
     Message,
     MessageType,
     PausePayload,
+    PayloadError,
     ProgressPayload,
     ProtocolError,
     decode,
@@ -137,9 +138,7 @@ def test_bad_fraction_or_offset_is_rejected_in_a_second_already_seen(tail: str) 
     with pytest.raises(ProtocolError, match="timestamp"):
         decode(_frame(timestamp="2027-05-06T07:08:09" + tail))
     with pytest.raises(ProtocolError, match="timestamp"):
-        decode(
-            _frame(type="log", payload={"timestamp": "2027-05-06T07:08:09" + tail})
-        ).typed_payload()
+        decode(_frame(type="log", payload={"timestamp": "2027-05-06T07:08:09" + tail}))
 
 
 # ------------------------------------------------------------------ ill-typed payload fields
@@ -196,11 +195,16 @@ BAD_PAYLOADS: list[tuple[str, str, dict[str, Any], list[str]]] = [
 def test_ill_typed_payload_field_names_the_key(
     type_: str, payload: dict[str, Any], expected: list[str]
 ) -> None:
-    message = decode(_frame(type=type_, payload=payload))  # the envelope is fine
+    """Decoding types the payload: the frame is refused, and a message built from the same
+    object is refused by ``typed_payload()`` in the same words."""
     with pytest.raises(ProtocolError) as caught:
-        message.typed_payload()
+        decode(_frame(type=type_, payload=payload))  # the envelope is fine
     for part in expected:
         assert part in str(caught.value)
+    built = Message(type=MessageType(type_), payload=payload)
+    with pytest.raises(ProtocolError) as again:
+        built.typed_payload()
+    assert str(again.value) == str(caught.value)
 
 
 def test_unknown_type_has_no_typed_payload() -> None:
@@ -326,7 +330,7 @@ def test_missing_timestamp_is_allowed_and_stays_missing() -> None:
 
 def test_null_optional_envelope_keys_read_as_absent() -> None:
     message = decode('{"id":"a","type":"ping","workflow_id":null,"timestamp":null,"payload":null}')
-    assert (message.workflow_id, message.timestamp, dict(message.payload)) == ("", "", {})
+    assert (message.workflow_id, message.timestamp, message.payload) == ("", "", EmptyPayload())
     assert message.type is MessageType.PING
 
 
@@ -339,7 +343,7 @@ def test_whitespace_around_the_frame_is_allowed() -> None:
 def test_bytes_input_is_decoded_as_utf8(wrap: type[Any]) -> None:
     frame = '{"id":"a","type":"pause","payload":{"reason":"caf\u00e9 \u2603 \U0001f600"}}'
     message = decode(wrap(frame.encode("utf-8")))
-    assert message.payload["reason"] == "caf\u00e9 \u2603 \U0001f600"
+    assert message.payload == PausePayload(reason="caf\u00e9 \u2603 \U0001f600")
 
 
 def test_unknown_envelope_and_payload_keys_are_ignored() -> None:
@@ -348,3 +352,12 @@ def test_unknown_envelope_and_payload_keys_are_ignored() -> None:
         _frame(type="pause", extra=1, payload={"workflow_id": "w", "reason": "r", "new": [1]})
     )
     assert message.typed_payload() == PausePayload(workflow_id="w", reason="r")
+
+
+def test_a_bad_payload_is_a_payload_error_and_a_bad_envelope_is_not() -> None:
+    """A receiver counts "bad payload" apart from "not a message" by the class."""
+    with pytest.raises(PayloadError, match="'reason'"):
+        decode(_frame(type="pause", payload={"reason": 5}))
+    with pytest.raises(ProtocolError) as caught:
+        decode(_frame(type="pause", workflow_id=5))
+    assert not isinstance(caught.value, PayloadError)

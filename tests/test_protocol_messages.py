@@ -6,7 +6,9 @@ would notice fails here even if encode and decode still agree with each other.
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 import re
 import threading
 import time
@@ -281,7 +283,8 @@ def test_envelope_workflow_id_is_omitted_when_empty() -> None:
 def test_explicit_envelope_workflow_id_wins() -> None:
     message = Message.create(StatusPayload(), workflow_id="wf-env")
     assert message.workflow_id == "wf-env"
-    assert message.payload == {}
+    assert message.payload == StatusPayload()
+    assert json.loads(encode(message)).keys() == {"id", "type", "workflow_id", "timestamp"}
 
 
 def test_create_fills_a_fresh_id_and_a_current_timestamp() -> None:
@@ -316,12 +319,17 @@ def test_reply_reuses_the_request_id() -> None:
         ('{"id":"a","type":"cancel","workflow_id":"env","payload":{"reason":"r"}}', "env"),
         ('{"id":"a","type":"status","workflow_id":"env","payload":{"workflow_id":"pl"}}', "env"),
         ('{"id":"a","type":"status","payload":{"workflow_id":"pl"}}', "pl"),
-        ('{"id":"a","type":"pause","payload":{"workflow_id":7}}', ""),
     ],
 )
 def test_command_target_precedence(frame: str, target: str) -> None:
     """Section 4: pause/resume/cancel prefer the payload, status the envelope."""
     assert decode(frame).target_workflow_id() == target
+
+
+def test_command_target_of_an_untyped_payload_ignores_a_non_string() -> None:
+    message = Message(type=MessageType.PAUSE, workflow_id="env", payload={"workflow_id": 7})
+    assert message.target_workflow_id() == "env"
+    assert Message(type="pause_v2", payload={"workflow_id": 7}).target_workflow_id() == ""
 
 
 def test_type_and_phase_strings_encode_as_plain_strings() -> None:
@@ -335,7 +343,8 @@ def test_unicode_survives_encoding() -> None:
     text = 'caf\u00e9 \u2603 \U0001f600 \u0000 "quoted" \\ <&>'
     message = Message.create(ProgressPayload("wf-\u00e9", 1, message=text))
     again = decode(encode(message))
-    assert again.payload["message"] == text
+    assert isinstance(again.payload, ProgressPayload)
+    assert again.payload.message == text
     assert again.workflow_id == "wf-\u00e9"
 
 
@@ -462,3 +471,14 @@ def test_parse_timestamp_reads_any_valid_form(case: tuple[str, datetime]) -> Non
     assert parsed == expected
     assert parsed.utcoffset() == expected.utcoffset()
     assert decode(json.dumps({"id": "a", "type": "ping", "timestamp": text})).timestamp == text
+
+
+def test_messages_and_payloads_survive_pickling() -> None:
+    """Process pools and copies carry them: ``LogPayload`` is not a Struct, and immutable."""
+    entry = LogEntry(TS, LogLevel.WARN, "m", fields={"k": [1]})
+    for payload in (LogPayload(entry), PhaseChangedPayload("w", None, Phase.PENDING)):
+        message = decode(encode(Message.create(payload)))
+        assert pickle.loads(pickle.dumps(message)) == message
+        assert copy.deepcopy(message.payload) == payload
+    with pytest.raises(AttributeError):
+        LogPayload(entry).entry = entry

@@ -78,7 +78,8 @@ log_entries = st.builds(
 )
 
 # ``()`` and ``{}`` are written as null / omitted and read back as None: generate the canonical
-# form; the normalisation itself is checked in ``test_empty_containers_normalise``.
+# form; the normalisation itself is checked in ``test_empty_containers_normalise``. A first
+# phase given as None is written and read back as "" (``from_phase``'s wire value).
 PAYLOADS: dict[MessageType, st.SearchStrategy[Payload]] = {
     MessageType.REGISTER: st.builds(
         RegisterPayload,
@@ -249,7 +250,7 @@ def _check_wire(type_: MessageType, payload: Payload, envelope: dict[str, Any]) 
         )
         assert wire["protocol_version"] == payload.protocol_version
     elif isinstance(payload, PhaseChangedPayload):
-        assert wire["from"] == ("" if payload.from_phase is None else payload.from_phase.value)
+        assert wire["from"] == str(payload.from_phase)  # "" for the first phase
         assert wire["to"] == payload.to_phase.value
     elif isinstance(payload, StatusResponsePayload):
         assert wire["phase"] == payload.phase.value
@@ -343,10 +344,13 @@ def test_typed_payload_of_arbitrary_json_only_raises_protocol_error(
     type_: MessageType, payload: dict[str, Any]
 ) -> None:
     """A hostile hub can send any JSON; a consumer must only ever see ``ProtocolError``."""
-    message = decode(encode(Message(type=type_, id="a", payload=payload)))
+    built = Message(type=type_, id="a", payload=payload)
     try:
-        typed = message.typed_payload()
-    except ProtocolError:
+        typed = decode(encode(built)).typed_payload()
+    except ProtocolError as exc:
+        with pytest.raises(ProtocolError) as caught:  # the same verdict without the wire
+            built.typed_payload()
+        assert str(caught.value) == str(exc)  # noqa: PT017 - two verdicts compared
         return
     # Whatever was accepted re-encodes to a frame that reads back to the same wire form.
     again = decode(encode(Message.create(typed, type=type_))).typed_payload()

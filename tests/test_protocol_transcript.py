@@ -28,20 +28,21 @@ from when_coordinator.protocol import (
     encode,
 )
 
-TRANSCRIPT = (
-    Path(__file__).resolve().parents[2] / "shared" / "wire" / "reference-client-transcript.jsonl"
-)
+WIRE = Path(__file__).resolve().parents[2] / "shared" / "wire"
+TRANSCRIPT = WIRE / "reference-client-transcript.jsonl"
 INT_KEYS = frozenset({"schema_version", "source_line", "current_item", "total_items"})
 ID_SHAPE = re.compile(r"msg-[a-z0-9]{12}-\d{1,6}")
 
 
-def _load() -> list[tuple[str, str]]:
+def _load(path: Path = TRANSCRIPT) -> list[tuple[str, str]]:
     """(direction, frame) of every application frame; open/close records are not frames."""
-    records = [json.loads(line) for line in TRANSCRIPT.read_text("utf-8").splitlines() if line]
+    records = [json.loads(line) for line in path.read_text("utf-8").splitlines() if line]
     return [(r["dir"], r["frame"]) for r in records if r["dir"] in ("in", "out")]
 
 
 FRAMES = _load()
+RECORDED = [item for path in sorted(WIRE.glob("*.jsonl")) for item in _load(path)]
+"""Every frame of every recording: the transcript and the Go client against our hub."""
 KNOWN = [(d, f) for d, f in FRAMES if json.loads(f)["type"] in {t.value for t in MessageType}]
 
 
@@ -83,7 +84,11 @@ def test_transcript_has_every_kind_of_frame() -> None:
     assert types == {t.value for t in MessageType} | {"no_such_type"}
 
 
-@pytest.mark.parametrize("item", FRAMES, ids=_frame_id)
+def test_every_recording_is_read() -> None:
+    assert len(RECORDED) >= len(FRAMES) + 100
+
+
+@pytest.mark.parametrize("item", RECORDED, ids=_frame_id)
 def test_frame_round_trips_exactly(item: tuple[str, str]) -> None:
     _, frame = item
     again = json.loads(encode(decode(frame)))

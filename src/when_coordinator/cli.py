@@ -37,9 +37,11 @@ environment:
   WHEN_HUB_URL      the hub for workflows/watch/status/pause/resume/cancel
                     (default http://127.0.0.1:8080)
   WHEN_AUTH_TOKEN   the bearer token for those commands, and the token `hub` requires
+  WHEN_READ_TOKEN   `hub`: a token that may watch (dashboard, API) but not steer
+  WHEN_TRACE_URL    `hub`: the dashboard's trace link, e.g. http://jaeger:16686/trace/{trace_id}
 
 examples:
-  when-coordinator hub                        run a hub on port 8080
+  when-coordinator hub                        run a hub on port 8080 (dashboard: http://127.0.0.1:8080/)
   when-coordinator workflows                  list the workflows the hub knows
   when-coordinator watch                      follow phases and progress live (Ctrl-C stops)
   when-coordinator pause wf-1 --reason "db maintenance"
@@ -461,11 +463,18 @@ def _cmd_hub(args: argparse.Namespace) -> int:
             "open: give a token, or unset WHEN_AUTH_TOKEN and leave out --token to run "
             "without one"
         )
+    if args.read_token is not None and not args.read_token.strip():
+        raise HubClientError(
+            "the read-only token is empty (--read-token '' or WHEN_READ_TOKEN=''), which would "
+            "let anyone watch: give a token, or unset WHEN_READ_TOKEN and leave out --read-token"
+        )
     try:
         hub = Hub(
             args.host,
             args.port,
             token=args.token,
+            read_token=args.read_token,
+            trace_url=args.trace_url,
             db=args.db,
             ping_interval=args.ping_interval,
             send_buffer_bytes=args.send_buffer_bytes,
@@ -497,6 +506,8 @@ def _cmd_hub(args: argparse.Namespace) -> int:
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows
                 loop.add_signal_handler(signum, stop.set)
         auth = "token required" if args.token else "no authentication"
+        if args.read_token:
+            auth += ", read-only token accepted"
         store = f", state kept in {args.db}" if args.db else ""
         for line in listening_lines(args.host, hub.port, f"{auth}{store}"):
             print(line, flush=True)
@@ -566,6 +577,7 @@ def listening_lines(host: str, port: int, detail: str) -> list[str]:
             f"  on all interfaces (from this machine also ws://{loopback}:{port}/v1/coordination)"
         )
     lines.append(f"  operator API http://{address}:{port} ({detail}); Ctrl-C stops")
+    lines.append(f"  dashboard    http://{address}:{port}/")
     return lines
 
 
@@ -661,6 +673,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--token",
         default=os.environ.get("WHEN_AUTH_TOKEN"),
         help="require 'Authorization: Bearer TOKEN' from every client (default: $WHEN_AUTH_TOKEN)",
+    )
+    hub.add_argument(
+        "--read-token",
+        default=os.environ.get("WHEN_READ_TOKEN"),
+        help="a second token that may watch but not steer: dashboard, API and operator "
+        "WebSocket (default: $WHEN_READ_TOKEN; needs --token)",
+    )
+    hub.add_argument(
+        "--trace-url",
+        default=os.environ.get("WHEN_TRACE_URL", ""),
+        metavar="TEMPLATE",
+        help="link the dashboard shows for a workflow's trace, {trace_id} replaced, e.g. "
+        "http://localhost:16686/trace/{trace_id} (default: $WHEN_TRACE_URL)",
     )
     hub.add_argument("--db", metavar="FILE", help="keep services, workflows and logs in SQLite")
     hub.add_argument(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -99,11 +101,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "hub; print what the hub saw.",
     )
     parser.add_argument("--timeout", type=float, default=20.0, help="give up after SECONDS")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the hub and its dashboard running after the demo, until Ctrl-C",
+    )
+    parser.add_argument("--port", type=int, default=0, help="the hub's port (default: any free)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     started = time.time()
-    with Hub(port=0).run_in_thread() as hub:
+    with Hub(port=args.port).run_in_thread() as hub:
         print(f"hub listening on {hub.url}")
         coordinator = Coordinator(
             Config(
@@ -181,5 +189,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"\nservice side: {stats.sent} messages sent, {stats.delivered} delivered, "
             f"{stats.dropped} dropped; {len(spans.get_finished_spans())} spans recorded"
         )
-    print(f"demo finished in {(time.time() - started) * 1000:.0f} ms")
+        print(f"\ndemo finished in {(time.time() - started) * 1000:.0f} ms")
+        if args.keep:
+            print(f"dashboard: {hub.http_url}/  (the hub keeps running: Ctrl-C stops it)")
+            _keep()
+        else:
+            print("the hub stops now; `when-coordinator demo --keep` leaves it running")
+            print(f"dashboard: {hub.http_url}/")
     return 0
+
+
+def _keep() -> None:
+    """Wait for Ctrl-C (or SIGTERM) while the hub serves, so a person can look at it."""
+    sys.stdout.flush()
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -173,6 +173,17 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         "Task-queue integrations: comma-separated task name patterns never run as workflows.",
     ),
     EnvVar(
+        "WHEN_CLICK_COMMANDS",
+        None,
+        "`1`/`true`: click command runs are workflows (`when_click`; off by default).",
+    ),
+    EnvVar(
+        "WHEN_DRAMATIQ_ABORT_GRACE_MS",
+        None,
+        "Dramatiq with dramatiq-abort: milliseconds a hub-cancelled actor has before Abortable "
+        "interrupts it (default 5000; a forced cancel: at once).",
+    ),
+    EnvVar(
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
         None,
         "Read by opentelemetry-instrument: `when_celery` (or `when`) there switches that "
@@ -182,6 +193,16 @@ ENVIRONMENT: tuple[EnvVar, ...] = (
         "WHEN_HUB_URL",
         None,
         "The command line's hub address (default http://127.0.0.1:8080).",
+    ),
+    EnvVar(
+        "WHEN_READ_TOKEN",
+        None,
+        "`when-coordinator hub`: a second token that may watch (dashboard, API) but not steer.",
+    ),
+    EnvVar(
+        "WHEN_TRACE_URL",
+        None,
+        "`when-coordinator hub`: the dashboard's trace link, `{trace_id}` replaced.",
     ),
     EnvVar(
         "OTEL_LOGS_EXPORTER",

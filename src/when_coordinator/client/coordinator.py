@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -44,6 +45,7 @@ from ..protocol import (
     Message,
     MessageType,
     PausePayload,
+    PayloadError,
     PhaseChangedPayload,
     ProgressPayload,
     ProtocolError,
@@ -996,6 +998,9 @@ class Coordinator:
                     continue
                 try:
                     message = decode(frame)
+                except PayloadError as exc:
+                    self._drop_inbound("invalid payload", str(exc))
+                    continue
                 except ProtocolError as exc:
                     self._drop_inbound("invalid frame", str(exc))
                     continue
@@ -1331,11 +1336,11 @@ _SANITISED = frozenset({MessageType.CHECKPOINT, MessageType.LOG, MessageType.LOG
 
 
 def _log_entry_dict(entry: LogEntry, timestamp: str, sanitize: bool) -> dict[str, Any]:
+    if sanitize and entry.fields:
+        entry = msgspec.structs.replace(entry, fields=jsonable(entry.fields))
     wire = entry.to_dict()
     if not entry.timestamp:
         wire["timestamp"] = timestamp
-    if sanitize and entry.fields:
-        wire["fields"] = jsonable(entry.fields)
     return wire
 
 

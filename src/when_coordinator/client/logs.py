@@ -8,9 +8,9 @@ import logging
 import threading
 import weakref
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from msgspec.structs import replace
 from opentelemetry import trace
 
 from ..protocol import LogEntry, LogLevel, format_timestamp

@@ -1,7 +1,10 @@
 """The hub's operator interface: a JSON HTTP API and an operator WebSocket, on the hub's port.
 
 Both need ``Authorization: Bearer <token>`` when the hub has a token (``GET /healthz`` does
-not); the server checks it, whatever the path, before anything here runs.
+not), or the dashboard's session cookie (``dashboard/``); the server checks it, whatever the
+path, before anything here runs. The read-only token gets 403 ``forbidden`` for the steering
+commands. Summaries carry ``name``, ``service_name`` and the ``commands`` the phase allows
+(``queries.py``).
 
 HTTP (responses are JSON; errors are ``{"error": "...", "code": "..."}``):
 
@@ -10,7 +13,10 @@ HTTP (responses are JSON; errors are ``{"error": "...", "code": "..."}``):
                                           {...}, "memory": {...}}``; 503 while the store fails
 ``GET /v1/services``                      ``{"services": [service, ...]}``
 ``GET /v1/workflows``                     ``{"workflows": [summary, ...]}``; filters
-                                          ``?service_id=``, ``?phase=``, ``?root=``
+                                          ``?service_id=``, ``?phase=``, ``?root=``; with
+                                          ``?limit=`` (or ``offset``, ``q``, ``service``,
+                                          ``active``): one sorted page with counts
+``GET /v1/overview``                      services with workflow counts, grouped anomalies
 ``GET /v1/workflows/<id>``                the full workflow (history, checkpoints, errors,
                                           anomalies) plus its last ``?logs=`` (50) logs
 ``GET /v1/logs``                          ``{"logs": [...], "evicted": n}``; ``?workflow_id=``,
@@ -35,9 +41,13 @@ Operator WebSocket ``/v1/operator``: each request is a JSON object ``{"id": <any
 "ok": false, "error": "...", "code": "..."}``. Ops: ``pause`` (workflow_id, reason),
 ``resume`` (workflow_id, from_checkpoint), ``cancel`` (workflow_id, reason, force), ``status``
 (workflow_id, timeout), ``services``, ``workflows``, ``workflow`` (workflow_id), ``logs``
-(workflow_id, level, limit), ``connections``, ``anomalies``, ``metrics``, ``subscribe`` (logs: bool,
-workflow_id: only that workflow and its descendants), ``unsubscribe``. A refused command's
-error has ``code`` ``conflict`` and the same ``phase`` and ``allowed`` as over HTTP.
+(workflow_id, level, limit), ``connections``, ``anomalies``, ``metrics``, ``query`` (a page,
+as over HTTP), ``overview``, ``cancel_many`` (the filters, reason, force), ``subscribe`` (logs:
+bool, workflow_id: only that workflow and its descendants, workflows: false for no snapshot
+list, workflow_ids: as ``focus``, batch: one frame per push, interval: seconds between pushes,
+0.1 to 5), ``focus`` (workflow_ids: only those pushed, the others counted in ``changed``
+events), ``unsubscribe``. A refused command's error has ``code`` ``conflict`` and the same
+``phase`` and ``allowed`` as over HTTP.
 
 After ``subscribe`` the server pushes events, objects with an ``event`` key: first
 ``snapshot`` (services, workflows), then in order of occurrence ``phase_changed``,
@@ -66,6 +76,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from . import queries
+from .dashboard import Access
 from .errors import (
     CommandRefused,
     HubClosed,
@@ -94,9 +106,11 @@ __all__ = ["OperatorError", "OperatorSession", "bad_path", "execute", "http_requ
 _log = logging.getLogger("when_coordinator.hub.operator")
 
 _COMMANDS = ("pause", "resume", "cancel", "status")
+_STEERING = frozenset({"pause", "resume", "cancel", "cancel_many"})
 _MAX_STATUS_TIMEOUT = 9.0  # below the websockets handshake timeout (10 s) for HTTP callers
 _MAX_EVENTS = 1_000
 _SEND_INTERVAL = 0.1
+_MAX_INTERVAL = 5.0
 
 
 class OperatorError(HubError):
@@ -138,11 +152,12 @@ def _flag(params: Mapping[str, Any], key: str) -> bool:
     return value
 
 
-def _workflow_id(params: Mapping[str, Any]) -> str:
+def _workflow_id(hub: Hub, params: Mapping[str, Any]) -> str:
+    """The ``workflow_id`` parameter, or the one workflow whose id it begins (a prefix)."""
     workflow_id = _text(params, "workflow_id")
     if not workflow_id:
         raise OperatorError("'workflow_id' is required")
-    return workflow_id
+    return queries.resolve(hub, workflow_id)
 
 
 def _workflows(hub: Hub, params: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -157,7 +172,7 @@ def _workflows(hub: Hub, params: Mapping[str, Any]) -> list[dict[str, Any]]:
             continue
         if root and workflow.root_workflow_id != root:
             continue
-        out.append(workflow.as_dict(full=False))
+        out.append(queries.summary(hub, workflow))
     return out
 
 
@@ -180,21 +195,70 @@ def _logs(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _workflow(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
-    workflow_id = _workflow_id(params)
+    workflow_id = _workflow_id(hub, params)
     workflow = hub.workflows.get(workflow_id)
     if workflow is None:
         raise WorkflowNotFound(f"unknown workflow {workflow_id!r}")
-    out = workflow.as_dict(full=True)
-    limit = int(_number(params, "logs", 50))
-    logs = hub.logs_for(workflow_id)
-    out["logs"] = [r.as_dict() for r in logs[max(0, len(logs) - limit) :]] if limit > 0 else []
-    return out
+    return queries.workflow_detail(hub, workflow, max(0, int(_number(params, "logs", 50))))
+
+
+# ---- dashboard queries: pages, overview, bulk commands (see queries.py)
+
+_PAGE_KEYS = ("offset", "limit", "q", "service", "active")
+
+
+def _page(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
+    filters = {key: _text(params, key) for key in ("service", "service_id", "phase", "q")}
+    if _flag(params, "active") and not filters["phase"]:
+        filters["phase"] = "active"
+    offset = int(_number(params, "offset", 0))
+    limit = int(_number(params, "limit", 50))
+    return queries.query(hub, filters, offset=offset, limit=limit)
+
+
+async def _cancel_many(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Cancel every workflow the filters select whose phase allows it; failures are counted."""
+    filters = {key: _text(params, key) for key in ("service", "service_id", "phase", "q")}
+    if not any(filters.values()):
+        raise OperatorError("cancel_many needs a filter (q, service or phase): it never means all")
+    reason, force = _text(params, "reason"), _flag(params, "force")
+    sent: list[str] = []
+    failed: dict[str, str] = {}
+    for workflow_id in queries.selected_ids(hub, filters, "cancel"):
+        try:
+            await hub.cancel(workflow_id, reason, force)
+        except HubError as exc:
+            failed[workflow_id] = str(exc)
+        else:
+            sent.append(workflow_id)
+    return {"sent": sent, "failed": failed}
+
+
+_MAX_FOCUS = 1_000
+
+
+def _focus(params: Mapping[str, Any]) -> frozenset[str] | None:
+    """``workflow_ids`` of a ``focus`` request: a list of ids, or null for every workflow."""
+    ids = params.get("workflow_ids")
+    if ids is None:
+        return None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise OperatorError("'workflow_ids' must be a list of strings or null")
+    if len(ids) > _MAX_FOCUS:
+        raise OperatorError(f"'workflow_ids' holds at most {_MAX_FOCUS} ids")
+    return frozenset(ids)
+
+
+def _read_only(op: str) -> OperatorError:
+    return OperatorError(
+        f"{op!r} needs the steering token: this session may only watch", "forbidden", 403
+    )
 
 
 async def execute(hub: Hub, op: str, params: Mapping[str, Any]) -> Any:
     """Carry out one operator request; raises ``OperatorError`` (or a hub ``CommandError``)."""
     if op in ("pause", "resume", "cancel"):
-        workflow_id = _workflow_id(params)
+        workflow_id = _workflow_id(hub, params)
         if op == "pause":
             sent = await hub.pause(workflow_id, _text(params, "reason"))
         elif op == "resume":
@@ -202,14 +266,24 @@ async def execute(hub: Hub, op: str, params: Mapping[str, Any]) -> Any:
         else:
             sent = await hub.cancel(workflow_id, _text(params, "reason"), _flag(params, "force"))
         workflow = hub.workflows.get(workflow_id)
-        return {"sent": sent.id, "service_id": workflow.service_id if workflow else ""}
+        return {
+            "sent": sent.id,
+            "service_id": workflow.service_id if workflow else "",
+            "workflow_id": workflow_id,
+        }
     if op == "status":
-        workflow_id = _workflow_id(params)
+        workflow_id = _workflow_id(hub, params)
         timeout = _number(params, "timeout", hub.command_timeout)
         if not 0 < timeout <= _MAX_STATUS_TIMEOUT:
             raise OperatorError(f"'timeout' must be in (0, {_MAX_STATUS_TIMEOUT:g}] seconds")
         answer = await hub.status(workflow_id, timeout)
         return answer.to_dict()
+    if op == "cancel_many":
+        return await _cancel_many(hub, params)
+    if op == "query":
+        return _page(hub, params)
+    if op == "overview":
+        return queries.overview(hub)
     if op == "services":
         return [service.as_dict() for service in hub.services.values()]
     if op == "workflows":
@@ -232,6 +306,8 @@ def _classify(exc: Exception) -> tuple[str, int]:
         return exc.code, exc.http_status
     if isinstance(exc, WorkflowNotFound):
         return "unknown_workflow", 404
+    if isinstance(exc, queries.AmbiguousWorkflow):
+        return "ambiguous_workflow", 400
     if isinstance(exc, CommandRefused):
         return "conflict", 409
     if isinstance(exc, StatusTimeout):
@@ -286,6 +362,8 @@ async def http_request(hub: Hub, request: Request, target: Target) -> Response:
         if request.method == "POST":
             if len(parts) == 4 and parts[:2] == ["v1", "workflows"] and parts[3] in _COMMANDS:
                 params["workflow_id"] = parts[2]
+                if parts[3] in _STEERING and hub.dashboard.access(request) is not Access.STEER:
+                    raise _read_only(parts[3])
                 return json_response(200, await execute(hub, parts[3], params))
             return _get_route_or(parts, 405 if _is_get_route(parts) else 404)
         if request.method not in ("GET", "HEAD"):
@@ -308,7 +386,11 @@ async def http_request(hub: Hub, request: Request, target: Target) -> Response:
         if parts == ["v1", "services"]:
             return json_response(200, {"services": await execute(hub, "services", params)})
         if parts == ["v1", "workflows"]:
+            if any(key in params for key in _PAGE_KEYS):
+                return json_response(200, _page(hub, params))
             return json_response(200, {"workflows": _workflows(hub, params)})
+        if parts == ["v1", "overview"]:
+            return json_response(200, queries.overview(hub))
         if len(parts) == 3 and parts[:2] == ["v1", "workflows"]:
             params["workflow_id"] = parts[2]
             return json_response(200, _workflow(hub, params))
@@ -339,6 +421,7 @@ def _is_get_route(parts: list[str]) -> bool:
         ["v1", "logs"],
         ["v1", "connections"],
         ["v1", "anomalies"],
+        ["v1", "overview"],
         ["v1", "metrics"],
     ) or (len(parts) == 3 and parts[:2] == ["v1", "workflows"])
 
@@ -382,9 +465,17 @@ def _event_dict(event: Event) -> dict[str, Any]:
 class OperatorSession:
     """One operator WebSocket: requests answered concurrently, plus an optional event stream."""
 
-    def __init__(self, hub: Hub, ws: ServerConnection) -> None:
+    def __init__(self, hub: Hub, ws: ServerConnection, *, read_only: bool = False) -> None:
         self._hub = hub
         self._ws = ws
+        self._read_only = read_only
+        """Logged in with the read token: every op but the steering ones."""
+        self._interval = _SEND_INTERVAL
+        self._batch = False
+        """Send each drain as one ``batch`` event (one frame) instead of a frame per event."""
+        self._focus: frozenset[str] | None = None
+        """Set by ``focus``: workflow records and events only for these; the rest counted."""
+        self._others = 0
         self._subscribed = False
         self._logs = False
         self._scope = ""
@@ -438,8 +529,14 @@ class OperatorSession:
         try:
             if not isinstance(op, str):
                 raise OperatorError("'op' must be a string")
+            if op in _STEERING and self._read_only:
+                raise _read_only(op)
             if op == "subscribe":
                 result: Any = self._subscribe(request)
+            elif op == "focus":
+                self._focus = _focus(request)
+                self._others = 0
+                result = {"focus": None if self._focus is None else len(self._focus)}
             elif op == "unsubscribe":
                 self._subscribed = self._streaming = False
                 self._hub._unsubscribe(self)
@@ -459,6 +556,14 @@ class OperatorSession:
     def _subscribe(self, request: Mapping[str, Any]) -> dict[str, Any]:
         self._logs = _flag(request, "logs")
         self._scope = _text(request, "workflow_id")
+        self._focus = _focus(request)
+        self._others = 0
+        self._batch = _flag(request, "batch")
+        interval = _number(request, "interval", _SEND_INTERVAL)
+        if not _SEND_INTERVAL <= interval <= _MAX_INTERVAL:
+            raise OperatorError(f"'interval' must be in [{_SEND_INTERVAL:g}, {_MAX_INTERVAL:g}] s")
+        self._interval = interval
+        with_workflows = _flag(request, "workflows") if "workflows" in request else True
         self._events.clear()
         self._workflows.clear()
         self._services.clear()
@@ -468,8 +573,10 @@ class OperatorSession:
             "event": "snapshot",
             "services": [s.as_dict() for s in hub.services.values()],
             "workflows": [
-                w.as_dict(full=False) for w in hub.workflows.values() if self._in_scope(w)
-            ],
+                queries.summary(hub, w) for w in hub.workflows.values() if self._in_scope(w)
+            ]
+            if with_workflows
+            else [],
         }
         self._subscribed = True
         self._streaming = False
@@ -496,11 +603,24 @@ class OperatorSession:
         """Take the hub's latest changes (called on the loop after every change)."""
         if not self._subscribed:
             return
-        self._workflows |= changes.workflows
+        focus = self._focus
+        if focus is None:
+            self._workflows |= changes.workflows
+        else:  # a page watching a few workflows: the others only as a count
+            focused = changes.workflows & focus
+            self._others += len(changes.workflows) - len(focused)
+            self._workflows |= focused
         self._services |= changes.services
         self._removed |= changes.removed_workflows
         for event in changes.events:
             if isinstance(event, LogEvent) and not self._logs:
+                continue
+            if (
+                focus is not None
+                and isinstance(event, (PhaseEvent, CheckpointEvent, ErrorEvent))
+                and event.workflow_id not in focus
+            ):
+                self._others += 1
                 continue
             if len(self._events) >= _MAX_EVENTS:
                 self._events.popleft()
@@ -532,10 +652,13 @@ class OperatorSession:
         for workflow_id in sorted(self._workflows):
             workflow = hub.workflows.get(workflow_id)
             if workflow is not None and self._in_scope(workflow):
-                out.append({"event": "workflow", "workflow": workflow.as_dict(full=False)})
+                out.append({"event": "workflow", "workflow": queries.summary(hub, workflow)})
         for workflow_id in sorted(self._removed):
             if self._in_scope(None, workflow_id):
                 out.append({"event": "removed", "workflow_id": workflow_id})
+        if self._others:
+            out.append({"event": "changed", "workflows": self._others})
+            self._others = 0
         if not self._scope:
             for service_id in sorted(self._services):
                 service = hub.services.get(service_id)
@@ -552,9 +675,15 @@ class OperatorSession:
             self._wake.clear()
             if not (self._subscribed and self._streaming):
                 continue
-            for event in self._drain():
-                await self._ws.send(json.dumps(event, separators=(",", ":")))
-            await asyncio.sleep(_SEND_INTERVAL)  # coalesce bursts of progress updates
+            events = self._drain()
+            if self._batch:
+                if events:
+                    batch = {"event": "batch", "events": events}
+                    await self._ws.send(json.dumps(batch, separators=(",", ":")))
+            else:
+                for event in events:
+                    await self._ws.send(json.dumps(event, separators=(",", ":")))
+            await asyncio.sleep(self._interval)  # coalesce bursts of progress updates
 
     async def _reply(
         self, request_id: Any, *, result: Any = None, error: Exception | None = None

@@ -12,6 +12,9 @@ Refused (400 once authenticated, 401 before): empty segments (``//v1``, ``/v1/``
 ``..`` segments (encoded or not), characters a path may not hold, bad percent escapes or
 UTF-8, control characters, a fragment, and targets that are not absolute paths
 (``http://host/...``, ``*``).
+
+Public (no credential): ``HEALTH_ROUTE`` and the ``DASHBOARD_ROUTES``, matched on the parsed
+segments only; every other route, and every malformed target, needs one.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from urllib.parse import unquote_to_bytes
 
 __all__ = [
     "COORDINATION_ROUTES",
+    "DASHBOARD_ROUTES",
     "HEALTH_ROUTE",
     "METRICS_ROUTE",
     "OPERATOR_ROUTE",
@@ -31,7 +35,13 @@ __all__ = [
 ]
 
 HEALTH_ROUTE: tuple[str, ...] = ("healthz",)
-"""The only route served without a token (a load balancer's readiness probe)."""
+"""Served without a token: a load balancer's readiness probe."""
+DASHBOARD_ROUTES: frozenset[tuple[str, ...]] = frozenset(
+    {(), ("static", "app.js"), ("static", "app.css"), ("v1", "session")}
+)
+"""Served without a token: the dashboard's page shell (``/`` and its two static files, no
+data in them) and its sign-in ``/v1/session``, which without a credential shows only whether
+one is needed. Every figure the page shows comes over the authenticated routes."""
 COORDINATION_ROUTES: frozenset[tuple[str, ...]] = frozenset(
     {("v1", "coordination"), ("ws", "coordination")}
 )
@@ -59,7 +69,13 @@ class Target:
 
     @property
     def public(self) -> bool:
+        """The health route (the dashboard's public routes are ``dashboard``)."""
         return not self.error and self.segments == HEALTH_ROUTE
+
+    @property
+    def dashboard(self) -> bool:
+        """One of the ``DASHBOARD_ROUTES`` (served by the dashboard, which checks sessions)."""
+        return not self.error and self.segments in DASHBOARD_ROUTES
 
 
 def parse_target(raw: str) -> Target:

@@ -4,13 +4,15 @@ One port serves everything:
 
 - ``/v1/coordination`` and ``/ws/coordination``: the coordination protocol for services;
 - ``/v1/operator``: the operator WebSocket (commands and a live event stream);
+- ``/``: the web dashboard (``dashboard/``), with its sign-in at ``/v1/session``;
 - ``GET /healthz``, ``GET /v1/...`` and ``POST /v1/workflows/<id>/<command>``: the operator's
   HTTP JSON API (see ``operator.py`` and docs/hub.md);
 - ``GET /metrics``: Prometheus text (``metrics.py``), behind the token unless
   ``metrics_public``; any other path is a 404.
 
-With a token, every request but ``GET /healthz`` is authenticated before it is routed,
-whatever its path; the path is parsed once, by ``routing.parse_target``.
+With a token, every request but ``GET /healthz`` and the dashboard's page shell and sign-in
+(``routing.DASHBOARD_ROUTES``) is authenticated before it is routed, whatever its path; the
+path is parsed once, by ``routing.parse_target``.
 
 All state lives in a ``HubState`` changed only on the event loop, one received frame at a time;
 after each frame the hub re-evaluates ``wait_for`` predicates, feeds operator watchers and
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import inspect
 import itertools
 import logging
@@ -48,6 +49,7 @@ from websockets.http11 import Request, Response
 
 from ..protocol import (
     CancelPayload,
+    EmptyPayload,
     Message,
     MessageType,
     PausePayload,
@@ -62,6 +64,7 @@ from ..protocol import (
 )
 from .bounds import HubLimits, json_size
 from .commands import check_command
+from .dashboard import Access, Dashboard
 from .errors import HubClosed, HubError, ServiceUnavailable, StatusTimeout, WorkflowNotFound
 from .metrics import CommandLatency, metrics_response
 from .operator import OperatorSession, bad_path, http_request
@@ -289,6 +292,8 @@ class Hub:
 
     ``token``: when set, every client (services and operators) must send
     ``Authorization: Bearer <token>``; others get HTTP 401 at the handshake.
+    ``read_token``: a second token operators may use to watch but not steer.
+    ``trace_url``: the dashboard's link to a tracing backend, ``{trace_id}`` replaced.
     ``db``: a SQLite file that keeps services, workflows and logs across restarts.
     ``ping_interval``: seconds between JSON pings to each service; a service whose oldest
     unanswered ping is older than ``pong_timeout`` (default: ``ping_interval``) is ``late``.
@@ -307,6 +312,8 @@ class Hub:
         port: int = 0,
         *,
         token: str | None = None,
+        read_token: str | None = None,
+        trace_url: str = "",
         db: str | os.PathLike[str] | None = None,
         ping_interval: float = 30.0,
         pong_timeout: float | None = None,
@@ -332,10 +339,12 @@ class Hub:
         if rate_limit <= 0 or rate_burst < 1:
             raise ValueError("rate_limit must be > 0 and rate_burst >= 1")
         _check_token(token)
+        _check_token(read_token, "read_token")
         self._guard = SendBufferGuard(send_buffer_bytes, send_buffer_timeout)
         self._host = host
         self._requested_port = port
-        self._token = token.encode() if token is not None else None
+        self.dashboard = Dashboard(token, read_token, trace_url=trace_url)
+        """The web dashboard at ``/``, and who may watch or steer (``dashboard.access``)."""
         self._db = db
         self._db_max_bytes = db_max_bytes
         self._ping_interval = float(ping_interval)
@@ -828,29 +837,26 @@ class Hub:
 
     # ------------------------------------------------------------------ HTTP and routing
 
-    def _authorized(self, headers: Headers) -> bool:
-        if self._token is None:
-            return True
-        value = _header(headers, "Authorization")  # two of them: refused, not guessed
-        if value is None:
-            return False
-        scheme, _, credentials = value.partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        return hmac.compare_digest(credentials.strip().encode(), self._token)
-
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
-        """Deny by default: every request but the public health route shows the token
-        before its path is even looked at; then the parsed path routes it."""
+        """Deny by default: every request but the public routes (health, the dashboard's page
+        shell and sign-in) shows a credential before its path is even looked at; then the
+        parsed path routes it."""
         target = parse_target(request.path)
         if target.public:
             return await http_request(self, request, target)
+        # The page shell and the sign-in session; never a WebSocket upgrade, which is
+        # authenticated and routed like any other (``ws://host:port/`` gets the 404 the client
+        # explains, not the page).
+        if self.dashboard.handles(target) and not _websocket_upgrade(request.headers):
+            return self.dashboard.http_request(request, target)
         metrics = not target.error and target.segments == METRICS_ROUTE
         if metrics and self.metrics_public:
             return metrics_response(self, request.method, time.monotonic())
-        if not self._authorized(request.headers):
+        access = self.dashboard.access(request)  # a token or a session cookie; None: neither
+        coordination = not target.error and target.segments in COORDINATION_ROUTES
+        if access is None or (coordination and access is not Access.STEER):
             remote = _format_remote(connection.remote_address)
             shown = target.path if not target.error else "(a malformed path)"
             _log.info("refused %s %s from %s: bad or missing token", request.method, shown, remote)
@@ -877,7 +883,8 @@ class Hub:
         self._open.add(ws)  # until the connection is closed, closing ones included
         try:
             if target.segments == OPERATOR_ROUTE:
-                await OperatorSession(self, ws).run()
+                read_only = self.dashboard.access(ws.request) is Access.READ
+                await OperatorSession(self, ws, read_only=read_only).run()
             else:
                 await self._serve_service(ws, target.path)
         finally:
@@ -1033,7 +1040,7 @@ class Hub:
                 conn = self._state.connections.get(peer.connection_id)
                 if conn is None or not conn.service_id:
                     continue
-                ping = Message(type=MessageType.PING)
+                ping = Message.create(EmptyPayload(), type=MessageType.PING)
                 self._state.ping_sent(peer.connection_id, ping.id, now=now)
                 self._spawn(self._ping(peer, ping, conn.service_id))
             self._state.check_health(now=now, pong_timeout=self._pong_timeout)
@@ -1062,17 +1069,22 @@ class Hub:
         return self._guard.closed
 
 
-def _check_token(token: str | None) -> None:
+def _check_token(token: str | None, what: str = "token") -> None:
     """A token that no client could present would leave the hub unusable; an empty one
     would look like protection and be none."""
     if token is None:
         return
     if not isinstance(token, str):
-        raise ValueError("token must be a string (or None for no authentication)")
+        raise ValueError(f"{what} must be a string (or None for no authentication)")
     if not token.strip():
-        raise ValueError("token must not be empty (use None for no authentication)")
+        raise ValueError(f"{what} must not be empty (use None for no authentication)")
     if token != token.strip() or any(ch < " " or ch == "\x7f" for ch in token):
-        raise ValueError("token must not have surrounding spaces or control characters")
+        raise ValueError(f"{what} must not have surrounding spaces or control characters")
+
+
+def _websocket_upgrade(headers: Headers) -> bool:
+    """A WebSocket handshake (however many ``Upgrade`` headers), not e.g. ``Upgrade: h2c``."""
+    return any("websocket" in value.lower() for value in headers.get_all("Upgrade"))
 
 
 def _websocket_route(target: Target) -> bool:

@@ -1054,6 +1054,20 @@ class HubState:
             if candidate not in self.services:
                 return candidate
 
+    def _known_service(self, name: str, instance_id: str) -> str:
+        """The id of a registered, disconnected service called ``name`` on ``instance_id``."""
+        if not name:
+            return ""
+        for service in self.services.values():
+            if (
+                service.registered
+                and not service.connected
+                and service.service_name == name
+                and service.instance_id == instance_id
+            ):
+                return service.service_id
+        return ""
+
     def _attach(self, conn: ConnectionState, service_id: str, now: float) -> ServiceState:
         """Make ``service_id`` the service of ``conn`` (and ``conn`` its current connection)."""
         service = self.services.get(service_id)
@@ -1121,14 +1135,21 @@ class HubState:
         """Apply a ``register``: negotiate the version, keep or assign the service id.
 
         The id is the payload's ``service_id``, else the ``X-Service-ID`` header, else the id
-        this connection already uses, else a new ``svc-<n>``. Raises ``VersionRefused``.
+        this connection already uses, else the id of a disconnected service with the same name
+        and instance (a restart keeps its identity), else a new ``svc-<n>``. Raises
+        ``VersionRefused``.
         """
         conn = self.connections[connection_id]
         negotiated = negotiate_version(payload.protocol_version, self.hub_protocol_version)
         self.messages_applied[MessageType.REGISTER] += 1
         service_id = payload.service_id or conn.header_service_id or conn.service_id
         if not service_id:
-            service_id = self._assign_service_id()
+            # Compared as kept: an over-long name or instance is stored cut.
+            limit = self.limits.max_text
+            name = cut(payload.service_name, limit) or conn.header_service_name
+            service_id = self._known_service(name, cut(payload.instance_id, limit)) or (
+                self._assign_service_id()
+            )
         self._check_id(service_id, "service_id")
         if conn.registered:
             existing = self.services.get(conn.service_id)
@@ -1669,7 +1690,7 @@ class HubState:
         workflow_id, workflow = self._target(
             message, payload.workflow_id, "phase_changed", service, conn, now
         )
-        source, target = payload.from_phase, payload.to_phase
+        source, target = payload.from_phase or None, payload.to_phase
         last = workflow.history[-1] if workflow.history else None
 
         def arrow() -> str:  # for anomalies only: formatting two Enums costs on every message

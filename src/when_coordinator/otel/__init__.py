@@ -1,9 +1,15 @@
-"""The OpenTelemetry layer: workflows as spans, and spans and logs as coordination traffic."""
+"""The OpenTelemetry layer: workflows as spans, and spans and logs as coordination traffic.
 
-from .instrumentor import WhenInstrumentor
-from .log_exporter import CoordinationLogExporter
+What only some processes use is imported on first use of its name: the instrumentor pulls in
+``opentelemetry.instrumentation`` (and through it ``importlib.metadata`` and ``packaging``),
+which only a process run under ``opentelemetry-instrument`` needs; the log exporter the SDK's
+logs pipeline; the propagation helpers the propagators. Every other import would pay for them.
+"""
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .metrics import disable_metrics, enable_metrics
-from .propagation import CarriedCall, attached, carrier
 from .span_processor import CoordinationSpanProcessor
 from .tracking import get_coordinator, set_coordinator
 from .workflow import (
@@ -14,6 +20,19 @@ from .workflow import (
     current_workflow,
     workflow,
 )
+
+if TYPE_CHECKING:
+    from .instrumentor import WhenInstrumentor
+    from .log_exporter import CoordinationLogExporter
+    from .propagation import CarriedCall, attached, carrier
+
+_LAZY = {
+    "WhenInstrumentor": ".instrumentor",
+    "CoordinationLogExporter": ".log_exporter",
+    "CarriedCall": ".propagation",
+    "attached": ".propagation",
+    "carrier": ".propagation",
+}
 
 __all__ = [
     "AsyncWorkflow",
@@ -33,3 +52,12 @@ __all__ = [
     "set_coordinator",
     "workflow",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # the next lookup is an ordinary one
+    return value

@@ -105,6 +105,39 @@ class _SkipOwnRecords(logging.Filter):
         return not (is_telemetry_logger(record.name) or record.threadName == "when-coordinator")
 
 
+class _KeepLastResort(logging.Handler):
+    """A handler of ours on the root logger, which leaves Python's last resort in place.
+
+    Python prints a warning that no handler takes (``logging.lastResort``, to stderr). Our
+    handler feeds the logs pipeline, and being on the root logger it took every record: an
+    application that configured no logging (or not yet) no longer saw any warning, ours such
+    as "cannot connect to the hub" included. So a record that only our handlers see still
+    goes to the last resort, as it would without the instrumentor.
+    """
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        handled = super().handle(record)
+        last = logging.lastResort
+        if last is not None and record.levelno >= last.level and _only_ours(record.name):
+            last.handle(record)
+        return handled
+
+
+def _only_ours(name: str) -> bool:
+    logger: logging.Logger | None = logging.getLogger(name)
+    while logger is not None:
+        if any(not isinstance(handler, _KeepLastResort) for handler in logger.handlers):
+            return False
+        if not logger.propagate:
+            break
+        logger = logger.parent
+    return True
+
+
+class _CoordinatorRootHandler(_KeepLastResort, CoordinatorLogHandler):
+    """``CoordinatorLogHandler`` on the root logger (where the logs pipeline cannot be had)."""
+
+
 class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """See the module docstring. ``instrument()`` takes optional keyword arguments:
     ``config``, ``coordinator``, ``tracer_provider``, ``logger_provider``, ``meter_provider``
@@ -236,7 +269,7 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             "own), records emitted through the OpenTelemetry logs API do not",
             type(logger_provider).__name__,
         )
-        handler = CoordinatorLogHandler(coordinator)
+        handler = _CoordinatorRootHandler(coordinator)
         handler.addFilter(_SkipOwnRecords())
         logging.getLogger().addHandler(handler)
         self._logging_handler = handler
@@ -508,7 +541,7 @@ def _bridge_handler_types() -> tuple[type[logging.Handler], ...]:
     return tuple(types)
 
 
-class _WhenLoggingHandler(LoggingHandler):
+class _WhenLoggingHandler(_KeepLastResort, LoggingHandler):
     """The handler the instrumentor adds, which steps aside while another bridge handler
     feeding the same provider is on the root logger.
 
