@@ -119,6 +119,7 @@ def test_workflows_prints_a_tree_table_and_json(
     lines = result.stdout.splitlines()
     assert lines[0].split() == [
         "WORKFLOW",
+        "NAME",
         "SERVICE",
         "PHASE",
         "PROGRESS",
@@ -126,8 +127,9 @@ def test_workflows_prints_a_tree_table_and_json(
         "ERRORS",
         "UPDATED",
     ]
-    assert lines[1].split()[:5] == ["wf-1", "etl-1", "execution", "50%", "transform"]
-    assert lines[2].split()[:4] == ["└", "wf-2", "etl-1", "pending"]
+    # The name (action_type) and the service's registered name, not its id.
+    assert lines[1].split()[:6] == ["wf-1", "ETL", "etl", "execution", "50%", "transform"]
+    assert lines[2].split()[:5] == ["└", "wf-2", "-", "etl", "pending"]
 
     as_json = run(["workflows", "--json"], env=clean_env(WHEN_HUB_URL=hub.http_url))
     assert {w["workflow_id"] for w in json.loads(as_json.stdout)} == {"wf-1", "wf-2"}
@@ -175,7 +177,7 @@ def test_pause_resume_and_cancel_reach_the_service(
 ) -> None:
     result = run(["pause", "wf-1", "--hub", hub.http_url, "--reason", "db maintenance"])
     assert result.returncode == 0, result.stderr
-    assert "pause sent to service etl-1 for workflow wf-1" in result.stdout
+    assert "pause sent to service etl (etl-1) for workflow wf-1" in result.stdout
     pause = receive(service, "pause")
     assert (pause["workflow_id"], pause["payload"]) == (
         "wf-1",
@@ -231,10 +233,10 @@ def test_watch_follows_phases_and_progress_until_interrupted(
             "wf-1",
             **{"from": "execution", "to": "pausing", "reason": "ops"},
         )
-        read_until(process, r"wf-1  execution -> pausing  \(ops\)")
+        read_until(process, r"wf-1 ETL  execution -> pausing  \(ops\)")
         send(service, "progress", "wf-1", percent=75, stage="load")
-        line = read_until(process, r"wf-1  pausing  \[.* 75%")[-1]
-        assert line.endswith("[###############-----] 75%  load")
+        line = read_until(process, r"wf-1 ETL  etl  pausing     \[.*  75%")[-1]
+        assert line.endswith("[###############-----]  75%  load")
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=30)
         assert process.returncode == 0
@@ -250,7 +252,7 @@ def test_watch_once_and_timeout_end_by_themselves(
     once = run(["watch", "--once", "--hub", hub.http_url])
     assert once.returncode == 0, once.stderr
     assert "watching 2 workflow(s)" in once.stdout
-    assert re.search(r"wf-1  execution  \[##########----------\] 50%  transform", once.stdout)
+    assert re.search(r"wf-1\s+ETL\s+etl\s+execution   \[##########----------\]  50%", once.stdout)
     timed = run(["watch", "--timeout", "0.3", "--hub", hub.http_url, "--workflow", "wf-2"])
     assert timed.returncode == 0, timed.stderr
     assert "watching 1 workflow(s)" in timed.stdout

@@ -554,7 +554,7 @@ def test_a_unique_prefix_names_a_workflow_everywhere() -> None:
             assert (status, body["workflow_id"]) == (200, "wf-7f3b22")
             assert (await service.expect("pause"))["workflow_id"] == "wf-7f3b22"
             status, _, body = await request(hub, "POST", "/v1/workflows/wf-7f/cancel")
-            assert (status, body["code"]) == (400, "ambiguous_workflow")
+            assert (status, body["code"]) == (400, "ambiguous")
             assert "wf-7f3a91, wf-7f3b22" in body["error"]
             status, _, body = await request(hub, "GET", "/v1/workflows/wf-9")
             assert (status, body["code"]) == (404, "unknown_workflow")

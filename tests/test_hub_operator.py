@@ -356,3 +356,61 @@ def test_a_command_the_phase_forbids_is_refused_with_409_the_phase_and_what_it_a
             await client.close()
 
     asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- id prefixes
+
+
+def test_a_unique_prefix_stands_for_a_workflow_id_everywhere_an_id_is_taken() -> None:
+    async def main() -> None:
+        async with Hub() as hub:
+            client = await populated(hub)
+            long_ids = ("wf-3f2a9c", "wf-3f2b17", "wf-3")  # "wf-3" is also a prefix of both
+            for workflow_id in long_ids:
+                created = {"workflow_id": workflow_id, "action_type": "load"}
+                await client.send(frame("workflow_created", workflow_id, created))
+            await hub.wait_for(lambda h: "wf-3" in h.workflows)
+
+            status, body = await http(hub, "/v1/workflows/wf-3f2a")
+            assert (status, body["workflow_id"]) == (200, "wf-3f2a9c")
+            status, body = await http(hub, "/v1/workflows/wf-3")  # exact beats prefix
+            assert (status, body["workflow_id"]) == (200, "wf-3")
+            status, body = await http(hub, "/v1/workflows/wf-3f2")
+            assert (status, body["code"], body["candidates"]) == (
+                400,
+                "ambiguous",
+                ["wf-3f2a9c", "wf-3f2b17"],
+            )
+            assert "'wf-3f2' is ambiguous" in body["error"]
+            assert "wf-3f2a9c, wf-3f2b17" in body["error"]
+            status, body = await http(hub, "/v1/workflows/wf-9")
+            assert (status, body["code"]) == (404, "unknown_workflow")
+            status, body = await http(hub, "/v1/logs?workflow_id=wf-9")
+            assert (status, body["code"]) == (404, "unknown_workflow")
+
+            status, body = await http(hub, "/v1/workflows/wf-3f2b/cancel?reason=x", "POST")
+            assert (status, body["workflow_id"]) == (200, "wf-3f2b17")
+            assert (await client.expect("cancel"))["workflow_id"] == "wf-3f2b17"
+            status, body = await http(hub, "/v1/workflows/wf-3f/cancel", "POST")
+            assert (status, body["code"]) == (400, "ambiguous")
+
+            await client.send(frame("log", payload={"message": "m", "workflow_id": "wf-3f2a9c"}))
+            await hub.wait_for(lambda h: len(h.logs) == 3)
+            status, body = await http(hub, "/v1/logs?workflow_id=wf-3f2a")
+            assert [r["message"] for r in body["logs"]] == ["m"]
+
+            async with connect(hub.operator_url) as ws:
+                reply = await request(ws, "workflow", workflow_id="wf-3f2a")
+                assert reply["result"]["workflow_id"] == "wf-3f2a9c"
+                reply = await request(ws, "cancel", workflow_id="wf-3f")
+                assert (reply["ok"], reply["code"]) == (False, "ambiguous")
+                assert reply["candidates"] == ["wf-3f2a9c", "wf-3f2b17"]
+                reply = await request(ws, "subscribe", workflow_id="wf-3f2b")
+                assert reply["result"]["workflow_id"] == "wf-3f2b17"
+                snapshot = await next_event(ws, "snapshot")
+                assert [w["workflow_id"] for w in snapshot["workflows"]] == ["wf-3f2b17"]
+                reply = await request(ws, "subscribe", workflow_id="wf-later")  # may come
+                assert reply["result"]["workflow_id"] == "wf-later"
+            await client.close()
+
+    asyncio.run(main())

@@ -1,7 +1,9 @@
 """The ``when-coordinator`` command: run the reference hub, watch and steer its workflows.
 
 Only the standard library and websockets are used, and heavy modules are imported by the
-subcommand that needs them, so the command starts quickly.
+subcommand that needs them, so the command starts quickly. The operator commands (workflows,
+watch, show, logs, services, status, pause, resume, cancel) are in ``cli_operator``, their
+tables in ``cli_views`` and the live event stream in ``cli_watch``.
 
 The ``demo`` subcommand runs ``when_coordinator.demo.main(argv) -> int`` when that module
 exists (it owns its arguments: everything after ``demo`` is passed through); until then a
@@ -22,19 +24,18 @@ import re
 import signal
 import socket
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any
 
 __all__ = ["HubClient", "HubClientError", "main"]
 
 DEFAULT_HUB_URL = "http://127.0.0.1:8080"
 _EPILOG = """\
 environment:
-  WHEN_HUB_URL      the hub for workflows/watch/status/pause/resume/cancel
+  WHEN_HUB_URL      the hub for every command but `hub` and `demo`
                     (default http://127.0.0.1:8080)
   WHEN_AUTH_TOKEN   the bearer token for those commands, and the token `hub` requires
   WHEN_READ_TOKEN   `hub`: a token that may watch (dashboard, API) but not steer
@@ -42,11 +43,13 @@ environment:
 
 examples:
   when-coordinator hub                        run a hub on port 8080 (dashboard: http://127.0.0.1:8080/)
-  when-coordinator workflows                  list the workflows the hub knows
+  when-coordinator workflows --active         list the workflows the hub knows
   when-coordinator watch                      follow phases and progress live (Ctrl-C stops)
-  when-coordinator pause wf-1 --reason "db maintenance"
-  when-coordinator resume wf-1
-  when-coordinator status wf-1                ask the workflow's service for its status
+  when-coordinator show wf-3f2a               a workflow's history (any unique id prefix)
+  when-coordinator logs -f --level warn       follow warnings and errors
+  when-coordinator pause wf-3f2a --reason "db maintenance"
+  when-coordinator resume wf-3f2a
+  when-coordinator status wf-3f2a             ask the workflow's service for its status
 """
 
 
@@ -165,284 +168,6 @@ class HubClient:
     def command(self, name: str, workflow_id: str, **params: str) -> dict[str, Any]:
         path = f"/v1/workflows/{urllib.parse.quote(workflow_id, safe='')}/{name}"
         return dict(self.request("POST", path, {k: v for k, v in params.items() if v}))
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-def _bar(percent: float, width: int = 20) -> str:
-    filled = round(max(0.0, min(100.0, percent)) / 100 * width)
-    return "[" + "#" * filled + "-" * (width - filled) + "]"
-
-
-def _percent(value: float) -> str:
-    return f"{value:.0f}%" if float(value).is_integer() else f"{value:.1f}%"
-
-
-def _ago(epoch: float, now: float) -> str:
-    if not epoch:
-        return "-"
-    seconds = max(0, int(now - epoch))
-    if seconds < 60:
-        return f"{seconds}s ago"
-    if seconds < 3600:
-        return f"{seconds // 60}m ago"
-    if seconds < 86400:
-        return f"{seconds // 3600}h ago"
-    return f"{seconds // 86400}d ago"
-
-
-def _tree(workflows: Sequence[Mapping[str, Any]]) -> list[tuple[int, Mapping[str, Any]]]:
-    """Workflows in tree order (roots first, children under their parent) with depths."""
-    by_id = {w["workflow_id"]: w for w in workflows}
-    children: dict[str, list[Mapping[str, Any]]] = {}
-    roots = []
-    for workflow in workflows:
-        parent = workflow.get("parent_workflow_id") or ""
-        if parent and parent in by_id and parent != workflow["workflow_id"]:
-            children.setdefault(parent, []).append(workflow)
-        else:
-            roots.append(workflow)
-    out: list[tuple[int, Mapping[str, Any]]] = []
-    seen: set[str] = set()
-
-    def visit(workflow: Mapping[str, Any], depth: int) -> None:
-        if workflow["workflow_id"] in seen:
-            return
-        seen.add(workflow["workflow_id"])
-        out.append((depth, workflow))
-        for child in children.get(workflow["workflow_id"], ()):
-            visit(child, depth + 1)
-
-    for root in roots:
-        visit(root, 0)
-    for workflow in workflows:  # cycles: show them flat rather than lose them
-        visit(workflow, 0)
-    return out
-
-
-def _table(rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
-
-
-def workflow_table(workflows: Sequence[Mapping[str, Any]], now: float | None = None) -> list[str]:
-    """The lines of the ``workflows`` table."""
-    now = time.time() if now is None else now
-    rows = [["WORKFLOW", "SERVICE", "PHASE", "PROGRESS", "STAGE", "ERRORS", "UPDATED"]]
-    for depth, w in _tree(workflows):
-        name = ("  " * (depth - 1) + "└ " if depth else "") + str(w["workflow_id"])
-        rows.append(
-            [
-                name,
-                str(w.get("service_id") or "-"),
-                str(w.get("phase", "")),
-                _percent(float(w.get("progress", 0.0))),
-                str(w.get("stage") or w.get("current_action") or "-"),
-                str(w.get("error_count", 0) or "-"),
-                _ago(float(w.get("updated_at", 0.0)), now),
-            ]
-        )
-    return _table(rows)
-
-
-def _clock(epoch: float | None = None) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(epoch))
-
-
-class _Watcher:
-    """Turns the operator event stream into terminal output.
-
-    On a terminal the screen is redrawn (a table with progress bars and recent events, at
-    most ten times a second); otherwise, or with ``--plain``, one line per event.
-    """
-
-    def __init__(self, out: TextIO, *, redraw: bool, anomalies: bool) -> None:
-        self.out = out
-        self.redraw = redraw
-        self.anomalies = anomalies
-        self.workflows: dict[str, dict[str, Any]] = {}
-        self.printed: dict[str, tuple[Any, ...]] = {}
-        self.recent: list[str] = []
-        self.drawn_at = 0.0
-
-    def line(self, text: str) -> None:
-        if self.redraw:
-            self.recent = [*self.recent[-7:], text]
-        else:
-            print(text, file=self.out, flush=True)
-
-    def progress_line(self, w: Mapping[str, Any]) -> str:
-        detail = w.get("stage") or w.get("current_action") or ""
-        return (
-            f"{w['workflow_id']}  {w.get('phase', '')}  {_bar(float(w.get('progress', 0)))} "
-            f"{_percent(float(w.get('progress', 0)))}  {detail}".rstrip()
-        )
-
-    def show_workflow(self, w: dict[str, Any]) -> None:
-        self.workflows[w["workflow_id"]] = w
-        key = (w.get("phase"), w.get("progress"), w.get("stage"), w.get("current_action"))
-        if self.printed.get(w["workflow_id"]) != key:
-            self.printed[w["workflow_id"]] = key
-            if not self.redraw:
-                self.line(f"{_clock()} {self.progress_line(w)}")
-
-    def handle(self, event: Mapping[str, Any]) -> None:
-        kind = event.get("event")
-        wid = event.get("workflow_id", "")
-        if kind == "snapshot":
-            workflows = list(event.get("workflows", []))
-            self.line(f"{_clock()} watching {len(workflows)} workflow(s); Ctrl-C to stop")
-            for _, w in _tree(workflows):
-                self.show_workflow(dict(w))
-        elif kind == "workflow":
-            self.show_workflow(dict(event["workflow"]))
-        elif kind == "phase_changed":
-            reason = f"  ({event['reason']})" if event.get("reason") else ""
-            source = event.get("from") or "(start)"
-            self.line(f"{_clock()} {wid}  {source} -> {event.get('to')}{reason}")
-        elif kind == "checkpoint":
-            self.line(f"{_clock()} {wid}  checkpoint {event.get('checkpoint_id')}")
-        elif kind == "error":
-            tag = "recoverable" if event.get("recoverable") else "not recoverable"
-            self.line(f"{_clock()} {wid}  ERROR {event.get('error')} ({tag})")
-        elif kind == "log":
-            self.line(f"{_clock()} {wid or '-'}  [{event.get('level')}] {event.get('message')}")
-        elif kind == "anomaly" and self.anomalies:
-            self.line(f"{_clock()} {wid or event.get('service_id', '')}  anomaly: {event['text']}")
-        elif kind == "removed":
-            self.workflows.pop(str(wid), None)
-        elif kind == "dropped":
-            self.line(f"{_clock()} ({event.get('count')} events dropped: terminal too slow)")
-        if self.redraw and time.monotonic() - self.drawn_at >= 0.1:
-            self.draw()
-
-    def draw(self) -> None:
-        if not self.redraw:
-            return
-        self.drawn_at = time.monotonic()
-        lines = [f"when-coordinator watch  {_clock()}  (Ctrl-C to stop)", ""]
-        for depth, w in _tree(list(self.workflows.values())):
-            lines.append("  " * depth + self.progress_line(w))
-        if not self.workflows:
-            lines.append("no workflows yet")
-        lines += ["", *self.recent]
-        self.out.write("\x1b[H\x1b[J" + "\n".join(lines) + "\n")
-        self.out.flush()
-
-
-# --------------------------------------------------------------------------- commands
-
-
-def _client(args: argparse.Namespace) -> HubClient:
-    return HubClient(args.hub, args.token, timeout=args.http_timeout)
-
-
-def _cmd_workflows(args: argparse.Namespace) -> int:
-    client = _client(args)
-    workflows = client.workflows()
-    if args.json:
-        print(json.dumps(workflows, indent=2))
-    elif not workflows:
-        print(f"no workflows: the hub at {client.http_base} has not heard of any yet")
-    else:
-        print("\n".join(workflow_table(workflows)))
-    return 0
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    client = _client(args)
-    client.timeout = max(client.timeout, args.timeout + 2)
-    answer = client.command("status", args.workflow_id, timeout=f"{args.timeout:g}")
-    if args.json:
-        print(json.dumps(answer, indent=2))
-        return 0
-    progress = float(answer.get("progress", 0))
-    rows = [
-        ["workflow", str(answer.get("workflow_id", args.workflow_id))],
-        ["phase", str(answer.get("phase", ""))],
-        ["progress", f"{_bar(progress)} {_percent(progress)}"],
-    ]
-    if answer.get("current_action"):
-        rows.append(["action", str(answer["current_action"])])
-    if answer.get("message"):
-        rows.append(["message", str(answer["message"])])
-    print("\n".join(_table(rows)))
-    return 0
-
-
-def _cmd_control(args: argparse.Namespace) -> int:
-    client = _client(args)
-    name: str = args.command
-    params: dict[str, str] = {}
-    if name in ("pause", "cancel") and args.reason:
-        params["reason"] = args.reason
-    if name == "resume" and args.from_checkpoint:
-        params["from_checkpoint"] = args.from_checkpoint
-    if name == "cancel" and args.force:
-        params["force"] = "true"
-    result = client.command(name, args.workflow_id, **params)
-    print(
-        f"{name} sent to service {result.get('service_id') or '?'} for workflow "
-        f"{args.workflow_id} (message {result.get('sent')}); the service reports the outcome "
-        "as phase changes (see `when-coordinator watch`)"
-    )
-    return 0
-
-
-def _cmd_watch(args: argparse.Namespace) -> int:
-    from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: PLC0415
-    from websockets.sync.client import connect  # noqa: PLC0415
-
-    client = _client(args)
-    url = client.ws_base + "/v1/operator"
-    headers = {k: v for k, v in client._headers().items() if k == "Authorization"}
-    redraw = sys.stdout.isatty() and not args.plain and not args.once
-    watcher = _Watcher(sys.stdout, redraw=redraw, anomalies=args.anomalies)
-    deadline = time.monotonic() + args.timeout if args.timeout else None
-    try:
-        with connect(
-            url,
-            additional_headers=headers,
-            open_timeout=client.timeout,
-            proxy=None,
-            compression=None,
-        ) as ws:
-            subscribe = {"id": 1, "op": "subscribe", "logs": args.logs}
-            if args.workflow:
-                subscribe["workflow_id"] = args.workflow
-            ws.send(json.dumps(subscribe))
-            while True:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                try:
-                    event = json.loads(ws.recv(timeout=remaining))
-                except TimeoutError:
-                    break
-                if event.get("ok") is False:
-                    raise HubClientError(str(event.get("error")))
-                if "event" not in event:
-                    continue
-                watcher.handle(event)
-                if args.once and event["event"] == "snapshot":
-                    break
-            watcher.draw()
-    except InvalidStatus as exc:
-        status = exc.response.status_code
-        if status == 401:
-            raise HubClientError(
-                f"the hub at {client.http_base} refused the request: it needs a valid token "
-                "(--token or WHEN_AUTH_TOKEN)"
-            ) from None
-        raise HubClientError(f"the hub at {client.http_base} answered HTTP {status}") from None
-    except ConnectionClosed:
-        raise HubClientError(f"the hub at {client.http_base} closed the connection") from None
-    except (OSError, TimeoutError) as exc:
-        raise client._unreachable(exc) from None
-    return 0
 
 
 def _cmd_hub(args: argparse.Namespace) -> int:
@@ -728,57 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
     demo.set_defaults(func=_cmd_demo)
 
-    workflows = commands.add_parser(
-        "workflows", parents=[remote], help="list the workflows a hub knows, as a tree"
-    )
-    workflows.add_argument("--json", action="store_true", help="print the raw JSON")
-    workflows.set_defaults(func=_cmd_workflows)
+    from .cli_operator import add_commands  # noqa: PLC0415
 
-    watch = commands.add_parser(
-        "watch",
-        parents=[remote],
-        help="follow phases, progress and errors live (Ctrl-C stops)",
-        description="Follow phases, progress and errors live. On a terminal the screen is "
-        "redrawn; otherwise one line is printed per event.",
-    )
-    watch.add_argument("--workflow", metavar="ID", help="only this workflow and its children")
-    watch.add_argument("--logs", action="store_true", help="show log entries too")
-    watch.add_argument("--anomalies", action="store_true", help="show protocol anomalies too")
-    watch.add_argument("--once", action="store_true", help="print the current state and exit")
-    watch.add_argument(
-        "--timeout", type=float, metavar="SECONDS", help="stop after this long (exit status 0)"
-    )
-    watch.add_argument("--plain", action="store_true", help="one line per event, no redrawing")
-    watch.set_defaults(func=_cmd_watch)
-
-    status = commands.add_parser(
-        "status", parents=[remote], help="ask a workflow's service for its live status"
-    )
-    status.add_argument("workflow_id", metavar="WORKFLOW_ID")
-    status.add_argument(
-        "--timeout",
-        type=float,
-        default=5.0,
-        metavar="SECONDS",
-        help="wait this long for the service (at most 9; default %(default)s)",
-    )
-    status.add_argument("--json", action="store_true", help="print the raw JSON")
-    status.set_defaults(func=_cmd_status)
-
-    for name, text in (
-        ("pause", "ask a workflow to pause at its next safe point"),
-        ("resume", "ask a paused workflow to resume"),
-        ("cancel", "ask a workflow to cancel"),
-    ):
-        command = commands.add_parser(name, parents=[remote], help=text, description=text + ".")
-        command.add_argument("workflow_id", metavar="WORKFLOW_ID")
-        if name in ("pause", "cancel"):
-            command.add_argument("--reason", default="", help="recorded with the phase change")
-        if name == "resume":
-            command.add_argument("--from-checkpoint", default="", metavar="CHECKPOINT_ID")
-        if name == "cancel":
-            command.add_argument("--force", action="store_true", help="ask for a forced cancel")
-        command.set_defaults(func=_cmd_control)
+    add_commands(commands, remote)
     return parser
 
 
@@ -793,7 +470,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:
+        # The reader went away (`when-coordinator workflows | head -1`): that ends the
+        # command, quietly. Python would still try to flush stdout at exit and complain.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as ``python -m``, this file is ``__main__``, and the command modules import the
+    # real ``when_coordinator.cli``: use that one, so there is one ``HubClientError``.
+    from when_coordinator import cli as _cli  # noqa: PLW0406
+
+    sys.exit(_cli.main())

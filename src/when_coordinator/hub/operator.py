@@ -31,6 +31,10 @@ HTTP (responses are JSON; errors are ``{"error": "...", "code": "..."}``):
 ``POST /v1/workflows/<id>/status``        ``?timeout=`` (5, at most 9); the service's answer
 ========================================  ==================================================
 
+Wherever a workflow id is taken (paths, ``?workflow_id=``, the ops below), a unique prefix of
+a known id stands for it: an ambiguous one is 400 ``ambiguous`` (the answer lists up to ten
+``candidates``), one that matches nothing 404.
+
 Status codes: 400 bad parameters or a malformed path, 401 token, 404 unknown workflow or path,
 405 wrong method, 409 the workflow's phase does not allow the command (the answer carries
 ``phase`` and ``allowed``), 503 the owning service is not connected, 504 no status answer in
@@ -157,7 +161,45 @@ def _workflow_id(hub: Hub, params: Mapping[str, Any]) -> str:
     workflow_id = _text(params, "workflow_id")
     if not workflow_id:
         raise OperatorError("'workflow_id' is required")
-    return queries.resolve(hub, workflow_id)
+    return resolve_workflow_id(hub, workflow_id)
+
+
+_MAX_CANDIDATES = 10
+
+
+class AmbiguousWorkflow(OperatorError):
+    """A workflow id prefix that several known workflows share."""
+
+    def __init__(self, prefix: str, candidates: list[str]) -> None:
+        shown = ", ".join(candidates[:_MAX_CANDIDATES])
+        more = len(candidates) - _MAX_CANDIDATES
+        super().__init__(
+            f"workflow id {prefix!r} is ambiguous: {len(candidates)} workflow ids start so "
+            f"({shown}{f' and {more} more' if more > 0 else ''}); give more of the id",
+            code="ambiguous",
+        )
+        self.candidates = candidates[:_MAX_CANDIDATES]
+
+
+def resolve_workflow_id(hub: Hub, text: str, *, unknown_ok: bool = False) -> str:
+    """The known workflow id that ``text`` is, or is the unique prefix of.
+
+    Ids are long (``wf-`` and 32 hex digits) and operators type the start, as with git or
+    docker. An exact id always wins, even if it also starts longer ids. Raises
+    ``AmbiguousWorkflow``, or ``WorkflowNotFound`` (unless ``unknown_ok``: then ``text``
+    comes back as it is, for a workflow that may appear later).
+    """
+    workflows = hub.workflows
+    if text in workflows:
+        return text
+    candidates = sorted(w for w in workflows if w.startswith(text))
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise AmbiguousWorkflow(text, candidates)
+    if unknown_ok:
+        return text
+    raise WorkflowNotFound(f"unknown workflow {text!r}: no service has reported it to this hub")
 
 
 def _workflows(hub: Hub, params: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -183,6 +225,8 @@ def _logs(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
     if limit < 0:
         raise OperatorError("'limit' must be >= 0")
     state = hub.state
+    if workflow_id and workflow_id not in state.workflow_logs:
+        workflow_id = resolve_workflow_id(hub, workflow_id)
     buffer = state.workflow_logs.get(workflow_id) if workflow_id else state.logs
     records = list(buffer) if buffer is not None else []
     if level:
@@ -306,8 +350,6 @@ def _classify(exc: Exception) -> tuple[str, int]:
         return exc.code, exc.http_status
     if isinstance(exc, WorkflowNotFound):
         return "unknown_workflow", 404
-    if isinstance(exc, queries.AmbiguousWorkflow):
-        return "ambiguous_workflow", 400
     if isinstance(exc, CommandRefused):
         return "conflict", 409
     if isinstance(exc, StatusTimeout):
@@ -344,6 +386,8 @@ def _error_body(exc: Exception) -> dict[str, Any]:
     """What an error answer carries beyond its message and code."""
     if isinstance(exc, CommandRefused):
         return {"phase": exc.phase, "allowed": list(exc.allowed)}
+    if isinstance(exc, AmbiguousWorkflow):
+        return {"candidates": exc.candidates}
     return {}
 
 
@@ -555,7 +599,8 @@ class OperatorSession:
 
     def _subscribe(self, request: Mapping[str, Any]) -> dict[str, Any]:
         self._logs = _flag(request, "logs")
-        self._scope = _text(request, "workflow_id")
+        scope = _text(request, "workflow_id")
+        self._scope = resolve_workflow_id(self._hub, scope, unknown_ok=True) if scope else ""
         self._focus = _focus(request)
         self._others = 0
         self._batch = _flag(request, "batch")

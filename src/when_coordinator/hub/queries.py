@@ -24,7 +24,6 @@ __all__ = [
     "matches",
     "overview",
     "query",
-    "resolve",
     "summary",
     "workflow_detail",
 ]
@@ -64,29 +63,6 @@ def summary(hub: Hub, workflow: WorkflowState, *, full: bool = False) -> dict[st
     out["progress"] = _progress(workflow)
     out["commands"] = allowed_commands(workflow.phase)
     return out
-
-
-def resolve(hub: Hub, workflow_id: str) -> str:
-    """``workflow_id`` itself when the hub knows it, else the one known id it begins.
-
-    No match leaves it as given (the caller reports the unknown workflow); two or more are
-    refused with the candidates, so a short prefix never picks one silently.
-    """
-    if workflow_id in hub.workflows:
-        return workflow_id
-    matches = [known for known in hub.workflows if known.startswith(workflow_id)]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        shown = ", ".join(sorted(matches)[:5]) + (", ..." if len(matches) > 5 else "")
-        raise AmbiguousWorkflow(
-            f"{workflow_id!r} begins {len(matches)} workflow ids ({shown}): give more of it"
-        )
-    return workflow_id
-
-
-class AmbiguousWorkflow(ValueError):
-    """A workflow id prefix that begins more than one known id."""
 
 
 def _phases(text: str) -> frozenset[Phase] | None:
