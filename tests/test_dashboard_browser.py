@@ -445,6 +445,9 @@ def test_the_hub_view_shows_the_figures_of_metrics_live(page: Page) -> None:
         for n in (1, 2):
             etl.run(Plan("import", f"wf-{n}", increment=50, step=0.01))
         hub.wait_for(lambda h: _completed(h) == 2, 10)
+        etl.run(Plan("export", "wf-held", increment=5, until=30, hold=True))
+        hub.wait_for(lambda h: "wf-held" in h.workflows and h.workflows["wf-held"].progress > 0)
+        assert hub.status("wf-held").phase.value == "execution"
         page.goto(hub.http_url + "/#/hub")
         expect(page.locator("#nav-hub")).to_have_attribute("aria-current", "page")
         scraped = families(scrape(hub, None)[1])
@@ -460,6 +463,13 @@ def test_the_hub_view_shows_the_figures_of_metrics_live(page: Page) -> None:
         expect(page.locator('[data-metric="messages_applied.workflow_created"]')).to_have_text(
             _figure(created)
         )
+        status = scraped["when_hub_command_duration_seconds_count"][
+            (("command", "status"), ("outcome", "ok"))
+        ]
+        expect(page.locator('[data-metric="commands.status.ok.count"]')).to_have_text(
+            _figure(status)
+        )
+        page.screenshot(path=str(IMG / "dashboard-hub.png"), full_page=True)
         # every figure is in a table whose columns and rows have headers
         headers = page.locator("#view-hub table").evaluate_all(
             """tables => tables.filter((t) => !t.closest('[hidden]')).map((t) => [
