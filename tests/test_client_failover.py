@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 
 from faults import HubProcess, Ledger, StatsWatch, check_in_order, free_port, stats_balanced
+from programs import require_program
 from scripted_server import fast_config, wait_until
 from test_reliability_restart import Disconnects, phase_history, to_execution
 from when_coordinator import Config, ConfigError, Coordinator
@@ -313,12 +313,12 @@ def accepts(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
 def test_the_documented_haproxy_configuration_moves_a_client_off_a_killed_hub(
     tmp_path: Path,
 ) -> None:
     """One load-balancer URL: the hub process behind it is SIGKILLed, the client re-dials the
     same URL and registers on the other instance (the sample's health check on /healthz)."""
+    haproxy = require_program("haproxy", "haproxy")
     processes = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
@@ -330,7 +330,7 @@ def test_the_documented_haproxy_configuration_moves_a_client_off_a_killed_hub(
         config = tmp_path / "haproxy.cfg"
         config.write_text(documented_haproxy_config(listen, [p.port for p in processes]))
         balancer = subprocess.Popen(
-            ["haproxy", "-db", "-f", str(config)],
+            [haproxy, "-db", "-f", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
