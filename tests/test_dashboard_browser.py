@@ -8,6 +8,7 @@ The list and detail tests also write the screenshots shown in docs/hub.md.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from dashboard_fleet import FleetService, Plan
+from test_hub_metrics import families, scrape
 from when_coordinator.hub import Hub
 from when_coordinator.hub.testing import RawService, frame
 
@@ -413,3 +415,119 @@ def test_cancelling_shows_pending_until_the_service_confirms(page: Page) -> None
         expect(page.locator("#detail-phase")).to_have_text("cancelling")
         expect(page.locator("#detail-pending")).to_have_text("")
         hub.run(service.close())
+
+
+def _completed(hub: Any) -> int:
+    return sum(w.phase.value == "completed" for w in hub.workflows.values())
+
+
+COUNT_METRICS_ASKS = """
+const send = WebSocket.prototype.send;
+window.metricsAsked = [];
+WebSocket.prototype.send = function (data) {
+  if (JSON.parse(data).op === "metrics") window.metricsAsked.push(performance.now() / 1000);
+  return send.call(this, data);
+};
+"""
+"""Records in the page when it asks the hub for its figures (the page's clock, not the test's)."""
+
+
+def _asked(page: Page) -> list[float]:
+    return list(page.evaluate("window.metricsAsked"))
+
+
+def _figure(value: float) -> str:
+    """A /metrics sample as the Hub view writes it (counts are whole numbers)."""
+    assert float(value).is_integer()
+    return str(int(value))
+
+
+def test_the_hub_view_shows_the_figures_of_metrics_live(page: Page) -> None:
+    page.add_init_script(COUNT_METRICS_ASKS)
+    with Hub(port=0).run_in_thread() as hub, FleetService(hub.url, "etl") as etl:
+        for n in (1, 2):
+            etl.run(Plan("import", f"wf-{n}", increment=50, step=0.01))
+        hub.wait_for(lambda h: _completed(h) == 2, 10)
+        etl.run(Plan("export", "wf-held", increment=5, until=30, hold=True))
+        hub.wait_for(lambda h: "wf-held" in h.workflows and h.workflows["wf-held"].progress > 0)
+        assert hub.status("wf-held").phase.value == "execution"
+        page.goto(hub.http_url + "/#/hub")
+        expect(page.locator("#nav-hub")).to_have_attribute("aria-current", "page")
+        scraped = families(scrape(hub, None)[1])
+        completed = page.locator('[data-metric="workflows.completed"]')
+        expect(completed).to_have_text(
+            _figure(scraped["when_hub_workflows"][(("phase", "completed"),)])
+        )
+        assert completed.text_content() == "2"
+        expect(page.locator('[data-metric="services.connected"]')).to_have_text(
+            _figure(scraped["when_hub_services"][(("state", "connected"),)])
+        )
+        created = scraped["when_hub_messages_applied_total"][(("type", "workflow_created"),)]
+        expect(page.locator('[data-metric="messages_applied.workflow_created"]')).to_have_text(
+            _figure(created)
+        )
+        status = scraped["when_hub_command_duration_seconds_count"][
+            (("command", "status"), ("outcome", "ok"))
+        ]
+        expect(page.locator('[data-metric="commands.status.ok.count"]')).to_have_text(
+            _figure(status)
+        )
+        page.screenshot(path=str(IMG / "dashboard-hub.png"), full_page=True)
+        # every figure is in a table whose columns and rows have headers
+        headers = page.locator("#view-hub table").evaluate_all(
+            """tables => tables.filter((t) => !t.closest('[hidden]')).map((t) => [
+                t.querySelectorAll('thead th[scope=col]').length,
+                [...t.tBodies[0].rows].every((r) => r.querySelector('th[scope=row]'))])"""
+        )
+        assert headers
+        assert all(cols >= 2 and rows for cols, rows in headers), headers
+
+        # live: a workflow completes and the view follows, as /metrics does
+        etl.run(Plan("import", "wf-3", increment=50, step=0.01))
+        hub.wait_for(lambda h: _completed(h) == 3, 10)
+        expect(completed).to_have_text("3")
+        assert families(scrape(hub, None)[1])["when_hub_workflows"][(("phase", "completed"),)] == 3
+        page.wait_for_function("(n) => window.metricsAsked.length > n", arg=len(_asked(page)) + 1)
+        gaps = [b - a for a, b in itertools.pairwise(_asked(page))]
+        assert len(gaps) >= 2
+        assert min(gaps) > 0.8, f"asked more than once a second: {gaps}"
+
+        # hidden, the view asks for nothing
+        page.locator("#nav-workflows").click()
+        expect(page.locator("#view-list")).to_be_visible()
+        before = len(_asked(page))
+        etl.run(Plan("slow-import", "wf-4", increment=10, step=0.15))
+        expect(page.locator('tr[data-id="wf-4"]')).to_contain_text("completed")
+        assert len(_asked(page)) == before, "the hidden Hub view kept asking"
+        after = len(_asked(page))
+        page.locator("#nav-hub").click()  # and shown again, it asks again
+        expect(completed).to_have_text("4")
+        page.wait_for_function("(n) => window.metricsAsked.length > n", arg=after)
+        page.set_viewport_size({"width": 390, "height": 844})
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the Hub view scrolls sideways on a phone ({width} px)"
+        assert not etl.failures
+
+
+def test_with_a_token_the_hub_view_shows_nothing_before_sign_in(page: Page) -> None:
+    with (
+        Hub(port=0, token=TOKEN).run_in_thread() as hub,
+        FleetService(hub.url, "billing", token=TOKEN) as billing,
+    ):
+        billing.run(Plan("payroll", "wf-1", increment=50, step=0.01))
+        hub.wait_for(lambda h: _completed(h) == 1, 10)
+        page.goto(hub.http_url + "/#/hub")
+        expect(page.locator("#login")).to_be_visible()
+        figures = page.locator("#view-hub [data-metric]")
+        expect(page.locator("#view-hub")).to_be_hidden()
+        expect(figures).to_have_count(0)
+        page.locator("#token").fill(TOKEN)
+        page.locator("#token").press("Enter")
+        scraped = families(scrape(hub, TOKEN)[1])
+        expect(page.locator('[data-metric="workflows.completed"]')).to_have_text(
+            _figure(scraped["when_hub_workflows"][(("phase", "completed"),)])
+        )
+        page.get_by_role("button", name="Log out").click()
+        expect(page.locator("#login")).to_be_visible()
+        expect(figures).to_have_count(0)
+        assert not billing.failures

@@ -27,6 +27,8 @@ __all__ = [
     "ConfigError",
     "EnvVar",
     "check_environment",
+    "display_url",
+    "split_urls",
     "url_hint",
 ]
 
@@ -72,7 +74,12 @@ def _list(text: str) -> tuple[str, ...]:
 
 
 ENVIRONMENT: tuple[EnvVar, ...] = (
-    EnvVar("WHEN_URL", "when_url", "Hub URL (ws:// or wss://). Unset: nothing connects."),
+    EnvVar(
+        "WHEN_URL",
+        "when_url",
+        "Hub URL (ws:// or wss://), or several comma-separated, tried in turn on failure. "
+        "Unset: nothing connects.",
+    ),
     EnvVar(
         "WHEN_SERVICE_NAME",
         "service_name",
@@ -267,8 +274,14 @@ def _check_required_header_text(name: str, value: object) -> None:
 
 def _check_url(name: str, value: object) -> None:
     if not isinstance(value, str):
+        several = (
+            " (several URLs: one string, comma-separated)"
+            if isinstance(value, (list, tuple))
+            else ""
+        )
         raise ConfigError(
             f"{name} must be a string (empty: nothing connects), got {type(value).__name__}"
+            + several
         )
 
 
@@ -419,16 +432,12 @@ class Config:
         at the call that made it, not later on the client's thread."""
         for spec in fields(self):
             _CHECKS[spec.name](spec.name, getattr(self, spec.name))
-        if self.when_url:
-            parts = urlsplit(self.when_url)
-            if parts.scheme not in ("ws", "wss") or not parts.hostname:
-                raise ConfigError(
-                    f"when_url must be a ws:// or wss:// URL with a host, got {self.when_url!r}"
-                )
-            try:
-                parts.port  # noqa: B018 - raises on a port that is not a number
-            except ValueError:
-                raise ConfigError(f"when_url has an invalid port: {self.when_url!r}") from None
+        urls = self.urls
+        for url in urls:
+            _check_hub_url(url, len(urls))
+        if len(set(urls)) < len(urls):
+            twice = next(url for url in urls if urls.count(url) > 1)
+            raise ConfigError(f"when_url lists {display_url(twice)!r} twice")
         if self.reconnect_max_delay < self.reconnect_initial_delay:
             raise ConfigError("reconnect_max_delay must be >= reconnect_initial_delay")
         if self.client_key_file and not self.client_cert_file:
@@ -437,7 +446,12 @@ class Config:
     @property
     def enabled(self) -> bool:
         """Whether a hub is configured at all; without one, nothing connects."""
-        return bool(self.when_url)
+        return bool(self.urls)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The hub URLs of ``when_url``, in the order the client tries them."""
+        return split_urls(self.when_url)
 
     def with_changes(self, **changes: Any) -> Config:
         """A copy with some fields changed, validated again."""
@@ -483,6 +497,36 @@ class Config:
             raise ConfigError(f"{exc} (set by {', '.join(names)})") from None
 
 
+def split_urls(text: str) -> tuple[str, ...]:
+    """The URLs of a comma-separated ``when_url`` (blanks around commas and empty items are
+    ignored, so ``"ws://a, ws://b,"`` is two URLs)."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _check_hub_url(url: str, count: int) -> None:
+    """One URL of ``when_url``: in a list the error names the URL (without credentials), so
+    that the one bad URL of several is found at once."""
+    where = f"when_url entry {display_url(url)!r}" if count > 1 else "when_url"
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ConfigError(
+            f"{where} must be a ws:// or wss:// URL with a host, got {display_url(url)!r}"
+        )
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ConfigError(f"{where} has an invalid port: {display_url(url)!r}") from None
+
+
+def display_url(url: str) -> str:
+    """A hub URL as logs and ``stats()`` show it: without user name, password or query
+    (either may carry a credential), but with the scheme, host, port and path that tell
+    two hubs apart."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=netloc, query="", fragment="").geturl()
+
+
 _missing = {spec.name for spec in fields(Config)} ^ set(_CHECKS)
 if _missing:  # pragma: no cover - a field added without its check
     raise AssertionError(f"Config fields without a check: {sorted(_missing)}")
@@ -510,10 +554,10 @@ def check_environment(environ: Mapping[str, str]) -> None:
 
 
 def url_hint(url: str) -> str:
-    """A warning for a hub URL that is valid but probably wrong ("" when it looks right)."""
+    """A warning for one hub URL that is valid but probably wrong ("" when it looks right)."""
     if url and urlsplit(url).path in ("", "/"):
         return (
-            f"when_url {url} has no path: the hub's coordination endpoint is usually at "
-            f"{HUB_PATH} (a hub answers HTTP 404 elsewhere)"
+            f"when_url {display_url(url)} has no path: the hub's coordination endpoint is "
+            f"usually at {HUB_PATH} (a hub answers HTTP 404 elsewhere)"
         )
     return ""

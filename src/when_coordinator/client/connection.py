@@ -7,10 +7,18 @@ import random
 import ssl
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, display_url
 
-__all__ = ["RedactingLogger", "backoff_delays", "handshake_headers", "redact", "ssl_context"]
+__all__ = [
+    "RedactingLogger",
+    "backoff_delays",
+    "handshake_headers",
+    "is_tls",
+    "redact",
+    "ssl_context",
+]
 
 
 def handshake_headers(config: Config) -> dict[str, str]:
@@ -23,11 +31,22 @@ def handshake_headers(config: Config) -> dict[str, str]:
     return headers
 
 
+def is_tls(url: str) -> bool:
+    return urlsplit(url).scheme.lower() == "wss"
+
+
 def ssl_context(config: Config) -> ssl.SSLContext | None:
-    """A verifying TLS context for ``wss://`` (None for ``ws://``); never a plaintext fallback."""
-    if not config.when_url.startswith("wss://"):
-        if config.ca_file or config.client_cert_file:
-            raise ConfigError("ca_file and client certificates need a wss:// when_url")
+    """A verifying TLS context for the ``wss://`` URLs of ``when_url`` (None when all are
+    ``ws://``); never a plaintext fallback.
+
+    With a CA file or a client certificate configured every URL must be ``wss://``: a
+    ``ws://`` one in the list would be a silent plaintext fallback on failover.
+    """
+    plain = [url for url in config.urls if not is_tls(url)]
+    if (config.ca_file or config.client_cert_file) and (plain or not config.urls):
+        named = f", got {display_url(plain[0])!r}" if plain and len(config.urls) > 1 else ""
+        raise ConfigError(f"ca_file and client certificates need a wss:// when_url{named}")
+    if len(plain) == len(config.urls):
         return None
     try:
         context = ssl.create_default_context(cafile=config.ca_file or None)

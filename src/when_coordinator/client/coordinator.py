@@ -70,8 +70,15 @@ from ._util import (
     qualified_name,
     warn_once,
 )
-from .config import HUB_PATH, Config, url_hint
-from .connection import RedactingLogger, backoff_delays, handshake_headers, redact, ssl_context
+from .config import HUB_PATH, Config, display_url, url_hint
+from .connection import (
+    RedactingLogger,
+    backoff_delays,
+    handshake_headers,
+    is_tls,
+    redact,
+    ssl_context,
+)
 from .outbox import Entry, Outbox, ProgressBody
 
 __all__ = ["CommandEvent", "Coordinator", "CoordinatorStats", "MessageHandler"]
@@ -101,6 +108,9 @@ _CONTROL_LIMIT = 1024
 class CoordinatorStats:
     """Counters of one coordinator; ``sent == delivered + dropped + queued + inflight``.
 
+    ``url`` is the hub URL of the current connection, without credentials ("" while not
+    connected): with several URLs in ``when_url``, the one the client failed over to.
+
     ``sent`` counts every message the application handed over, ``dropped_by_kind`` the ones shed
     (by message type) and ``drop_reasons`` why. A progress update that replaced the same
     workflow's progress while that was still queued is not a message of its own: it counts in
@@ -126,6 +136,7 @@ class CoordinatorStats:
     coalesced: int = 0
     connect_errors: Mapping[str, int] = field(default_factory=dict)
     """Failed connection attempts by the exception's qualified class name."""
+    url: str = ""
 
 
 @dataclass(frozen=True)
@@ -199,6 +210,12 @@ class Coordinator:
         self._phases = phases if phases is not None else PhaseManager()
         self._outbox = Outbox(self.config.outbox_max_messages, self.config.outbox_max_bytes)
         self._ssl = ssl_context(self.config)
+        self._urls = self.config.urls
+        self._url_index = 0
+        """The URL dialled next: it moves on after every failed dial and every dropped
+        connection, so the client goes round the list (see ``_main``)."""
+        self._url = ""
+        """The URL of the current connection, for ``stats()`` (without credentials)."""
         self._lifecycle = threading.Lock()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -284,9 +301,10 @@ class Coordinator:
                 if not self.config.enabled:
                     _log.info("when_url is not set: not connecting to a hub")
                 return
-            hint = url_hint(self.config.when_url)
-            if hint:
-                warn_once(_log, f"url path {self.config.when_url}", "%s", hint)
+            for url in self._urls:
+                hint = url_hint(url)
+                if hint:
+                    warn_once(_log, f"url path {url}", "%s", hint)
             ready = threading.Event()
             self._thread = threading.Thread(
                 target=self._run_thread, args=(ready,), name="when-coordinator", daemon=True
@@ -753,6 +771,7 @@ class Coordinator:
             inbound_dropped=dict(self._inbound_dropped),
             coalesced=counts.coalesced,
             connect_errors=dict(self._connect_errors),
+            url=self._url,
         )
 
     # ------------------------------------------------------------------ the client thread
@@ -769,11 +788,20 @@ class Coordinator:
 
         self._outbox.set_wakeup(wakeup)
         ready.set()
+        # Failover: one schedule for the whole list. Every dial, to whichever URL, is one
+        # attempt: it counts towards ``reconnect_max_attempts`` and is followed, when it fails,
+        # by the next (growing, jittered) delay and a dial of the next URL. A connection resets
+        # both the count and the delay; when it drops, the next dial goes to the next URL too
+        # (the instance that dropped it is the one least likely to be healthy). With one URL
+        # this is the schedule of PROTOCOL.md section 5, unchanged.
         delays = backoff_delays(self.config)
         failures = 0
+        urls = self._urls
+        last = ""
         while not self._stop.is_set():
+            url = urls[self._url_index]
             try:
-                ws = await self._dial()
+                ws = await self._dial(url)
                 if ws is None:
                     break  # closing
             except asyncio.CancelledError:
@@ -781,21 +809,23 @@ class Coordinator:
             except Exception as exc:
                 failures += 1
                 self._connect_failures += 1
+                self._url_index = (self._url_index + 1) % len(urls)
+                shown = display_url(url)
                 if isinstance(exc, InvalidStatus) and exc.response.status_code == 404:
                     warn_once(
                         _log,
-                        f"http 404 {self.config.when_url}",
+                        f"http 404 {url}",
                         "the hub at %s answered HTTP 404 to the WebSocket upgrade: wrong path? "
                         "The coordination endpoint is usually %s",
-                        self.config.when_url,
+                        shown,
                         HUB_PATH,
                     )
                 self._connect_errors[qualified_name(exc)] += 1
                 self._warn.log(
                     logging.WARNING,
-                    "connect",
+                    f"connect {url}",
                     "cannot connect to the hub at %s (attempt %d): %s",
-                    self.config.when_url,
+                    shown,
                     failures,
                     redact(f"{type(exc).__name__}: {exc}", self.config),
                 )
@@ -808,20 +838,31 @@ class Coordinator:
                 continue
             failures = 0
             delays = backoff_delays(self.config)
+            if len(urls) > 1:
+                _log.info(
+                    "connected to the hub at %s (URL %d of %d)%s",
+                    display_url(url),
+                    self._url_index + 1,
+                    len(urls),
+                    f", failed over from {display_url(last)}" if last and last != url else "",
+                )
+            last = url
+            self._url = display_url(url)
             await self._run_session(ws)
+            self._url_index = (self._url_index + 1) % len(urls)
             if not self._stop.is_set():
                 await self._pause(next(delays))
 
-    async def _dial(self) -> ClientConnection | None:
+    async def _dial(self, url: str) -> ClientConnection | None:
         """Open a connection, or None when ``close()`` interrupts the attempt."""
         assert self._stop is not None
 
         async def open_connection() -> ClientConnection:
             return await connect(
-                self.config.when_url,
+                url,
                 additional_headers=handshake_headers(self.config),
                 user_agent_header=f"when-coordinator/{__version__}",
-                ssl=self._ssl,
+                ssl=self._ssl if is_tls(url) else None,
                 compression=None,
                 open_timeout=self.config.open_timeout,
                 ping_interval=None,  # keepalive is the client's own (``_keepalive``)
@@ -873,6 +914,7 @@ class Coordinator:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._ws = None
+            self._url = ""
             self._registered.clear()
             self._control.clear()
             with contextlib.suppress(Exception):
@@ -1378,6 +1420,7 @@ def _reset_after_fork(ref: weakref.ref[Coordinator]) -> None:
     coordinator._thread = None
     coordinator._loop = None
     coordinator._ws = None
+    coordinator._url = ""
     coordinator._stop = None
     coordinator._wake = None
     coordinator._control.clear()

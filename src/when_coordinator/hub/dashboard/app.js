@@ -15,6 +15,7 @@ const app = {
   filters: { q: "", service: "", phase: "", offset: 0 },
   pending: new Map(), // workflow id -> {op, phase}: a command sent, not yet confirmed
   timers: {},
+  metricsBusy: false, // a "metrics" request in flight or the next one scheduled
 };
 
 // ---------------------------------------------------------------- small helpers
@@ -118,8 +119,10 @@ async function boot() {
 function showLogin() {
   closeSocket();
   app.list = app.detail = app.overview = null;
-  for (const id of ["view-list", "view-detail", "view-services"]) $(id).hidden = true;
+  app.view = "";
+  for (const id of ["view-list", "view-detail", "view-services", "view-hub"]) $(id).hidden = true;
   for (const body of document.querySelectorAll("tbody")) body.replaceChildren();
+  $("hub-updated").textContent = "";
   $("nav").hidden = true;
   $("logout").hidden = true;
   $("who").textContent = "";
@@ -170,6 +173,9 @@ function closeSocket() {
     app.ws.close();
     app.ws = null;
   }
+  // A closed socket answers nothing: end its calls now rather than at their timeout.
+  for (const { reject, timer } of app.calls.values()) { clearTimeout(timer); reject(new Error("signed out")); }
+  app.calls.clear();
 }
 
 function connect() {
@@ -287,13 +293,17 @@ function route() {
   if (!app.session || (app.session.auth_required && !app.session.access)) return;
   const hash = location.hash || "#/";
   const match = hash.match(/^#\/w\/(.+)$/);
-  app.view = match ? "detail" : hash === "#/services" ? "services" : "list";
+  const named = { "#/services": "services", "#/hub": "hub" };
+  app.view = match ? "detail" : named[hash] || "list";
   app.detailId = match ? decodeURIComponent(match[1]) : "";
   $("view-list").hidden = app.view !== "list";
   $("view-detail").hidden = app.view !== "detail";
   $("view-services").hidden = app.view !== "services";
-  $("nav-workflows").setAttribute("aria-current", app.view !== "services" ? "page" : "false");
-  $("nav-services").setAttribute("aria-current", app.view === "services" ? "page" : "false");
+  $("view-hub").hidden = app.view !== "hub";
+  const nav = app.view === "services" || app.view === "hub" ? app.view : "workflows";
+  for (const name of ["workflows", "services", "hub"]) {
+    $(`nav-${name}`).setAttribute("aria-current", nav === name ? "page" : "false");
+  }
   if (app.view === "detail") { app.detail = null; $("logs").replaceChildren(); }
   if (app.view === "services") focus([]);
   refreshView();
@@ -304,6 +314,7 @@ function refreshView() {
   loadOverview();
   if (app.view === "list") loadList();
   else if (app.view === "detail") loadDetail();
+  else if (app.view === "hub") pollMetrics();
 }
 
 window.addEventListener("hashchange", route);
@@ -605,6 +616,67 @@ $("services").addEventListener("click", (event) => {
   app.filters.offset = 0;
   $("f-service").value = link.dataset.service;
 });
+
+// ---------------------------------------------------------------- hub figures
+
+// The figures of GET /metrics (op "metrics": the same snapshot), asked for at most once a second
+// and only while the Hub view is shown in a visible tab: otherwise the page asks nothing.
+function pollMetrics() {
+  if (app.metricsBusy || app.view !== "hub" || !app.online || document.hidden) return;
+  app.metricsBusy = true;
+  const started = Date.now();
+  call("metrics", {})
+    .then((figures) => { if (app.view === "hub") renderMetrics(figures); }, () => {})
+    .finally(() => setTimeout(() => {
+      app.metricsBusy = false;
+      pollMetrics();
+    }, Math.max(0, 1000 - (Date.now() - started))));
+}
+
+document.addEventListener("visibilitychange", pollMetrics);
+
+function seconds(value) {
+  if (!(value >= 0)) return "–";
+  return value < 1 ? `${(value * 1000).toFixed(value < 0.01 ? 1 : 0)} ms` : `${value.toFixed(2)} s`;
+}
+
+function figureRows(id, rows) {
+  $(id).tBodies[0].replaceChildren(...rows.map(([key, label, value]) => el("tr", {},
+    el("th", { scope: "row" }, label),
+    el("td", { class: "num", "data-metric": key, text: String(value) }))));
+}
+
+function renderMetrics(m) {
+  figureRows("m-services", [
+    ["services.connected", "Connected", m.services.connected],
+    ["services.disconnected", "Disconnected", m.services.disconnected],
+    ["connections_open", "Open connections", m.connections_open],
+  ]);
+  figureRows("m-workflows", Object.entries(m.workflows).map(([phase, n]) =>
+    [`workflows.${phase}`, phaseBadge(phase), n]));
+  figureRows("m-messages", Object.entries(m.messages_applied).map(([type, n]) =>
+    [`messages_applied.${type}`, el("code", { text: type }), n]));
+  const evicted = { workflow: "Workflows evicted", log: "Log entries evicted",
+    workflow_log: "Workflow log entries evicted" };
+  figureRows("m-health", [
+    ["anomalies", "Anomalies", m.anomalies],
+    ...Object.entries(m.evictions).map(([kind, n]) => [`evictions.${kind}`, evicted[kind] || kind, n]),
+    ...(m.store ? [["store.lag_seconds", "Store lag", seconds(m.store.lag_seconds)],
+      ["store.errors", "Failed store writes", m.store.errors]]
+      : [["store", "Store", "none"]]),
+  ]);
+  const commands = Object.entries(m.commands).flatMap(([command, outcomes]) =>
+    Object.entries(outcomes).map(([outcome, c]) => el("tr", {},
+      el("th", { scope: "row" }, command), el("td", { text: outcome }),
+      el("td", { class: "num", "data-metric": `commands.${command}.${outcome}.count`, text: String(c.count) }),
+      el("td", { class: "num", text: `≤ ${seconds(c.p50_seconds)}` }),
+      el("td", { class: "num", text: `≤ ${seconds(c.p99_seconds)}` }),
+      el("td", { class: "num sm", text: seconds(c.count ? c.sum_seconds / c.count : NaN) }))));
+  $("m-commands").tBodies[0].replaceChildren(...commands);
+  $("m-commands").closest(".tablewrap").hidden = commands.length === 0;
+  $("m-no-commands").hidden = commands.length > 0;
+  $("hub-updated").textContent = `updated ${clock(Date.now() / 1000)}`;
+}
 
 // ---------------------------------------------------------------- clock
 

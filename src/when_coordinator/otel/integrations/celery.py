@@ -34,9 +34,8 @@ import wrapt
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from ...protocol import Phase
-from .relay import deliver_and_close, relay_of_this_process, report_to_parent
+from .relay import deliver_and_close, relay_of_this_process, report_from_worker_process
 from .tasks import TRACE_HEADERS, TaskFilter, TaskRun, TaskRuns, inject_headers
-from .tasks import report_from_this_process as _report_from_this_process
 
 __all__ = ["WhenCeleryInstrumentor"]
 
@@ -128,7 +127,7 @@ class WhenCeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _worker_process_init(self, **kwargs: Any) -> None:
         self._reconnect_prerun_last()
-        _report_from_worker_process()
+        report_from_worker_process()
 
     def _worker_process_shutdown(self, **kwargs: Any) -> None:
         deliver_and_close()
@@ -158,7 +157,7 @@ class WhenCeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         name = getattr(task, "name", None)
         if not isinstance(task_id, str) or not isinstance(name, str) or not self._filter(name):
             return
-        _report_from_worker_process()  # a fork made without worker_process_init
+        report_from_worker_process()  # a fork made without worker_process_init
         request = getattr(task, "request", None)
         retries = getattr(request, "retries", 0)
         run = TaskRun(
@@ -244,17 +243,6 @@ class WhenCeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             return
         phase = Phase.EXECUTION if terminated else None  # killed while running, or never ran
         TaskRun.revoked(FRAMEWORK, name, task_id, reason, phase=phase)
-
-
-def _report_from_worker_process() -> None:
-    """Through the main process's relay; on a connection of its own where there is none (a
-    pool process started fresh, by spawn or forkserver)."""
-    try:
-        if report_to_parent() is not None:
-            return
-    except Exception:
-        _log.warning("cannot report through the worker's relay", exc_info=True)
-    _report_from_this_process()
 
 
 def _is_aborted(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:

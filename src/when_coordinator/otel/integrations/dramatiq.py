@@ -7,8 +7,11 @@ its ``after_*`` hooks run last, once the ``Retries`` middleware has decided:
 
 - ``before_enqueue``: a message sent from inside a workflow carries the workflow's W3C
   context in its options (``when_context``), so its workflow becomes that one's child;
-- ``after_process_boot``: a forked worker process reports on its own connection, as another
-  instance of the same service;
+- ``dramatiq.cli.main`` (wrapped): the ``dramatiq`` command's main process starts a
+  ``relay.Relay`` before it forks its worker processes, and ``after_process_boot`` points each
+  of them at it: the whole command is one service instance at the hub, so a retry that runs
+  in another worker process stays with the workflow's owner (with ``--use-spawn`` each
+  process reports on a connection of its own, as another instance of the same service);
 - ``before_process_message``: the message's workflow starts (``tasks.TaskRun``), named after
   the actor, ``dramatiq-<message id>``; ``options["retries"]`` tells a retry from a first run;
 - ``after_process_message``: completed; failed with the error when the message failed
@@ -43,7 +46,8 @@ from ...protocol import MessageType
 from ..propagation import carrier
 from ..tracking import get_coordinator
 from ..workflow import WorkflowCancelled
-from .tasks import TaskFilter, TaskRun, TaskRuns, report_from_this_process
+from .relay import relay_of_this_process, report_from_worker_process
+from .tasks import TaskFilter, TaskRun, TaskRuns
 
 __all__ = ["GRACE_ENV", "WhenDramatiqInstrumentor"]
 
@@ -75,6 +79,7 @@ class WhenDramatiqInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         _enabled = True
         self._filter = TaskFilter.from_env()
         wrapt.wrap_function_wrapper(broker.Broker, "__init__", self._broker_init)
+        wrapt.wrap_function_wrapper("dramatiq.cli", "main", _cli_main)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         from dramatiq import broker  # noqa: PLC0415
@@ -84,6 +89,11 @@ class WhenDramatiqInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         init = vars(broker.Broker).get("__init__")
         if isinstance(init, wrapt.ObjectProxy):
             broker.Broker.__init__ = init.__wrapped__  # type: ignore[method-assign]
+        from dramatiq import cli  # noqa: PLC0415
+
+        main = vars(cli).get("main")
+        if isinstance(main, wrapt.ObjectProxy):
+            cli.main = main.__wrapped__
         _runs.clear()
         _errors.clear()
 
@@ -94,6 +104,15 @@ class WhenDramatiqInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         except Exception:
             _log.warning("cannot add the when middleware to %r", instance, exc_info=True)
         return result
+
+
+def _cli_main(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """The ``dramatiq`` command's main process: start the relay before forking workers."""
+    try:
+        relay_of_this_process()
+    except Exception:
+        _log.warning("no relay: worker processes report on their own", exc_info=True)
+    return wrapped(*args, **kwargs)
 
 
 def add_middleware(broker: Any, task_filter: TaskFilter | None = None) -> None:
@@ -196,13 +215,13 @@ class WhenMiddleware(_WhenHooks):
             _log.debug("cannot add workflow context to a message", exc_info=True)
 
     def after_process_boot(self, broker: Any) -> None:
-        report_from_this_process()
+        report_from_worker_process()
 
     def before_process_message(self, broker: Any, message: Any) -> None:
         name = getattr(message, "actor_name", None)
         if not _enabled or not isinstance(name, str) or not self._filter(name):
             return
-        report_from_this_process()  # a fork made without after_process_boot
+        report_from_worker_process()  # a fork made without after_process_boot
         options = message.options
         headers = options.get(OPTION_CONTEXT)
         retries = options.get("retries", 0)

@@ -33,6 +33,7 @@ from websockets.http11 import Request, Response
 from ...client import CommandEvent, Coordinator
 from ...protocol import Message, MessageType, ProtocolError, RegisteredPayload, decode, encode
 from ..tracking import get_coordinator, set_coordinator
+from .tasks import report_from_this_process
 
 __all__ = [
     "Relay",
@@ -267,6 +268,19 @@ def report_to_parent() -> Coordinator | None:
         if _child is None or _child[0] != pid:
             _child = (pid, report_through(relay.url, relay.token))
         return _child[1]
+
+
+def report_from_worker_process() -> None:
+    """In a worker's child process: through the parent's relay where it started one (so the
+    whole worker is one service at the hub, and a retry in any child, or the parent's own
+    report of a revoke, stays with the workflow's owner); on a connection of its own where
+    there is none (a child started fresh, by spawn or forkserver)."""
+    try:
+        if report_to_parent() is not None:
+            return
+    except Exception:
+        _log.warning("cannot report through the worker's relay", exc_info=True)
+    report_from_this_process()
 
 
 def deliver_and_close() -> None:
