@@ -301,7 +301,8 @@ def test_the_connected_hub_gone_mid_run_the_client_moves_to_the_other_and_loses_
 def documented_haproxy_config(listen: int, servers: list[int]) -> str:
     """The HAProxy sample of docs/operations.md, on loopback, without TLS."""
     page = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
-    sample = next(b for b in re.findall(r"```\n(.*?)```", page, re.S) if "frontend when_hub" in b)
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", page, re.S | re.M)
+    sample = next(b for b in blocks if "frontend when_hub" in b)
     sample = re.sub(r"bind \S+ ssl crt \S+", f"bind 127.0.0.1:{listen}", sample)
     sample = re.sub(r"\n    server .*", "", sample)
     return sample + "".join(f"    server hub{i} 127.0.0.1:{p}\n" for i, p in enumerate(servers))
