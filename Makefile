@@ -26,8 +26,8 @@ typecheck: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-# The system programs the tests start (redis-server, chromium, postgresql, tmux): installed
-# with apt-get when missing and root, else one line names them (CI=true: a missing one fails).
+# The system programs the tests start (redis-server, chromium, postgresql, tmux, haproxy):
+# installed with apt-get when missing and root, else one line names them (CI=true: fails).
 system-deps:
 	@sh scripts/ensure-system-deps
 
