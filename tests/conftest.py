@@ -96,3 +96,11 @@ def redis_url() -> Iterator[str]:
     use); skipped where it is not installed, a failure under ``CI=true``."""
     with RedisServer(redis_server_binary()) as server:
         yield server.url
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[ThreadedHub]:
+    """One reference hub for a whole module (the end-to-end integration modules start one worker
+    per module against it); a module that needs another kind of hub defines its own ``hub``."""
+    with Hub(port=0).run_in_thread() as running:
+        yield running
