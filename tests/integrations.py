@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from when_coordinator.hub import ThreadedHub, WorkflowState
 from when_coordinator.protocol import Phase
@@ -51,7 +51,15 @@ def instrumented_env(
     return env
 
 
-def otlp_traces(endpoint: str) -> dict[str, str]:
+class OtlpTraces(TypedDict):
+    """Typed, so that ``**otlp_traces(...)`` checks as keyword arguments."""
+
+    OTEL_TRACES_EXPORTER: str
+    OTEL_EXPORTER_OTLP_PROTOCOL: str
+    OTEL_EXPORTER_OTLP_ENDPOINT: str
+
+
+def otlp_traces(endpoint: str) -> OtlpTraces:
     """The settings that send the child's spans to the OTLP receiver at ``endpoint``."""
     return {
         "OTEL_TRACES_EXPORTER": "otlp",
