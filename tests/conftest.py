@@ -19,6 +19,9 @@ from redis_server import RedisServer, redis_server_binary
 from when_coordinator import Config, Coordinator, PhaseManager
 from when_coordinator.hub import Hub, ThreadedHub
 
+# Its asserts (shared by the integration modules) report their values like the tests' own.
+pytest.register_assert_rewrite("integrations")
+
 OTEL_TIMEOUT = 10.0
 """Seconds any single wait in the OpenTelemetry tests may take before it counts as a failure."""
 

@@ -27,6 +27,12 @@ BIN = Path(sys.executable).parent
 TIMEOUT = 60.0  # a wait, not a sleep: generous for a loaded machine starting worker pools
 
 
+def redis_database(redis_url: str, number: int) -> str:
+    """The URL of database ``number`` on the session's Redis server (``redis_url``), so that each
+    module's broker starts from its own queues."""
+    return redis_url.rsplit("/", 1)[0] + f"/{number}"
+
+
 def instrumented_env(
     hub_url: str, service: str, drop: tuple[str, ...] = (), **extra: str
 ) -> dict[str, str]:
@@ -113,6 +119,15 @@ def services(hub: ThreadedHub, service: str) -> list[Any]:
 def connected(hub: ThreadedHub, service: str) -> list[Any]:
     """The instances of ``service`` connected to the hub now."""
     return [s for s in services(hub, service) if s.connected]
+
+
+def assert_each_logged_adding(hub: ThreadedHub, keys: Sequence[str]) -> None:
+    """Waits until every workflow in ``keys`` has log records at the hub, then checks that the
+    i-th logged the example's ``adding i and i``."""
+    hub.wait_for(lambda h: all(h.logs_for(key) for key in keys), timeout=TIMEOUT)
+    for i, key in enumerate(keys):
+        messages = [r.entry.message for r in hub.logs_for(key)]
+        assert f"adding {i} and {i}" in messages
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from integrations import EXAMPLES, TIMEOUT, instrumented, instrumented_env
+from integrations import (
+    EXAMPLES,
+    TIMEOUT,
+    assert_each_logged_adding,
+    instrumented,
+    instrumented_env,
+)
 from when_coordinator.hub import ThreadedHub, WorkflowState
 from when_coordinator.protocol import Phase
 
@@ -53,13 +59,10 @@ def test_each_job_run_is_a_completed_workflow_named_after_its_job(
     hub: ThreadedHub, scheduler: Any
 ) -> None:
     workflows = [settled(hub, f"add-{i}", Phase.COMPLETED) for i in range(5)]
-    keys = [w.workflow_id for w in workflows]
-    hub.wait_for(lambda h: all(h.logs_for(key) for key in keys), timeout=TIMEOUT)
-    for i, workflow in enumerate(workflows):
+    for workflow in workflows:
         assert workflow.action_type == "add"
         assert workflow.workflow_id == f"apscheduler-{workflow.action_id}"
-        messages = [r.entry.message for r in hub.logs_for(workflow.workflow_id)]
-        assert f"adding {i} and {i}" in messages
+    assert_each_logged_adding(hub, [w.workflow_id for w in workflows])
     assert not [a for a in hub.anomalies if "apscheduler-" in a.text], hub.anomalies
 
 

@@ -20,10 +20,12 @@ from integrations import (
     EXAMPLES,
     TIMEOUT,
     Workflows,
+    assert_each_logged_adding,
     connected,
     instrumented,
     instrumented_env,
     otlp_traces,
+    redis_database,
 )
 from otlp_receiver import OtlpReceiver
 from when_coordinator.hub import ThreadedHub
@@ -46,7 +48,7 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 @pytest.fixture(scope="module")
 def broker(redis_url: str) -> str:
-    return redis_url.rsplit("/", 1)[0] + "/1"  # a database of its own
+    return redis_database(redis_url, 1)  # a database of its own
 
 
 OUR_WARNINGS = (
@@ -134,12 +136,7 @@ def test_each_task_is_a_completed_workflow_named_after_it(
         assert workflow.service_id in services
         assert [c.to_phase for c in workflow.history][-2:] == [Phase.COMPLETING, Phase.COMPLETED]
     # The tasks' log records are at the hub under their workflows.
-    hub.wait_for(
-        lambda h: all(h.logs_for(workflow_of(task_id)) for task_id in ids), timeout=TIMEOUT
-    )
-    for i, task_id in enumerate(ids):
-        messages = [r.entry.message for r in hub.logs_for(workflow_of(task_id))]
-        assert f"adding {i} and {i}" in messages
+    assert_each_logged_adding(hub, [workflow_of(task_id) for task_id in ids])
     # Never a service per task or per pool process: the worker is one service instance.
     assert len(services) == 1, [(s.service_id, s.instance_id) for s in services.values()]
     assert not [a for a in hub.anomalies if "celery-" in a.text], hub.anomalies
@@ -308,7 +305,7 @@ def test_without_the_contrib_instrumentation_children_still_link_and_spans_are_r
     redis_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    broker = redis_url.rsplit("/", 1)[0] + "/3"  # not the module worker's queue
+    broker = redis_database(redis_url, 3)  # not the module worker's queue
     with running_worker(
         hub,
         broker,
@@ -340,7 +337,7 @@ def test_without_the_contrib_instrumentation_children_still_link_and_spans_are_r
 def test_the_solo_pool_runs_tasks_as_workflows_too(
     hub: ThreadedHub, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    broker = redis_url.rsplit("/", 1)[0] + "/4"
+    broker = redis_database(redis_url, 4)
     with running_worker(
         hub, broker, tmp_path_factory.mktemp("solo"), "celery-solo", ("-P", "solo")
     ):

@@ -19,9 +19,11 @@ from integrations import (
     EXAMPLES,
     TIMEOUT,
     Workflows,
+    assert_each_logged_adding,
     connected,
     instrumented,
     instrumented_env,
+    redis_database,
 )
 from when_coordinator.hub import ThreadedHub
 from when_coordinator.protocol import Phase
@@ -39,7 +41,7 @@ settled = DRAMATIQ.settled
 
 @pytest.fixture(scope="module")
 def broker_url(redis_url: str) -> str:
-    return redis_url.rsplit("/", 1)[0] + "/3"  # a database of its own
+    return redis_database(redis_url, 3)  # a database of its own
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +85,7 @@ def test_each_message_is_a_completed_workflow_named_after_its_actor(
         assert workflow.action_type == "add"
         assert workflow.action_id == message_id
         assert workflow.service_id in services
-    hub.wait_for(lambda h: all(h.logs_for(workflow_of(m)) for m in ids), timeout=TIMEOUT)
-    for i, message_id in enumerate(ids):
-        messages = [r.entry.message for r in hub.logs_for(workflow_of(message_id))]
-        assert f"adding {i} and {i}" in messages
+    assert_each_logged_adding(hub, [workflow_of(message_id) for message_id in ids])
     # The main process and its two worker processes (through its relay): one service instance,
     # so whichever process runs a retry, the workflow stays with its owner.
     assert len(services) == 1, [(s.service_id, s.instance_id) for s in services.values()]

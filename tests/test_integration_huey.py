@@ -18,7 +18,17 @@ from typing import Any
 
 import pytest
 
-from integrations import BIN, EXAMPLES, TIMEOUT, Workflows, instrumented, instrumented_env, services
+from integrations import (
+    BIN,
+    EXAMPLES,
+    TIMEOUT,
+    Workflows,
+    assert_each_logged_adding,
+    instrumented,
+    instrumented_env,
+    redis_database,
+    services,
+)
 from when_coordinator.hub import ThreadedHub
 from when_coordinator.protocol import Phase
 
@@ -34,7 +44,7 @@ settled = HUEY.settled
 
 @pytest.fixture(scope="module")
 def huey_url(redis_url: str) -> str:
-    return redis_url.rsplit("/", 1)[0] + "/4"  # a database of its own
+    return redis_database(redis_url, 4)  # a database of its own
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +87,7 @@ def test_each_task_is_a_completed_workflow_named_after_it(
     for task_id, workflow in zip(ids, workflows, strict=True):
         assert workflow.action_type == "huey_tasks.add"
         assert workflow.action_id == task_id
-    hub.wait_for(lambda h: all(h.logs_for(workflow_of(t)) for t in ids), timeout=TIMEOUT)
-    for i, task_id in enumerate(ids):
-        messages = [r.entry.message for r in hub.logs_for(workflow_of(task_id))]
-        assert f"adding {i} and {i}" in messages
+    assert_each_logged_adding(hub, [workflow_of(task_id) for task_id in ids])
     (service,) = services(hub, SERVICE)  # the consumer's worker threads: one service instance
     assert {w.service_id for w in workflows} == {service.service_id}
     assert not [a for a in hub.anomalies if "huey-" in a.text], hub.anomalies

@@ -13,7 +13,17 @@ from typing import Any
 
 import pytest
 
-from integrations import BIN, EXAMPLES, TIMEOUT, Workflows, instrumented, instrumented_env, services
+from integrations import (
+    BIN,
+    EXAMPLES,
+    TIMEOUT,
+    Workflows,
+    assert_each_logged_adding,
+    instrumented,
+    instrumented_env,
+    redis_database,
+    services,
+)
 from when_coordinator.hub import ThreadedHub
 from when_coordinator.protocol import Phase
 
@@ -29,7 +39,7 @@ settled = RQ.settled
 
 @pytest.fixture(scope="module")
 def broker(redis_url: str) -> str:
-    return redis_url.rsplit("/", 1)[0] + "/2"  # a database of its own
+    return redis_database(redis_url, 2)  # a database of its own
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +72,7 @@ def test_each_job_is_a_completed_workflow_from_one_service_instance(
     for job_id, workflow in zip(ids, workflows, strict=True):
         assert workflow.action_type == "jobs.add"
         assert workflow.action_id == job_id
-    hub.wait_for(lambda h: all(h.logs_for(workflow_of(job_id)) for job_id in ids), timeout=TIMEOUT)
-    for i, job_id in enumerate(ids):
-        messages = [r.entry.message for r in hub.logs_for(workflow_of(job_id))]
-        assert f"adding {i} and {i}" in messages
+    assert_each_logged_adding(hub, [workflow_of(job_id) for job_id in ids])
     # A work horse per job, and still one service instance: the worker process.
     (service,) = services(hub, SERVICE)
     assert {w.service_id for w in workflows} == {service.service_id}
