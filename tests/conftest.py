@@ -19,6 +19,9 @@ from redis_server import RedisServer, redis_server_binary
 from when_coordinator import Config, Coordinator, PhaseManager
 from when_coordinator.hub import Hub, ThreadedHub
 
+# Its asserts (shared by the integration modules) report their values like the tests' own.
+pytest.register_assert_rewrite("integrations")
+
 OTEL_TIMEOUT = 10.0
 """Seconds any single wait in the OpenTelemetry tests may take before it counts as a failure."""
 
@@ -96,3 +99,11 @@ def redis_url() -> Iterator[str]:
     use); skipped where it is not installed, a failure under ``CI=true``."""
     with RedisServer(redis_server_binary()) as server:
         yield server.url
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[ThreadedHub]:
+    """One reference hub for a whole module (the end-to-end integration modules start one worker
+    per module against it); a module that needs another kind of hub defines its own ``hub``."""
+    with Hub(port=0).run_in_thread() as running:
+        yield running

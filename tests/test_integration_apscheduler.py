@@ -7,72 +7,39 @@ One scheduler process serves the whole module; it schedules its jobs at start.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from when_coordinator.hub import Hub, ThreadedHub, WorkflowState
+from integrations import (
+    EXAMPLES,
+    TIMEOUT,
+    assert_each_logged_adding,
+    instrumented,
+    instrumented_env,
+)
+from when_coordinator.hub import ThreadedHub, WorkflowState
 from when_coordinator.protocol import Phase
 
 pytest.importorskip("apscheduler")
 
-ROOT = Path(__file__).resolve().parent.parent
-APP_DIR = ROOT / "examples" / "apscheduler_app"
-BIN = Path(sys.executable).parent
+APP_DIR = EXAMPLES / "apscheduler_app"
 SERVICE = "apscheduler-tests"
-TIMEOUT = 60.0  # a wait, not a sleep: generous for a loaded machine starting worker pools
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[ThreadedHub]:
-    with Hub(port=0).run_in_thread() as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
 def scheduler(hub: ThreadedHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OTEL_", "WHEN_")) and k != "PYTHONPATH"
-    }
-    env.update(
-        {
-            "WHEN_URL": hub.url,
-            "OTEL_SERVICE_NAME": SERVICE,
-            "OTEL_TRACES_EXPORTER": "none",
-            "OTEL_LOGS_EXPORTER": "none",
-            "OTEL_METRICS_EXPORTER": "none",
-            "TICK_SECONDS": "0.3",
-        }
-    )
-    log = (tmp_path_factory.mktemp("apscheduler") / "scheduler.log").open("w+")
-    process = subprocess.Popen(
-        [str(BIN / "opentelemetry-instrument"), sys.executable, "scheduler.py"],
+    with instrumented(
+        [sys.executable, "scheduler.py"],
         cwd=APP_DIR,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
+        env=instrumented_env(hub.url, SERVICE, TICK_SECONDS="0.3"),
+        log_path=tmp_path_factory.mktemp("apscheduler") / "scheduler.log",
+        stop=signal.SIGINT,
+    ) as process:
         yield process
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.seek(0)
-        print(log.read())
-        log.close()
 
 
 def runs_of(hub: ThreadedHub, job_id: str) -> list[WorkflowState]:
@@ -92,13 +59,10 @@ def test_each_job_run_is_a_completed_workflow_named_after_its_job(
     hub: ThreadedHub, scheduler: Any
 ) -> None:
     workflows = [settled(hub, f"add-{i}", Phase.COMPLETED) for i in range(5)]
-    keys = [w.workflow_id for w in workflows]
-    hub.wait_for(lambda h: all(h.logs_for(key) for key in keys), timeout=TIMEOUT)
-    for i, workflow in enumerate(workflows):
+    for workflow in workflows:
         assert workflow.action_type == "add"
         assert workflow.workflow_id == f"apscheduler-{workflow.action_id}"
-        messages = [r.entry.message for r in hub.logs_for(workflow.workflow_id)]
-        assert f"adding {i} and {i}" in messages
+    assert_each_logged_adding(hub, [w.workflow_id for w in workflows])
     assert not [a for a in hub.anomalies if "apscheduler-" in a.text], hub.anomalies
 
 

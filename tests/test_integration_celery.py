@@ -7,10 +7,7 @@ One worker serves the whole module; each test sends its own tasks and waits on t
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,23 +15,29 @@ from typing import Any
 
 import pytest
 
+from integrations import (
+    BIN,
+    EXAMPLES,
+    TIMEOUT,
+    Workflows,
+    assert_each_logged_adding,
+    connected,
+    instrumented,
+    instrumented_env,
+    otlp_traces,
+    redis_database,
+)
 from otlp_receiver import OtlpReceiver
-from when_coordinator.hub import Hub, ThreadedHub, WorkflowState
+from when_coordinator.hub import ThreadedHub
 from when_coordinator.protocol import Phase
 
 celery = pytest.importorskip("celery")
 
-ROOT = Path(__file__).resolve().parent.parent
-APP_DIR = ROOT / "examples" / "celery_app"
-BIN = Path(sys.executable).parent
+APP_DIR = EXAMPLES / "celery_app"
 SERVICE = "celery-tests"
-TIMEOUT = 60.0  # a wait, not a sleep: generous for a loaded machine starting worker pools
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[ThreadedHub]:
-    with Hub(port=0).run_in_thread() as running:
-        yield running
+CELERY = Workflows("celery")
+workflow_of = CELERY.workflow_of
+settled = CELERY.settled
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,7 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 @pytest.fixture(scope="module")
 def broker(redis_url: str) -> str:
-    return redis_url.rsplit("/", 1)[0] + "/1"  # a database of its own
+    return redis_database(redis_url, 1)  # a database of its own
 
 
 OUR_WARNINGS = (
@@ -68,26 +71,13 @@ def running_worker(
 ) -> Iterator[subprocess.Popen[str]]:
     """``opentelemetry-instrument celery -A tasks worker`` (prefork, 2 processes, unless
     ``pool`` says otherwise) for the example app, until it is connected to ``hub``."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OTEL_", "WHEN_", "CELERY_")) and k != "PYTHONPATH"
-    }
-    env.update(
-        {
-            "WHEN_URL": hub.url,
-            "OTEL_SERVICE_NAME": service,
-            "OTEL_TRACES_EXPORTER": "none",
-            "OTEL_LOGS_EXPORTER": "none",
-            "OTEL_METRICS_EXPORTER": "none",
-            "CELERY_BROKER_URL": broker,
-            **env_overrides,
-        }
-    )
-    log = (log_dir / f"{service}.log").open("w+")
-    process = subprocess.Popen(
+
+    def check_output(output: str) -> None:
+        for text in OUR_WARNINGS:
+            assert text not in output, output
+
+    with instrumented(
         [
-            str(BIN / "opentelemetry-instrument"),
             str(BIN / "celery"),
             "-A",
             "tasks",
@@ -100,27 +90,15 @@ def running_worker(
             "--without-heartbeat",
         ],
         cwd=APP_DIR,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
+        env=instrumented_env(
+            hub.url, service, ("CELERY_",), CELERY_BROKER_URL=broker, **env_overrides
+        ),
+        log_path=log_dir / f"{service}.log",
+        check_output=check_output,  # SIGTERM: warm shutdown
+    ) as process:
         # One connection for the whole worker: pool processes report through the main one.
         hub.wait_for(lambda h: len(connected(h, service)) >= 1, timeout=TIMEOUT)
         yield process
-    finally:
-        process.send_signal(signal.SIGTERM)  # warm shutdown
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.seek(0)
-        output = log.read()
-        log.close()
-        for text in OUR_WARNINGS:
-            assert text not in output, output
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +111,7 @@ def worker(
         broker,
         tmp_path_factory.mktemp("celery"),
         SERVICE,
-        OTEL_TRACES_EXPORTER="otlp",
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+        **otlp_traces(receiver.url),
         OTEL_BSP_SCHEDULE_DELAY="100",
     ) as process:
         yield process
@@ -146,20 +122,6 @@ def client(broker: str) -> Iterator[Any]:
     app = celery.Celery("client", broker=broker, backend=broker)
     yield app
     app.close()
-
-
-def connected(hub: ThreadedHub, service: str = SERVICE) -> list[Any]:
-    return [s for s in hub.services.values() if s.service_name == service and s.connected]
-
-
-def workflow_of(task_id: str) -> str:
-    return f"celery-{task_id}"
-
-
-def settled(hub: ThreadedHub, task_id: str, phase: Phase) -> WorkflowState:
-    key = workflow_of(task_id)
-    hub.wait_for(lambda h: key in h.workflows and h.workflows[key].phase is phase, timeout=TIMEOUT)
-    return hub.workflows[key]
 
 
 def test_each_task_is_a_completed_workflow_named_after_it(
@@ -174,12 +136,7 @@ def test_each_task_is_a_completed_workflow_named_after_it(
         assert workflow.service_id in services
         assert [c.to_phase for c in workflow.history][-2:] == [Phase.COMPLETING, Phase.COMPLETED]
     # The tasks' log records are at the hub under their workflows.
-    hub.wait_for(
-        lambda h: all(h.logs_for(workflow_of(task_id)) for task_id in ids), timeout=TIMEOUT
-    )
-    for i, task_id in enumerate(ids):
-        messages = [r.entry.message for r in hub.logs_for(workflow_of(task_id))]
-        assert f"adding {i} and {i}" in messages
+    assert_each_logged_adding(hub, [workflow_of(task_id) for task_id in ids])
     # Never a service per task or per pool process: the worker is one service instance.
     assert len(services) == 1, [(s.service_id, s.instance_id) for s in services.values()]
     assert not [a for a in hub.anomalies if "celery-" in a.text], hub.anomalies
@@ -295,7 +252,7 @@ def test_a_task_terminated_while_running_is_cancelled(
     assert workflow.reason == "cancelled"
     assert any(c.reason.startswith("revoked: terminated by signal") for c in workflow.history)
     assert workflow.anomaly_count == 0, workflow.anomalies
-    assert len(connected(hub)) == 1
+    assert len(connected(hub, SERVICE)) == 1
 
 
 def test_a_task_whose_process_dies_fails(hub: ThreadedHub, worker: Any, client: Any) -> None:
@@ -303,7 +260,7 @@ def test_a_task_whose_process_dies_fails(hub: ThreadedHub, worker: Any, client: 
     workflow = settled(hub, task_id, Phase.FAILED)
     assert workflow.reason.startswith("WorkerLostError: "), workflow.reason
     assert workflow.anomaly_count == 0, workflow.anomalies
-    assert len(connected(hub)) == 1
+    assert len(connected(hub, SERVICE)) == 1
 
 
 def test_a_task_sent_from_a_workflow_is_its_child(
@@ -348,16 +305,14 @@ def test_without_the_contrib_instrumentation_children_still_link_and_spans_are_r
     redis_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    broker = redis_url.rsplit("/", 1)[0] + "/3"  # not the module worker's queue
+    broker = redis_database(redis_url, 3)  # not the module worker's queue
     with running_worker(
         hub,
         broker,
         tmp_path_factory.mktemp("plain"),
         "celery-plain",
         OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="celery",
-        OTEL_TRACES_EXPORTER="otlp",
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+        **otlp_traces(receiver.url),
         OTEL_BSP_SCHEDULE_DELAY="100",
     ):
         app = celery.Celery("plain-client", broker=broker, backend=broker)
@@ -382,7 +337,7 @@ def test_without_the_contrib_instrumentation_children_still_link_and_spans_are_r
 def test_the_solo_pool_runs_tasks_as_workflows_too(
     hub: ThreadedHub, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    broker = redis_url.rsplit("/", 1)[0] + "/4"
+    broker = redis_database(redis_url, 4)
     with running_worker(
         hub, broker, tmp_path_factory.mktemp("solo"), "celery-solo", ("-P", "solo")
     ):

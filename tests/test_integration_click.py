@@ -5,34 +5,24 @@ after its command path; server commands are never workflows."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from integrations import BIN, EXAMPLES, TIMEOUT, instrumented_env, otlp_traces
 from otlp_receiver import OtlpReceiver
 from when_coordinator import Coordinator
-from when_coordinator.hub import Hub, ThreadedHub, WorkflowState
+from when_coordinator.hub import ThreadedHub, WorkflowState
 from when_coordinator.otel import set_coordinator
 from when_coordinator.protocol import Phase
 
 click = pytest.importorskip("click")
 
-ROOT = Path(__file__).resolve().parent.parent
-APP_DIR = ROOT / "examples" / "click_app"
-BIN = Path(sys.executable).parent
+APP_DIR = EXAMPLES / "click_app"
 SERVICE = "click-tests"
-TIMEOUT = 60.0  # a wait, not a sleep: generous for a loaded machine starting worker pools
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[ThreadedHub]:
-    with Hub(port=0).run_in_thread() as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
@@ -44,23 +34,8 @@ def receiver() -> Iterator[OtlpReceiver]:
 def run_cli(
     hub: ThreadedHub, receiver: OtlpReceiver, *args: str, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OTEL_", "WHEN_")) and k != "PYTHONPATH"
-    }
-    clean.update(
-        {
-            "WHEN_URL": hub.url,
-            "OTEL_SERVICE_NAME": SERVICE,
-            "OTEL_TRACES_EXPORTER": "otlp",
-            "OTEL_LOGS_EXPORTER": "none",
-            "OTEL_METRICS_EXPORTER": "none",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
-            **env,
-        }
-    )
+    clean = instrumented_env(hub.url, SERVICE, **otlp_traces(receiver.url))
+    clean.update(env)
     return subprocess.run(
         [str(BIN / "opentelemetry-instrument"), sys.executable, "cli.py", *args],
         cwd=APP_DIR,

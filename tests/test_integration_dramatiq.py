@@ -8,92 +8,55 @@ own messages and waits on the hub.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from when_coordinator.hub import Hub, ThreadedHub, WorkflowState
+from integrations import (
+    BIN,
+    EXAMPLES,
+    TIMEOUT,
+    Workflows,
+    assert_each_logged_adding,
+    connected,
+    instrumented,
+    instrumented_env,
+    redis_database,
+)
+from when_coordinator.hub import ThreadedHub
 from when_coordinator.protocol import Phase
 
 dramatiq = pytest.importorskip("dramatiq")
 dramatiq_abort = pytest.importorskip("dramatiq_abort")
 pytest.importorskip("redis")
 
-ROOT = Path(__file__).resolve().parent.parent
-APP_DIR = ROOT / "examples" / "dramatiq_app"
-BIN = Path(sys.executable).parent
+APP_DIR = EXAMPLES / "dramatiq_app"
 SERVICE = "dramatiq-tests"
-TIMEOUT = 60.0  # a wait, not a sleep: generous for a loaded machine starting worker pools
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[ThreadedHub]:
-    with Hub(port=0).run_in_thread() as running:
-        yield running
+DRAMATIQ = Workflows("dramatiq")
+workflow_of = DRAMATIQ.workflow_of
+settled = DRAMATIQ.settled
 
 
 @pytest.fixture(scope="module")
 def broker_url(redis_url: str) -> str:
-    return redis_url.rsplit("/", 1)[0] + "/3"  # a database of its own
+    return redis_database(redis_url, 3)  # a database of its own
 
 
 @pytest.fixture(scope="module")
 def worker(
     hub: ThreadedHub, broker_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[subprocess.Popen[str]]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OTEL_", "WHEN_", "DRAMATIQ_")) and k != "PYTHONPATH"
-    }
-    env.update(
-        {
-            "WHEN_URL": hub.url,
-            "OTEL_SERVICE_NAME": SERVICE,
-            "OTEL_TRACES_EXPORTER": "none",
-            "OTEL_LOGS_EXPORTER": "none",
-            "OTEL_METRICS_EXPORTER": "none",
-            "DRAMATIQ_BROKER_URL": broker_url,
-        }
-    )
-    log = (tmp_path_factory.mktemp("dramatiq") / "worker.log").open("w+")
-    process = subprocess.Popen(
-        [
-            str(BIN / "opentelemetry-instrument"),
-            str(BIN / "dramatiq"),
-            "actors",
-            "--processes",
-            "2",
-            "--threads",
-            "2",
-        ],
+    with instrumented(
+        [str(BIN / "dramatiq"), "actors", "--processes", "2", "--threads", "2"],
         cwd=APP_DIR,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
+        env=instrumented_env(hub.url, SERVICE, ("DRAMATIQ_",), DRAMATIQ_BROKER_URL=broker_url),
+        log_path=tmp_path_factory.mktemp("dramatiq") / "worker.log",
+    ) as process:
         # The command's main process registers; its worker processes report through its relay.
-        hub.wait_for(lambda h: len(connected(h)) >= 1, timeout=TIMEOUT)
+        hub.wait_for(lambda h: len(connected(h, SERVICE)) >= 1, timeout=TIMEOUT)
         yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.seek(0)
-        output = log.read()
-        log.close()
-        print(output)
 
 
 @pytest.fixture(scope="module")
@@ -112,20 +75,6 @@ def send(broker: Any, actor: str, *args: Any) -> str:
     return str(broker.enqueue(message).message_id)
 
 
-def connected(hub: ThreadedHub) -> list[Any]:
-    return [s for s in hub.services.values() if s.service_name == SERVICE and s.connected]
-
-
-def workflow_of(message_id: str) -> str:
-    return f"dramatiq-{message_id}"
-
-
-def settled(hub: ThreadedHub, message_id: str, phase: Phase) -> WorkflowState:
-    key = workflow_of(message_id)
-    hub.wait_for(lambda h: key in h.workflows and h.workflows[key].phase is phase, timeout=TIMEOUT)
-    return hub.workflows[key]
-
-
 def test_each_message_is_a_completed_workflow_named_after_its_actor(
     hub: ThreadedHub, worker: Any, broker: Any
 ) -> None:
@@ -136,10 +85,7 @@ def test_each_message_is_a_completed_workflow_named_after_its_actor(
         assert workflow.action_type == "add"
         assert workflow.action_id == message_id
         assert workflow.service_id in services
-    hub.wait_for(lambda h: all(h.logs_for(workflow_of(m)) for m in ids), timeout=TIMEOUT)
-    for i, message_id in enumerate(ids):
-        messages = [r.entry.message for r in hub.logs_for(workflow_of(message_id))]
-        assert f"adding {i} and {i}" in messages
+    assert_each_logged_adding(hub, [workflow_of(message_id) for message_id in ids])
     # The main process and its two worker processes (through its relay): one service instance,
     # so whichever process runs a retry, the workflow stays with its owner.
     assert len(services) == 1, [(s.service_id, s.instance_id) for s in services.values()]

@@ -13,83 +13,53 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from when_coordinator.hub import Hub, ThreadedHub, WorkflowState
+from integrations import (
+    BIN,
+    EXAMPLES,
+    TIMEOUT,
+    Workflows,
+    assert_each_logged_adding,
+    instrumented,
+    instrumented_env,
+    redis_database,
+    services,
+)
+from when_coordinator.hub import ThreadedHub
 from when_coordinator.protocol import Phase
 
 pytest.importorskip("huey")
 pytest.importorskip("redis")
 
-ROOT = Path(__file__).resolve().parent.parent
-APP_DIR = ROOT / "examples" / "huey_app"
-BIN = Path(sys.executable).parent
+APP_DIR = EXAMPLES / "huey_app"
 SERVICE = "huey-tests"
-TIMEOUT = 60.0  # a wait, not a sleep: generous for a loaded machine starting worker pools
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[ThreadedHub]:
-    with Hub(port=0).run_in_thread() as running:
-        yield running
+HUEY = Workflows("huey")
+workflow_of = HUEY.workflow_of
+settled = HUEY.settled
 
 
 @pytest.fixture(scope="module")
 def huey_url(redis_url: str) -> str:
-    return redis_url.rsplit("/", 1)[0] + "/4"  # a database of its own
+    return redis_database(redis_url, 4)  # a database of its own
 
 
 @pytest.fixture(scope="module")
 def consumer(
     hub: ThreadedHub, huey_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[subprocess.Popen[str]]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OTEL_", "WHEN_", "HUEY_")) and k != "PYTHONPATH"
-    }
-    env.update(
-        {
-            "WHEN_URL": hub.url,
-            "OTEL_SERVICE_NAME": SERVICE,
-            "OTEL_TRACES_EXPORTER": "none",
-            "OTEL_LOGS_EXPORTER": "none",
-            "OTEL_METRICS_EXPORTER": "none",
-            "HUEY_REDIS_URL": huey_url,
-        }
-    )
-    log = (tmp_path_factory.mktemp("huey") / "consumer.log").open("w+")
-    process = subprocess.Popen(
-        [
-            str(BIN / "opentelemetry-instrument"),
-            str(BIN / "huey_consumer"),
-            "huey_tasks.huey",
-            "--workers",
-            "2",
-        ],
+    with instrumented(
+        [str(BIN / "huey_consumer"), "huey_tasks.huey", "--workers", "2"],
         cwd=APP_DIR,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        hub.wait_for(lambda h: len(services(h)) >= 1, timeout=TIMEOUT)
+        env=instrumented_env(hub.url, SERVICE, ("HUEY_",), HUEY_REDIS_URL=huey_url),
+        log_path=tmp_path_factory.mktemp("huey") / "consumer.log",
+        stop=signal.SIGINT,
+    ) as process:
+        hub.wait_for(lambda h: len(services(h, SERVICE)) >= 1, timeout=TIMEOUT)
         yield process
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.seek(0)
-        print(log.read())
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -109,20 +79,6 @@ def app(huey_url: str) -> Iterator[ModuleType]:
             os.environ["HUEY_REDIS_URL"] = saved
 
 
-def services(hub: ThreadedHub) -> list[Any]:
-    return [s for s in hub.services.values() if s.service_name == SERVICE]
-
-
-def workflow_of(task_id: str) -> str:
-    return f"huey-{task_id}"
-
-
-def settled(hub: ThreadedHub, task_id: str, phase: Phase) -> WorkflowState:
-    key = workflow_of(task_id)
-    hub.wait_for(lambda h: key in h.workflows and h.workflows[key].phase is phase, timeout=TIMEOUT)
-    return hub.workflows[key]
-
-
 def test_each_task_is_a_completed_workflow_named_after_it(
     hub: ThreadedHub, consumer: Any, app: ModuleType
 ) -> None:
@@ -131,11 +87,8 @@ def test_each_task_is_a_completed_workflow_named_after_it(
     for task_id, workflow in zip(ids, workflows, strict=True):
         assert workflow.action_type == "huey_tasks.add"
         assert workflow.action_id == task_id
-    hub.wait_for(lambda h: all(h.logs_for(workflow_of(t)) for t in ids), timeout=TIMEOUT)
-    for i, task_id in enumerate(ids):
-        messages = [r.entry.message for r in hub.logs_for(workflow_of(task_id))]
-        assert f"adding {i} and {i}" in messages
-    (service,) = services(hub)  # the consumer's worker threads: one service instance
+    assert_each_logged_adding(hub, [workflow_of(task_id) for task_id in ids])
+    (service,) = services(hub, SERVICE)  # the consumer's worker threads: one service instance
     assert {w.service_id for w in workflows} == {service.service_id}
     assert not [a for a in hub.anomalies if "huey-" in a.text], hub.anomalies
 

@@ -6,78 +6,55 @@ One worker serves the whole module; each test enqueues its own jobs and waits on
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from when_coordinator.hub import Hub, ThreadedHub, WorkflowState
+from integrations import (
+    BIN,
+    EXAMPLES,
+    TIMEOUT,
+    Workflows,
+    assert_each_logged_adding,
+    instrumented,
+    instrumented_env,
+    redis_database,
+    services,
+)
+from when_coordinator.hub import ThreadedHub
 from when_coordinator.protocol import Phase
 
 rq = pytest.importorskip("rq")
 redis = pytest.importorskip("redis")
 
-ROOT = Path(__file__).resolve().parent.parent
-APP_DIR = ROOT / "examples" / "rq_app"
-BIN = Path(sys.executable).parent
+APP_DIR = EXAMPLES / "rq_app"
 SERVICE = "rq-tests"
-TIMEOUT = 60.0  # a wait, not a sleep: generous for a loaded machine starting worker pools
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[ThreadedHub]:
-    with Hub(port=0).run_in_thread() as running:
-        yield running
+RQ = Workflows("rq")
+workflow_of = RQ.workflow_of
+settled = RQ.settled
 
 
 @pytest.fixture(scope="module")
 def broker(redis_url: str) -> str:
-    return redis_url.rsplit("/", 1)[0] + "/2"  # a database of its own
+    return redis_database(redis_url, 2)  # a database of its own
 
 
 @pytest.fixture(scope="module")
 def worker(
     hub: ThreadedHub, broker: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[subprocess.Popen[str]]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OTEL_", "WHEN_")) and k != "PYTHONPATH"
-    }
-    env.update(
-        {
-            "WHEN_URL": hub.url,
-            "OTEL_SERVICE_NAME": SERVICE,
-            "OTEL_TRACES_EXPORTER": "none",
-            "OTEL_LOGS_EXPORTER": "none",
-            "OTEL_METRICS_EXPORTER": "none",
-        }
-    )
-    log = (tmp_path_factory.mktemp("rq") / "worker.log").open("w+")
-    process = subprocess.Popen(
-        [str(BIN / "opentelemetry-instrument"), str(BIN / "rq"), "worker", "--url", broker],
+    with instrumented(
+        [str(BIN / "rq"), "worker", "--url", broker],
         cwd=APP_DIR,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        hub.wait_for(lambda h: len(services(h)) >= 1, timeout=TIMEOUT)
+        env=instrumented_env(hub.url, SERVICE),
+        log_path=tmp_path_factory.mktemp("rq") / "worker.log",
+        stop=signal.SIGINT,  # warm shutdown
+    ) as process:
+        hub.wait_for(lambda h: len(services(h, SERVICE)) >= 1, timeout=TIMEOUT)
         yield process
-    finally:
-        process.send_signal(signal.SIGINT)  # warm shutdown
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -85,20 +62,6 @@ def queue(broker: str) -> Iterator[Any]:
     connection = redis.Redis.from_url(broker)
     yield rq.Queue(connection=connection)
     connection.close()
-
-
-def services(hub: ThreadedHub) -> list[Any]:
-    return [s for s in hub.services.values() if s.service_name == SERVICE]
-
-
-def workflow_of(job_id: str) -> str:
-    return f"rq-{job_id}"
-
-
-def settled(hub: ThreadedHub, job_id: str, phase: Phase) -> WorkflowState:
-    key = workflow_of(job_id)
-    hub.wait_for(lambda h: key in h.workflows and h.workflows[key].phase is phase, timeout=TIMEOUT)
-    return hub.workflows[key]
 
 
 def test_each_job_is_a_completed_workflow_from_one_service_instance(
@@ -109,12 +72,9 @@ def test_each_job_is_a_completed_workflow_from_one_service_instance(
     for job_id, workflow in zip(ids, workflows, strict=True):
         assert workflow.action_type == "jobs.add"
         assert workflow.action_id == job_id
-    hub.wait_for(lambda h: all(h.logs_for(workflow_of(job_id)) for job_id in ids), timeout=TIMEOUT)
-    for i, job_id in enumerate(ids):
-        messages = [r.entry.message for r in hub.logs_for(workflow_of(job_id))]
-        assert f"adding {i} and {i}" in messages
+    assert_each_logged_adding(hub, [workflow_of(job_id) for job_id in ids])
     # A work horse per job, and still one service instance: the worker process.
-    (service,) = services(hub)
+    (service,) = services(hub, SERVICE)
     assert {w.service_id for w in workflows} == {service.service_id}
     assert not [a for a in hub.anomalies if "rq-" in a.text], hub.anomalies
 
