@@ -491,7 +491,7 @@ BIG = 900_000  # characters in a large frame's text: the frame stays under 1 MiB
 
 
 def wire_frames() -> list[dict[str, Any]]:
-    """Every client-to-hub frame of the recorded transcripts (/work/shared/wire/*.jsonl)."""
+    """Every client-to-hub frame of the recorded transcripts (../shared/wire/*.jsonl)."""
     frames: list[dict[str, Any]] = []
     for path in sorted(TRANSCRIPT.parent.glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
