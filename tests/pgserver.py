@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
+from programs import missing_part
 
 __all__ = ["PostgresServer", "find_postgres_bin", "require_postgres"]
 
@@ -51,16 +51,11 @@ def require_postgres() -> Path:
     """The bin directory, else skip (fail under ``CI=true``) with how to install it."""
     bindir = find_postgres_bin()
     if bindir is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(_INSTALL_HINT + " (CI=true: a missing server fails the run)")
-        pytest.skip(_INSTALL_HINT)
+        missing_part(_INSTALL_HINT)
     try:
         import psycopg  # noqa: F401, PLC0415
     except ImportError:
-        message = "psycopg missing: pip install 'when-coordinator[postgres]'"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_part("psycopg missing: pip install 'when-coordinator[postgres]'")
     return bindir
 
 

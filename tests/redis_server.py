@@ -15,7 +15,8 @@ import tempfile
 import time
 from types import TracebackType
 
-import pytest
+from faults import free_port
+from programs import missing_part
 
 INSTALL_HINT = "redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)"
 
@@ -26,16 +27,8 @@ def redis_server_binary() -> str:
         "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
     )
     if path is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(INSTALL_HINT + " (CI=true: a missing server fails the run)")
-        pytest.skip(INSTALL_HINT)
+        missing_part(INSTALL_HINT)
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:
@@ -55,7 +48,7 @@ class RedisServer:
     def __enter__(self) -> RedisServer:
         self._dir = tempfile.TemporaryDirectory(prefix="when-redis-")
         for _attempt in range(3):  # the free port may be taken between probe and bind
-            self.port = _free_port()
+            self.port = free_port()
             self._process = subprocess.Popen(
                 [
                     self.binary,

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import time
@@ -19,6 +18,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from programs import require_program
 from test_cli import (  # the hub, the service and the helpers that run the command
     COMMAND,
     clean_env,
@@ -358,8 +358,7 @@ class Terminal:
 
 @pytest.fixture
 def terminal() -> Iterator[Callable[[list[str]], Terminal]]:
-    if shutil.which("tmux") is None and os.environ.get("CI") != "true":
-        pytest.skip("tmux is not installed (`make test` installs it where it can)")
+    require_program("tmux", "tmux")
     made: list[Terminal] = []
 
     def open_terminal(command: list[str]) -> Terminal:

@@ -329,20 +329,7 @@ def test_fuzzed_frames_never_crash_the_hub_nor_disturb_another_service(
     loop = asyncio.new_event_loop()
     # A generous rate limit: the fuzzer's frames are to be parsed, not throttled.
     with Hub(port=0, rate_limit=1e6, rate_burst=1_000_000).run_in_thread() as hub:
-        good = Coordinator(fast_config(hub.url, service_name="good", service_id=GOOD_SERVICE))
-        good.connect()
-        assert good.wait_registered(10)
-        phases = good.phases
-        for wf in GOOD:
-            phases.register_workflow(wf)
-            good.send_workflow_created(wf)
-            for phase in ("pre-flight", "planning", "execution"):
-                phases.transition_to(wf, phase)
-        phases.pause("good-wf-held", "held")
-        phases.complete_pause("good-wf-held", "cp-held")
-        phases.complete("good-wf-done")
-        good.send_progress("good-wf-run", "act", 1.0, message="ready")
-        hub.wait_for(lambda h: h.hub.workflows["good-wf-run"].message == "ready", 10)
+        good = well_behaved_service(hub)
         before = good_view(hub)
         good_connection = hub.services[GOOD_SERVICE].connection_id
         state: dict[str, Any] = {"sent": 0, "closes": [], "round": 0}
@@ -490,6 +477,26 @@ ABUSE_LIMITS = HubLimits(
 BIG = 900_000  # characters in a large frame's text: the frame stays under 1 MiB
 
 
+def well_behaved_service(hub: ThreadedHub) -> Coordinator:
+    """The control service beside the abuse: running, held (paused) and finished workflows,
+    all known to the hub before the abuse starts."""
+    good = Coordinator(fast_config(hub.url, service_name="good", service_id=GOOD_SERVICE))
+    good.connect()
+    assert good.wait_registered(10)
+    phases = good.phases
+    for wf in GOOD:
+        phases.register_workflow(wf)
+        good.send_workflow_created(wf)
+        for phase in ("pre-flight", "planning", "execution"):
+            phases.transition_to(wf, phase)
+    phases.pause("good-wf-held", "held")
+    phases.complete_pause("good-wf-held", "cp-held")
+    phases.complete("good-wf-done")
+    good.send_progress("good-wf-run", "act", 1.0, message="ready")
+    hub.wait_for(lambda h: h.hub.workflows["good-wf-run"].message == "ready", 10)
+    return good
+
+
 def wire_frames() -> list[dict[str, Any]]:
     """Every client-to-hub frame of the recorded transcripts (../shared/wire/*.jsonl)."""
     frames: list[dict[str, Any]] = []
@@ -573,20 +580,7 @@ def test_abuse_within_the_frame_limit_keeps_the_hub_in_its_byte_bounds_and_other
     loop = asyncio.new_event_loop()
     hub_options: dict[str, Any] = {"rate_limit": 1e6, "rate_burst": 10**6, "limits": ABUSE_LIMITS}
     with Hub(port=0, **hub_options).run_in_thread() as hub:
-        good = Coordinator(fast_config(hub.url, service_name="good", service_id=GOOD_SERVICE))
-        good.connect()
-        assert good.wait_registered(10)
-        phases = good.phases
-        for wf in GOOD:
-            phases.register_workflow(wf)
-            good.send_workflow_created(wf)
-            for phase in ("pre-flight", "planning", "execution"):
-                phases.transition_to(wf, phase)
-        phases.pause("good-wf-held", "held")
-        phases.complete_pause("good-wf-held", "cp-held")
-        phases.complete("good-wf-done")
-        good.send_progress("good-wf-run", "act", 1.0, message="ready")
-        hub.wait_for(lambda h: h.hub.workflows["good-wf-run"].message == "ready", 10)
+        good = well_behaved_service(hub)
         before = good_view(hub)
         good_connection = hub.services[GOOD_SERVICE].connection_id
 

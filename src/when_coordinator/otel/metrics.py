@@ -30,7 +30,7 @@ import threading
 import time
 import weakref
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,7 +38,7 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
 
 from .._version import __version__
-from ..client import Coordinator
+from ..client import Coordinator, CoordinatorStats
 from ..client._util import qualified_name
 from ..phase_manager import PhaseState
 from ..protocol import Phase
@@ -314,30 +314,35 @@ class WorkflowMetrics:
         return observe
 
     def _observe_sent(self, options: CallbackOptions) -> Iterable[Observation]:
-        if not self.active:
-            return []
-        for coordinator in _coordinators_now():
-            stats = coordinator.stats()
-            address, port = _server(coordinator)
-            counts: Counter[_Key] = Counter(
-                {(address, port, reason): n for reason, n in stats.drop_reasons.items()}
-            )
-            counts[address, port, ""] = stats.delivered
-            self._sent.update(coordinator, counts)
-        return [Observation(n, _attributes(*key)) for key, n in self._sent.total().items()]
+        """Delivered (no ``error.type``) and dropped by reason."""
+        return self._observe_outcomes(
+            self._sent, lambda stats: (stats.delivered, stats.drop_reasons)
+        )
 
     def _observe_attempts(self, options: CallbackOptions) -> Iterable[Observation]:
+        """Successful connections (no ``error.type``) and failures by exception class."""
+        return self._observe_outcomes(
+            self._attempts, lambda stats: (stats.connects, stats.connect_errors)
+        )
+
+    def _observe_outcomes(
+        self,
+        ledger: _Cumulative,
+        outcomes: Callable[[CoordinatorStats], tuple[int, Mapping[str, int]]],
+    ) -> Iterable[Observation]:
+        """A counter of successes and failures by ``error.type``, summed over every
+        coordinator (kept monotonic by ``ledger`` when a coordinator goes away)."""
         if not self.active:
             return []
         for coordinator in _coordinators_now():
-            stats = coordinator.stats()
+            ok, failures = outcomes(coordinator.stats())
             address, port = _server(coordinator)
             counts: Counter[_Key] = Counter(
-                {(address, port, kind): n for kind, n in stats.connect_errors.items()}
+                {(address, port, error): n for error, n in failures.items()}
             )
-            counts[address, port, ""] = stats.connects
-            self._attempts.update(coordinator, counts)
-        return [Observation(n, _attributes(*key)) for key, n in self._attempts.total().items()]
+            counts[address, port, ""] = ok
+            ledger.update(coordinator, counts)
+        return [Observation(n, _attributes(*key)) for key, n in ledger.total().items()]
 
     # ------------------------------------------------------------------ the client's thread
 
