@@ -310,7 +310,9 @@ def test_a_hub_that_stops_reading_never_blocks_the_caller_and_memory_stays_bound
         p99 = percentile([d / 1e6 for d in durations], 0.99)
         worst = max(durations) / 1e6
         assert p99 < 1.0, f"{name}: p99 {p99:.3f} ms"
-        assert worst < 50.0, f"{name}: slowest call {worst:.1f} ms"
+        # A call that waited for the stalled hub would wait until resume(), after the loop:
+        # seconds, not the tens of milliseconds a busy two-core machine may deschedule a thread.
+        assert worst < 500.0, f"{name}: slowest call {worst:.1f} ms"
     # The stall was real: the outbox filled and shed progress, counted, within its bounds.
     assert during.dropped > before.dropped
     assert set(during.dropped_by_kind) <= {"progress"}
