@@ -14,13 +14,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from pgserver import PostgresServer, require_postgres
-from redis_server import RedisServer, redis_server_binary
+from tests.support.pgserver import PostgresServer, require_postgres
+from tests.support.redis_server import RedisServer, redis_server_binary
 from when_coordinator import Config, Coordinator, PhaseManager
 from when_coordinator.hub import Hub, ThreadedHub
 
 # Its asserts (shared by the integration modules) report their values like the tests' own.
-pytest.register_assert_rewrite("integrations")
+pytest.register_assert_rewrite("tests.support.integrations")
 
 OTEL_TIMEOUT = 10.0
 """Seconds any single wait in the OpenTelemetry tests may take before it counts as a failure."""
