@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.pgserver import PostgresServer, require_postgres
 from tests.support.redis_server import RedisServer, redis_server_binary
 from when_coordinator import Config, Coordinator, PhaseManager
@@ -103,7 +104,15 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[ThreadedHub]:
-    """One reference hub for a whole module (the end-to-end integration modules start one worker
-    per module against it); a module that needs another kind of hub defines its own ``hub``."""
+    """One plain reference hub for a whole module (the end-to-end integration modules start one
+    worker per module against it, the instrumentor's process tests one service name per test);
+    a layer or module that needs a fresh or another kind of hub overrides ``hub``."""
     with Hub(port=0).run_in_thread() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OtlpReceiver]:
+    """A real OTLP/HTTP receiver on loopback (standing in for a Collector) for a whole module."""
+    with OtlpReceiver() as running:
         yield running

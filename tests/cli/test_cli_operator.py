@@ -1,8 +1,6 @@
 """The operator commands as a person uses them: real subprocesses against a real hub, and
 ``watch`` in a real 80x24 terminal (tmux)."""
 
-# ruff: noqa: F811 - the hub and service fixtures of test_cli are imported, then requested
-
 from __future__ import annotations
 
 import hashlib
@@ -18,18 +16,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from tests.cli.test_cli import (  # the hub, the service and the helpers that run the command
-    COMMAND,
-    clean_env,
-    free_port,
-    hub,  # noqa: F401 - a fixture
-    read_until,
-    receive,
-    run,
-    send,
-    service,  # noqa: F401 - a fixture
-    start,
-)
+from tests.cli.conftest import COMMAND, clean_env, read_until, receive, run, send, start
+from tests.support.faults import free_port
 from tests.support.programs import require_program
 from when_coordinator.hub import Hub, ThreadedHub
 

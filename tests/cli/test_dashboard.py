@@ -14,7 +14,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -22,6 +21,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from tests.cli.conftest import COMMAND
 from when_coordinator.hub import Hub
 from when_coordinator.hub.testing import RawService, frame
 
@@ -317,13 +317,9 @@ def test_bulk_cancel_reaches_every_filtered_workflow_its_phase_allows() -> None:
     asyncio.run(main())
 
 
-def _cli() -> list[str]:
-    return [sys.executable, "-m", "when_coordinator.cli"]
-
-
 def test_the_demo_ends_by_printing_its_dashboard_url() -> None:
     done = subprocess.run(
-        [*_cli(), "demo"], capture_output=True, text=True, timeout=60, check=False
+        [*COMMAND, "demo"], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
     last = done.stdout.strip().splitlines()[-1]
@@ -332,7 +328,7 @@ def test_the_demo_ends_by_printing_its_dashboard_url() -> None:
 
 def test_demo_keep_leaves_the_hub_and_its_dashboard_running() -> None:
     process = subprocess.Popen(
-        [*_cli(), "demo", "--keep"], stdout=subprocess.PIPE, text=True, bufsize=1
+        [*COMMAND, "demo", "--keep"], stdout=subprocess.PIPE, text=True, bufsize=1
     )
     try:
         assert process.stdout is not None
@@ -361,7 +357,7 @@ def test_demo_keep_leaves_the_hub_and_its_dashboard_running() -> None:
 def test_the_hub_command_takes_a_read_token_and_prints_its_dashboard() -> None:
     env = {**os.environ, "WHEN_READ_TOKEN": READ}
     process = subprocess.Popen(
-        [*_cli(), "hub", "--port", "0", "--token", TOKEN, "--trace-url", "http://t/{trace_id}"],
+        [*COMMAND, "hub", "--port", "0", "--token", TOKEN, "--trace-url", "http://t/{trace_id}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

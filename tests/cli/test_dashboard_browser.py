@@ -12,15 +12,15 @@ import itertools
 import json
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.hub.test_hub_metrics import families, scrape
 from tests.support.dashboard_fleet import FleetService, Plan
+from tests.support.faults import free_port
+from tests.support.metrics import families, scrape
 from tests.support.programs import missing_part
 from when_coordinator.hub import Hub
 from when_coordinator.hub.testing import RawService, frame
@@ -275,14 +275,8 @@ def test_the_read_only_token_sees_but_cannot_steer(page: Page) -> None:
         billing.stop.set()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_the_page_recovers_after_a_hub_restart(page: Page, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     db = tmp_path / "hub.db"
     first = Hub(port=port, db=db).run_in_thread()
     first.start()

@@ -17,14 +17,16 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.test_reliability_restart import Disconnects, phase_history, to_execution
 from tests.support.faults import (
+    Disconnects,
     HubProcess,
     Ledger,
     StatsWatch,
     check_in_order,
     free_port,
+    phase_history,
     stats_balanced,
+    to_execution,
 )
 from tests.support.programs import require_program
 from tests.support.scripted_server import fast_config, wait_until

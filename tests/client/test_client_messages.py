@@ -19,13 +19,8 @@ from when_coordinator import CommandEvent, Coordinator, Message, Phase, PhaseMan
 
 
 @pytest.fixture
-def server() -> Iterator[ScriptedServer]:
-    with ScriptedServer() as scripted:
-        yield scripted
-
-
-@pytest.fixture
 def client(server: ScriptedServer) -> Iterator[Coordinator]:
+    """The layer's ``client`` with a 1000-byte frame limit, to reach it with small messages."""
     coordinator = Coordinator(fast_config(server.url, max_frame_bytes=1000))
     coordinator.connect()
     assert coordinator.wait_registered(5)

@@ -33,21 +33,6 @@ from when_coordinator.protocol import parse_timestamp
 
 
 @pytest.fixture
-def server() -> Iterator[ScriptedServer]:
-    with ScriptedServer() as scripted:
-        yield scripted
-
-
-@pytest.fixture
-def client(server: ScriptedServer) -> Iterator[Coordinator]:
-    coordinator = Coordinator(fast_config(server.url))
-    coordinator.connect()
-    assert coordinator.wait_registered(5)
-    yield coordinator
-    coordinator.close(2.0)
-
-
-@pytest.fixture
 def app_logger() -> Iterator[logging.Logger]:
     """A logger of the application's own, not propagating to pytest's handlers."""
     logger = logging.getLogger("app.under.test")

@@ -19,30 +19,13 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.metrics import families, scrape
 from when_coordinator import Config, Coordinator, workflow
 from when_coordinator.hub import Hub, ThreadedHub
 from when_coordinator.hub.metrics import FAMILIES
 
 TOKEN = "metrics-secret"
 TIMEOUT = 10.0
-
-
-def scrape(hub: ThreadedHub, token: str | None = TOKEN) -> tuple[str, str]:
-    """(content type, body) of ``GET /metrics``."""
-    request = urllib.request.Request(f"{hub.http_url}/metrics")
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-        return response.headers["Content-Type"], response.read().decode()
-
-
-def families(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """Samples by name and sorted labels, as prometheus_client parses them."""
-    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return found
 
 
 def fetch_json(hub: ThreadedHub, path: str) -> Any:
@@ -86,7 +69,7 @@ def test_metrics_are_prometheus_text_with_the_hub_figures(
         hub.pause(running.id, "metrics")
         hub.wait_for(lambda h: h.workflows[running.id].phase.value == "pausing", TIMEOUT)
         hub.flush()
-        content_type, text = scrape(hub)
+        content_type, text = scrape(hub, TOKEN)
         shown = fetch_json(hub, "/v1/metrics")
     provider.shutdown()
 
@@ -134,7 +117,7 @@ def test_metrics_need_the_token(hub: ThreadedHub) -> None:
             scrape(hub, token)
         assert refused.value.code == 401
         refused.value.close()
-    assert scrape(hub)[1].startswith("# HELP")
+    assert scrape(hub, TOKEN)[1].startswith("# HELP")
 
 
 def test_metrics_public_serves_without_the_token() -> None:

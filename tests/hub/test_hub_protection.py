@@ -5,14 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 
+from tests.hub.conftest import registered
 from when_coordinator.hub import Hub
 from when_coordinator.hub.testing import RawService, frame
-
-
-async def registered(hub: Hub, name: str) -> RawService:
-    client = await RawService.connect(hub.url, service_name=name)
-    await client.register(name, service_id=name)
-    return client
 
 
 async def still_works(hub: Hub, client: RawService, workflow_id: str) -> None:

@@ -18,8 +18,9 @@ from websockets.client import ClientProtocol
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from tests.hub.conftest import registered
 from when_coordinator.hub import Hub, ServiceUnavailable
-from when_coordinator.hub.testing import RawService, frame
+from when_coordinator.hub.testing import frame
 from when_coordinator.protocol import Message, PausePayload
 
 BIG = 200_000  # bytes of one large frame from the hub
@@ -70,12 +71,6 @@ def big_command(workflow_id: str) -> Message:
     return Message.create(PausePayload(workflow_id=workflow_id, reason="x" * BIG))
 
 
-async def reading_service(hub: Hub, name: str) -> RawService:
-    client = await RawService.connect(hub.url, service_name=name)
-    await client.register(name, service_id=name)
-    return client
-
-
 def test_a_service_that_stops_reading_is_closed_when_its_buffer_stays_over_the_bound() -> None:
     async def main() -> None:
         async with Hub(
@@ -85,7 +80,7 @@ def test_a_service_that_stops_reading_is_closed_when_its_buffer_stays_over_the_b
             register = {"service_name": "stuck", "service_id": "stuck"}
             stuck.send(frame("register", payload=register))
             await hub.wait_for(lambda h: h.services["stuck"].connected)
-            good = await reading_service(hub, "good")
+            good = await registered(hub, "good")
 
             # The same 8 MB burst to both: the reader takes it, the other does not.
             burst = [big_command("wf-x") for _ in range(BURST)]
@@ -149,7 +144,7 @@ def test_an_operator_that_stops_reading_is_closed_and_unsubscribed() -> None:
             operator = await non_reader(hub.operator_url, {})
             operator.send({"id": 1, "op": "subscribe", "logs": True})
             await hub.wait_for(lambda h: h.watchers == 1)
-            service = await reading_service(hub, "chatty")
+            service = await registered(hub, "chatty")
             for i in range(BURST):  # every log is pushed to the operator, who never reads
                 log = {"level": "info", "message": f"{i} " + "y" * BIG}
                 await service.send(frame("log", payload=log))

@@ -47,12 +47,6 @@ settled = CELERY.settled
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[OtlpReceiver]:
-    with OtlpReceiver() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def broker(redis_url: str) -> str:
     return redis_database(redis_url, 1)  # a database of its own
 

@@ -25,12 +25,6 @@ APP_DIR = EXAMPLES / "click_app"
 SERVICE = "click-tests"
 
 
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[OtlpReceiver]:
-    with OtlpReceiver() as running:
-        yield running
-
-
 def run_cli(
     hub: ThreadedHub, receiver: OtlpReceiver, *args: str, **env: str
 ) -> subprocess.CompletedProcess[str]:

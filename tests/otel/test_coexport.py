@@ -14,11 +14,9 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 
-import pytest
-
+from tests.otel.conftest import APP, INSTRUMENT
 from tests.support.otlp_receiver import (
     OtlpReceiver,
     ReceivedLog,
@@ -26,13 +24,10 @@ from tests.support.otlp_receiver import (
     ReceivedSpan,
     attributes,
 )
-from when_coordinator.hub import Hub, ThreadedHub
+from when_coordinator.hub import ThreadedHub
 from when_coordinator.hub.state import LogRecord, WorkflowState
 from when_coordinator.protocol import Phase
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = ROOT / "examples" / "zero_code" / "app.py"
-INSTRUMENT = Path(sys.executable).with_name("opentelemetry-instrument")
 TIMEOUT = 15.0
 
 WORKFLOW_MESSAGES = {
@@ -54,18 +49,6 @@ OVERRIDE_WARNINGS = (
     "Failed to auto initialize",
     "Traceback",
 )
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[ThreadedHub]:
-    with Hub(port=0).run_in_thread() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[OtlpReceiver]:
-    with OtlpReceiver() as running:
-        yield running
 
 
 def run_app(env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:

@@ -33,11 +33,10 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from when_coordinator import Config, Coordinator, workflow
-from when_coordinator.hub import Hub, ThreadedHub, WorkflowState
+from when_coordinator.hub import ThreadedHub, WorkflowState
 from when_coordinator.otel import (
     CoordinationLogExporter,
     CoordinationSpanProcessor,
@@ -109,22 +108,9 @@ class SubRunner(Runner):
 
 
 @pytest.fixture
-def hub() -> Iterator[ThreadedHub]:
-    with Hub(port=0).run_in_thread() as running:
-        yield running
-
-
-@pytest.fixture
-def spans() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
-@pytest.fixture
-def tracer_provider(spans: InMemorySpanExporter) -> Iterator[TracerProvider]:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    yield provider
-    provider.shutdown()
+def hub(otel_hub: ThreadedHub) -> ThreadedHub:
+    """A fresh hub per test (``settled`` counts every workflow a hub has)."""
+    return otel_hub
 
 
 @pytest.fixture
@@ -517,7 +503,7 @@ def test_entrypoints_run_as_workflows(
     hub: ThreadedHub,
     instrument: Callable[..., Coordinator],
     make_module: Callable[[], str],
-    spans: InMemorySpanExporter,
+    span_exporter: InMemorySpanExporter,
     imported: str,
 ) -> None:
     name = make_module()
@@ -563,7 +549,9 @@ def test_entrypoints_run_as_workflows(
     assert sorted(created(hub)) == sorted(w.workflow_id for w in workflows.values())
 
     # The workflows are spans of the provider given to instrument().
-    finished = {(s.attributes or {})["when.workflow.id"]: s for s in spans.get_finished_spans()}
+    finished = {
+        (s.attributes or {})["when.workflow.id"]: s for s in span_exporter.get_finished_spans()
+    }
     assert set(finished) == {w.workflow_id for w in workflows.values()}
     assert finished[failed.workflow_id].status.description == "RuntimeError: boom 7"
 

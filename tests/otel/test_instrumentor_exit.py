@@ -12,12 +12,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
-from tests.otel.test_instrumentor_process import (
+from tests.otel.conftest import (
     APP,
     APP_MESSAGES,
     INSTRUMENT,
@@ -29,7 +29,7 @@ from tests.otel.test_instrumentor_process import (
     workflows_of,
 )
 from tests.support.faults import free_port
-from when_coordinator.hub import Hub, ThreadedHub
+from when_coordinator.hub import ThreadedHub
 from when_coordinator.protocol import Phase
 
 WAIT = 15.0
@@ -46,12 +46,6 @@ giving up. Shortened from 10 s to keep the runs quick. With the instrumentor the
 exporter also holds the application's log records (co-export) and spends up to this on them at
 the SDK's exit, which the run without it does not: the SDK's time, not the package's, and kept
 under ``CLOSE_TIMEOUT`` here so the bound measures what the package adds."""
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[ThreadedHub]:
-    with Hub(port=0).run_in_thread() as running:
-        yield running
 
 
 def timed_app(env: Mapping[str, str], limit: float) -> tuple[float, str]:

@@ -9,58 +9,31 @@ involved, ``OtlpReceiver``.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import textwrap
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.otel.conftest import (
+    APP,
+    APP_MESSAGES,
+    INSTRUMENT,
+    logs_of,
+    of_service,
+    run,
+    run_script,
+    when_env,
+    workflows_of,
+)
 from tests.support.otlp_receiver import OtlpReceiver
-from when_coordinator.hub import Hub, LogRecord, ThreadedHub, WorkflowState
+from when_coordinator.hub import ThreadedHub
 from when_coordinator.protocol import Phase
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = ROOT / "examples" / "zero_code" / "app.py"
-INSTRUMENT = Path(sys.executable).with_name("opentelemetry-instrument")
 TIMEOUT = 15.0
-OVERRIDING = ("Overriding of current", "not allowed", "Traceback")
-
-JOBS = """
-import logging
-
-log = logging.getLogger("jobs")
-
-
-def job(value):
-    log.info("job running with %s", value)
-    return value * 2
-"""
-
-POOL_JOBS = """
-import logging
-import os
-
-from when_coordinator import workflow
-
-log = logging.getLogger("pool")
-
-
-def warm():
-    return os.getpid()
-
-
-def child(value):
-    with workflow("pool-child") as run:
-        log.warning("pool child %s in %s", value, run.id)
-    return {"id": run.id, "parent": run.parent_id, "root": run.root_id, "pid": os.getpid()}
-"""
-
 POOL_MAIN = """
 import concurrent.futures
 import json
@@ -181,81 +154,6 @@ logging.getLogger("alone").info("late")  # left for the SDK's final export at ex
 # ---------------------------------------------------------------------- fixtures and helpers
 
 
-@pytest.fixture(scope="module")
-def hub() -> Iterator[ThreadedHub]:
-    with Hub(port=0).run_in_thread() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[OtlpReceiver]:
-    with OtlpReceiver() as running:
-        yield running
-
-
-def clean_env(env: Mapping[str, str]) -> dict[str, str]:
-    """This process's environment without ``OTEL_*``/``WHEN_*``/``PYTHONPATH``, plus ``env``."""
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OTEL_", "WHEN_")) and k != "PYTHONPATH"
-    }
-    clean.update(env)
-    return clean
-
-
-def run(args: list[str], env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        args,
-        env=clean_env(env),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-    assert result.returncode == 0, f"{args} failed ({result.returncode}):\n{result.stderr}"
-    for text in OVERRIDING:
-        assert text not in result.stderr, result.stderr
-    return result
-
-
-def run_script(
-    tmp_path: Path, source: str, env: Mapping[str, str], *args: str
-) -> tuple[dict[str, Any], str]:
-    """Run ``source`` as a script in ``tmp_path`` (next to the jobs modules); its last stdout
-    line is JSON."""
-    (tmp_path / "jobs.py").write_text(textwrap.dedent(JOBS), encoding="utf-8")
-    (tmp_path / "pool_jobs.py").write_text(textwrap.dedent(POOL_JOBS), encoding="utf-8")
-    script = tmp_path / "main.py"
-    script.write_text(textwrap.dedent(source), encoding="utf-8")
-    result = run([sys.executable, str(script), *args], env, tmp_path)
-    return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
-
-
-def of_service(hub: ThreadedHub, service_name: str) -> set[str]:
-    return {s.service_id for s in hub.services.values() if s.service_name == service_name}
-
-
-def workflows_of(hub: ThreadedHub, service_name: str) -> dict[str, WorkflowState]:
-    services = of_service(hub, service_name)
-    return {k: w for k, w in hub.workflows.items() if w.service_id in services}
-
-
-def logs_of(hub: ThreadedHub, service_name: str) -> list[LogRecord]:
-    services = of_service(hub, service_name)
-    return [r for r in hub.logs if r.service_id in services]
-
-
-def when_env(hub: ThreadedHub, service: str, **extra: str) -> dict[str, str]:
-    return {
-        "WHEN_URL": hub.url,
-        "WHEN_SERVICE_NAME": service,
-        "WHEN_RECONNECT_INITIAL_DELAY": "0.05",
-        **extra,
-    }
-
-
 # ---------------------------------------------------------------------- providers
 
 
@@ -335,10 +233,10 @@ def test_process_pool_child_workflow_is_linked_to_its_parent(
     parent_id = result["parent"]
     child, mapped = result["child"], result["mapped"]
     assert result["worker"] != result["me"]
-    for run in (child, mapped):  # submit() and map()
-        assert run["pid"] == result["worker"], "the task ran in the worker made before the parent"
-        assert run["parent"] == parent_id
-        assert run["root"] == parent_id
+    for task in (child, mapped):  # submit() and map()
+        assert task["pid"] == result["worker"], "the task ran in the worker made before the parent"
+        assert task["parent"] == parent_id
+        assert task["root"] == parent_id
     ids = (child["id"], mapped["id"])
 
     def linked(h: ThreadedHub) -> bool:
@@ -379,17 +277,6 @@ def run_instrumented(env: Mapping[str, str]) -> subprocess.CompletedProcess[str]
     """The zero-code example (no import of when_coordinator) under ``opentelemetry-instrument``."""
     assert INSTRUMENT.exists(), f"{INSTRUMENT} missing: install the dev extras"
     return run([str(INSTRUMENT), sys.executable, str(APP)], env, APP.parent)
-
-
-APP_MESSAGES = {
-    "nightly ETL started",
-    "extracted 3 batches",
-    "loaded batch 0",
-    "loaded batch 1",
-    "loaded batch 2",
-    "nightly ETL done",
-    "nightly ETL loaded 300 rows",
-}
 
 
 def test_hub_only_with_the_otlp_exporters_off(hub: ThreadedHub) -> None:

@@ -17,10 +17,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
+from tests.conftest import OTEL_TIMEOUT
+from tests.otel.conftest import wait_phase
 from when_coordinator import Coordinator, Workflow, current_workflow, workflow
-from when_coordinator.hub import ThreadedHub, WorkflowState
-
-OTEL_TIMEOUT = 10.0
+from when_coordinator.hub import ThreadedHub
 
 
 @pytest.fixture
@@ -36,16 +36,6 @@ def detach_errors(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
         ]
 
     return errors
-
-
-def wait_phase(hub: ThreadedHub, workflow_id: str, phase: str) -> WorkflowState:
-    def check(h: ThreadedHub) -> WorkflowState | None:
-        state = h.workflows[workflow_id]
-        return state if state.phase.value == phase else None
-
-    found = hub.wait_for(check, OTEL_TIMEOUT)
-    assert found is not None
-    return found
 
 
 def in_thread(fn: Callable[[], object]) -> None:

@@ -19,6 +19,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from tests.conftest import OTEL_TIMEOUT
+from tests.otel.conftest import history, wait_phase, wait_state
 from when_coordinator import (
     AsyncWorkflow,
     CommandEvent,
@@ -31,28 +33,6 @@ from when_coordinator import (
     workflow,
 )
 from when_coordinator.hub import ThreadedHub, WorkflowState
-
-OTEL_TIMEOUT = 10.0
-
-
-def wait_state(
-    hub: ThreadedHub, workflow_id: str, condition: Callable[[WorkflowState], object]
-) -> WorkflowState:
-    def check(h: ThreadedHub) -> WorkflowState | None:
-        state = h.workflows[workflow_id]
-        return state if condition(state) else None
-
-    found = hub.wait_for(check, OTEL_TIMEOUT)
-    assert found is not None
-    return found
-
-
-def wait_phase(hub: ThreadedHub, workflow_id: str, phase: str) -> WorkflowState:
-    return wait_state(hub, workflow_id, lambda state: state.phase.value == phase)
-
-
-def history(state: WorkflowState) -> list[str]:
-    return [change.to_phase.value for change in state.history]
 
 
 def transitions_once(hub: ThreadedHub, workflow_id: str) -> None:

@@ -20,12 +20,12 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tests.conftest import OTEL_TIMEOUT
+from tests.otel.conftest import wait_phase
 from when_coordinator import Coordinator, Phase, workflow
-from when_coordinator.hub import ThreadedHub, WorkflowState
+from when_coordinator.hub import ThreadedHub
 from when_coordinator.otel import CoordinationLogExporter, CoordinationSpanProcessor
 from when_coordinator.otel import attributes as attr
-
-OTEL_TIMEOUT = 10.0
 
 
 @pytest.fixture
@@ -44,16 +44,6 @@ def log(otel_coordinator: Coordinator) -> Iterator[tuple[logging.Logger, LoggerP
     yield logger, provider
     logger.removeHandler(handler)
     provider.shutdown()
-
-
-def wait_phase(hub: ThreadedHub, workflow_id: str, phase: str) -> WorkflowState:
-    def check(h: ThreadedHub) -> WorkflowState | None:
-        state = h.workflows[workflow_id]
-        return state if state.phase.value == phase else None
-
-    found = hub.wait_for(check, OTEL_TIMEOUT)
-    assert found is not None
-    return found
 
 
 def span_facts(span: ReadableSpan) -> list[tuple[str, object]]:

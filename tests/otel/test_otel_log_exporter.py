@@ -16,12 +16,11 @@ from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, SimpleLogRecordProcessor
 from opentelemetry.sdk.trace import TracerProvider
 
+from tests.conftest import OTEL_TIMEOUT
 from when_coordinator import Config, Coordinator, LogEntry, workflow
 from when_coordinator.client._util import log_size
 from when_coordinator.hub import LogRecord, ThreadedHub
 from when_coordinator.otel import CoordinationLogExporter, CoordinationSpanProcessor
-
-OTEL_TIMEOUT = 10.0
 
 
 class RecordingExporter(CoordinationLogExporter):

@@ -22,14 +22,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from tests.conftest import OTEL_TIMEOUT
 from when_coordinator import Config, Coordinator, Phase, WorkflowCancelled, workflow
 from when_coordinator.hub import Hub, ThreadedHub
 from when_coordinator.otel import WhenInstrumentor
 from when_coordinator.otel import attributes as attr
 from when_coordinator.otel import metrics as when_metrics
 from when_coordinator.phase_manager import PhaseState
-
-OTEL_TIMEOUT = 10.0
 
 
 class Boom(Exception):

@@ -17,11 +17,10 @@ from typing import Any
 from opentelemetry import baggage, propagate
 from opentelemetry.sdk.trace import TracerProvider
 
+from tests.conftest import OTEL_TIMEOUT
 from when_coordinator import Coordinator, workflow
 from when_coordinator.hub import ThreadedHub, WorkflowState
 from when_coordinator.otel import attributes as attr
-
-OTEL_TIMEOUT = 10.0
 
 CHILD = textwrap.dedent(
     """

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -11,33 +11,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
+from tests.otel.conftest import history, wait_phase
 from when_coordinator import Config, Coordinator, Phase, workflow
-from when_coordinator.hub import ThreadedHub, WorkflowState
+from when_coordinator.hub import ThreadedHub
 from when_coordinator.otel import CoordinationSpanProcessor
 from when_coordinator.otel import attributes as attr
 
-OTEL_TIMEOUT = 10.0
 LIFECYCLE = ["pre-flight", "planning", "execution", "completing", "completed"]
-
-
-def wait_state(
-    hub: ThreadedHub, workflow_id: str, condition: Callable[[WorkflowState], object]
-) -> WorkflowState:
-    def check(h: ThreadedHub) -> WorkflowState | None:
-        state = h.workflows[workflow_id]
-        return state if condition(state) else None
-
-    found = hub.wait_for(check, OTEL_TIMEOUT)
-    assert found is not None
-    return found
-
-
-def wait_phase(hub: ThreadedHub, workflow_id: str, phase: str) -> WorkflowState:
-    return wait_state(hub, workflow_id, lambda state: state.phase.value == phase)
-
-
-def history(state: WorkflowState) -> list[str]:
-    return [change.to_phase.value for change in state.history]
 
 
 def received(hub: ThreadedHub, kind: str) -> Counter[str]:

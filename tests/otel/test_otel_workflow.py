@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from tests.otel.conftest import history, wait_phase, wait_state
 from when_coordinator import (
     AsyncWorkflow,
     Coordinator,
@@ -24,33 +25,10 @@ from when_coordinator import (
     current_workflow,
     workflow,
 )
-from when_coordinator.hub import ThreadedHub, WorkflowState
+from when_coordinator.hub import ThreadedHub
 from when_coordinator.otel import attributes as attr
 
-OTEL_TIMEOUT = 10.0
 LIFECYCLE = ["pre-flight", "planning", "execution", "completing", "completed"]
-
-
-def wait_state(
-    hub: ThreadedHub, workflow_id: str, condition: Callable[[WorkflowState], object]
-) -> WorkflowState:
-    """The hub's record of the workflow once ``condition`` holds for it."""
-
-    def check(h: ThreadedHub) -> WorkflowState | None:
-        state = h.workflows[workflow_id]
-        return state if condition(state) else None
-
-    found = hub.wait_for(check, OTEL_TIMEOUT)
-    assert found is not None
-    return found
-
-
-def wait_phase(hub: ThreadedHub, workflow_id: str, phase: str) -> WorkflowState:
-    return wait_state(hub, workflow_id, lambda state: state.phase.value == phase)
-
-
-def history(state: WorkflowState) -> list[str]:
-    return [change.to_phase.value for change in state.history]
 
 
 def span_of(exporter: InMemorySpanExporter, workflow_id: str) -> ReadableSpan:

@@ -11,25 +11,26 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-import threading
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support.faults import (
+    Disconnects,
     HubProcess,
     Ledger,
     Sent,
     StatsWatch,
     check_in_order,
+    phase_history,
     soak,
     stats_balanced,
+    to_execution,
 )
 from tests.support.scripted_server import fast_config, wait_until
-from when_coordinator import Coordinator, CoordinatorStats
+from when_coordinator import Coordinator
 from when_coordinator.hub import HubStore
 from when_coordinator.hub.testing import RawService, frame
 
@@ -51,15 +52,6 @@ def committed(db: Path, sql: str) -> int:
         return 0
 
 
-def to_execution(ledger: Ledger, workflow_id: str) -> None:
-    phases = ledger.coordinator.phases
-    phases.register_workflow(workflow_id)
-    ledger.created(workflow_id)
-    phases.transition_to(workflow_id, "pre-flight", f"{workflow_id} checks")
-    phases.transition_to(workflow_id, "planning", f"{workflow_id} plans")
-    phases.transition_to(workflow_id, "execution", f"{workflow_id} runs")
-
-
 def stream_round(ledger: Ledger, r: int) -> None:
     """One round for every busy workflow: a pause cycle every other round, a checkpoint, an
     error every third round, progress, and many logs (the sheddable bulk)."""
@@ -77,43 +69,6 @@ def stream_round(ledger: Ledger, r: int) -> None:
         ledger.progress(wf, float(r % 100), f"{wf} progress {r}")
         for i in range(LOGS_PER_ROUND):
             ledger.log(f"{wf} log {r}.{i}")
-
-
-class Disconnects:
-    """Stats as they were when each connection ended (taken on the client's thread)."""
-
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.coordinator = coordinator
-        self.stats: list[CoordinatorStats] = []
-        self.registered = 0
-        self._cond = threading.Condition()
-        coordinator.on_disconnected(self._on_disconnected)
-        coordinator.on_registered(self._on_registered)
-
-    def _on_disconnected(self) -> None:
-        with self._cond:
-            self.stats.append(self.coordinator.stats())
-            self._cond.notify_all()
-
-    def _on_registered(self, _payload: object) -> None:
-        with self._cond:
-            self.registered += 1
-            self._cond.notify_all()
-
-    def wait(self, what: str, count: int, timeout: float = 30.0) -> None:
-        def reached() -> bool:
-            return (len(self.stats) if what == "disconnected" else self.registered) >= count
-
-        with self._cond:
-            assert self._cond.wait_for(reached, timeout), f"{what} did not reach {count}"
-
-
-def phase_history(doc: dict[str, Any], *, before: float | None = None) -> list[Any]:
-    return [
-        (h["from"], h["to"], h["reason"], h["checkpoint_id"])
-        for h in doc["history"]
-        if before is None or h["at"] < before
-    ]
 
 
 @pytest.mark.parametrize("persistent", [True, False], ids=["with-db", "without-db"])

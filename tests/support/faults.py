@@ -759,3 +759,52 @@ def forked_workflow(number: int, connect: bool, results: Any) -> None:
             "instance_id": coordinator.config.instance_id,
         }
     )
+
+
+def to_execution(ledger: Ledger, workflow_id: str) -> None:
+    """Register ``workflow_id`` with the ledger and take it through to execution."""
+    phases = ledger.coordinator.phases
+    phases.register_workflow(workflow_id)
+    ledger.created(workflow_id)
+    phases.transition_to(workflow_id, "pre-flight", f"{workflow_id} checks")
+    phases.transition_to(workflow_id, "planning", f"{workflow_id} plans")
+    phases.transition_to(workflow_id, "execution", f"{workflow_id} runs")
+
+
+class Disconnects:
+    """Stats as they were when each connection ended (taken on the client's thread)."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+        self.stats: list[CoordinatorStats] = []
+        self.registered = 0
+        self._cond = threading.Condition()
+        coordinator.on_disconnected(self._on_disconnected)
+        coordinator.on_registered(self._on_registered)
+
+    def _on_disconnected(self) -> None:
+        with self._cond:
+            self.stats.append(self.coordinator.stats())
+            self._cond.notify_all()
+
+    def _on_registered(self, _payload: object) -> None:
+        with self._cond:
+            self.registered += 1
+            self._cond.notify_all()
+
+    def wait(self, what: str, count: int, timeout: float = 30.0) -> None:
+        def reached() -> bool:
+            return (len(self.stats) if what == "disconnected" else self.registered) >= count
+
+        with self._cond:
+            assert self._cond.wait_for(reached, timeout), f"{what} did not reach {count}"
+
+
+def phase_history(doc: dict[str, Any], *, before: float | None = None) -> list[Any]:
+    """A workflow document's phase changes (optionally those before ``before``), compared as
+    tuples."""
+    return [
+        (h["from"], h["to"], h["reason"], h["checkpoint_id"])
+        for h in doc["history"]
+        if before is None or h["at"] < before
+    ]

@@ -17,12 +17,12 @@ import glob
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from tests.support.faults import free_port
 from tests.support.programs import missing_part
 
 __all__ = ["PostgresServer", "find_postgres_bin", "require_postgres"]
@@ -59,19 +59,13 @@ def require_postgres() -> Path:
     return bindir
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class PostgresServer:
     """One throwaway PostgreSQL cluster (see the module)."""
 
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
         self.dir = Path(tempfile.mkdtemp(prefix="when-pg-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self._names = itertools.count(1)
         self._as_root = os.geteuid() == 0
