@@ -159,40 +159,37 @@ def test_long_texts_are_cut_and_counted_and_long_ids_refused() -> None:
     assert not state.take_changes()
 
 
-def test_the_received_frames_are_bounded_by_bytes_and_memory_is_in_healthz() -> None:
-    async def main() -> None:
-        limits = HubLimits(received_bytes=1 * MB)
-        async with Hub(limits=limits, rate_limit=1e6, rate_burst=10**6) as hub:
-            client = await RawService.connect(hub.url, service_name="big")
-            await client.register("big", service_id="big-1")
-            for i in range(20):
-                payload = {"workflow_id": "wf-1", "percent": i, "message": "x" * 200 * KB}
-                await client.send(frame("progress", "wf-1", payload))
-            await hub.wait_for(lambda h: h.workflows["wf-1"].progress == 19)
-            memory = hub.memory()["received"]
-            assert memory["bytes"] <= 1 * MB
-            assert memory["evicted"] == 21 - len(hub.received)
-            assert hub.received[-1].message.payload["percent"] == 19
+async def test_the_received_frames_are_bounded_by_bytes_and_memory_is_in_healthz() -> None:
+    limits = HubLimits(received_bytes=1 * MB)
+    async with Hub(limits=limits, rate_limit=1e6, rate_burst=10**6) as hub:
+        client = await RawService.connect(hub.url, service_name="big")
+        await client.register("big", service_id="big-1")
+        for i in range(20):
+            payload = {"workflow_id": "wf-1", "percent": i, "message": "x" * 200 * KB}
+            await client.send(frame("progress", "wf-1", payload))
+        await hub.wait_for(lambda h: h.workflows["wf-1"].progress == 19)
+        memory = hub.memory()["received"]
+        assert memory["bytes"] <= 1 * MB
+        assert memory["evicted"] == 21 - len(hub.received)
+        assert hub.received[-1].message.payload["percent"] == 19
 
-            def get() -> dict[str, Any]:
-                with urllib.request.urlopen(f"{hub.http_url}/healthz", timeout=5) as response:
-                    return dict(json.loads(response.read()))
+        def get() -> dict[str, Any]:
+            with urllib.request.urlopen(f"{hub.http_url}/healthz", timeout=5) as response:
+                return dict(json.loads(response.read()))
 
-            body = await asyncio.to_thread(get)
-            assert body["memory"]["received"]["evicted"] == memory["evicted"]
-            assert set(body["memory"]) == {
-                "logs",
-                "workflow_logs",
-                "workflows",
-                "services",
-                "checkpoint_states",
-                "received",
-                "sent",
-            }
-            assert body["store"] is None
-            await client.close()
-
-    asyncio.run(main())
+        body = await asyncio.to_thread(get)
+        assert body["memory"]["received"]["evicted"] == memory["evicted"]
+        assert set(body["memory"]) == {
+            "logs",
+            "workflow_logs",
+            "workflows",
+            "services",
+            "checkpoint_states",
+            "received",
+            "sent",
+        }
+        assert body["store"] is None
+        await client.close()
 
 
 def test_limits_are_checked() -> None:

@@ -149,191 +149,182 @@ async def _service(hub: Hub) -> RawService:
     return client
 
 
-def test_every_route_and_every_spelling_of_its_path_needs_the_token() -> None:
-    async def main() -> None:
-        async with Hub(token=TOKEN) as hub:
-            service = await _service(hub)
-            port = hub.port
+async def test_every_route_and_every_spelling_of_its_path_needs_the_token() -> None:
+    async with Hub(token=TOKEN) as hub:
+        service = await _service(hub)
+        port = hub.port
 
-            async def send(method: str, target: str, headers: Any) -> tuple[int, bytes]:
-                return await asyncio.to_thread(raw_request, port, method, target, headers)
+        async def send(method: str, target: str, headers: Any) -> tuple[int, bytes]:
+            return await asyncio.to_thread(raw_request, port, method, target, headers)
 
-            refused_credentials: list[tuple[tuple[str, str], ...]] = [
-                (),
-                bearer(WRONG),
-                (("Authorization", f"Basic {TOKEN}"),),
-                bearer(TOKEN) + bearer(WRONG),  # two headers: ambiguous, refused (not 500)
-                bearer(TOKEN) + bearer(TOKEN),
-                (("Cookie", "when_session=forged"),),  # a session the hub never made
-            ]
-            tried = 0
-            for method, path, upgrade, _ in ROUTES:
-                extra = UPGRADE if upgrade else ()
-                for target in [path, *odd_forms(path, port)]:
-                    for credentials in refused_credentials:
-                        status, body = await send(method, target, credentials + extra)
-                        assert status == 401, (method, target, credentials, status, body)
-                        tried += 1
-            assert tried > 1_000
-            # Nothing of that reached the service: the first command it gets is this one.
-            status, body = await send("POST", "/v1/workflows/wf-1/pause", bearer(TOKEN))
-            assert status == 200, body
-            sent = json.loads(body)["sent"]
-            command = await service.recv()
-            assert (command["type"], command["id"]) == ("pause", sent)
-            assert hub.workflows["wf-1"].phase == "execution"
-            assert [str(s.message.type) for s in hub.sent] == ["registered", "pause"]
+        refused_credentials: list[tuple[tuple[str, str], ...]] = [
+            (),
+            bearer(WRONG),
+            (("Authorization", f"Basic {TOKEN}"),),
+            bearer(TOKEN) + bearer(WRONG),  # two headers: ambiguous, refused (not 500)
+            bearer(TOKEN) + bearer(TOKEN),
+            (("Cookie", "when_session=forged"),),  # a session the hub never made
+        ]
+        tried = 0
+        for method, path, upgrade, _ in ROUTES:
+            extra = UPGRADE if upgrade else ()
+            for target in [path, *odd_forms(path, port)]:
+                for credentials in refused_credentials:
+                    status, body = await send(method, target, credentials + extra)
+                    assert status == 401, (method, target, credentials, status, body)
+                    tried += 1
+        assert tried > 1_000
+        # Nothing of that reached the service: the first command it gets is this one.
+        status, body = await send("POST", "/v1/workflows/wf-1/pause", bearer(TOKEN))
+        assert status == 200, body
+        sent = json.loads(body)["sent"]
+        command = await service.recv()
+        assert (command["type"], command["id"]) == ("pause", sent)
+        assert hub.workflows["wf-1"].phase == "execution"
+        assert [str(s.message.type) for s in hub.sent] == ["registered", "pause"]
 
-            # With the token: the canonical path is served; another spelling is either the
-            # same path (percent-encoding of plain characters) or refused as malformed (400).
-            for method, path, upgrade, expected in ROUTES:
-                extra = UPGRADE if upgrade else ()
-                status, body = await send(method, path, bearer(TOKEN) + extra)
-                assert status == expected, (method, path, status, body)
-                if "status" in path:
-                    continue  # each spelling would wait for the (silent) service
-                for target in odd_forms(path, port):
-                    status, body = await send(method, target, bearer(TOKEN) + extra)
-                    parsed = parse_target(target)
-                    if parsed.error:
-                        assert status == 400, (target, status, body)
-                        assert json.loads(body)["code"] == "bad_path"
-                    elif parsed.path == path.partition("?")[0]:
-                        assert status == expected, (target, status, body)
-                    else:
-                        assert status in (404, 405), (target, status, body)
-            await service.close()
-
-    asyncio.run(main())
+        # With the token: the canonical path is served; another spelling is either the
+        # same path (percent-encoding of plain characters) or refused as malformed (400).
+        for method, path, upgrade, expected in ROUTES:
+            extra = UPGRADE if upgrade else ()
+            status, body = await send(method, path, bearer(TOKEN) + extra)
+            assert status == expected, (method, path, status, body)
+            if "status" in path:
+                continue  # each spelling would wait for the (silent) service
+            for target in odd_forms(path, port):
+                status, body = await send(method, target, bearer(TOKEN) + extra)
+                parsed = parse_target(target)
+                if parsed.error:
+                    assert status == 400, (target, status, body)
+                    assert json.loads(body)["code"] == "bad_path"
+                elif parsed.path == path.partition("?")[0]:
+                    assert status == expected, (target, status, body)
+                else:
+                    assert status in (404, 405), (target, status, body)
+        await service.close()
 
 
 PUBLIC = ("/healthz", "/", "/static/app.js", "/static/app.css", "/v1/session")
 
 
-def test_only_the_health_route_and_the_dashboard_shell_are_public() -> None:
-    async def main() -> None:
-        async with Hub(token=TOKEN, read_token=READ, trace_url="http://t/{trace_id}") as hub:
-            service = await _service(hub)
-            port = hub.port
+async def test_only_the_health_route_and_the_dashboard_shell_are_public() -> None:
+    async with Hub(token=TOKEN, read_token=READ, trace_url="http://t/{trace_id}") as hub:
+        service = await _service(hub)
+        port = hub.port
 
-            def get(target: str, method: str = "GET") -> tuple[int, bytes]:
-                return raw_request(port, method, target)
+        def get(target: str, method: str = "GET") -> tuple[int, bytes]:
+            return raw_request(port, method, target)
 
-            # Exactly these routes, listed in routing.py, answer without a credential.
-            assert {parse_target(p).segments for p in PUBLIC} == {HEALTH_ROUTE, *DASHBOARD_ROUTES}
-            for target in (
-                *PUBLIC,
-                "/healthz?verbose=1",
-                "/%68ealthz",
-                "/?next=/v1/workflows",
-                "/%73tatic/app.js",  # the parsed path is /static/app.js
-            ):
-                status, body = await asyncio.to_thread(get, target)
-                assert status == 200, (target, status, body)
-                assert b"wf-1" not in body, target  # no data
-                assert b"etl" not in body, target
-            assert (await asyncio.to_thread(get, "/healthz", "HEAD"))[0] == 200
-            # The sign-in says only whether a token is needed.
-            _, body = await asyncio.to_thread(get, "/v1/session")
-            assert json.loads(body) == {
-                "auth_required": True,
-                "access": None,
-                "csrf": "",
-                "trace_url": "",
-            }
-            # Every other spelling, and every neighbour, needs a credential.
-            for target in (
-                "//healthz",
-                "/healthz/",
-                "/v1/healthz",
-                "/./healthz",
-                "/healthz#x",
-                "//",
-                "/#x",
-                "/%2F",
-                "/index.html",
-                "//static/app.js",
-                "/static/app.js/",
-                "/static/./app.js",
-                "/static/../static/app.js",
-                "/static/app.js#x",
-                "/static/app.js%00",
-                "/static",
-                "/static/",
-                "/static/index.html",
-                "/STATIC/app.js",
-                "/v1/session/",
-                "/v1/session/x",
-                "//v1/session",
-                "/v1/./session",
-                "/v1/sessions",
-                f"http://127.0.0.1:{port}/",
-                f"http://127.0.0.1:{port}/v1/session",
-            ):
-                status, body = await asyncio.to_thread(get, target)
-                assert status == 401, (target, status, body)
-            # A WebSocket upgrade on a public dashboard route is not the page: it needs the
-            # credential, then is a 404 (no WebSocket there), never the page.
-            for target in PUBLIC[1:]:
-                status, body = await asyncio.to_thread(raw_request, port, "GET", target, UPGRADE)
-                assert status == 401, (target, status, body)
-                status, body = await asyncio.to_thread(
-                    raw_request, port, "GET", target, UPGRADE + bearer(TOKEN)
-                )
-                assert status == 404, (target, status, body)
-            # Without a token, a sign-in or a sign-out opens nothing.
-            status, _ = await asyncio.to_thread(get, "/v1/session", "POST")
-            assert status == 401
-            status, _ = await asyncio.to_thread(get, "/v1/session", "DELETE")
-            assert status == 200  # signing out of nothing
-            assert (await asyncio.to_thread(get, "/v1/workflows"))[0] == 401
-            await service.close()
-
-    asyncio.run(main())
+        # Exactly these routes, listed in routing.py, answer without a credential.
+        assert {parse_target(p).segments for p in PUBLIC} == {HEALTH_ROUTE, *DASHBOARD_ROUTES}
+        for target in (
+            *PUBLIC,
+            "/healthz?verbose=1",
+            "/%68ealthz",
+            "/?next=/v1/workflows",
+            "/%73tatic/app.js",  # the parsed path is /static/app.js
+        ):
+            status, body = await asyncio.to_thread(get, target)
+            assert status == 200, (target, status, body)
+            assert b"wf-1" not in body, target  # no data
+            assert b"etl" not in body, target
+        assert (await asyncio.to_thread(get, "/healthz", "HEAD"))[0] == 200
+        # The sign-in says only whether a token is needed.
+        _, body = await asyncio.to_thread(get, "/v1/session")
+        assert json.loads(body) == {
+            "auth_required": True,
+            "access": None,
+            "csrf": "",
+            "trace_url": "",
+        }
+        # Every other spelling, and every neighbour, needs a credential.
+        for target in (
+            "//healthz",
+            "/healthz/",
+            "/v1/healthz",
+            "/./healthz",
+            "/healthz#x",
+            "//",
+            "/#x",
+            "/%2F",
+            "/index.html",
+            "//static/app.js",
+            "/static/app.js/",
+            "/static/./app.js",
+            "/static/../static/app.js",
+            "/static/app.js#x",
+            "/static/app.js%00",
+            "/static",
+            "/static/",
+            "/static/index.html",
+            "/STATIC/app.js",
+            "/v1/session/",
+            "/v1/session/x",
+            "//v1/session",
+            "/v1/./session",
+            "/v1/sessions",
+            f"http://127.0.0.1:{port}/",
+            f"http://127.0.0.1:{port}/v1/session",
+        ):
+            status, body = await asyncio.to_thread(get, target)
+            assert status == 401, (target, status, body)
+        # A WebSocket upgrade on a public dashboard route is not the page: it needs the
+        # credential, then is a 404 (no WebSocket there), never the page.
+        for target in PUBLIC[1:]:
+            status, body = await asyncio.to_thread(raw_request, port, "GET", target, UPGRADE)
+            assert status == 401, (target, status, body)
+            status, body = await asyncio.to_thread(
+                raw_request, port, "GET", target, UPGRADE + bearer(TOKEN)
+            )
+            assert status == 404, (target, status, body)
+        # Without a token, a sign-in or a sign-out opens nothing.
+        status, _ = await asyncio.to_thread(get, "/v1/session", "POST")
+        assert status == 401
+        status, _ = await asyncio.to_thread(get, "/v1/session", "DELETE")
+        assert status == 200  # signing out of nothing
+        assert (await asyncio.to_thread(get, "/v1/workflows"))[0] == 401
+        await service.close()
 
 
-def test_a_session_cookie_and_the_read_token_are_credentials_on_every_read_route() -> None:
+async def test_a_session_cookie_and_the_read_token_are_credentials_on_every_read_route() -> None:
     """What a token opens, the page's session opens too (``/metrics`` included), on the same
     parsed path; the read-only token and its session watch but never steer or coordinate."""
 
-    async def main() -> None:
-        async with Hub(token=TOKEN, read_token=READ) as hub:
-            service = await _service(hub)
-            port = hub.port
+    async with Hub(token=TOKEN, read_token=READ) as hub:
+        service = await _service(hub)
+        port = hub.port
 
-            async def send(
-                method: str, target: str, headers: tuple[tuple[str, str], ...]
-            ) -> tuple[int, bytes]:
-                return await asyncio.to_thread(raw_request, port, method, target, headers)
+        async def send(
+            method: str, target: str, headers: tuple[tuple[str, str], ...]
+        ) -> tuple[int, bytes]:
+            return await asyncio.to_thread(raw_request, port, method, target, headers)
 
-            origin = (("Origin", f"http://127.0.0.1:{port}"),)
-            sessions: dict[str, tuple[tuple[str, str], ...]] = {}
-            status, _ = await send("POST", "/v1/session", bearer(WRONG) + origin)
+        origin = (("Origin", f"http://127.0.0.1:{port}"),)
+        sessions: dict[str, tuple[tuple[str, str], ...]] = {}
+        status, _ = await send("POST", "/v1/session", bearer(WRONG) + origin)
+        assert status == 401
+        for name, token in (("steer", TOKEN), ("read", READ)):
+            cookie, csrf = await asyncio.to_thread(_sign_in, port, token)
+            sessions[name] = (("Cookie", cookie), ("X-CSRF-Token", csrf))
+        reads = [r for r in ROUTES if r[0] == "GET" and not r[2] and r[3] == 200]
+        assert ("GET", "/metrics", False, 200) in reads
+        for credentials in (bearer(READ), sessions["steer"], sessions["read"]):
+            for _, path, _, expected in reads:
+                status, body = await send("GET", path, credentials)
+                assert status == expected, (path, credentials, status, body)
+                status, body = await send("GET", "/" + path, credentials)
+                assert status == 400, (path, status, body)  # one parse for every credential
+        # Steering: the read-only token and its session get 403; the steering session works.
+        for credentials in (bearer(READ), sessions["read"]):
+            status, body = await send("POST", "/v1/workflows/wf-1/pause", credentials)
+            assert (status, json.loads(body)["code"]) == (403, "forbidden"), body
+            status, _ = await send("GET", "/v1/coordination", credentials + UPGRADE)
             assert status == 401
-            for name, token in (("steer", TOKEN), ("read", READ)):
-                cookie, csrf = await asyncio.to_thread(_sign_in, port, token)
-                sessions[name] = (("Cookie", cookie), ("X-CSRF-Token", csrf))
-            reads = [r for r in ROUTES if r[0] == "GET" and not r[2] and r[3] == 200]
-            assert ("GET", "/metrics", False, 200) in reads
-            for credentials in (bearer(READ), sessions["steer"], sessions["read"]):
-                for _, path, _, expected in reads:
-                    status, body = await send("GET", path, credentials)
-                    assert status == expected, (path, credentials, status, body)
-                    status, body = await send("GET", "/" + path, credentials)
-                    assert status == 400, (path, status, body)  # one parse for every credential
-            # Steering: the read-only token and its session get 403; the steering session works.
-            for credentials in (bearer(READ), sessions["read"]):
-                status, body = await send("POST", "/v1/workflows/wf-1/pause", credentials)
-                assert (status, json.loads(body)["code"]) == (403, "forbidden"), body
-                status, _ = await send("GET", "/v1/coordination", credentials + UPGRADE)
-                assert status == 401
-            status, body = await send("POST", "/v1/workflows/wf-1/pause", sessions["steer"])
-            assert status == 200, body
-            command = await service.recv()
-            assert (command["type"], command["id"]) == ("pause", json.loads(body)["sent"])
-            await service.close()
-
-    asyncio.run(main())
+        status, body = await send("POST", "/v1/workflows/wf-1/pause", sessions["steer"])
+        assert status == 200, body
+        command = await service.recv()
+        assert (command["type"], command["id"]) == ("pause", json.loads(body)["sent"])
+        await service.close()
 
 
 def _sign_in(port: int, token: str) -> tuple[str, str]:
@@ -350,54 +341,46 @@ def _sign_in(port: int, token: str) -> tuple[str, str]:
         conn.close()
 
 
-def test_a_duplicate_authorization_header_is_a_401_not_a_500(
+async def test_a_duplicate_authorization_header_is_a_401_not_a_500(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
 
-    async def main() -> None:
-        async with Hub(token=TOKEN) as hub:
-            for path, extra in (("/v1/workflows", ()), ("/v1/coordination", UPGRADE)):
-                for headers in (bearer(TOKEN) + bearer(WRONG), bearer(TOKEN) + bearer(TOKEN)):
-                    status, body = await asyncio.to_thread(
-                        raw_request, hub.port, "GET", path, headers + extra
-                    )
-                    assert status == 401, body
-                    assert b"Traceback" not in body
-            # Duplicate service headers are ignored rather than fatal to the connection.
-            headers = UPGRADE + bearer(TOKEN) + (("X-Service-Name", "a"), ("X-Service-Name", "b"))
-            status, _ = await asyncio.to_thread(
-                raw_request, hub.port, "GET", "/v1/coordination", headers
-            )
-            assert status == 101
-            await hub.wait_for(lambda h: len(h.connections) == 1)
-            assert hub.connections["conn-1"].header_service_name == ""
-
-    asyncio.run(main())
+    async with Hub(token=TOKEN) as hub:
+        for path, extra in (("/v1/workflows", ()), ("/v1/coordination", UPGRADE)):
+            for headers in (bearer(TOKEN) + bearer(WRONG), bearer(TOKEN) + bearer(TOKEN)):
+                status, body = await asyncio.to_thread(
+                    raw_request, hub.port, "GET", path, headers + extra
+                )
+                assert status == 401, body
+                assert b"Traceback" not in body
+        # Duplicate service headers are ignored rather than fatal to the connection.
+        headers = UPGRADE + bearer(TOKEN) + (("X-Service-Name", "a"), ("X-Service-Name", "b"))
+        status, _ = await asyncio.to_thread(
+            raw_request, hub.port, "GET", "/v1/coordination", headers
+        )
+        assert status == 101
+        await hub.wait_for(lambda h: len(h.connections) == 1)
+        assert hub.connections["conn-1"].header_service_name == ""
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert TOKEN not in caplog.text
 
 
-def test_a_token_in_a_query_string_never_reaches_the_debug_log(
+async def test_a_token_in_a_query_string_never_reaches_the_debug_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)  # websockets logs every request line at DEBUG
 
-    async def main() -> None:
-        async with Hub(token=TOKEN) as hub:
-            for target, extra in (
-                (f"/v1/workflows?token={TOKEN}&phase=execution", ()),
-                (f"/v1/coordination?access_token={TOKEN}", UPGRADE),
-                (f"/v1/logs?limit=5&api_key={WRONG}", ()),
-                (f"/healthz?auth={TOKEN}", ()),
-            ):
-                await asyncio.to_thread(raw_request, hub.port, "GET", target, extra)
-            # A request line websockets cannot parse is quoted in its DEBUG exception.
-            await asyncio.to_thread(
-                raw_request, hub.port, "GET", f"/v1/x?password={TOKEN} HTTP/9", ()
-            )
-
-    asyncio.run(main())
+    async with Hub(token=TOKEN) as hub:
+        for target, extra in (
+            (f"/v1/workflows?token={TOKEN}&phase=execution", ()),
+            (f"/v1/coordination?access_token={TOKEN}", UPGRADE),
+            (f"/v1/logs?limit=5&api_key={WRONG}", ()),
+            (f"/healthz?auth={TOKEN}", ()),
+        ):
+            await asyncio.to_thread(raw_request, hub.port, "GET", target, extra)
+        # A request line websockets cannot parse is quoted in its DEBUG exception.
+        await asyncio.to_thread(raw_request, hub.port, "GET", f"/v1/x?password={TOKEN} HTTP/9", ())
     assert "phase=execution" in caplog.text  # the request lines were logged...
     assert "token=<redacted>" in caplog.text
     assert TOKEN not in caplog.text  # ...without the token

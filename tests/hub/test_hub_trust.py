@@ -105,37 +105,34 @@ def test_a_restarted_service_that_gets_its_id_back_owns_its_workflows_again() ->
         )
 
 
-def test_a_service_cannot_take_over_another_services_workflow_at_a_running_hub() -> None:
-    async def main() -> None:
-        async with Hub() as hub:
-            owner = await RawService.connect(hub.url, service_name="owner")
-            await owner.register("owner", service_id="owner-1")
-            intruder = await RawService.connect(hub.url, service_name="intruder")
-            await intruder.register("intruder", service_id="intruder-1")
-            await owner.send(frame("workflow_created", "wf-1", {"workflow_id": "wf-1"}))
-            go = {"workflow_id": "wf-1", "from": "planning", "to": "execution"}
-            await owner.send(frame("phase_changed", "wf-1", go))
-            await hub.wait_for(lambda h: h.workflows["wf-1"].phase is Phase.EXECUTION)
-            await intruder.send(frame("progress", "wf-1", {"workflow_id": "wf-1", "percent": 5}))
-            stop = {"workflow_id": "wf-1", "from": "execution", "to": "paused"}
-            await intruder.send(frame("phase_changed", "wf-1", stop))
-            await hub.wait_for(lambda h: h.services["intruder-1"].anomaly_count == 2)
-            workflow = hub.workflows["wf-1"]
-            assert (workflow.service_id, workflow.phase, workflow.progress) == (
-                "owner-1",
-                Phase.EXECUTION,
-                0.0,
-            )
-            # The owner, not the intruder, receives the workflow's commands.
-            await hub.pause("wf-1", "checked")
-            assert (await owner.expect("pause"))["payload"]["workflow_id"] == "wf-1"
-            await intruder.send(frame("progress", "wf-2", {"workflow_id": "wf-2", "percent": 1}))
-            await hub.wait_for(lambda h: "wf-2" in h.workflows)
-            assert not [m for m in intruder.received if m.get("type") == "pause"]
-            await intruder.close()
-            await owner.close()
-
-    asyncio.run(main())
+async def test_a_service_cannot_take_over_another_services_workflow_at_a_running_hub() -> None:
+    async with Hub() as hub:
+        owner = await RawService.connect(hub.url, service_name="owner")
+        await owner.register("owner", service_id="owner-1")
+        intruder = await RawService.connect(hub.url, service_name="intruder")
+        await intruder.register("intruder", service_id="intruder-1")
+        await owner.send(frame("workflow_created", "wf-1", {"workflow_id": "wf-1"}))
+        go = {"workflow_id": "wf-1", "from": "planning", "to": "execution"}
+        await owner.send(frame("phase_changed", "wf-1", go))
+        await hub.wait_for(lambda h: h.workflows["wf-1"].phase is Phase.EXECUTION)
+        await intruder.send(frame("progress", "wf-1", {"workflow_id": "wf-1", "percent": 5}))
+        stop = {"workflow_id": "wf-1", "from": "execution", "to": "paused"}
+        await intruder.send(frame("phase_changed", "wf-1", stop))
+        await hub.wait_for(lambda h: h.services["intruder-1"].anomaly_count == 2)
+        workflow = hub.workflows["wf-1"]
+        assert (workflow.service_id, workflow.phase, workflow.progress) == (
+            "owner-1",
+            Phase.EXECUTION,
+            0.0,
+        )
+        # The owner, not the intruder, receives the workflow's commands.
+        await hub.pause("wf-1", "checked")
+        assert (await owner.expect("pause"))["payload"]["workflow_id"] == "wf-1"
+        await intruder.send(frame("progress", "wf-2", {"workflow_id": "wf-2", "percent": 1}))
+        await hub.wait_for(lambda h: "wf-2" in h.workflows)
+        assert not [m for m in intruder.received if m.get("type") == "pause"]
+        await intruder.close()
+        await owner.close()
 
 
 # ---------------------------------------------------------------------- progress (item 18)
@@ -182,27 +179,24 @@ def test_a_completed_workflow_shows_100_percent_unless_it_reports_otherwise() ->
     assert state.workflows["via-status"].progress == 100.0
 
 
-def test_a_status_answer_from_another_service_is_not_taken_as_the_answer() -> None:
-    async def main() -> None:
-        async with Hub() as hub:
-            owner = await RawService.connect(hub.url, service_name="owner")
-            await owner.register("owner", service_id="owner-1")
-            intruder = await RawService.connect(hub.url, service_name="intruder")
-            await intruder.register("intruder", service_id="intruder-1")
-            progress = {"workflow_id": "wf-1", "percent": 30}
-            await owner.send(frame("progress", "wf-1", progress))
-            await hub.wait_for(lambda h: "wf-1" in h.workflows)
-            asking = asyncio.ensure_future(hub.status("wf-1", timeout=5))
-            request = await owner.expect("status")
-            forged = {"workflow_id": "wf-1", "phase": "failed", "progress": 0}
-            await intruder.send(frame("status_response", "wf-1", forged, id=request["id"]))
-            await hub.wait_for(lambda h: h.services["intruder-1"].anomaly_count == 1)
-            assert not asking.done()
-            answer = {"workflow_id": "wf-1", "phase": "execution", "progress": 30}
-            await owner.send(frame("status_response", "wf-1", answer, id=request["id"]))
-            assert (await asking).phase is Phase.EXECUTION
-            assert hub.workflows["wf-1"].phase is Phase.EXECUTION
-            await intruder.close()
-            await owner.close()
-
-    asyncio.run(main())
+async def test_a_status_answer_from_another_service_is_not_taken_as_the_answer() -> None:
+    async with Hub() as hub:
+        owner = await RawService.connect(hub.url, service_name="owner")
+        await owner.register("owner", service_id="owner-1")
+        intruder = await RawService.connect(hub.url, service_name="intruder")
+        await intruder.register("intruder", service_id="intruder-1")
+        progress = {"workflow_id": "wf-1", "percent": 30}
+        await owner.send(frame("progress", "wf-1", progress))
+        await hub.wait_for(lambda h: "wf-1" in h.workflows)
+        asking = asyncio.ensure_future(hub.status("wf-1", timeout=5))
+        request = await owner.expect("status")
+        forged = {"workflow_id": "wf-1", "phase": "failed", "progress": 0}
+        await intruder.send(frame("status_response", "wf-1", forged, id=request["id"]))
+        await hub.wait_for(lambda h: h.services["intruder-1"].anomaly_count == 1)
+        assert not asking.done()
+        answer = {"workflow_id": "wf-1", "phase": "execution", "progress": 30}
+        await owner.send(frame("status_response", "wf-1", answer, id=request["id"]))
+        assert (await asking).phase is Phase.EXECUTION
+        assert hub.workflows["wf-1"].phase is Phase.EXECUTION
+        await intruder.close()
+        await owner.close()

@@ -56,15 +56,11 @@ def in_thread(fn: Callable[[], object]) -> None:
         raise errors[0]
 
 
-def test_the_capture_sees_a_detach_from_another_context(
+async def test_the_capture_sees_a_detach_from_another_context(
     detach_errors: Callable[[], list[str]],
 ) -> None:
     """Control: OpenTelemetry's own attach/detach across tasks does log the error, so the
     absence of that record in the other tests means something."""
-
-    async def main() -> None:
-        token = await asyncio.create_task(_attach())
-        await asyncio.create_task(_detach(token))
 
     async def _attach() -> object:
         return otel_context.attach(otel_context.set_value("k", "v"))
@@ -72,7 +68,8 @@ def test_the_capture_sees_a_detach_from_another_context(
     async def _detach(token: object) -> None:
         otel_context.detach(token)  # type: ignore[arg-type]
 
-    asyncio.run(main())
+    token = await asyncio.create_task(_attach())
+    await asyncio.create_task(_detach(token))
     assert detach_errors() == ["Failed to detach context"]
 
 
@@ -191,35 +188,32 @@ def test_decorated_async_generators_across_tasks_and_closed_early(
 # ---------------------------------------------------------------------- across tasks and threads
 
 
-def test_a_workflow_entered_in_one_task_and_exited_in_another(
+async def test_a_workflow_entered_in_one_task_and_exited_in_another(
     otel_hub: ThreadedHub,
     otel_coordinator: Coordinator,
     tracer_provider: TracerProvider,
     detach_errors: Callable[[], list[str]],
 ) -> None:
-    async def main() -> str:
-        run = workflow(
-            "handed-over", coordinator=otel_coordinator, tracer_provider=tracer_provider
-        ).new_async()
+    run = workflow(
+        "handed-over", coordinator=otel_coordinator, tracer_provider=tracer_provider
+    ).new_async()
 
-        async def enter() -> None:
-            await run.__aenter__()
-            run.progress(50, "half")
+    async def enter() -> None:
+        await run.__aenter__()
+        run.progress(50, "half")
 
-        async def leave() -> None:
-            assert current_workflow() is None  # this task never entered it
-            await run.__aexit__(None, None, None)
+    async def leave() -> None:
+        assert current_workflow() is None  # this task never entered it
+        await run.__aexit__(None, None, None)
 
-        await asyncio.create_task(enter())
-        await asyncio.create_task(leave())
-        return run.id
-
-    workflow_id = asyncio.run(main())
+    await asyncio.create_task(enter())
+    await asyncio.create_task(leave())
+    workflow_id = run.id
     assert wait_phase(otel_hub, workflow_id, "completed").progress == 50
     assert detach_errors() == []
 
 
-def test_async_with_inside_an_async_generator_driven_by_several_tasks(
+async def test_async_with_inside_an_async_generator_driven_by_several_tasks(
     otel_hub: ThreadedHub,
     otel_coordinator: Coordinator,
     tracer_provider: TracerProvider,
@@ -235,13 +229,10 @@ def test_async_with_inside_an_async_generator_driven_by_several_tasks(
             for page in range(3):
                 yield page
 
-    async def main() -> None:
-        gen = pages()
-        assert await asyncio.create_task(anext(gen)) == 0
-        assert await asyncio.create_task(anext(gen)) == 1
-        await asyncio.create_task(gen.aclose())
-
-    asyncio.run(main())
+    gen = pages()
+    assert await asyncio.create_task(anext(gen)) == 0
+    assert await asyncio.create_task(anext(gen)) == 1
+    await asyncio.create_task(gen.aclose())
     assert wait_phase(otel_hub, ids[0], "completed").errors == ()
     assert detach_errors() == []
 

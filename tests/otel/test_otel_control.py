@@ -154,7 +154,7 @@ def test_pause_without_a_checkpoint_completes_with_a_made_up_one(
     assert paused[0].checkpoint_id
 
 
-def test_async_safe_point_awaits_without_blocking_the_loop(
+async def test_async_safe_point_awaits_without_blocking_the_loop(
     otel_hub: ThreadedHub, otel_coordinator: Coordinator, tracer_provider: TracerProvider
 ) -> None:
     hub = otel_hub
@@ -164,21 +164,18 @@ def test_async_safe_point_awaits_without_blocking_the_loop(
         await asyncio.to_thread(wait_phase, hub, workflow_id, "paused")
         await asyncio.to_thread(hub.resume, workflow_id)
 
-    async def main() -> str:
-        async with workflow(
-            "async-pausable", coordinator=otel_coordinator, tracer_provider=tracer_provider
-        ) as wf:
-            wf.checkpoint("cp-a")
-            await asyncio.to_thread(wait_phase, hub, wf.id, "execution")
-            await asyncio.to_thread(hub.pause, wf.id, "hold on")
-            await asyncio.to_thread(wait_phase, hub, wf.id, "pausing")
-            resumer = asyncio.create_task(operator(wf.id))
-            await asyncio.wait_for(wf.safe_point(), OTEL_TIMEOUT)
-            await asyncio.wait_for(resumer, OTEL_TIMEOUT)
-            assert wf.phase is Phase.EXECUTION
-        return wf.id
-
-    workflow_id = asyncio.run(main())
+    async with workflow(
+        "async-pausable", coordinator=otel_coordinator, tracer_provider=tracer_provider
+    ) as wf:
+        wf.checkpoint("cp-a")
+        await asyncio.to_thread(wait_phase, hub, wf.id, "execution")
+        await asyncio.to_thread(hub.pause, wf.id, "hold on")
+        await asyncio.to_thread(wait_phase, hub, wf.id, "pausing")
+        resumer = asyncio.create_task(operator(wf.id))
+        await asyncio.wait_for(wf.safe_point(), OTEL_TIMEOUT)
+        await asyncio.wait_for(resumer, OTEL_TIMEOUT)
+        assert wf.phase is Phase.EXECUTION
+    workflow_id = wf.id
     state = wait_phase(hub, workflow_id, "completed")
     assert history(state)[3:7] == ["pausing", "paused", "resuming", "execution"]
     assert state.history[4].checkpoint_id == "cp-a"
@@ -272,7 +269,7 @@ def test_cancel_while_paused_releases_the_safe_point(
     transitions_once(hub, ids[0])
 
 
-def test_async_cancel_ends_a_decorated_coroutine_with_none(
+async def test_async_cancel_ends_a_decorated_coroutine_with_none(
     otel_hub: ThreadedHub, otel_coordinator: Coordinator, tracer_provider: TracerProvider
 ) -> None:
     hub = otel_hub
@@ -289,7 +286,7 @@ def test_async_cancel_ends_a_decorated_coroutine_with_none(
         await wf.safe_point()
         return "unreachable"  # pragma: no cover
 
-    assert asyncio.run(job()) is None
+    assert await job() is None
     state = wait_phase(hub, ids[0], "cancelled")
     assert history(state)[3:] == ["cancelling", "cancelled"]
 
@@ -453,29 +450,26 @@ def test_a_cancel_refused_just_before_execution_is_not_lost(
     transitions_once(hub, wf.id)
 
 
-def test_an_asyncio_task_cancellation_ends_the_workflow_cancelled_and_propagates(
+async def test_an_asyncio_task_cancellation_ends_the_workflow_cancelled_and_propagates(
     otel_hub: ThreadedHub, otel_coordinator: Coordinator, tracer_provider: TracerProvider
 ) -> None:
     ids: list[str] = []
 
-    async def main() -> None:
-        started = asyncio.Event()
+    started = asyncio.Event()
 
-        async def job() -> None:
-            async with workflow(
-                "task-cancelled", coordinator=otel_coordinator, tracer_provider=tracer_provider
-            ) as wf:
-                ids.append(wf.id)
-                started.set()
-                await asyncio.Event().wait()  # until the task is cancelled
+    async def job() -> None:
+        async with workflow(
+            "task-cancelled", coordinator=otel_coordinator, tracer_provider=tracer_provider
+        ) as wf:
+            ids.append(wf.id)
+            started.set()
+            await asyncio.Event().wait()  # until the task is cancelled
 
-        task = asyncio.create_task(job())
-        await started.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
+    task = asyncio.create_task(job())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
     state = wait_phase(otel_hub, ids[0], "cancelled")
     assert history(state)[3:] == ["cancelling", "cancelled"]
     assert state.errors == ()

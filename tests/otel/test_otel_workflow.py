@@ -97,26 +97,23 @@ def test_with_block_runs_the_auto_lifecycle_and_completes(
         wf.progress(10)
 
 
-def test_async_with_runs_the_auto_lifecycle(
+async def test_async_with_runs_the_auto_lifecycle(
     otel_hub: ThreadedHub,
     otel_coordinator: Coordinator,
     tracer_provider: TracerProvider,
 ) -> None:
-    async def main() -> AsyncWorkflow:
-        async with workflow(
-            "async-etl", coordinator=otel_coordinator, tracer_provider=tracer_provider
-        ) as wf:
-            assert isinstance(wf, AsyncWorkflow)
-            assert wf.phase is Phase.EXECUTION
-            assert current_workflow() is wf
-            await asyncio.sleep(0)
-            assert current_workflow() is wf
-            wf.progress(50, "halfway")
-            await wf.safe_point()  # nothing asked: returns at once
-        assert current_workflow() is None
-        return wf
+    async with workflow(
+        "async-etl", coordinator=otel_coordinator, tracer_provider=tracer_provider
+    ) as wf:
+        assert isinstance(wf, AsyncWorkflow)
+        assert wf.phase is Phase.EXECUTION
+        assert current_workflow() is wf
+        await asyncio.sleep(0)
+        assert current_workflow() is wf
+        wf.progress(50, "halfway")
+        await wf.safe_point()  # nothing asked: returns at once
+    assert current_workflow() is None
 
-    wf = asyncio.run(main())
     state = wait_phase(otel_hub, wf.id, "completed")
     assert history(state) == LIFECYCLE
     assert state.progress == 50
@@ -236,7 +233,7 @@ def test_decorated_generator_attaches_its_context_only_while_it_runs(
     assert state.progress == 100
 
 
-def test_decorated_async_generator(
+async def test_decorated_async_generator(
     otel_hub: ThreadedHub, otel_coordinator: Coordinator, tracer_provider: TracerProvider
 ) -> None:
     runs: list[Workflow | AsyncWorkflow] = []
@@ -250,14 +247,11 @@ def test_decorated_async_generator(
             await wf.safe_point()
             yield i
 
-    async def main() -> list[int]:
-        items = []
-        async for item in stream(3):
-            assert current_workflow() is None
-            items.append(item)
-        return items
-
-    assert asyncio.run(main()) == [0, 1, 2]
+    items = []
+    async for item in stream(3):
+        assert current_workflow() is None
+        items.append(item)
+    assert items == [0, 1, 2]
     (run,) = runs
     assert history(wait_phase(otel_hub, run.id, "completed")) == LIFECYCLE
 
@@ -478,7 +472,7 @@ def test_nested_workflows_take_parent_and_root_from_the_context(
     assert attr.WORKFLOW_PARENT_ID not in (spans[outer.id].attributes or {})
 
 
-def test_parallel_async_children_each_link_to_the_parent(
+async def test_parallel_async_children_each_link_to_the_parent(
     otel_hub: ThreadedHub, otel_coordinator: Coordinator, tracer_provider: TracerProvider
 ) -> None:
     options: dict[str, Any] = {"coordinator": otel_coordinator, "tracer_provider": tracer_provider}
@@ -492,12 +486,9 @@ def test_parallel_async_children_each_link_to_the_parent(
             assert current_workflow() is wf
         return wf.id, wf.parent_id, wf.root_id
 
-    async def main() -> tuple[str, list[tuple[str, str, str]]]:
-        async with workflow("parent", **options) as parent:
-            results = await asyncio.gather(*(child(i) for i in range(4)))
-        return parent.id, results
-
-    parent_id, results = asyncio.run(main())
+    async with workflow("parent", **options) as parent:
+        results = await asyncio.gather(*(child(i) for i in range(4)))
+    parent_id = parent.id
     assert len({r[0] for r in results}) == 4
     assert all(r[1:] == (parent_id, parent_id) for r in results)
     state = wait_phase(otel_hub, parent_id, "completed")

@@ -8,7 +8,6 @@ tests/hub/test_hub_protection.py covers each refusal alone (and the other client
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -189,31 +188,30 @@ def test_oversized_frames_and_a_sustained_flood_are_refused_with_a_reason(
     assert {1008, 1009} <= codes <= {1000, 1008, 1009}  # 1000: its own goodbye at the end
 
 
-def test_a_flood_of_new_workflows_evicts_the_offenders_own_not_anothers_running_ones() -> None:
+async def test_a_flood_of_new_workflows_evicts_the_offenders_own_not_anothers_running_ones() -> (
+    None
+):
     """Past ``max_workflows`` the hub forgets workflows; a service that floods it with new
     workflow ids must push out its own, not the running workflows of another service."""
 
-    async def main() -> None:
-        async with Hub(max_workflows=50) as hub:
-            calm = await RawService.connect(hub.url, service_name="calm")
-            await calm.register("calm", service_id="calm")
-            running = [f"wf-calm-{i}" for i in range(5)]
-            for wf in running:
-                change = {"workflow_id": wf, "from": "planning", "to": "execution"}
-                await calm.send(frame("phase_changed", wf, change))
-            await hub.wait_for(lambda h: all(wf in h.workflows for wf in running))
-            offender = await RawService.connect(hub.url, service_name="offender")
-            await offender.register("offender", service_id="offender")
-            for i in range(500):
-                wf = f"wf-flood-{i}"
-                await offender.send(frame("progress", wf, {"workflow_id": wf, "percent": 1}))
-            await hub.wait_for(lambda h: "wf-flood-499" in h.workflows)
-            assert len(hub.workflows) == 50
-            assert hub.state.workflows_evicted == 455
-            assert all(hub.workflows[wf].phase.value == "execution" for wf in running)
-            flood = [wf for wf in hub.workflows if wf.startswith("wf-flood-")]
-            assert flood == [f"wf-flood-{i}" for i in range(455, 500)]  # its newest
-            await calm.close()
-            await offender.close()
-
-    asyncio.run(main())
+    async with Hub(max_workflows=50) as hub:
+        calm = await RawService.connect(hub.url, service_name="calm")
+        await calm.register("calm", service_id="calm")
+        running = [f"wf-calm-{i}" for i in range(5)]
+        for wf in running:
+            change = {"workflow_id": wf, "from": "planning", "to": "execution"}
+            await calm.send(frame("phase_changed", wf, change))
+        await hub.wait_for(lambda h: all(wf in h.workflows for wf in running))
+        offender = await RawService.connect(hub.url, service_name="offender")
+        await offender.register("offender", service_id="offender")
+        for i in range(500):
+            wf = f"wf-flood-{i}"
+            await offender.send(frame("progress", wf, {"workflow_id": wf, "percent": 1}))
+        await hub.wait_for(lambda h: "wf-flood-499" in h.workflows)
+        assert len(hub.workflows) == 50
+        assert hub.state.workflows_evicted == 455
+        assert all(hub.workflows[wf].phase.value == "execution" for wf in running)
+        flood = [wf for wf in hub.workflows if wf.startswith("wf-flood-")]
+        assert flood == [f"wf-flood-{i}" for i in range(455, 500)]  # its newest
+        await calm.close()
+        await offender.close()

@@ -404,26 +404,23 @@ def test_fuzzed_frames_never_crash_the_hub_nor_disturb_another_service(
 # ---------------------------------------------------------------------- invalid UTF-8 text
 
 
-def test_invalid_utf8_in_a_text_frame_closes_only_that_connection_with_1007() -> None:
-    async def main() -> None:
-        async with Hub() as hub:
-            bad = await RawService.connect(hub.url, service_name="bad")
-            await bad.register("bad", service_id="bad")
-            good = await RawService.connect(hub.url, service_name="good")
-            await good.register("good", service_id="good")
-            await bad.ws.send(b'{"id": "x", "type": "log", "payload": "\xff\xfe"}', text=True)
-            code, reason = await bad.closed()
-            assert code == 1007
-            assert reason
-            progress = {"workflow_id": "wf-good", "percent": 9}
-            await good.send(frame("progress", "wf-good", progress))
-            await hub.wait_for(lambda h: h.workflows["wf-good"].progress == 9)
-            assert hub.services["bad"].close_code == 1007
-            assert hub.services["good"].connected
-            await bad.close()
-            await good.close()
-
-    asyncio.run(main())
+async def test_invalid_utf8_in_a_text_frame_closes_only_that_connection_with_1007() -> None:
+    async with Hub() as hub:
+        bad = await RawService.connect(hub.url, service_name="bad")
+        await bad.register("bad", service_id="bad")
+        good = await RawService.connect(hub.url, service_name="good")
+        await good.register("good", service_id="good")
+        await bad.ws.send(b'{"id": "x", "type": "log", "payload": "\xff\xfe"}', text=True)
+        code, reason = await bad.closed()
+        assert code == 1007
+        assert reason
+        progress = {"workflow_id": "wf-good", "percent": 9}
+        await good.send(frame("progress", "wf-good", progress))
+        await hub.wait_for(lambda h: h.workflows["wf-good"].progress == 9)
+        assert hub.services["bad"].close_code == 1007
+        assert hub.services["good"].connected
+        await bad.close()
+        await good.close()
 
 
 def test_invalid_utf8_from_the_hub_costs_one_reconnect_and_no_phase() -> None:
