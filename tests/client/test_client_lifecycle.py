@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import select
 import socket
 import subprocess
@@ -173,7 +174,14 @@ def test_blocking_calls_refuse_to_run_on_the_client_thread() -> None:
 
 EXIT_SCRIPT = textwrap.dedent(
     """
+    import atexit
     import sys
+    import time
+
+    ended = []
+    # Registered first, so it runs last: how long the exit (the coordinator's handler) took.
+    atexit.register(lambda: print(f"exit took {time.monotonic() - ended[0]:.3f}", flush=True))
+
     from when_coordinator import Config, Coordinator
 
     coordinator = Coordinator(
@@ -189,14 +197,19 @@ EXIT_SCRIPT = textwrap.dedent(
         coordinator.send_progress(f"wf-exit-{i}", "act", i / 2, message=f"step {i}")
     coordinator.log_info("last words")
     # No close(): the exit handler delivers what is queued.
+    ended.append(time.monotonic())
     """
 )
+EXIT_SLACK = 1.5
+"""Seconds of scheduling noise allowed past ``close_timeout`` on a loaded machine (before the
+bound, an exit with the hub gone waited for reconnection for good)."""
 
 
 def run_script(tmp_path: Path, url: str, close_timeout: float) -> float:
+    """Run ``EXIT_SCRIPT`` against ``url``; the seconds its exit took, from the end of the
+    script to the last exit handler (interpreter start-up is not in it)."""
     script = tmp_path / "exit_script.py"
     script.write_text(EXIT_SCRIPT)
-    started = time.monotonic()
     result = subprocess.run(
         [sys.executable, str(script), url, str(close_timeout)],
         capture_output=True,
@@ -206,7 +219,9 @@ def run_script(tmp_path: Path, url: str, close_timeout: float) -> float:
     )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
-    return time.monotonic() - started
+    took = re.fullmatch(r"exit took (\d+\.\d+)", result.stdout.strip())
+    assert took, result.stdout
+    return float(took.group(1))
 
 
 def test_an_exiting_process_delivers_what_it_queued(tmp_path: Path) -> None:
@@ -224,8 +239,8 @@ def test_an_exiting_process_does_not_hang_when_the_hub_is_gone(tmp_path: Path) -
     server.start()
     url = server.url
     server.stop()
-    elapsed = run_script(tmp_path, url, 0.5)
-    assert elapsed < 10.0  # interpreter start-up plus the 0.5 s limit, not a hang
+    took = run_script(tmp_path, url, 0.5)
+    assert took < 0.5 + EXIT_SLACK  # the 0.5 s close limit, not a wait for the hub
 
 
 # ---------------------------------------------------------------------- fork

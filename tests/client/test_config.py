@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
@@ -124,7 +125,18 @@ def test_validation_errors_name_the_field(changes: dict[str, Any], field: str) -
 
 
 def test_config_error_is_a_value_error() -> None:
-    assert issubclass(ConfigError, ValueError)
+    """A host that guards its set-up with ``except ValueError`` catches every refusal: from
+    code, from a change, from the environment, and a wrong type (not a ``TypeError``)."""
+    refusals: list[tuple[Callable[[], object], str]] = [
+        (lambda: Config(ping_interval=0), "ping_interval"),
+        (lambda: Config().with_changes(close_timeout=-1.0), "close_timeout"),
+        (lambda: Config.from_env({"WHEN_PING_INTERVAL": "soon"}), "WHEN_PING_INTERVAL"),
+        (lambda: Config(auth_token=123), "auth_token"),  # type: ignore[arg-type]
+    ]
+    for refuse, name in refusals:
+        with pytest.raises(ValueError, match=name) as caught:
+            refuse()
+        assert type(caught.value) is ConfigError
 
 
 def test_samples_cover_every_variable() -> None:

@@ -9,6 +9,7 @@ checked here, along with what the topologies in ``collector-config/README.md`` r
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -147,5 +148,11 @@ def test_readme_gives_the_environment_of_each_topology() -> None:
         assert text in readme, f"collector-config/README.md does not mention {text!r}"
 
 
-def test_no_placeholder_left_in_the_directory() -> None:
-    assert not (CONFIG_DIR / ".gitkeep").exists()
+def test_the_directory_holds_exactly_the_files_its_readme_describes() -> None:
+    """No placeholder or stray file is left, and every configuration the README tells people to
+    pass to the Collector is there and is one of those checked above."""
+    readme = (CONFIG_DIR / "README.md").read_text(encoding="utf-8")
+    present = {path.name for path in CONFIG_DIR.iterdir()}
+    named = set(re.findall(r"([\w-]+\.ya?ml)\b", readme))
+    assert present == {"README.md", *named}
+    assert named == {CONFIG_PATH.name, HUB_OVERLAY.name}
