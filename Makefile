@@ -37,7 +37,7 @@ test: system-deps lint typecheck docs
 # The reliability tests' long variants (docs/reliability.md): fault rounds repeated, fuzzing
 # at scale. The default test run leaves them out.
 soak: $(STAMP)
-	$(BIN)/pytest -m soak tests/test_reliability_*.py
+	$(BIN)/pytest -m soak tests/reliability/
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m benchmarks

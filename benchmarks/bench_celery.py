@@ -97,10 +97,9 @@ def run() -> list[Figure]:
     if not os.path.exists(server):
         print("bench_celery: redis-server is not installed; skipped", file=sys.stderr)
         return []
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT))  # the tests package, for its support modules
     import celery  # noqa: PLC0415 - a dev dependency
-
-    from redis_server import RedisServer  # noqa: PLC0415 - the tests' helper, reused
+    from tests.support.redis_server import RedisServer  # noqa: PLC0415 - the tests' helper, reused
 
     hub_port = _free_port()
     hub = [str(BIN / "when-coordinator"), "hub", "--port", str(hub_port), "--log-level", "warning"]

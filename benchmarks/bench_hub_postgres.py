@@ -9,7 +9,7 @@
    store batch (``STORE_INTERVAL``) of each instance. Figures: messages applied by both
    instances beside those offered, and that latency.
 
-The PostgreSQL server is started like the tests' (tests/pgserver.py, Debian's binaries,
+The PostgreSQL server is started like the tests' (tests/support/pgserver.py, Debian's binaries,
 fsync off). Without it the benchmark reports that it was skipped.
 """
 
@@ -112,8 +112,8 @@ async def _serve_instance(db: str, name: str, commands: bool) -> None:
 
 
 def _figures() -> list[Figure]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from pgserver import PostgresServer, find_postgres_bin  # noqa: PLC0415
+    sys.path.insert(0, str(ROOT))  # the tests package, for its support modules
+    from tests.support.pgserver import PostgresServer, find_postgres_bin  # noqa: PLC0415
 
     bindir = find_postgres_bin()
     if bindir is None:

@@ -14,13 +14,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from pgserver import PostgresServer, require_postgres
-from redis_server import RedisServer, redis_server_binary
+from tests.support.otlp_receiver import OtlpReceiver
+from tests.support.pgserver import PostgresServer, require_postgres
+from tests.support.redis_server import RedisServer, redis_server_binary
 from when_coordinator import Config, Coordinator, PhaseManager
 from when_coordinator.hub import Hub, ThreadedHub
 
 # Its asserts (shared by the integration modules) report their values like the tests' own.
-pytest.register_assert_rewrite("integrations")
+pytest.register_assert_rewrite("tests.support.integrations")
 
 OTEL_TIMEOUT = 10.0
 """Seconds any single wait in the OpenTelemetry tests may take before it counts as a failure."""
@@ -103,7 +104,15 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[ThreadedHub]:
-    """One reference hub for a whole module (the end-to-end integration modules start one worker
-    per module against it); a module that needs another kind of hub defines its own ``hub``."""
+    """One plain reference hub for a whole module (the end-to-end integration modules start one
+    worker per module against it, the instrumentor's process tests one service name per test);
+    a layer or module that needs a fresh or another kind of hub overrides ``hub``."""
     with Hub(port=0).run_in_thread() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OtlpReceiver]:
+    """A real OTLP/HTTP receiver on loopback (standing in for a Collector) for a whole module."""
+    with OtlpReceiver() as running:
         yield running

@@ -3,7 +3,7 @@
 They form a contract with tracing backends and with other services (baggage crosses process
 boundaries), so they live in one place and never change meaning. ``when.*`` names are ours;
 the others are OpenTelemetry semantic conventions, set where they apply. docs/telemetry.md
-lists every one of them (tests/test_telemetry_docs.py checks both ways).
+lists every one of them (tests/docs/test_telemetry_docs.py checks both ways).
 """
 
 from __future__ import annotations
