@@ -21,7 +21,7 @@ import pytest
 
 from otlp_receiver import OtlpReceiver, ReceivedLog, ReceivedMetric, ReceivedSpan, attributes
 from when_coordinator.hub import Hub, ThreadedHub
-from when_coordinator.hub.state import LogRecord, WorkflowState
+from when_coordinator.hub import StoredLog, WorkflowState
 from when_coordinator.protocol import Phase
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def service_workflows(hub: ThreadedHub, service_name: str) -> list[WorkflowState
     return [w for w in hub.workflows.values() if w.service_id in services]
 
 
-def service_logs(hub: ThreadedHub, service_name: str) -> list[LogRecord]:
+def service_logs(hub: ThreadedHub, service_name: str) -> list[StoredLog]:
     services = {s.service_id for s in hub.services.values() if s.service_name == service_name}
     return [record for record in hub.logs if record.service_id in services]
 

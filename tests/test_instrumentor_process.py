@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from otlp_receiver import OtlpReceiver
-from when_coordinator.hub import Hub, LogRecord, ThreadedHub, WorkflowState
+from when_coordinator.hub import Hub, StoredLog, ThreadedHub, WorkflowState
 from when_coordinator.protocol import Phase
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,7 +242,7 @@ def workflows_of(hub: ThreadedHub, service_name: str) -> dict[str, WorkflowState
     return {k: w for k, w in hub.workflows.items() if w.service_id in services}
 
 
-def logs_of(hub: ThreadedHub, service_name: str) -> list[LogRecord]:
+def logs_of(hub: ThreadedHub, service_name: str) -> list[StoredLog]:
     services = of_service(hub, service_name)
     return [r for r in hub.logs if r.service_id in services]
 

@@ -291,12 +291,12 @@ class PostgresBus:
                 state.mirror_workflow(document, records.get(workflow_id, ()))
                 self.mirrored += 1
         if mirror.logs:
-            from .state import LogRecord  # noqa: PLC0415
+            from .records import StoredLog  # noqa: PLC0415
 
             parsed = []
             for data in mirror.logs:
                 with contextlib.suppress(ValueError, KeyError, TypeError):
-                    parsed.append(LogRecord.from_dict(data))
+                    parsed.append(StoredLog.from_dict(data))
             state.mirror_logs(parsed)
 
     async def _lease_loop(self) -> None:

@@ -81,6 +81,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from . import queries
+from .changes import Changes, CheckpointEvent, ErrorEvent, Event, LogEvent, PhaseEvent
 from .dashboard import Access
 from .errors import (
     CommandRefused,
@@ -91,16 +92,8 @@ from .errors import (
     WorkflowNotFound,
 )
 from .metrics import figures
+from .model import WorkflowState
 from .routing import Target
-from .state import (
-    Changes,
-    CheckpointEvent,
-    ErrorEvent,
-    Event,
-    LogEvent,
-    PhaseEvent,
-    WorkflowState,
-)
 
 if TYPE_CHECKING:
     from .server import Hub

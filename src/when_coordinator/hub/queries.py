@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import Phase
-from .state import WorkflowState
+from .model import WorkflowState
 
 if TYPE_CHECKING:
     from .server import Hub

@@ -68,8 +68,10 @@ from .commands import check_command
 from .dashboard import Access, Dashboard
 from .errors import HubClosed, HubError, ServiceUnavailable, StatusTimeout, WorkflowNotFound
 from .metrics import CommandLatency, metrics_response
+from .model import ConnectionState, ServiceState, WorkflowState
 from .operator import OperatorSession, bad_path, http_request
 from .persister import Persister
+from .records import Anomaly, StoredLog
 from .routing import (
     COORDINATION_ROUTES,
     METRICS_ROUTE,
@@ -79,17 +81,9 @@ from .routing import (
     redact_query,
 )
 from .sendguard import SendBufferGuard
-from .state import (
-    HUB_PROTOCOL_VERSION,
-    Anomaly,
-    ConnectionState,
-    HubState,
-    LogRecord,
-    ServiceState,
-    VersionRefused,
-    WorkflowState,
-)
+from .state import HubState
 from .store import HubStore, Store
+from .versions import HUB_PROTOCOL_VERSION, VersionRefused
 
 if TYPE_CHECKING:
     from .threaded import ThreadedHub
@@ -564,7 +558,7 @@ class Hub:
         return MappingProxyType(self._state.connections)
 
     @property
-    def logs(self) -> tuple[LogRecord, ...]:
+    def logs(self) -> tuple[StoredLog, ...]:
         """The hub-wide log buffer, oldest first."""
         return tuple(self._state.logs)
 
@@ -573,7 +567,7 @@ class Hub:
         """Log records the hub-wide buffer has pushed out."""
         return self._state.logs.evicted
 
-    def logs_for(self, workflow_id: str) -> tuple[LogRecord, ...]:
+    def logs_for(self, workflow_id: str) -> tuple[StoredLog, ...]:
         """One workflow's log buffer, oldest first."""
         return self._state.logs_for(workflow_id)
 
