@@ -29,7 +29,7 @@ OTEL_TIMEOUT = 10.0
 @pytest.fixture
 def otel_hub() -> Iterator[ThreadedHub]:
     """A reference hub on a free loopback port, on its own thread."""
-    with Hub(port=0).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0)) as hub:
         yield hub
 
 
@@ -105,5 +105,5 @@ def redis_url() -> Iterator[str]:
 def hub() -> Iterator[ThreadedHub]:
     """One reference hub for a whole module (the end-to-end integration modules start one worker
     per module against it); a module that needs another kind of hub defines its own ``hub``."""
-    with Hub(port=0).run_in_thread() as running:
+    with ThreadedHub(Hub(port=0)) as running:
         yield running

@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 from otlp_receiver import OtlpReceiver, ReceivedLog, ReceivedMetric, ReceivedSpan, attributes
-from when_coordinator.hub import Hub, ThreadedHub
-from when_coordinator.hub import StoredLog, WorkflowState
+from when_coordinator.hub import Hub, StoredLog, ThreadedHub, WorkflowState
 from when_coordinator.protocol import Phase
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +51,7 @@ OVERRIDE_WARNINGS = (
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[ThreadedHub]:
-    with Hub(port=0).run_in_thread() as running:
+    with ThreadedHub(Hub(port=0)) as running:
         yield running
 
 

@@ -110,7 +110,7 @@ class SubRunner(Runner):
 
 @pytest.fixture
 def hub() -> Iterator[ThreadedHub]:
-    with Hub(port=0).run_in_thread() as running:
+    with ThreadedHub(Hub(port=0)) as running:
         yield running
 
 

@@ -50,7 +50,7 @@ under ``CLOSE_TIMEOUT`` here so the bound measures what the package adds."""
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[ThreadedHub]:
-    with Hub(port=0).run_in_thread() as running:
+    with ThreadedHub(Hub(port=0)) as running:
         yield running
 
 

@@ -183,7 +183,7 @@ logging.getLogger("alone").info("late")  # left for the SDK's final export at ex
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[ThreadedHub]:
-    with Hub(port=0).run_in_thread() as running:
+    with ThreadedHub(Hub(port=0)) as running:
         yield running
 
 

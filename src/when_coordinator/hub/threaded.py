@@ -1,6 +1,6 @@
 """Run a ``Hub`` on a background thread, for synchronous code and tests.
 
-``with Hub(port=0).run_in_thread() as hub:`` gives a ``ThreadedHub``: the hub's read API, and
+``with ThreadedHub(Hub(port=0)) as hub:`` gives a ``ThreadedHub``: the hub's read API, and
 blocking versions of its commands and of ``wait_for``. Everything runs on the hub's own event
 loop; reads from another thread are taken on that loop and return copies, so a caller never
 sees a record half-way through a change.
