@@ -32,7 +32,7 @@ from .errors import HubError, ServiceUnavailable, StatusTimeout
 
 if TYPE_CHECKING:
     from .pgstore import Mirror, PostgresStore
-    from .server import Hub
+    from .view import BusHost
 
 __all__ = ["Bus", "InProcessBus", "PostgresBus"]
 
@@ -125,7 +125,7 @@ class _Lane:
 class PostgresBus:
     """LISTEN/NOTIFY between instances sharing one PostgreSQL (see the module)."""
 
-    def __init__(self, hub: Hub, store: PostgresStore) -> None:
+    def __init__(self, hub: BusHost, store: PostgresStore) -> None:
         self._hub = hub
         self._store = store
         """The hub's store (its writes run on the hub's store thread): ``loaded_*`` only."""

@@ -3,12 +3,14 @@
 ``HubView`` is the hub as its operator-facing modules use it: read views, the four commands,
 health, and ``subscribe`` for a live event stream. They type against this protocol rather than
 ``Hub`` itself, so they do not import the server module, which imports them: imports in the
-hub point one way (server -> operator -> view -> state).
+hub point one way (server -> operator -> view -> state). ``BusHost`` is the same for the bus
+between hub instances (``bus.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from ..protocol import Message, StatusResponsePayload
@@ -18,7 +20,7 @@ from .model import ConnectionState, ServiceState, WorkflowState
 from .records import Anomaly, StoredLog
 from .state import HubState
 
-__all__ = ["HubView", "LatencyView", "Watcher"]
+__all__ = ["BusHost", "HubView", "LatencyView", "Watcher"]
 
 
 class Watcher(Protocol):
@@ -100,4 +102,36 @@ class HubView(Protocol):
 
     async def status(
         self, workflow_id: str, timeout: float = 5.0, *, service_id: str | None = None
+    ) -> StatusResponsePayload: ...
+
+
+class BusHost(Protocol):
+    """What the bus between hub instances (``bus.py``) drives of its hub (``Hub`` is one).
+
+    These are the hub's internals (applying another instance's changes, delivering a command
+    another instance wrote), hence their private names: nothing but the bus calls them.
+    """
+
+    @property
+    def state(self) -> HubState: ...
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def command_timeout(self) -> float: ...
+
+    def _apply_remote(self, apply: Callable[[], None]) -> None: ...
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]: ...
+
+    def _local_services(self) -> set[str]: ...
+
+    async def _deliver_local(self, service_id: str, message: Message) -> None: ...
+
+    async def _status(
+        self, workflow_id: str, timeout: float, service_id: str | None, *, relay: bool
     ) -> StatusResponsePayload: ...
