@@ -23,6 +23,7 @@ from .state import HubState
 from .store import HubStore
 from .threaded import ThreadedHub
 from .versions import HUB_PROTOCOL_VERSION, VersionRefused, negotiate_version
+from .view import HubView
 
 __all__ = [
     "COORDINATION_PATHS",
@@ -41,6 +42,7 @@ __all__ = [
     "HubLimits",
     "HubState",
     "HubStore",
+    "HubView",
     "OperatorError",
     "PhaseChange",
     "ReceivedMessage",

@@ -36,8 +36,6 @@ def append_bounded(items: tuple[_R, ...], item: _R, limit: int) -> tuple[_R, ...
 
 
 RECORD_LISTS = ("history", "checkpoints", "errors")
-_MAX_CAPABILITIES = 64
-"""Capabilities kept of one ``register`` (each cut at 256 characters)."""
 _LISTED = ITEM_OVERHEAD + 300
 """Bytes counted per child id and per anomaly text of a workflow (anomaly texts are cut at
 600 characters, most are far shorter)."""

@@ -5,10 +5,11 @@ current time as an argument, so every rule here (registration, version negotiati
 history, anomaly detection, health, bounded buffers) is unit-testable without sockets or
 clocks. The server (``server.py``) feeds it decoded messages and reads back what changed.
 
-Records are mutable dataclasses updated in place, because the hub applies one change per
-received message and copying a record for each would cost more than the networking. Sequences
-inside a record (history, checkpoints, errors, anomalies, children) are tuples that are
-replaced, never mutated, so a shallow ``copy()`` of a record is a consistent snapshot.
+``HubState`` is built in layers: ``Retention`` (``retention.py``: the collections and every
+bound on them), ``MessageRules`` (``rules.py``: how each message type is applied), and here the
+connections, services, ``register``, ``receive``, restore and the mirror of other instances.
+The live records it updates in place are in ``model.py``; the immutable facts they hold in
+``records.py``. The names those modules define are importable from here too.
 
 The hub mirrors what services report and trusts them: a ``phase_changed`` is applied even when
 the transition table does not allow it, but anything unexpected (duplicates, skipped
