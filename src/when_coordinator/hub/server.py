@@ -23,6 +23,10 @@ dropped and counted with their reason; frames over ``max_frame_bytes`` close tha
 with 1009; a token bucket per connection drops (and counts) frames beyond ``rate_limit`` per
 second and closes with 1008 when drops within one second reach ``flood_close_after``. The loop
 yields between a connection's frames every few dozen, so a flood cannot starve the others.
+
+``Hub`` is assembled from ``front.HttpFront`` (authentication and routing) and
+``endpoint.ServiceEndpoint`` (the coordination connections); this module keeps the lifecycle,
+the read views, publishing changes and the command path (docs/architecture.md).
 """
 
 from __future__ import annotations
