@@ -29,7 +29,7 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.trace import TracerProvider
 
 from when_coordinator import Config, Coordinator, set_coordinator, workflow
-from when_coordinator.hub import Hub
+from when_coordinator.hub import Hub, ThreadedHub
 from when_coordinator.otel import CoordinationLogExporter, CoordinationSpanProcessor
 
 log = logging.getLogger("quickstart")
@@ -62,7 +62,7 @@ def main() -> int:
     with contextlib.ExitStack() as stack:
         when_url = os.environ.get("WHEN_URL", "")
         if not when_url:
-            hub = stack.enter_context(Hub(port=0).run_in_thread())
+            hub = stack.enter_context(ThreadedHub(Hub(port=0)))
             when_url = hub.url
             print(f"started an embedded hub at {when_url}")
 

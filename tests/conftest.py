@@ -30,7 +30,7 @@ OTEL_TIMEOUT = 10.0
 @pytest.fixture
 def otel_hub() -> Iterator[ThreadedHub]:
     """A reference hub on a free loopback port, on its own thread."""
-    with Hub(port=0).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0)) as hub:
         yield hub
 
 
@@ -107,7 +107,7 @@ def hub() -> Iterator[ThreadedHub]:
     """One plain reference hub for a whole module (the end-to-end integration modules start one
     worker per module against it, the instrumentor's process tests one service name per test);
     a layer or module that needs a fresh or another kind of hub overrides ``hub``."""
-    with Hub(port=0).run_in_thread() as running:
+    with ThreadedHub(Hub(port=0)) as running:
         yield running
 
 

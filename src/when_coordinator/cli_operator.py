@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import cli_views as views
-from .cli import HubClient, HubClientError
+from .cli_client import HubClient, HubClientError
 
 __all__ = ["add_commands"]
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TextIO
 
 from . import cli_views as views
-from .cli import HubClient, HubClientError
+from .cli_client import HubClient, HubClientError
 
 __all__ = ["LogSink", "WatchSink", "follow"]
 

@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     started = time.time()
-    with Hub(port=args.port).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=args.port)) as hub:
         print(f"hub listening on {hub.url}")
         coordinator = Coordinator(
             Config(

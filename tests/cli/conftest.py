@@ -78,7 +78,7 @@ def send(ws: ClientConnection, kind: str, workflow_id: str = "", **payload: Any)
 @pytest.fixture
 def hub() -> Iterator[ThreadedHub]:
     """A fresh hub per test (the commands list everything a hub has)."""
-    with Hub(port=0).run_in_thread() as running:
+    with ThreadedHub(Hub(port=0)) as running:
         yield running
 
 

@@ -192,7 +192,7 @@ def test_an_unreachable_hub_gives_a_one_line_error_and_status_1() -> None:
 
 
 def test_a_hub_with_a_token_refuses_commands_without_it() -> None:
-    with Hub(token="cli-secret").run_in_thread() as hub:
+    with ThreadedHub(Hub(token="cli-secret")) as hub:
         for args in (["workflows"], ["watch", "--once"]):
             refused = run([*args, "--hub", hub.http_url])
             assert refused.returncode == 1
@@ -386,7 +386,7 @@ def test_credentials_in_the_hub_url_are_never_echoed(hub: ThreadedHub) -> None:
         assert (result.returncode, "is not a hub URL" in result.stderr) == (1, True), result
         assert secret not in result.stderr
         assert "Traceback" not in result.stderr
-    with Hub(token="cli-secret").run_in_thread() as guarded:
+    with ThreadedHub(Hub(token="cli-secret")) as guarded:
         url = guarded.http_url.replace("http://", f"http://alice:{secret}@")
         refused = run(["workflows", "--hub", url])
         assert (refused.returncode, "needs a valid token" in refused.stderr) == (1, True)

@@ -281,13 +281,13 @@ def test_watch_once_shows_recent_anomalies_and_logs(
 
 def test_watch_waits_for_a_hub_that_went_away_and_says_so() -> None:
     port = free_port()
-    with Hub(port=port).run_in_thread() as first:
+    with ThreadedHub(Hub(port=port)) as first:
         process = start(["watch", "--plain", "--hub", first.http_url])
         read_until(process, r"watching 0 workflow\(s\)")
         first.wait_for(lambda h: h.watchers == 1)
     try:
         read_until(process, rf"lost the hub at http://127.0.0.1:{port}; reconnecting")
-        with Hub(port=port).run_in_thread() as second:
+        with ThreadedHub(Hub(port=port)) as second:
             with connect(second.url, proxy=None) as ws:
                 send(ws, "register", service_name="etl", capabilities=None)
                 receive(ws, "registered")
@@ -411,7 +411,7 @@ def test_watch_on_a_terminal_shows_the_hub_offline_and_recovers(
     terminal: Callable[[list[str]], Terminal],
 ) -> None:
     port = free_port()
-    with Hub(port=port).run_in_thread() as first:
+    with ThreadedHub(Hub(port=port)) as first:
         term = terminal([*COMMAND, "watch", "--hub", first.http_url])
         term.wait_for(lambda s: s[2] == "no workflows yet")
         first.wait_for(lambda h: h.watchers == 1)
@@ -420,7 +420,7 @@ def test_watch_on_a_terminal_shows_the_hub_offline_and_recovers(
     assert any(
         line.endswith(f"lost the hub at http://127.0.0.1:{port}; reconnecting") for line in offline
     )
-    with Hub(port=port).run_in_thread() as second, connect(second.url, proxy=None) as ws:
+    with ThreadedHub(Hub(port=port)) as second, connect(second.url, proxy=None) as ws:
         send(ws, "register", service_name="etl", capabilities=None)
         receive(ws, "registered")
         created(ws, second, "wf-after")

@@ -22,7 +22,7 @@ from tests.support.dashboard_fleet import FleetService, Plan
 from tests.support.faults import free_port
 from tests.support.metrics import families, scrape
 from tests.support.programs import missing_part
-from when_coordinator.hub import Hub
+from when_coordinator.hub import Hub, ThreadedHub
 from when_coordinator.hub.testing import RawService, frame
 
 try:
@@ -82,7 +82,7 @@ def _progress(page: Page, workflow_id: str) -> float:
 
 def test_the_list_shows_a_running_workflow_and_its_progress_moving(page: Page) -> None:
     with (
-        Hub(port=0).run_in_thread() as hub,
+        ThreadedHub(Hub(port=0)) as hub,
         FleetService(
             hub.url,
             "billing",
@@ -167,7 +167,7 @@ def test_the_list_shows_a_running_workflow_and_its_progress_moving(page: Page) -
 
 def test_pause_from_the_detail_page_reaches_the_service(page: Page) -> None:
     with (
-        Hub(port=0).run_in_thread() as hub,
+        ThreadedHub(Hub(port=0)) as hub,
         FleetService(hub.url, "billing") as billing,
     ):
         billing.run(Plan("invoice-run", "wf-1", increment=1, until=50, hold=True))
@@ -197,7 +197,7 @@ def test_with_a_token_nothing_shows_before_login_and_logout_ends_the_session(
     page: Page,
 ) -> None:
     with (
-        Hub(port=0, token=TOKEN).run_in_thread() as hub,
+        ThreadedHub(Hub(port=0, token=TOKEN)) as hub,
         FleetService(hub.url, "billing", token=TOKEN) as billing,
     ):
         billing.run(Plan("secret-payroll", "wf-1", increment=1, until=20, hold=True))
@@ -242,7 +242,7 @@ def _get(port: int, path: str, cookie: str) -> int:
 
 def test_the_read_only_token_sees_but_cannot_steer(page: Page) -> None:
     with (
-        Hub(port=0, token=TOKEN, read_token=READ).run_in_thread() as hub,
+        ThreadedHub(Hub(port=0, token=TOKEN, read_token=READ)) as hub,
         FleetService(hub.url, "billing", token=TOKEN) as billing,
     ):
         billing.run(Plan("invoice-run", "wf-1", increment=1, until=30, hold=True))
@@ -278,7 +278,7 @@ def test_the_read_only_token_sees_but_cannot_steer(page: Page) -> None:
 def test_the_page_recovers_after_a_hub_restart(page: Page, tmp_path: Path) -> None:
     port = free_port()
     db = tmp_path / "hub.db"
-    first = Hub(port=port, db=db).run_in_thread()
+    first = ThreadedHub(Hub(port=port, db=db))
     first.start()
     try:
         with FleetService(first.url, "billing") as billing:
@@ -288,7 +288,7 @@ def test_the_page_recovers_after_a_hub_restart(page: Page, tmp_path: Path) -> No
             expect(page.locator("#conn")).to_have_text("live")
             first.close()
             expect(page.locator("#conn")).to_contain_text("offline")
-            with Hub(port=port, db=db).run_in_thread() as second:
+            with ThreadedHub(Hub(port=port, db=db)) as second:
                 expect(page.locator("#conn")).to_have_text("live")
                 second.wait_for(lambda h: h.services and next(iter(h.services.values())).connected)
                 before = second.workflows["wf-1"].progress
@@ -307,7 +307,7 @@ def test_the_page_recovers_after_a_hub_restart(page: Page, tmp_path: Path) -> No
 
 def test_the_page_fits_a_phone(page: Page) -> None:
     with (
-        Hub(port=0).run_in_thread() as hub,
+        ThreadedHub(Hub(port=0)) as hub,
         FleetService(hub.url, "billing") as billing,
     ):
         billing.run(Plan("invoice-run", "wf-1", increment=0.5, until=60, hold=True))
@@ -341,7 +341,7 @@ def test_the_page_fits_a_phone(page: Page) -> None:
 
 def test_bulk_cancel_of_the_filtered_set_after_a_confirmation(page: Page) -> None:
     with (
-        Hub(port=0).run_in_thread() as hub,
+        ThreadedHub(Hub(port=0)) as hub,
         FleetService(hub.url, "etl") as etl,
     ):
         for n in (1, 2):
@@ -373,7 +373,7 @@ def test_bulk_cancel_of_the_filtered_set_after_a_confirmation(page: Page) -> Non
 
 def test_cancelling_shows_pending_until_the_service_confirms(page: Page) -> None:
     """A service that takes its time: the page says "cancelling…" until the phase changes."""
-    with Hub(port=0, trace_url="http://traces.example/trace/{trace_id}").run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0, trace_url="http://traces.example/trace/{trace_id}")) as hub:
 
         async def start() -> RawService:
             service = await RawService.connect(hub.url, service_name="slow")
@@ -437,7 +437,7 @@ def _figure(value: float) -> str:
 
 def test_the_hub_view_shows_the_figures_of_metrics_live(page: Page) -> None:
     page.add_init_script(COUNT_METRICS_ASKS)
-    with Hub(port=0).run_in_thread() as hub, FleetService(hub.url, "etl") as etl:
+    with ThreadedHub(Hub(port=0)) as hub, FleetService(hub.url, "etl") as etl:
         for n in (1, 2):
             etl.run(Plan("import", f"wf-{n}", increment=50, step=0.01))
         hub.wait_for(lambda h: _completed(h) == 2, 10)
@@ -504,7 +504,7 @@ def test_the_hub_view_shows_the_figures_of_metrics_live(page: Page) -> None:
 
 def test_with_a_token_the_hub_view_shows_nothing_before_sign_in(page: Page) -> None:
     with (
-        Hub(port=0, token=TOKEN).run_in_thread() as hub,
+        ThreadedHub(Hub(port=0, token=TOKEN)) as hub,
         FleetService(hub.url, "billing", token=TOKEN) as billing,
     ):
         billing.run(Plan("payroll", "wf-1", increment=50, step=0.01))

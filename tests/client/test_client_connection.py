@@ -20,7 +20,7 @@ from tests.support.scripted_server import Frame, RawServer, ScriptedServer, fast
 from when_coordinator import Config, ConfigError, Coordinator, PhaseManager
 from when_coordinator.client.connection import backoff_delays, handshake_headers
 from when_coordinator.client.coordinator import _CONTROL_LIMIT
-from when_coordinator.hub import Hub
+from when_coordinator.hub import Hub, ThreadedHub
 from when_coordinator.protocol import RegisteredPayload, parse_timestamp
 
 ID_SHAPE = re.compile(r"msg-[a-z0-9]{12}-\d{1,6}")
@@ -577,7 +577,7 @@ def test_a_url_without_the_hub_path_is_pointed_out_once(caplog: pytest.LogCaptur
     """``ws://host:port`` meets a hub that answers 404: say where the endpoint usually is,
     once, however many times the client retries."""
     caplog.set_level(logging.WARNING, "when_coordinator")
-    with Hub(port=0).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0)) as hub:
         base = hub.url.removesuffix("/v1/coordination")
         coordinator = Coordinator(fast_config(base, reconnect_max_delay=0.05))
         coordinator.connect()

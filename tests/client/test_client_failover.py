@@ -1,6 +1,6 @@
 """Failover: several hub URLs in ``when_url``, tried in turn on failure.
 
-Real hubs on loopback: reference hubs on threads (``Hub.run_in_thread``) and, for the kill,
+Real hubs on loopback: reference hubs on threads (``ThreadedHub(Hub(...))``) and, for the kill,
 ``when-coordinator hub`` subprocesses (``faults.HubProcess``) killed with SIGKILL.
 """
 
@@ -32,7 +32,7 @@ from tests.support.programs import require_program
 from tests.support.scripted_server import fast_config, wait_until
 from when_coordinator import Config, ConfigError, Coordinator
 from when_coordinator.cli import HubClient
-from when_coordinator.hub import Hub
+from when_coordinator.hub import Hub, ThreadedHub
 
 PATH = "/v1/coordination"
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,7 +105,7 @@ def test_the_client_reaches_the_second_hub_when_the_first_is_down_at_start(
 ) -> None:
     caplog.set_level(logging.INFO, "when_coordinator")
     down = dead_url()
-    with Hub(port=0).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0)) as hub:
         coordinator = Coordinator(fast_config(f"{down},{hub.url}", service_id="svc-start"))
         try:
             coordinator.connect()
@@ -145,7 +145,7 @@ def test_attempts_count_across_urls_and_every_url_is_tried(
 
 
 def test_stats_show_the_url_without_credentials() -> None:
-    with Hub(port=0).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0)) as hub:
         url = hub.url.replace("ws://", "ws://user:s3cret@") + "?token=s3cret"
         coordinator = Coordinator(fast_config(f"{dead_url()},{url}"))
         try:
@@ -159,7 +159,7 @@ def test_stats_show_the_url_without_credentials() -> None:
 def test_one_url_redials_the_same_hub_as_before() -> None:
     """A list of one: the hub restarted on the same port gets the client back."""
     port = free_port()
-    with Hub(port=port).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=port)) as hub:
         coordinator = Coordinator(fast_config(hub.url))
         events = Disconnects(coordinator)
         coordinator.connect()
@@ -167,7 +167,7 @@ def test_one_url_redials_the_same_hub_as_before() -> None:
         assert coordinator.stats().url == hub.url
     try:
         events.wait("disconnected", 1)
-        with Hub(port=port).run_in_thread() as again:
+        with ThreadedHub(Hub(port=port)) as again:
             events.wait("registered", 2)
             assert coordinator.stats().url == again.url
             assert coordinator.stats().connects == 2
@@ -211,7 +211,7 @@ class Hubs:
                 self.urls.append(process.url)
                 self._stop.append(process.kill)
             else:
-                threaded = stack.enter_context(Hub(port=0).run_in_thread())
+                threaded = stack.enter_context(ThreadedHub(Hub(port=0)))
                 self.urls.append(threaded.url)
                 self._stop.append(threaded.close)
 

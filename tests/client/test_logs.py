@@ -28,7 +28,7 @@ from when_coordinator import (
     Message,
 )
 from when_coordinator.client import current_workflow
-from when_coordinator.hub import Hub
+from when_coordinator.hub import Hub, ThreadedHub
 from when_coordinator.protocol import parse_timestamp
 
 
@@ -473,7 +473,7 @@ def test_close_delivers_what_attached_forwarders_buffer_to_the_real_hub(
 ) -> None:
     """The getting-started recipe: ``LogForwarder(coordinator, flush_interval=5)``, then
     ``close()`` well before the timer would have flushed."""
-    with Hub(port=0).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0)) as hub:
         coordinator = Coordinator(Config(when_url=hub.url, service_name="forwarded"))
         coordinator.connect()
         assert coordinator.wait_registered(5)

@@ -37,7 +37,7 @@ def fetch_json(hub: ThreadedHub, path: str) -> Any:
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[ThreadedHub]:
-    with Hub(port=0, token=TOKEN, db=tmp_path / "hub.db").run_in_thread() as running:
+    with ThreadedHub(Hub(port=0, token=TOKEN, db=tmp_path / "hub.db")) as running:
         yield running
 
 
@@ -121,7 +121,7 @@ def test_metrics_need_the_token(hub: ThreadedHub) -> None:
 
 
 def test_metrics_public_serves_without_the_token() -> None:
-    with Hub(port=0, token=TOKEN, metrics_public=True).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0, token=TOKEN, metrics_public=True)) as hub:
         _, text = scrape(hub, None)
         samples = families(text)
         assert samples["when_hub_services"][(("state", "connected"),)] == 0

@@ -35,7 +35,7 @@ TIMEOUT = 15.0
 def start_hub(url: str, name: str, **options: Any) -> ThreadedHub:
     settings: dict[str, Any] = {"lease_timeout": 1.5, "store_interval": 0.05}
     settings.update(options)
-    return Hub(port=0, db=url, instance_id=name, **settings).run_in_thread()
+    return ThreadedHub(Hub(port=0, db=url, instance_id=name, **settings))
 
 
 @contextmanager
@@ -290,14 +290,14 @@ def _poll(predicate: Callable[[], object], what: str) -> None:
 
 def test_unreachable_wrong_and_too_new_databases_fail_in_one_clear_line(pg_url: str) -> None:
     with pytest.raises(HubError, match="unreachable"):
-        Hub(port=0, db="postgresql://nobody@127.0.0.1:1/none").run_in_thread().start()
+        ThreadedHub(Hub(port=0, db="postgresql://nobody@127.0.0.1:1/none")).start()
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE when_meta (key TEXT PRIMARY KEY, value TEXT)")
         conn.execute(
             "INSERT INTO when_meta VALUES ('schema_version', %s)", (str(SCHEMA_VERSION + 1),)
         )
     with pytest.raises(HubError, match="newer than this hub"):
-        Hub(port=0, db=pg_url).run_in_thread().start()
+        ThreadedHub(Hub(port=0, db=pg_url)).start()
 
 
 def test_the_schema_is_created_once_and_state_survives_a_restart(pg_url: str) -> None:
@@ -317,7 +317,7 @@ def test_the_schema_is_created_once_and_state_survives_a_restart(pg_url: str) ->
 def test_retention_drops_old_logs_and_finished_workflows_by_age_and_count(pg_url: str) -> None:
     store = PostgresStore(pg_url, "x", log_limit=3, retention=3600.0)
     store.load()
-    with Hub(port=0, db=pg_url, log_buffer=3, store_interval=0.05).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0, db=pg_url, log_buffer=3, store_interval=0.05)) as hub:
         service = Service(hub.url)
         try:
             service.start("wf-1")

@@ -449,3 +449,65 @@ def test_a_schema_1_database_is_migrated_to_summary_rows_and_records(tmp_path: P
     assert "history" not in json.loads(data)
     assert [k for (k,) in kinds] == ["history", "history", "checkpoints", "errors"]
     asyncio.run(run())  # and it opens again as schema 2
+
+
+# Rows exactly as the hand-written record classes (before the msgspec ``records.py``) wrote them.
+OLD_RECORDS: dict[str, list[dict[str, Any]]] = json.loads(
+    '{"history": [{"from": "", "to": "pending", "reason": "", "checkpoint_id": "", "at": 1.5, '
+    '"timestamp": "2026-01-01T00:00:00.000000001Z"}, {"from": "pending", "to": "execution", '
+    '"reason": "go", "checkpoint_id": "cp-0", "at": 2.5, "timestamp": "2026-01-01T00:00:01Z"}], '
+    '"checkpoints": [{"checkpoint_id": "cp-1", "reason": "half way", "at": 3.0, '
+    '"timestamp": "2026-01-01T00:00:02Z", "state": {"row": 7}}, {"checkpoint_id": "cp-2", '
+    '"reason": "", "at": 3.5, "timestamp": ""}], "errors": [{"error": "disk full", '
+    '"recoverable": true, "action_id": "act-1", "at": 4.0, "timestamp": "2026-01-01T00:00:03Z"}]}'
+)
+OLD_LOG: dict[str, Any] = json.loads(
+    '{"service_id": "svc-lit", "at": 5.0, "timestamp": "2026-01-01T00:00:04Z", "level": "warn", '
+    '"message": "slow", "trace_id": "abababababababababababababababab", "workflow_id": "wf-lit", '
+    '"fields": {"rows": 3}, "source_file": "etl.py", "source_line": 12}'
+)
+
+
+def test_records_written_by_the_previous_record_classes_load_and_are_written_alike(
+    tmp_path: Path,
+) -> None:
+    """The records are msgspec Structs now; a database the hand-written classes filled still
+    loads, and what the hub writes and serves has the same shape as before."""
+    db = tmp_path / "hub.db"
+
+    async def create() -> None:
+        async with Hub(db=db):
+            pass  # the current schema, empty
+
+    asyncio.run(create())
+    summary = {"workflow_id": "wf-lit", "service_id": "svc-lit", "phase": "execution"}
+    with closing(sqlite3.connect(db)) as raw, raw:
+        raw.execute("INSERT INTO workflows VALUES ('wf-lit', ?)", (json.dumps(summary),))
+        for kind, rows in OLD_RECORDS.items():
+            for row in rows:
+                raw.execute(
+                    "INSERT INTO workflow_records (workflow_id, kind, data) VALUES (?, ?, ?)",
+                    ("wf-lit", kind, json.dumps(row)),
+                )
+        raw.execute(
+            "INSERT INTO logs (workflow_id, data) VALUES ('wf-lit', ?)", (json.dumps(OLD_LOG),)
+        )
+
+    async def load() -> None:
+        async with Hub(db=db) as hub:
+            workflow = hub.workflows["wf-lit"]
+            assert [(c.from_phase, c.to_phase) for c in workflow.history] == [
+                (None, Phase.PENDING),
+                (Phase.PENDING, Phase.EXECUTION),
+            ]
+            assert workflow.checkpoints[0].state == {"row": 7}
+            assert workflow.checkpoints[1].state is None
+            assert workflow.errors[0].recoverable is True
+            assert [c.as_dict() for c in workflow.history] == OLD_RECORDS["history"]
+            assert [c.as_dict() for c in workflow.checkpoints] == OLD_RECORDS["checkpoints"]
+            assert [e.as_dict() for e in workflow.errors] == OLD_RECORDS["errors"]
+            (log,) = hub.logs_for("wf-lit")
+            assert (log.service_id, log.level, log.entry.fields) == ("svc-lit", "warn", {"rows": 3})
+            assert log.as_dict() == OLD_LOG
+
+    asyncio.run(load())

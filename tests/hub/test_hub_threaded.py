@@ -29,7 +29,7 @@ def receive(ws: ClientConnection, kind: str) -> dict[str, Any]:
 
 
 def test_the_threaded_hub_serves_and_commands_synchronously() -> None:
-    with Hub(port=0).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0)) as hub:
         assert hub.url == f"ws://127.0.0.1:{hub.port}/v1/coordination"
         ws = connect(hub.url, additional_headers={"X-Service-Name": "sync-svc"}, proxy=None)
         with ws:
@@ -68,7 +68,7 @@ def check_commands(hub: ThreadedHub, ws: ClientConnection) -> None:
 
 
 def test_wait_for_times_out_with_the_predicate_in_the_message() -> None:
-    with Hub().run_in_thread() as hub, pytest.raises(TimeoutError, match="never-there"):
+    with ThreadedHub(Hub()) as hub, pytest.raises(TimeoutError, match="never-there"):
         hub.wait_for(lambda h: "never-there" in h.workflows, timeout=0.05)
 
 
@@ -78,4 +78,4 @@ def test_a_start_failure_is_raised_in_the_caller() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(OSError, match="address already in use"):
-            Hub(port=port).run_in_thread().start()
+            ThreadedHub(Hub(port=port)).start()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import OTEL_TIMEOUT
-from when_coordinator.hub import LogRecord, ThreadedHub, WorkflowState
+from when_coordinator.hub import StoredLog, ThreadedHub, WorkflowState
 
 
 def wait_state(
@@ -146,7 +146,7 @@ def workflows_of(hub: ThreadedHub, service_name: str) -> dict[str, WorkflowState
     return {k: w for k, w in hub.workflows.items() if w.service_id in services}
 
 
-def logs_of(hub: ThreadedHub, service_name: str) -> list[LogRecord]:
+def logs_of(hub: ThreadedHub, service_name: str) -> list[StoredLog]:
     services = of_service(hub, service_name)
     return [r for r in hub.logs if r.service_id in services]
 

@@ -24,8 +24,7 @@ from tests.support.otlp_receiver import (
     ReceivedSpan,
     attributes,
 )
-from when_coordinator.hub import ThreadedHub
-from when_coordinator.hub.state import LogRecord, WorkflowState
+from when_coordinator.hub import StoredLog, ThreadedHub, WorkflowState
 from when_coordinator.protocol import Phase
 
 TIMEOUT = 15.0
@@ -76,7 +75,7 @@ def service_workflows(hub: ThreadedHub, service_name: str) -> list[WorkflowState
     return [w for w in hub.workflows.values() if w.service_id in services]
 
 
-def service_logs(hub: ThreadedHub, service_name: str) -> list[LogRecord]:
+def service_logs(hub: ThreadedHub, service_name: str) -> list[StoredLog]:
     services = {s.service_id for s in hub.services.values() if s.service_name == service_name}
     return [record for record in hub.logs if record.service_id in services]
 

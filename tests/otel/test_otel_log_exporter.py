@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from tests.conftest import OTEL_TIMEOUT
 from when_coordinator import Config, Coordinator, LogEntry, workflow
 from when_coordinator.client._util import log_size
-from when_coordinator.hub import LogRecord, ThreadedHub
+from when_coordinator.hub import StoredLog, ThreadedHub
 from when_coordinator.otel import CoordinationLogExporter, CoordinationSpanProcessor
 
 
@@ -82,7 +82,7 @@ def pipelines() -> Iterator[Callable[..., Pipeline]]:
 def hub_logs(hub: ThreadedHub, count: int, workflow_id: str | None = None) -> list[LogEntry]:
     """Wait until the hub holds ``count`` logs (of the workflow, if given); their entries."""
 
-    def enough(h: ThreadedHub) -> tuple[LogRecord, ...] | None:
+    def enough(h: ThreadedHub) -> tuple[StoredLog, ...] | None:
         logs = h.logs if workflow_id is None else h.logs_for(workflow_id)
         return logs if len(logs) >= count else None
 

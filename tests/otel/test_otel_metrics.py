@@ -346,7 +346,7 @@ def test_the_instrumentor_takes_a_meter_provider(otel_hub: ThreadedHub) -> None:
 def test_client_instruments_follow_a_disconnect_drops_and_a_reconnect(
     reader: InMemoryMetricReader,
 ) -> None:
-    first = Hub(port=0).run_in_thread().start()
+    first = ThreadedHub(Hub(port=0)).start()
     port = first.port
     server = server_of(first)
     refused = {**server, attr.ERROR_TYPE: "ConnectionRefusedError"}
@@ -404,7 +404,7 @@ def test_client_instruments_follow_a_disconnect_drops_and_a_reconnect(
         assert value(sent, **server, **{attr.ERROR_TYPE: "outbox full"}) == 30
 
         # The hub is back on the same port: a reconnect, and what was held is delivered.
-        second = Hub(port=port).run_in_thread().start()
+        second = ThreadedHub(Hub(port=port)).start()
         assert up.wait(OTEL_TIMEOUT)
         assert coordinator.flush(OTEL_TIMEOUT)
         metrics = collect(reader)

@@ -120,9 +120,7 @@ def test_a_flood_is_throttled_and_counted_while_another_client_keeps_working(
     tmp_path: Path,
     round_: int,
 ) -> None:
-    with Hub(
-        port=0, rate_limit=2_000, rate_burst=500, flood_close_after=None
-    ).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0, rate_limit=2_000, rate_burst=500, flood_close_after=None)) as hub:
         coordinator = Coordinator(fast_config(hub.url, service_name="calm"))
         coordinator.connect()
         assert coordinator.wait_registered(10)
@@ -159,7 +157,7 @@ def test_oversized_frames_and_a_sustained_flood_are_refused_with_a_reason(
         "rate_burst": 200,
         "flood_close_after": 2_000,
     }
-    with Hub(port=0, **settings).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0, **settings)) as hub:
         coordinator = Coordinator(fast_config(hub.url, service_name="calm"))
         coordinator.connect()
         assert coordinator.wait_registered(10)

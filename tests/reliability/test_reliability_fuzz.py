@@ -328,7 +328,7 @@ def test_fuzzed_frames_never_crash_the_hub_nor_disturb_another_service(
     fuzz_ids = sorted({b.get("workflow_id", "") for b in bases} - {""})
     loop = asyncio.new_event_loop()
     # A generous rate limit: the fuzzer's frames are to be parsed, not throttled.
-    with Hub(port=0, rate_limit=1e6, rate_burst=1_000_000).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0, rate_limit=1e6, rate_burst=1_000_000)) as hub:
         good = well_behaved_service(hub)
         before = good_view(hub)
         good_connection = hub.services[GOOD_SERVICE].connection_id
@@ -576,7 +576,7 @@ def test_abuse_within_the_frame_limit_keeps_the_hub_in_its_byte_bounds_and_other
     )  # received and sent
     loop = asyncio.new_event_loop()
     hub_options: dict[str, Any] = {"rate_limit": 1e6, "rate_burst": 10**6, "limits": ABUSE_LIMITS}
-    with Hub(port=0, **hub_options).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0, **hub_options)) as hub:
         good = well_behaved_service(hub)
         before = good_view(hub)
         good_connection = hub.services[GOOD_SERVICE].connection_id

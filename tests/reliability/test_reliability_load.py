@@ -31,7 +31,7 @@ def test_stats_balance_at_every_observation_while_threads_send_and_the_client_de
     """``sent == delivered + dropped + queued + inflight`` in every ``stats()`` taken while
     producers put, the client takes and the hub acknowledges (the counters used to be read
     one by one, and about one observation in ten did not add up)."""
-    with Hub(port=0).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0)) as hub:
         coordinator = Coordinator(
             fast_config(hub.url, service_name="accounting", outbox_max_messages=300)
         )
@@ -80,7 +80,7 @@ def test_stats_balance_at_every_observation_while_threads_send_and_the_client_de
 def test_16_threads_and_100_async_workflows_reach_the_hub_complete_and_in_order(
     round_: int,
 ) -> None:
-    with Hub(port=0).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0)) as hub:
         coordinator = Coordinator(fast_config(hub.url, service_name="load"))
         coordinator.connect()
         assert coordinator.wait_registered(10)

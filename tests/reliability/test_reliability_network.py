@@ -115,7 +115,7 @@ def test_a_half_open_connection_is_noticed_within_the_pong_timeout_and_recovered
     round_: int,
 ) -> None:
     ping_interval, pong_timeout, open_timeout = 0.4, 0.6, 1.0
-    with Hub(port=0).run_in_thread() as hub, Proxy(hub.port) as proxy:
+    with ThreadedHub(Hub(port=0)) as hub, Proxy(hub.port) as proxy:
         coordinator = Coordinator(
             fast_config(
                 proxy.url(),
@@ -187,7 +187,7 @@ def test_state_resent_after_lost_acknowledgements_is_applied_once(round_: int) -
     """The hub gets every message but its acknowledgements are lost: the client declares the
     connection dead, reconnects and sends everything again with the same ids and timestamps.
     The hub applies each transition, checkpoint and error once."""
-    with Hub(port=0).run_in_thread() as hub, Proxy(hub.port) as proxy:
+    with ThreadedHub(Hub(port=0)) as hub, Proxy(hub.port) as proxy:
         coordinator = Coordinator(
             fast_config(proxy.url(), service_name="resender", ping_interval=0.3, pong_timeout=0.5)
         )
@@ -276,7 +276,7 @@ def test_a_hub_that_stops_reading_never_blocks_the_caller_and_memory_stays_bound
     # Tens of thousands of calls: the hub's flood protection, not under test here, would
     # throttle the backlog that arrives when the hub reads again.
     unlimited = Hub(port=0, rate_limit=1e9, rate_burst=10**9, flood_close_after=None)
-    with unlimited.run_in_thread() as hub, Proxy(hub.port) as proxy:
+    with ThreadedHub(unlimited) as hub, Proxy(hub.port) as proxy:
         coordinator = Coordinator(
             fast_config(
                 proxy.url(),
@@ -372,7 +372,7 @@ needs_start_tls = pytest.mark.skipif(
 
 @needs_start_tls
 def test_wss_through_a_tls_terminating_proxy_registers_and_delivers(pki: Pki) -> None:
-    with Hub(port=0).run_in_thread() as hub, Proxy(hub.port, tls=pki.trusted) as proxy:
+    with ThreadedHub(Hub(port=0)) as hub, Proxy(hub.port, tls=pki.trusted) as proxy:
         assert proxy.url().startswith("wss://")
         coordinator = Coordinator(fast_config(proxy.url(), ca_file=pki.ca_file))
         ledger = Ledger(coordinator)
@@ -396,7 +396,7 @@ def test_an_untrusted_certificate_fails_clearly_and_never_falls_back_to_plaintex
 ) -> None:
     caplog.set_level(logging.WARNING, logger="when_coordinator")
     context = pki.unknown_ca if case == "unknown-ca" else pki.wrong_host
-    with Hub(port=0).run_in_thread() as hub, Proxy(hub.port, tls=context) as proxy:
+    with ThreadedHub(Hub(port=0)) as hub, Proxy(hub.port, tls=context) as proxy:
         coordinator = Coordinator(
             fast_config(proxy.url(), ca_file=pki.ca_file, reconnect_max_attempts=3)
         )

@@ -57,9 +57,7 @@ def test_forked_children_of_a_busy_parent_neither_deadlock_nor_use_its_connectio
 ) -> None:
     # The parent floods on purpose (to keep its locks busy while children fork): the hub's
     # flood protection, which would throttle or close the parent, is not under test here.
-    with Hub(
-        port=0, rate_limit=1e9, rate_burst=10**9, flood_close_after=None
-    ).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0, rate_limit=1e9, rate_burst=10**9, flood_close_after=None)) as hub:
         coordinator = Coordinator(fast_config(hub.url, service_name="parent"))
         coordinator.connect()
         assert coordinator.wait_registered(10)
@@ -138,7 +136,7 @@ def test_a_forked_child_that_connects_never_takes_over_the_parents_workflows() -
     """The child's registration replays only what the child started; what it inherited stays
     the parent's, so after the child exits the parent's workflows are still steered there
     (before: the replay moved them to the child, then ``503 ... is not connected``)."""
-    with Hub(port=0).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0)) as hub:
         coordinator = Coordinator(fast_config(hub.url, service_name="parent"))
         coordinator.connect()
         assert coordinator.wait_registered(10)
@@ -213,7 +211,7 @@ def test_multiprocessing_children_get_their_own_connection_or_stay_quiet(
     if method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"no {method} start method here")
     context: Any = multiprocessing.get_context(method)
-    with Hub(port=0).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0)) as hub:
         monkeypatch.setenv("WHEN_URL", hub.url)  # what a spawned child builds its own from
         monkeypatch.setenv("WHEN_SERVICE_NAME", f"{method}-children")
         coordinator = Coordinator(fast_config(hub.url, service_name="parent"))
@@ -330,7 +328,7 @@ def run_short_lived(tmp_path: Path, url: str, close_timeout: float, count: int) 
 
 def test_a_short_lived_process_delivers_every_log_record_before_it_exits(tmp_path: Path) -> None:
     count = 300
-    with Hub(port=0).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0)) as hub:
         exit_time = run_short_lived(tmp_path, hub.url, 5.0, count)
         # The process is gone: what it delivered was delivered before it exited.
         messages = [record.message for record in hub.logs]

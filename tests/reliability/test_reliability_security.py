@@ -16,7 +16,7 @@ import pytest
 from tests.support.faults import HubProcess, handshake_status
 from tests.support.scripted_server import fast_config, wait_until
 from when_coordinator import Coordinator
-from when_coordinator.hub import Hub
+from when_coordinator.hub import Hub, ThreadedHub
 
 RIGHT = "right-token-8d41c7e2"
 WRONG = "wrong-token-53f09ab6"
@@ -41,7 +41,7 @@ def test_the_hub_refuses_missing_and_wrong_tokens_at_the_handshake_and_logs_none
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)  # every logger, websockets' own included, at DEBUG
-    with Hub(port=0, token=RIGHT).run_in_thread() as hub:
+    with ThreadedHub(Hub(port=0, token=RIGHT)) as hub:
         assert handshake_status(hub.url, None) == 401
         assert handshake_status(hub.url, f"Bearer {WRONG}") == 401
         assert handshake_status(hub.url, f"Basic {RIGHT}") == 401

@@ -15,25 +15,15 @@ from .errors import (
     StatusTimeout,
     WorkflowNotFound,
 )
+from .model import ConnectionState, Health, ServiceState, WorkflowState
 from .operator import OperatorError
+from .records import Anomaly, CheckpointRecord, ErrorRecord, PhaseChange, StoredLog
 from .server import COORDINATION_PATHS, OPERATOR_PATH, Hub, ReceivedMessage, SentMessage
-from .state import (
-    HUB_PROTOCOL_VERSION,
-    Anomaly,
-    CheckpointRecord,
-    ConnectionState,
-    ErrorRecord,
-    Health,
-    HubState,
-    LogRecord,
-    PhaseChange,
-    ServiceState,
-    VersionRefused,
-    WorkflowState,
-    negotiate_version,
-)
+from .state import HubState
 from .store import HubStore
 from .threaded import ThreadedHub
+from .versions import HUB_PROTOCOL_VERSION, VersionRefused, negotiate_version
+from .view import HubView
 
 __all__ = [
     "COORDINATION_PATHS",
@@ -52,7 +42,7 @@ __all__ = [
     "HubLimits",
     "HubState",
     "HubStore",
-    "LogRecord",
+    "HubView",
     "OperatorError",
     "PhaseChange",
     "ReceivedMessage",
@@ -60,6 +50,7 @@ __all__ = [
     "ServiceState",
     "ServiceUnavailable",
     "StatusTimeout",
+    "StoredLog",
     "ThreadedHub",
     "VersionRefused",
     "WorkflowNotFound",

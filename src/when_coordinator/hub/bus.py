@@ -32,7 +32,7 @@ from .errors import HubError, ServiceUnavailable, StatusTimeout
 
 if TYPE_CHECKING:
     from .pgstore import Mirror, PostgresStore
-    from .server import Hub
+    from .view import BusHost
 
 __all__ = ["Bus", "InProcessBus", "PostgresBus"]
 
@@ -125,7 +125,7 @@ class _Lane:
 class PostgresBus:
     """LISTEN/NOTIFY between instances sharing one PostgreSQL (see the module)."""
 
-    def __init__(self, hub: Hub, store: PostgresStore) -> None:
+    def __init__(self, hub: BusHost, store: PostgresStore) -> None:
         self._hub = hub
         self._store = store
         """The hub's store (its writes run on the hub's store thread): ``loaded_*`` only."""
@@ -291,12 +291,12 @@ class PostgresBus:
                 state.mirror_workflow(document, records.get(workflow_id, ()))
                 self.mirrored += 1
         if mirror.logs:
-            from .state import LogRecord  # noqa: PLC0415
+            from .records import StoredLog  # noqa: PLC0415
 
             parsed = []
             for data in mirror.logs:
                 with contextlib.suppress(ValueError, KeyError, TypeError):
-                    parsed.append(LogRecord.from_dict(data))
+                    parsed.append(StoredLog.from_dict(data))
             state.mirror_logs(parsed)
 
     async def _lease_loop(self) -> None:

@@ -23,7 +23,7 @@ from websockets.http11 import Response
 from ..protocol import MessageType, Phase
 
 if TYPE_CHECKING:
-    from .server import Hub
+    from .view import HubView
 
 __all__ = ["CONTENT_TYPE", "FAMILIES", "CommandLatency", "figures", "metrics_response", "render"]
 
@@ -137,7 +137,7 @@ def _sample(name: str, value: float, labels: Mapping[str, str] | None = None) ->
     return f"{name}{{{text}}} {_number(value)}"
 
 
-def figures(hub: Hub, now: float) -> dict[str, Any]:
+def figures(hub: HubView, now: float) -> dict[str, Any]:
     """The hub's figures at ``now`` (``time.monotonic()``) as JSON-ready data: what ``render``
     exposes to Prometheus, and what the operator API serves (``GET /v1/metrics``, op
     ``metrics``) to the dashboard, so both always show the same numbers."""
@@ -166,7 +166,7 @@ def figures(hub: Hub, now: float) -> dict[str, Any]:
     }
 
 
-def render(hub: Hub, now: float) -> str:
+def render(hub: HubView, now: float) -> str:
     """The exposition of ``figures(hub, now)``."""
     data = figures(hub, now)
     lines: list[str] = []
@@ -220,7 +220,7 @@ _ALWAYS_SHOWN = frozenset(
 rates right from the first scrape."""
 
 
-def metrics_response(hub: Hub, method: str, now: float) -> Response:
+def metrics_response(hub: HubView, method: str, now: float) -> Response:
     """The ``GET /metrics`` answer (authentication is the caller's)."""
     if method not in ("GET", "HEAD"):
         body, status, content_type = b"use GET for /metrics\n", 405, "text/plain; charset=utf-8"

@@ -62,22 +62,17 @@ at most about ten times a second). ``dropped`` tells how many events a slow watc
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import email.utils
 import json
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from . import queries
@@ -92,29 +87,17 @@ from .errors import (
 )
 from .metrics import figures
 from .routing import Target
-from .state import (
-    Changes,
-    CheckpointEvent,
-    ErrorEvent,
-    Event,
-    LogEvent,
-    PhaseEvent,
-    WorkflowState,
-)
 
 if TYPE_CHECKING:
-    from .server import Hub
+    from .view import HubView
 
-__all__ = ["OperatorError", "OperatorSession", "bad_path", "execute", "http_request"]
+__all__ = ["OperatorError", "bad_path", "execute", "http_request", "resolve_workflow_id"]
 
 _log = logging.getLogger("when_coordinator.hub.operator")
 
 _COMMANDS = ("pause", "resume", "cancel", "status")
-_STEERING = frozenset({"pause", "resume", "cancel", "cancel_many"})
+STEERING = frozenset({"pause", "resume", "cancel", "cancel_many"})
 _MAX_STATUS_TIMEOUT = 9.0  # below the websockets handshake timeout (10 s) for HTTP callers
-_MAX_EVENTS = 1_000
-_SEND_INTERVAL = 0.1
-_MAX_INTERVAL = 5.0
 
 
 class OperatorError(HubError):
@@ -126,7 +109,7 @@ class OperatorError(HubError):
         self.http_status = http_status
 
 
-def _text(params: Mapping[str, Any], key: str, default: str = "") -> str:
+def param_text(params: Mapping[str, Any], key: str, default: str = "") -> str:
     value = params.get(key, default)
     if value is None:
         return default
@@ -135,7 +118,7 @@ def _text(params: Mapping[str, Any], key: str, default: str = "") -> str:
     return value
 
 
-def _number(params: Mapping[str, Any], key: str, default: float) -> float:
+def param_number(params: Mapping[str, Any], key: str, default: float) -> float:
     value = params.get(key, default)
     if isinstance(value, str):
         try:
@@ -147,7 +130,7 @@ def _number(params: Mapping[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
-def _flag(params: Mapping[str, Any], key: str) -> bool:
+def param_flag(params: Mapping[str, Any], key: str) -> bool:
     value = params.get(key, False)
     if isinstance(value, str):
         return value.lower() in ("1", "true", "yes", "on")
@@ -156,9 +139,9 @@ def _flag(params: Mapping[str, Any], key: str) -> bool:
     return value
 
 
-def _workflow_id(hub: Hub, params: Mapping[str, Any]) -> str:
+def _workflow_id(hub: HubView, params: Mapping[str, Any]) -> str:
     """The ``workflow_id`` parameter, or the one workflow whose id it begins (a prefix)."""
-    workflow_id = _text(params, "workflow_id")
+    workflow_id = param_text(params, "workflow_id")
     if not workflow_id:
         raise OperatorError("'workflow_id' is required")
     return resolve_workflow_id(hub, workflow_id)
@@ -181,7 +164,7 @@ class AmbiguousWorkflow(OperatorError):
         self.candidates = candidates[:_MAX_CANDIDATES]
 
 
-def resolve_workflow_id(hub: Hub, text: str, *, unknown_ok: bool = False) -> str:
+def resolve_workflow_id(hub: HubView, text: str, *, unknown_ok: bool = False) -> str:
     """The known workflow id that ``text`` is, or is the unique prefix of.
 
     Ids are long (``wf-`` and 32 hex digits) and operators type the start, as with git or
@@ -202,10 +185,10 @@ def resolve_workflow_id(hub: Hub, text: str, *, unknown_ok: bool = False) -> str
     raise WorkflowNotFound(f"unknown workflow {text!r}: no service has reported it to this hub")
 
 
-def _workflows(hub: Hub, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    service_id = _text(params, "service_id")
-    phase = _text(params, "phase")
-    root = _text(params, "root")
+def _workflows(hub: HubView, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    service_id = param_text(params, "service_id")
+    phase = param_text(params, "phase")
+    root = param_text(params, "root")
     out = []
     for workflow in hub.workflows.values():
         if service_id and workflow.service_id != service_id:
@@ -218,10 +201,10 @@ def _workflows(hub: Hub, params: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _logs(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
-    workflow_id = _text(params, "workflow_id")
-    level = _text(params, "level")
-    limit = int(_number(params, "limit", 100))
+def _logs(hub: HubView, params: Mapping[str, Any]) -> dict[str, Any]:
+    workflow_id = param_text(params, "workflow_id")
+    level = param_text(params, "level")
+    limit = int(param_number(params, "limit", 100))
     if limit < 0:
         raise OperatorError("'limit' must be >= 0")
     state = hub.state
@@ -238,12 +221,12 @@ def _logs(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _workflow(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
+def _workflow(hub: HubView, params: Mapping[str, Any]) -> dict[str, Any]:
     workflow_id = _workflow_id(hub, params)
     workflow = hub.workflows.get(workflow_id)
     if workflow is None:
         raise WorkflowNotFound(f"unknown workflow {workflow_id!r}")
-    return queries.workflow_detail(hub, workflow, max(0, int(_number(params, "logs", 50))))
+    return queries.workflow_detail(hub, workflow, max(0, int(param_number(params, "logs", 50))))
 
 
 # ---- dashboard queries: pages, overview, bulk commands (see queries.py)
@@ -251,21 +234,21 @@ def _workflow(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
 _PAGE_KEYS = ("offset", "limit", "q", "service", "active")
 
 
-def _page(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
-    filters = {key: _text(params, key) for key in ("service", "service_id", "phase", "q")}
-    if _flag(params, "active") and not filters["phase"]:
+def _page(hub: HubView, params: Mapping[str, Any]) -> dict[str, Any]:
+    filters = {key: param_text(params, key) for key in ("service", "service_id", "phase", "q")}
+    if param_flag(params, "active") and not filters["phase"]:
         filters["phase"] = "active"
-    offset = int(_number(params, "offset", 0))
-    limit = int(_number(params, "limit", 50))
+    offset = int(param_number(params, "offset", 0))
+    limit = int(param_number(params, "limit", 50))
     return queries.query(hub, filters, offset=offset, limit=limit)
 
 
-async def _cancel_many(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
+async def _cancel_many(hub: HubView, params: Mapping[str, Any]) -> dict[str, Any]:
     """Cancel every workflow the filters select whose phase allows it; failures are counted."""
-    filters = {key: _text(params, key) for key in ("service", "service_id", "phase", "q")}
+    filters = {key: param_text(params, key) for key in ("service", "service_id", "phase", "q")}
     if not any(filters.values()):
         raise OperatorError("cancel_many needs a filter (q, service or phase): it never means all")
-    reason, force = _text(params, "reason"), _flag(params, "force")
+    reason, force = param_text(params, "reason"), param_flag(params, "force")
     sent: list[str] = []
     failed: dict[str, str] = {}
     for workflow_id in queries.selected_ids(hub, filters, "cancel"):
@@ -281,7 +264,7 @@ async def _cancel_many(hub: Hub, params: Mapping[str, Any]) -> dict[str, Any]:
 _MAX_FOCUS = 1_000
 
 
-def _focus(params: Mapping[str, Any]) -> frozenset[str] | None:
+def focus_of(params: Mapping[str, Any]) -> frozenset[str] | None:
     """``workflow_ids`` of a ``focus`` request: a list of ids, or null for every workflow."""
     ids = params.get("workflow_ids")
     if ids is None:
@@ -293,22 +276,24 @@ def _focus(params: Mapping[str, Any]) -> frozenset[str] | None:
     return frozenset(ids)
 
 
-def _read_only(op: str) -> OperatorError:
+def read_only_error(op: str) -> OperatorError:
     return OperatorError(
         f"{op!r} needs the steering token: this session may only watch", "forbidden", 403
     )
 
 
-async def execute(hub: Hub, op: str, params: Mapping[str, Any]) -> Any:
+async def execute(hub: HubView, op: str, params: Mapping[str, Any]) -> Any:
     """Carry out one operator request; raises ``OperatorError`` (or a hub ``CommandError``)."""
     if op in ("pause", "resume", "cancel"):
         workflow_id = _workflow_id(hub, params)
         if op == "pause":
-            sent = await hub.pause(workflow_id, _text(params, "reason"))
+            sent = await hub.pause(workflow_id, param_text(params, "reason"))
         elif op == "resume":
-            sent = await hub.resume(workflow_id, _text(params, "from_checkpoint"))
+            sent = await hub.resume(workflow_id, param_text(params, "from_checkpoint"))
         else:
-            sent = await hub.cancel(workflow_id, _text(params, "reason"), _flag(params, "force"))
+            sent = await hub.cancel(
+                workflow_id, param_text(params, "reason"), param_flag(params, "force")
+            )
         workflow = hub.workflows.get(workflow_id)
         return {
             "sent": sent.id,
@@ -317,7 +302,7 @@ async def execute(hub: Hub, op: str, params: Mapping[str, Any]) -> Any:
         }
     if op == "status":
         workflow_id = _workflow_id(hub, params)
-        timeout = _number(params, "timeout", hub.command_timeout)
+        timeout = param_number(params, "timeout", hub.command_timeout)
         if not 0 < timeout <= _MAX_STATUS_TIMEOUT:
             raise OperatorError(f"'timeout' must be in (0, {_MAX_STATUS_TIMEOUT:g}] seconds")
         answer = await hub.status(workflow_id, timeout)
@@ -345,7 +330,7 @@ async def execute(hub: Hub, op: str, params: Mapping[str, Any]) -> Any:
     raise OperatorError(f"unknown op {op!r}", code="unknown_op")
 
 
-def _classify(exc: Exception) -> tuple[str, int]:
+def classify(exc: Exception) -> tuple[str, int]:
     if isinstance(exc, OperatorError):
         return exc.code, exc.http_status
     if isinstance(exc, WorkflowNotFound):
@@ -382,7 +367,7 @@ def _error(status: int, message: str, code: str) -> Response:
     return json_response(status, {"error": message, "code": code})
 
 
-def _error_body(exc: Exception) -> dict[str, Any]:
+def error_body(exc: Exception) -> dict[str, Any]:
     """What an error answer carries beyond its message and code."""
     if isinstance(exc, CommandRefused):
         return {"phase": exc.phase, "allowed": list(exc.allowed)}
@@ -396,7 +381,7 @@ def bad_path(target: Target) -> Response:
     return _error(400, f"malformed path: {target.error}", "bad_path")
 
 
-async def http_request(hub: Hub, request: Request, target: Target) -> Response:
+async def http_request(hub: HubView, request: Request, target: Target) -> Response:
     """Answer one HTTP request of the operator API: ``target`` is the request's parsed path,
     already authenticated (or the public health route)."""
     raw_path = target.path
@@ -406,8 +391,8 @@ async def http_request(hub: Hub, request: Request, target: Target) -> Response:
         if request.method == "POST":
             if len(parts) == 4 and parts[:2] == ["v1", "workflows"] and parts[3] in _COMMANDS:
                 params["workflow_id"] = parts[2]
-                if parts[3] in _STEERING and hub.dashboard.access(request) is not Access.STEER:
-                    raise _read_only(parts[3])
+                if parts[3] in STEERING and hub.dashboard.access(request) is not Access.STEER:
+                    raise read_only_error(parts[3])
                 return json_response(200, await execute(hub, parts[3], params))
             return _get_route_or(parts, 405 if _is_get_route(parts) else 404)
         if request.method not in ("GET", "HEAD"):
@@ -451,10 +436,10 @@ async def http_request(hub: Hub, request: Request, target: Target) -> Response:
             return _error(405, f"use POST for {parts[3]}", "method_not_allowed")
         return _error(404, f"no such path: {raw_path}", "not_found")
     except Exception as exc:
-        code, status = _classify(exc)
+        code, status = classify(exc)
         if status == 500:
             _log.exception("operator HTTP request %s %s failed", request.method, raw_path)
-        body = {"error": str(exc) or type(exc).__name__, "code": code, **_error_body(exc)}
+        body = {"error": str(exc) or type(exc).__name__, "code": code, **error_body(exc)}
         return json_response(status, body)
 
 
@@ -475,277 +460,3 @@ def _get_route_or(parts: list[str], status: int) -> Response:
     if status == 405:
         return _error(405, "this path is read-only: use GET", "method_not_allowed")
     return _error(404, "no such path: /" + "/".join(parts), "not_found")
-
-
-# --------------------------------------------------------------------------- WebSocket
-
-
-def _event_dict(event: Event) -> dict[str, Any]:
-    if isinstance(event, PhaseEvent):
-        return {
-            "event": "phase_changed",
-            "workflow_id": event.workflow_id,
-            "service_id": event.service_id,
-            **event.change.as_dict(),
-        }
-    if isinstance(event, CheckpointEvent):
-        return {
-            "event": "checkpoint",
-            "workflow_id": event.workflow_id,
-            "service_id": event.service_id,
-            **event.record.as_dict(),
-        }
-    if isinstance(event, ErrorEvent):
-        return {
-            "event": "error",
-            "workflow_id": event.workflow_id,
-            "service_id": event.service_id,
-            **event.record.as_dict(),
-        }
-    if isinstance(event, LogEvent):
-        return {"event": "log", **event.record.as_dict()}
-    return {"event": "anomaly", **event.as_dict()}
-
-
-class OperatorSession:
-    """One operator WebSocket: requests answered concurrently, plus an optional event stream."""
-
-    def __init__(self, hub: Hub, ws: ServerConnection, *, read_only: bool = False) -> None:
-        self._hub = hub
-        self._ws = ws
-        self._read_only = read_only
-        """Logged in with the read token: every op but the steering ones."""
-        self._interval = _SEND_INTERVAL
-        self._batch = False
-        """Send each drain as one ``batch`` event (one frame) instead of a frame per event."""
-        self._focus: frozenset[str] | None = None
-        """Set by ``focus``: workflow records and events only for these; the rest counted."""
-        self._others = 0
-        self._subscribed = False
-        self._logs = False
-        self._scope = ""
-        self._events: deque[Event] = deque()
-        self._dropped = 0
-        self._workflows: set[str] = set()
-        self._services: set[str] = set()
-        self._removed: set[str] = set()
-        self._snapshot: dict[str, Any] | None = None
-        self._streaming = False
-        """Events flow only after the subscribe reply went out, so the reply comes first."""
-        self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(16)
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def run(self) -> None:
-        sender = asyncio.ensure_future(self._sender())
-        try:
-            async for frame in self._ws:
-                if isinstance(frame, bytes):
-                    await self._reply(None, error=OperatorError("send JSON text frames"))
-                    continue
-                try:
-                    request = json.loads(frame)
-                except ValueError as exc:
-                    await self._reply(None, error=OperatorError(f"invalid JSON: {exc}"))
-                    continue
-                if not isinstance(request, dict):
-                    await self._reply(None, error=OperatorError("a request is a JSON object"))
-                    continue
-                await self._slots.acquire()
-                task = asyncio.ensure_future(self._handle(request))
-                self._tasks.add(task)
-                task.add_done_callback(self._done)
-        except ConnectionClosed:
-            pass
-        finally:
-            self._hub._unsubscribe(self)
-            sender.cancel()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(sender, *self._tasks, return_exceptions=True)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._slots.release()
-
-    async def _handle(self, request: dict[str, Any]) -> None:
-        request_id = request.get("id")
-        op = request.get("op")
-        try:
-            if not isinstance(op, str):
-                raise OperatorError("'op' must be a string")
-            if op in _STEERING and self._read_only:
-                raise _read_only(op)
-            if op == "subscribe":
-                result: Any = self._subscribe(request)
-            elif op == "focus":
-                self._focus = _focus(request)
-                self._others = 0
-                result = {"focus": None if self._focus is None else len(self._focus)}
-            elif op == "unsubscribe":
-                self._subscribed = self._streaming = False
-                self._hub._unsubscribe(self)
-                result = {"subscribed": False}
-            else:
-                result = await execute(self._hub, op, request)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            await self._reply(request_id, error=exc)
-            return
-        await self._reply(request_id, result=result)
-        if op == "subscribe":
-            self._streaming = True
-            self._wake.set()
-
-    def _subscribe(self, request: Mapping[str, Any]) -> dict[str, Any]:
-        self._logs = _flag(request, "logs")
-        scope = _text(request, "workflow_id")
-        self._scope = resolve_workflow_id(self._hub, scope, unknown_ok=True) if scope else ""
-        self._focus = _focus(request)
-        self._others = 0
-        self._batch = _flag(request, "batch")
-        interval = _number(request, "interval", _SEND_INTERVAL)
-        if not _SEND_INTERVAL <= interval <= _MAX_INTERVAL:
-            raise OperatorError(f"'interval' must be in [{_SEND_INTERVAL:g}, {_MAX_INTERVAL:g}] s")
-        self._interval = interval
-        with_workflows = _flag(request, "workflows") if "workflows" in request else True
-        self._events.clear()
-        self._workflows.clear()
-        self._services.clear()
-        self._removed.clear()
-        hub = self._hub
-        self._snapshot = {
-            "event": "snapshot",
-            "services": [s.as_dict() for s in hub.services.values()],
-            "workflows": [
-                queries.summary(hub, w) for w in hub.workflows.values() if self._in_scope(w)
-            ]
-            if with_workflows
-            else [],
-        }
-        self._subscribed = True
-        self._streaming = False
-        hub._subscribe(self)
-        return {"subscribed": True, "logs": self._logs, "workflow_id": self._scope}
-
-    def _in_scope(self, workflow: WorkflowState | None, workflow_id: str = "") -> bool:
-        if not self._scope:
-            return True
-        if workflow is None:
-            return workflow_id == self._scope
-        hub = self._hub
-        seen: set[str] = set()
-        current: WorkflowState | None = workflow
-        while current is not None and current.workflow_id not in seen:
-            if current.workflow_id == self._scope:
-                return True
-            seen.add(current.workflow_id)
-            parent = current.parent_workflow_id
-            current = hub.workflows.get(parent) if parent else None
-        return False
-
-    def push(self, changes: Changes) -> None:
-        """Take the hub's latest changes (called on the loop after every change)."""
-        if not self._subscribed:
-            return
-        focus = self._focus
-        if focus is None:
-            self._workflows |= changes.workflows
-        else:  # a page watching a few workflows: the others only as a count
-            focused = changes.workflows & focus
-            self._others += len(changes.workflows) - len(focused)
-            self._workflows |= focused
-        self._services |= changes.services
-        self._removed |= changes.removed_workflows
-        for event in changes.events:
-            if isinstance(event, LogEvent) and not self._logs:
-                continue
-            if (
-                focus is not None
-                and isinstance(event, (PhaseEvent, CheckpointEvent, ErrorEvent))
-                and event.workflow_id not in focus
-            ):
-                self._others += 1
-                continue
-            if len(self._events) >= _MAX_EVENTS:
-                self._events.popleft()
-                self._dropped += 1
-            self._events.append(event)
-        self._wake.set()
-
-    def _event_in_scope(self, event: Event) -> bool:
-        if not self._scope:
-            return True
-        workflow_id = event.record.workflow_id if isinstance(event, LogEvent) else event.workflow_id
-        return bool(workflow_id) and self._in_scope(
-            self._hub.workflows.get(workflow_id), workflow_id
-        )
-
-    def _drain(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        if self._snapshot is not None:
-            out.append(self._snapshot)
-            self._snapshot = None
-        if self._dropped:
-            out.append({"event": "dropped", "count": self._dropped})
-            self._dropped = 0
-        while self._events:
-            event = self._events.popleft()
-            if self._event_in_scope(event):
-                out.append(_event_dict(event))
-        hub = self._hub
-        for workflow_id in sorted(self._workflows):
-            workflow = hub.workflows.get(workflow_id)
-            if workflow is not None and self._in_scope(workflow):
-                out.append({"event": "workflow", "workflow": queries.summary(hub, workflow)})
-        for workflow_id in sorted(self._removed):
-            if self._in_scope(None, workflow_id):
-                out.append({"event": "removed", "workflow_id": workflow_id})
-        if self._others:
-            out.append({"event": "changed", "workflows": self._others})
-            self._others = 0
-        if not self._scope:
-            for service_id in sorted(self._services):
-                service = hub.services.get(service_id)
-                if service is not None:
-                    out.append({"event": "service", "service": service.as_dict()})
-        self._workflows.clear()
-        self._removed.clear()
-        self._services.clear()
-        return out
-
-    async def _sender(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if not (self._subscribed and self._streaming):
-                continue
-            events = self._drain()
-            if self._batch:
-                if events:
-                    batch = {"event": "batch", "events": events}
-                    await self._ws.send(json.dumps(batch, separators=(",", ":")))
-            else:
-                for event in events:
-                    await self._ws.send(json.dumps(event, separators=(",", ":")))
-            await asyncio.sleep(self._interval)  # coalesce bursts of progress updates
-
-    async def _reply(
-        self, request_id: Any, *, result: Any = None, error: Exception | None = None
-    ) -> None:
-        if error is None:
-            body: dict[str, Any] = {"id": request_id, "ok": True, "result": result}
-        else:
-            code, status = _classify(error)
-            if status == 500:
-                _log.error("operator request failed", exc_info=error)
-            body = {
-                "id": request_id,
-                "ok": False,
-                "error": str(error),
-                "code": code,
-                **_error_body(error),
-            }
-        with contextlib.suppress(ConnectionClosed):
-            await self._ws.send(json.dumps(body, separators=(",", ":")))

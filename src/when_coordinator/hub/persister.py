@@ -12,7 +12,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .bounds import json_size
-from .state import Changes, CheckpointEvent, ErrorEvent, HubState, LogEvent, LogRecord, PhaseEvent
+from .changes import Changes, CheckpointEvent, ErrorEvent, LogEvent, PhaseEvent
+from .records import StoredLog
+from .state import HubState
 from .store import Store, StoreBatch, summary
 
 __all__ = ["Persister"]
@@ -51,13 +53,13 @@ class Persister:
         """(workflow id, kind, record, estimated bytes) rows to append."""
         self._records_bytes = 0
         self._resync: set[str] = set()
-        self._logs: deque[tuple[LogRecord, int]] = deque()
+        self._logs: deque[tuple[StoredLog, int]] = deque()
         self._logs_bytes = 0
         self._budget = state.limits.store_pending_bytes
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._batch_parts: tuple[Changes, list[Any], deque[tuple[LogRecord, int]], set[str]] = (
+        self._batch_parts: tuple[Changes, list[Any], deque[tuple[StoredLog, int]], set[str]] = (
             Changes(),
             [],
             deque(),
@@ -269,7 +271,7 @@ _MAX_RETRY_DELAY = 5.0
 """Seconds between retries of a failing store, at most."""
 
 
-def _log_size(record: LogRecord) -> int:
+def _log_size(record: StoredLog) -> int:
     entry = record.entry
     size = 256 + len(entry.message)
     return size + json_size(entry.fields) if entry.fields else size

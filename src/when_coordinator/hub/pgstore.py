@@ -22,7 +22,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import TupleRow
 
-from .state import LogRecord, ServiceState, Snapshot, WorkflowState
+from .changes import Snapshot
+from .model import ServiceState, WorkflowState
+from .records import StoredLog
 from .store import KINDS, StoreBatch, redact_url
 
 __all__ = ["SCHEMA_VERSION", "Mirror", "PostgresStore", "StoreUnavailable", "redact_url"]
@@ -255,7 +257,7 @@ class PostgresStore:
                     "LIMIT %s) AS newest ORDER BY seq",
                     (self.log_limit,),
                 )
-                if (log := self._parse(LogRecord.from_dict, data)) is not None
+                if (log := self._parse(StoredLog.from_dict, data)) is not None
             ]
         return Snapshot(services=services, workflows=workflows, logs=logs)
 

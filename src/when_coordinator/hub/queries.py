@@ -14,10 +14,10 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import Phase
-from .state import WorkflowState
+from .model import WorkflowState
 
 if TYPE_CHECKING:
-    from .server import Hub
+    from .view import HubView
 
 __all__ = [
     "allowed_commands",
@@ -54,7 +54,7 @@ def _progress(workflow: WorkflowState) -> float:
     return workflow.progress
 
 
-def summary(hub: Hub, workflow: WorkflowState, *, full: bool = False) -> dict[str, Any]:
+def summary(hub: HubView, workflow: WorkflowState, *, full: bool = False) -> dict[str, Any]:
     """``workflow.as_dict`` plus what an operator reads it by: names and allowed commands."""
     out = workflow.as_dict(full=full)
     service = hub.services.get(workflow.service_id)
@@ -85,7 +85,7 @@ def _phases(text: str) -> frozenset[Phase] | None:
 
 
 def matches(
-    hub: Hub, workflow: WorkflowState, service: str, text: str, phases: frozenset[Phase] | None
+    hub: HubView, workflow: WorkflowState, service: str, text: str, phases: frozenset[Phase] | None
 ) -> bool:
     """Whether the workflow passes the filters (``text`` is lower case already)."""
     if service and workflow.service_id != service:
@@ -100,7 +100,7 @@ def matches(
     )
 
 
-def _filtered(hub: Hub, params: Mapping[str, str]) -> tuple[list[WorkflowState], Counter[str]]:
+def _filtered(hub: HubView, params: Mapping[str, str]) -> tuple[list[WorkflowState], Counter[str]]:
     """The workflows the filters select, and per phase the counts ignoring the phase filter."""
     service = params.get("service", "") or params.get("service_id", "")
     text = params.get("q", "").strip().lower()
@@ -120,7 +120,7 @@ def _order(workflow: WorkflowState) -> tuple[bool, float, str]:
     return workflow.phase.is_terminal, -workflow.created_at, workflow.workflow_id
 
 
-def query(hub: Hub, params: Mapping[str, str], *, offset: int, limit: int) -> dict[str, Any]:
+def query(hub: HubView, params: Mapping[str, str], *, offset: int, limit: int) -> dict[str, Any]:
     """One page of workflows, active first then newest first, with totals and phase counts.
 
     Filters: ``service`` (id or registered name), ``phase`` (see ``_phases``), ``q`` (part of
@@ -142,13 +142,13 @@ def query(hub: Hub, params: Mapping[str, str], *, offset: int, limit: int) -> di
     }
 
 
-def selected_ids(hub: Hub, params: Mapping[str, str], command: str) -> list[str]:
+def selected_ids(hub: HubView, params: Mapping[str, str], command: str) -> list[str]:
     """The filtered workflows whose phase allows ``command`` (what a bulk command acts on)."""
     selected, _ = _filtered(hub, params)
     return [w.workflow_id for w in selected if command in allowed_commands(w.phase)]
 
 
-def _tree(hub: Hub, root: WorkflowState) -> list[dict[str, Any]]:
+def _tree(hub: HubView, root: WorkflowState) -> list[dict[str, Any]]:
     """The descendants, depth first, each with its depth (bounded, cycles cut)."""
     out: list[dict[str, Any]] = []
     seen = {root.workflow_id}
@@ -174,7 +174,7 @@ def _tree(hub: Hub, root: WorkflowState) -> list[dict[str, Any]]:
     return out
 
 
-def workflow_detail(hub: Hub, workflow: WorkflowState, logs: int) -> dict[str, Any]:
+def workflow_detail(hub: HubView, workflow: WorkflowState, logs: int) -> dict[str, Any]:
     """Everything the detail view shows: the full record, its tree, logs tail and trace id."""
     out = summary(hub, workflow, full=True)
     records = hub.logs_for(workflow.workflow_id)
@@ -184,7 +184,7 @@ def workflow_detail(hub: Hub, workflow: WorkflowState, logs: int) -> dict[str, A
     return out
 
 
-def overview(hub: Hub) -> dict[str, Any]:
+def overview(hub: HubView) -> dict[str, Any]:
     """Services with their workflow counts, and anomalies grouped by text with their counts."""
     total: Counter[str] = Counter()
     active: Counter[str] = Counter()

@@ -23,76 +23,55 @@ dropped and counted with their reason; frames over ``max_frame_bytes`` close tha
 with 1009; a token bucket per connection drops (and counts) frames beyond ``rate_limit`` per
 second and closes with 1008 when drops within one second reach ``flood_close_after``. The loop
 yields between a connection's frames every few dozen, so a flood cannot starve the others.
+
+``Hub`` is assembled from ``front.HttpFront`` (authentication and routing) and
+``endpoint.ServiceEndpoint`` (the coordination connections); this module keeps the lifecycle,
+the read views, publishing changes and the command path (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import itertools
 import logging
 import os
 import sqlite3
-import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
 
 from ..protocol import (
     CancelPayload,
-    EmptyPayload,
     Message,
-    MessageType,
     PausePayload,
-    ProtocolError,
-    RegisteredPayload,
-    RegisterPayload,
     ResumePayload,
     StatusPayload,
     StatusResponsePayload,
-    decode,
     encode,
 )
-from .bounds import HubLimits, json_size
+from .bounds import HubLimits
 from .bus import Bus, InProcessBus
 from .commands import check_command
-from .dashboard import Access, Dashboard
+from .dashboard import Dashboard
+from .database import is_postgres, make_store
+from .endpoint import Peer, PendingStatus, ServiceEndpoint
 from .errors import HubClosed, HubError, ServiceUnavailable, StatusTimeout, WorkflowNotFound
-from .metrics import CommandLatency, metrics_response
-from .operator import OperatorSession, bad_path, http_request
+from .front import CredentialRedactingLogger, HttpFront, check_token
+from .metrics import CommandLatency
+from .model import ConnectionState, ServiceState, WorkflowState
 from .persister import Persister
-from .routing import (
-    COORDINATION_ROUTES,
-    METRICS_ROUTE,
-    OPERATOR_ROUTE,
-    Target,
-    parse_target,
-    redact_query,
-)
+from .records import Anomaly, StoredLog
 from .sendguard import SendBufferGuard
-from .state import (
-    HUB_PROTOCOL_VERSION,
-    Anomaly,
-    ConnectionState,
-    HubState,
-    LogRecord,
-    ServiceState,
-    VersionRefused,
-    WorkflowState,
-)
-from .store import HubStore, Store
-
-if TYPE_CHECKING:
-    from .threaded import ThreadedHub
+from .state import HubState
+from .traffic import ReceivedLog, ReceivedMessage, SentLog, SentMessage
+from .versions import HUB_PROTOCOL_VERSION
+from .view import BusHost, HubView, Watcher
+from .waiting import Waiters
 
 __all__ = [
     "COORDINATION_PATHS",
@@ -109,185 +88,13 @@ COORDINATION_PATHS = ("/v1/coordination", "/ws/coordination")
 OPERATOR_PATH = "/v1/operator"
 
 _T = TypeVar("_T")
-_YIELD_EVERY = 32
 
 
-class ReceivedMessage(NamedTuple):
-    """A message the hub accepted, with the service it is attributed to ("" if none yet)."""
-
-    service_id: str
-    message: Message
-
-
-class SentMessage(NamedTuple):
-    """A message the hub sent to a service."""
-
-    service_id: str
-    message: Message
-
-
-class ReceivedLog(Sequence[ReceivedMessage]):
-    """The hub's record of accepted messages, oldest first, bounded by ``record_limit``.
-
-    Each is kept as its service id and the frame's text and decoded again when read (reads
-    give equal messages, not the same objects). Ten thousand decoded messages, replaced at the
-    rate frames arrive, were objects the garbage collector kept promoting and rescanning: under
-    load, collections of tens of milliseconds every few seconds; strings it does not track.
-    """
-
-    __slots__ = ("_frames", "_maxlen", "bytes", "evicted", "max_bytes")
-
-    def __init__(self, maxlen: int, max_bytes: int | None = None) -> None:
-        self._frames: deque[tuple[str, str]] = deque()
-        self._maxlen = max(1, maxlen)
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        """The length of the frames held (one frame larger than ``max_bytes`` is kept alone)."""
-        self.evicted = 0
-
-    def append(self, service_id: str, frame: str) -> None:
-        frames = self._frames
-        frames.append((service_id, frame))
-        self.bytes += len(frame)
-        limit = self.max_bytes
-        while len(frames) > self._maxlen or (
-            limit is not None and self.bytes > limit and len(frames) > 1
-        ):
-            self.bytes -= len(frames.popleft()[1])
-            self.evicted += 1
-
-    def __len__(self) -> int:
-        return len(self._frames)
-
-    @overload
-    def __getitem__(self, index: int) -> ReceivedMessage: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[ReceivedMessage]: ...
-
-    def __getitem__(self, index: int | slice) -> ReceivedMessage | list[ReceivedMessage]:
-        if isinstance(index, slice):
-            return [_received(item) for item in list(self._frames)[index]]
-        return _received(self._frames[index])
-
-    def __iter__(self) -> Iterator[ReceivedMessage]:
-        return map(_received, self._frames)
-
-
-def _received(item: tuple[str, str]) -> ReceivedMessage:
-    return ReceivedMessage(item[0], decode(item[1]))
-
-
-class _Peer:
-    """An open coordination connection and its rate limiter."""
-
-    __slots__ = (
-        "closing",
-        "connection_id",
-        "frames",
-        "tokens",
-        "updated",
-        "window_drops",
-        "window_start",
-        "ws",
-    )
-
-    def __init__(self, connection_id: str, ws: ServerConnection, burst: float, now: float) -> None:
-        self.connection_id = connection_id
-        self.ws = ws
-        self.tokens = burst
-        self.updated = now
-        self.window_start = now
-        self.window_drops = 0
-        self.frames = 0
-        self.closing = False
-
-
-@dataclass(slots=True)
-class _Waiter:
-    predicate: Callable[[], object]
-    future: asyncio.Future[Any]
-    error: BaseException | None = None
-
-
-@dataclass(slots=True)
-class _PendingStatus:
-    future: asyncio.Future[StatusResponsePayload]
-    connection_id: str
-    workflow_id: str
-
-
-def _close_info(ws: ServerConnection) -> tuple[int, str]:
-    """The close code and reason of whoever closed first (1006 if nobody did)."""
-    protocol = ws.protocol
-    sent, rcvd = protocol.close_sent, protocol.close_rcvd
-    if sent is not None and (rcvd is None or not protocol.close_rcvd_then_sent):
-        return sent.code, sent.reason
-    if rcvd is not None:
-        return rcvd.code, rcvd.reason
-    return 1006, "connection lost without a close frame"
-
-
-def _format_remote(address: Any) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = str(address[0])
-        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
-    return str(address or "")
-
-
-_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
-
-if TYPE_CHECKING:
-    _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
-else:
-    _LoggerAdapter = logging.LoggerAdapter
-
-
-class _CredentialRedactingLogger(_LoggerAdapter):
-    """The logger handed to websockets, which logs every request line and header at DEBUG:
-    the ``Authorization`` value is a client's token (the right one or someone's wrong one),
-    a query string may carry one too, and no log may show either."""
-
-    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        if not self.isEnabledFor(level):
-            return
-        if len(args) == 2 and isinstance(args[0], str) and args[0].lower() in _CREDENTIAL_HEADERS:
-            args = (args[0], "<redacted>")
-        elif level < logging.WARNING:
-            args = tuple(redact_query(a) if isinstance(a, str) else a for a in args)
-            exc_info = kwargs.get("exc_info")
-            if exc_info:  # a refused request line is quoted in the exception's text
-                if isinstance(exc_info, BaseException):
-                    error: object = exc_info
-                elif isinstance(exc_info, tuple):
-                    error = exc_info[1]
-                else:
-                    error = sys.exc_info()[1]
-                kwargs["exc_info"] = None
-                msg = f"{msg}: %s"
-                args = (*args, redact_query(repr(error)))
-        self.logger.log(level, msg, *args, **kwargs)
-
-
-def _header(headers: Headers, name: str) -> str | None:
-    """The value of a header sent once; ``None`` when absent or repeated (ambiguous)."""
-    values = headers.get_all(name)
-    return values[0] if len(values) == 1 else None
-
-
-def _describe(predicate: Callable[..., object]) -> str:
-    try:
-        source = inspect.getsource(predicate).strip()
-    except (OSError, TypeError):
-        return repr(predicate)
-    return " ".join(source.split())[:200]
-
-
-class Hub:
+class Hub(HttpFront, ServiceEndpoint):
     """The reference when-v3 hub: an asyncio WebSocket server plus its state and commands.
 
     ``async with Hub(port=0) as hub:`` starts it on a free port (``hub.url``); from synchronous
-    code use ``with Hub(port=0).run_in_thread() as hub:``. The read views (``services``,
+    code use ``with ThreadedHub(Hub(port=0)) as hub:``. The read views (``services``,
     ``workflows``, ``connections``, ``logs``, ``received``) show live records that change on
     the hub's event loop; ``wait_for`` is how to synchronise with them.
 
@@ -346,8 +153,8 @@ class Hub:
             raise ValueError("ping_interval must be > 0 seconds")
         if rate_limit <= 0 or rate_burst < 1:
             raise ValueError("rate_limit must be > 0 and rate_burst >= 1")
-        _check_token(token)
-        _check_token(read_token, "read_token")
+        check_token(token)
+        check_token(read_token, "read_token")
         self._guard = SendBufferGuard(send_buffer_bytes, send_buffer_timeout)
         self._host = host
         self._requested_port = port
@@ -372,17 +179,13 @@ class Hub:
         )
         self.limits = self._state.limits
         self._received = ReceivedLog(max(1, record_limit), self.limits.received_bytes)
-        self._sent: deque[SentMessage] = deque()
-        self._sent_sizes: deque[int] = deque()
-        self._sent_bytes = 0
-        self._sent_evicted = 0
-        self._record_limit = max(1, record_limit)
-        self._peers: dict[str, _Peer] = {}
+        self._sent = SentLog(max(1, record_limit), self.limits.received_bytes)
+        self._peers: dict[str, Peer] = {}
         self._open: set[ServerConnection] = set()
         self._connection_ids = itertools.count(1)
-        self._pending: dict[str, _PendingStatus] = {}
-        self._waiters: list[_Waiter] = []
-        self._subscribers: set[OperatorSession] = set()
+        self._pending: dict[str, PendingStatus] = {}
+        self._waiters = Waiters()
+        self._subscribers: set[Watcher] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -407,14 +210,21 @@ class Hub:
         self._loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
         if self._db is not None:
-            store = self._make_store(self._db)
+            store, self._instance_id = make_store(
+                self._db,
+                instance_id=self._instance_id,
+                log_limit=self._log_buffer,
+                max_bytes=self._db_max_bytes,
+                retention=self._retention,
+                lease_timeout=self._lease_timeout,
+            )
             self._persister = Persister(self._state, store, self._store_interval, self._publish)
             try:
                 snapshot = await self._persister.run(store.load)
             except (sqlite3.Error, RuntimeError) as exc:
                 await self._persister.close()
                 self._persister = None
-                if _is_postgres(self._db):
+                if is_postgres(self._db):
                     raise HubError(str(exc)) from exc
                 raise HubError(f"cannot use the hub database {store.path}: {exc}") from exc
             self._state.restore(snapshot)
@@ -428,7 +238,7 @@ class Hub:
                 process_request=self._process_request,
                 max_size=self._max_frame_bytes,
                 compression=None,
-                logger=_CredentialRedactingLogger(
+                logger=CredentialRedactingLogger(
                     logging.getLogger("when_coordinator.hub.websockets"), {}
                 ),
             )
@@ -437,7 +247,7 @@ class Hub:
                 await self._persister.close()
             raise
         self._port = int(self._server.sockets[0].getsockname()[1])
-        if self._persister is not None and _is_postgres(self._db):
+        if self._persister is not None and is_postgres(self._db):
             from .bus import PostgresBus  # noqa: PLC0415
             from .pgstore import PostgresStore  # noqa: PLC0415
 
@@ -471,9 +281,7 @@ class Hub:
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(ServiceUnavailable("the hub closed"))
-        for waiter in self._waiters:
-            if not waiter.future.done():
-                waiter.future.set_exception(HubClosed("the hub closed while waiting"))
+        self._waiters.fail_all(HubClosed("the hub closed while waiting"))
         if self._persister is not None:
             self._persister.add(self._state.take_changes())
             await self._persister.close()
@@ -497,12 +305,6 @@ class Hub:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-    def run_in_thread(self) -> ThreadedHub:
-        """A handle that runs this hub on its own thread: ``with hub.run_in_thread() as h:``."""
-        from .threaded import ThreadedHub  # noqa: PLC0415 - threaded imports this module
-
-        return ThreadedHub(self)
 
     @property
     def running(self) -> bool:
@@ -564,7 +366,7 @@ class Hub:
         return MappingProxyType(self._state.connections)
 
     @property
-    def logs(self) -> tuple[LogRecord, ...]:
+    def logs(self) -> tuple[StoredLog, ...]:
         """The hub-wide log buffer, oldest first."""
         return tuple(self._state.logs)
 
@@ -573,7 +375,7 @@ class Hub:
         """Log records the hub-wide buffer has pushed out."""
         return self._state.logs.evicted
 
-    def logs_for(self, workflow_id: str) -> tuple[LogRecord, ...]:
+    def logs_for(self, workflow_id: str) -> tuple[StoredLog, ...]:
         """One workflow's log buffer, oldest first."""
         return self._state.logs_for(workflow_id)
 
@@ -585,7 +387,7 @@ class Hub:
     @property
     def sent(self) -> deque[SentMessage]:
         """Every message sent to services (registered, ping, commands), in order."""
-        return self._sent
+        return self._sent.messages
 
     @property
     def anomalies(self) -> tuple[Anomaly, ...]:
@@ -595,21 +397,10 @@ class Hub:
     def memory(self) -> dict[str, dict[str, int]]:
         """Each retained collection's estimated bytes, its byte bound and what the bound
         evicted (see ``HubLimits``); served in ``/healthz``."""
-        received = self._received
         return {
             **self._state.memory(),
-            "received": {
-                "bytes": received.bytes,
-                "limit": self.limits.received_bytes,
-                "count": len(received),
-                "evicted": received.evicted,
-            },
-            "sent": {
-                "bytes": self._sent_bytes,
-                "limit": self.limits.received_bytes,
-                "count": len(self._sent),
-                "evicted": self._sent_evicted,
-            },
+            "received": self._received.memory(),
+            "sent": self._sent.memory(),
         }
 
     @property
@@ -627,33 +418,7 @@ class Hub:
         exception in it (say ``KeyError`` before a workflow exists) counts as false.
         Raises ``TimeoutError`` naming the predicate and its last exception.
         """
-        waiter = _Waiter(lambda: predicate(self), asyncio.get_running_loop().create_future())
-        if self._check(waiter):
-            return waiter.future.result()  # type: ignore[no-any-return]
-        self._waiters.append(waiter)
-        try:
-            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
-        except asyncio.TimeoutError:
-            detail = f"; last error: {waiter.error!r}" if waiter.error is not None else ""
-            raise TimeoutError(
-                f"hub.wait_for timed out after {timeout:g} s: {_describe(predicate)}{detail}"
-            ) from None
-        finally:
-            self._waiters.remove(waiter)
-
-    @staticmethod
-    def _check(waiter: _Waiter) -> bool:
-        if waiter.future.done():
-            return False
-        try:
-            result = waiter.predicate()
-        except Exception as exc:
-            waiter.error = exc
-            return False
-        if result:
-            waiter.future.set_result(result)
-            return True
-        return False
+        return await self._waiters.wait(lambda: predicate(self), timeout, predicate)
 
     def _publish(self) -> None:
         """After any change: feed watchers and the store, then re-check waiters."""
@@ -667,8 +432,7 @@ class Hub:
                 for session in tuple(self._subscribers):
                     session.push(changes)
         if self._waiters:
-            for waiter in tuple(self._waiters):
-                self._check(waiter)
+            self._waiters.check_all()
 
     def _apply_remote(self, apply: Callable[[], None]) -> None:
         """Apply what another instance persisted: shown to watchers and waiters, not
@@ -679,8 +443,7 @@ class Hub:
         if changes:
             for session in tuple(self._subscribers):
                 session.push(changes)
-        for waiter in tuple(self._waiters):
-            self._check(waiter)
+        self._waiters.check_all()
 
     def _local_services(self) -> set[str]:
         """The services whose connection this instance holds."""
@@ -691,41 +454,21 @@ class Hub:
             if (conn := self._state.connections.get(conn_id)) is not None and conn.service_id
         }
 
-    def _make_store(self, db: str | os.PathLike[str]) -> Store:
-        if not _is_postgres(db):
-            return HubStore(db, log_limit=self._log_buffer, max_bytes=self._db_max_bytes)
-        try:
-            from .pgstore import PostgresStore  # noqa: PLC0415 - psycopg only for PostgreSQL
-        except ImportError as exc:
-            raise HubError(
-                f"--db {db!s:.40}... needs the PostgreSQL driver: pip install "
-                f"'when-coordinator[postgres]' ({exc})"
-            ) from None
-        instance = self._instance_id or f"hub-{os.getpid()}-{os.urandom(3).hex()}"
-        self._instance_id = instance
-        return PostgresStore(
-            str(db),
-            instance,
-            log_limit=self._log_buffer,
-            retention=self._retention,
-            lease_timeout=self._lease_timeout,
-        )
-
     @property
     def instance_id(self) -> str | None:
         """This instance's name among those sharing a PostgreSQL database (else None)."""
-        return self._instance_id if _is_postgres(self._db) else None
+        return self._instance_id if is_postgres(self._db) else None
 
     def bus_health(self) -> dict[str, Any] | None:
         """The bus between instances (None for a hub alone), served in ``/healthz``."""
         return self._bus.health()
 
-    def _subscribe(self, session: OperatorSession) -> None:
-        self._subscribers.add(session)
+    def subscribe(self, watcher: Watcher) -> None:
+        self._subscribers.add(watcher)
         self._publish()
 
-    def _unsubscribe(self, session: OperatorSession) -> None:
-        self._subscribers.discard(session)
+    def unsubscribe(self, watcher: Watcher) -> None:
+        self._subscribers.discard(watcher)
         self._publish()
 
     async def flush(self) -> bool:
@@ -744,7 +487,7 @@ class Hub:
 
     # ------------------------------------------------------------------ commands
 
-    def _route(self, workflow_id: str, service_id: str | None) -> tuple[_Peer, str]:
+    def _route(self, workflow_id: str, service_id: str | None) -> tuple[Peer, str]:
         if not isinstance(workflow_id, str) or not workflow_id:
             raise ValueError("workflow_id must be a non-empty string")
         if self._server is None:
@@ -886,7 +629,7 @@ class Hub:
             return relayed
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StatusResponsePayload] = loop.create_future()
-        self._pending[request.id] = _PendingStatus(future, peer.connection_id, workflow_id)
+        self._pending[request.id] = PendingStatus(future, peer.connection_id, workflow_id)
         started = time.monotonic()
         try:
             await self._send(peer, request, owner, timeout=timeout)
@@ -916,9 +659,7 @@ class Hub:
             raise ServiceUnavailable(f"service {service_id!r} is not connected")
         await self._send(peer, message, service_id, timeout=self.command_timeout)
 
-    async def _send(
-        self, peer: _Peer, message: Message, service_id: str, *, timeout: float
-    ) -> None:
+    async def _send(self, peer: Peer, message: Message, service_id: str, *, timeout: float) -> None:
         try:
             await asyncio.wait_for(peer.ws.send(encode(message)), timeout)
         except ConnectionClosed:
@@ -943,274 +684,10 @@ class Hub:
         self._keep_sent(SentMessage(service_id, message))
 
     def _keep_sent(self, sent: SentMessage) -> None:
-        """Remember a sent message within ``record_limit`` and ``limits.received_bytes``."""
-        size = 256 + (json_size(sent.message.payload) if sent.message.payload else 0)
         self._sent.append(sent)
-        self._sent_sizes.append(size)
-        self._sent_bytes += size
-        while len(self._sent) > self._record_limit or (
-            self._sent_bytes > self.limits.received_bytes and len(self._sent) > 1
-        ):
-            self._sent.popleft()
-            self._sent_bytes -= self._sent_sizes.popleft()
-            self._sent_evicted += 1
-
-    # ------------------------------------------------------------------ HTTP and routing
-
-    async def _process_request(
-        self, connection: ServerConnection, request: Request
-    ) -> Response | None:
-        """Deny by default: every request but the public routes (health, the dashboard's page
-        shell and sign-in) shows a credential before its path is even looked at; then the
-        parsed path routes it."""
-        target = parse_target(request.path)
-        if target.public:
-            return await http_request(self, request, target)
-        # The page shell and the sign-in session; never a WebSocket upgrade, which is
-        # authenticated and routed like any other (``ws://host:port/`` gets the 404 the client
-        # explains, not the page).
-        if self.dashboard.handles(target) and not _websocket_upgrade(request.headers):
-            return self.dashboard.http_request(request, target)
-        metrics = not target.error and target.segments == METRICS_ROUTE
-        if metrics and self.metrics_public:
-            return metrics_response(self, request.method, time.monotonic())
-        access = self.dashboard.access(request)  # a token or a session cookie; None: neither
-        coordination = not target.error and target.segments in COORDINATION_ROUTES
-        if access is None or (coordination and access is not Access.STEER):
-            remote = _format_remote(connection.remote_address)
-            shown = target.path if not target.error else "(a malformed path)"
-            _log.info("refused %s %s from %s: bad or missing token", request.method, shown, remote)
-            return self._unauthorized(connection)
-        if target.error:
-            return bad_path(target)
-        if metrics:
-            return metrics_response(self, request.method, time.monotonic())
-        if _websocket_route(target):
-            return None
-        return await http_request(self, request, target)
-
-    @staticmethod
-    def _unauthorized(connection: ServerConnection) -> Response:
-        response = connection.respond(
-            401, "401 Unauthorized: send 'Authorization: Bearer <token>'\n"
-        )
-        response.headers["WWW-Authenticate"] = 'Bearer realm="when-coordinator hub"'
-        return response
-
-    async def _handler(self, ws: ServerConnection) -> None:
-        assert ws.request is not None
-        target = parse_target(ws.request.path)  # a websocket route: _process_request said so
-        self._open.add(ws)  # until the connection is closed, closing ones included
-        try:
-            if target.segments == OPERATOR_ROUTE:
-                read_only = self.dashboard.access(ws.request) is Access.READ
-                await OperatorSession(self, ws, read_only=read_only).run()
-            else:
-                await self._serve_service(ws, target.path)
-        finally:
-            self._open.discard(ws)
-
-    # ------------------------------------------------------------------ services
-
-    async def _serve_service(self, ws: ServerConnection, path: str) -> None:
-        assert ws.request is not None
-        headers = ws.request.headers
-        now = time.time()
-        peer = _Peer(f"conn-{next(self._connection_ids)}", ws, self._burst, now)
-        self._peers[peer.connection_id] = peer
-        self._state.open_connection(
-            peer.connection_id,
-            now=now,
-            path=path,
-            remote=_format_remote(ws.remote_address),
-            service_name=_header(headers, "X-Service-Name") or "",
-            service_id=_header(headers, "X-Service-ID") or "",
-        )
-        self._publish()
-        try:
-            async for frame in ws:
-                await self._on_frame(peer, frame)
-                peer.frames += 1
-                if peer.frames % _YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # let the other connections in
-        except ConnectionClosed:
-            pass
-        finally:
-            del self._peers[peer.connection_id]
-            code, reason = _close_info(ws)
-            self._state.close_connection(
-                peer.connection_id, now=time.time(), code=code, reason=reason
-            )
-            for pending in self._pending.values():
-                if pending.connection_id == peer.connection_id and not pending.future.done():
-                    pending.future.set_exception(
-                        ServiceUnavailable(
-                            f"the service disconnected before answering status for "
-                            f"workflow {pending.workflow_id!r}"
-                        )
-                    )
-            self._publish()
-
-    def _admit(self, peer: _Peer, now: float) -> bool:
-        """Token bucket: ``rate_limit`` frames per second, bursts up to ``rate_burst``."""
-        tokens = min(self._burst, peer.tokens + (now - peer.updated) * self._rate)
-        peer.updated = now
-        if tokens >= 1.0:
-            peer.tokens = tokens - 1.0
-            return True
-        peer.tokens = tokens
-        return False
-
-    def _throttle(self, peer: _Peer, now: float) -> None:
-        self._state.throttled(peer.connection_id)
-        if now - peer.window_start >= 1.0:
-            peer.window_start, peer.window_drops = now, 0
-        peer.window_drops += 1
-        conn = self._state.connections[peer.connection_id]
-        if conn.throttled == 1:
-            _log.warning("%s exceeds %g messages/s: dropping", peer.connection_id, self._rate)
-        self._publish()
-        limit = self._flood_close_after
-        if limit is not None and peer.window_drops >= limit:
-            _log.warning("closing %s: sustained message flood", peer.connection_id)
-            self._close_peer(peer, 1008, "message rate limit exceeded")
-
-    def _close_peer(self, peer: _Peer, code: int, reason: str) -> None:
-        """Close from another task: the reader must keep draining frames meanwhile, or a full
-        receive queue would keep the client's close frame from ever being read."""
-        if not peer.closing:
-            peer.closing = True
-            self._spawn(peer.ws.close(code, reason))
-
-    def _invalid(self, peer: _Peer, reason: str) -> None:
-        self._state.invalid_frame(peer.connection_id, reason)
-        count = self._state.connections[peer.connection_id].invalid_frames
-        if count <= 10 or count % 1000 == 0:
-            _log.warning("dropped frame #%d from %s: %s", count, peer.connection_id, reason)
-        self._publish()
-
-    async def _on_frame(self, peer: _Peer, frame: str | bytes) -> None:
-        if peer.closing:
-            return  # what a client sends after we decided to close it is dropped unread
-        now = time.time()
-        if not self._admit(peer, now):
-            self._throttle(peer, now)
-            return
-        if not isinstance(frame, str):
-            self._invalid(peer, f"binary frame of {len(frame)} bytes (messages are JSON text)")
-            return
-        try:
-            message = decode(frame)
-            if message.type is MessageType.REGISTER:
-                await self._register(peer, message, frame, now)
-                return
-            applied = self._state.receive(peer.connection_id, message, now=now)
-        except ProtocolError as exc:
-            self._invalid(peer, str(exc))
-            return
-        except Exception as exc:  # a bug must not take the connection (or the hub) down
-            _log.exception("error handling a frame from %s", peer.connection_id)
-            self._invalid(peer, f"internal error: {type(exc).__name__}: {exc}")
-            return
-        conn = self._state.connections[peer.connection_id]
-        self._received.append(conn.service_id, frame)
-        if applied and message.type is MessageType.STATUS_RESPONSE:
-            pending = self._pending.get(message.id)
-            if (
-                pending is not None
-                and pending.connection_id == peer.connection_id
-                and not pending.future.done()
-            ):
-                pending.future.set_result(StatusResponsePayload.from_dict(message.payload))
-        self._publish()
-
-    async def _register(self, peer: _Peer, message: Message, frame: str, now: float) -> None:
-        payload = message.typed_payload()
-        assert isinstance(payload, RegisterPayload)
-        try:
-            registration = self._state.register(peer.connection_id, payload, now=now)
-        except VersionRefused as exc:
-            conn = self._state.connections[peer.connection_id]
-            self._received.append(conn.service_id, frame)
-            self._publish()
-            _log.warning("refused %s: %s", peer.connection_id, exc)
-            self._close_peer(peer, 1002, str(exc)[:120])
-            return
-        self._received.append(registration.service_id, frame)
-        self._publish()
-        reply = Message.create(
-            RegisteredPayload(
-                service_id=registration.service_id,
-                instance_id=registration.instance_id,
-                message=registration.message,
-                protocol_version=registration.protocol_version,
-                hub_protocol_version=self.protocol_version,
-            )
-        )
-        _log.info("registered %s as %s", peer.connection_id, registration.service_id)
-        self._bus.connected(registration.service_id)
-        with contextlib.suppress(ServiceUnavailable):  # if it left, its loop handles the close
-            await self._send(peer, reply, registration.service_id, timeout=self.command_timeout)
-
-    async def _ping_loop(self) -> None:
-        """Send a JSON ping to each service every ``ping_interval``; mark late ones."""
-        while True:
-            await asyncio.sleep(self._ping_interval)
-            now = time.time()
-            for peer in tuple(self._peers.values()):
-                conn = self._state.connections.get(peer.connection_id)
-                if conn is None or not conn.service_id:
-                    continue
-                ping = Message.create(EmptyPayload(), type=MessageType.PING)
-                self._state.ping_sent(peer.connection_id, ping.id, now=now)
-                self._spawn(self._ping(peer, ping, conn.service_id))
-            self._state.check_health(now=now, pong_timeout=self._pong_timeout)
-            self._publish()
-
-    async def _ping(self, peer: _Peer, ping: Message, service_id: str) -> None:
-        # A dead or stuck connection shows up as late, then disconnected.
-        # A ping that cannot be written in time closes the connection (see ``_send``): give
-        # it as long as a command gets, even with a short ping interval.
-        timeout = max(self._ping_interval, self.command_timeout)
-        with contextlib.suppress(ServiceUnavailable):
-            await self._send(peer, ping, service_id, timeout=timeout)
-
-    async def _guard_loop(self) -> None:
-        """Close the connections (services and operators) that stopped reading. Closing
-        ones too: websockets' close waits, without a deadline, for the buffer to drain."""
-        guard = self._guard
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(guard.interval)
-            guard.scan(tuple(self._open), loop.time())
-
-    @property
-    def closed_not_reading(self) -> int:
-        """Connections closed because they stopped reading (send buffer or send timeout)."""
-        return self._guard.closed
 
 
-def _check_token(token: str | None, what: str = "token") -> None:
-    """A token that no client could present would leave the hub unusable; an empty one
-    would look like protection and be none."""
-    if token is None:
-        return
-    if not isinstance(token, str):
-        raise ValueError(f"{what} must be a string (or None for no authentication)")
-    if not token.strip():
-        raise ValueError(f"{what} must not be empty (use None for no authentication)")
-    if token != token.strip() or any(ch < " " or ch == "\x7f" for ch in token):
-        raise ValueError(f"{what} must not have surrounding spaces or control characters")
+if TYPE_CHECKING:
 
-
-def _websocket_upgrade(headers: Headers) -> bool:
-    """A WebSocket handshake (however many ``Upgrade`` headers), not e.g. ``Upgrade: h2c``."""
-    return any("websocket" in value.lower() for value in headers.get_all("Upgrade"))
-
-
-def _is_postgres(db: object) -> bool:
-    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
-
-
-def _websocket_route(target: Target) -> bool:
-    return target.segments == OPERATOR_ROUTE or target.segments in COORDINATION_ROUTES
+    def _a_hub_is_a_view(hub: Hub) -> tuple[HubView, BusHost]:  # mypy checks that it is
+        return hub, hub

@@ -26,15 +26,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .state import (
-    CheckpointRecord,
-    ErrorRecord,
-    LogRecord,
-    PhaseChange,
-    ServiceState,
-    Snapshot,
-    WorkflowState,
-)
+from .changes import Snapshot
+from .model import ServiceState, WorkflowState
+from .records import CheckpointRecord, ErrorRecord, PhaseChange, StoredLog
 
 __all__ = ["KINDS", "HubStore", "Store", "StoreBatch", "StoreReadOnly", "redact_url", "summary"]
 
@@ -267,7 +261,7 @@ class HubStore:
                 "SELECT data FROM (SELECT id, data FROM logs ORDER BY id DESC LIMIT ?) ORDER BY id",
                 (self.log_limit,),
             ),
-            LogRecord.from_dict,
+            StoredLog.from_dict,
         )
         return Snapshot(services=services, workflows=workflows, logs=logs)
 

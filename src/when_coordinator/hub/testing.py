@@ -8,7 +8,6 @@ client's duplicates, broken JSON, binary frames) and see exactly what the hub se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Mapping
 from types import TracebackType
@@ -57,6 +56,7 @@ class RawService:
         self.received: list[dict[str, Any]] = []
         """Everything received, in order (pings included)."""
         self.pongs_sent = 0
+        self._closed: ConnectionClosed | None = None
         self._reader = asyncio.ensure_future(self._read())
 
     @classmethod
@@ -84,8 +84,9 @@ class RawService:
         return cls(ws, auto_pong=auto_pong)
 
     async def _read(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            async for data in self.ws:
+        try:
+            while True:  # not ``async for``, which hides the close frame of a normal close
+                data = await self.ws.recv()
                 try:
                     message = json.loads(data)
                 except ValueError:
@@ -96,6 +97,8 @@ class RawService:
                     await self.send({"id": message["id"], "type": "pong"})
                     continue
                 await self.inbox.put(message)
+        except ConnectionClosed as exc:
+            self._closed = exc
 
     async def send(self, message: Mapping[str, Any] | str | bytes) -> None:
         """Send a dict as JSON, or a str/bytes frame verbatim."""
@@ -150,7 +153,7 @@ class RawService:
     async def closed(self, timeout: float = 5.0) -> tuple[int | None, str]:
         """Wait until the hub closes the connection; returns its close code and reason."""
         await asyncio.wait_for(asyncio.shield(self._reader), timeout)
-        rcvd = self.ws.protocol.close_rcvd
+        rcvd = self._closed.rcvd if self._closed is not None else None
         return (rcvd.code, rcvd.reason) if rcvd is not None else (None, "")
 
     async def close(self) -> None:

@@ -1,6 +1,6 @@
 """Run a ``Hub`` on a background thread, for synchronous code and tests.
 
-``with Hub(port=0).run_in_thread() as hub:`` gives a ``ThreadedHub``: the hub's read API, and
+``with ThreadedHub(Hub(port=0)) as hub:`` gives a ``ThreadedHub``: the hub's read API, and
 blocking versions of its commands and of ``wait_for``. Everything runs on the hub's own event
 loop; reads from another thread are taken on that loop and return copies, so a caller never
 sees a record half-way through a change.
@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..protocol import Message, StatusResponsePayload
 from .errors import HubClosed
-from .state import Anomaly, ConnectionState, LogRecord, ServiceState, WorkflowState
+from .model import ConnectionState, ServiceState, WorkflowState
+from .records import Anomaly, StoredLog
 
 if TYPE_CHECKING:
     from .server import Hub, ReceivedMessage, SentMessage
@@ -172,14 +173,14 @@ class ThreadedHub:
         return self.call(lambda: {k: v.copy() for k, v in self.hub.connections.items()})
 
     @property
-    def logs(self) -> tuple[LogRecord, ...]:
+    def logs(self) -> tuple[StoredLog, ...]:
         return self.call(lambda: self.hub.logs)
 
     @property
     def logs_evicted(self) -> int:
         return self.call(lambda: self.hub.logs_evicted)
 
-    def logs_for(self, workflow_id: str) -> tuple[LogRecord, ...]:
+    def logs_for(self, workflow_id: str) -> tuple[StoredLog, ...]:
         return self.call(lambda: self.hub.logs_for(workflow_id))
 
     @property
