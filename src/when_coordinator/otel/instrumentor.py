@@ -279,7 +279,6 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             # and before the coordinator closes: what they still hold reaches the hub.
             atexit.register(self._flush_at_exit)
             self._exit_hook = True
-        self._wrap(threading.Thread, "start", _thread_start)
         self._wrap(concurrent.futures.ProcessPoolExecutor, "submit", _process_pool_submit)
         if _auto_instrumenting:
             self._pending = True  # completed by _after_auto_instrumentation
@@ -315,6 +314,9 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             _log.warning(
                 "when-coordinator cannot switch threading instrumentation on", exc_info=True
             )
+        # Over the threading instrumentation's wrapper, so that each comes off cleanly: its
+        # unwrap() reads the attribute through the class, which would keep ours inside.
+        self._wrap(threading.Thread, "start", _thread_start)
 
     def _attach_logs(self, logger_provider: Any, coordinator: Coordinator) -> None:
         """The exporter (unless the SDK configuration already has it) on the installed logger
@@ -477,12 +479,11 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 # through the class, a staticmethod as a plain function (which would then
                 # receive the instance) and a classmethod as a bound method.
                 setattr(owner, name, held)
-        threading_instrumentor, self._threading = self._threading, None
-        if (
-            threading_instrumentor is not None
-            and threading_instrumentor.is_instrumented_by_opentelemetry
-        ):
-            threading_instrumentor.uninstrument()
+        # Switched on before our Thread.start wrapper, so switched off after it: its
+        # unwrap() would otherwise keep ours inside.
+        switched_on, self._threading = self._threading, None
+        if switched_on is not None and switched_on.is_instrumented_by_opentelemetry:
+            switched_on.uninstrument()
         if self._logging_handler is not None:
             logging.getLogger().removeHandler(self._logging_handler)
             self._logging_handler = None
