@@ -153,31 +153,51 @@ class _KeepLastResort(logging.Handler):
     Python prints a warning that no handler takes (``logging.lastResort``, to stderr). Our
     handler feeds the logs pipeline, and being on the root logger it took every record: an
     application that configured no logging (or not yet) no longer saw any warning, ours such
-    as "cannot connect to the hub" included. So a record that only our handlers see still
-    goes to the last resort, as it would without the instrumentor.
+    as "cannot connect to the hub" included. So a record that only our handlers (and other
+    logs bridges) see still goes to the last resort, as it would without the instrumentor.
     """
 
     def handle(self, record: logging.LogRecord) -> bool:
         handled = super().handle(record)
         last = logging.lastResort
-        if last is not None and record.levelno >= last.level and _only_ours(record.name):
+        if (
+            last is not None
+            and record.levelno >= last.level
+            and _last_resort_by(record.name) is self
+        ):
             last.handle(record)
         return handled
 
 
-def _only_ours(name: str) -> bool:
+def _last_resort_by(name: str) -> logging.Handler | None:
+    """Which of our handlers passes a record of logger ``name`` to the last resort: the first
+    one the record meets; none when a handler that writes somewhere takes the record."""
+    first: logging.Handler | None = None
     logger: logging.Logger | None = logging.getLogger(name)
     while logger is not None:
-        if any(not isinstance(handler, _KeepLastResort) for handler in logger.handlers):
-            return False
+        for handler in logger.handlers:
+            if not isinstance(handler, (_KeepLastResort, *_BRIDGE_HANDLERS)):
+                return None
+            if first is None and isinstance(handler, _KeepLastResort):
+                first = handler
         if not logger.propagate:
             break
         logger = logger.parent
-    return True
+    return first
 
 
 class _CoordinatorRootHandler(_KeepLastResort, CoordinatorLogHandler):
     """``CoordinatorLogHandler`` on the root logger (where the logs pipeline cannot be had)."""
+
+
+class _LastResortKeeper(_KeepLastResort):
+    """On the root logger while instrumented, from the start: warnings ("cannot connect to
+    the hub", the application's own) reach stderr until the application configures logging,
+    whichever bridge handler is on the root logger, ours or the logging instrumentation's
+    (which keeps no last resort). Emits nothing itself."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
 
 
 class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -200,6 +220,7 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._bound_exporters: list[CoordinationLogExporter] = []
         self._logging_handler: logging.Handler | None = None
         self._bridge_provider: Any = None  # where the logging handler will feed, once decided
+        self._last_resort: logging.Handler | None = None
         self._threading: BaseInstrumentor | None = None  # switched on here, off in uninstrument
         self._pending = False  # waiting for the end of opentelemetry-instrument's loading
         # (owner, name, what the owner itself held before, our wrapper), in wrapping order.
@@ -235,6 +256,12 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             except ConfigError as exc:
                 _log.error("when-coordinator disabled: %s", exc)
                 config = Config()
+        if config.logs_enabled and self._last_resort is None:
+            # Before the coordinator exists: its first "cannot connect" must reach stderr.
+            self._last_resort = _LastResortKeeper()
+            logging.getLogger().addHandler(self._last_resort)
+            # A root handler would make the application's logging.basicConfig() a no-op.
+            self._wrap(logging, "basicConfig", self._basic_config)
         coordinator = kwargs.get("coordinator")
         self._owns_coordinator = coordinator is None
         if coordinator is None:
@@ -305,9 +332,6 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 self._logging_handler = _attach_logging_handler(provider)
             except Exception:
                 _log.warning("when-coordinator cannot attach its logging handler", exc_info=True)
-            if self._logging_handler is not None:
-                # A root handler would make the application's logging.basicConfig() a no-op.
-                self._wrap(logging, "basicConfig", self._basic_config)
         try:
             self._threading = _enable_threading()
         except Exception:
@@ -419,16 +443,16 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             coordinator.close(budget)
 
     def _basic_config(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        """Run ``logging.basicConfig`` as if our handler were not on the root logger yet."""
-        handler = self._logging_handler
+        """Run ``logging.basicConfig`` as if our handlers were not on the root logger yet."""
         root = logging.getLogger()
-        if handler is None or handler not in root.handlers:
-            return wrapped(*args, **kwargs)
-        root.removeHandler(handler)
+        ours = [h for h in (self._logging_handler, self._last_resort) if h in root.handlers]
+        for handler in ours:
+            root.removeHandler(handler)
         try:
             return wrapped(*args, **kwargs)
         finally:
-            root.addHandler(handler)
+            for handler in ours:
+                root.addHandler(handler)
 
     def _patch_entrypoint(self, module_name: str, qualname: str) -> None:
         generation = self._generation
@@ -487,6 +511,9 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if self._logging_handler is not None:
             logging.getLogger().removeHandler(self._logging_handler)
             self._logging_handler = None
+        if self._last_resort is not None:
+            logging.getLogger().removeHandler(self._last_resort)
+            self._last_resort = None
         if self._span_processor is not None:
             self._span_processor.enabled = False
             self._span_processor = None
