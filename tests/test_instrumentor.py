@@ -880,7 +880,7 @@ def test_an_existing_otel_logging_handler_is_used_not_doubled(
         # No second bridge; the instrumentor's only addition there keeps the last resort.
         assert otel_handlers() == [existing]
         added = [type(h).__name__ for h in root.handlers if h not in handlers]
-        assert added == ["_LastResortKeeper"]
+        assert added == ["LastResortKeeper"]
         assert len(coordination_exporters(logger_provider)) == 1
         instrumentor.uninstrument()
         assert root.handlers == handlers

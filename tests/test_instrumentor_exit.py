@@ -248,7 +248,7 @@ def test_a_provider_it_cannot_attach_to_gets_one_warning_and_logging_still_flows
     assert "Python logging records still reach the hub" in stderr
     # A CoordinatorLogHandler (the instrumentor's root handler), and what keeps Python's last
     # resort.
-    assert result["handlers"] == ["_LastResortKeeper", "_CoordinatorRootHandler"]
+    assert result["handlers"] == ["LastResortKeeper", "CoordinatorRootHandler"]
     hub.wait_for(
         lambda h: (
             any(w.phase is Phase.COMPLETED for w in workflows_of(h, service).values())

@@ -60,7 +60,6 @@ from opentelemetry.instrumentation.environment_variables import (
     OTEL_PYTHON_DISABLED_INSTRUMENTATIONS,
 )
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -68,15 +67,19 @@ from .._compat.otel import (
     ApiProxyLoggerProvider,
     BatchLogRecordProcessor,
     LoggerProvider,
-    SdkLoggingHandler,
     get_logger_provider,
-    logger_provider_of,
     set_logger_provider,
 )
-from ..client import Config, ConfigError, Coordinator, CoordinatorLogHandler
+from ..client import Config, ConfigError, Coordinator
 from . import metrics as _metrics
 from ._identity import ByIdentity
-from .log_exporter import CoordinationLogExporter, bind_unbound_exporters, is_telemetry_logger
+from ._logging_bridge import (
+    CoordinatorRootHandler,
+    LastResortKeeper,
+    SkipOwnRecords,
+    attach_logging_handler,
+)
+from .log_exporter import CoordinationLogExporter, bind_unbound_exporters
 from .propagation import CarriedCall, carrier
 from .span_processor import CoordinationSpanProcessor
 from .tracking import set_coordinator
@@ -92,8 +95,6 @@ _log_exporters: ByIdentity[tuple[CoordinationLogExporter, Any]] = ByIdentity()
 
 _ABSENT = object()
 
-_BRIDGE_HANDLERS: tuple[type[logging.Handler], ...] = (LoggingHandler, SdkLoggingHandler)
-"""The handler classes that feed ``logging`` into an OpenTelemetry logs pipeline."""
 
 _active: WhenInstrumentor | None = None
 _auto_instrumenting = False
@@ -137,67 +138,6 @@ def parse_entrypoint(spec: str) -> tuple[str, str]:
             f"workflow entry point {spec!r} must look like module:function or module:Class.method"
         )
     return module, qualname
-
-
-class _SkipOwnRecords(logging.Filter):
-    """Keep telemetry's records about itself (``is_telemetry_logger``), and anything the
-    client thread logs, out of the logs pipeline."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (is_telemetry_logger(record.name) or record.threadName == "when-coordinator")
-
-
-class _KeepLastResort(logging.Handler):
-    """A handler of ours on the root logger, which leaves Python's last resort in place.
-
-    Python prints a warning that no handler takes (``logging.lastResort``, to stderr). Our
-    handler feeds the logs pipeline, and being on the root logger it took every record: an
-    application that configured no logging (or not yet) no longer saw any warning, ours such
-    as "cannot connect to the hub" included. So a record that only our handlers (and other
-    logs bridges) see still goes to the last resort, as it would without the instrumentor.
-    """
-
-    def handle(self, record: logging.LogRecord) -> bool:
-        handled = super().handle(record)
-        last = logging.lastResort
-        if (
-            last is not None
-            and record.levelno >= last.level
-            and _last_resort_by(record.name) is self
-        ):
-            last.handle(record)
-        return handled
-
-
-def _last_resort_by(name: str) -> logging.Handler | None:
-    """Which of our handlers passes a record of logger ``name`` to the last resort: the first
-    one the record meets; none when a handler that writes somewhere takes the record."""
-    first: logging.Handler | None = None
-    logger: logging.Logger | None = logging.getLogger(name)
-    while logger is not None:
-        for handler in logger.handlers:
-            if not isinstance(handler, (_KeepLastResort, *_BRIDGE_HANDLERS)):
-                return None
-            if first is None and isinstance(handler, _KeepLastResort):
-                first = handler
-        if not logger.propagate:
-            break
-        logger = logger.parent
-    return first
-
-
-class _CoordinatorRootHandler(_KeepLastResort, CoordinatorLogHandler):
-    """``CoordinatorLogHandler`` on the root logger (where the logs pipeline cannot be had)."""
-
-
-class _LastResortKeeper(_KeepLastResort):
-    """On the root logger while instrumented, from the start: warnings ("cannot connect to
-    the hub", the application's own) reach stderr until the application configures logging,
-    whichever bridge handler is on the root logger, ours or the logging instrumentation's
-    (which keeps no last resort). Emits nothing itself."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        pass
 
 
 class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -258,7 +198,7 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 config = Config()
         if config.logs_enabled and self._last_resort is None:
             # Before the coordinator exists: its first "cannot connect" must reach stderr.
-            self._last_resort = _LastResortKeeper()
+            self._last_resort = LastResortKeeper()
             logging.getLogger().addHandler(self._last_resort)
             # A root handler would make the application's logging.basicConfig() a no-op.
             self._wrap(logging, "basicConfig", self._basic_config)
@@ -329,7 +269,7 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if self._bridge_provider is not None:
             provider, self._bridge_provider = self._bridge_provider, None
             try:
-                self._logging_handler = _attach_logging_handler(provider)
+                self._logging_handler = attach_logging_handler(provider)
             except Exception:
                 _log.warning("when-coordinator cannot attach its logging handler", exc_info=True)
         try:
@@ -365,8 +305,8 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             "own), records emitted through the OpenTelemetry logs API do not",
             type(logger_provider).__name__,
         )
-        handler = _CoordinatorRootHandler(coordinator)
-        handler.addFilter(_SkipOwnRecords())
+        handler = CoordinatorRootHandler(coordinator)
+        handler.addFilter(SkipOwnRecords())
         logging.getLogger().addHandler(handler)
         self._logging_handler = handler
 
@@ -619,39 +559,6 @@ def _flush_within(provider: Any, timeout: float) -> None:
     thread = threading.Thread(target=run, name="when-flush", daemon=True)
     thread.start()
     thread.join(timeout)
-
-
-class _WhenLoggingHandler(_KeepLastResort, LoggingHandler):
-    """The handler the instrumentor adds, which steps aside while another bridge handler
-    feeding the same provider is on the root logger.
-
-    Attached only where none was (``_attach_logging_handler``); but an application may call
-    ``LoggingInstrumentor().instrument()`` after ours, which adds its handler whatever is
-    there: each record must still enter the pipeline once.
-    """
-
-    def emit(self, record: logging.LogRecord) -> None:
-        provider = logger_provider_of(self)
-        for handler in logging.getLogger().handlers:
-            if (
-                handler is not self
-                and isinstance(handler, _BRIDGE_HANDLERS)
-                and logger_provider_of(handler) is provider
-            ):
-                return
-        super().emit(record)
-
-
-def _attach_logging_handler(provider: Any) -> logging.Handler | None:
-    root = logging.getLogger()
-    if any(isinstance(handler, _BRIDGE_HANDLERS) for handler in root.handlers):
-        return None  # the logging instrumentation (or the SDK's) already feeds the pipeline
-    handler = _WhenLoggingHandler(
-        level=logging.NOTSET, logger_provider=provider, log_code_attributes=True
-    )
-    handler.addFilter(_SkipOwnRecords())
-    root.addHandler(handler)
-    return handler
 
 
 def _enable_threading() -> BaseInstrumentor | None:

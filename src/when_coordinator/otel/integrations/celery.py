@@ -133,9 +133,9 @@ class WhenCeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         deliver_and_close()
 
     def _logger_set_up(self, logger: logging.Logger | None = None, **kwargs: Any) -> None:
-        from ..instrumentor import WhenInstrumentor  # noqa: PLC0415 - import cycle
+        from ..instrumentor import active_instrumentor  # noqa: PLC0415 - import cycle
 
-        instrumentor = WhenInstrumentor._instance
+        instrumentor = active_instrumentor()
         handler = getattr(instrumentor, "_logging_handler", None)
         if (
             isinstance(handler, logging.Handler)
