@@ -1,7 +1,7 @@
-"""``when_coordinator._compat.otel``: every private or moved OpenTelemetry name the package
-uses, checked against the installed releases. ``scripts/test-otel-lowest`` runs this module
-against the lowest releases ``pyproject.toml`` declares; the development environment has the
-highest."""
+"""``when_coordinator._compat.otel`` and ``otel_trace``: every private or moved OpenTelemetry
+name the package uses, checked against the installed releases. ``scripts/test-otel-lowest``
+runs this module against the lowest releases ``pyproject.toml`` declares; the development
+environment has the highest."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 
 from when_coordinator._compat import otel as compat
+from when_coordinator._compat.otel_trace import span_limits_of
 
 
 class Capture(compat.LogExporterBase):
@@ -76,11 +77,11 @@ def test_the_logger_provider_of_either_bridge_handler() -> None:
 def test_the_span_limits_of_an_sdk_span_are_its_providers() -> None:
     provider = TracerProvider(span_limits=SpanLimits(max_events=7))
     span = provider.get_tracer("compat").start_span("limited")
-    limits = compat.span_limits_of(span)
+    limits = span_limits_of(span)
     assert limits is not None
     assert limits.max_events == 7
     span.end()
-    assert compat.span_limits_of(trace.INVALID_SPAN) is None
+    assert span_limits_of(trace.INVALID_SPAN) is None
     provider.shutdown()
 
 

@@ -8,11 +8,13 @@
 - The SDK's ``LoggingHandler`` is deprecated since 1.40 in favour of
   ``opentelemetry-instrumentation-logging``'s; the old class is only recognised (a root
   logger may already hold one), never made.
-- Three reads the SDK has no public accessor for: the span limits of an SDK span, the plain
-  dict under a finished record's ``BoundedAttributes`` (read without its lock, per key), and
-  the logger provider a logging bridge handler feeds.
+- Two reads the SDK has no public accessor for: the plain dict under a finished record's
+  ``BoundedAttributes`` (read without its lock, per key), and the logger provider a logging
+  bridge handler feeds.
 
-``tests/otel/test_compat.py`` checks every name here; ``scripts/test-otel-lowest`` runs it
+The trace side is in ``otel_trace.py``: importing this module loads the SDK's logs modules,
+which ``import when_coordinator`` must not (``tests/test_import_cost.py``).
+``tests/otel/test_compat.py`` checks every name of both; ``scripts/test-otel-lowest`` runs it
 against the lowest versions ``pyproject.toml`` declares.
 """
 
@@ -32,7 +34,6 @@ from opentelemetry._logs import (
 )
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, SimpleLogRecordProcessor
-from opentelemetry.sdk.trace import SpanLimits
 
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs.export import LogRecordExporter as LogExporterBase
@@ -67,7 +68,6 @@ __all__ = [
     "record_of",
     "scope_name_of",
     "set_logger_provider",
-    "span_limits_of",
 ]
 
 
@@ -80,13 +80,6 @@ def scope_name_of(item: Any) -> str:
     scope = getattr(item, "instrumentation_scope", None)
     name = getattr(scope, "name", "")
     return name if isinstance(name, str) else ""
-
-
-def span_limits_of(span: Any) -> SpanLimits | None:
-    """The limits an SDK span was made with (its provider's, which may differ from the
-    environment's); None for other spans."""
-    limits = getattr(span, "_limits", None)
-    return limits if isinstance(limits, SpanLimits) else None
 
 
 def attribute_items(attributes: Mapping[str, Any]) -> Mapping[str, Any]:

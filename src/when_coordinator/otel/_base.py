@@ -24,7 +24,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode, TracerPr
 from opentelemetry.util.types import AttributeValue
 
 from .. import _workflow_context
-from .._compat.otel import span_limits_of
+from .._compat.otel_trace import span_limits_of
 from .._version import __version__
 from ..client import CommandEvent, Coordinator
 from ..client._util import describe_error
