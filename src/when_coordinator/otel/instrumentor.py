@@ -118,7 +118,7 @@ def _after_auto_instrumentation() -> None:
     global _auto_instrumenting  # noqa: PLW0603
     _auto_instrumenting = False
     instrumentor = _active
-    if instrumentor is not None:
+    if instrumentor is not None and instrumentor._pending:
         try:
             instrumentor._complete()
         except Exception:
