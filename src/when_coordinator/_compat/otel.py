@@ -51,7 +51,7 @@ class _Removed(logging.Handler):
 
 
 SdkLoggingHandler: type[logging.Handler] = getattr(_sdk_logs, "LoggingHandler", _Removed)
-"""The SDK's deprecated handler (``OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED``)."""
+"""The SDK's deprecated handler (what its logging auto-instrumentation setting adds)."""
 
 __all__ = [
     "ApiProxyLoggerProvider",
