@@ -74,6 +74,7 @@ from ..client import Config, ConfigError, Coordinator
 from . import metrics as _metrics
 from ._identity import ByIdentity
 from ._logging_bridge import (
+    BRIDGE_HANDLERS,
     CoordinatorRootHandler,
     LastResortKeeper,
     SkipOwnRecords,
@@ -161,6 +162,7 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._logging_handler: logging.Handler | None = None
         self._bridge_provider: Any = None  # where the logging handler will feed, once decided
         self._last_resort: logging.Handler | None = None
+        self._bridge_in_use: logging.Handler | None = None  # another's, never removed here
         self._threading: BaseInstrumentor | None = None  # switched on here, off in uninstrument
         self._pending = False  # waiting for the end of opentelemetry-instrument's loading
         # (owner, name, what the owner itself held before, our wrapper), in wrapping order.
@@ -174,6 +176,13 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ()
+
+    def logging_handler(self) -> logging.Handler | None:
+        """The handler feeding Python ``logging`` into the logs pipeline while instrumented:
+        the instrumentor's own, or the bridge that was on the root logger already (the logging
+        instrumentation's). For frameworks that replace the root logger's handlers (Celery's
+        worker does) and must put it back."""
+        return self._logging_handler or self._bridge_in_use
 
     def instrument(self, **kwargs: Any) -> Any:
         """``BaseInstrumentor.instrument()``, which never raises into the application: a step
@@ -272,6 +281,11 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 self._logging_handler = attach_logging_handler(provider)
             except Exception:
                 _log.warning("when-coordinator cannot attach its logging handler", exc_info=True)
+            if self._logging_handler is None:  # the one already there feeds the pipeline
+                self._bridge_in_use = next(
+                    (h for h in logging.getLogger().handlers if isinstance(h, BRIDGE_HANDLERS)),
+                    None,
+                )
         try:
             self._threading = _enable_threading()
         except Exception:
@@ -431,6 +445,7 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._entrypoints_active = False
         self._pending = False
         self._bridge_provider = None
+        self._bridge_in_use = None
         while self._wrapped:
             owner, name, held, proxy = self._wrapped.pop()
             if vars(owner).get(name) is not proxy:

@@ -136,7 +136,7 @@ class WhenCeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         from ..instrumentor import active_instrumentor  # noqa: PLC0415 - import cycle
 
         instrumentor = active_instrumentor()
-        handler = getattr(instrumentor, "_logging_handler", None)
+        handler = instrumentor.logging_handler() if instrumentor is not None else None
         if (
             isinstance(handler, logging.Handler)
             and logger is not None
