@@ -10,10 +10,12 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import pytest
+from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import TracerProvider
 
 from tests.support.faults import free_port
@@ -27,7 +29,7 @@ from when_coordinator import (
     LogLevel,
     Message,
 )
-from when_coordinator.client import current_workflow
+from when_coordinator._workflow_context import with_workflow
 from when_coordinator.hub import Hub, ThreadedHub
 from when_coordinator.protocol import parse_timestamp
 
@@ -351,18 +353,26 @@ def test_trace_and_span_ids_come_from_the_active_span(app_logger: logging.Logger
     provider.shutdown()
 
 
-def test_the_workflow_comes_from_current_workflow(app_logger: logging.Logger) -> None:
-    token = current_workflow.set(("wf-ctx", "act-ctx"))
+@dataclass(frozen=True)
+class RunningWorkflow:
+    """What the handler reads of the running workflow (``_workflow_context``)."""
+
+    id: str
+    action_id: str
+
+
+def test_the_workflow_comes_from_the_opentelemetry_context(app_logger: logging.Logger) -> None:
+    token = otel_context.attach(with_workflow(RunningWorkflow("wf-ctx", "act-ctx")))
     try:
         entry = handler_entry(app_logger, lambda lg: lg.info("in a workflow"))
         explicit = handler_entry(
             app_logger, lambda lg: lg.info("explicit", extra={"workflowId": "wf-own"})
         )
-        no_action = current_workflow.set(("wf-2", ""))
+        no_action = otel_context.attach(with_workflow(RunningWorkflow("wf-2", "")))
         bare = handler_entry(app_logger, lambda lg: lg.info("no action"))
-        current_workflow.reset(no_action)
+        otel_context.detach(no_action)
     finally:
-        current_workflow.reset(token)
+        otel_context.detach(token)
     assert (entry.workflow_id, entry.action_id) == ("wf-ctx", "act-ctx")
     assert explicit.workflow_id == "wf-own"
     assert (bare.workflow_id, bare.action_id) == ("wf-2", "")

@@ -16,6 +16,8 @@ import sys
 from collections import Counter
 from collections.abc import Mapping
 
+import pytest
+
 from tests.otel.conftest import APP, INSTRUMENT
 from tests.support.otlp_receiver import (
     OtlpReceiver,
@@ -85,12 +87,13 @@ def spans_of(receiver: OtlpReceiver, service_name: str) -> list[ReceivedSpan]:
 
 
 def logs_of(receiver: OtlpReceiver, service_name: str) -> list[ReceivedLog]:
-    """The application's records (the package's own, if any, are not the app's)."""
+    """The application's records (the package's own, if any, and OpenTelemetry's about
+    itself, are not the app's)."""
     return [
         record
         for record in receiver.log_records
         if record.resource.get("service.name") == service_name
-        and not record.scope.startswith("when_coordinator")
+        and not record.scope.startswith(("when_coordinator", "opentelemetry."))
     ]
 
 
@@ -189,26 +192,28 @@ def test_same_workflow_trace_and_logs_at_the_hub_and_the_otlp_receiver(
             assert int(trace_id or "0", 16) == 0, record.message
 
 
+@pytest.mark.parametrize("sdk_handler", [False, True], ids=["logging-instrumentation", "sdk"])
 def test_distro_defaults_no_override_warnings_and_nothing_duplicated(
-    hub: ThreadedHub, receiver: OtlpReceiver
+    hub: ThreadedHub, receiver: OtlpReceiver, sdk_handler: bool
 ) -> None:
-    """The standard distro configuration (OTLP for traces, metrics and logs, and the SDK's own
-    logging handler): the instrumentor only adds to the providers it built."""
-    service = "coexport-distro"
-    result = run_app(
-        {
-            "OTEL_SERVICE_NAME": service,
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
-            "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
-            "OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED": "true",
-            "WHEN_URL": hub.url,
-            "WHEN_WORKFLOW_ENTRYPOINTS": "etl_jobs:nightly_etl",
-        }
-    )
+    """The standard distro configuration (OTLP for traces, metrics and logs, and the logging
+    instrumentation's handler, or the SDK's deprecated one as older set-ups have it): the
+    instrumentor only adds to the providers it built, and no second logging handler."""
+    service = f"coexport-distro-{'sdk' if sdk_handler else 'contrib'}"
+    env = {
+        "OTEL_SERVICE_NAME": service,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+        "WHEN_URL": hub.url,
+        "WHEN_WORKFLOW_ENTRYPOINTS": "etl_jobs:nightly_etl",
+    }
+    if sdk_handler:
+        env["OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED"] = "true"
+    result = run_app(env)
     for warning in OVERRIDE_WARNINGS:
         assert warning not in result.stderr, result.stderr
-    # The SDK's logging handler is on the root logger here; basicConfig() still works.
+    # A bridge logging handler is on the root logger here; basicConfig() still works.
     assert "INFO etl: nightly ETL started" in result.stderr, result.stderr
 
     workflow, span = wait_until_settled(hub, receiver, service)

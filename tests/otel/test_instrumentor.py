@@ -30,7 +30,9 @@ from typing import Any
 import pytest
 import wrapt
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+from opentelemetry.instrumentation.logging.handler import LoggingHandler
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs import LoggingHandler as SdkLoggingHandler
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -46,11 +48,9 @@ from when_coordinator.otel import (
 )
 from when_coordinator.protocol import MessageType, Phase
 
-# SDK 1.40+ deprecates its LoggingHandler in favour of opentelemetry-instrumentation-logging's,
-# which is not a dependency; the instrumentor's handler is one, and so are the tests' own.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`LoggingHandler` in `opentelemetry-sdk` is deprecated:DeprecationWarning"
-)
+# SDK 1.40+ deprecates its LoggingHandler in favour of opentelemetry-instrumentation-logging's
+# (the instrumentor's and the tests' own); one test makes the SDK's, as an old set-up would.
+SDK_HANDLER_DEPRECATED = "ignore:`LoggingHandler` in `opentelemetry-sdk` is deprecated"
 
 TIMEOUT = 10.0
 INSTRUMENTOR_LOGGER = "when_coordinator.otel.instrumentor"
@@ -249,7 +249,8 @@ def coordination_exporters(provider: LoggerProvider) -> list[CoordinationLogExpo
 
 
 def otel_handlers() -> list[logging.Handler]:
-    return [h for h in logging.getLogger().handlers if isinstance(h, LoggingHandler)]
+    bridges = (LoggingHandler, SdkLoggingHandler)
+    return [h for h in logging.getLogger().handlers if isinstance(h, bridges)]
 
 
 # wrapt 2 names the base of its function wrappers BaseObjectProxy; wrapt 1 has ObjectProxy only.
@@ -846,23 +847,28 @@ def test_a_reused_pool_thread_runs_each_task_in_its_submitter_workflow(
     assert workflows["child-of-none"].parent_workflow_id == ""
 
 
+@pytest.mark.filterwarnings(SDK_HANDLER_DEPRECATED)
+@pytest.mark.parametrize("kind", [LoggingHandler, SdkLoggingHandler])
 def test_an_existing_otel_logging_handler_is_used_not_doubled(
     hub: ThreadedHub,
     instrumentor: WhenInstrumentor,
     instrument: Callable[..., Coordinator],
     logger_provider: LoggerProvider,
+    kind: type[logging.Handler],
 ) -> None:
-    """The distro's logging integration (``OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED``)
-    already put a handler on the root logger: the instrumentor adds none, and leaves that one
-    in place when uninstrumented."""
-    existing = LoggingHandler(logger_provider=logger_provider)
+    """The logging instrumentation (or the SDK's deprecated handler, with
+    ``OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED``) already put a handler on the root
+    logger: the instrumentor adds none, and leaves that one in place when uninstrumented."""
+    existing = kind(logger_provider=logger_provider)  # type: ignore[call-arg]
     root = logging.getLogger()
     root.addHandler(existing)
     try:
         handlers = list(root.handlers)
         instrument()
-        assert root.handlers == handlers
-        assert not is_wrapped(logging, "basicConfig")
+        # No second bridge; the instrumentor's only addition there keeps the last resort.
+        assert otel_handlers() == [existing]
+        added = [type(h).__name__ for h in root.handlers if h not in handlers]
+        assert added == ["LastResortKeeper"]
         assert len(coordination_exporters(logger_provider)) == 1
         instrumentor.uninstrument()
         assert root.handlers == handlers

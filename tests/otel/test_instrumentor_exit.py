@@ -240,8 +240,9 @@ def test_a_provider_it_cannot_attach_to_gets_one_warning_and_logging_still_flows
     assert stderr.count("cannot attach its log exporter to the logger provider") == 1, stderr
     assert "workflows still reach the hub" in stderr
     assert "Python logging records still reach the hub" in stderr
-    # A CoordinatorLogHandler that keeps Python's last resort (the instrumentor's root handler).
-    assert result["handlers"] == ["_CoordinatorRootHandler"]
+    # A CoordinatorLogHandler (the instrumentor's root handler), and what keeps Python's last
+    # resort.
+    assert result["handlers"] == ["LastResortKeeper", "CoordinatorRootHandler"]
     hub.wait_for(
         lambda h: (
             any(w.phase is Phase.COMPLETED for w in workflows_of(h, service).values())

@@ -165,9 +165,10 @@ def test_installs_sdk_providers_where_only_proxies_exist(hub: ThreadedHub, tmp_p
     assert result["before"] == ["ProxyTracerProvider", "ProxyLoggerProvider"]
     assert result["after"] == ["TracerProvider", "LoggerProvider"]
     assert result["span_processors"] == ["CoordinationSpanProcessor"]
-    # The instrumentor's logging handler (a LoggingHandler) and basicConfig()'s.
+    # The instrumentor's logging handler (a LoggingHandler), what keeps Python's last resort,
+    # and basicConfig()'s.
     (ours,) = [name for name in result["root_handlers"] if name.endswith("LoggingHandler")]
-    assert sorted(result["root_handlers"]) == sorted([ours, "StreamHandler"])
+    assert sorted(result["root_handlers"]) == sorted([ours, "StreamHandler", "LastResortKeeper"])
     assert "BASIC jobs: job running with 2" in stderr, "logging.basicConfig() had no effect"
 
     hub.wait_for(

@@ -2,7 +2,7 @@
 
 from .config import ENVIRONMENT, Config, ConfigError, EnvVar
 from .coordinator import CommandEvent, Coordinator, CoordinatorStats, MessageHandler
-from .logs import CoordinatorLogHandler, LogForwarder, current_workflow
+from .logs import CoordinatorLogHandler, LogForwarder
 
 __all__ = [
     "ENVIRONMENT",
@@ -15,5 +15,4 @@ __all__ = [
     "EnvVar",
     "LogForwarder",
     "MessageHandler",
-    "current_workflow",
 ]

@@ -3,7 +3,6 @@ handler, the counterparts of the Go client's log forwarder and logrus hook."""
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import threading
 import weakref
@@ -13,18 +12,13 @@ from typing import TYPE_CHECKING, Any
 from msgspec.structs import replace
 from opentelemetry import trace
 
+from .. import _workflow_context
 from ..protocol import LogEntry, LogLevel, format_timestamp
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator
 
-__all__ = ["CoordinatorLogHandler", "LogForwarder", "current_workflow", "level_for"]
-
-current_workflow: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
-    "when_current_workflow", default=None
-)
-"""(workflow id, action id) of the code running now; set by the workflow layer so that log
-records made inside a workflow are filed under it without the caller saying so."""
+__all__ = ["CoordinatorLogHandler", "LogForwarder", "level_for"]
 
 _CLIENT_THREAD = "when-coordinator"
 
@@ -239,11 +233,12 @@ class CoordinatorLogHandler(logging.Handler):
                 ids["trace_id"] = format(context.trace_id, "032x")
                 ids.setdefault("span_id", format(context.span_id, "016x"))
         if "workflow_id" not in ids:
-            current = current_workflow.get()
+            # The running workflow, from the OpenTelemetry context (``_workflow_context``).
+            current = _workflow_context.current()
             if current is not None:
-                ids["workflow_id"], action_id = current
-                if action_id:
-                    ids.setdefault("action_id", action_id)
+                ids["workflow_id"] = current.id
+                if current.action_id:
+                    ids.setdefault("action_id", current.action_id)
         return LogEntry(
             timestamp=format_timestamp(int(record.created * 1_000_000_000)),
             level=level_for(record.levelno),

@@ -9,11 +9,18 @@ distro and configurator have built the SDK providers, and only adds to them:
   provider is whatever is installed: the SDK's, or a proxy wrapping one (logfire's keep it in
   ``provider``); one it cannot attach to gets one warning saying what still works;
 - a ``logging`` handler feeding Python log records into that logs pipeline (off with
-  ``WHEN_LOGS_ENABLED=false``), unless one is already there; records of ``opentelemetry.*``
-  loggers (the SDK and its exporters reporting on themselves) never enter it;
+  ``WHEN_LOGS_ENABLED=false``): ``opentelemetry-instrumentation-logging``'s ``LoggingHandler``,
+  only where neither it nor the SDK's deprecated one is on the root logger already (under
+  ``opentelemetry-instrument`` the logging instrumentation usually put one there); records of
+  ``opentelemetry.*`` loggers (the SDK and its exporters reporting on themselves) never enter
+  ours;
 - the package's metrics (``otel/metrics.py``) through the meter provider: the
   ``meter_provider`` keyword, else the global one (off with ``OTEL_METRICS_EXPORTER=none``);
-- workflow context carried into threads, thread pools and process pools;
+- workflow context carried into threads, timers and thread pools by
+  ``opentelemetry-instrumentation-threading`` (switched on unless already on, or disabled in
+  ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``): the workflow is in the OpenTelemetry Context.
+  Added here only what it does not carry: ``Thread`` subclasses that override ``run``, and
+  process pools (a W3C carrier, and a connection of its own for a forked worker);
 - a workflow around every call of the functions named in ``WHEN_WORKFLOW_ENTRYPOINTS``
   (``module:function`` or ``module:Class.method``), also for modules imported later.
 
@@ -21,6 +28,10 @@ At exit it flushes only what it attached (its own processor, then the coordinato
 one ``close_timeout`` every exit-time flush of the coordinator shares), never another exporter:
 the SDK's flush ignores its timeout, and an OTLP exporter facing a closed port retries for
 seconds per batch. ``instrument()`` never raises into the application.
+
+Under ``opentelemetry-instrument`` the logging handler and the threading instrumentation wait
+until every instrumentor has run (the ``opentelemetry_post_instrument`` entry point), so that
+what the logging and threading instrumentations do themselves is seen, not doubled.
 
 It takes neither the configurator nor the distro slot, attaches nothing twice, and
 ``uninstrument()`` undoes what it did. SDK span and log processors cannot be removed from a
@@ -31,7 +42,6 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
-import contextvars
 import logging
 import multiprocessing.util
 import os
@@ -44,27 +54,39 @@ from types import ModuleType
 from typing import Any
 
 import wrapt
-from opentelemetry import _logs, trace
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.instrumentation.environment_variables import (
+    OTEL_PYTHON_DISABLED_INSTRUMENTATIONS,
+)
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
-from ..client import Config, ConfigError, Coordinator, CoordinatorLogHandler
-from . import metrics as _metrics
-from ._identity import ByIdentity
-from ._sdk_logs import (
+from .._compat.otel import (
     ApiProxyLoggerProvider,
     BatchLogRecordProcessor,
     LoggerProvider,
-    LoggingHandler,
+    get_logger_provider,
+    set_logger_provider,
 )
-from .log_exporter import CoordinationLogExporter, bind_unbound_exporters, is_telemetry_logger
-from .propagation import CarriedCall, carrier, run_in_copied_context
+from ..client import Config, ConfigError, Coordinator
+from . import metrics as _metrics
+from ._identity import ByIdentity
+from ._logging_bridge import (
+    BRIDGE_HANDLERS,
+    CoordinatorRootHandler,
+    LastResortKeeper,
+    SkipOwnRecords,
+    attach_logging_handler,
+)
+from .log_exporter import CoordinationLogExporter, bind_unbound_exporters
+from .propagation import CarriedCall, carrier
 from .span_processor import CoordinationSpanProcessor
 from .tracking import set_coordinator
 from .workflow import workflow
 
-__all__ = ["WhenInstrumentor", "parse_entrypoint"]
+__all__ = ["WhenInstrumentor", "active_instrumentor", "parse_entrypoint"]
 
 _log = logging.getLogger(__name__)
 
@@ -74,12 +96,34 @@ _log_exporters: ByIdentity[tuple[CoordinationLogExporter, Any]] = ByIdentity()
 
 _ABSENT = object()
 
-_THREAD_PATCHES = (
-    (threading.Thread, "start"),
-    (threading.Thread, "run"),
-    (concurrent.futures.ThreadPoolExecutor, "submit"),
-    (concurrent.futures.ProcessPoolExecutor, "submit"),
-)
+
+_active: WhenInstrumentor | None = None
+_auto_instrumenting = False
+
+
+def active_instrumentor() -> WhenInstrumentor | None:
+    """The ``WhenInstrumentor`` while it is instrumenting this process, else None."""
+    return _active
+
+
+def _before_auto_instrumentation() -> None:
+    """``opentelemetry_pre_instrument`` entry point: ``opentelemetry-instrument`` is about to
+    run every instrumentor, in an order nobody defines."""
+    global _auto_instrumenting  # noqa: PLW0603 - one flag for the process
+    _auto_instrumenting = True
+
+
+def _after_auto_instrumentation() -> None:
+    """``opentelemetry_post_instrument`` entry point: every instrumentor has run; what the
+    logging and threading instrumentations did is known, so ours adds only what is missing."""
+    global _auto_instrumenting  # noqa: PLW0603
+    _auto_instrumenting = False
+    instrumentor = _active
+    if instrumentor is not None and instrumentor._pending:
+        try:
+            instrumentor._complete()
+        except Exception:
+            _log.exception("when-coordinator could not complete its instrumentation")
 
 
 def parse_entrypoint(spec: str) -> tuple[str, str]:
@@ -95,47 +139,6 @@ def parse_entrypoint(spec: str) -> tuple[str, str]:
             f"workflow entry point {spec!r} must look like module:function or module:Class.method"
         )
     return module, qualname
-
-
-class _SkipOwnRecords(logging.Filter):
-    """Keep telemetry's records about itself (``is_telemetry_logger``), and anything the
-    client thread logs, out of the logs pipeline."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (is_telemetry_logger(record.name) or record.threadName == "when-coordinator")
-
-
-class _KeepLastResort(logging.Handler):
-    """A handler of ours on the root logger, which leaves Python's last resort in place.
-
-    Python prints a warning that no handler takes (``logging.lastResort``, to stderr). Our
-    handler feeds the logs pipeline, and being on the root logger it took every record: an
-    application that configured no logging (or not yet) no longer saw any warning, ours such
-    as "cannot connect to the hub" included. So a record that only our handlers see still
-    goes to the last resort, as it would without the instrumentor.
-    """
-
-    def handle(self, record: logging.LogRecord) -> bool:
-        handled = super().handle(record)
-        last = logging.lastResort
-        if last is not None and record.levelno >= last.level and _only_ours(record.name):
-            last.handle(record)
-        return handled
-
-
-def _only_ours(name: str) -> bool:
-    logger: logging.Logger | None = logging.getLogger(name)
-    while logger is not None:
-        if any(not isinstance(handler, _KeepLastResort) for handler in logger.handlers):
-            return False
-        if not logger.propagate:
-            break
-        logger = logger.parent
-    return True
-
-
-class _CoordinatorRootHandler(_KeepLastResort, CoordinatorLogHandler):
-    """``CoordinatorLogHandler`` on the root logger (where the logs pipeline cannot be had)."""
 
 
 class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -157,6 +160,11 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._log_processor: Any = None
         self._bound_exporters: list[CoordinationLogExporter] = []
         self._logging_handler: logging.Handler | None = None
+        self._bridge_provider: Any = None  # where the logging handler will feed, once decided
+        self._last_resort: logging.Handler | None = None
+        self._bridge_in_use: logging.Handler | None = None  # another's, never removed here
+        self._threading: BaseInstrumentor | None = None  # switched on here, off in uninstrument
+        self._pending = False  # waiting for the end of opentelemetry-instrument's loading
         # (owner, name, what the owner itself held before, our wrapper), in wrapping order.
         self._wrapped: list[tuple[Any, str, Any, Any]] = []
         self._entrypoints_active = False
@@ -168,6 +176,13 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ()
+
+    def logging_handler(self) -> logging.Handler | None:
+        """The handler feeding Python ``logging`` into the logs pipeline while instrumented:
+        the instrumentor's own, or the bridge that was on the root logger already (the logging
+        instrumentation's). For frameworks that replace the root logger's handlers (Celery's
+        worker does) and must put it back."""
+        return self._logging_handler or self._bridge_in_use
 
     def instrument(self, **kwargs: Any) -> Any:
         """``BaseInstrumentor.instrument()``, which never raises into the application: a step
@@ -181,6 +196,8 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     # ------------------------------------------------------------------ instrument
 
     def _instrument(self, **kwargs: Any) -> None:
+        global _active  # noqa: PLW0603 - the accessor's answer
+        _active = self
         config = kwargs.get("config")
         if config is None:
             try:
@@ -188,6 +205,12 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             except ConfigError as exc:
                 _log.error("when-coordinator disabled: %s", exc)
                 config = Config()
+        if config.logs_enabled and self._last_resort is None:
+            # Before the coordinator exists: its first "cannot connect" must reach stderr.
+            self._last_resort = LastResortKeeper()
+            logging.getLogger().addHandler(self._last_resort)
+            # A root handler would make the application's logging.basicConfig() a no-op.
+            self._wrap(logging, "basicConfig", self._basic_config)
         coordinator = kwargs.get("coordinator")
         self._owns_coordinator = coordinator is None
         if coordinator is None:
@@ -226,16 +249,17 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         if config.logs_enabled:
             self._attach_logs(kwargs.get("logger_provider"), coordinator)
-            if self._logging_handler is not None:
-                # A root handler would make the application's logging.basicConfig() a no-op.
-                self._wrap(logging, "basicConfig", self._basic_config)
 
         if not self._exit_hook:
             # Registered after the providers exist, so it runs before their own exit handlers
             # and before the coordinator closes: what they still hold reaches the hub.
             atexit.register(self._flush_at_exit)
             self._exit_hook = True
-        self._patch_threads()
+        self._wrap(concurrent.futures.ProcessPoolExecutor, "submit", _process_pool_submit)
+        if _auto_instrumenting:
+            self._pending = True  # completed by _after_auto_instrumentation
+        else:
+            self._complete()
         self._entrypoints_active = True
         self._generation += 1
         entrypoints: dict[tuple[str, str], None] = {}
@@ -247,17 +271,43 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         for module_name, qualname in entrypoints:  # each once, even if named twice
             self._patch_entrypoint(module_name, qualname)
 
+    def _complete(self) -> None:
+        """What waits, under ``opentelemetry-instrument``, until every instrumentor has run:
+        the logging handler and the threading instrumentation, each only where missing."""
+        self._pending = False
+        if self._bridge_provider is not None:
+            provider, self._bridge_provider = self._bridge_provider, None
+            try:
+                self._logging_handler = attach_logging_handler(provider)
+            except Exception:
+                _log.warning("when-coordinator cannot attach its logging handler", exc_info=True)
+            if self._logging_handler is None:  # the one already there feeds the pipeline
+                self._bridge_in_use = next(
+                    (h for h in logging.getLogger().handlers if isinstance(h, BRIDGE_HANDLERS)),
+                    None,
+                )
+        try:
+            self._threading = _enable_threading()
+        except Exception:
+            _log.warning(
+                "when-coordinator cannot switch threading instrumentation on", exc_info=True
+            )
+        # Over the threading instrumentation's wrapper, so that each comes off cleanly: its
+        # unwrap() reads the attribute through the class, which would keep ours inside.
+        self._wrap(threading.Thread, "start", _thread_start)
+
     def _attach_logs(self, logger_provider: Any, coordinator: Coordinator) -> None:
-        """The exporter (unless the SDK configuration already has it) and the logging handler
-        on the installed logger provider, or, where there is none to attach to, a
-        ``CoordinatorLogHandler`` sending Python log records to the hub directly."""
+        """The exporter (unless the SDK configuration already has it) on the installed logger
+        provider, and the logging handler later (``_complete``); or, where there is no provider
+        to attach to, a ``CoordinatorLogHandler`` sending Python log records to the hub
+        directly."""
         target = None
         try:
             logger_provider, target = _logger_provider(logger_provider)
             if target is not None and "when" not in _env_list("OTEL_LOGS_EXPORTER"):
                 self._log_exporter, self._log_processor = _attach_log_exporter(target, coordinator)
             if target is not None:
-                self._logging_handler = _attach_logging_handler(logger_provider)
+                self._bridge_provider = logger_provider
                 return
         except Exception:
             _log.debug("attaching to %r failed", logger_provider, exc_info=True)
@@ -269,8 +319,8 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             "own), records emitted through the OpenTelemetry logs API do not",
             type(logger_provider).__name__,
         )
-        handler = _CoordinatorRootHandler(coordinator)
-        handler.addFilter(_SkipOwnRecords())
+        handler = CoordinatorRootHandler(coordinator)
+        handler.addFilter(SkipOwnRecords())
         logging.getLogger().addHandler(handler)
         self._logging_handler = handler
 
@@ -341,36 +391,22 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             # final export through them, never runs. Only the provider can flush its
             # processor; it runs every exporter, so it gets a thread and a deadline.
             with coordinator._exit_wait() as budget:
-                _flush_within(_logs.get_logger_provider(), budget)
+                _flush_within(get_logger_provider(), budget)
         self._flush_at_exit()
         with coordinator._exit_wait() as budget:
             coordinator.close(budget)
 
     def _basic_config(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        """Run ``logging.basicConfig`` as if our handler were not on the root logger yet."""
-        handler = self._logging_handler
+        """Run ``logging.basicConfig`` as if our handlers were not on the root logger yet."""
         root = logging.getLogger()
-        if handler is None or handler not in root.handlers:
-            return wrapped(*args, **kwargs)
-        root.removeHandler(handler)
+        ours = [h for h in (self._logging_handler, self._last_resort) if h in root.handlers]
+        for handler in ours:
+            root.removeHandler(handler)
         try:
             return wrapped(*args, **kwargs)
         finally:
-            root.addHandler(handler)
-
-    def _patch_threads(self) -> None:
-        wrappers: dict[str, Callable[..., Any]] = {
-            "start": _thread_start,
-            "run": _thread_run,
-        }
-        for owner, name in _THREAD_PATCHES:
-            if owner is concurrent.futures.ThreadPoolExecutor:
-                wrapper = _thread_pool_submit
-            elif owner is concurrent.futures.ProcessPoolExecutor:
-                wrapper = _process_pool_submit
-            else:
-                wrapper = wrappers[name]
-            self._wrap(owner, name, wrapper)
+            for handler in ours:
+                root.addHandler(handler)
 
     def _patch_entrypoint(self, module_name: str, qualname: str) -> None:
         generation = self._generation
@@ -405,7 +441,11 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     # ------------------------------------------------------------------ uninstrument
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        global _active  # noqa: PLW0603
         self._entrypoints_active = False
+        self._pending = False
+        self._bridge_provider = None
+        self._bridge_in_use = None
         while self._wrapped:
             owner, name, held, proxy = self._wrapped.pop()
             if vars(owner).get(name) is not proxy:
@@ -418,9 +458,17 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 # through the class, a staticmethod as a plain function (which would then
                 # receive the instance) and a classmethod as a bound method.
                 setattr(owner, name, held)
+        # Switched on before our Thread.start wrapper, so switched off after it: its
+        # unwrap() would otherwise keep ours inside.
+        switched_on, self._threading = self._threading, None
+        if switched_on is not None and switched_on.is_instrumented_by_opentelemetry:
+            switched_on.uninstrument()
         if self._logging_handler is not None:
             logging.getLogger().removeHandler(self._logging_handler)
             self._logging_handler = None
+        if self._last_resort is not None:
+            logging.getLogger().removeHandler(self._last_resort)
+            self._last_resort = None
         if self._span_processor is not None:
             self._span_processor.enabled = False
             self._span_processor = None
@@ -440,6 +488,8 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         coordinator, self._coordinator = self._coordinator, None
         if coordinator is not None and self._owns_coordinator:
             coordinator.close()
+        if _active is self:
+            _active = None
 
 
 # ---------------------------------------------------------------------- providers
@@ -481,11 +531,11 @@ def _tracer_provider(given: Any) -> tuple[Any, Any]:
 def _logger_provider(given: Any) -> tuple[Any, Any]:
     """(the logger provider in use, the one to add the log processor to, or None); as
     ``_tracer_provider``."""
-    provider = given if given is not None else _logs.get_logger_provider()
+    provider = given if given is not None else get_logger_provider()
     target = _attachable(provider, "add_log_record_processor")
     if target is None and given is None and isinstance(provider, ApiProxyLoggerProvider):
         provider = target = LoggerProvider(resource=Resource.create())
-        _logs.set_logger_provider(provider)
+        set_logger_provider(provider)
     return provider, target
 
 
@@ -526,75 +576,57 @@ def _flush_within(provider: Any, timeout: float) -> None:
     thread.join(timeout)
 
 
-def _bridge_handler_types() -> tuple[type[logging.Handler], ...]:
-    """The handler classes that feed ``logging`` into an OpenTelemetry logs pipeline: the SDK's
-    (deprecated since SDK 1.40) and ``opentelemetry-instrumentation-logging``'s, if installed."""
-    types: list[type[logging.Handler]] = [LoggingHandler]
+def _enable_threading() -> BaseInstrumentor | None:
+    """Switch ``opentelemetry-instrumentation-threading`` on; the instrumentor when this call
+    did, None when it was on already, is disabled, or is not installed."""
+    disabled = _env_list(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS)
+    if "threading" in disabled or "*" in disabled:
+        return None
     try:
-        from opentelemetry.instrumentation.logging.handler import (  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
-            LoggingHandler as ContribLoggingHandler,
+        from opentelemetry.instrumentation.threading import (  # noqa: PLC0415 - optional
+            ThreadingInstrumentor,
         )
     except ImportError:
-        pass
-    else:
-        types.append(ContribLoggingHandler)
-    return tuple(types)
-
-
-class _WhenLoggingHandler(_KeepLastResort, LoggingHandler):
-    """The handler the instrumentor adds, which steps aside while another bridge handler
-    feeding the same provider is on the root logger.
-
-    The logging instrumentation of ``opentelemetry-instrumentation-logging`` adds its own
-    handler to the root logger whenever it runs, before or after this instrumentor (the order
-    of instrumentors is not defined): each record must still enter the pipeline once.
-    """
-
-    _bridges: tuple[type[logging.Handler], ...] | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        bridges = _WhenLoggingHandler._bridges
-        if bridges is None:
-            bridges = _WhenLoggingHandler._bridges = _bridge_handler_types()
-        for handler in logging.getLogger().handlers:
-            if (
-                handler is not self
-                and isinstance(handler, bridges)
-                and getattr(handler, "_logger_provider", None) is self._logger_provider
-            ):
-                return
-        super().emit(record)
-
-
-def _attach_logging_handler(provider: Any) -> logging.Handler | None:
-    root = logging.getLogger()
-    bridges = _bridge_handler_types()
-    if any(isinstance(handler, bridges) for handler in root.handlers):
-        return None  # the distro's logging integration already feeds the logs pipeline
-    handler = _WhenLoggingHandler(level=logging.NOTSET, logger_provider=provider)
-    handler.addFilter(_SkipOwnRecords())
-    root.addHandler(handler)
-    return handler
+        _log.debug("opentelemetry-instrumentation-threading is not installed")
+        return None
+    instrumentor: BaseInstrumentor = ThreadingInstrumentor()
+    if instrumentor.is_instrumented_by_opentelemetry:
+        return None
+    instrumentor.instrument()
+    return instrumentor
 
 
 # ---------------------------------------------------------------------- wrappers
 
 
+def _overrides_run(cls: type[threading.Thread]) -> bool:
+    """Whether ``cls`` has a ``run`` of its own, which the threading instrumentation (it wraps
+    ``Thread.run`` and ``Timer.run``) never sees."""
+    for klass in cls.__mro__:
+        if klass is threading.Thread or klass is threading.Timer:
+            return False
+        if "run" in vars(klass):
+            return True
+    return False
+
+
 def _thread_start(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    instance._when_context = contextvars.copy_context()
-    return wrapped(*args, **kwargs)
+    """A thread whose class overrides ``run`` runs it in the context that started it."""
+    if isinstance(instance, threading.Thread) and _overrides_run(type(instance)):
+        context = otel_context.get_current()
+        run = instance.run
 
+        def run_in_context() -> Any:
+            token = otel_context.attach(context)
+            try:
+                return run()
+            finally:
+                otel_context.detach(token)
+                if vars(instance).get("run") is run_in_context:
+                    del vars(instance)["run"]
 
-def _thread_run(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    context = getattr(instance, "_when_context", None)
-    if context is None:
-        return wrapped(*args, **kwargs)
-    return context.run(wrapped, *args, **kwargs)
-
-
-def _thread_pool_submit(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    if args:
-        args = (run_in_copied_context(args[0]), *args[1:])
+        # An instance attribute: Thread's bootstrap calls self.run(), the class is untouched.
+        vars(instance)["run"] = run_in_context
     return wrapped(*args, **kwargs)
 
 
@@ -603,8 +635,8 @@ class _PoolCall(CarriedCall):
     its own connection to the hub (``WhenInstrumentor._report_from_forked_worker``)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        instrumentor = WhenInstrumentor._instance
-        if isinstance(instrumentor, WhenInstrumentor):
+        instrumentor = active_instrumentor()
+        if instrumentor is not None:
             try:
                 instrumentor._report_from_forked_worker()
             except Exception:

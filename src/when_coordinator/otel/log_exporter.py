@@ -14,13 +14,18 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from opentelemetry._logs import SeverityNumber
-
+from .._compat.otel import (
+    ExportResult,
+    LogExporterBase,
+    SeverityNumber,
+    attribute_items,
+    record_of,
+    scope_name_of,
+)
 from ..client import Coordinator
 from ..client._util import RateLimitedLog, WireLogBatch, jsonable, log_size
 from ..protocol import LogLevel, format_timestamp
 from . import attributes as attr
-from ._sdk_logs import ExportResult, LogExporterBase, record_of, scope_name_of
 from .tracking import get_coordinator, tracker_for
 
 __all__ = [
@@ -79,8 +84,10 @@ _LEVEL_NAMES = tuple(level_for_severity(number).value if number else "" for numb
 def _level_name(severity: Any, text: str | None) -> str:
     # The SDK's severities are SeverityNumber members; hashing an Enum runs Python code, so
     # the level is found by the member's value instead.
-    if severity.__class__ is SeverityNumber and severity._value_:
-        return _LEVEL_NAMES[severity._value_]
+    if severity.__class__ is SeverityNumber:
+        number = severity.value
+        if number:
+            return _LEVEL_NAMES[number]
     return level_for_severity(getattr(severity, "value", None), text).value
 
 
@@ -210,13 +217,9 @@ class CoordinationLogExporter(LogExporterBase):
         fields: dict[str, Any] = {}
         attributes = record.attributes
         if attributes is not None:
-            # The SDK's BoundedAttributes takes a lock on every read; the record is finished
-            # by the time it is exported, so its underlying dict is read directly when there.
-            items = getattr(attributes, "_dict", None)
-            if type(items) is not dict:
-                items = attributes
+            # The record is finished by the time it is exported: read without the SDK's lock.
             ranks: dict[str, int] = {}
-            for key, value in items.items():
+            for key, value in attribute_items(attributes).items():
                 role = _ROLES.get(key)
                 if role is None:
                     fields[key] = value

@@ -1,15 +1,15 @@
-"""Carrying workflow context where ``contextvars`` do not go by themselves.
+"""Carrying workflow context into other processes, where no OpenTelemetry Context goes.
 
-Threads and thread pools get a copy of the caller's context (``contextvars`` and so the
-OpenTelemetry context and the current workflow). Processes get a W3C carrier (``traceparent``
-and ``baggage``, which holds the workflow ids): ``carrier()`` in the parent, ``attached()`` in
-the child. ``CarriedCall`` packs both into one picklable callable for process pools.
+Within a process the running workflow is in the OpenTelemetry Context, which asyncio tasks
+and, under ``opentelemetry-instrumentation-threading``, threads and thread pools carry.
+Processes get a W3C carrier (``traceparent`` and ``baggage``, which holds the workflow ids):
+``carrier()`` in the parent, ``attached()`` in the child. ``CarriedCall`` packs both into one
+picklable callable for process pools.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -19,7 +19,7 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-__all__ = ["CarriedCall", "attached", "carrier", "run_in_copied_context"]
+__all__ = ["CarriedCall", "attached", "carrier"]
 
 # The workflow ids travel in W3C baggage whatever propagators the process is configured with:
 # with "tracecontext" alone the link to the parent workflow was lost, and with "none"
@@ -64,13 +64,3 @@ class CarriedCall:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with attached(self.headers):
             return self.fn(*args, **kwargs)
-
-
-def run_in_copied_context(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Bind ``fn`` to a copy of the current context, for running on another thread."""
-    context = contextvars.copy_context()
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        return context.run(fn, *args, **kwargs)
-
-    return run

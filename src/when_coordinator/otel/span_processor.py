@@ -21,9 +21,10 @@ from opentelemetry.trace import StatusCode
 
 from ..client import Coordinator
 from ..client._util import RateLimitedLog
+from ..lifecycle import settle, start_lifecycle
 from ..phase_manager import PhaseError, WorkflowExistsError
 from . import attributes as attr
-from .tracking import Tracker, get_coordinator, settle, start_lifecycle, tracker_for
+from .tracking import Tracker, get_coordinator, tracker_for
 
 __all__ = ["CoordinationSpanProcessor"]
 

@@ -11,25 +11,20 @@ import logging
 import threading
 import weakref
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from opentelemetry.trace import Span
 
 from ..client import CommandEvent, Config, ConfigError, Coordinator
-from ..phase_manager import PhaseError, PhaseManager, PhaseState
-from ..protocol import Phase
+from ..phase_manager import PhaseState
 from . import attributes as attr
 from . import metrics as _metrics
 
-if TYPE_CHECKING:
-    from .workflow import _WorkflowBase
-
 __all__ = [
     "Tracker",
+    "WorkflowListener",
     "get_coordinator",
     "set_coordinator",
-    "settle",
-    "start_lifecycle",
     "tracker_for",
 ]
 
@@ -71,6 +66,18 @@ def set_coordinator(coordinator: Coordinator | None) -> Coordinator | None:
     return previous
 
 
+class WorkflowListener(Protocol):
+    """What a running workflow hears of its own workflow id, from any thread.
+
+    ``phase_changed`` is called under the phase manager's lock (keep it to waking waiters);
+    ``command`` on the client's thread, for every hub command, accepted or refused.
+    """
+
+    def phase_changed(self, state: PhaseState) -> None: ...
+
+    def command(self, event: CommandEvent) -> None: ...
+
+
 class Tracker:
     """What the OpenTelemetry layer knows about one coordinator's workflows."""
 
@@ -81,7 +88,7 @@ class Tracker:
         self.phases = coordinator.phases
         self._lock = threading.Lock()
         self._spans: dict[str, Span] = {}
-        self._workflows: dict[str, _WorkflowBase] = {}
+        self._listeners: dict[str, WorkflowListener] = {}
         self._claimed: dict[str, int] = {}
         # span id -> (workflow id, action name); kept a while after the span ends, because
         # log records are exported later than they are made.
@@ -138,21 +145,23 @@ class Tracker:
 
     # ------------------------------------------------------------------ workflows
 
-    def attach(self, workflow: _WorkflowBase) -> None:
+    def attach(self, workflow_id: str, listener: WorkflowListener) -> None:
+        """Tell ``listener`` about ``workflow_id`` from now on (the run that owns the id)."""
         with self._lock:
-            self._workflows[workflow.id] = workflow
+            self._listeners[workflow_id] = listener
 
-    def detach(self, workflow: _WorkflowBase) -> None:
+    def detach(self, workflow_id: str, listener: WorkflowListener) -> None:
+        """Stop telling ``listener``; a newer run of the same id keeps its own listener."""
         with self._lock:
-            if self._workflows.get(workflow.id) is workflow:
-                del self._workflows[workflow.id]
-            self._spans.pop(workflow.id, None)
+            if self._listeners.get(workflow_id) is listener:
+                del self._listeners[workflow_id]
+            self._spans.pop(workflow_id, None)
 
     def _on_phase_changed(self, state: PhaseState) -> None:
         name = failure = ""
         with self._lock:
             span = self._spans.get(state.workflow_id)
-            workflow = self._workflows.get(state.workflow_id)
+            listener = self._listeners.get(state.workflow_id)
             if state.phase.is_terminal:
                 name = self._names.pop(state.workflow_id, "")
                 failure = self._failures.pop(state.workflow_id, "")
@@ -169,14 +178,14 @@ class Tracker:
                     attr.PHASE_CHECKPOINT_ID: state.checkpoint_id,
                 },
             )
-        if workflow is not None:
-            workflow._phase_changed(state)
+        if listener is not None:
+            listener.phase_changed(state)
 
     def _on_command(self, event: CommandEvent) -> None:
         with self._lock:
-            workflow = self._workflows.get(event.workflow_id)
-        if workflow is not None:
-            workflow._command(event)
+            listener = self._listeners.get(event.workflow_id)
+        if listener is not None:
+            listener.command(event)
 
 
 _trackers: weakref.WeakKeyDictionary[Coordinator, Tracker] = weakref.WeakKeyDictionary()
@@ -189,65 +198,3 @@ def tracker_for(coordinator: Coordinator) -> Tracker:
         if tracker is None:
             tracker = _trackers[coordinator] = Tracker(coordinator)
         return tracker
-
-
-# ---------------------------------------------------------------------- lifecycle steps
-
-_START = (
-    (Phase.PRE_FLIGHT, "workflow started"),
-    (Phase.PLANNING, "planning"),
-    (Phase.EXECUTION, "executing"),
-)
-
-
-def start_lifecycle(phases: PhaseManager, workflow_id: str) -> None:
-    """pending -> pre-flight -> planning -> execution, from wherever it stands."""
-    for phase, reason in _START:
-        if phases.get_phase(workflow_id).can_transition_to(phase):
-            phases.transition_to(workflow_id, phase, reason)
-
-
-def settle(
-    phases: PhaseManager, workflow_id: str, *, error: str | None = None, checkpoint_id: str = ""
-) -> None:
-    """Bring a workflow whose code has ended to its terminal phase by legal transitions.
-
-    An error fails it from anywhere. Otherwise it completes: an unanswered pause is completed
-    and resumed first (the work is done), and a requested cancellation is completed. A hub
-    command racing with this is retried; as a last resort the workflow fails, never stays open.
-    """
-    for _attempt in range(3):
-        try:
-            _settle_once(phases, workflow_id, error, checkpoint_id)
-            return
-        except PhaseError as exc:
-            last = exc
-    state = phases.get_state(workflow_id)
-    if not state.phase.is_terminal:
-        phases.fail(workflow_id, f"could not settle from {state.phase.value}: {last}")
-
-
-def _settle_once(
-    phases: PhaseManager, workflow_id: str, error: str | None, checkpoint_id: str
-) -> None:
-    state = phases.get_state(workflow_id)
-    if state.phase.is_terminal:
-        return
-    if error is not None:
-        phases.fail(workflow_id, error)
-        return
-    phase = state.phase
-    if phase is Phase.CANCELLING:
-        phases.complete_cancellation(workflow_id)
-        return
-    if phase in (Phase.PENDING, Phase.PRE_FLIGHT, Phase.PLANNING):
-        start_lifecycle(phases, workflow_id)
-    elif phase is Phase.PAUSING:
-        phases.complete_pause(workflow_id, checkpoint_id)
-        phase = Phase.PAUSED
-    if phase is Phase.PAUSED:
-        phases.resume(workflow_id, checkpoint_id)
-        phase = Phase.RESUMING
-    if phase is Phase.RESUMING:
-        phases.complete_resume(workflow_id)
-    phases.complete(workflow_id)

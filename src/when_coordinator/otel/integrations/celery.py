@@ -133,10 +133,10 @@ class WhenCeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         deliver_and_close()
 
     def _logger_set_up(self, logger: logging.Logger | None = None, **kwargs: Any) -> None:
-        from ..instrumentor import WhenInstrumentor  # noqa: PLC0415 - import cycle
+        from ..instrumentor import active_instrumentor  # noqa: PLC0415 - import cycle
 
-        instrumentor = WhenInstrumentor._instance
-        handler = getattr(instrumentor, "_logging_handler", None)
+        instrumentor = active_instrumentor()
+        handler = instrumentor.logging_handler() if instrumentor is not None else None
         if (
             isinstance(handler, logging.Handler)
             and logger is not None

@@ -23,7 +23,6 @@ import secrets
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
 
 from opentelemetry import _logs, trace
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -207,7 +206,7 @@ def report_through(url: str, token: str) -> Coordinator:
     The child gets a coordinator of its own (the inherited one belongs to the parent), and the
     ``when`` instrumentor's span processor and log exporter are pointed at it.
     """
-    from ..instrumentor import WhenInstrumentor  # noqa: PLC0415 - import cycle
+    from ..instrumentor import active_instrumentor  # noqa: PLC0415 - import cycle
 
     inherited = get_coordinator()
     config = inherited.config.with_changes(
@@ -225,8 +224,8 @@ def report_through(url: str, token: str) -> Coordinator:
     # arrives would have its phase replayed, a duplicate at the hub. The relay is local.
     coordinator.wait_registered(2.0)
     set_coordinator(coordinator)
-    instrumentor: Any = WhenInstrumentor._instance
-    if isinstance(instrumentor, WhenInstrumentor):
+    instrumentor = active_instrumentor()
+    if instrumentor is not None:
         # Exporters the SDK attached itself (OTEL_LOGS_EXPORTER=when) are tracked as bound.
         bound = getattr(instrumentor, "_bound_exporters", ())
         for part in (instrumentor._span_processor, instrumentor._log_exporter, *bound):

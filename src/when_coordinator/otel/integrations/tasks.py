@@ -135,11 +135,11 @@ def report_from_this_process() -> None:
     exporter at it. Without that instrumentor, the default coordinator reconnects. Cheap
     when already done.
     """
-    from ..instrumentor import WhenInstrumentor  # noqa: PLC0415 - avoid an import cycle
+    from ..instrumentor import active_instrumentor  # noqa: PLC0415 - avoid an import cycle
 
-    instrumentor = WhenInstrumentor._instance
+    instrumentor = active_instrumentor()
     try:
-        if isinstance(instrumentor, WhenInstrumentor):
+        if instrumentor is not None:
             instrumentor._report_from_forked_worker()
         get_coordinator().connect()  # a no-op unless forked and not yet reconnected
     except Exception:

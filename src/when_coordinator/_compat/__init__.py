@@ -1,0 +1,6 @@
+"""Version-dependent reach-ins into other libraries, one small module per library.
+
+A name a library does not offer publicly (or has renamed across the releases this package
+supports) is used here and nowhere else, so that an upgrade that breaks it breaks one module,
+which ``tests/otel/test_compat.py`` checks against the lowest and the highest versions declared.
+"""
