@@ -11,8 +11,8 @@ lock per transaction, so ``seq`` order is commit order: another instance that ha
 another instance are rows of ``when_commands`` notified by id (``when_hub_commands``).
 
 The bus's own statements (leases, commands, answers, phase notes) are the ``*_SQL`` constants
-below: the bus runs them on an asyncio connection of its own, each one statement in its own
-transaction, so a command never queues behind a batch, a mirror read or a thread.
+below: the bus runs them on a connection (and thread) of its own, each one statement in its own
+transaction, so a command never queues behind a batch or a mirror read.
 """
 
 from __future__ import annotations
