@@ -136,9 +136,15 @@ class _Control:
                 conn.close()
             raise
 
-    async def rows(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    def submit(self, sql: str, params: Any = None) -> asyncio.Future[list[tuple[Any, ...]]]:
+        """Start the statement now (its result is awaited later): no event-loop turn first."""
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._run, sql, params)
+        return loop.run_in_executor(self._executor, self._run, sql, params)
+
+    async def rows(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        return await self.result(self.submit(sql, params))
+
+    async def result(self, future: asyncio.Future[list[tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
         return await asyncio.wait_for(future, self._timeout)
 
     async def close(self) -> None:
@@ -192,12 +198,13 @@ class PostgresBus:
         self._want_changes = asyncio.Event()
         self._want_commands = asyncio.Event()
         self._scan = False
-        """A re-scan of every undelivered command is due (else only ``_notified``)."""
-        self._notified: list[int] = []
-        """Ids of commands notified for services held here, to claim in order."""
+        """A re-scan of every undelivered command is due (besides ``_claims``)."""
+        self._claims: list[asyncio.Future[list[tuple[Any, ...]]]] = []
+        """Claims of notified commands, started on notification, delivered in that order."""
         self._notes: dict[str, list[dict[str, Any]]] = {}
         """Workflow id to the phase changes of this instance's services not yet notified."""
-        self._want_notes = asyncio.Event()
+        self._sending = False
+        """Phase notes are on their way (those that come meanwhile go together next)."""
         self._early: dict[str, tuple[str, float]] = {}
         """Workflow id to (instance, ``updated_at``) of a phase note applied ahead of the
         batch that writes it: an older document read meanwhile must not undo it."""
@@ -231,7 +238,6 @@ class PostgresBus:
             asyncio.ensure_future(self._listen_loop()),
             asyncio.ensure_future(self._changes_loop()),
             asyncio.ensure_future(self._commands_loop()),
-            asyncio.ensure_future(self._notes_loop()),
             asyncio.ensure_future(self._lease_loop()),
         ]
         try:
@@ -323,10 +329,19 @@ class PostgresBus:
         if not number.isdigit() or not service_id or len(service_id) >= 1000:
             self._scan = True  # not one to claim by id: look at them all
         elif service_id in self._hub._local_services():
-            self._notified.append(int(number))
+            from .pgstore import CLAIM_COMMAND_SQL  # noqa: PLC0415
+
+            params = self._claim_params()
+            params["id"] = int(number)
+            self._claims.append(self._control.submit(CLAIM_COMMAND_SQL, params))
         else:
             return
         self._want_commands.set()
+
+    def _claim_params(self) -> dict[str, Any]:
+        store = self._store
+        services = sorted(self._hub._local_services())
+        return {"me": store.instance_id, "services": services, "ttl": store.command_ttl}
 
     def _on_answer(self, payload: str) -> None:
         number, _, text = payload.partition(" ")
@@ -420,44 +435,55 @@ class PostgresBus:
     # ------------------------------------------------------------------ phase notes
 
     def _phase_changed(self, event: PhaseEvent) -> None:
-        """One of this instance's services changed a workflow's phase: tell the others now."""
+        """One of this instance's services changed a workflow's phase: tell the others now
+        (with what changed meanwhile when a send is under way)."""
         notes = self._notes.get(event.workflow_id)
         if notes is None:
             if len(self._notes) >= _MAX_NOTES:
                 return  # the batch carries it
             notes = self._notes[event.workflow_id] = []
-        notes.append(event.change.as_dict())
-        self._want_notes.set()
+        if len(notes) <= _RECENT:  # beyond: not sent (see _send_notes), the batch carries it
+            notes.append(event.change.as_dict())
+        if not self._sending:
+            self._send_notes()
 
-    async def _notes_loop(self) -> None:
+    def _send_notes(self) -> None:
+        """Send the waiting notes, each the workflow's document as of now with every change
+        up to now (sent even when no other instance is known alive: one may have started
+        since the last lease round)."""
         from .pgstore import NOTIFY_LIMIT, PHASE_NOTES_SQL  # noqa: PLC0415
 
-        me = self._store.instance_id
-        while True:
-            await self._want_notes.wait()
-            self._want_notes.clear()
-            # Sent even when no other instance is known alive: one may have started since
-            # the last lease round.
-            taken, self._notes = self._notes, {}
-            workflows = self._hub.state.workflows
-            payloads = []
-            for workflow_id, changes in taken.items():
-                workflow = workflows.get(workflow_id)
-                if workflow is None:
-                    continue
-                # The document as of now goes with every change up to now.
-                text = json.dumps(
-                    {"instance": me, "workflow": summary(workflow), "changes": changes}
-                )
-                if len(text.encode()) <= NOTIFY_LIMIT:
-                    payloads.append(text)
-            if not payloads:
+        me, workflows = self._store.instance_id, self._hub.state.workflows
+        taken, self._notes = self._notes, {}
+        payloads = []
+        for workflow_id, changes in taken.items():
+            workflow = workflows.get(workflow_id)
+            if workflow is None or len(changes) > _RECENT:
                 continue
-            try:
-                await self._control.rows(PHASE_NOTES_SQL, (payloads,))
-                self.notes_sent += len(payloads)
-            except Exception as exc:  # the batch carries them
-                self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            note = {"instance": me, "workflow": summary(workflow), "changes": changes}
+            text = json.dumps(note)
+            if len(text.encode()) <= NOTIFY_LIMIT:
+                payloads.append(text)
+        if not payloads:
+            return
+        try:
+            future = self._control.submit(PHASE_NOTES_SQL, (payloads,))
+        except RuntimeError:  # closing
+            return
+        self._sending = True
+        future.add_done_callback(functools.partial(self._notes_sent, len(payloads)))
+
+    def _notes_sent(self, count: int, future: asyncio.Future[Any]) -> None:
+        self._sending = False
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:  # the batch carries them
+            self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        else:
+            self.notes_sent += count
+        if self._notes:
+            self._send_notes()
 
     def _on_phase_note(self, payload: str) -> None:
         try:
@@ -567,35 +593,43 @@ class PostgresBus:
         self._want_commands.set()
 
     async def _commands_loop(self) -> None:
-        """Claims and delivers, one at a time, in the order notified (a re-scan: by id)."""
-        from .pgstore import CLAIM_COMMAND_SQL, TAKE_COMMANDS_SQL  # noqa: PLC0415
+        """Delivers what the claims started on notification return, in that order, then
+        what a re-scan claims (oldest first), one at a time."""
+        from .pgstore import TAKE_COMMANDS_SQL  # noqa: PLC0415
 
-        store = self._store
         while True:
             await self._want_commands.wait()
             self._want_commands.clear()
+            claims, self._claims = self._claims, []
             scan, self._scan = self._scan, False
-            notified, self._notified = self._notified, []
-            local = sorted(self._hub._local_services())
-            params: dict[str, Any] = {"me": store.instance_id, "services": local}
-            params["ttl"] = store.command_ttl
-            claimed: list[tuple[Any, ...]] = []
+            for claim in claims:
+                try:
+                    claimed = await self._control.result(claim)
+                except Exception as exc:
+                    self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                    scan = True  # it may be undelivered still
+                    continue
+                await self._deliver_all(claimed)
+            if not scan:
+                continue
+            params = self._claim_params()
             try:
-                if scan:
-                    if local:
-                        claimed = await self._control.rows(TAKE_COMMANDS_SQL, params)
-                else:
-                    for command_id in notified:
-                        claimed += await self._control.rows(
-                            CLAIM_COMMAND_SQL, {**params, "id": command_id}
-                        )
+                claimed = (
+                    await self._control.rows(TAKE_COMMANDS_SQL, params)
+                    if params["services"]
+                    else []
+                )
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 await asyncio.sleep(1.0)
-                self._scan = True  # what was claimed before the failure is released or sent
+                self._scan = True
                 self._want_commands.set()
-            for command_id, service_id, text in sorted(claimed):
-                await self._deliver(int(command_id), str(service_id), str(text))
+                continue
+            await self._deliver_all(claimed)
+
+    async def _deliver_all(self, claimed: list[tuple[Any, ...]]) -> None:
+        for command_id, service_id, text in sorted(claimed):
+            await self._deliver(int(command_id), str(service_id), str(text))
 
     async def _deliver(self, command_id: int, service_id: str, text: str) -> None:
         hub = self._hub
