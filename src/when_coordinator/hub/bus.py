@@ -573,6 +573,9 @@ class PostgresBus:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         command_id = await self._put(service_id, message)
         self._answers[command_id] = future
+        # Its answer may have been notified before it was awaited here: written before that
+        # notification, it is read now (else it comes by notification).
+        self._fetch_answer(command_id)
         try:
             answer = json.loads(await asyncio.wait_for(asyncio.shield(future), timeout + 1.0))
         except asyncio.TimeoutError:
