@@ -504,9 +504,11 @@ class PostgresBus:
         if current is None or str(document.get("service_id", "")) in self._hub._local_services():
             return  # unknown here yet (the batch brings it whole), or held here now
         updated = _updated(document)
-        if current.updated_at >= updated:
+        if current.updated_at > updated:
             return  # a document written after the note was read first: it holds all this
         rows = _unseen(current, [("history", change) for change in changes])
+        if current.updated_at == updated and not rows:
+            return  # the same moment's document (changes of one frame come in two notes)
         with contextlib.suppress(ValueError, KeyError, TypeError):
             self._hub.state.mirror_workflow(document, rows)
             if len(self._early) >= _MAX_NOTES:
