@@ -119,6 +119,42 @@ def test_a_pause_through_instance_b_reaches_the_service_on_a_and_both_show_it(
             service.close()
 
 
+def test_a_command_across_instances_and_the_answer_back_wait_for_no_store_batch(
+    pg_url: str,
+) -> None:
+    # A batch every 60 s: once the setup's explicit flush is done, nothing below can have
+    # come through one (the test's waits all end well within TIMEOUT < 60 s).
+    with hubs(pg_url, 2, store_interval=60.0) as (a, b):
+        service = Service(a.url)
+        try:
+            service.start("wf-1")
+            phase_on(a, "wf-1", "execution")
+            assert a.flush()  # B learns of the workflow and of the service on A
+            phase_on(b, "wf-1", "execution")
+            b.wait_for(lambda h: h.services["etl"].connected, TIMEOUT)
+            writes = a.store_health()["writes"]  # type: ignore[index]
+            b.pause("wf-1", "no batch")
+            service.wait("wf-1", "pausing")  # the command reached the service on A
+            phase_on(b, "wf-1", "pausing")  # and its answer is in B's view
+            service.phases.complete_pause("wf-1")
+            phase_on(b, "wf-1", "paused")
+            assert b.status("wf-1", timeout=5.0).phase == "paused"  # the answer by NOTIFY
+            assert a.store_health()["writes"] == writes  # type: ignore[index]
+            # The batch that writes the same changes later applies them once, in order.
+            mirrored = b.call(b.hub.bus_health)["workflows_mirrored"]  # type: ignore[index]
+            assert a.flush()
+            b.wait_for(lambda h: h.hub.bus_health()["workflows_mirrored"] > mirrored, TIMEOUT)  # type: ignore[index]
+            history = [(c.from_phase, c.to_phase) for c in b.workflows["wf-1"].history]
+            assert history[-3:] == [
+                ("planning", "execution"),
+                ("execution", "pausing"),
+                ("pausing", "paused"),
+            ]
+            assert b.workflows["wf-1"].phase == "paused"
+        finally:
+            service.close()
+
+
 def test_a_service_on_an_instance_started_after_the_last_lease_round_is_reachable(
     pg_url: str,
 ) -> None:

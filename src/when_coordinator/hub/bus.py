@@ -8,10 +8,17 @@ PostgreSQL use ``PostgresBus``, built on LISTEN/NOTIFY:
   notified, and after every (re)LISTEN, so operators on any instance see every service and
   workflow, live events included;
 - a command for a service held by another instance is written to ``when_commands`` and
-  notified by id; the instance holding the service's connection claims and delivers it, also
-  when the service reconnects to it later; undelivered commands are re-scanned after every
-  (re)LISTEN, so a dropped notification delays a command but never loses it;
-- ``status`` waits for the answer the holding instance writes back (or times out clearly);
+  notified by id (one statement); the instance holding the service's connection claims it by
+  that id (one ``UPDATE``: delivered once) and sends it, also when the service reconnects to
+  it later; undelivered commands are re-scanned after every (re)LISTEN, so a dropped
+  notification delays a command but never loses it;
+- ``status`` waits for the answer the holding instance writes back and notifies (the answer
+  travels in the notification when it fits), or times out clearly;
+- the phase changes of an instance's own services are notified at once (``when_hub_phases``,
+  the workflow's document with them), besides being written with the next batch: the service's
+  answer to a command reaches the instance that sent it without waiting for a batch or a read;
+- commands, answers, phase notes and leases use a connection (and a thread) of their own,
+  one statement each: none of them waits behind a batch or a mirror read;
 - each instance renews a lease (``when_instances``) every ``lease_timeout / 3`` seconds; the
   services of an instance whose lease ran out show as disconnected until they reconnect.
 """
@@ -24,13 +31,16 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..protocol import Message, MessageType, StatusResponsePayload, decode, encode
 from .errors import HubError, ServiceUnavailable, StatusTimeout
+from .store import summary
 
 if TYPE_CHECKING:
+    from .changes import PhaseEvent
+    from .model import WorkflowState
     from .pgstore import Mirror, PostgresStore
     from .view import BusHost
 
@@ -95,8 +105,57 @@ class InProcessBus:
         return None
 
 
-def _take(store: PostgresStore, local: set[str]) -> list[tuple[int, str, str]]:
-    return store.take_commands(local)
+class _Control:
+    """The bus's connection, used from a thread of its own: one statement at a time,
+    reconnected when lost.
+
+    A thread, not an asyncio connection: under load the hub's event loop turns slowly, and
+    an asyncio connection needs several turns per statement where a thread needs one (to
+    hand back the result). In the capacity benchmark (bench_hub_postgres) one statement's
+    p99 was 80 to 280 ms on an asyncio connection, 6 to 8 ms in a thread. A statement is not
+    retried on a lost connection (it may have committed): the error goes to the caller, and
+    the next statement reconnects.
+    """
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self._url = url
+        self._timeout = timeout
+        self._conn: Any = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "when-hub-bus")
+
+    def _run(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+        import psycopg  # noqa: PLC0415 - only with PostgreSQL
+
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+        try:
+            cursor = self._conn.execute(sql.encode(), params)
+            return list(cursor.fetchall()) if cursor.description is not None else []
+        except BaseException:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+
+    def submit(self, sql: str, params: Any = None) -> asyncio.Future[list[tuple[Any, ...]]]:
+        """Start the statement now (its result is awaited later): no event-loop turn first."""
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._executor, self._run, sql, params)
+
+    async def rows(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        return await self.result(self.submit(sql, params))
+
+    async def result(self, future: asyncio.Future[list[tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
+        return await asyncio.wait_for(future, self._timeout)
+
+    async def close(self) -> None:
+        def close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+
+        with contextlib.suppress(Exception):
+            await asyncio.get_running_loop().run_in_executor(self._executor, close)
+        self._executor.shutdown(wait=False)
 
 
 class _Lane:
@@ -129,8 +188,8 @@ class PostgresBus:
         self._hub = hub
         self._store = store
         """The hub's store (its writes run on the hub's store thread): ``loaded_*`` only."""
-        self._control = _Lane(store, "when-hub-bus")
-        """Commands, answers and leases: never queued behind a large batch or a mirror read."""
+        self._control = _Control(store.url, max(10.0, hub.command_timeout))
+        """Commands, answers, phase notes and leases: never queued behind a batch or a read."""
         self._reader = _Lane(store, "when-hub-mirror")
         self._seq = 0
         self._owners: dict[str, str] = {}
@@ -139,12 +198,24 @@ class PostgresBus:
         self._answers: dict[int, asyncio.Future[str]] = {}
         self._want_changes = asyncio.Event()
         self._want_commands = asyncio.Event()
+        self._scan = False
+        """A re-scan of every undelivered command is due (besides ``_claims``)."""
+        self._claims: list[asyncio.Future[list[tuple[Any, ...]]]] = []
+        """Claims of notified commands, started on notification, delivered in that order."""
+        self._notes: dict[str, list[dict[str, Any]]] = {}
+        """Workflow id to the phase changes of this instance's services not yet notified."""
+        self._sending = False
+        """Phase notes are on their way (those that come meanwhile go together next)."""
+        self._early: dict[str, tuple[str, float]] = {}
+        """Workflow id to (instance, ``updated_at``) of a phase note applied ahead of the
+        batch that writes it: an older document read meanwhile must not undo it."""
         self._tasks: list[asyncio.Task[None]] = []
         self._listening = asyncio.Event()
         self.listens = 0
         """LISTEN sessions opened (more than one: the listening connection was lost)."""
         self.delivered = 0
         self.mirrored = 0
+        self.notes_sent = 0
         self.last_error = ""
 
     # ------------------------------------------------------------------ lifecycle
@@ -152,9 +223,7 @@ class PostgresBus:
     async def start(self) -> None:
         store = self._store
         self._seq = store.loaded_seq
-        self._alive = {
-            i for i, alive in (await self._control.run(self._heartbeat)).items() if alive
-        }
+        self._alive = {i for i, alive in (await self._heartbeat()).items() if alive}
         for service_id, (owner, alive) in store.loaded_owners.items():
             self._owners[service_id] = owner
             service = self._hub.state.services.get(service_id)
@@ -163,6 +232,9 @@ class PostgresBus:
                 self._hub._apply_remote(
                     lambda d=document: self._hub.state.mirror_service(d, bool(d["connected"]))  # type: ignore[misc]
                 )
+        persister = self._hub._persister
+        if persister is not None:
+            persister.on_phase = self._phase_changed
         self._tasks = [
             asyncio.ensure_future(self._listen_loop()),
             asyncio.ensure_future(self._changes_loop()),
@@ -176,6 +248,9 @@ class PostgresBus:
             raise HubError(f"cannot LISTEN on {store.path}: {self.last_error}") from None
 
     async def close(self) -> None:
+        persister = self._hub._persister
+        if persister is not None and persister.on_phase == self._phase_changed:
+            persister.on_phase = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -183,37 +258,46 @@ class PostgresBus:
         for future in self._answers.values():
             if not future.done():
                 future.cancel()
+        from .pgstore import LEAVE_SQL  # noqa: PLC0415 - only with PostgreSQL
+
         with contextlib.suppress(Exception):
-            await self._control.run(lambda s: s.leave())
+            await self._control.rows(LEAVE_SQL, (self._store.instance_id,))
         await self._control.close()
         await self._reader.close()
 
-    def _heartbeat(self, store: PostgresStore) -> dict[str, bool]:
-        hub = self._hub
-        return store.heartbeat(hub.url if hub.running else "")
+    async def _heartbeat(self) -> dict[str, bool]:
+        """Renew this instance's lease; every instance's and whether its lease is alive."""
+        from .pgstore import HEARTBEAT_SQL, LEASES_SQL  # noqa: PLC0415
+
+        hub, store = self._hub, self._store
+        await self._control.rows(HEARTBEAT_SQL, (store.instance_id, hub.url if hub.running else ""))
+        rows = await self._control.rows(LEASES_SQL, (store.lease_timeout,))
+        return {str(instance): bool(alive) for instance, alive in rows}
 
     # ------------------------------------------------------------------ listening
 
     async def _listen_loop(self) -> None:
         import psycopg  # noqa: PLC0415 - only with PostgreSQL
 
+        from .pgstore import ANSWERS, CHANGES, COMMANDS, PHASES  # noqa: PLC0415
+
         delay = 0.1
-        channels = {"when_hub_changes", "when_hub_commands", "when_hub_answers"}
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
                     self._store.url, autocommit=True, connect_timeout=10
                 )
                 async with conn:
-                    for channel in sorted(channels):
-                        await conn.execute(f"LISTEN {channel}")
+                    for channel in sorted((ANSWERS, CHANGES, COMMANDS, PHASES)):
+                        await conn.execute(f"LISTEN {channel}".encode())
                     self.listens += 1
                     delay = 0.1
                     # What was notified while nobody listened is found by scanning.
                     self._want_changes.set()
+                    self._scan = True
                     self._want_commands.set()
                     for command_id in list(self._answers):
-                        self._check_answer(command_id)
+                        self._fetch_answer(command_id)
                     self._listening.set()
                     async for note in conn.notifies():
                         self._on_notify(note.channel, note.payload)
@@ -234,20 +318,56 @@ class PostgresBus:
             if payload != self._store.instance_id:
                 self._want_changes.set()
         elif channel == "when_hub_commands":
-            self._want_commands.set()
-        elif channel == "when_hub_answers" and payload.isdigit():
-            self._check_answer(int(payload))
+            self._on_command(payload)
+        elif channel == "when_hub_answers":
+            self._on_answer(payload)
+        elif channel == "when_hub_phases":
+            self._on_phase_note(payload)
 
-    def _check_answer(self, command_id: int) -> None:
+    def _on_command(self, payload: str) -> None:
+        """``id service`` (an older instance: ``id``): claim it if the service is held here."""
+        number, _, service_id = payload.partition(" ")
+        if not number.isdigit() or not service_id or len(service_id) >= 1000:
+            self._scan = True  # not one to claim by id: look at them all
+        elif service_id in self._hub._local_services():
+            from .pgstore import CLAIM_COMMAND_SQL  # noqa: PLC0415
+
+            params = self._claim_params()
+            params["id"] = int(number)
+            self._claims.append(self._control.submit(CLAIM_COMMAND_SQL, params))
+        else:
+            return
+        self._want_commands.set()
+
+    def _claim_params(self) -> dict[str, Any]:
+        store = self._store
+        services = sorted(self._hub._local_services())
+        return {"me": store.instance_id, "services": services, "ttl": store.command_ttl}
+
+    def _on_answer(self, payload: str) -> None:
+        number, _, text = payload.partition(" ")
+        if not number.isdigit():
+            return
+        future = self._answers.get(int(number))
+        if future is None or future.done():
+            return
+        if text:
+            future.set_result(text)
+        else:  # too large for a notification: read it
+            self._fetch_answer(int(number))
+
+    def _fetch_answer(self, command_id: int) -> None:
         future = self._answers.get(command_id)
         if future is None or future.done():
             return
 
         async def fetch() -> None:
+            from .pgstore import GET_ANSWER_SQL  # noqa: PLC0415
+
             with contextlib.suppress(Exception):
-                text = await self._control.run(lambda s: s.get_answer(command_id))
-                if text is not None and not future.done():
-                    future.set_result(text)
+                rows = await self._control.rows(GET_ANSWER_SQL, (command_id,))
+                if rows and rows[0][0] is not None and not future.done():
+                    future.set_result(str(rows[0][0]))
 
         self._hub._spawn(fetch())
 
@@ -283,12 +403,26 @@ class PostgresBus:
         records: dict[str, list[tuple[str, Any]]] = {}
         for workflow_id, kind, data in mirror.records:
             records.setdefault(workflow_id, []).append((kind, data))
-        for document in mirror.workflows:
-            workflow_id = str(document.get("workflow_id", ""))
-            if str(document.get("service_id", "")) in local:
+        for read in mirror.workflows:
+            document, workflow_id = read, str(read.get("workflow_id", ""))
+            if str(read.get("service_id", "")) in local:
                 continue
+            rows: Sequence[tuple[str, Any]] = records.get(workflow_id, ())
+            early = self._early.get(workflow_id)
+            current = state.workflows.get(workflow_id)
+            if early is not None and current is not None:
+                # A phase note got here first: what it brought is not applied twice, and a
+                # document written before it does not undo it.
+                rows = _unseen(current, rows)
+                stale = mirror.owners.get(workflow_id) == early[0] and _updated(document) < early[1]
+                if stale:
+                    if not rows:
+                        continue
+                    document = summary(current)
+                else:
+                    del self._early[workflow_id]
             with contextlib.suppress(ValueError, KeyError, TypeError):
-                state.mirror_workflow(document, records.get(workflow_id, ()))
+                state.mirror_workflow(document, rows)
                 self.mirrored += 1
         if mirror.logs:
             from .records import StoredLog  # noqa: PLC0415
@@ -299,12 +433,97 @@ class PostgresBus:
                     parsed.append(StoredLog.from_dict(data))
             state.mirror_logs(parsed)
 
+    # ------------------------------------------------------------------ phase notes
+
+    def _phase_changed(self, event: PhaseEvent) -> None:
+        """One of this instance's services changed a workflow's phase: tell the others now
+        (with what changed meanwhile when a send is under way)."""
+        notes = self._notes.get(event.workflow_id)
+        if notes is None:
+            if len(self._notes) >= _MAX_NOTES:
+                return  # the batch carries it
+            notes = self._notes[event.workflow_id] = []
+        if len(notes) <= _RECENT:  # beyond: not sent (see _send_notes), the batch carries it
+            notes.append(event.change.as_dict())
+        if not self._sending:
+            self._send_notes()
+
+    def _send_notes(self) -> None:
+        """Send the waiting notes, each the workflow's document as of now with every change
+        up to now (sent even when no other instance is known alive: one may have started
+        since the last lease round)."""
+        from .pgstore import NOTIFY_LIMIT, PHASE_NOTES_SQL  # noqa: PLC0415
+
+        me, workflows = self._store.instance_id, self._hub.state.workflows
+        taken, self._notes = self._notes, {}
+        payloads = []
+        for workflow_id, changes in taken.items():
+            workflow = workflows.get(workflow_id)
+            if workflow is None or len(changes) > _RECENT:
+                continue
+            note = {"instance": me, "workflow": summary(workflow), "changes": changes}
+            text = json.dumps(note)
+            if len(text.encode()) <= NOTIFY_LIMIT:
+                payloads.append(text)
+        if not payloads:
+            return
+        try:
+            future = self._control.submit(PHASE_NOTES_SQL, (payloads,))
+        except RuntimeError:  # closing
+            return
+        self._sending = True
+        future.add_done_callback(functools.partial(self._notes_sent, len(payloads)))
+
+    def _notes_sent(self, count: int, future: asyncio.Future[Any]) -> None:
+        self._sending = False
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:  # the batch carries them
+            self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        else:
+            self.notes_sent += count
+        if self._notes:
+            self._send_notes()
+
+    def _on_phase_note(self, payload: str) -> None:
+        try:
+            note = json.loads(payload)
+            owner, document = str(note["instance"]), dict(note["workflow"])
+            changes = [dict(c) for c in note["changes"]]
+        except (ValueError, KeyError, TypeError):
+            return
+        if owner == self._store.instance_id:
+            return
+        self._hub._apply_remote(lambda: self._apply_note(owner, document, changes))
+
+    def _apply_note(
+        self, owner: str, document: dict[str, Any], changes: list[dict[str, Any]]
+    ) -> None:
+        workflow_id = str(document.get("workflow_id", ""))
+        current = self._hub.state.workflows.get(workflow_id)
+        if current is None or str(document.get("service_id", "")) in self._hub._local_services():
+            return  # unknown here yet (the batch brings it whole), or held here now
+        updated = _updated(document)
+        if current.updated_at > updated:
+            return  # a document written after the note was read first: it holds all this
+        rows = _unseen(current, [("history", change) for change in changes])
+        if current.updated_at == updated and not rows:
+            return  # the same moment's document (changes of one frame come in two notes)
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            self._hub.state.mirror_workflow(document, rows)
+            if len(self._early) >= _MAX_NOTES:
+                self._early.pop(next(iter(self._early)))
+            self._early[workflow_id] = (owner, updated)
+
+    # ------------------------------------------------------------------ leases
+
     async def _lease_loop(self) -> None:
         interval = max(0.05, self._store.lease_timeout / 3)
         while True:
             await asyncio.sleep(interval)
             try:
-                leases = await self._control.run(self._heartbeat)
+                leases = await self._heartbeat()
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 continue
@@ -326,21 +545,40 @@ class PostgresBus:
         owner = self._owners.get(service_id)
         return bool(service is not None and service.connected and owner in self._alive)
 
+    async def _put(self, service_id: str, message: Message) -> int:
+        """Write the command and notify it (one statement: written before it is notified)."""
+        from .pgstore import PUT_COMMAND_SQL  # noqa: PLC0415
+
+        params = {
+            "service": service_id,
+            "origin": self._store.instance_id,
+            "message": encode(message),
+        }
+        try:
+            rows = await self._control.rows(PUT_COMMAND_SQL, params)
+        except Exception as exc:
+            raise ServiceUnavailable(
+                f"service {service_id!r} is on another hub instance, and the command could "
+                f"not be written to {self._store.path}: {_first_line(exc)}"
+            ) from None
+        return int(rows[0][0])
+
     async def command(self, service_id: str, message: Message) -> None:
         if not self.holds(service_id):
             raise ServiceUnavailable(f"service {service_id!r} is not connected")
-        text = encode(message)
-        await self._control.run(lambda s: s.put_command(service_id, text))
+        await self._put(service_id, message)
 
     async def status(
         self, service_id: str, message: Message, timeout: float
     ) -> StatusResponsePayload:
         if not self.holds(service_id):
             raise ServiceUnavailable(f"service {service_id!r} is not connected")
-        text = encode(message)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        command_id: int = await self._control.run(lambda s: s.put_command(service_id, text))
+        command_id = await self._put(service_id, message)
         self._answers[command_id] = future
+        # Its answer may have been notified before it was awaited here: written before that
+        # notification, it is read now (else it comes by notification).
+        self._fetch_answer(command_id)
         try:
             answer = json.loads(await asyncio.wait_for(asyncio.shield(future), timeout + 1.0))
         except asyncio.TimeoutError:
@@ -357,22 +595,47 @@ class PostgresBus:
 
     def connected(self, service_id: str) -> None:
         self._owners.pop(service_id, None)
+        self._scan = True
         self._want_commands.set()
 
     async def _commands_loop(self) -> None:
+        """Delivers what the claims started on notification return, in that order, then
+        what a re-scan claims (oldest first), one at a time."""
+        from .pgstore import TAKE_COMMANDS_SQL  # noqa: PLC0415
+
         while True:
             await self._want_commands.wait()
             self._want_commands.clear()
-            local = self._hub._local_services()
+            claims, self._claims = self._claims, []
+            scan, self._scan = self._scan, False
+            for claim in claims:
+                try:
+                    claimed = await self._control.result(claim)
+                except Exception as exc:
+                    self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                    scan = True  # it may be undelivered still
+                    continue
+                await self._deliver_all(claimed)
+            if not scan:
+                continue
+            params = self._claim_params()
             try:
-                claimed = await self._control.run(functools.partial(_take, local=local))
+                claimed = (
+                    await self._control.rows(TAKE_COMMANDS_SQL, params)
+                    if params["services"]
+                    else []
+                )
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
                 await asyncio.sleep(1.0)
+                self._scan = True
                 self._want_commands.set()
                 continue
-            for command_id, service_id, text in claimed:
-                await self._deliver(command_id, service_id, text)
+            await self._deliver_all(claimed)
+
+    async def _deliver_all(self, claimed: list[tuple[Any, ...]]) -> None:
+        for command_id, service_id, text in sorted(claimed):
+            await self._deliver(int(command_id), str(service_id), str(text))
 
     async def _deliver(self, command_id: int, service_id: str, text: str) -> None:
         hub = self._hub
@@ -388,9 +651,14 @@ class PostgresBus:
             await hub._deliver_local(service_id, message)
             self.delivered += 1
         except ServiceUnavailable:
-            await self._control.run(lambda s: s.release_command(command_id))
+            from .pgstore import RELEASE_COMMAND_SQL  # noqa: PLC0415
+
+            with contextlib.suppress(Exception):
+                await self._control.rows(RELEASE_COMMAND_SQL, (command_id,))
 
     async def _answer_status(self, command_id: int, service_id: str, message: Message) -> None:
+        from .pgstore import ANSWER_SQL  # noqa: PLC0415
+
         answer: dict[str, Any]
         try:
             status = await self._hub._status(
@@ -400,9 +668,8 @@ class PostgresBus:
         except HubError as exc:
             answer = {"error": type(exc).__name__, "message": str(exc)}
         self.delivered += 1
-        text = json.dumps(answer)
         with contextlib.suppress(Exception):
-            await self._control.run(lambda s: s.answer(command_id, text))
+            await self._control.rows(ANSWER_SQL, {"id": command_id, "answer": json.dumps(answer)})
 
     def health(self) -> dict[str, Any] | None:
         return {
@@ -410,6 +677,33 @@ class PostgresBus:
             "instances_alive": sorted(self._alive),
             "listens": self.listens,
             "commands_delivered": self.delivered,
+            "phase_notes_sent": self.notes_sent,
             "workflows_mirrored": self.mirrored,
             "last_error": self.last_error,
         }
+
+
+_MAX_NOTES = 10_000
+"""Workflows with phase notes waiting to be sent, or applied ahead of their batch, at most."""
+
+
+def _updated(document: Mapping[str, Any]) -> float:
+    try:
+        return float(document.get("updated_at", 0.0))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _unseen(workflow: WorkflowState, rows: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``rows`` but the phase changes the workflow's recent history already holds (a note
+    and the batch that writes the same change, in either order)."""
+    recent = [change.as_dict() for change in workflow.history[-_RECENT:]]
+    return [row for row in rows if row[0] != "history" or row[1] not in recent]
+
+
+_RECENT = 32
+"""Phase changes compared against (a note holds at most those since the last batch)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]

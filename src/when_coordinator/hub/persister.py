@@ -44,6 +44,9 @@ class Persister:
     ) -> None:
         self._on_health = on_health
         """Called when the store starts or stops failing (the hub re-checks its waiters)."""
+        self.on_phase: Callable[[PhaseEvent], None] | None = None
+        """Called with each phase change collected (the PostgreSQL bus tells the other
+        instances at once, not a batch later)."""
         self._state = state
         self._store = store
         self._interval = interval
@@ -98,6 +101,8 @@ class Persister:
                 self._logs_bytes += size
             elif isinstance(event, PhaseEvent):
                 self._record(event.workflow_id, "history", event.change)
+                if self.on_phase is not None:
+                    self.on_phase(event)
             elif isinstance(event, CheckpointEvent):
                 self._record(event.workflow_id, "checkpoints", event.record)
             elif isinstance(event, ErrorEvent):

@@ -9,13 +9,17 @@ lock per transaction, so ``seq`` order is commit order: another instance that ha
 ``seq`` N misses nothing by reading ``seq > N`` next (``changes_since``). Each write notifies
 ``when_hub_changes`` in its transaction (delivered at commit). Commands to a service held by
 another instance are rows of ``when_commands`` notified by id (``when_hub_commands``).
+
+The bus's own statements (leases, commands, answers, phase notes) are the ``*_SQL`` constants
+below: the bus runs them on a connection (and thread) of its own, each one statement in its own
+transaction, so a command never queues behind a batch or a mirror read.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +38,9 @@ _log = logging.getLogger(__name__)
 CHANGES = "when_hub_changes"
 COMMANDS = "when_hub_commands"
 ANSWERS = "when_hub_answers"
+PHASES = "when_hub_phases"
+NOTIFY_LIMIT = 7900
+"""Bytes of a NOTIFY payload at most (PostgreSQL refuses 8000 and more)."""
 _LOCK = 0x5748454E  # "WHEN": the advisory lock that orders writers (and migrations)
 _MIN_SERVER = 120000
 
@@ -111,6 +118,55 @@ class Mirror:
     records: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     logs: list[dict[str, Any]] = field(default_factory=list)
     seq: int = 0
+    owners: dict[str, str] = field(default_factory=dict)
+    """Workflow id to the instance that wrote the document read (for ``workflows``)."""
+
+
+# The bus's statements (see the module). Each is one statement, so in autocommit it is one
+# transaction and one round trip: a row is committed before its notification goes out.
+
+HEARTBEAT_SQL = (
+    "INSERT INTO when_instances (instance_id, url) VALUES (%s, %s) "
+    "ON CONFLICT (instance_id) DO UPDATE SET heartbeat_at = now(), url = excluded.url"
+)
+LEASES_SQL = (
+    "SELECT instance_id, heartbeat_at > now() - make_interval(secs => %s) FROM when_instances"
+)
+LEAVE_SQL = "DELETE FROM when_instances WHERE instance_id = %s"
+PUT_COMMAND_SQL = (
+    "WITH c AS (INSERT INTO when_commands (service_id, origin, message) "
+    "VALUES (%(service)s, %(origin)s, %(message)s) RETURNING id, service_id) "
+    f"SELECT id, pg_notify('{COMMANDS}', id || ' ' || left(service_id, 1000)) FROM c"
+)
+"""Write a command for a service held elsewhere and notify its id and service (the holder
+claims it by id; a service id cut at 1,000 characters makes the holder scan instead)."""
+CLAIM_COMMAND_SQL = (
+    "UPDATE when_commands SET delivered_by = %(me)s, delivered_at = now() "
+    "WHERE id = %(id)s AND delivered_at IS NULL AND service_id = ANY(%(services)s) "
+    "AND created_at > now() - make_interval(secs => %(ttl)s) RETURNING id, service_id, message"
+)
+"""Claim one notified command, if still undelivered and for a service held here: only one
+instance's claim succeeds, so it is delivered once."""
+TAKE_COMMANDS_SQL = (
+    "UPDATE when_commands SET delivered_by = %(me)s, delivered_at = now() WHERE id IN ("
+    "SELECT id FROM when_commands WHERE delivered_at IS NULL AND service_id = ANY(%(services)s) "
+    "AND created_at > now() - make_interval(secs => %(ttl)s) "
+    "ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING id, service_id, message"
+)
+"""Claim every undelivered, unexpired command for the services held here (the re-scan)."""
+RELEASE_COMMAND_SQL = (
+    "UPDATE when_commands SET delivered_by = NULL, delivered_at = NULL WHERE id = %s"
+)
+ANSWER_SQL = (
+    "WITH a AS (UPDATE when_commands SET answer = %(answer)s::text WHERE id = %(id)s "
+    f"RETURNING id, answer) SELECT pg_notify('{ANSWERS}', CASE WHEN octet_length(answer) < "
+    f"{NOTIFY_LIMIT - 40} THEN id || ' ' || answer ELSE id::text END) FROM a"
+)
+"""Write a ``status`` answer and notify it: with the answer when it fits, else by id."""
+GET_ANSWER_SQL = "SELECT answer FROM when_commands WHERE id = %s"
+PHASE_NOTES_SQL = f"SELECT pg_notify('{PHASES}', note) FROM unnest(%s::text[]) AS note"
+"""Phase changes of this instance's services, sent at once (they are written with the next
+batch as well: a lost note only delays them)."""
 
 
 class PostgresStore:
@@ -430,6 +486,7 @@ class PostgresStore:
                 top(row_seq)
                 if owner != me and isinstance(data, dict):
                     mirror.workflows.append(data)
+                    mirror.owners[str(data.get("workflow_id", ""))] = owner
             for owner, workflow_id, kind, data, row_seq in db.execute(
                 "SELECT instance_id, workflow_id, kind, data, seq FROM when_workflow_records "
                 "WHERE seq > %s ORDER BY seq",
@@ -447,77 +504,6 @@ class PostgresStore:
                 if owner != me and isinstance(data, dict):
                     mirror.logs.append(data)
         return mirror
-
-    def heartbeat(self, url: str) -> dict[str, bool]:
-        """Renew this instance's lease; every instance's and whether its lease is alive."""
-        db = self._conn()
-        db.execute(
-            "INSERT INTO when_instances (instance_id, url) VALUES (%s, %s) "
-            "ON CONFLICT (instance_id) DO UPDATE SET heartbeat_at = now(), url = excluded.url",
-            (self.instance_id, url),
-        )
-        return {
-            instance: bool(alive)
-            for instance, alive in db.execute(
-                "SELECT instance_id, heartbeat_at > now() - make_interval(secs => %s) "
-                "FROM when_instances",
-                (self.lease_timeout,),
-            )
-        }
-
-    def leave(self) -> None:
-        """Give up the lease at a clean shutdown (the others see it at once)."""
-        self._conn().execute(
-            "DELETE FROM when_instances WHERE instance_id = %s", (self.instance_id,)
-        )
-
-    def put_command(self, service_id: str, text: str) -> int:
-        """Write a command for a service held elsewhere, then notify its id (one transaction)."""
-        db = self._conn()
-        with db.transaction():
-            row = db.execute(
-                "INSERT INTO when_commands (service_id, origin, message) VALUES (%s, %s, %s) "
-                "RETURNING id",
-                (service_id, self.instance_id, text),
-            ).fetchone()
-            assert row is not None
-            db.execute("SELECT pg_notify(%s, %s)", (COMMANDS, str(row[0])))
-        return int(row[0])
-
-    def take_commands(self, service_ids: Iterable[str]) -> list[tuple[int, str, str]]:
-        """Claim the undelivered, unexpired commands for these services, oldest first."""
-        ids = list(service_ids)
-        if not ids:
-            return []
-        rows = self._conn().execute(
-            "UPDATE when_commands SET delivered_by = %s, delivered_at = now() WHERE id IN ("
-            "SELECT id FROM when_commands WHERE delivered_at IS NULL AND service_id = ANY(%s) "
-            "AND created_at > now() - make_interval(secs => %s) "
-            "ORDER BY id FOR UPDATE SKIP LOCKED) RETURNING id, service_id, message",
-            (self.instance_id, ids, self.command_ttl),
-        )
-        return sorted((int(i), str(s), str(m)) for i, s, m in rows)
-
-    def release_command(self, command_id: int) -> None:
-        """A claimed command that could not be delivered goes back to wait."""
-        self._conn().execute(
-            "UPDATE when_commands SET delivered_by = NULL, delivered_at = NULL WHERE id = %s",
-            (command_id,),
-        )
-
-    def answer(self, command_id: int, text: str) -> None:
-        db = self._conn()
-        with db.transaction():
-            db.execute("UPDATE when_commands SET answer = %s WHERE id = %s", (text, command_id))
-            db.execute("SELECT pg_notify(%s, %s)", (ANSWERS, str(command_id)))
-
-    def get_answer(self, command_id: int) -> str | None:
-        row = (
-            self._conn()
-            .execute("SELECT answer FROM when_commands WHERE id = %s", (command_id,))
-            .fetchone()
-        )
-        return None if row is None or row[0] is None else str(row[0])
 
 
 _TERMINAL = ("completed", "failed", "cancelled")

@@ -17,6 +17,7 @@ from ..protocol import Message, StatusResponsePayload
 from .changes import Changes
 from .dashboard import Dashboard
 from .model import ConnectionState, ServiceState, WorkflowState
+from .persister import Persister
 from .records import Anomaly, StoredLog
 from .state import HubState
 
@@ -123,6 +124,9 @@ class BusHost(Protocol):
 
     @property
     def command_timeout(self) -> float: ...
+
+    @property
+    def _persister(self) -> Persister | None: ...
 
     def _apply_remote(self, apply: Callable[[], None]) -> None: ...
 
