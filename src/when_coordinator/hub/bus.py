@@ -26,16 +26,16 @@ PostgreSQL use ``PostgresBus``, built on LISTEN/NOTIFY:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import functools
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..protocol import Message, MessageType, StatusResponsePayload, decode, encode
 from .errors import HubError, ServiceUnavailable, StatusTimeout
+from .pglanes import Control, Lane
 from .store import summary
 
 if TYPE_CHECKING:
@@ -105,82 +105,6 @@ class InProcessBus:
         return None
 
 
-class _Control:
-    """The bus's connection, used from a thread of its own: one statement at a time,
-    reconnected when lost.
-
-    A thread, not an asyncio connection: under load the hub's event loop turns slowly, and
-    an asyncio connection needs several turns per statement where a thread needs one (to
-    hand back the result). In the capacity benchmark (bench_hub_postgres) one statement's
-    p99 was 80 to 280 ms on an asyncio connection, 6 to 8 ms in a thread. A statement is not
-    retried on a lost connection (it may have committed): the error goes to the caller, and
-    the next statement reconnects.
-    """
-
-    def __init__(self, url: str, timeout: float) -> None:
-        self._url = url
-        self._timeout = timeout
-        self._conn: Any = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, "when-hub-bus")
-
-    def _run(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
-        import psycopg  # noqa: PLC0415 - only with PostgreSQL
-
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._url, autocommit=True, connect_timeout=10)
-        try:
-            cursor = self._conn.execute(sql.encode(), params)
-            return list(cursor.fetchall()) if cursor.description is not None else []
-        except BaseException:
-            conn, self._conn = self._conn, None
-            with contextlib.suppress(Exception):
-                conn.close()
-            raise
-
-    def submit(self, sql: str, params: Any = None) -> asyncio.Future[list[tuple[Any, ...]]]:
-        """Start the statement now (its result is awaited later): no event-loop turn first."""
-        loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._executor, self._run, sql, params)
-
-    async def rows(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-        return await self.result(self.submit(sql, params))
-
-    async def result(self, future: asyncio.Future[list[tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
-        return await asyncio.wait_for(future, self._timeout)
-
-    async def close(self) -> None:
-        def close() -> None:
-            if self._conn is not None:
-                self._conn.close()
-
-        with contextlib.suppress(Exception):
-            await asyncio.get_running_loop().run_in_executor(self._executor, close)
-        self._executor.shutdown(wait=False)
-
-
-class _Lane:
-    """A connection of its own, used from a thread of its own."""
-
-    def __init__(self, store: PostgresStore, name: str) -> None:
-        from .pgstore import PostgresStore  # noqa: PLC0415 - only with PostgreSQL
-
-        self.store = PostgresStore(
-            store.url,
-            store.instance_id,
-            lease_timeout=store.lease_timeout,
-            command_ttl=store.command_ttl,
-        )
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, name)
-
-    async def run(self, fn: Callable[[PostgresStore], _T]) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self.store)
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.run(lambda s: s.close())
-        self._executor.shutdown(wait=False)
-
-
 class PostgresBus:
     """LISTEN/NOTIFY between instances sharing one PostgreSQL (see the module)."""
 
@@ -188,9 +112,9 @@ class PostgresBus:
         self._hub = hub
         self._store = store
         """The hub's store (its writes run on the hub's store thread): ``loaded_*`` only."""
-        self._control = _Control(store.url, max(10.0, hub.command_timeout))
+        self._control = Control(store.url, max(10.0, hub.command_timeout))
         """Commands, answers, phase notes and leases: never queued behind a batch or a read."""
-        self._reader = _Lane(store, "when-hub-mirror")
+        self._reader = Lane(store, "when-hub-mirror")
         self._seq = 0
         self._owners: dict[str, str] = {}
         """Service id to the other instance that last held it."""
