@@ -106,7 +106,8 @@ class HubClient:
         self.token = token or None
         self.timeout = timeout
 
-    def _headers(self) -> dict[str, str]:
+    def headers(self) -> dict[str, str]:
+        """The HTTP headers of every request: JSON, and the credentials when there are any."""
         headers = {"Accept": "application/json", "User-Agent": "when-coordinator-cli"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -120,7 +121,7 @@ class HubClient:
         request = urllib.request.Request(
             self.http_base + path + query,
             data=b"" if method == "POST" else None,
-            headers=self._headers(),
+            headers=self.headers(),
             method=method,
         )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
