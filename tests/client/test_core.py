@@ -241,7 +241,7 @@ def test_replies_go_before_the_outbox_and_bad_frames_are_counted_not_raised() ->
         "invalid frame": 1,
     }
     frames = [decode(frame) for frame in core.frames_to_send()]
-    assert [(m.type, m.id) for m in frames][0] == (MessageType.PONG, "hub-1")
+    assert next((m.type, m.id) for m in frames) == (MessageType.PONG, "hub-1")
     assert frames[1].type == MessageType.WORKFLOW_CREATED
 
 
@@ -252,11 +252,14 @@ def test_commands_apply_to_the_phase_manager_or_are_refused_with_the_reason() ->
         core.phases.transition_to("wf-1", phase)
     pause = Message.create(PausePayload(workflow_id="wf-1", reason="maintenance"))
     event = core.handle_command(decode(encode(pause)))
-    assert event.accepted and event.state is not None
-    assert event.state.phase is Phase.PAUSING and event.reason == "maintenance"
+    assert event.accepted
+    assert event.state is not None
+    assert event.state.phase is Phase.PAUSING
+    assert event.reason == "maintenance"
     unknown = Message.create(PausePayload(workflow_id="nope"))
     refused = core.handle_command(unknown)
-    assert not refused.accepted and refused.error
+    assert not refused.accepted
+    assert refused.error
 
 
 def test_a_status_request_is_answered_from_the_phase_manager() -> None:
@@ -278,9 +281,7 @@ def test_after_a_fork_the_inherited_workflows_are_not_reported_from_the_child() 
     core.phases.register_workflow("parent-wf")
     core.forked()
     assert not created(core, "parent-wf")
-    assert core.outbox.counters().drop_reasons == {
-        "not sending: the parent process's workflow": 1
-    }
+    assert core.outbox.counters().drop_reasons == {"not sending: the parent process's workflow": 1}
     core.phases.remove_workflow("parent-wf")
     core.workflow_registered(core.phases.register_workflow("parent-wf"))  # started anew here
     assert created(core, "parent-wf")

@@ -25,7 +25,6 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..phase_manager import PhaseError, PhaseManager, PhaseState
@@ -45,9 +44,10 @@ from ._util import RateLimitedLog, WireLogBatch, approx_size, describe_error, wa
 from .config import Config, url_hint
 from .connection import ssl_context
 from .core import ClientCore, CommandEvent
-from .encoding import log_entry_size, phase_changed_payload
+from .encoding import log_entry_size, phase_changed_payload, split_log_batch
 from .outbox import Entry, QueuedBody
 from .session import MessageHandler, Session
+from .stats import CoordinatorStats
 
 __all__ = ["CommandEvent", "Coordinator", "CoordinatorStats", "MessageHandler"]
 
@@ -58,41 +58,6 @@ class LogSource(Protocol):
     """What buffers log entries for a coordinator (``LogForwarder``): flushed before it closes."""
 
     def _flush_to_coordinator(self, *, final: bool) -> None: ...
-
-
-@dataclass(frozen=True)
-class CoordinatorStats:
-    """Counters of one coordinator; ``sent == delivered + dropped + queued + inflight``.
-
-    ``url`` is the hub URL of the current connection, without credentials ("" while not
-    connected): with several URLs in ``when_url``, the one the client failed over to.
-
-    ``sent`` counts every message the application handed over, ``dropped_by_kind`` the ones shed
-    (by message type) and ``drop_reasons`` why. A progress update that replaced the same
-    workflow's progress while that was still queued is not a message of its own: it counts in
-    ``coalesced``, not in ``sent``. Inbound frames the client refused are counted in
-    ``inbound_dropped`` by reason.
-    """
-
-    sent: int
-    delivered: int
-    dropped: int
-    dropped_by_kind: Mapping[str, int]
-    drop_reasons: Mapping[str, int]
-    queued: int
-    inflight: int
-    queued_bytes: int
-    connected: bool
-    registered: bool
-    connects: int
-    reconnects: int
-    connect_failures: int
-    received: int
-    inbound_dropped: Mapping[str, int]
-    coalesced: int = 0
-    connect_errors: Mapping[str, int] = field(default_factory=dict)
-    """Failed connection attempts by the exception's qualified class name."""
-    url: str = ""
 
 
 class Coordinator:
@@ -583,21 +548,10 @@ class Coordinator:
     ) -> bool:
         """One ``log_batch``, or several when the entries would make a frame near the
         frame limit (half of it, by estimate): a frame over it is dropped."""
-        budget = self._core.frame_limit // 2
-        total = sum(sizes)
-        if total <= budget or len(batch) == 1:
-            return self._enqueue(MessageType.LOG_BATCH, "", batch, 80 + total)
         accepted = True
-        start, size = 0, 0
-        for end, entry_size in enumerate(sizes):
-            if size and size + entry_size > budget:
-                accepted &= self._enqueue(
-                    MessageType.LOG_BATCH, "", _log_part(batch, start, end), 80 + size
-                )
-                start, size = end, 0
-            size += entry_size
-        part = _log_part(batch, start, len(batch))
-        return self._enqueue(MessageType.LOG_BATCH, "", part, 80 + size) and accepted
+        for part, size in split_log_batch(batch, sizes, self._core.frame_limit // 2):
+            accepted = self._enqueue(MessageType.LOG_BATCH, "", part, 80 + size) and accepted
+        return accepted
 
     def log_with_context(
         self,
@@ -689,15 +643,6 @@ class Coordinator:
 
     def _on_command(self, message: Message) -> None:
         self._fire("command", self._core.handle_command(message))
-
-
-def _log_part(
-    batch: tuple[LogEntry, ...] | WireLogBatch, start: int, end: int
-) -> tuple[LogEntry, ...] | WireLogBatch:
-    """A slice of a batch, of the batch's own kind (a slice of a ``WireLogBatch`` is a list)."""
-    if isinstance(batch, WireLogBatch):
-        return WireLogBatch(batch[start:end])
-    return batch[start:end]
 
 
 # ---------------------------------------------------------------------- process lifecycle

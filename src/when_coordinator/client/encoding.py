@@ -7,6 +7,7 @@ keeps the frame so that a resend after a drop is byte for byte the same message.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -28,12 +29,46 @@ from ..protocol import (
 from ._util import WireLogBatch, jsonable, log_size
 from .outbox import Entry
 
-__all__ = ["encode_entry", "log_entry_size", "phase_changed_message", "phase_changed_payload"]
+__all__ = [
+    "encode_entry",
+    "log_entry_size",
+    "phase_changed_message",
+    "phase_changed_payload",
+    "split_log_batch",
+]
 
 
 def log_entry_size(entry: LogEntry) -> int:
     """The outbox's size estimate of one log entry (see ``log_size``)."""
     return log_size(entry.message, entry.fields)
+
+
+LogBatch = tuple[LogEntry, ...] | WireLogBatch
+
+
+def split_log_batch(
+    batch: LogBatch, sizes: Sequence[int], budget: int
+) -> Iterator[tuple[LogBatch, int]]:
+    """Parts of a batch (of the batch's own kind) with their estimated sizes, each at most
+    ``budget`` unless one entry alone is larger: a frame over the frame limit is dropped,
+    so a large batch goes out as several ``log_batch`` frames rather than not at all."""
+    total = sum(sizes)
+    if total <= budget or len(batch) == 1:
+        yield batch, total
+        return
+    start, size = 0, 0
+    for end, entry_size in enumerate(sizes):
+        if size and size + entry_size > budget:
+            yield _log_part(batch, start, end), size
+            start, size = end, 0
+        size += entry_size
+    yield _log_part(batch, start, len(batch)), size
+
+
+def _log_part(batch: LogBatch, start: int, end: int) -> LogBatch:
+    if isinstance(batch, WireLogBatch):
+        return WireLogBatch(batch[start:end])  # a slice of one is a plain list
+    return batch[start:end]
 
 
 def phase_changed_payload(state: PhaseState) -> PhaseChangedPayload:
