@@ -4,7 +4,7 @@
 connection (set in ``connection_made``) but does not document: websockets has no public
 "abort now". ``close()`` would first wait up to ``close_timeout`` for a closing handshake that
 a dead peer never answers. Checked against the lowest and highest websockets versions declared
-in pyproject (``tests/client/test_compat_websockets.py``).
+in pyproject (``tests/client/test_compat_websockets.py``: 17.0 and 17.4).
 
 ``refused_frame`` reads only ``ConnectionClosed``'s public ``rcvd`` and ``rcvd_then_sent``.
 """
