@@ -1,7 +1,8 @@
 """The client's compat module for websockets, against a real server on loopback.
 
-Run it against the lowest and the highest websockets the package declares (pyproject: 17.0 and 17.4): the
-reach-in (``abort``) and the reading of a close (``refused_frame``) must hold on both.
+Run it against the lowest and the highest websockets the package declares (pyproject; 17.0 and
+17.4 so far): the reach-in (``abort``) and the reading of a close (``refused_frame``) must hold
+on both.
 """
 
 from __future__ import annotations
