@@ -17,7 +17,12 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 
-from when_coordinator.client._compat_websockets import abort, refused_frame
+from when_coordinator.client._compat_websockets import (
+    BATCHED_WRITES,
+    abort,
+    refused_frame,
+    send_frames,
+)
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 TIMEOUT = 10.0
@@ -107,3 +112,36 @@ def test_abort_ends_a_connection_at_once_whatever_the_peer_does() -> None:
     closed = asyncio.run(main())
     assert closed.rcvd is None  # no closing handshake: the transport was dropped
     assert not refused_frame(closed)
+
+
+def test_send_frames_delivers_a_batch_in_order_as_separate_messages() -> None:
+    """On every declared version the batched path is the one taken, and the hub reads each
+    frame as its own message, in order; on a closed connection it raises as ``send`` does."""
+    assert BATCHED_WRITES
+
+    async def main() -> list[str]:
+        received: list[str] = []
+        done = asyncio.Event()
+
+        async def collect(ws: ServerConnection) -> None:
+            async for message in ws:
+                assert isinstance(message, str)
+                received.append(message)
+                if len(received) == 201:
+                    done.set()
+
+        async with serve(collect, "127.0.0.1", 0, compression=None) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}", compression=None, proxy=None) as ws:
+                await send_frames(ws, ["single"])
+                await send_frames(ws, [f'{{"n": {n}}}' for n in range(200)])
+                await asyncio.wait_for(done.wait(), TIMEOUT)
+                await ws.close()
+                try:
+                    await send_frames(ws, ["after", "close"])
+                except ConnectionClosed:
+                    return received
+        raise AssertionError("send_frames() on a closed connection did not raise")
+
+    received = asyncio.run(main())
+    assert received == ["single", *(f'{{"n": {n}}}' for n in range(200))]

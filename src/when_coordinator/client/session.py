@@ -2,9 +2,10 @@
 
 ``Session.run`` runs on the client's own thread and loop. It dials the hub URLs in turn with
 the reconnect schedule, and for each connection runs a reader, a writer and a keepalive that
-feed the sans-I/O ``ClientCore`` with what happens and write what it returns. Everything it
-sends goes through websockets' public ``send``, ``ping`` and ``close``; the one reach-in (an
-immediate abort of a dead connection) is in ``_compat_websockets``.
+feed the sans-I/O ``ClientCore`` with what happens and write what it returns. It uses
+websockets' public ``connect``, ``recv``, ``send``, ``ping`` and ``close``; the two reach-ins
+(a batch of frames in one write, an immediate abort of a dead connection) are in
+``_compat_websockets``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from .._version import __version__
 from ..protocol import Message, ProtocolError
-from ._compat_websockets import abort, refused_frame
+from ._compat_websockets import abort, refused_frame, send_frames
 from ._util import RateLimitedLog, qualified_name, warn_once
 from .config import HUB_PATH, Config, display_url
 from .connection import RedactingLogger, backoff_delays, handshake_headers, is_tls, redact
@@ -394,8 +395,7 @@ class Session:
                     await wake.wait()
                     continue
             try:
-                for frame in frames:
-                    await ws.send(frame)
+                await send_frames(ws, frames)
             except ConnectionClosed as exc:
                 self._closed_by = self._closed_by or exc
                 raise
