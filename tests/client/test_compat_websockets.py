@@ -19,6 +19,7 @@ from websockets.frames import Close
 
 from when_coordinator.client._compat_websockets import (
     BATCHED_WRITES,
+    _write,
     abort,
     refused_frame,
     send_frames,
@@ -145,3 +146,36 @@ def test_send_frames_delivers_a_batch_in_order_as_separate_messages() -> None:
 
     received = asyncio.run(main())
     assert received == ["single", *(f'{{"n": {n}}}' for n in range(200))]
+
+
+def test_an_end_of_stream_marker_is_handled_as_websockets_handles_it() -> None:
+    """The data before the marker is written, then the TCP connection is half-closed: the peer
+    gets the frame, then the end of the stream (no closing handshake: 1006)."""
+
+    async def main() -> tuple[list[str], ConnectionClosed]:
+        received: list[str] = []
+        ended: asyncio.Future[ConnectionClosed] = asyncio.get_running_loop().create_future()
+
+        async def collect(ws: ServerConnection) -> None:
+            try:
+                while True:
+                    message = await ws.recv()
+                    assert isinstance(message, str)
+                    received.append(message)
+            except ConnectionClosed as exc:
+                ended.set_result(exc)
+
+        async with serve(collect, "127.0.0.1", 0, compression=None) as server:
+            port = server.sockets[0].getsockname()[1]
+            ws = await connect(
+                f"ws://127.0.0.1:{port}", compression=None, close_timeout=1, proxy=None
+            )
+            ws.protocol.send_text(b"before the end")
+            _write(ws, [*ws.protocol.data_to_send(), b""])
+            closed = await asyncio.wait_for(ended, TIMEOUT)
+            await ws.close()
+            return received, closed
+
+    received, closed = asyncio.run(main())
+    assert received == ["before the end"]
+    assert closed.rcvd is None
