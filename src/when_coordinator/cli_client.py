@@ -69,7 +69,7 @@ class HubClient:
         self.token = token or None
         self.timeout = timeout
 
-    def _headers(self) -> dict[str, str]:
+    def headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": "when-coordinator-cli"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -83,7 +83,7 @@ class HubClient:
         request = urllib.request.Request(
             self.http_base + path + query,
             data=b"" if method == "POST" else None,
-            headers=self._headers(),
+            headers=self.headers(),
             method=method,
         )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -73,7 +73,7 @@ def follow(
     from websockets.sync.client import connect  # noqa: PLC0415
 
     url = client.ws_base + "/v1/operator"
-    headers = {k: v for k, v in client._headers().items() if k == "Authorization"}
+    headers = {k: v for k, v in client.headers().items() if k == "Authorization"}
     connected_once = False
     failures = 0
 

@@ -19,7 +19,7 @@ import trustme
 from tests.support.scripted_server import Frame, RawServer, ScriptedServer, fast_config, wait_until
 from when_coordinator import Config, ConfigError, Coordinator, PhaseManager
 from when_coordinator.client.connection import backoff_delays, handshake_headers
-from when_coordinator.client.coordinator import _CONTROL_LIMIT
+from when_coordinator.client.core import CONTROL_LIMIT as _CONTROL_LIMIT
 from when_coordinator.hub import Hub, ThreadedHub
 from when_coordinator.protocol import RegisteredPayload, parse_timestamp
 

@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -19,9 +20,9 @@ from when_coordinator.client.outbox import (
     LANE_STATE,
     Entry,
     Outbox,
-    ProgressBody,
     lane_of,
 )
+from when_coordinator.protocol import ProgressPayload
 
 STATE = MessageType.WORKFLOW_CREATED
 PROGRESS = MessageType.PROGRESS
@@ -45,14 +46,14 @@ class Maker:
         action_id: str = "",
     ) -> Entry:
         self.n += 1
-        body: object = (str(kind), self.n)
+        body: Any = (str(kind), self.n)  # not a real body: the outbox never looks inside
         if kind is PROGRESS:
-            body = ProgressBody(action_id, float(self.n), stage, "", 0, 0)
+            body = ProgressPayload(wf, float(self.n), action_id, stage)
         return Entry(kind, wf, body, size, time.time_ns(), phase_seq)
 
 
-def label(body: object) -> tuple[str, int]:
-    if isinstance(body, ProgressBody):
+def label(body: Any) -> tuple[Any, int]:
+    if isinstance(body, ProgressPayload):
         return ("progress", int(body.percent))
     assert isinstance(body, tuple)
     return (body[0], body[1])
@@ -199,7 +200,7 @@ def test_requeued_entries_keep_the_order_rule_and_are_never_rewritten() -> None:
     assert bodies(outbox) == [("progress", 1), ("phase_changed", 2), ("progress", 3)]
     outbox.put(make(PROGRESS, wf="b"))  # 4
     for entry in drain(outbox):
-        entry.text = f'{{"sent": {label(entry.body)[1]}}}'  # as if encoded and sent
+        entry.frame = f'{{"sent": {label(entry.body)[1]}}}'  # as if encoded and sent
     outbox.requeue()
     # 5 does not merge into the requeued 4: the hub may have 4 already, and a resend must be
     # the same frame. It queues behind, and later updates merge into it instead.
@@ -212,7 +213,7 @@ def test_requeued_entries_keep_the_order_rule_and_are_never_rewritten() -> None:
         ("progress", 4),
         ("progress", 6),
     ]
-    assert [e.text for e in outbox if e.wf == "b"] == ['{"sent": 4}', None]
+    assert [e.frame for e in outbox if e.workflow_id == "b"] == ['{"sent": 4}', None]
     assert outbox.coalesced == 1
     check_accounting(outbox)
 
@@ -225,14 +226,15 @@ def test_a_merge_keeps_the_stage_and_action_a_newer_update_leaves_out() -> None:
     outbox.put(make(PROGRESS, wf="a"))  # 2: no stage, no action
     outbox.put(make(PROGRESS, wf="a", stage="load"))  # 3: a new stage, no action
     (entry,) = list(outbox)
-    assert entry.body == ProgressBody("act-1", 3.0, "load", "", 0, 0)
+    assert entry.body == ProgressPayload("a", 3.0, "act-1", "load")
 
 
 def test_only_queued_send_progress_updates_of_a_named_workflow_merge() -> None:
     make, outbox = Maker(), Outbox(10, 10_000)
     outbox.put(make(PROGRESS, wf=""))  # a ready-made Message's envelope may name none
     outbox.put(make(PROGRESS, wf=""))
-    ready_made = Entry(PROGRESS, "wf", ("message", 0), 10, time.time_ns())
+    message: Any = ("message", 0)
+    ready_made = Entry(PROGRESS, "wf", message, 10, time.time_ns())
     outbox.put(ready_made)  # send(Message): its own id and payload, kept as they are
     outbox.put(make(PROGRESS, wf="wf"))
     assert bodies(outbox) == [("progress", 1), ("progress", 2), ("message", 0), ("progress", 3)]
@@ -307,13 +309,13 @@ def test_confirm_delivers_and_requeue_puts_unacknowledged_entries_back_in_order(
     for kind in (STATE, PROGRESS, LOG, STATE):
         outbox.put(make(kind))
     first = drain(outbox)
-    assert [e.body[1] for e in first] == [1, 2, 3, 4]
+    assert [label(e.body)[1] for e in first] == [1, 2, 3, 4]
     outbox.confirm(1)
     outbox.put(make(STATE))  # 5, queued while 2..4 are in flight
     assert outbox.requeue() == 3
     assert outbox.inflight == 0
     again = drain(outbox)
-    assert [e.body[1] for e in again] == [2, 3, 4, 5]
+    assert [label(e.body)[1] for e in again] == [2, 3, 4, 5]
     assert again[0] is first[1]  # the same entries, so a resend keeps the encoded text
     outbox.confirm(10)  # more than in flight: only what is there
     assert outbox.delivered == 5
@@ -412,7 +414,7 @@ def test_coalescing_never_moves_progress_ahead_of_its_workflows_state(seed: int)
         entry = outbox.take()
         if entry is not None and label(entry.body)[1] not in seen:
             seen.add(label(entry.body)[1])
-            first_out.setdefault(entry.wf, []).append(label(entry.body))
+            first_out.setdefault(entry.workflow_id, []).append(label(entry.body))
 
     for _ in range(3000):
         op = rng.random()
@@ -455,7 +457,8 @@ def test_concurrent_producers_lose_nothing_unaccounted() -> None:
         start.wait()
         for i in range(per_thread):
             kind = (STATE, PROGRESS, LOG)[i % 3]
-            outbox.put(Entry(kind, f"wf{t}", (t, i), 20, 0))
+            body: Any = (t, i)
+            outbox.put(Entry(kind, f"wf{t}", body, 20, 0))
 
     def consume() -> None:
         start.wait()
@@ -479,7 +482,7 @@ def test_concurrent_producers_lose_nothing_unaccounted() -> None:
     assert outbox.delivered + sum(outbox.dropped.values()) == threads * per_thread
     assert len({entry.body for entry in consumed}) == len(consumed)  # nothing twice
     for t in range(threads):  # each producer's surviving entries keep their order
-        mine = [entry.body[1] for entry in consumed if entry.body[0] == t]
+        mine = [label(entry.body)[1] for entry in consumed if label(entry.body)[0] == t]
         assert mine == sorted(mine)
     check_accounting(outbox)
 

@@ -22,9 +22,21 @@ from __future__ import annotations
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from ..protocol import MessageType
+import msgspec
+
+from ..protocol import (
+    CheckpointPayload,
+    ErrorPayload,
+    LogEntry,
+    Message,
+    MessageType,
+    PhaseChangedPayload,
+    ProgressPayload,
+    WorkflowCreatedPayload,
+)
+from ._util import WireLogBatch
 
 __all__ = [
     "LANE_LOG",
@@ -33,7 +45,7 @@ __all__ = [
     "Entry",
     "Outbox",
     "OutboxCounters",
-    "ProgressBody",
+    "QueuedBody",
     "lane_of",
 ]
 
@@ -53,58 +65,76 @@ def lane_of(message_type: MessageType | str) -> int:
     return _LANES.get(message_type, LANE_STATE)
 
 
+QueuedBody = (
+    Message
+    | WorkflowCreatedPayload
+    | PhaseChangedPayload
+    | CheckpointPayload
+    | ErrorPayload
+    | ProgressPayload
+    | LogEntry
+    | tuple[LogEntry, ...]
+    | WireLogBatch
+)
+"""What an entry holds until it is encoded: the protocol's own payload Struct for the typed
+``send_*`` calls (encoded into an envelope on the client's thread), a ready ``Message`` for
+``send()``, and log entries (``LogEntry`` Structs, or the exporter's wire-form dicts)."""
+
+
 class Entry:
     """One queued message, not yet encoded: encoding happens on the connection's thread.
 
-    ``body`` is whatever the entry's builder needs; ``text`` is set once it is encoded, so a
-    message sent again after a drop keeps its id and the hub can recognise the duplicate.
-    ``phase_seq`` is the ``PhaseState`` sequence of a ``phase_changed`` (or -1), used so a
-    replay never duplicates a queued transition.
+    ``frame`` is set once it is encoded (``body`` is then released), so a message sent again
+    after a drop keeps its id and the hub can recognise the duplicate. Two numbers, two
+    meanings: ``order`` is the entry's place in the outbox (set by ``Outbox.put``; sending is
+    in this order across lanes), ``phase_sequence`` the ``PhaseState.sequence`` of the
+    transition a ``phase_changed`` reports (-1 for anything else), used so a replay after a
+    reconnect never duplicates a transition still queued.
     """
 
     __slots__ = (
         "body",
         "dropped",
+        "frame",
         "lane",
-        "phase_seq",
-        "seq",
+        "order",
+        "phase_sequence",
         "size",
-        "text",
         "time_ns",
         "type",
-        "wf",
+        "workflow_id",
     )
+
+    type: MessageType | str
+    workflow_id: str
+    body: QueuedBody | None
+    size: int
+    time_ns: int
+    phase_sequence: int
+    lane: int
+    order: int
+    dropped: bool
+    frame: str | None
 
     def __init__(
         self,
         message_type: MessageType | str,
         workflow_id: str,
-        body: Any,
+        body: QueuedBody | None,
         size: int,
         time_ns: int,
-        phase_seq: int = -1,
+        phase_sequence: int = -1,
     ) -> None:
         self.type = message_type
-        self.wf = workflow_id
+        self.workflow_id = workflow_id
         self.body = body
         self.size = size
         self.time_ns = time_ns
-        self.phase_seq = phase_seq
+        self.phase_sequence = phase_sequence
         self.lane = lane_of(message_type)
-        self.seq = 0
+        self.order = 0
         self.dropped = False
-        self.text: str | None = None  # the encoded frame, kept so a resend is identical
-
-
-class ProgressBody(NamedTuple):
-    """What ``send_progress`` queues: the fields of a ``progress`` payload but its workflow."""
-
-    action_id: str
-    percent: float
-    stage: str
-    message: str
-    current_item: int
-    total_items: int
+        self.frame = None
 
 
 class OutboxCounters(NamedTuple):
@@ -130,13 +160,13 @@ class Outbox:
         self._lanes: tuple[deque[Entry], ...] = (deque(), deque(), deque())
         self._inflight: deque[Entry] = deque()
         self._latest_progress: dict[str, Entry] = {}  # queued, not in flight
-        self._latest_state: dict[str, int] = {}  # seq of a workflow's newest queued state entry
+        self._latest_state: dict[str, int] = {}  # order of a workflow's newest queued state entry
         self._pending_phase: dict[str, int] = {}
         self._tombstones = 0
         self._count = 0  # live entries in lanes and in flight
         self._bytes = 0
         self._inflight_bytes = 0
-        self._seq = 0
+        self._order = 0
         self._waiting = False
         self._on_wakeup: Callable[[], None] | None = None
         self.accepted = 0
@@ -163,17 +193,17 @@ class Outbox:
                 if not self._shed_for(entry):
                     self._count_drop(entry, "outbox full")
                     return False
-            self._seq += 1
-            entry.seq = self._seq
+            self._order += 1
+            entry.order = self._order
             self._lanes[entry.lane].append(entry)
             self._count += 1
             self._bytes += entry.size
             if entry.lane == LANE_PROGRESS:
-                self._latest_progress[entry.wf] = entry
-            elif entry.lane == LANE_STATE and entry.wf:
-                self._latest_state[entry.wf] = entry.seq
-                if entry.phase_seq >= 0:
-                    self._pending_phase[entry.wf] = entry.phase_seq
+                self._latest_progress[entry.workflow_id] = entry
+            elif entry.lane == LANE_STATE and entry.workflow_id:
+                self._latest_state[entry.workflow_id] = entry.order
+                if entry.phase_sequence >= 0:
+                    self._pending_phase[entry.workflow_id] = entry.phase_sequence
             if self._waiting:
                 self._waiting = False
                 wake = self._on_wakeup
@@ -184,19 +214,19 @@ class Outbox:
     def _coalesce(self, entry: Entry) -> bool:
         """Merge ``entry`` into its workflow's queued progress, if that keeps order.
 
-        Only ``send_progress`` bodies merge, into an entry never sent (a resend must stay what
-        the hub may already have). The stage and action of the older update are kept when the
-        newer one has none, as the hub itself keeps them, so the hub ends up where both
-        updates would have left it.
+        Only ``send_progress`` bodies (``ProgressPayload``) merge, into an entry never sent (a
+        resend must stay what the hub may already have). The stage and action of the older
+        update are kept when the newer one has none, as the hub itself keeps them, so the hub
+        ends up where both updates would have left it.
         """
-        queued = self._latest_progress.get(entry.wf)
+        queued = self._latest_progress.get(entry.workflow_id)
         if (
             queued is None
-            or not entry.wf
-            or queued.text is not None
-            or type(queued.body) is not ProgressBody
-            or type(entry.body) is not ProgressBody
-            or self._latest_state.get(entry.wf, 0) > queued.seq
+            or not entry.workflow_id
+            or queued.frame is not None
+            or type(queued.body) is not ProgressPayload
+            or type(entry.body) is not ProgressPayload
+            or self._latest_state.get(entry.workflow_id, 0) > queued.order
         ):
             return False
         growth = entry.size - queued.size
@@ -204,8 +234,8 @@ class Outbox:
             return False  # let put() shed for it
         old, new = queued.body, entry.body
         if (not new.action_id and old.action_id) or (not new.stage and old.stage):
-            new = new._replace(
-                action_id=new.action_id or old.action_id, stage=new.stage or old.stage
+            new = msgspec.structs.replace(
+                new, action_id=new.action_id or old.action_id, stage=new.stage or old.stage
             )
         queued.body = new
         queued.time_ns = entry.time_ns
@@ -230,8 +260,8 @@ class Outbox:
             victim = logs.popleft()
         elif incoming.lane == LANE_LOG:
             return False
-        elif incoming.lane == LANE_PROGRESS and incoming.wf in self._latest_progress:
-            victim = self._latest_progress.pop(incoming.wf)
+        elif incoming.lane == LANE_PROGRESS and incoming.workflow_id in self._latest_progress:
+            victim = self._latest_progress.pop(incoming.workflow_id)
             victim.dropped = True  # superseded: tombstoned where it stands, skipped later
             self._tombstones += 1
             self._forget(victim, "superseded by newer progress")
@@ -271,16 +301,17 @@ class Outbox:
 
     def _untrack(self, entry: Entry) -> None:
         if entry.lane == LANE_PROGRESS:
-            if self._latest_progress.get(entry.wf) is entry:
-                del self._latest_progress[entry.wf]
+            if self._latest_progress.get(entry.workflow_id) is entry:
+                del self._latest_progress[entry.workflow_id]
         else:
             self._unqueue_state(entry)
-            if entry.phase_seq >= 0 and self._pending_phase.get(entry.wf) == entry.phase_seq:
-                del self._pending_phase[entry.wf]
+            pending = self._pending_phase
+            if entry.phase_sequence >= 0 and pending.get(entry.workflow_id) == entry.phase_sequence:
+                del pending[entry.workflow_id]
 
     def _unqueue_state(self, entry: Entry) -> None:
-        if entry.lane == LANE_STATE and self._latest_state.get(entry.wf) == entry.seq:
-            del self._latest_state[entry.wf]
+        if entry.lane == LANE_STATE and self._latest_state.get(entry.workflow_id) == entry.order:
+            del self._latest_state[entry.workflow_id]
 
     def _count_drop(self, entry: Entry, reason: str) -> None:
         self.dropped[str(entry.type)] += 1
@@ -299,15 +330,15 @@ class Outbox:
         with self._lock:
             best: Entry | None = None
             for lane in self._lanes:
-                if self._first_live(lane) and (best is None or lane[0].seq < best.seq):
+                if self._first_live(lane) and (best is None or lane[0].order < best.order):
                     best = lane[0]
             if best is None:
                 self._waiting = True
                 return None
             self._lanes[best.lane].popleft()
             if best.lane == LANE_PROGRESS:
-                if self._latest_progress.get(best.wf) is best:
-                    del self._latest_progress[best.wf]
+                if self._latest_progress.get(best.workflow_id) is best:
+                    del self._latest_progress[best.workflow_id]
             else:
                 self._unqueue_state(best)
             self._inflight.append(best)
@@ -335,10 +366,10 @@ class Outbox:
                 self._untrack(entry)
                 self.delivered += 1
 
-    def largest_inflight_text(self) -> int:
+    def largest_inflight_frame(self) -> int:
         """The length of the longest frame sent and not yet acknowledged (0 if none)."""
         with self._lock:
-            return max((len(e.text) for e in self._inflight if e.text is not None), default=0)
+            return max((len(e.frame) for e in self._inflight if e.frame is not None), default=0)
 
     def requeue(self) -> int:
         """After a drop, put every unacknowledged entry back at the front, in order."""
@@ -349,15 +380,15 @@ class Outbox:
                 entry = self._inflight.pop()
                 self._lanes[entry.lane].appendleft(entry)
                 if entry.lane == LANE_PROGRESS:
-                    if entry.wf not in self._latest_progress:
-                        self._latest_progress[entry.wf] = entry
+                    if entry.workflow_id not in self._latest_progress:
+                        self._latest_progress[entry.workflow_id] = entry
                 elif (
                     entry.lane == LANE_STATE
-                    and entry.wf
-                    and entry.seq > self._latest_state.get(entry.wf, 0)
+                    and entry.workflow_id
+                    and entry.order > self._latest_state.get(entry.workflow_id, 0)
                 ):
                     # Back in the queue, it again orders the workflow's later progress.
-                    self._latest_state[entry.wf] = entry.seq
+                    self._latest_state[entry.workflow_id] = entry.order
             return moved
 
     def clear(self, reason: str) -> None:
@@ -389,10 +420,10 @@ class Outbox:
                 coalesced=self.coalesced,
             )
 
-    def phase_pending(self, workflow_id: str, phase_seq: int) -> bool:
+    def phase_pending(self, workflow_id: str, phase_sequence: int) -> bool:
         """Whether that transition of the workflow is queued or in flight."""
         with self._lock:
-            return self._pending_phase.get(workflow_id) == phase_seq
+            return self._pending_phase.get(workflow_id) == phase_sequence
 
     @property
     def queued(self) -> int:
@@ -425,4 +456,4 @@ class Outbox:
         """A snapshot of the queued entries in sending order (for tests and debugging)."""
         with self._lock:
             live = [e for lane in self._lanes for e in lane if not e.dropped]
-        return iter(sorted(live, key=lambda e: e.seq))
+        return iter(sorted(live, key=lambda e: e.order))

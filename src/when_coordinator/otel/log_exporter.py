@@ -196,7 +196,7 @@ class CoordinationLogExporter(LogExporterBase):
                 sizes.append(size)
             for start in range(0, len(wires), self.max_batch):
                 end = start + self.max_batch
-                coordinator._send_wire_log_batch(WireLogBatch(wires[start:end]), sizes[start:end])
+                coordinator.send_wire_log_batch(WireLogBatch(wires[start:end]), sizes[start:end])
             self.exported += len(wires)
             return ExportResult.SUCCESS
         except Exception:

@@ -1,0 +1,48 @@
+"""Argument checks of the public sending API: a wrong argument is the caller's bug, raised at
+the call (``TypeError`` / ``ValueError``) rather than dropped later on the client's thread."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["check_count", "check_percent", "check_text", "check_timeout", "check_workflow"]
+
+
+def check_text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def check_workflow(workflow_id: object) -> str:
+    if not check_text("workflow_id", workflow_id):
+        raise ValueError("workflow_id must not be empty")
+    return workflow_id  # type: ignore[return-value]
+
+
+def check_percent(percent: object) -> float:
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)):
+        raise TypeError(f"percent must be a number, got {type(percent).__name__}")
+    if not 0 <= percent <= 100:  # also false for NaN
+        raise ValueError(f"percent must be between 0 and 100, got {percent!r}")
+    return percent
+
+
+def check_timeout(timeout: object) -> float | None:
+    """Seconds to wait: None or infinity wait for good, a negative number not at all. NaN
+    (every comparison false) once made ``flush()`` wait forever: it is refused here."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if math.isnan(timeout):
+        raise ValueError("timeout must be a number of seconds or None, got nan")
+    if math.isinf(timeout):
+        return None if timeout > 0 else 0.0
+    return max(float(timeout), 0.0)
+
+
+def check_count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return value
