@@ -17,7 +17,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 
-from when_coordinator.client._compat_websockets import (
+from when_coordinator._compat.websockets import (
     BATCHED_WRITES,
     _write,
     abort,

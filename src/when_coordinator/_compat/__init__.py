@@ -2,5 +2,6 @@
 
 A name a library does not offer publicly (or has renamed across the releases this package
 supports) is used here and nowhere else, so that an upgrade that breaks it breaks one module,
-which ``tests/otel/test_compat.py`` checks against the lowest and the highest versions declared.
+whose test (``tests/otel/test_compat.py``, ``tests/client/test_compat_websockets.py``) runs
+against the lowest and the highest versions declared.
 """

@@ -5,7 +5,7 @@ the reconnect schedule, and for each connection runs a reader, a writer and a ke
 feed the sans-I/O ``ClientCore`` with what happens and write what it returns. It uses
 websockets' public ``connect``, ``recv``, ``send``, ``ping`` and ``close``; the two reach-ins
 (a batch of frames in one write, an immediate abort of a dead connection) are in
-``_compat_websockets``.
+``_compat/websockets.py``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from collections.abc import Awaitable, Callable
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from .._compat.websockets import abort, refused_frame, send_frames
 from .._version import __version__
 from ..protocol import Message, ProtocolError
-from ._compat_websockets import abort, refused_frame, send_frames
 from ._util import RateLimitedLog, qualified_name, warn_once
 from .config import HUB_PATH, Config, display_url
 from .connection import RedactingLogger, backoff_delays, handshake_headers, is_tls, redact
