@@ -48,7 +48,14 @@ from .payloads import (
     convert,
     json_type,
 )
-from .timestamps import check_timestamp, format_timestamp, match_timestamp, parse_timestamp
+from .timestamps import (
+    all_timestamps,
+    check_timestamp,
+    format_timestamp,
+    is_timestamp_seen,
+    match_timestamp,
+    parse_timestamp,
+)
 
 __all__ = [
     "ENVELOPE_WORKFLOW_TYPES",
@@ -265,6 +272,8 @@ def _first_decode(text: str | bytes) -> Any:
 
 _decode_frame: Callable[[str | bytes], Any] = _first_decode
 _LOG = MessageType.LOG
+_LOG_BATCH = MessageType.LOG_BATCH
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, TypeError, RecursionError)
 
 
 def decode(text: str | bytes) -> Message:
@@ -272,20 +281,24 @@ def decode(text: str | bytes) -> Message:
 
     Unknown types decode (a receiver ignores them), with the payload as a plain object.
     """
+    # The hot path of every receiver: locals and module constants only (an Enum's attribute
+    # lookup runs Python code), and each timestamp checked in C.
     try:
         frame: Any = _decode_frame(text)
-    except (msgspec.DecodeError, msgspec.ValidationError, TypeError, RecursionError):
+    except _DECODE_ERRORS:
         return _decode_carefully(text)
     message_type = _FRAME_TYPES[frame.__class__]
     timestamp = frame.timestamp
-    if match_timestamp(timestamp) is None:
-        raise ProtocolError(f"envelope 'timestamp': {_not_rfc3339(timestamp)}")
     payload = frame.payload
-    if message_type is _LOG:
+    if message_type is _LOG_BATCH:
+        if not all_timestamps([timestamp, *[entry.timestamp for entry in payload.logs]]):
+            _check_timestamps(timestamp, payload, "log_batch payload")
+    elif message_type is _LOG:
+        if match_timestamp(timestamp) is None or match_timestamp(payload.timestamp) is None:
+            _check_timestamps(timestamp, payload, "log payload")
         payload = LogPayload(payload)
-        check_payload_timestamps(payload, "log payload")
-    elif message_type is MessageType.LOG_BATCH:
-        check_payload_timestamps(payload, "log_batch payload")
+    elif not is_timestamp_seen(timestamp):
+        raise ProtocolError(f"envelope 'timestamp': {_not_rfc3339(timestamp)}")
     return Message(
         id=frame.id,
         type=message_type,
@@ -293,6 +306,14 @@ def decode(text: str | bytes) -> Message:
         timestamp=timestamp,
         payload=payload,
     )
+
+
+def _check_timestamps(timestamp: str, payload: object, where: str) -> None:
+    """The exact check, one timestamp at a time, after ``all_timestamps`` said no: it finds
+    the wrong one and says why (or finds none: a leap second, an empty one)."""
+    if match_timestamp(timestamp) is None:
+        raise ProtocolError(f"envelope 'timestamp': {_not_rfc3339(timestamp)}")
+    check_payload_timestamps(payload, where)
 
 
 def _not_rfc3339(timestamp: str) -> str:

@@ -88,7 +88,14 @@ class LogLevel(str, Enum):
 
 
 _LOG_LEVELS: dict[str, LogLevel] = {level.value: level for level in LogLevel}
-_PHASES: dict[str, Phase] = {phase.value: phase for phase in Phase}
+# A "from" phase as given (a wire string, a Phase, "" or None) to what is stored.
+_FROM_PHASES: dict[object, Phase | str] = {
+    "": "",
+    None: "",
+    **{phase.value: phase for phase in Phase},
+    **{phase: phase for phase in Phase},
+}
+_force_setattr = msgspec.structs.force_setattr
 
 ENVELOPE_WORKFLOW_TYPES = frozenset(
     {
@@ -278,17 +285,16 @@ class PhaseChangedPayload(WireStruct, frozen=True):
     _NAME: ClassVar[str] = "phase_changed"
 
     def __post_init__(self) -> None:
+        # Run for every decoded phase_changed (msgspec reads "from" as a string): one lookup.
         source: object = self.from_phase
-        if source.__class__ is Phase or source == "":
-            return
-        if source is None:
-            msgspec.structs.force_setattr(self, "from_phase", "")
-            return
-        known = _PHASES.get(source) if isinstance(source, str) else None
-        if known is None:
+        try:
+            known = _FROM_PHASES[source]
+        except (KeyError, TypeError):  # TypeError: unhashable
             names = ", ".join(p.value for p in Phase)
-            raise ProtocolError(f"field 'from': unknown phase {source!r} (one of {names})")
-        msgspec.structs.force_setattr(self, "from_phase", known)
+            message = f"field 'from': unknown phase {source!r} (one of {names})"
+            raise ProtocolError(message) from None
+        if known is not source:
+            _force_setattr(self, "from_phase", known)
 
 
 class CheckpointPayload(WireStruct, frozen=True):
