@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import operator
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -257,16 +258,23 @@ def _envelope_class(message_type: MessageType) -> type[msgspec.Struct]:
     )
 
 
-_FRAME_TYPES: dict[type[msgspec.Struct], MessageType] = {
-    _envelope_class(message_type): message_type for message_type in MessageType
-}
+_FRAME_TYPES: dict[type[msgspec.Struct], MessageType] = {}
+"""The message type of each frame class; filled with the decoder, at the first ``decode``."""
+_decoder_lock = threading.Lock()
 
 
 def _first_decode(text: str | bytes) -> Any:
-    """Build the decoder on first use (resolving every Struct's types is import time that a
-    process which never decodes, a CLI call, need not pay), then decode with it."""
+    """Build the frame classes and the decoder on first use (creating 16 classes and resolving
+    every Struct's types is import time that a process which never decodes, a CLI call, need
+    not pay), then decode with it."""
     global _decode_frame  # noqa: PLW0603 - replaced once, by the decoder's own method
-    _decode_frame = msgspec.json.Decoder(functools.reduce(operator.or_, _FRAME_TYPES)).decode
+    with _decoder_lock:
+        if not _FRAME_TYPES:
+            frames = {_envelope_class(message_type): message_type for message_type in MessageType}
+            union = functools.reduce(operator.or_, frames)
+            decoder = msgspec.json.Decoder(union)
+            _FRAME_TYPES.update(frames)  # before the decoder is published: decode reads both
+            _decode_frame = decoder.decode
     return _decode_frame(text)
 
 
