@@ -19,6 +19,10 @@ figures 1 to 3, with its targets):
 3. Log records per second from ``logging`` through the SDK ``LoggingHandler`` and a
    ``BatchLogRecordProcessor`` to our exporter and on to the hub, beside the same pipeline
    with an exporter that discards; every record must reach the hub. Target: at least 0.8x.
+   And beside the same pipeline exporting with the SDK's OTLP/HTTP exporter (protobuf) to a
+   local receiver in its own process (the peer a user would pick instead; it parses each
+   request, counts the records and answers as a Collector does), every record received.
+   Target (issue 13): at least 1.0x.
 
 ``BENCH_METRICS=on`` runs them with the package's metrics on (otel/metrics.py), through an SDK
 meter provider whose periodic reader collects every second into an exporter that discards: a
@@ -44,6 +48,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import (
     BatchLogRecordProcessor,
@@ -83,6 +88,7 @@ MAX_PROGRESS_EXTRA_US = 1.5
 LOG_RECORDS = 10_000
 LOG_REPEAT = 5
 MIN_LOG_RATIO = 0.8
+MIN_OTLP_RATIO = 1.0
 
 
 class _Discard(SpanExporter):
@@ -456,11 +462,23 @@ def _emit(logger: logging.Logger, provider: LoggerProvider) -> None:
 
 
 def _logs(coordinator: Coordinator, hub: Child) -> list[Figure]:
+    otlp = Child("bench_otel", "otlp")
+    try:
+        return _log_rounds(coordinator, hub, otlp)
+    finally:
+        otlp.close()
+
+
+def _log_rounds(coordinator: Coordinator, hub: Child, otlp: Child) -> list[Figure]:
     ours_logger, ours_provider, _ = _log_pipeline(CoordinationLogExporter(coordinator))
     base_logger, base_provider, _ = _log_pipeline(_DiscardLogs())
+    otlp_logger, otlp_provider, _ = _log_pipeline(
+        OTLPLogExporter(endpoint=f"{otlp.hello['url']}/v1/logs", timeout=30)
+    )
     ours_rates: list[float] = []
     base_rates: list[float] = []
-    lost = 0
+    otlp_rates: list[float] = []
+    lost = otlp_lost = 0
     for _ in range(LOG_REPEAT):
         before = _hub_logs(hub)
         started = time.perf_counter()
@@ -473,10 +491,19 @@ def _logs(coordinator: Coordinator, hub: Child) -> list[Figure]:
         started = time.perf_counter()
         _emit(base_logger, base_provider)
         base_rates.append(LOG_RECORDS / (time.perf_counter() - started))
+
+        before = _hub_logs(otlp)
+        started = time.perf_counter()
+        _emit(otlp_logger, otlp_provider)  # force_flush returns once the receiver answered
+        otlp_rates.append(LOG_RECORDS / (time.perf_counter() - started))
+        otlp_lost += LOG_RECORDS - (_wait_logs(otlp, before + LOG_RECORDS) - before)
     ours_provider.shutdown()
     base_provider.shutdown()
-    ours, base = statistics.median(ours_rates), statistics.median(base_rates)
-    ratio = ours / base
+    otlp_provider.shutdown()
+    if otlp_lost:
+        raise RuntimeError(f"the OTLP receiver is missing {otlp_lost} records")
+    ours, base, by_otlp = (statistics.median(r) for r in (ours_rates, base_rates, otlp_rates))
+    ratio, otlp_ratio = ours / base, ours / by_otlp
     return [
         Figure(
             "[3] log records/s logging -> SDK -> hub",
@@ -486,6 +513,15 @@ def _logs(coordinator: Coordinator, hub: Child) -> list[Figure]:
             ratio,
             f">= {MIN_LOG_RATIO:g}x discarding exporter, 0 lost",
             ratio >= MIN_LOG_RATIO and lost == 0,
+        ),
+        Figure(
+            "[3] same, beside OTLP/HTTP to a local receiver",
+            ours,
+            by_otlp,
+            "rec/s",
+            otlp_ratio,
+            f">= {MIN_OTLP_RATIO:g}x SDK OTLP/HTTP exporter, 0 lost",
+            otlp_ratio >= MIN_OTLP_RATIO and lost == 0,
         ),
         Figure.info("    log records lost on the way to the hub", float(lost), "records"),
     ]
@@ -538,9 +574,67 @@ async def _serve_hub() -> None:
         await serve_commands(answer)
 
 
+def _serve_otlp() -> None:
+    """An OTLP/HTTP receiver on loopback, as a Collector receives: parse each logs request,
+    count its records, answer with an empty response. Threads, HTTP/1.1 keep-alive."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: PLC0415
+
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (  # noqa: PLC0415
+        ExportLogsServiceRequest,
+        ExportLogsServiceResponse,
+    )
+
+    reply = ExportLogsServiceResponse().SerializeToString()
+    lock = threading.Lock()
+    received = [0]
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            request = ExportLogsServiceRequest()
+            request.ParseFromString(body)
+            count = sum(
+                len(scope.log_records)
+                for resource in request.resource_logs
+                for scope in resource.scope_logs
+            )
+            with lock:
+                received[0] += count
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="otlp", daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    say(url=f"http://{host!s}:{port}")
+
+    async def answer(command: dict[str, Any]) -> dict[str, Any]:
+        with lock:
+            return {"logs": received[0]}
+
+    try:
+        asyncio.run(serve_commands(answer))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _main(argv: Sequence[str]) -> None:
     if list(argv) == ["hub"]:
         asyncio.run(_serve_hub())
+        return
+    if list(argv) == ["otlp"]:
+        _serve_otlp()
         return
     from .harness import format_table  # noqa: PLC0415
 
