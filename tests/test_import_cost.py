@@ -24,6 +24,7 @@ ONLY_WHEN_USED = (
     "opentelemetry.sdk._logs",
     "when_coordinator.otel.span_processor",
     "difflib",  # only to suggest the name of a misspelt WHEN_* variable
+    "opentelemetry.baggage",  # its regular expressions: at the first workflow
 )
 
 

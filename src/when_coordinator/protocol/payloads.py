@@ -580,9 +580,10 @@ def json_type(value: Any) -> str:
     return "object"
 
 
-_ERROR = re.compile(r"(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?", re.S)
-_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
-_EXPECTED = re.compile(r"Expected `(?P<type>[^`]+)`, got `[^`]+`")
+# Only for an error message: compiled (and cached by ``re``) at the first, not at import.
+_ERROR = r"(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?"
+_STEP = r"\.([^.\[]+)|\[(\d+)\]"
+_EXPECTED = r"Expected `(?P<type>[^`]+)`, got `[^`]+`"
 _KINDS = {
     "str": "a string",
     "int": "an integer",
@@ -598,11 +599,11 @@ _KINDS = {
 
 def explain(exc: msgspec.ValidationError, cls: type[Any], where: str, data: Any) -> PayloadError:
     """msgspec's error, reworded to name the payload, the field and the value it got."""
-    match = _ERROR.fullmatch(str(exc))
+    match = re.fullmatch(_ERROR, str(exc), re.S)
     assert match is not None  # the pattern matches any text
     reason, path = match["reason"], match["path"] or ""
     value, leaf, first = data, cls, True
-    for key, index in _STEP.findall(path):
+    for key, index in re.findall(_STEP, path):
         if key:
             where += f" field '{key}'" if first else f"['{key}']"
             first = False
@@ -612,7 +613,7 @@ def explain(exc: msgspec.ValidationError, cls: type[Any], where: str, data: Any)
             where += f"[{index}]"
             value = value[int(index)] if isinstance(value, list) else None
             leaf = _item_type(leaf)
-    expected = _EXPECTED.fullmatch(reason)
+    expected = re.fullmatch(_EXPECTED, reason)
     if expected is not None:
         kind = _KINDS.get(expected["type"], f"`{expected['type']}`")
         if leaf is Phase:

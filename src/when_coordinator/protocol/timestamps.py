@@ -70,7 +70,8 @@ def is_timestamp(text: str) -> bool:
 
 
 # For parse_timestamp: the fields; the calendar is then checked by ``datetime`` itself.
-_TIMESTAMP_RE = re.compile(
+# Compiled (and cached by ``re``) at the first parse, not at every process's import.
+_TIMESTAMP_FIELDS = (
     r"([0-9]{4})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):([0-5][0-9])"
     r":([0-5][0-9]|60)(?:\.([0-9]{1,9}))?(?:[Zz]|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))"
 )
@@ -161,7 +162,7 @@ def parse_timestamp(text: str) -> datetime:
     Digits past microseconds are truncated (``datetime`` cannot hold them); the wire string is
     what a ``Message`` keeps, so nothing is lost in a round trip.
     """
-    match = _TIMESTAMP_RE.fullmatch(text) if isinstance(text, str) else None
+    match = re.fullmatch(_TIMESTAMP_FIELDS, text) if isinstance(text, str) else None
     if match is None:
         raise _invalid(text)
     year, month, day, hour, minute, second, frac, sign, off_h, off_m = match.groups()
