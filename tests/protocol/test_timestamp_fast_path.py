@@ -9,9 +9,11 @@ and the calendar over many years, against the pattern, which stays the definitio
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 
+from when_coordinator.protocol import ProtocolError, decode
 from when_coordinator.protocol.timestamps import (
     all_timestamps,
     check_timestamps,
@@ -141,3 +143,19 @@ def test_odd_texts(text: str) -> None:
     if not is_timestamp(text):  # one wrong among good ones spoils the lot
         assert all_timestamps([VALID, VALID])
         assert not all_timestamps([VALID, text, VALID])
+
+
+@pytest.mark.parametrize(
+    "tail", [".1234567890Z", "+0100", ".Z", "Z\n", "\uff10Z", "+24:00", ".5z", "Z", "-23:59"]
+)
+def test_decode_checks_an_envelope_of_a_second_it_has_seen(tail: str) -> None:
+    second = "2026-11-26T22:42:04"
+    frame = '{{"id": "m-1", "type": "status", "timestamp": {}, "payload": {{}}}}'
+    assert decode(frame.format(json.dumps(second + ".5Z"))).timestamp == second + ".5Z"
+    assert is_timestamp_seen(second + ".5Z")  # seen now, whichever path decode took
+    text = frame.format(json.dumps(second + tail))
+    if is_timestamp(second + tail):
+        assert decode(text).timestamp == second + tail
+    else:
+        with pytest.raises(ProtocolError, match="envelope 'timestamp'"):
+            decode(text)

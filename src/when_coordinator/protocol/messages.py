@@ -50,6 +50,9 @@ from .payloads import (
     json_type,
 )
 from .timestamps import (
+    _Z_SHAPES,
+    _ZERO_DIGITS,
+    _seconds_seen,
     all_timestamps,
     check_timestamp,
     format_timestamp,
@@ -305,7 +308,11 @@ def decode(text: str | bytes) -> Message:
         if match_timestamp(timestamp) is None or match_timestamp(payload.timestamp) is None:
             _check_timestamps(timestamp, payload, "log payload")
         payload = LogPayload(payload)
-    elif not is_timestamp_seen(timestamp):
+    elif not (
+        # is_timestamp_seen's first test, inline: a Python call is a third of its cost
+        timestamp[:19] in _seconds_seen
+        and timestamp.encode("ascii", "replace").translate(_ZERO_DIGITS) in _Z_SHAPES
+    ) and not is_timestamp_seen(timestamp):
         raise ProtocolError(f"envelope 'timestamp': {_not_rfc3339(timestamp)}")
     return Message(
         id=frame.id,

@@ -110,7 +110,7 @@ _SHAPES = frozenset(
 
 _Z_SHAPES = frozenset(shape for shape in _SHAPES if shape[-1:] in (b"Z", b"z"))
 _SECONDS_SEEN_MAX = 4096
-_seconds_seen: set[str] = set()
+_seconds_seen: set[str] = set()  # cleared in place, never replaced: decode reads it too
 
 
 def is_timestamp_seen(text: str) -> bool:
