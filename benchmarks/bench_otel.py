@@ -4,11 +4,15 @@ Three comparisons, each measured in one run with the baseline on the same machin
 figures 1 to 3, with its targets):
 
 1. A whole workflow (auto lifecycle, 10 progress calls with a stage each, delivered to a
-   local hub) beside a bare SDK span given the same number of ``add_event`` calls (one per
-   phase change and per progress, as a hand-instrumented workflow would). Both tracer
-   providers export through a ``BatchSpanProcessor`` to an exporter that discards; both are
-   flushed at the end of each batch, ours also waits until the hub acknowledged everything.
-   Target: at most 1.5x the bare span.
+   local hub) beside the least that job needs (issue 13): a bare SDK span given the same
+   number of ``add_event`` calls (one per phase change and per progress, as a
+   hand-instrumented workflow would), plus the frames our client sent for such a workflow,
+   pre-encoded, handed per workflow to a raw ``websockets`` client on its own thread and loop
+   (registered with the same hub, as ours is) and acknowledged by the hub (a WebSocket ping
+   after the last frame of the batch, answered). Target: at most 1.5x. The row beside the
+   bare span alone (issue 7's) is kept for information. All tracer providers export through
+   a ``BatchSpanProcessor`` to an exporter that discards and are flushed at the end of each
+   batch.
 2. What ``wf.progress()`` costs its caller beside ``span.add_event()``: the phase manager
    update, the span attribute and the enqueue; the client thread sends in the background.
    Target: at most 1.5 us more.
@@ -16,6 +20,10 @@ figures 1 to 3, with its targets):
    ``LoggingHandler`` (the one the instrumentor attaches) and a
    ``BatchLogRecordProcessor`` to our exporter and on to the hub, beside the same pipeline
    with an exporter that discards; every record must reach the hub. Target: at least 0.8x.
+   And beside the same pipeline exporting with the SDK's OTLP/HTTP exporter (protobuf) to a
+   local receiver in its own process (the peer a user would pick instead; it parses each
+   request, counts the records and answers as a Collector does), every record received.
+   Target (issue 13): at least 1.0x.
 
 ``BENCH_METRICS=on`` runs them with the package's metrics on (otel/metrics.py), through an SDK
 meter provider whose periodic reader collects every second into an exporter that discards: a
@@ -30,14 +38,17 @@ thread does, since it is part of what a service pays.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import (
@@ -61,10 +72,12 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.util.types import AttributeValue
+from websockets.asyncio.client import ClientConnection, connect
 
 from when_coordinator import Config, Coordinator, workflow
 from when_coordinator.otel import CoordinationLogExporter
 from when_coordinator.otel import metrics as when_metrics
+from when_coordinator.protocol import Message, MessageType, RegisterPayload, decode, encode
 
 from .harness import Child, Figure, compare, measure, say, serve_commands
 
@@ -76,6 +89,7 @@ MAX_PROGRESS_EXTRA_US = 1.5
 LOG_RECORDS = 10_000
 LOG_REPEAT = 5
 MIN_LOG_RATIO = 0.8
+MIN_OTLP_RATIO = 1.0
 
 
 class _Discard(SpanExporter):
@@ -155,6 +169,104 @@ def _us(seconds: float) -> float:
 
 # --------------------------------------------------------------------------- 1. workflows
 
+_WF = "\x00wf\x00"  # where a frame template has the workflow id
+_ID = "\x00id\x00"  # and the message id
+
+
+class _RawService:
+    """The least a service needs to deliver a workflow's messages: a plain ``websockets``
+    client on its own thread and event loop (as our client thread is), registered with the
+    hub, sending pre-encoded frames as the application hands them over, and asking for the
+    hub's acknowledgement (a WebSocket ping, answered after every frame before it) at the end
+    of a batch. Frames the hub sends (its JSON pings) are read and dropped."""
+
+    def __init__(self, url: str, templates: Sequence[str]) -> None:
+        self.templates = tuple(templates)
+        self._ids = itertools.count()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="raw-ws", daemon=True)
+        self._thread.start()
+        self._queue: asyncio.Queue[list[str]] = asyncio.Queue()
+        self.ws: ClientConnection = self._run(self._connect(url))
+
+    def _run(self, coroutine: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    async def _connect(self, url: str) -> ClientConnection:
+        ws = await connect(
+            url,
+            compression=None,
+            max_size=None,
+            additional_headers={"X-Service-Name": "bench-raw"},
+        )
+        await ws.send(encode(Message.create(RegisterPayload("bench-raw", instance_id="raw-1"))))
+        while decode(await ws.recv()).type is not MessageType.REGISTERED:
+            pass
+        self._reader = asyncio.create_task(self._drop_incoming(ws))
+        self._sender = asyncio.create_task(self._send_handed(ws))
+        return ws
+
+    @staticmethod
+    async def _drop_incoming(ws: ClientConnection) -> None:
+        async for _ in ws:
+            pass
+
+    async def _send_handed(self, ws: ClientConnection) -> None:
+        while True:
+            frames = await self._queue.get()
+            for frame in frames:
+                await ws.send(frame)
+            self._queue.task_done()
+
+    def hand(self) -> None:
+        """From the application thread: one workflow's frames, with a fresh workflow id and
+        fresh message ids put into the templates, queued for the client's thread."""
+        workflow_id = f"raw-wf-{next(self._ids)}"
+        frames = [
+            t.replace(_WF, workflow_id).replace(_ID, f"raw-{workflow_id}-{i}")
+            for i, t in enumerate(self.templates)
+        ]
+        self.loop.call_soon_threadsafe(self._queue.put_nowait, frames)
+
+    def acknowledged(self) -> None:
+        """Block until every handed frame is sent and the hub answered a ping sent after them."""
+
+        async def go() -> None:
+            await self._queue.join()
+            await (await self.ws.ping())
+
+        self._run(go())
+
+    def close(self) -> None:
+        async def go() -> None:
+            self._sender.cancel()
+            await self.ws.close()
+            await asyncio.wait([self._reader], timeout=10)
+
+        try:
+            self._run(go())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
+
+
+def _templates(coordinator: Coordinator, hub: Child) -> list[str]:
+    """The frames our client sent for one benchmark workflow, as the hub received them, with
+    the workflow id and the message ids made into placeholders."""
+    provider = TracerProvider()
+    with workflow("bench", coordinator=coordinator, tracer_provider=provider) as wf:
+        for i, stage in enumerate(STAGES):
+            wf.progress(10.0 * (i + 1), stage)
+        workflow_id = wf.id
+    provider.shutdown()
+    if not coordinator.flush(30):
+        raise RuntimeError("the hub did not acknowledge the sample workflow in time")
+    frames: list[str] = hub.ask(op="frames", workflow_id=workflow_id)["frames"]
+    if not frames:
+        raise RuntimeError(f"the hub has no frames of workflow {workflow_id}")
+    return [frame.replace(decode(frame).id, _ID).replace(workflow_id, _WF) for frame in frames]
+
 
 def _events_of_one_workflow(coordinator: Coordinator) -> list[int]:
     """Attribute counts of the events one benchmark workflow puts on its span."""
@@ -173,8 +285,9 @@ def _one_workflow(coordinator: Coordinator, provider: TracerProvider) -> None:
             wf.progress(10.0 * (i + 1), stage)
 
 
-def _workflows(coordinator: Coordinator) -> list[Figure]:
+def _workflows(coordinator: Coordinator, hub: Child) -> list[Figure]:
     events = _events_of_one_workflow(coordinator)
+    raw = _RawService(hub.hello["url"], _templates(coordinator, hub))
     ours_provider = TracerProvider()
     ours_provider.add_span_processor(BatchSpanProcessor(_Discard()))
     offline = Coordinator(Config(service_name="bench-offline"))  # no hub: sends nothing
@@ -199,14 +312,29 @@ def _workflows(coordinator: Coordinator) -> list[Figure]:
                     span.add_event("event", attributes)
         bare_provider.force_flush()
 
+    def bare_and_raw() -> None:
+        for _ in range(WORKFLOWS_PER_BATCH):
+            with tracer.start_as_current_span("bench") as span:
+                for attributes in event_attributes:
+                    span.add_event("event", attributes)
+            raw.hand()
+        bare_provider.force_flush()
+        raw.acknowledged()
+
     def ours_offline() -> None:
         for _ in range(WORKFLOWS_PER_BATCH):
             _one_workflow(offline, ours_provider)
         ours_provider.force_flush()
 
     dropped_before = coordinator.stats().dropped
-    mine, base = compare(ours, bare, ops=WORKFLOWS_PER_BATCH, repeat=5, min_time=0.5)
-    alone, base_again = compare(ours_offline, bare, ops=WORKFLOWS_PER_BATCH, repeat=5, min_time=0.3)
+    try:
+        mine, least = compare(ours, bare_and_raw, ops=WORKFLOWS_PER_BATCH, repeat=5, min_time=0.5)
+        mine_again, base = compare(ours, bare, ops=WORKFLOWS_PER_BATCH, repeat=5, min_time=0.5)
+        alone, base_again = compare(
+            ours_offline, bare, ops=WORKFLOWS_PER_BATCH, repeat=5, min_time=0.3
+        )
+    finally:
+        raw.close()
     # What one batch sends: workflow_created, a phase_changed per transition, and the progress
     # left after updates still queued were merged (coalesced) into the next.
     before = coordinator.stats()
@@ -224,10 +352,17 @@ def _workflows(coordinator: Coordinator) -> list[Figure]:
         Figure.versus(
             f"[1] workflow, {PROGRESS_CALLS} progress, to hub",
             _us(mine.median),
-            _us(base.median),
+            _us(least.median),
             "us/run",
             max_ratio=MAX_WORKFLOW_RATIO,
-            what=f"SDK span + {len(events)} add_event",
+            what=f"SDK span + {len(events)} add_event + raw websockets, "
+            f"{len(raw.templates)} frames acked",
+        ),
+        Figure.info(
+            "    same, beside the bare span alone (issue 7)",
+            _us(mine_again.median),
+            "us/run",
+            _us(base.median),
         ),
         Figure.info(
             "    same workflow, no hub (layer alone)",
@@ -240,6 +375,11 @@ def _workflows(coordinator: Coordinator) -> list[Figure]:
         Figure.info(
             "    delivery, per message sent (the difference)",
             _us(mine.median - alone.median) / messages,
+            "us/msg",
+        ),
+        Figure.info(
+            "    raw delivery, per frame (bare+raw minus bare)",
+            _us(least.median - base.median) / len(raw.templates),
             "us/msg",
         ),
     ]
@@ -321,11 +461,23 @@ def _emit(logger: logging.Logger, provider: LoggerProvider) -> None:
 
 
 def _logs(coordinator: Coordinator, hub: Child) -> list[Figure]:
+    otlp = Child("bench_otel", "otlp")
+    try:
+        return _log_rounds(coordinator, hub, otlp)
+    finally:
+        otlp.close()
+
+
+def _log_rounds(coordinator: Coordinator, hub: Child, otlp: Child) -> list[Figure]:
     ours_logger, ours_provider, _ = _log_pipeline(CoordinationLogExporter(coordinator))
     base_logger, base_provider, _ = _log_pipeline(_DiscardLogs())
+    otlp_logger, otlp_provider, _ = _log_pipeline(
+        OTLPLogExporter(endpoint=f"{otlp.hello['url']}/v1/logs", timeout=30)
+    )
     ours_rates: list[float] = []
     base_rates: list[float] = []
-    lost = 0
+    otlp_rates: list[float] = []
+    lost = otlp_lost = 0
     for _ in range(LOG_REPEAT):
         before = _hub_logs(hub)
         started = time.perf_counter()
@@ -338,10 +490,19 @@ def _logs(coordinator: Coordinator, hub: Child) -> list[Figure]:
         started = time.perf_counter()
         _emit(base_logger, base_provider)
         base_rates.append(LOG_RECORDS / (time.perf_counter() - started))
+
+        before = _hub_logs(otlp)
+        started = time.perf_counter()
+        _emit(otlp_logger, otlp_provider)  # force_flush returns once the receiver answered
+        otlp_rates.append(LOG_RECORDS / (time.perf_counter() - started))
+        otlp_lost += LOG_RECORDS - (_wait_logs(otlp, before + LOG_RECORDS) - before)
     ours_provider.shutdown()
     base_provider.shutdown()
-    ours, base = statistics.median(ours_rates), statistics.median(base_rates)
-    ratio = ours / base
+    otlp_provider.shutdown()
+    if otlp_lost:
+        raise RuntimeError(f"the OTLP receiver is missing {otlp_lost} records")
+    ours, base, by_otlp = (statistics.median(r) for r in (ours_rates, base_rates, otlp_rates))
+    ratio, otlp_ratio = ours / base, ours / by_otlp
     return [
         Figure(
             "[3] log records/s logging -> SDK -> hub",
@@ -351,6 +512,15 @@ def _logs(coordinator: Coordinator, hub: Child) -> list[Figure]:
             ratio,
             f">= {MIN_LOG_RATIO:g}x discarding exporter, 0 lost",
             ratio >= MIN_LOG_RATIO and lost == 0,
+        ),
+        Figure(
+            "[3] same, beside OTLP/HTTP to a local receiver",
+            ours,
+            by_otlp,
+            "rec/s",
+            otlp_ratio,
+            f">= {MIN_OTLP_RATIO:g}x SDK OTLP/HTTP exporter, 0 lost",
+            otlp_ratio >= MIN_OTLP_RATIO and lost == 0,
         ),
         Figure.info("    log records lost on the way to the hub", float(lost), "records"),
     ]
@@ -364,7 +534,7 @@ def run() -> list[Figure]:
     hub = Child("bench_otel", "hub")
     coordinator = _coordinator(hub.hello["url"])
     try:
-        figures = _workflows(coordinator)
+        figures = _workflows(coordinator, hub)
         figures += _progress(coordinator)
         figures += _logs(coordinator, hub)
         return figures
@@ -391,14 +561,79 @@ async def _serve_hub() -> None:
         say(url=hub.url)
 
         async def answer(command: dict[str, Any]) -> dict[str, Any]:
+            if command.get("op") == "frames":  # what one workflow's service sent, as text
+                wanted = command["workflow_id"]
+                return {
+                    "frames": [
+                        encode(r.message) for r in hub.received if r.message.workflow_id == wanted
+                    ]
+                }
             return {"logs": hub.state.logs.total}
 
         await serve_commands(answer)
 
 
+def _serve_otlp() -> None:
+    """An OTLP/HTTP receiver on loopback, as a Collector receives: parse each logs request,
+    count its records, answer with an empty response. Threads, HTTP/1.1 keep-alive."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: PLC0415
+
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (  # noqa: PLC0415
+        ExportLogsServiceRequest,
+        ExportLogsServiceResponse,
+    )
+
+    reply = ExportLogsServiceResponse().SerializeToString()
+    lock = threading.Lock()
+    received = [0]
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            request = ExportLogsServiceRequest()
+            request.ParseFromString(body)
+            count = sum(
+                len(scope.log_records)
+                for resource in request.resource_logs
+                for scope in resource.scope_logs
+            )
+            with lock:
+                received[0] += count
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="otlp", daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    say(url=f"http://{host!s}:{port}")
+
+    async def answer(command: dict[str, Any]) -> dict[str, Any]:
+        with lock:
+            return {"logs": received[0]}
+
+    try:
+        asyncio.run(serve_commands(answer))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _main(argv: Sequence[str]) -> None:
     if list(argv) == ["hub"]:
         asyncio.run(_serve_hub())
+        return
+    if list(argv) == ["otlp"]:
+        _serve_otlp()
         return
     from .harness import format_table  # noqa: PLC0415
 

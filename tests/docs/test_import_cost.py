@@ -22,6 +22,9 @@ ONLY_WHEN_USED = (
     "opentelemetry.instrumentation",
     "when_coordinator.otel.log_exporter",
     "opentelemetry.sdk._logs",
+    "when_coordinator.otel.span_processor",
+    "difflib",  # only to suggest the name of a misspelt WHEN_* variable
+    "opentelemetry.baggage",  # its regular expressions: at the first workflow
 )
 
 
@@ -47,8 +50,11 @@ def test_import_does_not_load_what_only_some_users_need(prefix: str) -> None:
 def test_the_lazy_names_still_import_by_their_public_names() -> None:
     modules = _modules_after(
         "from when_coordinator.otel import (\n"
-        "    CarriedCall, CoordinationLogExporter, WhenInstrumentor, attached, carrier\n"
+        "    CarriedCall, CoordinationLogExporter, CoordinationSpanProcessor, WhenInstrumentor,\n"
+        "    attached, carrier\n"
         ")\n"
+        "from opentelemetry.sdk.trace import SpanProcessor\n"
+        "assert issubclass(CoordinationSpanProcessor, SpanProcessor)\n"
         "from opentelemetry.instrumentation.instrumentor import BaseInstrumentor\n"
         "assert issubclass(WhenInstrumentor, BaseInstrumentor)\n"
         "assert callable(CoordinationLogExporter.export)\n"
@@ -56,6 +62,19 @@ def test_the_lazy_names_still_import_by_their_public_names() -> None:
     )
     assert "when_coordinator.otel.instrumentor" in modules
     assert "when_coordinator.otel.propagation" in modules
+    assert "when_coordinator.otel.span_processor" in modules
+
+
+def test_decoding_builds_its_frame_classes_on_first_use() -> None:
+    """The 16 frame classes and the decoder cost import time a CLI call need not pay."""
+    modules = _modules_after(
+        "from when_coordinator.protocol import messages\n"
+        "assert not messages._FRAME_TYPES\n"
+        'message = messages.decode(\'{"id": "m-1", "type": "ping"}\')\n'
+        "assert message.type is messages.MessageType.PING\n"
+        "assert len(messages._FRAME_TYPES) == len(messages.MessageType)"
+    )
+    assert "when_coordinator.protocol.messages" in modules
 
 
 def test_an_unknown_name_is_still_an_attribute_error() -> None:

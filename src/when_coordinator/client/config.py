@@ -7,7 +7,6 @@ Field names follow the reference Go ``Config`` in snake_case; durations are seco
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 import os
@@ -542,6 +541,8 @@ def check_environment(environ: Mapping[str, str]) -> None:
     for name in environ:
         if not name.startswith("WHEN_") or name in known:
             continue
+        import difflib  # noqa: PLC0415 - only for a misspelt variable, not at every import
+
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}?" if close else "see docs/configuration.md"
         warn_once(

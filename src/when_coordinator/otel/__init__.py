@@ -3,14 +3,15 @@
 What only some processes use is imported on first use of its name: the instrumentor pulls in
 ``opentelemetry.instrumentation`` (and through it ``importlib.metadata`` and ``packaging``),
 which only a process run under ``opentelemetry-instrument`` needs; the log exporter the SDK's
-logs pipeline; the propagation helpers the propagators. Every other import would pay for them.
+logs pipeline; the propagation helpers the propagators; the span processor the SDK's span
+processing, which only a process that adds it to its tracer provider needs. Every other import
+would pay for them.
 """
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
 from .metrics import disable_metrics, enable_metrics
-from .span_processor import CoordinationSpanProcessor
 from .tracking import get_coordinator, set_coordinator
 from .workflow import (
     AsyncWorkflow,
@@ -25,8 +26,10 @@ if TYPE_CHECKING:
     from .instrumentor import WhenInstrumentor
     from .log_exporter import CoordinationLogExporter
     from .propagation import CarriedCall, attached, carrier
+    from .span_processor import CoordinationSpanProcessor
 
 _LAZY = {
+    "CoordinationSpanProcessor": ".span_processor",
     "WhenInstrumentor": ".instrumentor",
     "CoordinationLogExporter": ".log_exporter",
     "CarriedCall": ".propagation",

@@ -17,8 +17,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanLimits
 from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
@@ -334,6 +334,9 @@ class WorkflowBase:
         self._progress_budget = _progress_events_allowed(self._span)
         self._tracker.adopt_span(self.id, self._span)
         self._tracker.bind(self._span.get_span_context().span_id, self.id)
+        # Imported here: its regular expressions are 5 ms of every process's import.
+        from opentelemetry import baggage  # noqa: PLC0415
+
         context = baggage.set_baggage(attr.BAGGAGE_WORKFLOW_ID, self.id)
         context = baggage.set_baggage(attr.BAGGAGE_ROOT_ID, self.root_id, context)
         context = trace.set_span_in_context(self._span, context)
@@ -546,6 +549,8 @@ def _inherited_ids() -> tuple[str, str]:
     current = current_run()
     if current is not None:
         return current.id, current.root_id
+    from opentelemetry import baggage  # noqa: PLC0415 - see _begin
+
     parent = baggage.get_baggage(attr.BAGGAGE_WORKFLOW_ID)
     root = baggage.get_baggage(attr.BAGGAGE_ROOT_ID)
     return (

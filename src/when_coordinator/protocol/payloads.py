@@ -88,7 +88,14 @@ class LogLevel(str, Enum):
 
 
 _LOG_LEVELS: dict[str, LogLevel] = {level.value: level for level in LogLevel}
-_PHASES: dict[str, Phase] = {phase.value: phase for phase in Phase}
+# A "from" phase as given (a wire string, a Phase, "" or None) to what is stored.
+_FROM_PHASES: dict[object, Phase | str] = {
+    "": "",
+    None: "",
+    **{phase.value: phase for phase in Phase},
+    **{phase: phase for phase in Phase},
+}
+_force_setattr = msgspec.structs.force_setattr
 
 ENVELOPE_WORKFLOW_TYPES = frozenset(
     {
@@ -278,17 +285,16 @@ class PhaseChangedPayload(WireStruct, frozen=True):
     _NAME: ClassVar[str] = "phase_changed"
 
     def __post_init__(self) -> None:
+        # Run for every decoded phase_changed (msgspec reads "from" as a string): one lookup.
         source: object = self.from_phase
-        if source.__class__ is Phase or source == "":
-            return
-        if source is None:
-            msgspec.structs.force_setattr(self, "from_phase", "")
-            return
-        known = _PHASES.get(source) if isinstance(source, str) else None
-        if known is None:
+        try:
+            known = _FROM_PHASES[source]
+        except (KeyError, TypeError):  # TypeError: unhashable
             names = ", ".join(p.value for p in Phase)
-            raise ProtocolError(f"field 'from': unknown phase {source!r} (one of {names})")
-        msgspec.structs.force_setattr(self, "from_phase", known)
+            message = f"field 'from': unknown phase {source!r} (one of {names})"
+            raise ProtocolError(message) from None
+        if known is not source:
+            _force_setattr(self, "from_phase", known)
 
 
 class CheckpointPayload(WireStruct, frozen=True):
@@ -574,9 +580,10 @@ def json_type(value: Any) -> str:
     return "object"
 
 
-_ERROR = re.compile(r"(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?", re.S)
-_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
-_EXPECTED = re.compile(r"Expected `(?P<type>[^`]+)`, got `[^`]+`")
+# Only for an error message: compiled (and cached by ``re``) at the first, not at import.
+_ERROR = r"(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?"
+_STEP = r"\.([^.\[]+)|\[(\d+)\]"
+_EXPECTED = r"Expected `(?P<type>[^`]+)`, got `[^`]+`"
 _KINDS = {
     "str": "a string",
     "int": "an integer",
@@ -592,11 +599,11 @@ _KINDS = {
 
 def explain(exc: msgspec.ValidationError, cls: type[Any], where: str, data: Any) -> PayloadError:
     """msgspec's error, reworded to name the payload, the field and the value it got."""
-    match = _ERROR.fullmatch(str(exc))
+    match = re.fullmatch(_ERROR, str(exc), re.S)
     assert match is not None  # the pattern matches any text
     reason, path = match["reason"], match["path"] or ""
     value, leaf, first = data, cls, True
-    for key, index in _STEP.findall(path):
+    for key, index in re.findall(_STEP, path):
         if key:
             where += f" field '{key}'" if first else f"['{key}']"
             first = False
@@ -606,7 +613,7 @@ def explain(exc: msgspec.ValidationError, cls: type[Any], where: str, data: Any)
             where += f"[{index}]"
             value = value[int(index)] if isinstance(value, list) else None
             leaf = _item_type(leaf)
-    expected = _EXPECTED.fullmatch(reason)
+    expected = re.fullmatch(_EXPECTED, reason)
     if expected is not None:
         kind = _KINDS.get(expected["type"], f"`{expected['type']}`")
         if leaf is Phase:

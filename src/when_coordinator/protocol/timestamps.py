@@ -2,24 +2,30 @@
 
 A timestamp stays the wire string everywhere (a ``Message``, a ``LogEntry``): ``datetime``
 cannot hold nanoseconds, and a round trip must not lose digits. What the decoder checks is
-that the string is valid, with one regular expression that knows the calendar: one C call
-per timestamp, which measured cheaper than any cache in front of it.
+that the string is valid. One regular expression that knows the calendar is the definition
+(``is_timestamp``); ``decode`` takes two cheaper paths that answer the same (tests sweep every
+field of every shape): an envelope's timestamp of a second already seen (``is_timestamp_seen``),
+and the timestamps of a log batch all at once, read by msgspec's C parser (``all_timestamps``).
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta, timezone
+
+import msgspec
 
 from .errors import ProtocolError
 
 __all__ = [
+    "all_timestamps",
     "check_timestamp",
     "check_timestamps",
     "format_timestamp",
     "is_timestamp",
+    "is_timestamp_seen",
     "match_timestamp",
     "parse_timestamp",
 ]
@@ -64,7 +70,8 @@ def is_timestamp(text: str) -> bool:
 
 
 # For parse_timestamp: the fields; the calendar is then checked by ``datetime`` itself.
-_TIMESTAMP_RE = re.compile(
+# Compiled (and cached by ``re``) at the first parse, not at every process's import.
+_TIMESTAMP_FIELDS = (
     r"([0-9]{4})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):([0-5][0-9])"
     r":([0-5][0-9]|60)(?:\.([0-9]{1,9}))?(?:[Zz]|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))"
 )
@@ -88,13 +95,74 @@ def check_timestamps(texts: Iterable[str]) -> int:
     return -1
 
 
+# ``all_timestamps``: the shape of each timestamp (its digits made 0) is one of these, and
+# msgspec's C parser, which knows the calendar and the ranges, reads each as a datetime. Within
+# these shapes msgspec accepts no more than the pattern (tests/protocol/test_timestamp_fast_path.py
+# sweeps every field); it refuses a leap second, which the pattern then accepts.
+_ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_SHAPES = frozenset(
+    b"0000-00-00" + separator + b"00:00:00" + fraction + offset
+    for separator in (b"T", b"t", b" ")
+    for fraction in (b"", *(b"." + b"0" * digits for digits in range(1, 10)))
+    for offset in (b"Z", b"z", b"+00:00", b"-00:00")
+)
+
+
+_Z_SHAPES = frozenset(shape for shape in _SHAPES if shape[-1:] in (b"Z", b"z"))
+_SECONDS_SEEN_MAX = 4096
+_seconds_seen: set[str] = set()  # cleared in place, never replaced: decode reads it too
+
+
+def is_timestamp_seen(text: str) -> bool:
+    """``is_timestamp``, cheaper for a UTC timestamp of a second already seen valid.
+
+    A message's envelope: the frames of one second share their first 19 characters (date,
+    hours, minutes, seconds), which the pattern checked once; the rest is then valid if its
+    shape is (a fraction of 1 to 9 digits and ``Z``), a lookup in C. About 0.26 us against
+    0.43 for the pattern. The set is bounded: full, it starts again.
+    """
+    shape = text.encode("ascii", "replace").translate(_ZERO_DIGITS)
+    if shape in _Z_SHAPES and text[:19] in _seconds_seen:
+        return True
+    if _match_stamp(text) is None:
+        return False
+    if len(_seconds_seen) >= _SECONDS_SEEN_MAX:
+        _seconds_seen.clear()
+    _seconds_seen.add(text[:19])
+    return True
+
+
+class _Datetimes(msgspec.Struct, array_like=True, frozen=True):
+    values: list[datetime]
+
+
+def all_timestamps(texts: Sequence[str]) -> bool:
+    """Whether every one of ``texts`` is RFC 3339, in a few C calls for all of them.
+
+    True only if ``check_timestamps`` would find none wrong; False may be a false alarm (an
+    empty text, a leap second), so a caller asks ``check_timestamps`` which one and whether.
+    For a log batch it costs about a quarter of matching the pattern once per timestamp.
+    """
+    shapes = "\n".join(texts).encode("ascii", "replace").translate(_ZERO_DIGITS)
+    first = shapes[: len(texts[0])]
+    # One formatter wrote them all, as a rule: every shape the same, one comparison in C.
+    uniform = first in _SHAPES and shapes == b"\n".join([first] * len(texts))
+    if not uniform and not _SHAPES.issuperset(shapes.split(b"\n")):
+        return False
+    try:
+        msgspec.convert((texts,), _Datetimes)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
 def parse_timestamp(text: str) -> datetime:
     """Parse RFC 3339 with any offset and 0 to 9 fractional digits into an aware datetime.
 
     Digits past microseconds are truncated (``datetime`` cannot hold them); the wire string is
     what a ``Message`` keeps, so nothing is lost in a round trip.
     """
-    match = _TIMESTAMP_RE.fullmatch(text) if isinstance(text, str) else None
+    match = re.fullmatch(_TIMESTAMP_FIELDS, text) if isinstance(text, str) else None
     if match is None:
         raise _invalid(text)
     year, month, day, hour, minute, second, frac, sign, off_h, off_m = match.groups()
