@@ -31,7 +31,15 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ...client import CommandEvent, Coordinator
-from ...protocol import Message, MessageType, ProtocolError, RegisteredPayload, decode, encode
+from ...protocol import (
+    Message,
+    MessageType,
+    Phase,
+    ProtocolError,
+    RegisteredPayload,
+    decode,
+    encode,
+)
 from ..tracking import get_coordinator, set_coordinator
 from .tasks import report_from_this_process
 
@@ -44,6 +52,11 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+ORDER_WAIT = 5.0
+"""Seconds at most that a child's reports wait for another child's reports of the same
+workflow (``Relay._in_turn``)."""
+_TERMINAL = frozenset(phase.value for phase in Phase if phase.is_terminal)
 
 
 class Relay:
@@ -65,6 +78,11 @@ class Relay:
         whatever else runs on the machine."""
         self._unsubscribe: Callable[[], None] | None = None
         self._default_status: Callable[[Message], None] | None = None
+        self._progressed: asyncio.Event | None = None
+        """Set (and replaced) on the relay's loop whenever a child reports a phase or a child
+        connection ends: what a held report waits for (``_in_turn``)."""
+        self._held = 0
+        """Reports waiting in ``_in_turn`` now (on the relay's loop)."""
 
     def start(self, timeout: float = 10.0) -> str:
         ready = threading.Event()
@@ -94,6 +112,7 @@ class Relay:
     def _main(self, ready: threading.Event) -> None:
         async def run() -> None:
             self._loop = asyncio.get_running_loop()
+            self._progressed = asyncio.Event()
             try:
                 self._server = await serve(
                     self._handle,
@@ -120,6 +139,11 @@ class Relay:
             return None
         return connection.respond(HTTPStatus.UNAUTHORIZED, "not a child of this worker\n")
 
+    @property
+    def held(self) -> int:
+        """Children's reports held back now, waiting for another child's (``_in_turn``)."""
+        return self._held
+
     def phase_of(self, workflow_id: str) -> str:
         """The last phase a child reported for ``workflow_id`` ("" when none)."""
         with self._lock:
@@ -143,6 +167,8 @@ class Relay:
                     continue
                 if message.type is MessageType.PONG:
                     continue
+                if message.type is MessageType.PHASE_CHANGED:
+                    await self._in_turn(message, ws)
                 self._note(message, ws)
                 self.coordinator.send(message)
         except ConnectionClosed:
@@ -151,6 +177,58 @@ class Relay:
             with self._lock:
                 for workflow_id in [k for k, v in self._owners.items() if v is ws]:
                     del self._owners[workflow_id]
+            self._progress()
+
+    def _progress(self) -> None:
+        """Wake the reports held in ``_in_turn`` (on the relay's loop)."""
+        event = self._progressed
+        if event is not None:
+            self._progressed = asyncio.Event()
+            event.set()
+
+    async def _in_turn(self, message: Message, ws: ServerConnection) -> None:
+        """Hold a child's phase change until the phase it continues from has been forwarded,
+        while another live child still owns the workflow (at most ``ORDER_WAIT`` seconds).
+
+        A retried task's next attempt may run in another pool process, and start, even
+        finish, before the process that ran the attempt before has sent its retry (the
+        recoverable ``error``, ``pausing``, ``paused``): Celery publishes the retry before it
+        fires ``task_retry``, and each child has its own connection here. Forwarded as they
+        come, the hub saw the workflow complete, then pause. Waiting here keeps one
+        workflow's reports in order at the hub; only this child's stream of reports waits,
+        never its tasks. A workflow this relay has not seen, or whose owner is gone or done,
+        is forwarded at once."""
+        workflow_id = message.workflow_id or message.payload.get("workflow_id")
+        source = message.payload.get("from")
+        if not isinstance(workflow_id, str) or not isinstance(source, str) or not source:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ORDER_WAIT
+        while True:
+            with self._lock:
+                owner = self._owners.get(workflow_id)
+                last = self._phases.get(workflow_id, "")
+            if owner is None or owner is ws or last == source or last in _TERMINAL:
+                return
+            remaining = deadline - loop.time()
+            event = self._progressed
+            if remaining <= 0 or event is None:
+                _log.warning(
+                    "%s: forwarding %s -> %s from one pool process before another's report "
+                    "of %s (it did not come within %.0f s)",
+                    workflow_id,
+                    source,
+                    message.payload.get("to"),
+                    source,
+                    ORDER_WAIT,
+                )
+                return
+            self._held += 1
+            try:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(event.wait(), remaining)
+            finally:
+                self._held -= 1
 
     def _registered(self, message: Message) -> Message:
         version = message.payload.get("protocol_version")
@@ -173,6 +251,8 @@ class Relay:
                 to = message.payload.get("to")
                 if isinstance(to, str):
                     self._phases[workflow_id] = to
+        if self._held and message.type is MessageType.PHASE_CHANGED:
+            self._progress()
 
     def _on_command(self, event: CommandEvent) -> None:
         if event.message is not None:
