@@ -445,8 +445,11 @@ class Config:
 
     @property
     def enabled(self) -> bool:
-        """Whether a hub is configured at all; without one, nothing connects."""
-        return bool(self.urls)
+        """Whether a hub is configured at all; without one, nothing connects.
+
+        Asked for every message queued: what ``urls`` would say (an item that is more than
+        blanks), without splitting the list each time."""
+        return bool(self.when_url.replace(",", " ").strip())
 
     @property
     def urls(self) -> tuple[str, ...]:

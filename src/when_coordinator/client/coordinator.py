@@ -523,7 +523,13 @@ class Coordinator:
     # ------------------------------------------------------------------ sending (any thread)
 
     def _enqueue(
-        self, message_type: MessageType | str, workflow_id: str, body: Any, size: int, seq: int = -1
+        self,
+        message_type: MessageType | str,
+        workflow_id: str,
+        body: Any,
+        size: int,
+        seq: int = -1,
+        text: str | None = None,
     ) -> bool:
         if self._closed or self._forked or not self.config.enabled:
             reason = "closed" if self._closed else "forked child" if self._forked else "no hub"
@@ -542,7 +548,12 @@ class Coordinator:
             return False
         outbox = self._outbox
         entry = Entry(message_type, workflow_id, body, size, time.time_ns(), seq)
-        if size > self._frame_limit and not self._fits_a_frame(entry):
+        if text is not None:  # already encoded (send_frame)
+            entry.text = text
+            if self._oversized(text, message_type):
+                self._outbox.reject(message_type, "larger than max_frame_bytes")
+                return False
+        elif size > self._frame_limit and not self._fits_a_frame(entry):
             return False  # refused before it could displace anything queued
         before = outbox.dropped_total
         accepted = outbox.put(entry)
@@ -582,6 +593,17 @@ class Coordinator:
             raise TypeError(f"send() takes a Message, got {type(message).__name__}")
         size = 120 + approx_size(message.payload)
         return self._enqueue(message.type, message.workflow_id, message, size)
+
+    def send_frame(self, text: str, message_type: MessageType | str, workflow_id: str = "") -> bool:
+        """Queue a frame that is already encoded, to go out exactly as it is; False if shed.
+
+        For a relay passing its children's messages through without decoding and encoding
+        each again. ``message_type`` and ``workflow_id`` are the frame's own: the outbox sheds
+        and orders by them. The frame is not checked beyond its size.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"send_frame() takes a str, got {type(text).__name__}")
+        return self._enqueue(message_type, workflow_id, None, len(text), text=text)
 
     def send_workflow_created(
         self,

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
+import msgspec
 from opentelemetry import _logs, trace
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -35,9 +36,7 @@ from ...protocol import (
     Message,
     MessageType,
     Phase,
-    ProtocolError,
     RegisteredPayload,
-    decode,
     encode,
 )
 from ..tracking import get_coordinator, set_coordinator
@@ -59,13 +58,37 @@ workflow (``Relay._in_turn``)."""
 _TERMINAL = frozenset(phase.value for phase in Phase if phase.is_terminal)
 
 
+class _PeekPayload(msgspec.Struct):
+    """What the relay reads of a payload; every other field passes through unread."""
+
+    workflow_id: Any = ""
+    source: Any = msgspec.field(default="", name="from")
+    to: Any = ""
+    protocol_version: Any = ""
+
+
+class _Peek(msgspec.Struct):
+    """A child's frame as the relay reads it: the envelope, checked, and ``_PeekPayload``."""
+
+    id: str
+    type: str
+    workflow_id: str = ""
+    timestamp: str = ""
+    payload: _PeekPayload = msgspec.field(default_factory=_PeekPayload)
+
+
+_peek = msgspec.json.Decoder(_Peek).decode
+_TYPES: dict[str, MessageType | str] = {kind.value: kind for kind in MessageType}
+
+
 class Relay:
     """See the module docstring. ``start()`` returns the ``ws://`` URL children dial."""
 
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
         self.dropped = 0
-        """Frames from children that did not decode (dropped, never forwarded)."""
+        """Frames from children that are not a JSON message envelope (dropped, never
+        forwarded). The rest goes to the hub as it came, which checks the payloads."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Server | None = None
         self._owners: dict[str, ServerConnection] = {}
@@ -158,19 +181,26 @@ class Relay:
         try:
             async for frame in ws:
                 try:
-                    message = decode(frame)
-                except ProtocolError:
+                    text = frame if isinstance(frame, str) else frame.decode()
+                    peek = _peek(text)
+                except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError):
                     self.dropped += 1
                     continue
-                if message.type is MessageType.REGISTER:
-                    await ws.send(encode(self._registered(message)))
+                kind = _TYPES.get(peek.type, peek.type)
+                if kind is MessageType.REGISTER:
+                    await ws.send(encode(self._registered(peek.payload.protocol_version)))
                     continue
-                if message.type is MessageType.PONG:
+                if kind is MessageType.PONG:
                     continue
-                if message.type is MessageType.PHASE_CHANGED:
-                    await self._in_turn(message, ws)
-                self._note(message, ws)
-                self.coordinator.send(message)
+                workflow_id = peek.workflow_id or peek.payload.workflow_id
+                if not isinstance(workflow_id, str):
+                    workflow_id = ""
+                if kind is MessageType.PHASE_CHANGED and workflow_id:
+                    await self._in_turn(workflow_id, peek.payload.source, peek.payload.to, ws)
+                self._note(workflow_id, kind, peek.payload.to, ws)
+                # Passed through as the child encoded it: decoding and encoding it again here
+                # cost the worker's main process more than the rest of the hop.
+                self.coordinator.send_frame(text, kind, peek.workflow_id)
         except ConnectionClosed:
             pass
         finally:
@@ -186,7 +216,7 @@ class Relay:
             self._progressed = asyncio.Event()
             event.set()
 
-    async def _in_turn(self, message: Message, ws: ServerConnection) -> None:
+    async def _in_turn(self, workflow_id: str, source: Any, to: Any, ws: ServerConnection) -> None:
         """Hold a child's phase change until the phase it continues from has been forwarded,
         while another live child still owns the workflow (at most ``ORDER_WAIT`` seconds).
 
@@ -198,9 +228,7 @@ class Relay:
         workflow's reports in order at the hub; only this child's stream of reports waits,
         never its tasks. A workflow this relay has not seen, or whose owner is gone or done,
         is forwarded at once."""
-        workflow_id = message.workflow_id or message.payload.get("workflow_id")
-        source = message.payload.get("from")
-        if not isinstance(workflow_id, str) or not isinstance(source, str) or not source:
+        if not isinstance(source, str) or not source:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ORDER_WAIT
@@ -218,7 +246,7 @@ class Relay:
                     "of %s (it did not come within %.0f s)",
                     workflow_id,
                     source,
-                    message.payload.get("to"),
+                    to,
                     source,
                     ORDER_WAIT,
                 )
@@ -230,28 +258,27 @@ class Relay:
             finally:
                 self._held -= 1
 
-    def _registered(self, message: Message) -> Message:
-        version = message.payload.get("protocol_version")
+    def _registered(self, version: Any) -> Message:
         return Message.create(
             RegisteredPayload(
                 service_id=self.coordinator.service_id,
                 instance_id=self.coordinator.config.instance_id,
                 message="relayed by the worker process",
-                protocol_version=version if isinstance(version, str) else "1.0",
+                protocol_version=version if isinstance(version, str) and version else "1.0",
             )
         )
 
-    def _note(self, message: Message, ws: ServerConnection) -> None:
-        workflow_id = message.workflow_id or message.payload.get("workflow_id")
-        if not isinstance(workflow_id, str) or not workflow_id:
+    def _note(
+        self, workflow_id: str, kind: MessageType | str, to: Any, ws: ServerConnection
+    ) -> None:
+        if not workflow_id:
             return
+        phase = kind is MessageType.PHASE_CHANGED and isinstance(to, str)
         with self._lock:
             self._owners[workflow_id] = ws
-            if message.type is MessageType.PHASE_CHANGED:
-                to = message.payload.get("to")
-                if isinstance(to, str):
-                    self._phases[workflow_id] = to
-        if self._held and message.type is MessageType.PHASE_CHANGED:
+            if phase:
+                self._phases[workflow_id] = to
+        if phase and self._held:
             self._progress()
 
     def _on_command(self, event: CommandEvent) -> None:
