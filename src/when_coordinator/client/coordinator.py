@@ -1104,6 +1104,8 @@ class Coordinator:
                 texts = self._collect()
                 if not texts:
                     await wake.wait()
+                    if self.config.write_delay:  # let the rest of a burst join this write
+                        await asyncio.sleep(self.config.write_delay)
                     continue
             await _send_frames(ws, texts)
             if outbox.inflight >= _INFLIGHT_CONFIRM_EVERY:

@@ -55,6 +55,8 @@ _log = logging.getLogger(__name__)
 ORDER_WAIT = 5.0
 """Seconds at most that a child's reports wait for another child's reports of the same
 workflow (``Relay._in_turn``)."""
+CHILD_WRITE_DELAY = 0.002
+"""Seconds a child's client lets its reports gather before writing them to the relay."""
 _TERMINAL = frozenset(phase.value for phase in Phase if phase.is_terminal)
 
 
@@ -325,6 +327,9 @@ def report_through(url: str, token: str) -> Coordinator:
         client_key_file="",
         reconnect_initial_delay=0.05,
         reconnect_max_delay=0.5,
+        # A task's reports come in two bursts (its start, its end) a moment apart: in one
+        # write to the relay, not one per message, each waking the worker's main process.
+        write_delay=CHILD_WRITE_DELAY,
     )
     coordinator = Coordinator(config)
     coordinator.connect()
