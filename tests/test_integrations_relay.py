@@ -201,3 +201,40 @@ def test_a_report_whose_owner_is_gone_is_not_held(relay: Relay, otel_hub: Thread
         await second.close()
 
     asyncio.run(scenario())
+
+
+def test_a_childs_message_reaches_the_hub_exactly_as_the_child_encoded_it(
+    relay: Relay, otel_hub: ThreadedHub
+) -> None:
+    """The hub gets it unchanged (passed through): same id, same timestamp, every field."""
+    created = Message.create(
+        WorkflowCreatedPayload(
+            workflow_id="wf-through",
+            parent_workflow_id="wf-parent",
+            root_workflow_id="wf-root",
+            action_id="task-1",
+            action_type="tasks.add",
+        )
+    )
+
+    async def scenario() -> None:
+        child = await registered_child(relay)
+        await child.send(encode(created))
+        await asyncio.to_thread(otel_hub.wait_for, lambda h: "wf-through" in h.workflows, TIMEOUT)
+        await child.close()
+
+    asyncio.run(scenario())
+    (received,) = [r.message for r in otel_hub.received if r.message.id == created.id]
+    assert encode(received) == encode(created)
+    assert relay.dropped == 0
+
+
+def test_send_frame_refuses_what_the_hub_would_close_the_connection_for(
+    otel_coordinator: Coordinator,
+) -> None:
+    limit = otel_coordinator.config.max_frame_bytes
+    before = otel_coordinator.stats().dropped
+    assert not otel_coordinator.send_frame("x" * (limit + 1), MessageType.LOG_BATCH)
+    assert otel_coordinator.stats().dropped == before + 1
+    with pytest.raises(TypeError):
+        otel_coordinator.send_frame(b"{}", MessageType.LOG)  # type: ignore[arg-type]
