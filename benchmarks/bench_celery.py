@@ -12,6 +12,7 @@ Target: at least 0.9x the baseline's tasks per second.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -31,6 +32,9 @@ MIN_RATIO = 0.9
 ROUND_TIMEOUT = 120.0
 BIN = Path(sys.executable).parent
 APP_DIR = ROOT / "examples" / "celery_app"
+PROFILE_ENV = "WHEN_BENCH_PROFILE"
+PROFILE = os.environ.get(PROFILE_ENV, "")
+"""A directory: the workers run under cProfile (``celery_profiled.py``), one file a thread."""
 
 
 def _free_port() -> int:
@@ -64,8 +68,40 @@ def _process(args: list[str], **kwargs: Any) -> Iterator[subprocess.Popen[bytes]
             process.wait()
 
 
-def _round(app: Any, broker: str, hub_url: str, ours: bool) -> float:
-    """Seconds per task of one worker run over ``TASKS`` queued tasks."""
+def _cpu_ns(pid: int) -> int:
+    """CPU time of every thread of process ``pid`` so far (ns; 0 once it is gone)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with (
+                contextlib.suppress(OSError, ValueError),
+                open(f"/proc/{pid}/task/{tid}/schedstat") as stat,
+            ):
+                total += int(stat.read().split()[0])
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{pid}/children") as listed:
+        return [int(child) for child in listed.read().split()]
+    return []
+
+
+def _cpu(worker: int, hub: int) -> dict[str, int]:
+    """CPU so far of the worker's main process, its pool processes and the hub (ns)."""
+    return {
+        "worker": _cpu_ns(worker),
+        "pool": sum(_cpu_ns(child) for child in _children(worker)),
+        "hub": _cpu_ns(hub),
+    }
+
+
+def _round(app: Any, broker: str, hub_url: str, hub_pid: int, ours: bool) -> float:
+    """Seconds per task of one worker run over ``TASKS`` queued tasks.
+
+    Also prints the CPU each process spent per task from the first task's completion to the
+    last one's: far steadier than the rate on a loaded machine, and it says where the time
+    goes (``/proc``; Linux only, nothing printed elsewhere)."""
     app.backend.client.flushdb()
     results = [app.send_task("tasks.add", args=(i, i)) for i in range(TASKS)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "WHEN_", "CELERY_"))}
@@ -84,11 +120,24 @@ def _round(app: Any, broker: str, hub_url: str, ours: bool) -> float:
     worker = [str(BIN / "opentelemetry-instrument"), str(BIN / "celery"), "-A", "tasks"]
     worker += ["worker", "--concurrency", "1", "--loglevel", "WARNING"]
     worker += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
-    with _process(worker, cwd=APP_DIR, env=env):
+    if PROFILE:
+        worker[1:2] = [str(Path(__file__).with_name("celery_profiled.py"))]
+        worker.insert(1, sys.executable)
+        env[PROFILE_ENV] = f"{PROFILE}/{'ours' if ours else 'baseline'}"
+        os.makedirs(env[PROFILE_ENV], exist_ok=True)
+    with _process(worker, cwd=APP_DIR, env=env) as process:
         deadline = time.monotonic() + ROUND_TIMEOUT
+        results[0].get(timeout=ROUND_TIMEOUT)
+        first = _cpu(process.pid, hub_pid)
         for result in results:
             result.get(timeout=max(1.0, deadline - time.monotonic()))
+        last = _cpu(process.pid, hub_pid)
     done = sorted(result.date_done for result in results)
+    if first["worker"]:
+        spent = ", ".join(
+            f"{name} {(last[name] - first[name]) / (TASKS - 1) / 1e6:.2f}" for name in first
+        )
+        print(f"    CPU ms per task: {spent}", file=sys.stderr, flush=True)
     return float((done[-1] - done[0]).total_seconds()) / (TASKS - 1)
 
 
@@ -103,14 +152,14 @@ def run() -> list[Figure]:
 
     hub_port = _free_port()
     hub = [str(BIN / "when-coordinator"), "hub", "--port", str(hub_port), "--log-level", "warning"]
-    with RedisServer(server) as redis, _process(hub):
+    with RedisServer(server) as redis, _process(hub) as hub_process:
         _wait_port(hub_port)
         hub_url = f"ws://127.0.0.1:{hub_port}/v1/coordination"
         app = celery.Celery("bench", broker=redis.url, backend=redis.url)
         best = {False: float("inf"), True: float("inf")}
         for _ in range(ROUNDS):
             for ours in (False, True):
-                seconds = _round(app, redis.url, hub_url, ours)
+                seconds = _round(app, redis.url, hub_url, hub_process.pid, ours)
                 best[ours] = min(best[ours], seconds)
                 label = "when_celery" if ours else "baseline"
                 print(f"  {label}: {1 / seconds:.0f} tasks/s", file=sys.stderr, flush=True)

@@ -5,16 +5,19 @@ come back to the child, bad frames are dropped and counted, and only children ge
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
+from tests.support.scripted_server import wait_until
 from when_coordinator import Coordinator
 from when_coordinator.hub import ThreadedHub
-from when_coordinator.otel.integrations.relay import Relay
+from when_coordinator.otel.integrations.relay import ORDER_WAIT, Relay
 from when_coordinator.protocol import (
+    ErrorPayload,
     Message,
     MessageType,
     Phase,
@@ -97,3 +100,141 @@ def test_only_children_of_the_worker_get_in(relay: Relay) -> None:
     with pytest.raises(InvalidStatus) as refused:
         asyncio.run(intrude("guessed"))
     assert refused.value.response.status_code == 401
+
+
+async def registered_child(relay: Relay) -> ClientConnection:
+    ws = await connect(relay.url, additional_headers={"Authorization": f"Bearer {relay.token}"})
+    await ws.send(encode(Message.create(RegisterPayload(service_name="child"))))
+    assert decode(await asyncio.wait_for(ws.recv(), TIMEOUT)).type is MessageType.REGISTERED
+    return ws
+
+
+async def send_phases(ws: ClientConnection, workflow_id: str, *phases: Phase) -> None:
+    for source, target in itertools.pairwise(phases):
+        await ws.send(encode(Message.create(PhaseChangedPayload(workflow_id, source, target))))
+
+
+def test_a_retry_in_another_child_reaches_the_hub_after_the_attempt_before(
+    relay: Relay, otel_hub: ThreadedHub
+) -> None:
+    """The next attempt of a retried task may run (even finish) in another pool process
+    before the process of the attempt before has reported its retry: the hub still sees the
+    workflow's phases in order, the failed attempt's error included."""
+
+    async def scenario() -> None:
+        first, second = await registered_child(relay), await registered_child(relay)
+        await first.send(encode(Message.create(WorkflowCreatedPayload(workflow_id="wf-retry"))))
+        await send_phases(
+            first, "wf-retry", Phase.PENDING, Phase.PRE_FLIGHT, Phase.PLANNING, Phase.EXECUTION
+        )
+        await asyncio.to_thread(
+            otel_hub.wait_for,
+            lambda h: (
+                "wf-retry" in h.workflows and h.workflows["wf-retry"].phase is Phase.EXECUTION
+            ),
+            TIMEOUT,
+        )
+        # The next attempt, in the other child, runs to the end first...
+        await send_phases(
+            second,
+            "wf-retry",
+            Phase.PAUSED,
+            Phase.RESUMING,
+            Phase.EXECUTION,
+            Phase.COMPLETING,
+            Phase.COMPLETED,
+        )
+        await asyncio.to_thread(wait_until, lambda: relay.held == 1, TIMEOUT, "a held report")
+        # ... and only then does the first child report its retry.
+        error = ErrorPayload("wf-retry", "ConnectionError: attempt 1 failed", True)
+        await first.send(encode(Message.create(error)))
+        await send_phases(first, "wf-retry", Phase.EXECUTION, Phase.PAUSING, Phase.PAUSED)
+        await asyncio.to_thread(
+            otel_hub.wait_for,
+            lambda h: h.workflows["wf-retry"].phase is Phase.COMPLETED,
+            TIMEOUT,
+        )
+        await first.close()
+        await second.close()
+
+    asyncio.run(scenario())
+    workflow = otel_hub.workflows["wf-retry"]
+    assert [c.to_phase for c in workflow.history] == [
+        Phase.PRE_FLIGHT,
+        Phase.PLANNING,
+        Phase.EXECUTION,
+        Phase.PAUSING,
+        Phase.PAUSED,
+        Phase.RESUMING,
+        Phase.EXECUTION,
+        Phase.COMPLETING,
+        Phase.COMPLETED,
+    ]
+    assert [(e.error, e.recoverable) for e in workflow.errors] == [
+        ("ConnectionError: attempt 1 failed", True)
+    ]
+    assert workflow.anomaly_count == 0, workflow.anomalies
+    assert relay.held == 0
+
+
+def test_a_report_whose_owner_is_gone_is_not_held(relay: Relay, otel_hub: ThreadedHub) -> None:
+    """The child that owned the workflow ended (killed under its task): another child's
+    report about it is forwarded at once, with nothing to wait for."""
+
+    async def scenario() -> None:
+        first = await registered_child(relay)
+        await first.send(encode(Message.create(WorkflowCreatedPayload(workflow_id="wf-lost"))))
+        await send_phases(first, "wf-lost", Phase.PENDING, Phase.PRE_FLIGHT, Phase.PLANNING)
+        await asyncio.to_thread(
+            otel_hub.wait_for,
+            lambda h: "wf-lost" in h.workflows and h.workflows["wf-lost"].phase is Phase.PLANNING,
+            TIMEOUT,
+        )
+        await first.close()
+        second = await registered_child(relay)
+        await send_phases(second, "wf-lost", Phase.PAUSED, Phase.RESUMING)
+        await asyncio.to_thread(
+            otel_hub.wait_for,
+            lambda h: h.workflows["wf-lost"].phase is Phase.RESUMING,
+            ORDER_WAIT / 2,  # far less than a held report's bound
+        )
+        await second.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_childs_message_reaches_the_hub_exactly_as_the_child_encoded_it(
+    relay: Relay, otel_hub: ThreadedHub
+) -> None:
+    """The hub gets it unchanged (passed through): same id, same timestamp, every field."""
+    created = Message.create(
+        WorkflowCreatedPayload(
+            workflow_id="wf-through",
+            parent_workflow_id="wf-parent",
+            root_workflow_id="wf-root",
+            action_id="task-1",
+            action_type="tasks.add",
+        )
+    )
+
+    async def scenario() -> None:
+        child = await registered_child(relay)
+        await child.send(encode(created))
+        await asyncio.to_thread(otel_hub.wait_for, lambda h: "wf-through" in h.workflows, TIMEOUT)
+        await child.close()
+
+    asyncio.run(scenario())
+    (received,) = [r.message for r in otel_hub.received if r.message.id == created.id]
+    assert encode(received) == encode(created)
+    assert relay.dropped == 0
+
+
+def test_send_frame_refuses_what_the_hub_would_close_the_connection_for(
+    otel_coordinator: Coordinator,
+) -> None:
+    limit = otel_coordinator.config.max_frame_bytes
+    before = otel_coordinator.stats().dropped
+    assert not otel_coordinator.send_frame("x" * (limit + 1), MessageType.LOG_BATCH)
+    assert otel_coordinator.stats().dropped == before + 1
+    with pytest.raises(TypeError):
+        otel_coordinator.send_frame(b"{}", MessageType.LOG)  # type: ignore[arg-type]

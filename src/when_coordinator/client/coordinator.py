@@ -400,12 +400,13 @@ class Coordinator:
         self,
         message_type: MessageType | str,
         workflow_id: str,
-        body: QueuedBody,
+        body: QueuedBody | None,
         size: int,
         phase_sequence: int = -1,
+        frame: str | None = None,
     ) -> bool:
-        """Queue one message (any thread); ``phase_sequence`` is the ``PhaseState.sequence``
-        of the transition a ``phase_changed`` reports (-1 for anything else)."""
+        """Queue one message (any thread); ``phase_sequence``: the ``PhaseState.sequence`` of
+        a ``phase_changed`` (else -1); ``frame``: the message encoded already (``send_frame``)."""
         if self._closed or self._forked or not self.config.enabled:
             reason = "closed" if self._closed else "forked child" if self._forked else "no hub"
             self._core.outbox.reject(message_type, f"not sending: {reason}")
@@ -418,6 +419,8 @@ class Coordinator:
                 )
             return False
         entry = Entry(message_type, workflow_id, body, size, time.time_ns(), phase_sequence)
+        if frame is not None:
+            entry.frame = frame
         return self._core.enqueue(entry)
 
     def send(self, message: Message) -> bool:
@@ -426,6 +429,14 @@ class Coordinator:
             raise TypeError(f"send() takes a Message, got {type(message).__name__}")
         size = 120 + approx_size(message.payload)
         return self._enqueue(message.type, message.workflow_id, message, size)
+
+    def send_frame(self, text: str, message_type: MessageType | str, workflow_id: str = "") -> bool:
+        """Queue an encoded frame to go out as it is (a relay passing its children's frames
+        through); False if shed. ``message_type`` and ``workflow_id`` are the frame's own, for
+        shedding and order; nothing but its size is checked."""
+        if not isinstance(text, str):
+            raise TypeError(f"send_frame() takes a str, got {type(text).__name__}")
+        return self._enqueue(message_type, workflow_id, None, len(text), frame=text)
 
     def send_workflow_created(
         self,
@@ -628,8 +639,6 @@ class Coordinator:
             url=session.url,
         )
 
-    # ------------------------------------------------------------------ default handlers
-
     def _on_registered(self, message: Message) -> None:
         payload = self._core.handle_registered(message, time.time_ns())
         self._registered.set()
@@ -643,9 +652,6 @@ class Coordinator:
 
     def _on_command(self, message: Message) -> None:
         self._fire("command", self._core.handle_command(message))
-
-
-# ---------------------------------------------------------------------- process lifecycle
 
 
 def _close_at_exit(ref: weakref.ref[Coordinator]) -> None:

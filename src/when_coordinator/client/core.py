@@ -124,7 +124,11 @@ class ClientCore:
             self.outbox.reject(entry.type, "not sending: the parent process's workflow")
             return False
         outbox = self.outbox
-        if entry.size > self.frame_limit and not self._fits_a_frame(entry):
+        if entry.frame is not None:  # already encoded (``Coordinator.send_frame``)
+            if self.oversized(entry.frame, entry.type):
+                outbox.reject(entry.type, "larger than max_frame_bytes")
+                return False
+        elif entry.size > self.frame_limit and not self._fits_a_frame(entry):
             return False  # refused before it could displace anything queued
         before = outbox.dropped_total
         accepted = outbox.put(entry)

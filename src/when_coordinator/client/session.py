@@ -393,6 +393,8 @@ class Session:
                 frames = self._frames()
                 if not frames:
                     await wake.wait()
+                    if self.config.write_delay:  # let the rest of a burst join this write
+                        await asyncio.sleep(self.config.write_delay)
                     continue
             try:
                 await send_frames(ws, frames)

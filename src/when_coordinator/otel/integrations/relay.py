@@ -23,14 +23,23 @@ import secrets
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
+from typing import Any
 
-from opentelemetry import _logs, trace
+import msgspec
+from opentelemetry import trace
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ..._compat.otel import get_logger_provider
 from ...client import CommandEvent, Coordinator
-from ...protocol import Message, MessageType, ProtocolError, RegisteredPayload, decode, encode
+from ...protocol import (
+    Message,
+    MessageType,
+    Phase,
+    RegisteredPayload,
+    encode,
+)
 from ..tracking import get_coordinator, set_coordinator
 from .tasks import report_from_this_process
 
@@ -44,6 +53,36 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
+ORDER_WAIT = 5.0
+"""Seconds at most that a child's reports wait for another child's reports of the same
+workflow (``Relay._in_turn``)."""
+CHILD_WRITE_DELAY = 0.002
+"""Seconds a child's client lets its reports gather before writing them to the relay."""
+_TERMINAL = frozenset(phase.value for phase in Phase if phase.is_terminal)
+
+
+class _PeekPayload(msgspec.Struct):
+    """What the relay reads of a payload; every other field passes through unread."""
+
+    workflow_id: Any = ""
+    source: Any = msgspec.field(default="", name="from")
+    to: Any = ""
+    protocol_version: Any = ""
+
+
+class _Peek(msgspec.Struct):
+    """A child's frame as the relay reads it: the envelope, checked, and ``_PeekPayload``."""
+
+    id: str
+    type: str
+    workflow_id: str = ""
+    timestamp: str = ""
+    payload: _PeekPayload = msgspec.field(default_factory=_PeekPayload)
+
+
+_peek = msgspec.json.Decoder(_Peek).decode
+_TYPES: dict[str, MessageType | str] = {kind.value: kind for kind in MessageType}
+
 
 class Relay:
     """See the module docstring. ``start()`` returns the ``ws://`` URL children dial."""
@@ -51,7 +90,8 @@ class Relay:
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
         self.dropped = 0
-        """Frames from children that did not decode (dropped, never forwarded)."""
+        """Frames from children that are not a JSON message envelope (dropped, never
+        forwarded). The rest goes to the hub as it came, which checks the payloads."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Server | None = None
         self._owners: dict[str, ServerConnection] = {}
@@ -64,6 +104,11 @@ class Relay:
         whatever else runs on the machine."""
         self._unsubscribe: Callable[[], None] | None = None
         self._default_status: Callable[[Message], None] | None = None
+        self._progressed: asyncio.Event | None = None
+        """Set (and replaced) on the relay's loop whenever a child reports a phase or a child
+        connection ends: what a held report waits for (``_in_turn``)."""
+        self._held = 0
+        """Reports waiting in ``_in_turn`` now (on the relay's loop)."""
 
     def start(self, timeout: float = 10.0) -> str:
         ready = threading.Event()
@@ -93,6 +138,7 @@ class Relay:
     def _main(self, ready: threading.Event) -> None:
         async def run() -> None:
             self._loop = asyncio.get_running_loop()
+            self._progressed = asyncio.Event()
             try:
                 self._server = await serve(
                     self._handle,
@@ -119,6 +165,11 @@ class Relay:
             return None
         return connection.respond(HTTPStatus.UNAUTHORIZED, "not a child of this worker\n")
 
+    @property
+    def held(self) -> int:
+        """Children's reports held back now, waiting for another child's (``_in_turn``)."""
+        return self._held
+
     def phase_of(self, workflow_id: str) -> str:
         """The last phase a child reported for ``workflow_id`` ("" when none)."""
         with self._lock:
@@ -133,45 +184,105 @@ class Relay:
         try:
             async for frame in ws:
                 try:
-                    message = decode(frame)
-                except ProtocolError:
+                    text = frame if isinstance(frame, str) else frame.decode()
+                    peek = _peek(text)
+                except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError):
                     self.dropped += 1
                     continue
-                if message.type is MessageType.REGISTER:
-                    await ws.send(encode(self._registered(message)))
+                kind = _TYPES.get(peek.type, peek.type)
+                if kind is MessageType.REGISTER:
+                    await ws.send(encode(self._registered(peek.payload.protocol_version)))
                     continue
-                if message.type is MessageType.PONG:
+                if kind is MessageType.PONG:
                     continue
-                self._note(message, ws)
-                self.coordinator.send(message)
+                workflow_id = peek.workflow_id or peek.payload.workflow_id
+                if not isinstance(workflow_id, str):
+                    workflow_id = ""
+                if kind is MessageType.PHASE_CHANGED and workflow_id:
+                    await self._in_turn(workflow_id, peek.payload.source, peek.payload.to, ws)
+                self._note(workflow_id, kind, peek.payload.to, ws)
+                # Passed through as the child encoded it: decoding and encoding it again here
+                # cost the worker's main process more than the rest of the hop.
+                self.coordinator.send_frame(text, kind, peek.workflow_id)
         except ConnectionClosed:
             pass
         finally:
             with self._lock:
                 for workflow_id in [k for k, v in self._owners.items() if v is ws]:
                     del self._owners[workflow_id]
+            self._progress()
 
-    def _registered(self, message: Message) -> Message:
-        version = message.payload.get("protocol_version")
+    def _progress(self) -> None:
+        """Wake the reports held in ``_in_turn`` (on the relay's loop)."""
+        event = self._progressed
+        if event is not None:
+            self._progressed = asyncio.Event()
+            event.set()
+
+    async def _in_turn(self, workflow_id: str, source: Any, to: Any, ws: ServerConnection) -> None:
+        """Hold a child's phase change until the phase it continues from has been forwarded,
+        while another live child still owns the workflow (at most ``ORDER_WAIT`` seconds).
+
+        A retried task's next attempt may run in another pool process, and start, even
+        finish, before the process that ran the attempt before has sent its retry (the
+        recoverable ``error``, ``pausing``, ``paused``): Celery publishes the retry before it
+        fires ``task_retry``, and each child has its own connection here. Forwarded as they
+        come, the hub saw the workflow complete, then pause. Waiting here keeps one
+        workflow's reports in order at the hub; only this child's stream of reports waits,
+        never its tasks. A workflow this relay has not seen, or whose owner is gone or done,
+        is forwarded at once."""
+        if not isinstance(source, str) or not source:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ORDER_WAIT
+        while True:
+            with self._lock:
+                owner = self._owners.get(workflow_id)
+                last = self._phases.get(workflow_id, "")
+            if owner is None or owner is ws or last == source or last in _TERMINAL:
+                return
+            remaining = deadline - loop.time()
+            event = self._progressed
+            if remaining <= 0 or event is None:
+                _log.warning(
+                    "%s: forwarding %s -> %s from one pool process before another's report "
+                    "of %s (it did not come within %.0f s)",
+                    workflow_id,
+                    source,
+                    to,
+                    source,
+                    ORDER_WAIT,
+                )
+                return
+            self._held += 1
+            try:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(event.wait(), remaining)
+            finally:
+                self._held -= 1
+
+    def _registered(self, version: Any) -> Message:
         return Message.create(
             RegisteredPayload(
                 service_id=self.coordinator.service_id,
                 instance_id=self.coordinator.config.instance_id,
                 message="relayed by the worker process",
-                protocol_version=version if isinstance(version, str) else "1.0",
+                protocol_version=version if isinstance(version, str) and version else "1.0",
             )
         )
 
-    def _note(self, message: Message, ws: ServerConnection) -> None:
-        workflow_id = message.workflow_id or message.payload.get("workflow_id")
-        if not isinstance(workflow_id, str) or not workflow_id:
+    def _note(
+        self, workflow_id: str, kind: MessageType | str, to: Any, ws: ServerConnection
+    ) -> None:
+        if not workflow_id:
             return
+        phase = kind is MessageType.PHASE_CHANGED and isinstance(to, str)
         with self._lock:
             self._owners[workflow_id] = ws
-            if message.type is MessageType.PHASE_CHANGED:
-                to = message.payload.get("to")
-                if isinstance(to, str):
-                    self._phases[workflow_id] = to
+            if phase:
+                self._phases[workflow_id] = to
+        if phase and self._held:
+            self._progress()
 
     def _on_command(self, event: CommandEvent) -> None:
         if event.message is not None:
@@ -217,6 +328,9 @@ def report_through(url: str, token: str) -> Coordinator:
         client_key_file="",
         reconnect_initial_delay=0.05,
         reconnect_max_delay=0.5,
+        # A task's reports come in two bursts (its start, its end) a moment apart: in one
+        # write to the relay, not one per message, each waking the worker's main process.
+        write_delay=CHILD_WRITE_DELAY,
     )
     coordinator = Coordinator(config)
     coordinator.connect()
@@ -290,7 +404,7 @@ def deliver_and_close() -> None:
         return
     coordinator = child[1]
     timeout = coordinator.config.close_timeout
-    for provider in (trace.get_tracer_provider(), _logs.get_logger_provider()):
+    for provider in (trace.get_tracer_provider(), get_logger_provider()):
         flush = getattr(provider, "force_flush", None)
         if flush is not None:
             try:
