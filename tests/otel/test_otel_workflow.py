@@ -4,6 +4,8 @@ how a run maps to its span, against a real hub, a real ``Coordinator`` and the r
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
@@ -27,6 +29,7 @@ from when_coordinator import (
 )
 from when_coordinator.hub import ThreadedHub
 from when_coordinator.otel import attributes as attr
+from when_coordinator.otel._base import _new_workflow_id
 
 LIFECYCLE = ["pre-flight", "planning", "execution", "completing", "completed"]
 
@@ -641,3 +644,35 @@ def test_progress_never_crowds_out_phase_events_under_the_environment_limit(
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     wf = _many_progress_calls(otel_coordinator, provider)
     _check_event_budget(span_of(exporter, wf.id), 12)
+
+
+def test_made_workflow_ids_are_random_uuids_and_a_forked_child_draws_its_own(
+    otel_coordinator: Coordinator,
+) -> None:
+    """Ids come from a pool of random bytes (one system call per 256 workflows): still the
+    shape of ``uuid.uuid4().hex``, and a child process does not repeat its parent's."""
+    made = []
+    for _ in range(300):  # more than one pool
+        with workflow("ids", coordinator=otel_coordinator) as wf:
+            made.append(wf.id)
+    assert len(set(made)) == len(made)
+    for made_id in made:
+        assert made_id.startswith("wf-")
+        as_uuid = uuid.UUID(made_id[3:])
+        assert (as_uuid.version, as_uuid.variant, as_uuid.hex) == (4, uuid.RFC_4122, made_id[3:])
+    if not hasattr(os, "fork"):
+        return
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the next ids it makes, to the parent
+        try:
+            os.write(write, ",".join(_new_workflow_id() for _ in range(4)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split(",")
+    os.waitpid(pid, 0)
+    parent = [_new_workflow_id() for _ in range(4)]
+    assert len(child) == 4
+    assert not set(child) & set(parent)

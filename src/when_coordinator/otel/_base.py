@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import os
 import threading
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,6 +85,42 @@ def _progress_events_allowed(span: Span) -> int:
     return max(0, min(_MAX_PROGRESS_EVENTS, (max_events - _LIFECYCLE_EVENTS) // 2))
 
 
+_ID_BYTES = 16 * 256
+_id_lock = threading.Lock()
+_id_pool = b""
+_id_pos = _ID_BYTES
+
+
+def _forget_id_pool() -> None:
+    """A forked child must not draw the same random bytes as its parent."""
+    global _id_pool, _id_pos, _id_lock  # noqa: PLW0603
+    _id_lock = threading.Lock()
+    _id_pool, _id_pos = b"", _ID_BYTES
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_id_pool)
+
+
+def _new_workflow_id() -> str:
+    """``wf-`` and a random UUID (version 4) in hex, as ``uuid.uuid4().hex`` makes it.
+
+    The random bytes are read 256 ids at a time: ``os.urandom`` releases the GIL, and a
+    workflow that gave it up to the client's thread at its start waited for it to come back.
+    """
+    global _id_pool, _id_pos  # noqa: PLW0603 - the pool of random bytes, guarded by _id_lock
+    with _id_lock:
+        position = _id_pos
+        if position >= _ID_BYTES:
+            _id_pool = os.urandom(_ID_BYTES)
+            position = 0
+        _id_pos = position + 16
+        value = int.from_bytes(_id_pool[position : position + 16], "big")
+    # The version (4) and variant (RFC 4122) bits, as ``uuid.UUID(version=4)`` sets them.
+    value = (value & ~(0xC000 << 48) | 0x8000 << 48) & ~(0xF000 << 64) | 4 << 76
+    return f"wf-{value:032x}"
+
+
 _global_tracer: trace.Tracer | None = None
 _tracers: ByIdentity[trace.Tracer] = ByIdentity()  # providers need not be hashable (logfire's)
 
@@ -145,7 +181,7 @@ class WorkflowBase:
         self._phases = self._coordinator.phases
         self._tracker = tracker_for(self._coordinator)
         inherited_parent, inherited_root = _inherited_ids()
-        self.id = workflow_id or f"wf-{uuid.uuid4().hex}"
+        self.id = workflow_id or _new_workflow_id()
         self.parent_id = inherited_parent if parent_id is None else parent_id
         self.root_id = root_id or (inherited_root if self.parent_id else "") or self.id
         self.action_id = action_id or ""
