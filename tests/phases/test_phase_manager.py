@@ -695,3 +695,29 @@ def test_listener_sees_every_transition_in_order_under_contention() -> None:
         moves = len(recorded[workflow_id])
         assert moves >= 4  # each shared workflow went round at least once
         assert moves % 4 == cycle_position[manager.get_phase(workflow_id)]
+
+
+def test_snapshots_of_the_hot_paths_are_ordinary_frozen_phase_states() -> None:
+    """Transitions and progress folds build their snapshot without the dataclass's
+    ``__init__`` (for speed): it must still be a ``PhaseState`` like any other."""
+    manager = PhaseManager()
+    manager.register_workflow("wf-s", "", "root-s")
+    moved = manager.transition_to("wf-s", Phase.PRE_FLIGHT, "go")
+    manager.note_progress("wf-s", 12.5)
+    folded = manager.get_state("wf-s")
+    for state in (moved, folded):
+        assert type(state) is PhaseState
+        rebuilt = PhaseState(**{f.name: getattr(state, f.name) for f in dataclasses.fields(state)})
+        assert state == rebuilt
+        assert hash(state) == hash(rebuilt)
+        assert repr(state) == repr(rebuilt)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            state.reason = "changed"  # type: ignore[misc]
+    assert (moved.phase, moved.previous_phase, moved.reason, moved.sequence) == (
+        Phase.PRE_FLIGHT,
+        Phase.PENDING,
+        "go",
+        1,
+    )
+    assert (folded.progress, folded.root_workflow_id, folded.phase) == (12.5, "root-s", moved.phase)
+    assert folded.updated_at >= moved.updated_at
