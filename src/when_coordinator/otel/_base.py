@@ -207,6 +207,7 @@ class WorkflowBase:
         self._ended = False
         self._version = 0
         self._changed = threading.Condition()
+        self._waiters = 0  # threads in ``safe_point`` waiting on ``_changed``
 
     # A workflow another process ran until now (a retried task): the hub has it in this phase
     # already, so it is not announced again; from ``paused`` it resumes. See ``_continue``.
@@ -513,9 +514,11 @@ class WorkflowBase:
         self._notify()
 
     def _notify(self) -> None:
+        # Every transition comes here: ``notify_all`` only when someone waits (a paused run).
         with self._changed:
             self._version += 1
-            self._changed.notify_all()
+            if self._waiters:
+                self._changed.notify_all()
 
     def _safe_step(self) -> bool:
         """Advance pause/resume/cancel by one step; True while paused (the caller waits).

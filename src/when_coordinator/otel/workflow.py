@@ -78,7 +78,11 @@ class Workflow(WorkflowBase):
                 return
             with self._changed:
                 while self._version == version and not self._ended:
-                    self._changed.wait()
+                    self._waiters += 1
+                    try:
+                        self._changed.wait()
+                    finally:
+                        self._waiters -= 1
 
 
 class AsyncWorkflow(WorkflowBase):
