@@ -14,6 +14,7 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -448,12 +449,12 @@ class Config:
         if self.client_key_file and not self.client_cert_file:
             raise ConfigError("client_key_file needs client_cert_file")
 
-    @property
+    @cached_property
     def enabled(self) -> bool:
         """Whether a hub is configured at all; without one, nothing connects.
 
         Asked for every message queued: what ``urls`` would say (an item that is more than
-        blanks), without splitting the list each time."""
+        blanks), worked out once per (immutable) config."""
         return bool(self.when_url.replace(",", " ").strip())
 
     @property
