@@ -109,10 +109,15 @@ class AsyncWorkflow(WorkflowBase):
         finally:
             self._deactivate()
 
+    _awaiting = 0
+    """``safe_point`` calls between their look at the phase and their wake-up."""
+
     def _notify(self) -> None:
         super()._notify()
+        # Only a ``safe_point`` that may await needs waking: ``call_soon_threadsafe`` writes to
+        # the loop's self-pipe, a system call that every transition of every run paid.
         loop, wakeup = self._loop, self._wakeup
-        if loop is not None and wakeup is not None and not loop.is_closed():
+        if self._awaiting and loop is not None and wakeup is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(wakeup.set)
 
@@ -121,9 +126,13 @@ class AsyncWorkflow(WorkflowBase):
         assert self._wakeup is not None, "use the workflow inside async with"
         while True:
             self._wakeup.clear()
-            if not self._safe_step():
-                return
-            await self._wakeup.wait()
+            self._awaiting += 1  # before the look: a change after it wakes the wait below
+            try:
+                if not self._safe_step():
+                    return
+                await self._wakeup.wait()
+            finally:
+                self._awaiting -= 1
 
 
 class WorkflowDefinition:
