@@ -510,6 +510,22 @@ class Coordinator:
         if current_item or total_items:
             check_count("current_item", current_item)
             check_count("total_items", total_items)
+        return self._send_progress(
+            workflow_id, action_id, percent, stage, message, current_item, total_items
+        )
+
+    def _send_progress(
+        self,
+        workflow_id: str,
+        action_id: str,
+        percent: float,
+        stage: str,
+        message: str,
+        current_item: int = 0,
+        total_items: int = 0,
+    ) -> bool:
+        """``send_progress`` after its checks of the workflow id, percent and counts: a running
+        workflow's ``progress()`` (``otel/_base.py``) has made them already, ten times a run."""
         payload = ProgressPayload(
             workflow_id,
             percent,
@@ -603,7 +619,8 @@ class Coordinator:
 
     def _on_phase_changed(self, state: PhaseState) -> None:
         # Runs under the phase manager's lock, so queue order is transition order.
-        self._core.workflow_registered(state)
+        if self._core.inherited:  # only then can there be anything to register
+            self._core.workflow_registered(state)
         size = 200 + len(state.workflow_id) + len(state.reason) + len(state.checkpoint_id)
         self._enqueue(
             MessageType.PHASE_CHANGED,

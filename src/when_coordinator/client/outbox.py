@@ -131,7 +131,7 @@ class Entry:
         self.size = size
         self.time_ns = time_ns
         self.phase_sequence = phase_sequence
-        self.lane = lane_of(message_type)
+        self.lane = _LANES.get(message_type, LANE_STATE)  # lane_of(), inlined: every message
         self.order = 0
         self.dropped = False
         self.frame = None

@@ -267,17 +267,20 @@ class WorkflowBase:
     ) -> None:
         """Report progress (0 to 100); the stage defaults to the current action (span)."""
         self._check_running()
-        action = self._phases.note_progress(self.id, percent)
+        action = self._phases.note_progress(self.id, percent)  # checks the percent
         stage = stage or action
-        self._coordinator.send_progress(
-            self.id,
-            self.action_id,
-            percent,
-            stage,
-            message,
-            current_item=current_item,
-            total_items=total_items,
-        )
+        if current_item or total_items:
+            self._coordinator.send_progress(
+                self.id,
+                self.action_id,
+                percent,
+                stage,
+                message,
+                current_item=current_item,
+                total_items=total_items,
+            )
+        else:  # the id is this run's and the percent was checked above: skip those checks
+            self._coordinator._send_progress(self.id, self.action_id, percent, stage, message)
         # The latest percent and stage become span attributes when the span ends: setting
         # them on every call costs more than the rest of this method.
         self._percent = percent
