@@ -244,7 +244,7 @@ class WorkflowMetrics:
         phase = state.phase
         previous = state.previous_phase
         # ``_value_``: the plain string, whose hash is C; an Enum member's is Python code.
-        key = (previous.value if previous is not None else "", phase.value)
+        key = (previous._value_ if previous is not None else "", phase._value_)
         with self._lock:
             self._transitions[key] += 1
         if phase.is_terminal:
