@@ -93,7 +93,7 @@ class HubClient:
         except urllib.error.HTTPError as exc:
             raise self._http_error(exc) from None
         except urllib.error.URLError as exc:
-            raise self._unreachable(exc.reason) from None
+            raise self.unreachable(exc.reason) from None
         except TimeoutError:
             raise HubClientError(
                 f"the hub at {self.http_base} did not answer within {self.timeout:g} s"
@@ -101,7 +101,7 @@ class HubClient:
         except (OSError, ValueError) as exc:
             raise HubClientError(f"bad answer from the hub at {self.http_base}: {exc}") from None
 
-    def _unreachable(self, reason: object) -> HubClientError:
+    def unreachable(self, reason: object) -> HubClientError:
         if isinstance(reason, OSError) and reason.strerror:
             why = reason.strerror.lower()
         elif isinstance(reason, TimeoutError):

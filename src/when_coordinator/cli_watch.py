@@ -105,7 +105,7 @@ def follow(
             raise _refused(client, exc.response.status_code) from None
         except (OSError, TimeoutError, InvalidHandshake) as exc:  # also not a hub (yet)
             if not connected_once:
-                raise client._unreachable(exc) from None
+                raise client.unreachable(exc) from None
             delay = _RECONNECT_DELAYS[min(failures, len(_RECONNECT_DELAYS) - 1)]
             failures += 1
             if not wait(delay):

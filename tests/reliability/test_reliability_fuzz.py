@@ -347,6 +347,7 @@ def test_fuzzed_frames_never_crash_the_hub_nor_disturb_another_service(
             batch = build(seeds, bases, fuzz_ids, names_no_good_service)
             state["round"] += 1
             marker = f"fuzz round {state['round']}"
+            sentinel_id = f"fz-sentinel-{state['round']}"
             fuzzer: RawService = state["fuzzer"]
             connection_id = hub.call(lambda: list(hub.hub.connections)[-1])
 
@@ -354,8 +355,11 @@ def test_fuzzed_frames_never_crash_the_hub_nor_disturb_another_service(
                 try:
                     for item in batch:
                         await fuzzer.ws.send(item)
-                    sentinel = {"workflow_id": "fz-sentinel", "percent": 1, "message": marker}
-                    await fuzzer.send(frame("progress", "fz-sentinel", sentinel))
+                    # A workflow of its own each round: a fuzzed register may have moved this
+                    # connection to another service id, and a workflow belongs to the service
+                    # that created it (another's progress is refused, as it should be).
+                    sentinel = {"workflow_id": sentinel_id, "percent": 1, "message": marker}
+                    await fuzzer.send(frame("progress", sentinel_id, sentinel))
                 except ConnectionClosed:
                     pass  # the hub hung up on this connection; checked below
 
@@ -363,7 +367,7 @@ def test_fuzzed_frames_never_crash_the_hub_nor_disturb_another_service(
             state["sent"] += len(batch)
 
             def settled(h: ThreadedHub) -> bool:
-                sentinel = h.hub.workflows.get("fz-sentinel")
+                sentinel = h.hub.workflows.get(sentinel_id)
                 closed = not h.hub.connections[connection_id].is_open
                 return closed or (sentinel is not None and sentinel.message == marker)
 

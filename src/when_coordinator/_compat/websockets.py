@@ -24,10 +24,19 @@ import contextlib
 from collections.abc import Iterable
 
 from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import Protocol
 
-__all__ = ["BATCHED_WRITES", "CLOSE_MESSAGE_TOO_BIG", "abort", "refused_frame", "send_frames"]
+__all__ = [
+    "BATCHED_WRITES",
+    "CLOSE_MESSAGE_TOO_BIG",
+    "abort",
+    "fail",
+    "refused_frame",
+    "send_frames",
+    "unsent_bytes",
+]
 
 BATCHED_WRITES = all(
     (
@@ -42,10 +51,26 @@ CLOSE_MESSAGE_TOO_BIG = 1009
 """The close code of a peer that refused a frame over its size limit (RFC 6455 7.4.1)."""
 
 
-def abort(ws: ClientConnection) -> None:
+def abort(ws: Connection) -> None:
     """Drop the connection at once, without a closing handshake (a peer that stopped
     answering pings or reading): the reader then ends with ``ConnectionClosed``."""
-    ws.transport.abort()
+    transport = ws.transport
+    if transport is not None:
+        transport.abort()
+
+
+def fail(ws: Connection, code: int, reason: str) -> None:
+    """Record ``code``/``reason`` as the close (the sans-I/O ``Protocol.fail``) and drop the
+    connection at once: a closing handshake would queue behind bytes the peer does not read."""
+    with contextlib.suppress(Exception):  # already closing: the code is recorded already
+        ws.protocol.fail(code, reason)
+    abort(ws)
+
+
+def unsent_bytes(ws: Connection) -> int:
+    """Bytes written to the connection that the peer has not taken yet (user space only)."""
+    transport = ws.transport
+    return int(transport.get_write_buffer_size()) if transport is not None else 0
 
 
 def refused_frame(closed: ConnectionClosed | None) -> bool:

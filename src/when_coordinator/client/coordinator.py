@@ -57,7 +57,7 @@ _log = logging.getLogger("when_coordinator.client")
 class LogSource(Protocol):
     """What buffers log entries for a coordinator (``LogForwarder``): flushed before it closes."""
 
-    def _flush_to_coordinator(self, *, final: bool) -> None: ...
+    def flush_to_coordinator(self, *, final: bool) -> None: ...
 
 
 class Coordinator:
@@ -236,7 +236,7 @@ class Coordinator:
             )
         self._unsubscribe()
 
-    def _attach_log_source(self, source: LogSource) -> None:
+    def attach_log_source(self, source: LogSource) -> None:
         """Have ``close()`` and the exit handler flush ``source`` first (a ``LogForwarder``, and
         so a ``CoordinatorLogHandler`` feeding one): what it buffers is then queued before the
         last delivery. Held weakly, so an attached source can still be collected."""
@@ -245,12 +245,12 @@ class Coordinator:
     def _flush_log_sources(self, *, final: bool) -> None:
         for source in tuple(self._log_sources):
             try:
-                source._flush_to_coordinator(final=final)
+                source.flush_to_coordinator(final=final)
             except Exception:
                 _log.warning("flushing %r before closing failed", source, exc_info=True)
 
     @contextlib.contextmanager
-    def _exit_wait(self) -> Iterator[float]:
+    def exit_wait(self) -> Iterator[float]:
         """One wait of the exit path: yields the seconds it may take and counts what it took.
 
         Several exit handlers wait on this coordinator in turn (the instrumentor's, this one's,
@@ -267,12 +267,12 @@ class Coordinator:
         finally:
             self._exit_spent += time.monotonic() - started
 
-    def _flush_final(self) -> bool:
+    def flush_final(self) -> bool:
         """Flush before the end, within ``close_timeout`` or, once the process is exiting,
         within what is left of the exit path's one ``close_timeout``."""
         if self._exit_spent is None:
             return self.flush(self.config.close_timeout)
-        with self._exit_wait() as budget:
+        with self.exit_wait() as budget:
             return self.flush(budget)
 
     def retain(self, owner: object) -> None:
@@ -288,7 +288,7 @@ class Coordinator:
         """Drop a ``retain()``; at exit, the last release closes the coordinator."""
         self._retainers.discard(owner)
         if self._exit_pending and not self._retainers:
-            with self._exit_wait() as budget:
+            with self.exit_wait() as budget:
                 self.close(budget)
 
     def __enter__(self) -> Coordinator:
@@ -676,7 +676,7 @@ def _close_at_exit(ref: weakref.ref[Coordinator]) -> None:
     if coordinator is None or coordinator._forked:
         return
     try:
-        with coordinator._exit_wait() as budget:
+        with coordinator.exit_wait() as budget:
             if coordinator._retainers:
                 coordinator._flush_log_sources(final=True)
                 coordinator._exit_pending = True  # the last release() closes

@@ -61,7 +61,7 @@ class LogForwarder:
         self._buffer: list[LogEntry] = []
         self._stopped = threading.Event()
         self._timer: threading.Thread | None = None
-        coordinator._attach_log_source(self)
+        coordinator.attach_log_source(self)
 
     def add(self, entry: LogEntry) -> None:
         """Buffer one entry; a missing timestamp becomes the time of this call."""
@@ -119,7 +119,7 @@ class LogForwarder:
         if timer is not None and timer is not threading.current_thread():
             timer.join(5.0)
 
-    def _flush_to_coordinator(self, *, final: bool) -> None:
+    def flush_to_coordinator(self, *, final: bool) -> None:
         """Called by the coordinator before it delivers for the last time (``final``: it is
         closing, so stop buffering; the timer thread ends on its own)."""
         if final:

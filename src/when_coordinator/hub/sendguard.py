@@ -17,12 +17,13 @@ and aborting the transport: a closing handshake would queue behind the unread by
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import weakref
 from collections.abc import Iterable
 
 from websockets.asyncio.server import ServerConnection
+
+from .._compat.websockets import fail, unsent_bytes
 
 __all__ = ["NOT_READING", "SendBufferGuard", "unsent_bytes"]
 
@@ -32,19 +33,10 @@ NOT_READING = 1008
 """The close code recorded for a peer closed because it stopped reading (policy violation)."""
 
 
-def unsent_bytes(ws: ServerConnection) -> int:
-    """Bytes written to the connection that the peer has not taken yet (user space only)."""
-    transport = ws.transport
-    return int(transport.get_write_buffer_size()) if transport is not None else 0
-
-
 def _abort(ws: ServerConnection, reason: str, code: int = NOT_READING) -> None:
-    """Fail the connection with ``code``/``reason`` and drop its buffer now (idempotent)."""
-    with contextlib.suppress(Exception):  # already closing: the code is recorded already
-        ws.protocol.fail(code, reason[:120])
-    transport = ws.transport
-    if transport is not None:
-        transport.abort()  # also when already closing but stuck behind unread bytes
+    """Fail the connection with ``code``/``reason`` and drop its buffer now (idempotent; also
+    when already closing but stuck behind unread bytes)."""
+    fail(ws, code, reason[:120])
 
 
 class SendBufferGuard:

@@ -241,6 +241,11 @@ class WorkflowBase:
     def cancel_requested(self) -> bool:
         return self._cancel_reason is not None or self.phase is Phase.CANCELLING
 
+    @property
+    def ended(self) -> bool:
+        """Whether the run's code has ended (its terminal phase is then settled)."""
+        return self._ended
+
     def __repr__(self) -> str:
         phase = self.phase.value if self._started else "not started"
         return f"<{type(self).__name__} {self.name!r} id={self.id!r} {phase}>"

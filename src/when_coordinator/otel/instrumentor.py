@@ -338,7 +338,7 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         coordinator = self._coordinator
         if coordinator is None:
             return
-        with coordinator._exit_wait() as budget:
+        with coordinator.exit_wait() as budget:
             deadline = time.monotonic() + budget
             processor = self._log_processor
             if processor is not None:
@@ -352,7 +352,7 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             except Exception:
                 _log.debug("flushing the coordinator at exit failed", exc_info=True)
 
-    def _report_from_forked_worker(self) -> None:
+    def report_from_forked_worker(self) -> None:
         """In a process-pool worker forked from an instrumented process: report on a fresh
         connection, as another instance of the service.
 
@@ -375,12 +375,18 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._coordinator = coordinator
         self._owns_coordinator = True
         set_coordinator(coordinator)
+        self.use(coordinator)
+        multiprocessing.util.Finalize(None, self._close_in_worker, exitpriority=100)
+
+    def use(self, coordinator: Coordinator) -> None:
+        """Send what the attached span processor and log exporters see through
+        ``coordinator`` from now on (a forked worker's own connection, or a pool process's
+        relay)."""
         if self._span_processor is not None:
             self._span_processor.use(coordinator)
         for exporter in (self._log_exporter, *self._bound_exporters):
             if exporter is not None:
                 exporter.use(coordinator)
-        multiprocessing.util.Finalize(None, self._close_in_worker, exitpriority=100)
 
     def _close_in_worker(self) -> None:
         coordinator = self._coordinator
@@ -390,10 +396,10 @@ class WhenInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             # Forked workers end with os._exit: the SDK's exit handler, which would run the
             # final export through them, never runs. Only the provider can flush its
             # processor; it runs every exporter, so it gets a thread and a deadline.
-            with coordinator._exit_wait() as budget:
+            with coordinator.exit_wait() as budget:
                 _flush_within(get_logger_provider(), budget)
         self._flush_at_exit()
-        with coordinator._exit_wait() as budget:
+        with coordinator.exit_wait() as budget:
             coordinator.close(budget)
 
     def _basic_config(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -632,13 +638,13 @@ def _thread_start(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
 
 class _PoolCall(CarriedCall):
     """What the process-pool patch submits: a ``CarriedCall`` that first gives a forked worker
-    its own connection to the hub (``WhenInstrumentor._report_from_forked_worker``)."""
+    its own connection to the hub (``WhenInstrumentor.report_from_forked_worker``)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         instrumentor = active_instrumentor()
         if instrumentor is not None:
             try:
-                instrumentor._report_from_forked_worker()
+                instrumentor.report_from_forked_worker()
             except Exception:
                 _log.warning("cannot report from this process-pool worker", exc_info=True)
         return super().__call__(*args, **kwargs)

@@ -289,7 +289,7 @@ class CoordinationLogExporter(LogExporterBase):
             return
         try:
             if coordinator.config.enabled:
-                coordinator._flush_final()
+                coordinator.flush_final()
         except Exception:
             self.errors += 1
         finally:

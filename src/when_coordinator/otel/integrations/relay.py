@@ -340,11 +340,7 @@ def report_through(url: str, token: str) -> Coordinator:
     set_coordinator(coordinator)
     instrumentor = active_instrumentor()
     if instrumentor is not None:
-        # Exporters the SDK attached itself (OTEL_LOGS_EXPORTER=when) are tracked as bound.
-        bound = getattr(instrumentor, "_bound_exporters", ())
-        for part in (instrumentor._span_processor, instrumentor._log_exporter, *bound):
-            if part is not None:
-                part.use(coordinator)
+        instrumentor.use(coordinator)
     return coordinator
 
 

@@ -140,7 +140,7 @@ def report_from_this_process() -> None:
     instrumentor = active_instrumentor()
     try:
         if instrumentor is not None:
-            instrumentor._report_from_forked_worker()
+            instrumentor.report_from_forked_worker()
         get_coordinator().connect()  # a no-op unless forked and not yet reconnected
     except Exception:
         _log.warning("cannot report from this worker process", exc_info=True)
@@ -180,7 +180,7 @@ class TaskRun:
     def cancel_requested(self) -> bool:
         """Whether the hub asked to cancel: what a native abort check should also report."""
         run = self._workflow
-        return run is not None and not run._ended and run.cancel_requested
+        return run is not None and not run.ended and run.cancel_requested
 
     def start(self) -> None:
         """Begin the workflow and make it current (``current_workflow()``) for the task."""
