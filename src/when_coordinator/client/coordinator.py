@@ -510,22 +510,6 @@ class Coordinator:
         if current_item or total_items:
             check_count("current_item", current_item)
             check_count("total_items", total_items)
-        return self._send_progress(
-            workflow_id, action_id, percent, stage, message, current_item, total_items
-        )
-
-    def _send_progress(
-        self,
-        workflow_id: str,
-        action_id: str,
-        percent: float,
-        stage: str,
-        message: str,
-        current_item: int = 0,
-        total_items: int = 0,
-    ) -> bool:
-        """``send_progress`` after its checks of the workflow id, percent and counts: a running
-        workflow's ``progress()`` (``otel/_base.py``) has made them already, ten times a run."""
         payload = ProgressPayload(
             workflow_id,
             percent,

@@ -285,7 +285,7 @@ class WorkflowBase:
                 total_items=total_items,
             )
         else:  # the id is this run's and the percent was checked above: skip those checks
-            self._coordinator._send_progress(self.id, self.action_id, percent, stage, message)
+            self._coordinator.send_progress(self.id, self.action_id, percent, stage, message)
         # The latest percent and stage become span attributes when the span ends: setting
         # them on every call costs more than the rest of this method.
         self._percent = percent
