@@ -159,6 +159,7 @@ class ServiceEndpoint:
         finally:
             del self._peers[peer.connection_id]
             code, reason = close_info(closed)
+            closed = None  # it holds this frame (its traceback): no cycle left for the collector
             self._state.close_connection(
                 peer.connection_id, now=time.time(), code=code, reason=reason
             )
