@@ -260,6 +260,7 @@ class Session:
             with contextlib.suppress(Exception):
                 await ws.close(1000, "client closing" if self._stop.is_set() else "")
             requeued = core.connection_lost(refused_frame=refused_frame(self._closed_by))
+            self._closed_by = None  # its traceback holds this frame: no cycle left behind
             if requeued:
                 _log.debug("requeued %d unacknowledged messages", requeued)
             self._fire("disconnected")
