@@ -453,9 +453,8 @@ class Config:
     def enabled(self) -> bool:
         """Whether a hub is configured at all; without one, nothing connects.
 
-        Asked for every message queued: what ``urls`` would say (an item that is more than
-        blanks), worked out once per (immutable) config."""
-        return bool(self.when_url.replace(",", " ").strip())
+        Asked for every message queued, so worked out once per (immutable) config."""
+        return bool(self.urls)
 
     @property
     def urls(self) -> tuple[str, ...]:
