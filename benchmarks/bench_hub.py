@@ -246,6 +246,7 @@ class _Watch:
         self.pauses: list[float] = []
         self.lag = 0.0
         self.lag_cpu = 0.0
+        self.cpu = 0.0
         self._started = 0.0
 
     def _gc(self, phase: str, info: dict[str, Any]) -> None:
@@ -259,7 +260,10 @@ class _Watch:
         gc.callbacks.append(self._gc)
         try:
             tick = 0.005
+            cpu_begin = None
             while (now := time.monotonic()) < self.end:
+                if cpu_begin is None and now >= self.begin:
+                    cpu_begin = time.process_time()
                 cpu = time.process_time()
                 await asyncio.sleep(tick)
                 late = time.monotonic() - now - tick
@@ -267,6 +271,8 @@ class _Watch:
                     # The CPU time this process used over the tick and its lag: about all of
                     # it means the process was busy; little, that it waited for a CPU.
                     self.lag, self.lag_cpu = late, time.process_time() - cpu
+            if cpu_begin is not None:
+                self.cpu = time.process_time() - cpu_begin
         finally:
             gc.callbacks.remove(self._gc)
 
@@ -277,6 +283,7 @@ class _Watch:
             "gc_total_ms": sum(self.pauses) * 1000,
             "lag_max_ms": self.lag * 1000,
             "lag_cpu_ms": self.lag_cpu * 1000,
+            "cpu_share": self.cpu / (self.end - self.begin),
         }
 
 
@@ -293,6 +300,8 @@ class _Load:
         self.count = 0
         self.sockets: list[Any] = []
         self.readers: list[asyncio.Future[None]] = []
+        self.pauses: dict[str, list[tuple[float, float]]] = {}
+        """Per workflow: when (monotonic) each pause arrived and its first answer was sent."""
 
     async def connect(self, url: str) -> None:
         from websockets.asyncio.client import connect  # noqa: PLC0415
@@ -311,11 +320,14 @@ class _Load:
 
         wf = f"wf-bench-{index}"
         async for data in ws:
-            steps = _ANSWERS.get(json.loads(data).get("type"), ())
-            for source, target in steps:
+            arrived = time.monotonic()
+            kind = json.loads(data).get("type")
+            for source, target in _ANSWERS.get(kind, ()):
                 change = {"workflow_id": wf, "from": source, "to": target}
                 await ws.send(json.dumps(frame("phase_changed", wf, change)))
                 self.count += 1
+                if kind == "pause" and source == "execution":
+                    self.pauses.setdefault(wf, []).append((arrived, time.monotonic()))
 
     async def paced(self, frames: list[list[str]], start: float, end: float) -> None:
         """Every client sends its ``frames`` in turn at ``RATE``, the clients' slots spread
@@ -355,7 +367,12 @@ class _Load:
             gc.enable()
             gc.unfreeze()
         await watching
-        return {"samples": samples, "count": self.count, "watch": watch.report()}
+        return {
+            "samples": samples,
+            "count": self.count,
+            "pauses": self.pauses,
+            "watch": watch.report(),
+        }
 
     async def close(self) -> None:
         for reader in self.readers:
@@ -402,6 +419,26 @@ def _capacity_run() -> tuple[dict[str, Any], dict[str, Any], float]:
         hub.close()
 
 
+def _segments(
+    issued: Sequence[Sequence[Any]],
+    latencies: Sequence[float],
+    pauses: dict[str, list[list[float]]],
+) -> list[tuple[float, float, float, float]]:
+    """Each command's latency split where its time went: ``(total, out, service, back)``,
+    in ms: hub asked until the pause reached the service; the service's answer; the answer's
+    way back until the hub applied it. Monotonic clocks are one clock on this machine."""
+    seen: dict[str, int] = {}
+    out = []
+    for (wf, asked), latency in zip(issued, latencies, strict=True):
+        k = seen.get(wf, 0)
+        seen[wf] = k + 1
+        arrived, answered = pauses[wf][k]
+        total = latency * 1000
+        to_service, service = (arrived - asked) * 1000, (answered - arrived) * 1000
+        out.append((total, to_service, service, total - to_service - service))
+    return out
+
+
 def _capacity_metrics() -> dict[str, float]:
     """One capacity run, reduced to the numbers the figures report."""
     report, sent, start = _capacity_run()
@@ -411,6 +448,8 @@ def _capacity_metrics() -> dict[str, float]:
     applied_rate = (_at(applied, end) - _at(applied, begin)) / WINDOW
     backlog = max(_at(offered, t) - count for t, count in applied if begin <= t <= end)
     latencies = [x * 1000 for x in report["latencies"]]
+    split = _segments(report["commands"], report["latencies"], sent["pauses"])
+    slow = sorted(split, reverse=True)[: max(1, len(split) // 100)]  # the p99 tail
     return {
         "offered": offered_rate,
         "applied": applied_rate,
@@ -425,6 +464,11 @@ def _capacity_metrics() -> dict[str, float]:
         "hub_lag_ms": report["watch"]["lag_max_ms"],
         "hub_lag_cpu_ms": report["watch"]["lag_cpu_ms"],
         "load_lag_ms": sent["watch"]["lag_max_ms"],
+        "tail_out_ms": statistics.median(s[1] for s in slow),
+        "tail_service_ms": statistics.median(s[2] for s in slow),
+        "tail_back_ms": statistics.median(s[3] for s in slow),
+        "hub_cpu_share": report["watch"]["cpu_share"],
+        "load_cpu_share": sent["watch"]["cpu_share"],
     }
 
 
@@ -462,6 +506,9 @@ def _capacity_figures() -> list[Figure]:
         ),
         Figure.info(f"    command latency p50 ({m['commands']:.0f} pauses a run)", m["p50"], "ms"),
         Figure.info(f"    command latency p99, worst of {CAPACITY_REPEATS} runs", worst, "ms"),
+        Figure.info("    slowest 1 %: hub -> service (median)", m["tail_out_ms"], "ms"),
+        Figure.info("    slowest 1 %: service answering (median)", m["tail_service_ms"], "ms"),
+        Figure.info("    slowest 1 %: answer -> hub applied (median)", m["tail_back_ms"], "ms"),
         Figure.info(
             f"    hub: {m['hub_gc_count']:.0f} collections in the window, longest",
             m["hub_gc_max_ms"],
@@ -470,6 +517,8 @@ def _capacity_figures() -> list[Figure]:
         Figure.info("    hub: longest event-loop lag in the window", m["hub_lag_ms"], "ms"),
         Figure.info("    hub: CPU it used in that 5 ms tick + lag", m["hub_lag_cpu_ms"], "ms"),
         Figure.info("    load generator (GC off): longest loop lag", m["load_lag_ms"], "ms"),
+        Figure.info("    hub: CPU time in the window (share of one core)", m["hub_cpu_share"], "x"),
+        Figure.info("    load generator: CPU time in the window", m["load_cpu_share"], "x"),
     ]
 
 
@@ -479,6 +528,8 @@ async def _serve_capacity() -> None:
 
     async with Hub() as hub:
         connections = hub.state.connections
+        issued: list[tuple[str, float]] = []
+        """Each pause: the workflow and when (monotonic) the hub was asked."""
 
         def applied() -> int:
             return sum(c.messages for c in connections.values())
@@ -496,6 +547,7 @@ async def _serve_capacity() -> None:
 
             await hub.wait_for(lambda h: h.workflows[wf].phase is Phase.EXECUTION, 10)
             started = time.perf_counter()
+            issued.append((wf, time.monotonic()))
             await hub.pause(wf, "bench")
             await hub.wait_for(pausing, 10)
             latency = time.perf_counter() - started
@@ -507,6 +559,7 @@ async def _serve_capacity() -> None:
         async def measure(command_: dict[str, Any]) -> dict[str, Any]:
             start, end, clients = command_["start"], command_["end"], command_["clients"]
             workflows = [f"wf-bench-{i}" for i in range(clients)]
+            issued.clear()
 
             def running(h: Hub) -> bool:
                 return all(h.workflows[wf].phase is Phase.EXECUTION for wf in workflows)
@@ -525,7 +578,12 @@ async def _serve_capacity() -> None:
                 latencies.append(await command(workflows[k % clients]))
             await sampler
             await watching
-            return {"samples": samples, "latencies": latencies, "watch": watch.report()}
+            return {
+                "samples": samples,
+                "latencies": latencies,
+                "commands": issued,
+                "watch": watch.report(),
+            }
 
         say(url=hub.url)
         await serve_commands(measure)

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from .._compat.allocator import keep_reads_off_mmap
 from .._compat.websockets import abort, refused_frame, send_frames
 from .._version import __version__
 from ..protocol import Message, ProtocolError
@@ -108,6 +109,7 @@ class Session:
     # ------------------------------------------------------------------ the loop
 
     async def run(self, ready: threading.Event) -> None:
+        keep_reads_off_mmap()
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()

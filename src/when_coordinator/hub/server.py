@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from .._compat.allocator import keep_reads_off_mmap
 from ..protocol import (
     CancelPayload,
     Message,
@@ -207,6 +208,7 @@ class Hub(HttpFront, ServiceEndpoint):
         """Bind the port (restoring the SQLite state first when ``db`` is set)."""
         if self._server is not None:
             raise HubError("hub already started")
+        keep_reads_off_mmap()
         self._loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
         if self._db is not None:
