@@ -11,9 +11,10 @@ comes on top, so treat the limits as the budget for payload, not as the process 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 __all__ = ["ITEM_OVERHEAD", "HubLimits", "cut", "json_size"]
 
@@ -68,15 +69,20 @@ ITEM_OVERHEAD = 64
 """Bytes counted per retained item besides its text (object headers, references)."""
 
 
+_encode = msgspec.json.Encoder(enc_hook=str).encode
+"""msgspec, not ``json.dumps``: the hub sizes every log entry's fields with it, and the
+standard library's encoder was the largest single cost of a busy hub's loop."""
+
+
 def json_size(value: Any) -> int:
-    """The encoded JSON length of a decoded JSON value (what it cost on the wire)."""
+    """The encoded JSON length of a decoded JSON value (what it cost on the wire, UTF-8)."""
     if value is None:
         return 4
     if isinstance(value, str):
         return len(value) + 2
     try:
-        return len(json.dumps(value, separators=(",", ":"), default=str))
-    except (ValueError, TypeError, RecursionError):
+        return len(_encode(value))
+    except (ValueError, TypeError, RecursionError, OverflowError):
         return len(repr(value))
 
 
