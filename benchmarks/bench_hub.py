@@ -432,6 +432,8 @@ def _segments(
     for (wf, asked), latency in zip(issued, latencies, strict=True):
         k = seen.get(wf, 0)
         seen[wf] = k + 1
+        if k >= len(pauses.get(wf, ())):
+            continue  # answered after the load generator reported
         arrived, answered = pauses[wf][k]
         total = latency * 1000
         to_service, service = (arrived - asked) * 1000, (answered - arrived) * 1000

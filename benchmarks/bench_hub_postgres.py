@@ -94,9 +94,12 @@ async def _serve_instance(db: str, name: str, commands: bool) -> None:
                 await asyncio.sleep(base.SAMPLE_EVERY)
             samples.append((time.monotonic(), applied()))
 
+        issued: list[tuple[str, float]] = []
+
         async def command(wf: str) -> float:
             await hub.wait_for(lambda h: h.workflows[wf].phase is Phase.EXECUTION, TIMEOUT)
             started = time.perf_counter()
+            issued.append((wf, time.monotonic()))
             await hub.pause(wf, "bench")
             await hub.wait_for(
                 lambda h: h.workflows[wf].phase in (Phase.PAUSING, Phase.PAUSED), TIMEOUT
@@ -127,7 +130,12 @@ async def _serve_instance(db: str, name: str, commands: bool) -> None:
                     latencies.append(await command(targets[k % len(targets)]))
             await sampler
             health = hub.store_health() or {}
-            return {"samples": samples, "latencies": latencies, "writes": health.get("writes")}
+            return {
+                "samples": samples,
+                "latencies": latencies,
+                "commands": issued,
+                "writes": health.get("writes"),
+            }
 
         say(url=hub.url)
         await serve_commands(measure)
@@ -160,6 +168,8 @@ def _measure(dbs: Sequence[str]) -> dict[str, Any]:
         for r in reports
     )
     latencies = [x * 1000 for x in reports[0]["latencies"]]
+    split = base._segments(reports[0]["commands"], reports[0]["latencies"], sent["pauses"])
+    slow = sorted(split, reverse=True)[: max(1, len(split) // 100)]  # the p99 tail
     writes = sum(r["writes"] or 0 for r in reports) / len(reports) / (end - start + 1)
     return {
         "offered": offered,
@@ -168,6 +178,7 @@ def _measure(dbs: Sequence[str]) -> dict[str, Any]:
         "p99": percentile(latencies, 0.99),
         "commands": len(latencies),
         "writes": writes,
+        "tail": [statistics.median(s[i] for s in slow) for i in (1, 2, 3)],
     }
 
 
@@ -221,6 +232,16 @@ def _figures() -> list[Figure]:
             f"    store batches written per second, per instance ({STORE_INTERVAL * 1000:g} ms)",
             pg["writes"],
             "/s",
+        ),
+        Figure.info(
+            "    slowest 1 %: A asked until the service had it",
+            pg["tail"][0],
+            "ms",
+            solo["tail"][0],
+        ),
+        Figure.info("    slowest 1 %: the service answering", pg["tail"][1], "ms", solo["tail"][1]),
+        Figure.info(
+            "    slowest 1 %: answer until A applied it", pg["tail"][2], "ms", solo["tail"][2]
         ),
     ]
 
