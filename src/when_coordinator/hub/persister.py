@@ -157,7 +157,7 @@ class Persister:
                     "checkpoints": workflow.checkpoints,
                     "errors": workflow.errors,
                 }
-        batch.logs = [record.as_dict() for record, _ in self._logs]
+        batch.logs = [record for record, _ in self._logs]
         self._batch_parts = (pending, self._records, self._logs, self._resync)
         self._records, self._records_bytes, self._resync = [], 0, set()
         self._logs, self._logs_bytes = deque(), 0

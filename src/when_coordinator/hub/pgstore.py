@@ -400,7 +400,7 @@ class PostgresStore:
             if batch.logs:
                 with cur.copy("COPY when_logs (workflow_id, instance_id, data) FROM STDIN") as copy:
                     for log in batch.logs:
-                        copy.write_row((log.get("workflow_id", ""), me, json.dumps(log)))
+                        copy.write_row((log.workflow_id, me, json.dumps(log.as_dict())))
             self._writes += 1
             if self._writes % 50 == 1:
                 self._prune(cur)

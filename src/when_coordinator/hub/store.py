@@ -78,7 +78,9 @@ class StoreBatch:
     """(workflow id, kind, record) rows to append, in order."""
     resync: dict[str, dict[str, tuple[_Record, ...]]] = field(default_factory=dict)
     """Workflows whose stored records are replaced by these (after rows were given up)."""
-    logs: list[dict[str, Any]] = field(default_factory=list)
+    logs: list[StoredLog] = field(default_factory=list)
+    """Log records to append, in order (frozen: made into documents on the store's thread,
+    not on the event loop, where a busy hub's batch of them held it for tens of ms)."""
 
     def __bool__(self) -> bool:
         return bool(self.services or self.workflows or self.records or self.resync or self.logs)
@@ -327,7 +329,7 @@ class HubStore:
             if batch.logs:
                 db.executemany(
                     "INSERT INTO logs (workflow_id, data) VALUES (?, ?)",
-                    [(log.get("workflow_id", ""), json.dumps(log)) for log in batch.logs],
+                    [(log.workflow_id, json.dumps(log.as_dict())) for log in batch.logs],
                 )
                 self._since_prune += len(batch.logs)
                 if self._since_prune >= max(1000, self.log_limit // 10):
