@@ -143,11 +143,12 @@ def all_timestamps(texts: Sequence[str]) -> bool:
     empty text, a leap second), so a caller asks ``check_timestamps`` which one and whether.
     For a log batch it costs about a quarter of matching the pattern once per timestamp.
     """
-    shapes = "\n".join(texts).encode("ascii", "replace").translate(_ZERO_DIGITS)
-    first = shapes[: len(texts[0])]
+    # One character is one byte (a non-ASCII one a "?"), each text followed by a newline.
+    shapes = ("\n".join(texts) + "\n").encode("ascii", "replace").translate(_ZERO_DIGITS)
+    first = shapes[: len(texts[0]) + 1]
     # One formatter wrote them all, as a rule: every shape the same, one comparison in C.
-    uniform = first in _SHAPES and shapes == b"\n".join([first] * len(texts))
-    if not uniform and not _SHAPES.issuperset(shapes.split(b"\n")):
+    uniform = shapes == first * len(texts) and first[:-1] in _SHAPES
+    if not uniform and not _SHAPES.issuperset(shapes[:-1].split(b"\n")):
         return False
     try:
         msgspec.convert((texts,), _Datetimes)
