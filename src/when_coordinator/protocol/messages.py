@@ -261,6 +261,7 @@ def _envelope_class(message_type: MessageType) -> type[msgspec.Struct]:
             ("payload", payload_type, empty),
         ],
         kw_only=True,
+        gc=False,  # lives for one decode call: nothing refers to it, it is in no cycle
         tag_field="type",
         tag=message_type.value,
         module=__name__,
