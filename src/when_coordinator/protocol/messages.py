@@ -4,11 +4,12 @@ Sans-I/O: nothing here opens a socket, starts a thread or keeps time on its own.
 
 ``decode`` reads a frame in one call into msgspec's C decoder: the envelope and the typed
 payload of its type together (a tagged union on ``type``), so what a receiver gets is
-validated and typed. A frame that call refuses goes through the careful path, which parses
-it again with ``json`` and names the key and the value that are wrong; it also reads what the
-fast path is strict about but the spec allows (a ``null`` read as absent, a type this version
-does not know, which decodes with its payload as a plain object for the caller to ignore).
-"""
+validated and typed. A frame of a type this version does not know is read by a second C
+decoder, of the bare envelope, with its payload as a plain object for the caller to ignore.
+A frame both refuse goes through the careful path, which parses it again with ``json`` and
+names the key and the value that are wrong; it also reads what the fast paths are strict
+about but the spec allows (a ``null`` read as absent in a known type's payload, a number too
+large for a float)."""
 
 from __future__ import annotations
 

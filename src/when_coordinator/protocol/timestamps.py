@@ -3,10 +3,10 @@
 A timestamp stays the wire string everywhere (a ``Message``, a ``LogEntry``): ``datetime``
 cannot hold nanoseconds, and a round trip must not lose digits. What the decoder checks is
 that the string is valid. One regular expression that knows the calendar is the definition
-(``is_timestamp``); ``decode`` takes two cheaper paths that answer the same (tests sweep every
-field of every shape): an envelope's timestamp of a second already seen (``is_timestamp_seen``),
-and the timestamps of a log batch all at once, read by msgspec's C parser (``all_timestamps``).
-"""
+(``is_timestamp``); ``decode`` takes cheaper paths that answer the same (tests sweep every
+field of every shape): a timestamp of a second already seen (``is_timestamp_seen``), and the
+timestamps of a log batch all at once (``all_timestamps``: their shapes in one C call, then
+the one second they share, or msgspec's C parser for each)."""
 
 from __future__ import annotations
 
