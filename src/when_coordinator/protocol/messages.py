@@ -274,22 +274,33 @@ _FRAME_TYPES: dict[type[msgspec.Struct], MessageType] = {}
 _decoder_lock = threading.Lock()
 
 
-def _first_decode(text: str | bytes) -> Any:
-    """Build the frame classes and the decoder on first use (creating 16 classes and resolving
+def _build_decoders() -> None:
+    """Build the frame classes and the decoders on first use: creating 17 classes and resolving
     every Struct's types is import time that a process which never decodes, a CLI call, need
-    not pay), then decode with it."""
-    global _decode_frame  # noqa: PLW0603 - replaced once, by the decoder's own method
+    not pay."""
+    global _decode_frame, _decode_any  # noqa: PLW0603 - set once, to the decoders' methods
     with _decoder_lock:
         if not _FRAME_TYPES:
             frames = {_envelope_class(message_type): message_type for message_type in MessageType}
             union = functools.reduce(operator.or_, frames)
             decoder = msgspec.json.Decoder(union)
+            _decode_any = msgspec.json.Decoder(_any_frame_class()).decode
             _FRAME_TYPES.update(frames)  # before the decoder is published: decode reads both
             _decode_frame = decoder.decode
+
+
+def _first_decode(text: str | bytes) -> Any:
+    _build_decoders()
     return _decode_frame(text)
 
 
+def _first_decode_any(text: str | bytes) -> Any:
+    _build_decoders()
+    return _decode_any(text)
+
+
 _decode_frame: Callable[[str | bytes], Any] = _first_decode
+_decode_any: Callable[[str | bytes], Any] = _first_decode_any
 _LOG = MessageType.LOG
 _LOG_BATCH = MessageType.LOG_BATCH
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, TypeError, RecursionError)
@@ -367,21 +378,24 @@ def _all_seen(stamps: list[str]) -> bool:
     return True
 
 
-class _AnyFrame(msgspec.Struct, gc=False):
+def _any_frame_class() -> type[msgspec.Struct]:
     """The envelope of any type, its payload a plain object: how an unknown type is read.
 
     ``null`` reads as absent, as in the careful path; what this refuses, the careful path
     explains.
     """
-
-    id: str
-    type: str
-    workflow_id: str | None = None
-    timestamp: str | None = None
-    payload: dict[str, Any] | None = None
-
-
-_decode_any = msgspec.json.Decoder(_AnyFrame).decode
+    return msgspec.defstruct(
+        "_AnyFrame",
+        [
+            ("id", str),
+            ("type", str),
+            ("workflow_id", str | None, None),
+            ("timestamp", str | None, None),
+            ("payload", dict[str, Any] | None, None),
+        ],
+        gc=False,
+        module=__name__,
+    )
 
 
 def _decode_unknown(text: str | bytes) -> Message:
