@@ -4,11 +4,12 @@ Sans-I/O: nothing here opens a socket, starts a thread or keeps time on its own.
 
 ``decode`` reads a frame in one call into msgspec's C decoder: the envelope and the typed
 payload of its type together (a tagged union on ``type``), so what a receiver gets is
-validated and typed. A frame that call refuses goes through the careful path, which parses
-it again with ``json`` and names the key and the value that are wrong; it also reads what the
-fast path is strict about but the spec allows (a ``null`` read as absent, a type this version
-does not know, which decodes with its payload as a plain object for the caller to ignore).
-"""
+validated and typed. A frame of a type this version does not know is read by a second C
+decoder, of the bare envelope, with its payload as a plain object for the caller to ignore.
+A frame both refuse goes through the careful path, which parses it again with ``json`` and
+names the key and the value that are wrong; it also reads what the fast paths are strict
+about but the spec allows (a ``null`` read as absent in a known type's payload, a number too
+large for a float)."""
 
 from __future__ import annotations
 
@@ -244,17 +245,24 @@ def encode_envelope(
 
 
 def _envelope_class(message_type: MessageType) -> type[msgspec.Struct]:
-    """The decoding shape of one message type: the envelope around its payload Struct."""
-    payload_type = LogEntry if message_type is MessageType.LOG else PAYLOAD_TYPES[message_type]
+    """The decoding shape of one message type: the envelope around its payload Struct.
+
+    An absent payload reads as the type's empty payload: one shared instance, as payloads are
+    immutable (a fresh one for ``log``, whose entry holds a ``fields`` dict).
+    """
+    is_log = message_type is MessageType.LOG
+    payload_type = LogEntry if is_log else PAYLOAD_TYPES[message_type]
+    empty: Any = msgspec.field(default_factory=LogEntry) if is_log else payload_type()
     return msgspec.defstruct(
         f"_{message_type.name.title().replace('_', '')}Frame",
         [
             ("id", str),
             ("workflow_id", str, ""),
             ("timestamp", str, ""),
-            ("payload", payload_type, msgspec.field(default_factory=payload_type)),
+            ("payload", payload_type, empty),
         ],
         kw_only=True,
+        gc=False,  # lives for one decode call: nothing refers to it, it is in no cycle
         tag_field="type",
         tag=message_type.value,
         module=__name__,
@@ -266,25 +274,41 @@ _FRAME_TYPES: dict[type[msgspec.Struct], MessageType] = {}
 _decoder_lock = threading.Lock()
 
 
-def _first_decode(text: str | bytes) -> Any:
-    """Build the frame classes and the decoder on first use (creating 16 classes and resolving
+def _build_decoders() -> None:
+    """Build the frame classes and the decoders on first use: creating 17 classes and resolving
     every Struct's types is import time that a process which never decodes, a CLI call, need
-    not pay), then decode with it."""
-    global _decode_frame  # noqa: PLW0603 - replaced once, by the decoder's own method
+    not pay."""
+    global _decode_frame, _decode_any  # noqa: PLW0603 - set once, to the decoders' methods
     with _decoder_lock:
         if not _FRAME_TYPES:
             frames = {_envelope_class(message_type): message_type for message_type in MessageType}
             union = functools.reduce(operator.or_, frames)
             decoder = msgspec.json.Decoder(union)
+            _decode_any = msgspec.json.Decoder(_any_frame_class()).decode
             _FRAME_TYPES.update(frames)  # before the decoder is published: decode reads both
             _decode_frame = decoder.decode
+
+
+def _first_decode(text: str | bytes) -> Any:
+    _build_decoders()
     return _decode_frame(text)
 
 
+def _first_decode_any(text: str | bytes) -> Any:
+    _build_decoders()
+    return _decode_any(text)
+
+
 _decode_frame: Callable[[str | bytes], Any] = _first_decode
+_decode_any: Callable[[str | bytes], Any] = _first_decode_any
 _LOG = MessageType.LOG
 _LOG_BATCH = MessageType.LOG_BATCH
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, TypeError, RecursionError)
+_astuple = msgspec.structs.astuple
+# A log message's payload without LogPayload.__init__ (a Python call): the instance, then its
+# slot set through the slot's own descriptor (LogPayload's __setattr__ refuses every write).
+_new_log_payload = LogPayload.__new__
+_set_log_entry: Callable[[LogPayload, LogEntry], None] = vars(LogPayload)["entry"].__set__
 
 
 def decode(text: str | bytes) -> Message:
@@ -293,33 +317,105 @@ def decode(text: str | bytes) -> Message:
     Unknown types decode (a receiver ignores them), with the payload as a plain object.
     """
     # The hot path of every receiver: locals and module constants only (an Enum's attribute
-    # lookup runs Python code), and each timestamp checked in C.
+    # lookup runs Python code), and each timestamp checked in C where it can be. A string
+    # msgspec decoded is valid UTF-8, so ``encode()`` cannot fail and is the cheapest encoding;
+    # a non-ASCII character becomes bytes of 0x80 and above, which no shape has.
     try:
         frame: Any = _decode_frame(text)
+    except msgspec.ValidationError:  # valid JSON: a type this version does not know, or a fault
+        return _decode_unknown(text)
     except _DECODE_ERRORS:
         return _decode_carefully(text)
-    message_type = _FRAME_TYPES[frame.__class__]
-    timestamp = frame.timestamp
-    payload = frame.payload
+    # One C call for the fields (a Struct's attribute is a generic lookup each), and the type
+    # by the frame's class (type() of one argument is a fast path of the interpreter).
+    message_type = _FRAME_TYPES[type(frame)]
+    message_id, workflow_id, timestamp, payload = _astuple(frame)
     if message_type is _LOG_BATCH:
-        if not all_timestamps([timestamp, *[entry.timestamp for entry in payload.logs]]):
+        logs = payload.logs
+        if len(logs) > _FEW_LOGS:
+            if not all_timestamps([timestamp, *[entry.timestamp for entry in logs]]):
+                _check_timestamps(timestamp, payload, "log_batch payload")
+        elif not _all_seen([timestamp, *[entry.timestamp for entry in logs]]):
             _check_timestamps(timestamp, payload, "log_batch payload")
     elif message_type is _LOG:
-        if match_timestamp(timestamp) is None or match_timestamp(payload.timestamp) is None:
+        stamp = payload.timestamp
+        if not (
+            timestamp[:19] in _seconds_seen
+            and stamp[:19] in _seconds_seen
+            and timestamp.encode().translate(_ZERO_DIGITS) in _Z_SHAPES
+            and stamp.encode().translate(_ZERO_DIGITS) in _Z_SHAPES
+        ) and not (is_timestamp_seen(timestamp) and is_timestamp_seen(stamp)):
             _check_timestamps(timestamp, payload, "log payload")
-        payload = LogPayload(payload)
+        entry = payload
+        payload = _new_log_payload(LogPayload)
+        _set_log_entry(payload, entry)
     elif not (
         # is_timestamp_seen's first test, inline: a Python call is a third of its cost
-        timestamp[:19] in _seconds_seen
-        and timestamp.encode("ascii", "replace").translate(_ZERO_DIGITS) in _Z_SHAPES
+        timestamp[:19] in _seconds_seen and timestamp.encode().translate(_ZERO_DIGITS) in _Z_SHAPES
     ) and not is_timestamp_seen(timestamp):
         raise ProtocolError(f"envelope 'timestamp': {_not_rfc3339(timestamp)}")
     return Message(
-        id=frame.id,
+        id=message_id,
         type=message_type,
-        workflow_id=frame.workflow_id,
+        workflow_id=workflow_id,
         timestamp=timestamp,
         payload=payload,
+    )
+
+
+_FEW_LOGS = 4
+"""Up to this many entries, a batch's timestamps are checked one by one against the seconds
+already seen; past it, ``all_timestamps`` (a fixed cost of about four single checks) is cheaper."""
+
+
+def _all_seen(stamps: list[str]) -> bool:
+    """``is_timestamp_seen`` of every one of ``stamps``, its first test inline."""
+    for stamp in stamps:
+        if not (
+            stamp[:19] in _seconds_seen and stamp.encode().translate(_ZERO_DIGITS) in _Z_SHAPES
+        ) and not is_timestamp_seen(stamp):
+            return False
+    return True
+
+
+def _any_frame_class() -> type[msgspec.Struct]:
+    """The envelope of any type, its payload a plain object: how an unknown type is read.
+
+    ``null`` reads as absent, as in the careful path; what this refuses, the careful path
+    explains.
+    """
+    return msgspec.defstruct(
+        "_AnyFrame",
+        [
+            ("id", str),
+            ("type", str),
+            ("workflow_id", str | None, None),
+            ("timestamp", str | None, None),
+            ("payload", dict[str, Any] | None, None),
+        ],
+        gc=False,
+        module=__name__,
+    )
+
+
+def _decode_unknown(text: str | bytes) -> Message:
+    """A frame that is JSON but fits no known type: a type this version does not know decodes
+    here, in C, with the result the careful path gives it; anything else goes there."""
+    try:
+        frame = _decode_any(text)
+    except _DECODE_ERRORS:
+        return _decode_carefully(text)
+    type_name = frame.type
+    timestamp = frame.timestamp or ""
+    if not type_name or type_name in _TYPES_BY_VALUE or not is_timestamp_seen(timestamp):
+        return _decode_carefully(text)  # a known type with a fault, or a bad timestamp: explained
+    payload = frame.payload
+    return Message(
+        id=frame.id,
+        type=type_name,
+        workflow_id=frame.workflow_id or "",
+        timestamp=timestamp,
+        payload={} if payload is None else payload,
     )
 
 

@@ -236,7 +236,7 @@ class LogEntry(WireStruct, frozen=True):
         msgspec.structs.force_setattr(self, "level", known)
 
 
-class RegisterPayload(WireStruct, frozen=True):
+class RegisterPayload(WireStruct, frozen=True, gc=False):
     service_name: str = _ALWAYS_STR
     service_id: str = ""
     instance_id: str = ""
@@ -261,7 +261,7 @@ class RegisterPayload(WireStruct, frozen=True):
             msgspec.structs.force_setattr(self, "capabilities", tuple(capabilities or ()) or None)
 
 
-class WorkflowCreatedPayload(WireStruct, frozen=True):
+class WorkflowCreatedPayload(WireStruct, frozen=True, gc=False):
     workflow_id: str = _ALWAYS_STR
     parent_workflow_id: str = ""
     root_workflow_id: str = ""
@@ -272,7 +272,7 @@ class WorkflowCreatedPayload(WireStruct, frozen=True):
     _NAME: ClassVar[str] = "workflow_created"
 
 
-class PhaseChangedPayload(WireStruct, frozen=True):
+class PhaseChangedPayload(WireStruct, frozen=True, gc=False):
     """``from_phase`` is ``""`` for a workflow's first phase, as on the wire (None is accepted)."""
 
     workflow_id: str = ""
@@ -311,7 +311,7 @@ class CheckpointPayload(WireStruct, frozen=True):
             msgspec.structs.force_setattr(self, "state", None)
 
 
-class ErrorPayload(WireStruct, frozen=True):
+class ErrorPayload(WireStruct, frozen=True, gc=False):
     workflow_id: str = ""
     error: str = ""
     recoverable: bool = _ALWAYS_FALSE
@@ -321,7 +321,7 @@ class ErrorPayload(WireStruct, frozen=True):
     _NAME: ClassVar[str] = "error"
 
 
-class ProgressPayload(WireStruct, frozen=True):
+class ProgressPayload(WireStruct, frozen=True, gc=False):
     workflow_id: str = ""
     percent: int | float = _ALWAYS_ZERO
     action_id: str = ""
@@ -334,7 +334,7 @@ class ProgressPayload(WireStruct, frozen=True):
     _NAME: ClassVar[str] = "progress"
 
 
-class StatusResponsePayload(WireStruct, frozen=True):
+class StatusResponsePayload(WireStruct, frozen=True, gc=False):
     workflow_id: str = _ALWAYS_STR
     phase: Phase = msgspec.field(default_factory=_pending)
     progress: int | float = _ALWAYS_ZERO
@@ -345,7 +345,7 @@ class StatusResponsePayload(WireStruct, frozen=True):
     _NAME: ClassVar[str] = "status_response"
 
 
-class EmptyPayload(WireStruct, frozen=True):
+class EmptyPayload(WireStruct, frozen=True, gc=False):
     """``ping`` and ``pong`` carry no payload."""
 
     _NAME: ClassVar[str] = "empty"
@@ -365,7 +365,7 @@ class LogBatchPayload(WireStruct, frozen=True):
             msgspec.structs.force_setattr(self, "logs", tuple(self.logs))
 
 
-class RegisteredPayload(WireStruct, frozen=True):
+class RegisteredPayload(WireStruct, frozen=True, gc=False):
     service_id: str = ""
     instance_id: str = ""
     message: str = ""
@@ -376,14 +376,14 @@ class RegisteredPayload(WireStruct, frozen=True):
     _NAME: ClassVar[str] = "registered"
 
 
-class StatusPayload(WireStruct, frozen=True):
+class StatusPayload(WireStruct, frozen=True, gc=False):
     workflow_id: str = ""
 
     TYPE: ClassVar[MessageType] = MessageType.STATUS
     _NAME: ClassVar[str] = "status"
 
 
-class PausePayload(WireStruct, frozen=True):
+class PausePayload(WireStruct, frozen=True, gc=False):
     workflow_id: str = ""
     reason: str = ""
 
@@ -391,7 +391,7 @@ class PausePayload(WireStruct, frozen=True):
     _NAME: ClassVar[str] = "pause"
 
 
-class ResumePayload(WireStruct, frozen=True):
+class ResumePayload(WireStruct, frozen=True, gc=False):
     workflow_id: str = ""
     from_checkpoint: str = ""
 
@@ -399,7 +399,7 @@ class ResumePayload(WireStruct, frozen=True):
     _NAME: ClassVar[str] = "resume"
 
 
-class CancelPayload(WireStruct, frozen=True):
+class CancelPayload(WireStruct, frozen=True, gc=False):
     workflow_id: str = ""
     reason: str = ""
     force: bool = False
