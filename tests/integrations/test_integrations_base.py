@@ -235,3 +235,37 @@ def test_a_retried_task_continues_its_workflow_in_another_process(
     assert workflow.checkpoint_id == f"{key}-attempt-1"
     assert workflow.anomaly_count == 0, workflow.anomalies
     assert first.phases.get_all_workflows() == {}  # forgotten where it no longer runs
+
+
+def test_a_task_is_the_child_of_the_workflow_its_baggage_names(
+    otel_coordinator: Coordinator, otel_hub: ThreadedHub
+) -> None:
+    """The parent comes from the message's ``baggage`` header; a message with only a
+    ``traceparent`` (most tasks) leaves the workflow to inherit from the current context."""
+    sent = {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "baggage": "when.workflow.id=wf-sender,when.workflow.root_id=wf-root",
+    }
+    previous = set_coordinator(otel_coordinator)
+    try:
+        child = TaskRun("test", "jobs.child", "t-child", headers=sent)
+        child.start()
+        orphan = TaskRun(
+            "test", "jobs.orphan", "t-orphan", headers={"traceparent": sent["traceparent"]}
+        )
+        orphan.start()
+        assert orphan.workflow is not None
+        assert child.workflow is not None
+        orphan.finish()
+        child.finish()
+    finally:
+        set_coordinator(previous)
+    child_key, orphan_key = (
+        task_workflow_id("test", "t-child"),
+        task_workflow_id("test", "t-orphan"),
+    )
+    otel_hub.wait_for(lambda h: child_key in h.workflows and orphan_key in h.workflows, timeout=10)
+    assert otel_hub.workflows[child_key].parent_workflow_id == "wf-sender"
+    assert otel_hub.workflows[child_key].root_workflow_id == "wf-root"
+    # Started while the child task's workflow was current: that one is its parent.
+    assert otel_hub.workflows[orphan_key].parent_workflow_id == child_key

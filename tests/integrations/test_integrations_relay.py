@@ -15,7 +15,15 @@ from websockets.exceptions import InvalidStatus
 from tests.support.scripted_server import wait_until
 from when_coordinator import Coordinator
 from when_coordinator.hub import ThreadedHub
-from when_coordinator.otel.integrations.relay import ORDER_WAIT, Relay
+from when_coordinator.otel import set_coordinator
+from when_coordinator.otel.integrations.relay import (
+    CHILD_WRITE_DELAY,
+    ORDER_WAIT,
+    POOL_WRITE_DELAY,
+    Relay,
+    report_through,
+)
+from when_coordinator.otel.tracking import get_coordinator
 from when_coordinator.protocol import (
     ErrorPayload,
     Message,
@@ -238,3 +246,24 @@ def test_send_frame_refuses_what_the_hub_would_close_the_connection_for(
     assert otel_coordinator.stats().dropped == before + 1
     with pytest.raises(TypeError):
         otel_coordinator.send_frame(b"{}", MessageType.LOG)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("write_delay", [CHILD_WRITE_DELAY, POOL_WRITE_DELAY])
+def test_a_child_reports_with_the_write_delay_it_was_given(
+    relay: Relay, otel_hub: ThreadedHub, write_delay: float
+) -> None:
+    """A pool process running task after task gathers its reports for ``POOL_WRITE_DELAY``
+    (one write, one wake-up of the worker, for many tasks); a one-job child keeps the short
+    default, its exit waiting for the last write. Either way every report arrives."""
+    previous = get_coordinator()
+    child = report_through(relay.url, relay.token, write_delay=write_delay)
+    try:
+        assert child.config.write_delay == write_delay
+        ids = [f"wf-delay-{write_delay}-{i}" for i in range(5)]
+        for workflow_id in ids:
+            child.send_workflow_created(workflow_id, action_type="tasks.add")
+        assert child.flush(TIMEOUT)
+        otel_hub.wait_for(lambda h: all(i in h.workflows for i in ids), TIMEOUT)
+    finally:
+        set_coordinator(previous)
+        child.close(timeout=5)

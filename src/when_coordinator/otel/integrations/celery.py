@@ -34,7 +34,12 @@ import wrapt
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from ...protocol import Phase
-from .relay import deliver_and_close, relay_of_this_process, report_from_worker_process
+from .relay import (
+    POOL_WRITE_DELAY,
+    deliver_and_close,
+    relay_of_this_process,
+    report_from_worker_process,
+)
 from .tasks import TRACE_HEADERS, TaskFilter, TaskRun, TaskRuns, inject_headers
 
 __all__ = ["WhenCeleryInstrumentor"]
@@ -127,7 +132,7 @@ class WhenCeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _worker_process_init(self, **kwargs: Any) -> None:
         self._reconnect_prerun_last()
-        report_from_worker_process()
+        report_from_worker_process(write_delay=POOL_WRITE_DELAY)
 
     def _worker_process_shutdown(self, **kwargs: Any) -> None:
         deliver_and_close()
@@ -157,7 +162,9 @@ class WhenCeleryInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         name = getattr(task, "name", None)
         if not isinstance(task_id, str) or not isinstance(name, str) or not self._filter(name):
             return
-        report_from_worker_process()  # a fork made without worker_process_init
+        report_from_worker_process(
+            write_delay=POOL_WRITE_DELAY
+        )  # forked without worker_process_init
         request = getattr(task, "request", None)
         retries = getattr(request, "retries", 0)
         run = TaskRun(

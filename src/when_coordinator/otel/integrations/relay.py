@@ -44,6 +44,8 @@ from ..tracking import get_coordinator, set_coordinator
 from .tasks import report_from_this_process
 
 __all__ = [
+    "CHILD_WRITE_DELAY",
+    "POOL_WRITE_DELAY",
     "Relay",
     "deliver_and_close",
     "relay_of_this_process",
@@ -57,7 +59,13 @@ ORDER_WAIT = 5.0
 """Seconds at most that a child's reports wait for another child's reports of the same
 workflow (``Relay._in_turn``)."""
 CHILD_WRITE_DELAY = 0.002
-"""Seconds a child's client lets its reports gather before writing them to the relay."""
+"""Seconds a child's client lets its reports gather before writing them to the relay: the
+default, for a child that lives for one job (RQ's work horse) and whose exit waits for it."""
+POOL_WRITE_DELAY = 0.05
+"""The same for a pool process that runs task after task (Celery's prefork pool): every write
+wakes the relay's thread, then the worker's client thread, and each wake-up takes the GIL from
+the worker's main thread, which hands the pool its next task. Gathered for 50 ms, a busy
+pool's reports of many tasks go in one write; the hub sees them that much later."""
 _TERMINAL = frozenset(phase.value for phase in Phase if phase.is_terminal)
 
 
@@ -311,8 +319,9 @@ class Relay:
         return True
 
 
-def report_through(url: str, token: str) -> Coordinator:
-    """In a forked child: report through the relay at ``url`` (its ``token``) from now on.
+def report_through(url: str, token: str, *, write_delay: float = CHILD_WRITE_DELAY) -> Coordinator:
+    """In a forked child: report through the relay at ``url`` (its ``token``) from now on,
+    gathering reports for ``write_delay`` seconds before each write.
 
     The child gets a coordinator of its own (the inherited one belongs to the parent), and the
     ``when`` instrumentor's span processor and log exporter are pointed at it.
@@ -330,7 +339,7 @@ def report_through(url: str, token: str) -> Coordinator:
         reconnect_max_delay=0.5,
         # A task's reports come in two bursts (its start, its end) a moment apart: in one
         # write to the relay, not one per message, each waking the worker's main process.
-        write_delay=CHILD_WRITE_DELAY,
+        write_delay=write_delay,
     )
     coordinator = Coordinator(config)
     coordinator.connect()
@@ -366,26 +375,27 @@ def relay_of_this_process() -> Relay | None:
         return _relay
 
 
-def report_to_parent() -> Coordinator | None:
+def report_to_parent(*, write_delay: float = CHILD_WRITE_DELAY) -> Coordinator | None:
     """In a child forked from a process that started its relay: report through it (once per
-    process; the coordinator it reports with, None where there is no parent relay)."""
+    process; the coordinator it reports with, None where there is no parent relay);
+    ``write_delay`` as in ``report_through``."""
     global _child  # noqa: PLW0603 - one per child process
     relay, pid = _relay, os.getpid()
     if relay is None or relay._pid == pid:
         return None
     with _lock:
         if _child is None or _child[0] != pid:
-            _child = (pid, report_through(relay.url, relay.token))
+            _child = (pid, report_through(relay.url, relay.token, write_delay=write_delay))
         return _child[1]
 
 
-def report_from_worker_process() -> None:
+def report_from_worker_process(*, write_delay: float = CHILD_WRITE_DELAY) -> None:
     """In a worker's child process: through the parent's relay where it started one (so the
     whole worker is one service at the hub, and a retry in any child, or the parent's own
     report of a revoke, stays with the workflow's owner); on a connection of its own where
     there is none (a child started fresh, by spawn or forkserver)."""
     try:
-        if report_to_parent() is not None:
+        if report_to_parent(write_delay=write_delay) is not None:
             return
     except Exception:
         _log.warning("cannot report through the worker's relay", exc_info=True)

@@ -40,11 +40,12 @@ from typing import Any
 
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.util.types import AttributeValue
 
 from ...protocol import Phase
 from .. import attributes as attr
-from ..propagation import _W3C, carrier
+from ..propagation import carrier
 from ..tracking import get_coordinator
 from ..workflow import Workflow, WorkflowCancelled
 
@@ -113,12 +114,20 @@ def inject_headers(headers: MutableMapping[str, Any]) -> None:
         headers.setdefault(key, value)
 
 
+_BAGGAGE = W3CBaggagePropagator()
+
+
 def _parent_ids(headers: Mapping[str, str] | None) -> tuple[str | None, str | None]:
     """(parent, root) workflow ids from W3C baggage headers; (None, None) lets the workflow
-    inherit them from the current context instead."""
-    if not headers:
+    inherit them from the current context instead.
+
+    Only the ``baggage`` header carries them: a task without one (most tasks have a
+    ``traceparent`` alone) costs nothing here, where extracting every header cost about 15 us
+    of each task's run."""
+    baggage_header = headers.get("baggage") if headers else None
+    if not baggage_header:
         return None, None
-    context = _W3C.extract(dict(headers), context=otel_context.Context())
+    context = _BAGGAGE.extract({"baggage": baggage_header}, context=otel_context.Context())
     parent = baggage.get_baggage(attr.BAGGAGE_WORKFLOW_ID, context)
     if not isinstance(parent, str) or not parent:
         return None, None
