@@ -54,6 +54,23 @@ def test_close_delivers_what_is_queued_and_closes_with_1000() -> None:
         assert not coordinator.is_connected
 
 
+def test_flush_and_close_do_not_wait_out_the_write_delay() -> None:
+    """A write delay gathers a burst into one write; who flushes or closes waits for what is
+    queued, not for the delay (a pool process exiting after each task would pay it each)."""
+    with ScriptedServer() as server:
+        config = fast_config(server.url, write_delay=30.0)
+        with Coordinator(config) as coordinator:
+            assert coordinator.wait_registered(5)
+            coordinator.send_progress("wf-delay", "act", 10.0)
+            started = time.monotonic()
+            assert coordinator.flush(5.0), "flush waited out the 30 s write delay"
+            coordinator.send_progress("wf-delay", "act", 20.0)
+            coordinator.close(5.0)
+            assert time.monotonic() - started < 5.0
+        assert server.count("progress") == 2
+        assert coordinator.stats().delivered == 2
+
+
 def test_close_is_bounded_when_the_hub_is_unreachable() -> None:
     with ScriptedServer() as server:
         coordinator = Coordinator(fast_config(server.url))

@@ -317,6 +317,7 @@ class Coordinator:
         timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         core = self._core
+        self._session.hurry()
         with self._drained:
             while core.pending:
                 if self._thread is None or not self._session.running:

@@ -84,6 +84,9 @@ class Session:
         self._replies_taken: asyncio.Event | None = None
         self._closed_by: ConnectionClosed | None = None
         """How the connection ended, as the first task to notice it saw it."""
+        self._urgent = False
+        """Someone waits for the outbox to drain (``hurry``): no write delay until it has."""
+        self._delaying: asyncio.Future[None] | None = None
         self._acknowledging: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ any thread
@@ -94,6 +97,31 @@ class Session:
         if loop is not None and wake is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closing
                 loop.call_soon_threadsafe(wake.set)
+
+    def hurry(self) -> None:
+        """Cut ``write_delay`` short until the outbox is empty (from any thread): ``flush``
+        and ``close`` wait for what is queued, not for the next batch of it."""
+        self._urgent = True
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(self._release_delay)
+
+    def _release_delay(self) -> None:
+        waiter = self._delaying
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _write_delay(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if ``hurry`` is called meanwhile."""
+        loop = asyncio.get_running_loop()
+        self._delaying = loop.create_future()
+        timer = loop.call_later(seconds, self._release_delay)
+        try:
+            await self._delaying
+        finally:
+            timer.cancel()
+            self._delaying = None
 
     def stop(self) -> None:
         """Ask ``run`` to close the connection and return (from any thread)."""
@@ -395,9 +423,10 @@ class Session:
                 wake.clear()
                 frames = self._frames()
                 if not frames:
+                    self._urgent = False  # drained: whoever hurried has what they waited for
                     await wake.wait()
-                    if self.config.write_delay:  # let the rest of a burst join this write
-                        await asyncio.sleep(self.config.write_delay)
+                    if self.config.write_delay and not self._urgent:
+                        await self._write_delay(self.config.write_delay)  # a burst joins
                     continue
             try:
                 await send_frames(ws, frames)
