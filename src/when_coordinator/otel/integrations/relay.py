@@ -60,12 +60,14 @@ ORDER_WAIT = 5.0
 workflow (``Relay._in_turn``)."""
 CHILD_WRITE_DELAY = 0.002
 """Seconds a child's client lets its reports gather before writing them to the relay: the
-default, for a child that lives for one job (RQ's work horse) and whose exit waits for it."""
+default, for a child that lives for one job (RQ's work horse); its exit (``flush``, ``close``)
+does not wait the delay out."""
 POOL_WRITE_DELAY = 0.05
 """The same for a pool process that runs task after task (Celery's prefork pool): every write
 wakes the relay's thread, then the worker's client thread, and each wake-up takes the GIL from
 the worker's main thread, which hands the pool its next task. Gathered for 50 ms, a busy
-pool's reports of many tasks go in one write; the hub sees them that much later."""
+pool's reports of many tasks go in one write; the hub sees them that much later (a pool
+process that exits, say after ``--max-tasks-per-child``, flushes at once)."""
 _TERMINAL = frozenset(phase.value for phase in Phase if phase.is_terminal)
 
 
