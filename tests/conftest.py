@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.pgserver import PostgresServer, require_postgres
+from tests.support.programs import pytest_sessionfinish  # noqa: F401 - the CI rule for skips
 from tests.support.redis_server import RedisServer, redis_server_binary
 from when_coordinator import Config, Coordinator, PhaseManager
 from when_coordinator.hub import Hub, ThreadedHub
