@@ -41,6 +41,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.loop_thread import LoopThread
 from when_coordinator import Coordinator, CoordinatorStats
 from when_coordinator.cli import HubClient
 
@@ -279,7 +280,7 @@ class _Link:
     upstream_bytes: int = 0
 
 
-class Proxy:
+class Proxy(LoopThread):
     """A TCP proxy on loopback, on its own thread, in front of ``127.0.0.1:target_port``.
 
     ``mute()``: open connections lose everything the hub sends back, and only that.
@@ -291,6 +292,9 @@ class Proxy:
     handshakes in ``tls_failures``) and forward plain bytes.
     """
 
+    thread_name = "fault-proxy"
+    poll = 0.05  # byte counts are not notified
+
     def __init__(self, target_port: int, *, tls: ssl.SSLContext | None = None) -> None:
         self.target_port = target_port
         self.tls = tls
@@ -301,32 +305,12 @@ class Proxy:
         self.tls_errors: list[str] = []
         self.links: list[_Link] = []
         self._blackholed = False
-        self._cond = threading.Condition()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
+        super().__init__()
         self._flowing: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
 
     def url(self, path: str = "/v1/coordination") -> str:
         scheme = "wss" if self.tls is not None else "ws"
         return f"{scheme}://127.0.0.1:{self.port}{path}"
-
-    def __enter__(self) -> Proxy:
-        started = threading.Event()
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._main(started)), name="fault-proxy", daemon=True
-        )
-        self._thread.start()
-        if not started.wait(10):
-            raise RuntimeError("the proxy did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(10)
 
     # ------------------------------------------------------------------ faults
 
@@ -388,15 +372,6 @@ class Proxy:
         """Bytes forwarded from clients to the hub so far, over all connections."""
         with self._cond:
             return sum(link.upstream_bytes for link in self.links)
-
-    def wait_for(self, predicate: Callable[[Proxy], bool], timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(self):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
-                self._cond.wait(min(remaining, 0.05))
 
     # ------------------------------------------------------------------ the loop
 

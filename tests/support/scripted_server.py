@@ -26,6 +26,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from tests.support.loop_thread import LoopThread, wait_on
 from when_coordinator import Config
 from when_coordinator.protocol import Message, MessageType, decode
 
@@ -304,15 +305,7 @@ class ScriptedServer:
     def wait_for(
         self, predicate: Callable[[ScriptedServer], bool], timeout: float = 10.0, what: str = ""
     ) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(self):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(
-                        f"timed out after {timeout} s waiting for {what or predicate}"
-                    )
-                self._cond.wait(remaining)
+        wait_on(self._cond, lambda: predicate(self), timeout, what or predicate)
 
     def wait_count(self, message_type: str, count: int, timeout: float = 10.0) -> list[Frame]:
         """Wait until at least ``count`` frames of a type arrived; returns them all."""
@@ -369,7 +362,7 @@ class ScriptedServer:
         return [f for f in self.snapshot() if f.type not in OUTBOX_BYPASS]
 
 
-class RawServer:
+class RawServer(LoopThread):
     """A bare TCP server on loopback, on its own thread.
 
     ``mode="silent"`` answers the WebSocket upgrade by hand and then only reads, never writing
@@ -377,6 +370,8 @@ class RawServer:
     ``mode="ping-flood"`` answers the upgrade, then sends JSON ``ping`` frames (up to
     ``max_pings`` per connection, counted in ``pings_sent``) and never reads again.
     """
+
+    thread_name = "raw-server"
 
     def __init__(self, mode: str = "silent", *, max_pings: int = 200_000) -> None:
         if mode not in ("silent", "record", "ping-flood"):
@@ -390,32 +385,12 @@ class RawServer:
         self.received: list[bytearray] = []
         self.accept_times: list[float] = []
         self.port = 0
-        self._cond = threading.Condition()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
         self._writers: list[asyncio.StreamWriter] = []
+        super().__init__()
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v1/coordination"
-
-    def __enter__(self) -> RawServer:
-        started = threading.Event()
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._main(started)), name="raw-server", daemon=True
-        )
-        self._thread.start()
-        if not started.wait(10):
-            raise RuntimeError("raw server did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(10)
 
     async def _main(self, started: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
@@ -486,19 +461,6 @@ class RawServer:
                 self._cond.notify_all()
         assert self._stop is not None
         await self._stop.wait()  # keep the connection, still reading nothing
-
-    def wait_for(
-        self, predicate: Callable[[RawServer], bool], timeout: float = 10.0, what: str = ""
-    ) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(self):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(
-                        f"timed out after {timeout} s waiting for {what or predicate}"
-                    )
-                self._cond.wait(remaining)
 
     def all_bytes(self) -> bytes:
         with self._cond:
