@@ -22,7 +22,6 @@ import itertools
 import json
 import os
 import shlex
-import shutil
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
+from tests.support.chromium import CHROMIUM
+from tests.support.chromium import CHROMIUM_ARGS as ARGS
 
 from .bench_hub import CLIENTS, RATE, TIMEOUT, WARMUP, WINDOW, _at
 from .harness import Child, Figure, say, serve_commands
@@ -41,17 +44,6 @@ MAX_OPEN_MS = 1000.0
 MIN_APPLIED_RATIO = 0.97
 MAX_PUSH_GAP_S = 1.0
 MAX_EXTRA_GROWTH_MB = 16.0
-CHROMIUM = os.environ.get("WHEN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # Record when the page's WebSocket hears from the hub, before app.js opens it.
 _RECORD_PUSHES = """
 window.__pushes = [];

@@ -11,13 +11,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.chromium import CHROMIUM
+from tests.support.chromium import CHROMIUM_ARGS as ARGS
 from tests.support.dashboard_fleet import FleetService, Plan
 from tests.support.faults import free_port
 from tests.support.metrics import families, scrape
@@ -30,17 +31,6 @@ try:
 except ImportError:  # pragma: no cover - the dev extra installs it
     sync_playwright = None  # type: ignore[assignment]
 
-CHROMIUM = os.environ.get("WHEN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 WAIT_MS = 15_000
 TOKEN = "dash-steer-token"
