@@ -25,7 +25,7 @@ from tests.support.faults import HubProcess, Proxy
 from when_coordinator import Config, Coordinator, Phase, PhaseManager
 from when_coordinator.cli import HubClient
 from when_coordinator.hub import Hub, HubError, ThreadedHub
-from when_coordinator.hub.pgstore import SCHEMA_VERSION, PostgresStore
+from when_coordinator.hub.pgstore import SCHEMA_VERSION, PostgresStore, dumps, loads
 from when_coordinator.hub.state import PhaseChange
 from when_coordinator.hub.store import StoreBatch
 
@@ -408,3 +408,14 @@ def test_records_beyond_the_limit_per_workflow_and_kind_are_pruned(pg_url: str) 
         assert [c.reason for c in history] == ["r3", "r4"]
     finally:
         store.close()
+
+
+def test_the_stores_json_reads_back_what_json_loads_reads_and_writes_what_it_reads() -> None:
+    """msgspec reads and writes the documents; a number beyond a float (which ``jsonb``
+    holds and msgspec refuses) still reads as ``json.loads`` reads it."""
+    document = {"workflow_id": "wf-1", "progress": {"percent": 12.5}, "tags": ["a", "é"], "n": None}
+    assert json.loads(dumps(document)) == document
+    assert loads(dumps(document).encode()) == document
+    assert loads(b'{"big": 1e400}') == {"big": float("inf")}
+    with pytest.raises(json.JSONDecodeError, match="Expecting value"):
+        loads(b'{"truncated": ')
