@@ -120,6 +120,7 @@ async def _serve_instance(db: str, name: str, commands: bool) -> None:
             samples: list[tuple[float, int]] = []
             sampler = asyncio.ensure_future(sample(samples, end + 1.0))
             begin = start + base.WARMUP
+            cpu = asyncio.ensure_future(_cpu_between(begin, end))
             latencies = []
             if commands:  # the odd workflows: services held by the other instance
                 targets = everyone[1::2]
@@ -131,6 +132,7 @@ async def _serve_instance(db: str, name: str, commands: bool) -> None:
             await sampler
             health = hub.store_health() or {}
             return {
+                "cpu": await cpu,
                 "samples": samples,
                 "latencies": latencies,
                 "commands": issued,
@@ -139,6 +141,14 @@ async def _serve_instance(db: str, name: str, commands: bool) -> None:
 
         say(url=hub.url)
         await serve_commands(measure)
+
+
+async def _cpu_between(begin: float, end: float) -> float:
+    """This process's CPU time (every thread) from ``begin`` to ``end``, as a share of one core."""
+    await asyncio.sleep(max(0.0, begin - time.monotonic()))
+    used = time.process_time()
+    await asyncio.sleep(max(0.0, end - time.monotonic()))
+    return (time.process_time() - used) / (end - begin)
 
 
 def _measure(dbs: Sequence[str]) -> dict[str, Any]:
@@ -171,7 +181,10 @@ def _measure(dbs: Sequence[str]) -> dict[str, Any]:
     split = base._segments(reports[0]["commands"], reports[0]["latencies"], sent["pauses"])
     slow = sorted(split, reverse=True)[: max(1, len(split) // 100)]  # the p99 tail
     writes = sum(r["writes"] or 0 for r in reports) / len(reports) / (end - start + 1)
+    cpu = sum(r["cpu"] for r in reports)
     return {
+        "cpu": cpu,
+        "cpu_per_msg": cpu / applied * 1e6 if applied else 0.0,
         "offered": offered,
         "applied": applied,
         "p50": statistics.median(latencies),
@@ -179,6 +192,83 @@ def _measure(dbs: Sequence[str]) -> dict[str, Any]:
         "commands": len(latencies),
         "writes": writes,
         "tail": [statistics.median(s[i] for s in slow) for i in (1, 2, 3)],
+    }
+
+
+SCALE_BATCHES = 150
+SCALE_WORKFLOWS = 50
+SCALE_LOGS = 50
+"""One instance's store batch under figure 8's load: 5,000 msg/s, half progress (coalesced
+into about 50 changed workflows a 20 ms batch) and half logs (50 a batch)."""
+
+
+class _Host:
+    """What ``PostgresBus._apply`` reads of its hub: the state, and no services of its own."""
+
+    command_timeout = 10.0
+
+    def __init__(self) -> None:
+        from when_coordinator.hub.state import HubState  # noqa: PLC0415
+
+        self.state = HubState(log_buffer=10_000)
+
+    def _local_services(self) -> set[str]:
+        return set()
+
+
+def _scale(db: str) -> dict[str, float]:
+    """The two rates behind the scale-out of docs/operations.md, with figure 8's batches:
+    the database's rate of one writer's transactions (writers are serialised, so this is
+    the fleet's), and the CPU one instance spends reading and applying another's rows."""
+    from when_coordinator.hub.bus import PostgresBus, _read  # noqa: PLC0415
+    from when_coordinator.hub.model import WorkflowState  # noqa: PLC0415
+    from when_coordinator.hub.pgstore import PostgresStore  # noqa: PLC0415
+    from when_coordinator.hub.records import StoredLog  # noqa: PLC0415
+    from when_coordinator.hub.store import StoreBatch, summary  # noqa: PLC0415
+    from when_coordinator.protocol import LogEntry  # noqa: PLC0415
+
+    writer, reader = PostgresStore(db, "scale-w"), PostgresStore(db, "scale-r")
+    writer.open()
+    reader.open()
+    host = _Host()
+    bus = PostgresBus(host, reader)  # type: ignore[arg-type]
+    seq, wall, read_cpu, rows = reader.changes_since(0).seq, 0.0, 0.0, 0
+    try:
+        for n in range(SCALE_BATCHES):
+            batch = StoreBatch()
+            for i in range(SCALE_WORKFLOWS):
+                workflow = WorkflowState(
+                    f"wf-scale-{i}", service_id=f"svc-{i}", action_type="bench", stage="load"
+                )
+                workflow.progress, workflow.current_item, workflow.updated_at = n % 100, n, n
+                batch.workflows[workflow.workflow_id] = summary(workflow)
+            for i in range(SCALE_LOGS):
+                entry = LogEntry.from_dict(
+                    {
+                        "timestamp": "2026-12-03T12:00:00.123456Z",
+                        "level": "info",
+                        "message": f"record {n}.{i}",
+                        "workflow_id": f"wf-scale-{i}",
+                        "fields": {"client": i, "n": n},
+                    }
+                )
+                batch.logs.append(StoredLog(entry, f"svc-{i}", float(n)))
+            started = time.perf_counter()
+            writer.write(batch)
+            wall += time.perf_counter() - started
+            used = time.process_time()
+            mirror, logs = _read(reader, seq)
+            bus._apply(mirror, logs)
+            read_cpu += time.process_time() - used
+            seq, rows = mirror.seq, rows + len(mirror.workflows) + len(logs)
+    finally:
+        writer.close()
+        reader.close()
+    return {
+        "tx_per_s": SCALE_BATCHES / wall,
+        "rows_per_s": SCALE_BATCHES * (SCALE_WORKFLOWS + SCALE_LOGS) / wall,
+        "mirror_us_per_row": read_cpu / rows * 1e6 if rows else 0.0,
+        "rows": rows,
     }
 
 
@@ -193,6 +283,7 @@ def _figures() -> list[Figure]:
     try:
         db = server.new_database()
         pg = _measure([db, db])
+        scale = _scale(server.new_database())
     finally:
         server.stop()
     with tempfile.TemporaryDirectory(prefix="when-bench-") as tmp:
@@ -232,6 +323,26 @@ def _figures() -> list[Figure]:
             f"    store batches written per second, per instance ({STORE_INTERVAL * 1000:g} ms)",
             pg["writes"],
             "/s",
+        ),
+        Figure.info(
+            "    instances' CPU per message applied (own + persist + mirror; one SQLite hub)",
+            pg["cpu_per_msg"],
+            "us/msg",
+            solo["cpu_per_msg"],
+        ),
+        Figure.info("    instances' CPU in the window (share of one core, both)", pg["cpu"], "x"),
+        Figure.info(
+            f"    database: one writer's batches ({SCALE_WORKFLOWS} summaries + {SCALE_LOGS} logs)",
+            scale["tx_per_s"],
+            "tx/s",
+        ),
+        Figure.info(
+            "    database: rows written per second, one writer", scale["rows_per_s"], "rows/s"
+        ),
+        Figure.info(
+            "    mirror: CPU to read and apply another instance's row",
+            scale["mirror_us_per_row"],
+            "us/row",
         ),
         Figure.info(
             "    slowest 1 %: A asked until the service had it",

@@ -222,3 +222,26 @@ def test_a_register_keeps_bounded_texts_and_services_are_bounded_by_count() -> N
         state.close_connection(f"d{i}", now=2.5 + i)
     assert set(state.services) == {"svc-big", "d-8", "d-9"}  # connected ones stay
     assert state.memory()["services"] == {"count": 3, "limit": 3, "evicted": 8}
+
+
+def test_mirrored_updates_keep_the_byte_counts_a_fresh_count_gives() -> None:
+    """Another instance's documents (the PostgreSQL bus): progress-only updates keep the
+    record lists' counts as they were, and still count the texts that changed."""
+    checkpoint = {"checkpoint_id": "cp-1", "state": {"rows": "r" * KB}}
+    rows: list[tuple[str, dict[str, Any]]] = [
+        ("history", {"from": "", "to": "pre-flight", "at": 1.0}),
+        ("checkpoints", checkpoint),
+    ]
+    document = {"workflow_id": "wf-1", "service_id": "svc-b", "phase": "execution"}
+    live = HubState()
+    live.mirror_workflow(document, rows)
+    for i in range(50):
+        live.mirror_workflow({**document, "message": "m" * i, "stage": f"s{i}"}, ())
+    last = {**document, "message": "m" * 49, "stage": "s49"}
+    fresh = HubState()
+    fresh.mirror_workflow(last, rows)
+    assert live.workflows["wf-1"].history == fresh.workflows["wf-1"].history
+    assert live.workflows["wf-1"].message == "m" * 49
+    assert live.workflows_bytes == fresh.workflows_bytes > 0
+    assert live.checkpoint_state_bytes == fresh.checkpoint_state_bytes > KB
+    assert live.memory() == fresh.memory()

@@ -116,36 +116,51 @@ class WorkflowState:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorkflowState:
-        """Rebuild from ``as_dict(full=True)``; raises ``KeyError``/``ValueError`` on bad data."""
-        previous = data.get("previous_phase") or ""
+        """Rebuild from ``as_dict(full=True)``; raises ``KeyError``/``ValueError`` on bad data.
+
+        Written for speed: every instance on PostgreSQL rebuilds each workflow document the
+        others persist (thousands a second), so absent lists cost nothing and phases are
+        looked up rather than made by ``Phase()`` (which still makes the error)."""
+        get = data.get
+        previous = get("previous_phase") or ""
+        phase = get("phase", "pending")
+        children = get("children")
+        history = get("history")
+        checkpoints = get("checkpoints")
+        errors = get("errors")
+        anomalies = get("anomalies")
         return cls(
             workflow_id=str(data["workflow_id"]),
-            service_id=str(data.get("service_id", "")),
-            parent_workflow_id=str(data.get("parent_workflow_id", "")),
-            root_workflow_id=str(data.get("root_workflow_id", "")),
-            children=tuple(str(c) for c in data.get("children", ())),
-            action_id=str(data.get("action_id", "")),
-            action_type=str(data.get("action_type", "")),
-            phase=Phase(data.get("phase", "pending")),
-            previous_phase=Phase(previous) if previous else None,
-            reason=str(data.get("reason", "")),
-            checkpoint_id=str(data.get("checkpoint_id", "")),
-            progress=float(data.get("progress", 0.0)),
-            stage=str(data.get("stage", "")),
-            message=str(data.get("message", "")),
-            current_item=int(data.get("current_item", 0)),
-            total_items=int(data.get("total_items", 0)),
-            current_action=str(data.get("current_action", "")),
-            history=tuple(PhaseChange.from_dict(c) for c in data.get("history", ())),
-            checkpoints=tuple(CheckpointRecord.from_dict(c) for c in data.get("checkpoints", ())),
-            errors=tuple(ErrorRecord.from_dict(e) for e in data.get("errors", ())),
-            anomalies=tuple(str(a) for a in data.get("anomalies", ())),
-            anomaly_count=int(data.get("anomaly_count", 0)),
-            log_count=int(data.get("log_count", 0)),
-            announced=bool(data.get("announced", False)),
-            created_at=float(data.get("created_at", 0.0)),
-            updated_at=float(data.get("updated_at", 0.0)),
+            service_id=str(get("service_id", "")),
+            parent_workflow_id=str(get("parent_workflow_id", "")),
+            root_workflow_id=str(get("root_workflow_id", "")),
+            children=tuple(map(str, children)) if children else (),
+            action_id=str(get("action_id", "")),
+            action_type=str(get("action_type", "")),
+            phase=_PHASES.get(phase) or Phase(phase),
+            previous_phase=(_PHASES.get(previous) or Phase(previous)) if previous else None,
+            reason=str(get("reason", "")),
+            checkpoint_id=str(get("checkpoint_id", "")),
+            progress=float(get("progress", 0.0)),
+            stage=str(get("stage", "")),
+            message=str(get("message", "")),
+            current_item=int(get("current_item", 0)),
+            total_items=int(get("total_items", 0)),
+            current_action=str(get("current_action", "")),
+            history=tuple(map(PhaseChange.from_dict, history)) if history else (),
+            checkpoints=tuple(map(CheckpointRecord.from_dict, checkpoints)) if checkpoints else (),
+            errors=tuple(map(ErrorRecord.from_dict, errors)) if errors else (),
+            anomalies=tuple(map(str, anomalies)) if anomalies else (),
+            anomaly_count=int(get("anomaly_count", 0)),
+            log_count=int(get("log_count", 0)),
+            announced=bool(get("announced", False)),
+            created_at=float(get("created_at", 0.0)),
+            updated_at=float(get("updated_at", 0.0)),
         )
+
+
+_PHASES: dict[Any, Phase] = {phase.value: phase for phase in Phase}
+"""Phase by its value (a lookup: calling ``Phase()`` runs Python code in ``enum``)."""
 
 
 @dataclass(slots=True)

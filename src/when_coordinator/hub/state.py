@@ -454,15 +454,21 @@ class HubState(MessageRules):
         self, document: Mapping[str, Any], records: Sequence[tuple[str, Mapping[str, Any]]]
     ) -> None:
         """A workflow another instance persisted: its summary, plus the (kind, record) rows it
-        appended since, which are streamed to watchers as the events they were there."""
-        summary = {k: v for k, v in document.items() if k not in RECORD_LISTS}
-        workflow = WorkflowState.from_dict(summary)
+        appended since, which are streamed to watchers as the events they were there.
+
+        Every instance applies every document the others persist, most of them a progress
+        update of a known workflow: that one keeps its record lists, and their byte counts,
+        as they are (recounting them cost as much as the rest of the update)."""
+        if "history" in document or "checkpoints" in document or "errors" in document:
+            document = {k: v for k, v in document.items() if k not in RECORD_LISTS}
+        workflow = WorkflowState.from_dict(document)
         old = self.workflows.get(workflow.workflow_id)
+        recount = old is None or bool(records)
         if old is not None:
             workflow.history, workflow.checkpoints = old.history, old.checkpoints
             workflow.errors = old.errors
-            self._forget_sizes(old)
-        workflow.anomalies = tuple(str(a) for a in document.get("anomalies", ()))
+            if recount:
+                self._forget_sizes(old)
         events = self._changes.events
         wf, sid = workflow.workflow_id, workflow.service_id
         for kind, data in records:
@@ -481,9 +487,13 @@ class HubState(MessageRules):
                 workflow.errors = append_bounded(workflow.errors, error, self._max_records)
                 events.append(ErrorEvent(wf, sid, error))
         self.workflows[wf] = workflow
-        self.workflow_logs.setdefault(wf, self._log_buffer())
+        if wf not in self.workflow_logs:
+            self.workflow_logs[wf] = self._log_buffer()
         self._settle(workflow)
-        self._restore_sizes(workflow)
+        if recount:
+            self._restore_sizes(workflow)
+        else:
+            self._account(workflow)
         self._changes.workflows.add(wf)
         self._evict(keep=wf)
 
