@@ -44,6 +44,9 @@ class ErrorEvent:
 @dataclass(frozen=True, slots=True)
 class LogEvent:
     record: StoredLog
+    size: int = 0
+    """Its estimated bytes as the hub's buffers hold it (0: not measured), so the store's
+    pending bound need not measure it again."""
 
 
 Event = PhaseEvent | CheckpointEvent | ErrorEvent | LogEvent | Anomaly
@@ -74,12 +77,29 @@ class Changes:
         )
 
     def merge_ids(self, other: Changes) -> None:
-        """Take ``other``'s record ids (not its events)."""
-        self.services |= other.services
-        self.workflows |= other.workflows
-        self.connections |= other.connections
-        self.workflows -= other.removed_workflows
-        self.removed_workflows |= other.removed_workflows
+        """Take ``other``'s record ids (not its events). Called for every frame a hub with a
+        store receives, most of which change one workflow: empty sets are skipped."""
+        if other.services:
+            self.services |= other.services
+        if other.workflows:
+            self.workflows |= other.workflows
+        if other.connections:
+            self.connections |= other.connections
+        if other.removed_workflows:
+            self.workflows -= other.removed_workflows
+            self.removed_workflows |= other.removed_workflows
+
+    def clear(self) -> None:
+        if self.events:
+            self.events.clear()
+        if self.workflows:
+            self.workflows.clear()
+        if self.services:
+            self.services.clear()
+        if self.connections:
+            self.connections.clear()
+        if self.removed_workflows:
+            self.removed_workflows.clear()
 
     def merge(self, other: Changes) -> None:
         self.services |= other.services

@@ -96,7 +96,7 @@ class Persister:
         self._pending.merge_ids(changes)
         for event in changes.events:
             if isinstance(event, LogEvent):
-                size = _log_size(event.record)
+                size = event.size or _log_size(event.record)
                 self._logs.append((event.record, size))
                 self._logs_bytes += size
             elif isinstance(event, PhaseEvent):

@@ -127,27 +127,25 @@ class Retention:
         self._closed: deque[str] = deque()
         self._next_service = itertools.count(1)
         self._changes = Changes()
+        self._spare: Changes | None = None
 
     def take_changes(self) -> Changes:
         """Return what changed since the last call and start a new record of changes."""
         changes = self._changes
         if changes:
-            self._changes = Changes()
+            spare, self._spare = self._spare, None
+            self._changes = spare if spare is not None else Changes()
         return changes
+
+    def give_back(self, changes: Changes) -> None:
+        """A taken record of changes that nobody keeps (the store has merged it): emptied and
+        reused by the next ``take_changes``, which a hub with a store calls after every frame."""
+        changes.clear()
+        self._spare = changes
 
     def discard_changes(self) -> None:
         """Forget what changed (when nobody watches or stores it): cheaper than taking it."""
-        changes = self._changes
-        if changes.events:
-            changes.events.clear()
-        if changes.workflows:
-            changes.workflows.clear()
-        if changes.services:
-            changes.services.clear()
-        if changes.connections:
-            changes.connections.clear()
-        if changes.removed_workflows:
-            changes.removed_workflows.clear()
+        self._changes.clear()
 
     def _anomaly(
         self,

@@ -426,7 +426,7 @@ class MessageRules(Retention):
             workflow = self.workflows[entry.workflow_id]
             workflow.log_count += 1
             self._changes.workflows.add(entry.workflow_id)
-        self._changes.events.append(LogEvent(record))
+        self._changes.events.append(LogEvent(record, size))
 
     def _pong(self, service: ServiceState, ping_id: str, now: float) -> None:
         for index, (pending_id, sent_at) in enumerate(service.pending_pings):

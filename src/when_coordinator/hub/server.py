@@ -431,6 +431,8 @@ class Hub(HttpFront, ServiceEndpoint):
             if changes:
                 if self._persister is not None:
                     self._persister.add(changes)
+                    if not self._subscribers:
+                        self._state.give_back(changes)  # merged: reused by the next take
                 for session in tuple(self._subscribers):
                     session.push(changes)
         if self._waiters:

@@ -505,4 +505,4 @@ class HubState(MessageRules):
             self.logs.append_packed(packed, size)
             if record.workflow_id:
                 self._keep_log(packed, size, record.workflow_id)
-            self._changes.events.append(LogEvent(record))
+            self._changes.events.append(LogEvent(record, size))
