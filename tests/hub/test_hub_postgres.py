@@ -357,10 +357,12 @@ def test_retention_drops_old_logs_and_finished_workflows_by_age_and_count(pg_url
         service = Service(hub.url)
         try:
             service.start("wf-1")
+            service.start("wf-running")
             for i in range(10):
                 service.coordinator.log_with_context("info", f"line {i}", "wf-1")
             service.phases.complete("wf-1")
             phase_on(hub, "wf-1", "completed")
+            phase_on(hub, "wf-running", "execution")
             assert service.coordinator.flush(TIMEOUT)
             hub.wait_for(lambda h: len(h.logs_for("wf-1")) >= 3, TIMEOUT)
             assert hub.flush()
@@ -368,16 +370,24 @@ def test_retention_drops_old_logs_and_finished_workflows_by_age_and_count(pg_url
             service.close()
     store.prune()
     assert store.counts()["logs"] == 3  # by count: the newest log_limit
-    assert store.counts()["workflows"] == 1  # finished within the hour: kept
+    assert store.counts()["workflows"] == 2  # finished within the hour: kept
     with psycopg.connect(pg_url, autocommit=True) as conn:
+        finished = dict(
+            conn.execute(
+                "SELECT workflow_id, finished_at IS NOT NULL FROM when_workflows"
+            ).fetchall()
+        )
+        assert finished == {"wf-1": True, "wf-running": False}
         conn.execute("UPDATE when_logs SET created_at = now() - interval '2 hours'")
-        conn.execute("UPDATE when_workflows SET finished_at = now() - interval '2 hours'")
+        conn.execute("UPDATE when_workflows SET finished_at = finished_at - interval '2 hours'")
     store.prune()
     counts = store.counts()
     store.close()
     assert counts["logs"] == 0
-    assert counts["workflows"] == 0
-    assert counts["workflow_records"] == 0
+    assert counts["workflows"] == 1  # the running one, whatever its age
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        left = conn.execute("SELECT DISTINCT workflow_id FROM when_workflow_records").fetchall()
+    assert left == [("wf-running",)]
 
 
 def test_the_embedded_default_never_imports_psycopg(tmp_path: Path) -> None:

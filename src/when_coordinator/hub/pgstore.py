@@ -388,19 +388,22 @@ class PostgresStore:
                 cur.execute(
                     "DELETE FROM when_workflow_records WHERE workflow_id = ANY(%s)", (gone,)
                 )
-            cur.executemany(
-                "INSERT INTO when_workflows (workflow_id, instance_id, seq, finished_at, data) "
-                "VALUES (%s, %s, nextval('when_change_seq'), "
-                "CASE WHEN %s THEN now() END, %s::jsonb) "
-                "ON CONFLICT (workflow_id) DO UPDATE SET instance_id = excluded.instance_id, "
-                "seq = excluded.seq, data = excluded.data, finished_at = "
-                "COALESCE(when_workflows.finished_at, excluded.finished_at)",
-                [
-                    (wf, me, document.get("phase") in _TERMINAL, dumps(document))
-                    for wf, document in batch.workflows.items()
-                    if document is not None
-                ],
-            )
+            kept = [(wf, doc) for wf, doc in batch.workflows.items() if doc is not None]
+            if kept:  # one statement (arrays), not one per workflow: a third of the CPU
+                cur.execute(
+                    "INSERT INTO when_workflows (workflow_id, instance_id, seq, finished_at, data) "
+                    "SELECT w, %s, nextval('when_change_seq'), CASE WHEN t THEN now() END, "
+                    "d::jsonb FROM unnest(%b::text[], %b::bool[], %b::text[]) AS u(w, t, d) "
+                    "ON CONFLICT (workflow_id) DO UPDATE SET instance_id = excluded.instance_id, "
+                    "seq = excluded.seq, data = excluded.data, finished_at = "
+                    "COALESCE(when_workflows.finished_at, excluded.finished_at)",
+                    (
+                        me,
+                        [wf for wf, _ in kept],
+                        [doc.get("phase") in _TERMINAL for _, doc in kept],
+                        [dumps(doc) for _, doc in kept],
+                    ),
+                )
             rows = [(wf, kind, record.as_dict()) for wf, kind, record in batch.records]
             for workflow_id, lists in batch.resync.items():
                 cur.execute(
