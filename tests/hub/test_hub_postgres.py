@@ -25,6 +25,7 @@ from tests.support.faults import HubProcess, Proxy
 from when_coordinator import Config, Coordinator, Phase, PhaseManager
 from when_coordinator.cli import HubClient
 from when_coordinator.hub import Hub, HubError, ThreadedHub
+from when_coordinator.hub.bus import SWITCH_INTERVAL
 from when_coordinator.hub.pgstore import SCHEMA_VERSION, PostgresStore, dumps, loads
 from when_coordinator.hub.state import PhaseChange
 from when_coordinator.hub.store import StoreBatch
@@ -372,7 +373,7 @@ def test_retention_drops_old_logs_and_finished_workflows_by_age_and_count(pg_url
     assert store.counts()["logs"] == 3  # by count: the newest log_limit
     assert store.counts()["workflows"] == 2  # finished within the hour: kept
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        finished = dict(
+        finished: dict[str, bool] = dict(
             conn.execute(
                 "SELECT workflow_id, finished_at IS NOT NULL FROM when_workflows"
             ).fetchall()
@@ -429,3 +430,17 @@ def test_the_stores_json_reads_back_what_json_loads_reads_and_writes_what_it_rea
     assert loads(b'{"big": 1e400}') == {"big": float("inf")}
     with pytest.raises(json.JSONDecodeError, match="Expecting value"):
         loads(b'{"truncated": ')
+
+
+def test_an_instance_on_the_bus_shortens_the_switch_interval_while_it_runs(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Commands cross threads at every hop on the bus: a thread with an answer should not
+    wait out the interpreter's default 5 ms for the GIL. A hub alone leaves it as it is."""
+    before = sys.getswitchinterval()
+    assert before > SWITCH_INTERVAL
+    with ThreadedHub(Hub(port=0, db=str(tmp_path / "hub.db"))):
+        assert sys.getswitchinterval() == before
+    with hubs(pg_url, 1):
+        assert sys.getswitchinterval() == SWITCH_INTERVAL
+    assert sys.getswitchinterval() == before
