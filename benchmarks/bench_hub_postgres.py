@@ -272,6 +272,73 @@ def _scale(db: str) -> dict[str, float]:
     }
 
 
+HANDOFF_STATEMENTS = 300
+
+
+async def _statements_through_a_thread(url: str, interval: float) -> list[float]:
+    """Latencies (ms) of ``SELECT 1`` on a thread of its own (as the bus runs its statements)
+    awaited from an event loop kept 60 % busy, beside another thread busy with Python work
+    (as a store or mirror thread is at times), with the given switch interval."""
+    import concurrent.futures  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    import psycopg  # noqa: PLC0415
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(interval)
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            sum(range(20_000))
+
+    async def loop_work() -> None:
+        while True:
+            until = time.perf_counter() + 0.003
+            while time.perf_counter() < until:
+                pass
+            await asyncio.sleep(0.002)
+
+    executor = concurrent.futures.ThreadPoolExecutor(1)
+    latencies: list[float] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        worker = threading.Thread(target=busy, daemon=True)
+        worker.start()
+        work = asyncio.ensure_future(loop_work())
+        loop = asyncio.get_running_loop()
+        try:
+            for _ in range(HANDOFF_STATEMENTS):
+                started = time.perf_counter()
+                await loop.run_in_executor(executor, lambda: conn.execute("SELECT 1").fetchall())
+                latencies.append((time.perf_counter() - started) * 1000)
+                await asyncio.sleep(0.003)
+        finally:
+            work.cancel()
+            stop.set()
+            worker.join()
+            executor.shutdown()
+            sys.setswitchinterval(before)
+    return latencies
+
+
+def _handoff(db: str) -> dict[str, float]:
+    """Why the bus shortens the switch interval (``bus.SWITCH_INTERVAL``): p99 of a statement
+    through a thread, at the bus's interval and at the interpreter's default, alternating."""
+    from when_coordinator.hub.bus import SWITCH_INTERVAL  # noqa: PLC0415
+
+    runs: dict[float, list[float]] = {SWITCH_INTERVAL: [], 0.005: []}
+    for _ in range(2):
+        for interval, latencies in runs.items():
+            latencies.extend(asyncio.run(_statements_through_a_thread(db, interval)))
+    short, default = runs[SWITCH_INTERVAL], runs[0.005]
+    return {
+        "p50": statistics.median(short),
+        "p50_default": statistics.median(default),
+        "p99": percentile(short, 0.99),
+        "p99_default": percentile(default, 0.99),
+    }
+
+
 def _figures() -> list[Figure]:
     sys.path.insert(0, str(ROOT))  # the tests package, for its support modules
     from tests.support.pgserver import PostgresServer, find_postgres_bin  # noqa: PLC0415
@@ -284,6 +351,7 @@ def _figures() -> list[Figure]:
         db = server.new_database()
         pg = _measure([db, db])
         scale = _scale(server.new_database())
+        handoff = _handoff(db)
     finally:
         server.stop()
     with tempfile.TemporaryDirectory(prefix="when-bench-") as tmp:
@@ -343,6 +411,18 @@ def _figures() -> list[Figure]:
             "    mirror: CPU to read and apply another instance's row",
             scale["mirror_us_per_row"],
             "us/row",
+        ),
+        Figure.info(
+            "    a statement via a thread, busy loop and thread: p50 (1 ms switch; 5 ms)",
+            handoff["p50"],
+            "ms",
+            handoff["p50_default"],
+        ),
+        Figure.info(
+            "    the same, p99 (1 ms switch interval; baseline the default 5 ms)",
+            handoff["p99"],
+            "ms",
+            handoff["p99_default"],
         ),
         Figure.info(
             "    slowest 1 %: A asked until the service had it",
