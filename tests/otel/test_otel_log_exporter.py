@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import msgspec
 import pytest
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
@@ -263,13 +264,17 @@ WIRE_CASES: dict[str, tuple[_Record, dict[str, Any]]] = {
 def test_wire_form_is_exactly_what_a_log_entry_would_send(
     record: _Record, expected: dict[str, Any]
 ) -> None:
-    """The exporter builds wire dicts itself (no LogEntry per record): the expected values, in
-    the keys, order and omissions of the protocol's own ``LogEntry.to_dict()``."""
+    """The exporter builds wire entries itself (no LogEntry per record): the expected values,
+    in the keys, order and omissions of the protocol's own ``LogEntry.to_dict()``, and the
+    same bytes as that entry encoded."""
     owners = {0xAB: ("wf-owner", "")}
     wire, size = CoordinationLogExporter._wire(record, owners.get)
-    assert list(wire.items()) == list(expected.items())
-    assert list(wire.items()) == list(LogEntry.from_dict(wire).to_dict().items())
-    assert size == log_size(wire["message"], wire.get("fields"))  # the outbox's estimate
+    as_dict = wire.to_dict()
+    assert list(as_dict.items()) == list(msgspec.to_builtins(expected).items())
+    entry = LogEntry.from_dict(as_dict)
+    assert list(as_dict.items()) == list(entry.to_dict().items())
+    assert msgspec.json.encode(wire) == msgspec.json.encode(entry)
+    assert size == log_size(wire.message, wire.fields)  # the outbox's estimate
 
 
 def test_fields_that_are_not_json_safe_still_arrive(

@@ -9,8 +9,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 __all__ = [
     "RateLimitedLog",
+    "WireLog",
     "WireLogBatch",
     "approx_size",
     "describe_error",
@@ -77,12 +80,38 @@ def describe_error(error: object) -> str:
     return f"{name}: {text}"
 
 
-class WireLogBatch(list[dict[str, Any]]):
-    """Log entries already in wire form (``LogEntry.to_dict()``'s shape), as one batch.
+class WireLog(msgspec.Struct, omit_defaults=True, gc=False):
+    """One log entry in wire form: ``LogEntry``'s keys, order and omissions, encoded as they
+    are (tests/otel compares the bytes).
 
-    The log exporter builds these directly from SDK records: one dict per record instead of a
-    ``LogEntry`` that the client thread would turn into the same dict again.
+    The log exporter makes one per SDK record on a thread that shares the GIL with the
+    application's logging: built positionally in C and encoded without key lookups, it costs
+    less than the dict it replaces (and than a ``LogEntry``, whose ``__post_init__`` is Python
+    code). ``level`` is the level's wire text; ``timestamp``, ``level`` and ``message`` are
+    always written, as ``LogEntry`` writes them.
     """
+
+    timestamp: str
+    level: str
+    message: str
+    trace_id: str = ""
+    span_id: str = ""
+    workflow_id: str = ""
+    action_id: str = ""
+    correlation_id: str = ""
+    fields: dict[str, Any] = msgspec.field(default_factory=dict)
+    source_file: str = ""
+    source_line: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object it encodes as (``LogEntry.to_dict()``'s form)."""
+        result: dict[str, Any] = msgspec.to_builtins(self)
+        return result
+
+
+class WireLogBatch(list[WireLog]):
+    """Log entries already in wire form (``WireLog``), as one batch: the log exporter's, with
+    no conversion left for the client thread but encoding."""
 
     __slots__ = ()
 

@@ -26,7 +26,7 @@ from ..protocol import (
     format_timestamp,
     new_message_id,
 )
-from ._util import WireLogBatch, jsonable, log_size
+from ._util import WireLog, WireLogBatch, jsonable, log_size
 from .outbox import Entry
 
 __all__ = [
@@ -117,9 +117,9 @@ def _log_entry_dict(entry: LogEntry, timestamp: str, sanitize: bool) -> dict[str
     return wire
 
 
-def _sanitized_wire(wire: dict[str, Any]) -> dict[str, Any]:
-    fields = wire.get("fields")
-    return {**wire, "fields": jsonable(fields)} if fields else wire
+def _sanitized_wire(wire: WireLog) -> WireLog:
+    fields = wire.fields
+    return msgspec.structs.replace(wire, fields=jsonable(fields)) if fields else wire
 
 
 def _encode_payload(entry: Entry, *, sanitize: bool) -> str:
