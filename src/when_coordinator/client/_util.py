@@ -6,7 +6,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -110,10 +110,15 @@ class WireLog(msgspec.Struct, omit_defaults=True, gc=False):
 
 
 class WireLogBatch(list[WireLog]):
-    """Log entries already in wire form (``WireLog``), as one batch: the log exporter's, with
-    no conversion left for the client thread but encoding."""
+    """Log entries already in wire form (``WireLog``): the log exporter's, with no conversion
+    left for the client thread but encoding. Sent as ``log_batch`` messages of at most
+    ``max_entries`` each (0: no limit but the frame size), queued together."""
 
-    __slots__ = ()
+    __slots__ = ("max_entries",)
+
+    def __init__(self, entries: Iterable[WireLog] = (), max_entries: int = 0) -> None:
+        super().__init__(entries)
+        self.max_entries = max_entries
 
 
 def log_size(message: str, fields: Mapping[str, Any] | None) -> int:

@@ -51,7 +51,20 @@ def split_log_batch(
 ) -> Iterator[tuple[LogBatch, int]]:
     """Parts of a batch (of the batch's own kind) with their estimated sizes, each at most
     ``budget`` unless one entry alone is larger: a frame over the frame limit is dropped,
-    so a large batch goes out as several ``log_batch`` frames rather than not at all."""
+    so a large batch goes out as several ``log_batch`` frames rather than not at all. A
+    ``WireLogBatch`` is first cut into parts of its ``max_entries``."""
+    if isinstance(batch, WireLogBatch) and 0 < batch.max_entries < len(batch):
+        limit = batch.max_entries
+        for start in range(0, len(batch), limit):
+            end = start + limit
+            yield from _split_by_size(WireLogBatch(batch[start:end]), sizes[start:end], budget)
+        return
+    yield from _split_by_size(batch, sizes, budget)
+
+
+def _split_by_size(
+    batch: LogBatch, sizes: Sequence[int], budget: int
+) -> Iterator[tuple[LogBatch, int]]:
     total = sum(sizes)
     if total <= budget or len(batch) == 1:
         yield batch, total

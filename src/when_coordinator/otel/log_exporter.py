@@ -213,9 +213,8 @@ class CoordinationLogExporter(LogExporterBase):
         try:
             coordinator = self.coordinator
             wires, sizes = self._wires(batch, tracker_for(coordinator).owner, self._unmappable)
-            for start in range(0, len(wires), self.max_batch):
-                end = start + self.max_batch
-                coordinator.send_wire_log_batch(WireLogBatch(wires[start:end]), sizes[start:end])
+            if wires:  # ``max_batch`` entries a message, queued with one wake-up of the client
+                coordinator.send_wire_log_batch(WireLogBatch(wires, self.max_batch), sizes)
             self.exported += len(wires)
             return ExportResult.SUCCESS
         except Exception:
