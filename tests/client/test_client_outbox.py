@@ -370,6 +370,25 @@ def test_the_wakeup_fires_once_when_an_entry_arrives_for_a_waiting_consumer() ->
     assert calls == [1]
 
 
+def test_puts_with_wakeups_held_wake_a_waiting_consumer_once_after_the_last() -> None:
+    """The parts of one log export: the client's thread is woken when all are queued, not
+    at the first (it would send that one alone and come back for the rest)."""
+    make, outbox = Maker(), Outbox(10, 10_000)
+    woken_with: list[int] = []
+    outbox.set_wakeup(lambda: woken_with.append(outbox.pending))
+    drain(outbox)  # the consumer waits
+    with outbox.wakeups_held():
+        with outbox.wakeups_held():  # nested (two threads at once): the outer one wakes
+            outbox.put(make(LOG))
+        outbox.put(make(LOG))
+        outbox.put(make(LOG))
+        assert woken_with == []
+    assert woken_with == [3]
+    with outbox.wakeups_held():
+        pass  # nothing was queued: the consumer, no longer waiting, is not woken again
+    assert woken_with == [3]
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_random_operations_keep_every_message_accounted_for(seed: int) -> None:
     rng = random.Random(seed)

@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import msgspec
 import pytest
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
@@ -246,6 +247,10 @@ WIRE_CASES: dict[str, tuple[_Record, dict[str, Any]]] = {
         _Record({"x": (1.5, 2.5)}, body=None, severity_text="fatal"),
         {"timestamp": TS, "level": "fatal", "message": "", "fields": {"x": (1.5, 2.5)}},
     ),
+    "nanoseconds with leading zeros": (
+        _Record({}, timestamp=1_700_000_000_000_000_042),
+        {"timestamp": "2023-11-14T22:13:20.000000042Z", "level": "warn", "message": "m"},
+    ),
     "span owned by a workflow": (
         _Record({}, span_id=0xAB, severity_number=SeverityNumber.DEBUG),
         {
@@ -263,13 +268,39 @@ WIRE_CASES: dict[str, tuple[_Record, dict[str, Any]]] = {
 def test_wire_form_is_exactly_what_a_log_entry_would_send(
     record: _Record, expected: dict[str, Any]
 ) -> None:
-    """The exporter builds wire dicts itself (no LogEntry per record): the expected values, in
-    the keys, order and omissions of the protocol's own ``LogEntry.to_dict()``."""
+    """The exporter builds wire entries itself (no LogEntry per record): the expected values,
+    in the keys, order and omissions of the protocol's own ``LogEntry.to_dict()``, and the
+    same bytes as that entry encoded."""
     owners = {0xAB: ("wf-owner", "")}
     wire, size = CoordinationLogExporter._wire(record, owners.get)
-    assert list(wire.items()) == list(expected.items())
-    assert list(wire.items()) == list(LogEntry.from_dict(wire).to_dict().items())
-    assert size == log_size(wire["message"], wire.get("fields"))  # the outbox's estimate
+    as_dict = wire.to_dict()
+    assert list(as_dict.items()) == list(msgspec.to_builtins(expected).items())
+    entry = LogEntry.from_dict(as_dict)
+    assert list(as_dict.items()) == list(entry.to_dict().items())
+    assert msgspec.json.encode(wire) == msgspec.json.encode(entry)
+    assert size == log_size(wire.message, wire.fields)  # the outbox's estimate
+
+
+def test_a_batch_maps_each_record_as_it_would_alone() -> None:
+    """``_wires`` keeps what consecutive records share (the second, the level, the ids and
+    the span's workflow): a record must never inherit a neighbour's."""
+    owners = {0xAB: ("wf-owner", ""), 0xCD: ("wf-other", "")}
+    records = [
+        *(case[0] for case in WIRE_CASES.values()),
+        _Record({}, span_id=0xCD, severity_number=SeverityNumber.INFO),
+        _Record({}, span_id=0xCD, severity_text="error", timestamp=1_800_000_000_000_000_000),
+        _Record({"workflow_id": "wf-attr"}, span_id=0xCD, severity_text="debug"),
+        _Record({}, span_id=0xAB, trace_id=0x1, severity_number=SeverityNumber.INFO),
+        _Record({}, span_id=0xAB, trace_id=0x2, severity_number=SeverityNumber.UNSPECIFIED),
+    ]
+    alone = [CoordinationLogExporter._wire(record, owners.get) for record in records]
+    wires, sizes = CoordinationLogExporter._wires(records * 2, owners.get, _never)
+    assert [wire.to_dict() for wire in wires] == [wire.to_dict() for wire, _ in alone] * 2
+    assert sizes == [size for _, size in alone] * 2
+
+
+def _never() -> None:
+    raise AssertionError("a record could not be mapped")
 
 
 def test_fields_that_are_not_json_safe_still_arrive(

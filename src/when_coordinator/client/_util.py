@@ -6,11 +6,14 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+import msgspec
 
 __all__ = [
     "RateLimitedLog",
+    "WireLog",
     "WireLogBatch",
     "approx_size",
     "describe_error",
@@ -77,14 +80,45 @@ def describe_error(error: object) -> str:
     return f"{name}: {text}"
 
 
-class WireLogBatch(list[dict[str, Any]]):
-    """Log entries already in wire form (``LogEntry.to_dict()``'s shape), as one batch.
+class WireLog(msgspec.Struct, omit_defaults=True, gc=False):
+    """One log entry in wire form: ``LogEntry``'s keys, order and omissions, encoded as they
+    are (tests/otel compares the bytes).
 
-    The log exporter builds these directly from SDK records: one dict per record instead of a
-    ``LogEntry`` that the client thread would turn into the same dict again.
+    The log exporter makes one per SDK record on a thread that shares the GIL with the
+    application's logging: built positionally in C and encoded without key lookups, it costs
+    less than the dict it replaces (and than a ``LogEntry``, whose ``__post_init__`` is Python
+    code). ``level`` is the level's wire text; ``timestamp``, ``level`` and ``message`` are
+    always written, as ``LogEntry`` writes them.
     """
 
-    __slots__ = ()
+    timestamp: str
+    level: str
+    message: str
+    trace_id: str = ""
+    span_id: str = ""
+    workflow_id: str = ""
+    action_id: str = ""
+    correlation_id: str = ""
+    fields: dict[str, Any] = msgspec.field(default_factory=dict)
+    source_file: str = ""
+    source_line: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object it encodes as (``LogEntry.to_dict()``'s form)."""
+        result: dict[str, Any] = msgspec.to_builtins(self)
+        return result
+
+
+class WireLogBatch(list[WireLog]):
+    """Log entries already in wire form (``WireLog``): the log exporter's, with no conversion
+    left for the client thread but encoding. Sent as ``log_batch`` messages of at most
+    ``max_entries`` each (0: no limit but the frame size), queued together."""
+
+    __slots__ = ("max_entries",)
+
+    def __init__(self, entries: Iterable[WireLog] = (), max_entries: int = 0) -> None:
+        super().__init__(entries)
+        self.max_entries = max_entries
 
 
 def log_size(message: str, fields: Mapping[str, Any] | None) -> int:

@@ -542,9 +542,8 @@ class Coordinator:
         return self._enqueue_log_batches(batch, [log_entry_size(entry) for entry in batch])
 
     def send_wire_log_batch(self, batch: WireLogBatch, sizes: Sequence[int]) -> bool:
-        """``send_log_batch`` for entries the caller built in wire form (``LogEntry.to_dict()``'s
-        shape), each with its timestamp: the log exporter's path, one object per record fewer
-        and no conversion on the client thread. ``sizes`` are their ``log_size`` estimates."""
+        """``send_log_batch`` for entries built in wire form (the log exporter's ``WireLog``),
+        with their ``log_size`` estimates; split by frame size and the batch's ``max_entries``."""
         if type(batch) is not WireLogBatch:
             raise TypeError(
                 f"send_wire_log_batch() takes a WireLogBatch, got {type(batch).__name__}"
@@ -558,11 +557,12 @@ class Coordinator:
     def _enqueue_log_batches(
         self, batch: tuple[LogEntry, ...] | WireLogBatch, sizes: Sequence[int]
     ) -> bool:
-        """One ``log_batch``, or several when the entries would make a frame near the
-        frame limit (half of it, by estimate): a frame over it is dropped."""
+        """One ``log_batch``, or several when the entries would make a frame near the frame
+        limit (half of it, by estimate; a frame over it is dropped), with one wake-up."""
         accepted = True
-        for part, size in split_log_batch(batch, sizes, self._core.frame_limit // 2):
-            accepted = self._enqueue(MessageType.LOG_BATCH, "", part, 80 + size) and accepted
+        with self._core.outbox.wakeups_held():
+            for part, size in split_log_batch(batch, sizes, self._core.frame_limit // 2):
+                accepted = self._enqueue(MessageType.LOG_BATCH, "", part, 80 + size) and accepted
         return accepted
 
     def log_with_context(

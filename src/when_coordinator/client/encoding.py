@@ -26,7 +26,7 @@ from ..protocol import (
     format_timestamp,
     new_message_id,
 )
-from ._util import WireLogBatch, jsonable, log_size
+from ._util import WireLog, WireLogBatch, jsonable, log_size
 from .outbox import Entry
 
 __all__ = [
@@ -51,7 +51,20 @@ def split_log_batch(
 ) -> Iterator[tuple[LogBatch, int]]:
     """Parts of a batch (of the batch's own kind) with their estimated sizes, each at most
     ``budget`` unless one entry alone is larger: a frame over the frame limit is dropped,
-    so a large batch goes out as several ``log_batch`` frames rather than not at all."""
+    so a large batch goes out as several ``log_batch`` frames rather than not at all. A
+    ``WireLogBatch`` is first cut into parts of its ``max_entries``."""
+    if isinstance(batch, WireLogBatch) and 0 < batch.max_entries < len(batch):
+        limit = batch.max_entries
+        for start in range(0, len(batch), limit):
+            end = start + limit
+            yield from _split_by_size(WireLogBatch(batch[start:end]), sizes[start:end], budget)
+        return
+    yield from _split_by_size(batch, sizes, budget)
+
+
+def _split_by_size(
+    batch: LogBatch, sizes: Sequence[int], budget: int
+) -> Iterator[tuple[LogBatch, int]]:
     total = sum(sizes)
     if total <= budget or len(batch) == 1:
         yield batch, total
@@ -117,9 +130,9 @@ def _log_entry_dict(entry: LogEntry, timestamp: str, sanitize: bool) -> dict[str
     return wire
 
 
-def _sanitized_wire(wire: dict[str, Any]) -> dict[str, Any]:
-    fields = wire.get("fields")
-    return {**wire, "fields": jsonable(fields)} if fields else wire
+def _sanitized_wire(wire: WireLog) -> WireLog:
+    fields = wire.fields
+    return msgspec.structs.replace(wire, fields=jsonable(fields)) if fields else wire
 
 
 def _encode_payload(entry: Entry, *, sanitize: bool) -> str:

@@ -19,6 +19,7 @@ dropped, so ``accepted == delivered + dropped + queued + inflight`` always holds
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -168,6 +169,7 @@ class Outbox:
         self._inflight_bytes = 0
         self._order = 0
         self._waiting = False
+        self._holding = 0  # ``wakeups_held`` blocks in progress
         self._on_wakeup: Callable[[], None] | None = None
         self.accepted = 0
         self.delivered = 0
@@ -204,12 +206,35 @@ class Outbox:
                 self._latest_state[entry.workflow_id] = entry.order
                 if entry.phase_sequence >= 0:
                     self._pending_phase[entry.workflow_id] = entry.phase_sequence
-            if self._waiting:
+            if self._waiting and not self._holding:
                 self._waiting = False
                 wake = self._on_wakeup
         if wake is not None:
             wake()
         return True
+
+    @contextlib.contextmanager
+    def wakeups_held(self) -> Iterator[None]:
+        """Put several entries with one wake-up of the consumer, after the last.
+
+        Woken at the first of them, the client's thread takes the GIL from the producer to
+        send one frame and ask for its acknowledgement, and again for the next: the parts of
+        one log export went out as that many writes and pings. Puts from other threads in
+        the meantime wait for the same wake-up, a few puts later.
+        """
+        with self._lock:
+            self._holding += 1
+        try:
+            yield
+        finally:
+            wake = None
+            with self._lock:
+                self._holding -= 1
+                if self._waiting and not self._holding:
+                    self._waiting = False
+                    wake = self._on_wakeup
+            if wake is not None:
+                wake()
 
     def _coalesce(self, entry: Entry) -> bool:
         """Merge ``entry`` into its workflow's queued progress, if that keeps order.

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._compat.otel import (
@@ -23,8 +24,8 @@ from .._compat.otel import (
     scope_name_of,
 )
 from ..client import Coordinator
-from ..client._util import RateLimitedLog, WireLogBatch, jsonable, log_size
-from ..protocol import LogLevel, format_timestamp
+from ..client._util import RateLimitedLog, WireLog, WireLogBatch, jsonable, log_size
+from ..protocol import LogLevel
 from . import attributes as attr
 from .tracking import get_coordinator, tracker_for
 
@@ -49,6 +50,8 @@ for _role, _keys in (
 ):
     for _rank, _key in enumerate(_keys):
         _ROLES[_key] = (_role, _rank)
+
+_ROLE_KEYS = frozenset(_ROLES)
 
 _SEVERITY_TEXT = {
     "trace": LogLevel.DEBUG,
@@ -79,6 +82,42 @@ def level_for_severity(number: int | None, text: str | None = None) -> LogLevel:
 
 
 _LEVEL_NAMES = tuple(level_for_severity(number).value if number else "" for number in range(25))
+
+
+def _split(items: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Attributes that fill the entry's own keys (by role, the first-listed spelling winning
+    when a record carries several, empty values skipped), and the rest: its ``fields``."""
+    own: dict[str, Any] = {}
+    fields: dict[str, Any] = {}
+    ranks: dict[str, int] = {}
+    for key, value in items.items():
+        role = _ROLES.get(key)
+        if role is None:
+            fields[key] = value
+        elif value is not None and value != "" and role[1] < ranks.get(role[0], 99):
+            own[role[0]] = value
+            ranks[role[0]] = role[1]
+    return own, fields
+
+
+def _own_keys(own: Mapping[str, Any]) -> tuple[str, str, str, str, int]:
+    """The entry's workflow, action and correlation ids, source file and line from the
+    attributes ``_split`` found for them; a key with no usable value is empty (omitted)."""
+    workflow_id = own.get("workflow_id")
+    action_id = own.get("action_id")
+    correlation_id = own.get("correlation_id")
+    source_file = own.get("source_file")
+    line = own.get("source_line")
+    return (
+        str(workflow_id) if workflow_id else "",
+        str(action_id) if action_id else "",
+        str(correlation_id) if correlation_id else "",
+        str(source_file) if source_file else "",
+        line if line and isinstance(line, int) and not isinstance(line, bool) else 0,
+    )
+
+
+_SCALARS = frozenset({bool, int, float})
 
 
 def _level_name(severity: Any, text: str | None) -> str:
@@ -173,30 +212,9 @@ class CoordinationLogExporter(LogExporterBase):
             return ExportResult.SUCCESS
         try:
             coordinator = self.coordinator
-            tracker = tracker_for(coordinator)
-            wires: list[dict[str, Any]] = []
-            sizes: list[int] = []
-            scope: Any = _NO_SCOPE
-            ours = False
-            for item in batch:
-                if getattr(item, "instrumentation_scope", None) is not scope:  # few per batch
-                    scope = getattr(item, "instrumentation_scope", None)
-                    ours = is_telemetry_logger(scope_name_of(item))
-                if ours:
-                    continue  # telemetry about itself: sending it could feed on itself
-                try:
-                    wire, size = self._wire(record_of(item), tracker.owner)
-                except Exception:
-                    self.errors += 1
-                    self._warn.log(
-                        logging.WARNING, "record", "unmappable log record", exc_info=True
-                    )
-                    continue
-                wires.append(wire)
-                sizes.append(size)
-            for start in range(0, len(wires), self.max_batch):
-                end = start + self.max_batch
-                coordinator.send_wire_log_batch(WireLogBatch(wires[start:end]), sizes[start:end])
+            wires, sizes = self._wires(batch, tracker_for(coordinator).owner, self._unmappable)
+            if wires:  # ``max_batch`` entries a message, queued with one wake-up of the client
+                coordinator.send_wire_log_batch(WireLogBatch(wires, self.max_batch), sizes)
             self.exported += len(wires)
             return ExportResult.SUCCESS
         except Exception:
@@ -204,69 +222,141 @@ class CoordinationLogExporter(LogExporterBase):
             self._warn.log(logging.WARNING, "export", "log export failed", exc_info=True)
             return ExportResult.FAILURE
 
+    def _unmappable(self) -> None:
+        """Count the record being mapped as an error (called while its exception is handled)."""
+        self.errors += 1
+        self._warn.log(logging.WARNING, "record", "unmappable log record", exc_info=True)
+
     @staticmethod
-    def _wire(record: Any, owner_of: Any) -> tuple[dict[str, Any], int]:
-        """Map one record straight to its wire form (``LogEntry.to_dict()``'s keys, order and
-        omissions) and the outbox's size estimate for it (``log_size``).
+    def _wires(
+        batch: Sequence[Any],
+        owner_of: Callable[[int], tuple[str, str] | None],
+        unmappable: Callable[[], None],
+    ) -> tuple[list[WireLog], list[int]]:
+        """Map a batch of records straight to their wire form (``LogEntry``'s keys, order and
+        omissions) and the outbox's size estimate of each (``log_size``).
 
         This runs for every record, on a thread that shares the GIL with the application's
-        logging: it builds one dict rather than a ``LogEntry`` and then a dict, and makes one
-        pass over the attributes.
+        logging, so it is one loop with what records of a batch share kept from one record to
+        the next rather than computed again: the scope's verdict, the second of the
+        timestamp, the level of the severity, the hex of the trace and span ids and the
+        workflow that owns the span. Records without the attributes that fill an entry's own
+        keys (most) take their ``fields`` in one copy. A record that cannot be mapped is
+        left out and reported to ``unmappable``.
         """
-        own: dict[str, Any] = {}
-        fields: dict[str, Any] = {}
-        attributes = record.attributes
-        if attributes is not None:
-            # The record is finished by the time it is exported: read without the SDK's lock.
-            ranks: dict[str, int] = {}
-            for key, value in attribute_items(attributes).items():
-                role = _ROLES.get(key)
-                if role is None:
-                    fields[key] = value
-                elif value is not None and value != "" and role[1] < ranks.get(role[0], 99):
-                    own[role[0]] = value
-                    ranks[role[0]] = role[1]
-        body = record.body
-        if isinstance(body, str):
-            message = body
-        elif body is None:
-            message = ""
-        else:
-            message = json.dumps(jsonable(body), separators=(",", ":"))
-        timestamp = record.timestamp or record.observed_timestamp
-        wire: dict[str, Any] = {
-            "timestamp": format_timestamp(timestamp) if timestamp else format_timestamp(),
-            "level": _level_name(record.severity_number, record.severity_text),
-            "message": message,
-        }
-        trace_id = record.trace_id
-        if trace_id:
-            wire["trace_id"] = format(trace_id, "032x")
-        span_id = record.span_id
-        if span_id:
-            wire["span_id"] = format(span_id, "016x")
-        workflow_id = own.get("workflow_id")
-        if workflow_id is None and span_id:
-            owner = owner_of(span_id)
-            if owner is not None:
-                workflow_id = owner[0]
-        if workflow_id:
-            wire["workflow_id"] = str(workflow_id)
-        if own:
-            for name in ("action_id", "correlation_id"):
-                value = own.get(name)
-                if value:
-                    wire[name] = str(value)
-        if fields:
-            wire["fields"] = fields  # made JSON-safe by the client only if it does not encode
-        if own:
-            source_file = own.get("source_file")
-            if source_file:
-                wire["source_file"] = str(source_file)
-            line = own.get("source_line")
-            if line and isinstance(line, int) and not isinstance(line, bool):
-                wire["source_line"] = line
-        return wire, log_size(message, fields)
+        wires: list[WireLog] = []
+        sizes: list[int] = []
+        scope: Any = _NO_SCOPE
+        ours = False
+        second, prefix = -1, ""
+        severity_seen: Any = _NO_SCOPE
+        level = ""
+        trace_seen, trace_hex = 0, ""
+        span_seen, span_hex = 0, ""
+        owned_span, owner = 0, ""
+        for item in batch:
+            if getattr(item, "instrumentation_scope", None) is not scope:  # few per batch
+                scope = getattr(item, "instrumentation_scope", None)
+                ours = is_telemetry_logger(scope_name_of(item))
+            if ours:
+                continue  # telemetry about itself: sending it could feed on itself
+            try:
+                record = record_of(item)
+                attributes = record.attributes
+                own: dict[str, Any] | None = None
+                # The record is finished by the time it is exported: read without the lock.
+                items = attribute_items(attributes) if attributes is not None else None
+                if not items:
+                    fields: dict[str, Any] = {}
+                    size = 160
+                else:
+                    if not _ROLE_KEYS.isdisjoint(items):
+                        own, fields = _split(items)
+                    elif type(items) is dict:
+                        fields = items.copy()
+                    else:
+                        fields = dict(items)
+                    size = 160
+                    for key, value in fields.items():  # ``log_size``, inline: once per field
+                        if value.__class__ is str:
+                            size += len(key) + (len(value) if value.isascii() else 6 * len(value))
+                        elif value.__class__ in _SCALARS or value is None:
+                            size += len(key) + 64
+                        else:
+                            size += log_size("", {key: value}) - 160
+                body = record.body
+                if isinstance(body, str):
+                    message = body
+                elif body is None:
+                    message = ""
+                else:
+                    message = json.dumps(jsonable(body), separators=(",", ":"))
+                size += len(message) if message.isascii() else 6 * len(message)
+                time_ns = record.timestamp or record.observed_timestamp or time.time_ns()
+                seconds, nanos = divmod(time_ns, 1_000_000_000)
+                if seconds != second:
+                    prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds))
+                    second = seconds
+                digits = str(nanos)  # ``format_timestamp``'s: a third of ``f"{nanos:09d}"``
+                if len(digits) < 9:
+                    digits = digits.zfill(9)
+                severity = record.severity_number
+                if severity is not severity_seen:
+                    level = _level_name(severity, record.severity_text)
+                    # Only a number decides alone; the text may differ from record to record.
+                    cacheable = severity.__class__ is SeverityNumber and severity.value
+                    severity_seen = severity if cacheable else _NO_SCOPE
+                trace_id = record.trace_id
+                if trace_id != trace_seen:
+                    trace_seen = trace_id
+                    trace_hex = format(trace_id, "032x") if trace_id else ""
+                span_id = record.span_id
+                if span_id != span_seen:
+                    span_seen = span_id
+                    span_hex = format(span_id, "016x") if span_id else ""
+                workflow_id = action_id = correlation_id = source_file = ""
+                source_line = 0
+                if own is not None:
+                    workflow_id, action_id, correlation_id, source_file, source_line = _own_keys(
+                        own
+                    )
+                if not workflow_id and span_id and (own is None or "workflow_id" not in own):
+                    if span_id != owned_span:
+                        owned_span = span_id
+                        found = owner_of(span_id)
+                        owner = str(found[0]) if found is not None and found[0] else ""
+                    workflow_id = owner
+                wires.append(
+                    WireLog(
+                        f"{prefix}{digits}Z",
+                        level,
+                        message,
+                        trace_hex,
+                        span_hex,
+                        workflow_id,
+                        action_id,
+                        correlation_id,
+                        fields,  # made JSON-safe by the client only if it does not encode
+                        source_file,
+                        source_line,
+                    )
+                )
+                sizes.append(size)
+            except Exception:
+                unmappable()
+        return wires, sizes
+
+    @classmethod
+    def _wire(
+        cls, record: Any, owner_of: Callable[[int], tuple[str, str] | None]
+    ) -> tuple[WireLog, int]:
+        """One record's wire form and size estimate (``_wires`` of a batch of one)."""
+
+        def unmappable() -> None:
+            raise  # noqa: PLE0704 - called while the record's exception is handled
+
+        wires, sizes = cls._wires([record], owner_of, unmappable)
+        return wires[0], sizes[0]
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Deliver what the coordinator holds; True when nothing is left undelivered."""
