@@ -31,17 +31,9 @@ from .config import HUB_PATH, Config, display_url
 from .connection import RedactingLogger, backoff_delays, handshake_headers, is_tls, redact
 from .core import CONTROL_LIMIT, ClientCore
 
-__all__ = ["ACK_IDLE_EVERY", "ACK_QUIET", "MessageHandler", "Session"]
+__all__ = ["MessageHandler", "Session"]
 
 _log = logging.getLogger("when_coordinator.client")
-
-ACK_QUIET = 0.05
-"""Seconds the writer waits with nothing to send before it asks the hub to acknowledge what
-it sent: at once when ``flush`` or ``close`` waits for it or ``ACK_IDLE_EVERY`` messages are
-unacknowledged, and under load every ``ACK_EVERY``."""
-ACK_IDLE_EVERY = 32
-"""Unacknowledged messages that an idle writer confirms without waiting for ``ACK_QUIET``:
-what a dropped connection sends again (and the hub may see twice) stays this small."""
 
 MessageHandler = Callable[[Message], "Awaitable[None] | None"]
 Fire = Callable[..., None]
@@ -107,9 +99,8 @@ class Session:
                 loop.call_soon_threadsafe(wake.set)
 
     def hurry(self) -> None:
-        """Cut ``write_delay`` and ``ACK_QUIET`` short until everything is delivered (from any
-        thread): ``flush`` and ``close`` wait for what is queued, not for the next batch of
-        it, nor for a quiet moment to confirm it."""
+        """Cut ``write_delay`` short until the outbox is empty (from any thread): ``flush``
+        and ``close`` wait for what is queued, not for the next batch of it."""
         self._urgent = True
         loop = self._loop
         if loop is not None:
@@ -120,8 +111,6 @@ class Session:
         waiter = self._delaying
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if self._urgent and self._wake is not None:
-            self._wake.set()  # an idle writer asks for the acknowledgement now
 
     async def _write_delay(self, seconds: float) -> None:
         """Sleep ``seconds``, or less if ``hurry`` is called meanwhile."""
@@ -426,28 +415,16 @@ class Session:
         assert self._wake is not None
         wake = self._wake
         acknowledging = self._acknowledging
-        loop = asyncio.get_running_loop()
         while True:
             frames = self._frames()
             if not frames:
-                if self._urgent or self.core.outbox.inflight >= ACK_IDLE_EVERY:
-                    # Someone waits for delivery, or enough would be sent again after a drop:
-                    # confirm what is out at once.
-                    self._start_ack(ws, acknowledging, idle=True)
+                self._start_ack(ws, acknowledging, idle=True)  # confirm what is out, then wait
                 # Clear, then look once more: a put (or pong) racing the clear still wakes us.
                 wake.clear()
                 frames = self._frames()
                 if not frames:
-                    if not self.core.pending:
-                        self._urgent = False  # whoever hurried has what they waited for
-                    # Otherwise confirm once the writer has been idle for ACK_QUIET: a ping
-                    # after every burst (each log export) cost a write, a read and two GIL
-                    # hand-overs with the application's threads.
-                    quiet = loop.call_later(ACK_QUIET, self._start_ack, ws, acknowledging)
-                    try:
-                        await wake.wait()
-                    finally:
-                        quiet.cancel()
+                    self._urgent = False  # drained: whoever hurried has what they waited for
+                    await wake.wait()
                     if self.config.write_delay and not self._urgent:
                         await self._write_delay(self.config.write_delay)  # a burst joins
                     continue
@@ -466,7 +443,7 @@ class Session:
         return frames
 
     def _start_ack(
-        self, ws: ClientConnection, running: set[asyncio.Task[None]], *, idle: bool = True
+        self, ws: ClientConnection, running: set[asyncio.Task[None]], *, idle: bool
     ) -> None:
         count = self.core.ack_due(idle=idle)
         if count is not None:
