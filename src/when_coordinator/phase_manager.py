@@ -244,13 +244,19 @@ class PhaseManager:
                     else parent_workflow_id or workflow_id
                 )
             now = time.time()
-            state = PhaseState(
-                workflow_id=workflow_id,
-                phase=Phase(phase),
-                parent_workflow_id=parent_workflow_id,
-                root_workflow_id=root_workflow_id,
-                started_at=now,
-                updated_at=now,
+            state = _snapshot(
+                workflow_id,
+                phase if phase.__class__ is Phase else Phase(phase),
+                None,
+                "",
+                "",
+                parent_workflow_id,
+                root_workflow_id,
+                0.0,
+                "",
+                0,
+                now,
+                now,
             )
             self._states[workflow_id] = state
             return state
