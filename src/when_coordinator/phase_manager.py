@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from .protocol.phases import VALID_TRANSITIONS, Phase
+from .protocol.phases import TERMINAL_PHASES, VALID_TRANSITIONS, Phase
 
 __all__ = [
     "InvalidTransitionError",
@@ -328,7 +328,7 @@ class PhaseManager:
             time.time(),
         )
         self._states[workflow_id] = state
-        if target.is_terminal:
+        if target in TERMINAL_PHASES:  # a set look-up: ``is_terminal`` is a property call
             self._retire(workflow_id)
         self._emit(self._phase_listeners, state)
         return state

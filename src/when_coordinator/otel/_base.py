@@ -288,7 +288,8 @@ class WorkflowBase:
         total_items: int = 0,
     ) -> None:
         """Report progress (0 to 100); the stage defaults to the current action (span)."""
-        self._check_running()
+        if self._ended or not self._started:  # the call, only to raise: progress is frequent
+            self._check_running()
         action = self._phases.note_progress(self.id, percent)  # checks the percent
         stage = stage or action
         if current_item or total_items:

@@ -151,6 +151,10 @@ class Tracker:
         with self._lock:
             self._listeners[workflow_id] = listener
 
+    def attached(self, workflow_id: str) -> bool:
+        """Whether a run listens to ``workflow_id`` (it registered the workflow itself)."""
+        return workflow_id in self._listeners  # one dict read: no lock needed
+
     def detach(self, workflow_id: str, listener: WorkflowListener) -> None:
         """Stop telling ``listener``; a newer run of the same id keeps its own listener."""
         with self._lock:
