@@ -619,9 +619,9 @@ def _inherited_ids() -> tuple[str, str]:
     current = current_run()
     if current is not None:
         return current.id, current.root_id
-    baggage = _baggage()
-    parent = baggage.get_baggage(attr.BAGGAGE_WORKFLOW_ID)
-    root = baggage.get_baggage(attr.BAGGAGE_ROOT_ID)
+    entries = _baggage().get_all()  # one read of the context for both
+    parent = entries.get(attr.BAGGAGE_WORKFLOW_ID)
+    root = entries.get(attr.BAGGAGE_ROOT_ID)
     return (
         parent if isinstance(parent, str) else "",
         root if isinstance(root, str) else "",
