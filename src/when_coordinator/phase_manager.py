@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from .protocol.phases import TERMINAL_PHASES, VALID_TRANSITIONS, Phase
@@ -346,6 +346,16 @@ class PhaseManager:
         _text("reason", reason)
         with self._lock:
             return self._move(workflow_id, target, reason)
+
+    def walk(self, workflow_id: str, steps: Iterable[tuple[Phase, str]]) -> PhaseState:
+        """Take each ``(phase, reason)`` step that the table allows from where the workflow
+        then stands, skipping the others, in one hold of the lock: the automatic lifecycle's
+        three steps at a workflow's start, each otherwise a lock, a read and a transition."""
+        with self._lock:
+            for phase, reason in steps:
+                if phase in VALID_TRANSITIONS[self._get(workflow_id).phase]:
+                    self._move(workflow_id, phase, reason)
+            return self._get(workflow_id)
 
     def pause(self, workflow_id: str, reason: str = "") -> PhaseState:
         """``execution -> pausing``; the workflow reaches ``paused`` at its next safe point."""
