@@ -13,10 +13,10 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from .protocol.phases import VALID_TRANSITIONS, Phase
+from .protocol.phases import TERMINAL_PHASES, VALID_TRANSITIONS, Phase
 
 __all__ = [
     "InvalidTransitionError",
@@ -244,13 +244,19 @@ class PhaseManager:
                     else parent_workflow_id or workflow_id
                 )
             now = time.time()
-            state = PhaseState(
-                workflow_id=workflow_id,
-                phase=Phase(phase),
-                parent_workflow_id=parent_workflow_id,
-                root_workflow_id=root_workflow_id,
-                started_at=now,
-                updated_at=now,
+            state = _snapshot(
+                workflow_id,
+                phase if phase.__class__ is Phase else Phase(phase),
+                None,
+                "",
+                "",
+                parent_workflow_id,
+                root_workflow_id,
+                0.0,
+                "",
+                0,
+                now,
+                now,
             )
             self._states[workflow_id] = state
             return state
@@ -322,7 +328,7 @@ class PhaseManager:
             time.time(),
         )
         self._states[workflow_id] = state
-        if target.is_terminal:
+        if target in TERMINAL_PHASES:  # a set look-up: ``is_terminal`` is a property call
             self._retire(workflow_id)
         self._emit(self._phase_listeners, state)
         return state
@@ -340,6 +346,16 @@ class PhaseManager:
         _text("reason", reason)
         with self._lock:
             return self._move(workflow_id, target, reason)
+
+    def walk(self, workflow_id: str, steps: Iterable[tuple[Phase, str]]) -> PhaseState:
+        """Take each ``(phase, reason)`` step that the table allows from where the workflow
+        then stands, skipping the others, in one hold of the lock: the automatic lifecycle's
+        three steps at a workflow's start, each otherwise a lock, a read and a transition."""
+        with self._lock:
+            for phase, reason in steps:
+                if phase in VALID_TRANSITIONS[self._get(workflow_id).phase]:
+                    self._move(workflow_id, phase, reason)
+            return self._get(workflow_id)
 
     def pause(self, workflow_id: str, reason: str = "") -> PhaseState:
         """``execution -> pausing``; the workflow reaches ``paused`` at its next safe point."""

@@ -444,3 +444,51 @@ def test_log_context_arguments_are_checked_at_the_call(name: str) -> None:
         coordinator.log_with_context("info", "message", **arguments)
     assert coordinator.stats().sent == 0
     coordinator.close(0.1)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "match"),
+    [
+        (("", "a", 5.0), ValueError, "workflow_id must not be empty"),
+        ((7, "a", 5.0), TypeError, "workflow_id must be a string"),
+        (("wf", "a", math.nan), ValueError, "between 0 and 100"),
+        (("wf", "a", 100.5), ValueError, "between 0 and 100"),
+        (("wf", "a", True), TypeError, "percent must be a number"),
+        (("wf", "a", "5"), TypeError, "percent must be a number"),
+        (("wf", None, 5.0), TypeError, "action_id must be a string"),
+        (("wf", "a", 5.0, 3), TypeError, "stage must be a string"),
+        (("wf", "a", 5.0, "s", b"m"), TypeError, "message must be a string"),
+        (("wf", "a", 5.0, "s", "m", -1), ValueError, "current_item must be an integer"),
+        (("wf", "a", 5.0, "s", "m", 0, 1.5), ValueError, "total_items must be an integer"),
+    ],
+    ids=[
+        "empty-id",
+        "int-id",
+        "nan",
+        "over-100",
+        "bool-percent",
+        "text-percent",
+        "none-action",
+        "int-stage",
+        "bytes-message",
+        "negative-item",
+        "float-total",
+    ],
+)
+def test_progress_arguments_are_checked_at_the_call(
+    arguments: tuple[Any, ...], error: type[Exception], match: str
+) -> None:
+    """Progress checks its common arguments (exact str and float, no counts) in one test; any
+    other argument still meets the check that names it, and nothing is queued."""
+    coordinator = Coordinator(fast_config("ws://127.0.0.1:1/v1/coordination"))
+    positional, counts = arguments[:5], arguments[5:]
+    keywords = dict(zip(("current_item", "total_items"), counts, strict=False))
+    with pytest.raises(error, match=match):
+        coordinator.send_progress(*positional, **keywords)
+    assert coordinator.stats().sent == 0
+    # What the common test lets through is queued: an int percent, a str subclass, counts.
+    assert coordinator.send_progress("wf", "a", 50, "s")
+    assert coordinator.send_progress(type("Id", (str,), {})("wf-2"), "a", 0.0)
+    assert coordinator.send_progress("wf-3", "", 100.0, "", "", current_item=1, total_items=2)
+    assert coordinator.stats().sent == 3
+    coordinator.close(0.1)

@@ -353,6 +353,43 @@ def test_complete_from_completing_takes_only_the_second_step() -> None:
     assert recorder.moves == [(P.COMPLETING, P.COMPLETED, "completed successfully")]
 
 
+START = ((P.PRE_FLIGHT, "workflow started"), (P.PLANNING, "planning"), (P.EXECUTION, "executing"))
+
+
+@pytest.mark.parametrize("source", list(Phase))
+def test_walk_takes_the_steps_the_table_allows_one_notification_each(source: Phase) -> None:
+    """What the lifecycle's start does in one hold of the lock: from each phase, exactly the
+    moves that checking each step and transitioning would have made, and no error."""
+    manager, recorder = _manager_at(source)
+    expected, phase = [], source
+    for step, reason in START:
+        if phase.can_transition_to(step):
+            expected.append((phase, step, reason))
+            phase = step
+    state = manager.walk("wf", START)
+    assert recorder.moves == expected
+    assert state is manager.get_state("wf")
+    assert state.phase is phase
+
+
+def test_walk_follows_a_listener_that_moves_the_workflow() -> None:
+    """A listener that moves the workflow meanwhile (under the same lock): the next step is
+    judged from where the workflow then stands."""
+    manager, recorder = _manager_at(P.PENDING)
+
+    def fail_at_planning(state: PhaseState) -> None:
+        if state.phase is P.PLANNING:
+            manager.fail("wf", "stopped")
+
+    manager.on_phase_changed(fail_at_planning)
+    assert manager.walk("wf", START).phase is P.FAILED
+    assert recorder.moves == [
+        (P.PENDING, P.PRE_FLIGHT, "workflow started"),
+        (P.PRE_FLIGHT, P.PLANNING, "planning"),
+        (P.PLANNING, P.FAILED, "stopped"),
+    ]
+
+
 @pytest.mark.parametrize("source", [p for p in Phase if p not in (P.EXECUTION, P.COMPLETING)])
 def test_complete_refused_elsewhere(source: Phase) -> None:
     manager, recorder = _manager_at(source)

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["check_count", "check_percent", "check_text", "check_timeout", "check_workflow"]
+__all__ = [
+    "check_count",
+    "check_percent",
+    "check_progress",
+    "check_text",
+    "check_timeout",
+    "check_workflow",
+]
 
 
 def check_text(name: str, value: object) -> str:
@@ -46,3 +53,36 @@ def check_count(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     return value
+
+
+def check_progress(
+    workflow_id: object,
+    action_id: object,
+    percent: object,
+    stage: object,
+    message: object,
+    current_item: object,
+    total_items: object,
+) -> None:
+    """``send_progress``'s checks. Progress is the most frequent message: its common arguments
+    (exact ``str`` and ``float``, no item counts) pass one test, where the separate checks
+    were six calls an update; anything else goes through them, which raise."""
+    if (
+        workflow_id.__class__ is str
+        and workflow_id
+        and percent.__class__ is float
+        and 0 <= percent <= 100  # also false for NaN
+        and action_id.__class__ is str
+        and stage.__class__ is str
+        and message.__class__ is str
+        and not (current_item or total_items)
+    ):
+        return
+    check_workflow(workflow_id)
+    check_percent(percent)
+    if current_item or total_items:
+        check_count("current_item", current_item)
+        check_count("total_items", total_items)
+    check_text("action_id", action_id)
+    check_text("stage", stage)
+    check_text("message", message)

@@ -39,7 +39,7 @@ from ..protocol import (
     RegisteredPayload,
     WorkflowCreatedPayload,
 )
-from ._checks import check_count, check_percent, check_text, check_timeout, check_workflow
+from ._checks import check_progress, check_text, check_timeout, check_workflow
 from ._util import RateLimitedLog, WireLogBatch, approx_size, describe_error, warn_once
 from .config import Config, url_hint
 from .connection import ssl_context
@@ -506,19 +506,9 @@ class Coordinator:
         current_item: int = 0,
         total_items: int = 0,
     ) -> bool:
-        check_workflow(workflow_id)
-        check_percent(percent)
-        if current_item or total_items:
-            check_count("current_item", current_item)
-            check_count("total_items", total_items)
+        check_progress(workflow_id, action_id, percent, stage, message, current_item, total_items)
         payload = ProgressPayload(
-            workflow_id,
-            percent,
-            check_text("action_id", action_id),
-            check_text("stage", stage),
-            check_text("message", message),
-            current_item,
-            total_items,
+            workflow_id, percent, action_id, stage, message, current_item, total_items
         )
         size = 160 + len(workflow_id) + len(action_id) + len(stage) + len(message)
         return self._enqueue(MessageType.PROGRESS, workflow_id, payload, size)

@@ -10,11 +10,11 @@ carries the workflow too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import os
 import threading
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -143,6 +143,21 @@ def _tracer(provider: TracerProvider | None) -> trace.Tracer:
     return tracer
 
 
+_baggage_module: ModuleType | None = None
+
+
+def _baggage() -> ModuleType:
+    """``opentelemetry.baggage``, imported at the first workflow: its regular expressions are
+    5 ms of every process's import. Kept here, since an ``import`` statement in a function
+    costs every call (about 0.4 us, twice a workflow)."""
+    global _baggage_module  # noqa: PLW0603 - a cache of one
+    if _baggage_module is None:
+        from opentelemetry import baggage  # noqa: PLC0415
+
+        _baggage_module = baggage
+    return _baggage_module
+
+
 def _reset(token: Any) -> None:
     """Undo an ``attach``; from another context there is nothing of ours to undo.
 
@@ -151,8 +166,10 @@ def _reset(token: Any) -> None:
     OpenTelemetry's own ``detach`` would log "Failed to detach context".
     """
     if isinstance(token, contextvars.Token):
-        with contextlib.suppress(ValueError):
+        try:  # noqa: SIM105 - ``contextlib.suppress`` is three Python calls at every run's end
             token.var.reset(token)
+        except ValueError:
+            pass
     else:  # a runtime context that is not contextvars-based
         otel_context.detach(token)
 
@@ -206,7 +223,8 @@ class WorkflowBase:
         self._started = False
         self._ended = False
         self._version = 0
-        self._changed = threading.Condition()
+        self._wake_lock = threading.Lock()  # guards ``_version`` and ``_waiters``
+        self._changed: threading.Condition | None = None  # on ``_wake_lock``; see ``_condition``
         self._waiters = 0  # threads in ``safe_point`` waiting on ``_changed``
 
     # A workflow another process ran until now (a retried task): the hub has it in this phase
@@ -271,7 +289,8 @@ class WorkflowBase:
         total_items: int = 0,
     ) -> None:
         """Report progress (0 to 100); the stage defaults to the current action (span)."""
-        self._check_running()
+        if self._ended or not self._started:  # the call, only to raise: progress is frequent
+            self._check_running()
         action = self._phases.note_progress(self.id, percent)  # checks the percent
         stage = stage or action
         if current_item or total_items:
@@ -379,9 +398,7 @@ class WorkflowBase:
         self._progress_budget = _progress_events_allowed(self._span)
         self._tracker.adopt_span(self.id, self._span)
         self._tracker.bind(self._span.get_span_context().span_id, self.id)
-        # Imported here: its regular expressions are 5 ms of every process's import.
-        from opentelemetry import baggage  # noqa: PLC0415
-
+        baggage = _baggage()
         context = baggage.set_baggage(attr.BAGGAGE_WORKFLOW_ID, self.id)
         context = baggage.set_baggage(attr.BAGGAGE_ROOT_ID, self.root_id, context)
         context = trace.set_span_in_context(self._span, context)
@@ -523,10 +540,17 @@ class WorkflowBase:
 
     def _notify(self) -> None:
         # Every transition comes here: ``notify_all`` only when someone waits (a paused run).
-        with self._changed:
+        with self._wake_lock:
             self._version += 1
-            if self._waiters:
+            if self._waiters and self._changed is not None:
                 self._changed.notify_all()
+
+    def _condition(self) -> threading.Condition:
+        """What a paused ``safe_point`` waits on; the caller holds ``_wake_lock``. Made at the first
+        wait: a ``Condition`` costs every run, and most runs are never paused."""
+        if self._changed is None:
+            self._changed = threading.Condition(self._wake_lock)
+        return self._changed
 
     def _safe_step(self) -> bool:
         """Advance pause/resume/cancel by one step; True while paused (the caller waits).
@@ -596,10 +620,9 @@ def _inherited_ids() -> tuple[str, str]:
     current = current_run()
     if current is not None:
         return current.id, current.root_id
-    from opentelemetry import baggage  # noqa: PLC0415 - see _begin
-
-    parent = baggage.get_baggage(attr.BAGGAGE_WORKFLOW_ID)
-    root = baggage.get_baggage(attr.BAGGAGE_ROOT_ID)
+    entries = _baggage().get_all()  # one read of the context for both
+    parent = entries.get(attr.BAGGAGE_WORKFLOW_ID)
+    root = entries.get(attr.BAGGAGE_ROOT_ID)
     return (
         parent if isinstance(parent, str) else "",
         root if isinstance(root, str) else "",

@@ -12,6 +12,7 @@ in-memory work and enqueues; its errors are counted in ``errors`` and never rais
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from opentelemetry import baggage
@@ -113,6 +114,13 @@ class CoordinationSpanProcessor(SpanProcessor):
         else the one W3C baggage brought from another process. A span reusing the id of a
         finished workflow is a new run of it.
         """
+        if tracker.attached(workflow_id):
+            # Most often: the span of a ``workflow()`` run (a task's), which registered the
+            # workflow before starting it. Decided here, where working out its parent and
+            # being refused by ``register_workflow`` (an exception) cost every task.
+            with contextlib.suppress(PhaseError):
+                if not tracker.phases.get_phase(workflow_id).is_terminal:
+                    return  # live: as the refusal below decides
         get = getattr(attributes, "get", lambda key: None)
         parent_id = _text(get(attr.WORKFLOW_PARENT_ID))
         root_id = _text(get(attr.WORKFLOW_ROOT_ID))

@@ -17,6 +17,7 @@ from opentelemetry.trace import Span
 
 from ..client import CommandEvent, Config, ConfigError, Coordinator
 from ..phase_manager import PhaseState
+from ..protocol.phases import TERMINAL_PHASES
 from . import attributes as attr
 from . import metrics as _metrics
 
@@ -150,6 +151,10 @@ class Tracker:
         with self._lock:
             self._listeners[workflow_id] = listener
 
+    def attached(self, workflow_id: str) -> bool:
+        """Whether a run listens to ``workflow_id`` (it registered the workflow itself)."""
+        return workflow_id in self._listeners  # one dict read: no lock needed
+
     def detach(self, workflow_id: str, listener: WorkflowListener) -> None:
         """Stop telling ``listener``; a newer run of the same id keeps its own listener."""
         with self._lock:
@@ -158,13 +163,16 @@ class Tracker:
             self._spans.pop(workflow_id, None)
 
     def _on_phase_changed(self, state: PhaseState) -> None:
+        # Every transition of every workflow: ``TERMINAL_PHASES`` is a set look-up where
+        # ``is_terminal`` is a property call.
+        workflow_id, phase, previous = state.workflow_id, state.phase, state.previous_phase
         name = failure = ""
         with self._lock:
-            span = self._spans.get(state.workflow_id)
-            listener = self._listeners.get(state.workflow_id)
-            if state.phase.is_terminal:
-                name = self._names.pop(state.workflow_id, "")
-                failure = self._failures.pop(state.workflow_id, "")
+            span = self._spans.get(workflow_id)
+            listener = self._listeners.get(workflow_id)
+            if phase in TERMINAL_PHASES:
+                name = self._names.pop(workflow_id, "")
+                failure = self._failures.pop(workflow_id, "")
         recorder = _metrics.recorder
         if recorder is not None:
             recorder.transition(state, name, failure)
@@ -173,8 +181,8 @@ class Tracker:
                 attr.PHASE_CHANGED_EVENT,
                 {
                     # ``_value_``: the plain string; ``.value`` is an Enum property, slower.
-                    attr.PHASE_FROM: state.previous_phase._value_ if state.previous_phase else "",
-                    attr.PHASE_TO: state.phase._value_,
+                    attr.PHASE_FROM: previous._value_ if previous else "",
+                    attr.PHASE_TO: phase._value_,
                     attr.PHASE_REASON: state.reason,
                     attr.PHASE_CHECKPOINT_ID: state.checkpoint_id,
                 },
@@ -191,11 +199,19 @@ class Tracker:
 
 _trackers: weakref.WeakKeyDictionary[Coordinator, Tracker] = weakref.WeakKeyDictionary()
 _trackers_lock = threading.Lock()
+_last: tuple[weakref.ref[Coordinator], Tracker] | None = None
+"""The tracker asked for last: nearly always the one of the default coordinator, which every
+workflow asks for (a lock and a ``WeakKeyDictionary`` look-up otherwise)."""
 
 
 def tracker_for(coordinator: Coordinator) -> Tracker:
+    global _last  # noqa: PLW0603 - a cache of one
+    last = _last
+    if last is not None and last[0]() is coordinator:
+        return last[1]
     with _trackers_lock:
         tracker = _trackers.get(coordinator)
         if tracker is None:
             tracker = _trackers[coordinator] = Tracker(coordinator)
+        _last = (weakref.ref(coordinator), tracker)
         return tracker

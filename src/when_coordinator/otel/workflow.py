@@ -72,15 +72,15 @@ class Workflow(WorkflowBase):
         """Honour the hub here: complete a pause and block until resumed, or complete a
         cancellation and raise ``WorkflowCancelled``. Cheap when nothing was asked."""
         while True:
-            with self._changed:
+            with self._wake_lock:
                 version = self._version
             if not self._safe_step():
                 return
-            with self._changed:
+            with self._wake_lock:
                 while self._version == version and not self._ended:
                     self._waiters += 1
                     try:
-                        self._changed.wait()
+                        self._condition().wait()
                     finally:
                         self._waiters -= 1
 
@@ -201,7 +201,8 @@ class WorkflowDefinition:
         entered = self._entered.get()
         with self._open_lock:
             # Runs this context entered that another context exited meanwhile are stale.
-            while entered and not any(other is entered[-1] for other in self._open):
+            # ``in`` compares by identity here: runs do not define ``__eq__``.
+            while entered and entered[-1] not in self._open:
                 entered = entered[:-1]
             if entered:
                 run = entered[-1]
@@ -214,7 +215,7 @@ class WorkflowDefinition:
                     f"workflow {self.name!r} exited without being entered here"
                     + (f" ({len(self._open)} runs are open elsewhere)" if self._open else "")
                 )
-            self._open = [other for other in self._open if other is not run]
+            self._open.remove(run)  # entered once, so listed once
         self._entered.set(entered)
         return run
 
