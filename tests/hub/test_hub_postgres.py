@@ -444,3 +444,8 @@ def test_an_instance_on_the_bus_shortens_the_switch_interval_while_it_runs(
     with hubs(pg_url, 1):
         assert sys.getswitchinterval() == SWITCH_INTERVAL
     assert sys.getswitchinterval() == before
+    first, second = start_hub(pg_url, "hub-a").start(), start_hub(pg_url, "hub-b").start()
+    first.close()  # the other one is still on the bus
+    assert sys.getswitchinterval() == SWITCH_INTERVAL
+    second.close()
+    assert sys.getswitchinterval() == before

@@ -31,6 +31,7 @@ import functools
 import json
 import logging
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -57,6 +58,33 @@ statements run on a thread of their own, the store and the mirror on theirs), an
 the thread that has the answer waits for the GIL held by a busy event loop or a busy store
 thread: a statement through a thread, from a busy loop beside one busy thread, took p50 12-14
 ms and p99 63-97 ms at 5 ms, 5.5-6.5 and 21-33 ms at 1 ms (docs/performance.md)."""
+
+
+class _SwitchInterval:
+    """The interpreter's switch interval, shortened while any instance in this process is on
+    the bus and restored when the last one stops (several run in one process in tests)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: float | None = None
+
+    def shorten(self) -> None:
+        with self._lock:
+            self._users += 1
+            if self._users == 1 and sys.getswitchinterval() > SWITCH_INTERVAL:
+                self._saved = sys.getswitchinterval()
+                sys.setswitchinterval(SWITCH_INTERVAL)
+
+    def restore(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._saved is not None:
+                sys.setswitchinterval(self._saved)
+                self._saved = None
+
+
+_switch_interval = _SwitchInterval()
 
 _T = TypeVar("_T")
 
@@ -151,15 +179,15 @@ class PostgresBus:
         self.mirrored = 0
         self.notes_sent = 0
         self.last_error = ""
-        self._switch_interval: float | None = None
-        """The interpreter's switch interval before ``start`` shortened it (restored at close)."""
+        self._shortened = False
+        """Whether ``start`` shortened the switch interval (``close`` gives its share back)."""
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        if sys.getswitchinterval() > SWITCH_INTERVAL:
-            self._switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(SWITCH_INTERVAL)
+        if not self._shortened:
+            self._shortened = True
+            _switch_interval.shorten()
         store = self._store
         self._seq = store.loaded_seq
         self._alive = {i for i, alive in (await self._heartbeat()).items() if alive}
@@ -203,9 +231,9 @@ class PostgresBus:
             await self._control.rows(LEAVE_SQL, (self._store.instance_id,))
         await self._control.close()
         await self._reader.close()
-        if self._switch_interval is not None:
-            sys.setswitchinterval(self._switch_interval)
-            self._switch_interval = None
+        if self._shortened:
+            self._shortened = False
+            _switch_interval.restore()
 
     async def _heartbeat(self) -> dict[str, bool]:
         """Renew this instance's lease; every instance's and whether its lease is alive."""
