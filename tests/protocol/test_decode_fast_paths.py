@@ -12,6 +12,7 @@ import json
 import pickle
 from typing import Any
 
+import msgspec
 import pytest
 
 from when_coordinator.protocol import (
@@ -176,3 +177,15 @@ def test_an_absent_payload_is_the_empty_payload_and_a_log_gets_its_own() -> None
     second = decode('{"id": "m-2", "type": "log"}').payload
     assert first == second
     assert first.entry.fields is not second.entry.fields  # type: ignore[union-attr]
+
+
+def test_wire_log_is_log_entry_without_its_checks() -> None:
+    """The log exporter's ``WireLog`` is made from ``LogEntry``'s fields: the same names,
+    order and omissions, so it encodes as the ``LogEntry`` of the same values."""
+    from when_coordinator.protocol.payloads import LogEntry, WireLog  # noqa: PLC0415
+
+    names = [(f.name, f.encode_name) for f in msgspec.structs.fields(LogEntry)]
+    assert [(f.name, f.encode_name) for f in msgspec.structs.fields(WireLog)] == names
+    full = ("2026-12-03T12:00:00.5Z", "warn", "m", "t" * 32, "s" * 16, "wf", "a", "c")
+    for values in (full[:3], (*full, {"k": 1}, "f.py", 7)):
+        assert msgspec.json.encode(WireLog(*values)) == msgspec.json.encode(LogEntry(*values))

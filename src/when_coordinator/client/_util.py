@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import msgspec
+from ..protocol.payloads import WireLog
 
 __all__ = [
     "RateLimitedLog",
@@ -78,35 +78,6 @@ def describe_error(error: object) -> str:
     except Exception:
         return f"{name}: <str() failed>"
     return f"{name}: {text}"
-
-
-class WireLog(msgspec.Struct, omit_defaults=True, gc=False):
-    """One log entry in wire form: ``LogEntry``'s keys, order and omissions, encoded as they
-    are (tests/otel compares the bytes).
-
-    The log exporter makes one per SDK record on a thread that shares the GIL with the
-    application's logging: built positionally in C and encoded without key lookups, it costs
-    less than the dict it replaces (and than a ``LogEntry``, whose ``__post_init__`` is Python
-    code). ``level`` is the level's wire text; ``timestamp``, ``level`` and ``message`` are
-    always written, as ``LogEntry`` writes them.
-    """
-
-    timestamp: str
-    level: str
-    message: str
-    trace_id: str = ""
-    span_id: str = ""
-    workflow_id: str = ""
-    action_id: str = ""
-    correlation_id: str = ""
-    fields: dict[str, Any] = msgspec.field(default_factory=dict)
-    source_file: str = ""
-    source_line: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object it encodes as (``LogEntry.to_dict()``'s form)."""
-        result: dict[str, Any] = msgspec.to_builtins(self)
-        return result
 
 
 class WireLogBatch(list[WireLog]):

@@ -43,6 +43,7 @@ __all__ = [
     "ResumePayload",
     "StatusPayload",
     "StatusResponsePayload",
+    "WireLog",
     "WireStruct",
     "WorkflowCreatedPayload",
 ]
@@ -234,6 +235,42 @@ class LogEntry(WireStruct, frozen=True):
                 f"log entry field 'level': unknown log level {level!r} (one of {levels})"
             )
         msgspec.structs.force_setattr(self, "level", known)
+
+
+def _unchecked(cls: type[msgspec.Struct], name: str, doc: str) -> type[msgspec.Struct]:
+    """A Struct with ``cls``'s fields (names, wire names, order, defaults, so the same
+    omissions) and no checks: made from ``cls``, so the schema is still written once."""
+    spec = []
+    for field in msgspec.structs.fields(cls):
+        default = (
+            msgspec.field(default_factory=field.default_factory, name=field.encode_name)
+            if field.default_factory is not msgspec.NODEFAULT
+            else msgspec.field(default=field.default, name=field.encode_name)
+        )
+        spec.append((field.name, field.type, default))
+
+    def to_dict(self: msgspec.Struct) -> dict[str, Any]:
+        result: dict[str, Any] = msgspec.to_builtins(self)
+        return result
+
+    namespace = {"__doc__": doc, "to_dict": to_dict}
+    return msgspec.defstruct(
+        name, spec, omit_defaults=True, gc=False, module=__name__, namespace=namespace
+    )
+
+
+if TYPE_CHECKING:
+    WireLog = LogEntry
+else:
+    WireLog = _unchecked(
+        LogEntry,
+        "WireLog",
+        """``LogEntry`` without its checks, for entries made from trusted values: the log
+        exporter makes one per SDK record on a thread that shares the GIL with the
+        application's logging, positionally in C, with ``level`` as its wire text (a
+        ``LogEntry`` converts and checks it in Python). Encodes as the ``LogEntry`` of the
+        same values.""",
+    )
 
 
 class RegisterPayload(WireStruct, frozen=True, gc=False):
