@@ -272,7 +272,7 @@ def test_wire_form_is_exactly_what_a_log_entry_would_send(
     in the keys, order and omissions of the protocol's own ``LogEntry.to_dict()``, and the
     same bytes as that entry encoded."""
     owners = {0xAB: ("wf-owner", "")}
-    wire, size = CoordinationLogExporter._wire(record, owners.get)
+    wire, size = _alone(record, owners.get)
     as_dict = wire.to_dict()
     assert list(as_dict.items()) == list(msgspec.to_builtins(expected).items())
     entry = LogEntry.from_dict(as_dict)
@@ -293,7 +293,7 @@ def test_a_batch_maps_each_record_as_it_would_alone() -> None:
         _Record({}, span_id=0xAB, trace_id=0x1, severity_number=SeverityNumber.INFO),
         _Record({}, span_id=0xAB, trace_id=0x2, severity_number=SeverityNumber.UNSPECIFIED),
     ]
-    alone = [CoordinationLogExporter._wire(record, owners.get) for record in records]
+    alone = [_alone(record, owners.get) for record in records]
     wires, sizes = CoordinationLogExporter._wires(records * 2, owners.get, _never)
     assert [wire.to_dict() for wire in wires] == [wire.to_dict() for wire, _ in alone] * 2
     assert sizes == [size for _, size in alone] * 2
@@ -301,6 +301,12 @@ def test_a_batch_maps_each_record_as_it_would_alone() -> None:
 
 def _never() -> None:
     raise AssertionError("a record could not be mapped")
+
+
+def _alone(record: _Record, owner_of: Any) -> tuple[Any, int]:
+    """One record mapped as a batch of its own."""
+    wires, sizes = CoordinationLogExporter._wires([record], owner_of, _never)
+    return wires[0], sizes[0]
 
 
 def test_fields_that_are_not_json_safe_still_arrive(

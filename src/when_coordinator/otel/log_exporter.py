@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -25,7 +24,7 @@ from .._compat.otel import (
 )
 from ..client import Coordinator
 from ..client._util import RateLimitedLog, WireLog, WireLogBatch, jsonable, log_size
-from ..protocol import LogLevel
+from ..protocol import LogLevel, format_timestamp
 from . import attributes as attr
 from .tracking import get_coordinator, tracker_for
 
@@ -115,9 +114,6 @@ def _own_keys(own: Mapping[str, Any]) -> tuple[str, str, str, str, int]:
         str(source_file) if source_file else "",
         line if line and isinstance(line, int) and not isinstance(line, bool) else 0,
     )
-
-
-_SCALARS = frozenset({bool, int, float})
 
 
 def _level_name(severity: Any, text: str | None) -> str:
@@ -238,17 +234,16 @@ class CoordinationLogExporter(LogExporterBase):
 
         This runs for every record, on a thread that shares the GIL with the application's
         logging, so it is one loop with what records of a batch share kept from one record to
-        the next rather than computed again: the scope's verdict, the second of the
-        timestamp, the level of the severity, the hex of the trace and span ids and the
-        workflow that owns the span. Records without the attributes that fill an entry's own
-        keys (most) take their ``fields`` in one copy. A record that cannot be mapped is
-        left out and reported to ``unmappable``.
+        the next rather than computed again: the scope's verdict, the level of the severity,
+        the hex of the trace and span ids and the workflow that owns the span (the second of
+        the timestamp is ``format_timestamp``'s own cache). Records without the attributes
+        that fill an entry's own keys (most) take their ``fields`` in one copy. A record that
+        cannot be mapped is left out and reported to ``unmappable``.
         """
         wires: list[WireLog] = []
         sizes: list[int] = []
         scope: Any = _NO_SCOPE
         ours = False
-        second, prefix = -1, ""
         severity_seen: Any = _NO_SCOPE
         level = ""
         trace_seen, trace_hex = 0, ""
@@ -268,22 +263,12 @@ class CoordinationLogExporter(LogExporterBase):
                 items = attribute_items(attributes) if attributes is not None else None
                 if not items:
                     fields: dict[str, Any] = {}
-                    size = 160
+                elif not _ROLE_KEYS.isdisjoint(items):
+                    own, fields = _split(items)
+                elif type(items) is dict:
+                    fields = items.copy()
                 else:
-                    if not _ROLE_KEYS.isdisjoint(items):
-                        own, fields = _split(items)
-                    elif type(items) is dict:
-                        fields = items.copy()
-                    else:
-                        fields = dict(items)
-                    size = 160
-                    for key, value in fields.items():  # ``log_size``, inline: once per field
-                        if value.__class__ is str:
-                            size += len(key) + (len(value) if value.isascii() else 6 * len(value))
-                        elif value.__class__ in _SCALARS or value is None:
-                            size += len(key) + 64
-                        else:
-                            size += log_size("", {key: value}) - 160
+                    fields = dict(items)
                 body = record.body
                 if isinstance(body, str):
                     message = body
@@ -291,15 +276,7 @@ class CoordinationLogExporter(LogExporterBase):
                     message = ""
                 else:
                     message = json.dumps(jsonable(body), separators=(",", ":"))
-                size += len(message) if message.isascii() else 6 * len(message)
-                time_ns = record.timestamp or record.observed_timestamp or time.time_ns()
-                seconds, nanos = divmod(time_ns, 1_000_000_000)
-                if seconds != second:
-                    prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds))
-                    second = seconds
-                digits = str(nanos)  # ``format_timestamp``'s: a third of ``f"{nanos:09d}"``
-                if len(digits) < 9:
-                    digits = digits.zfill(9)
+                timestamp = format_timestamp(record.timestamp or record.observed_timestamp or None)
                 severity = record.severity_number
                 if severity is not severity_seen:
                     level = _level_name(severity, record.severity_text)
@@ -328,7 +305,7 @@ class CoordinationLogExporter(LogExporterBase):
                     workflow_id = owner
                 wires.append(
                     WireLog(
-                        f"{prefix}{digits}Z",
+                        timestamp,
                         level,
                         message,
                         trace_hex,
@@ -341,22 +318,10 @@ class CoordinationLogExporter(LogExporterBase):
                         source_line,
                     )
                 )
-                sizes.append(size)
+                sizes.append(log_size(message, fields))
             except Exception:
                 unmappable()
         return wires, sizes
-
-    @classmethod
-    def _wire(
-        cls, record: Any, owner_of: Callable[[int], tuple[str, str] | None]
-    ) -> tuple[WireLog, int]:
-        """One record's wire form and size estimate (``_wires`` of a batch of one)."""
-
-        def unmappable() -> None:
-            raise  # noqa: PLE0704 - called while the record's exception is handled
-
-        wires, sizes = cls._wires([record], owner_of, unmappable)
-        return wires[0], sizes[0]
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Deliver what the coordinator holds; True when nothing is left undelivered."""
