@@ -26,9 +26,16 @@ from when_coordinator import Config, Coordinator, Phase, PhaseManager
 from when_coordinator.cli import HubClient
 from when_coordinator.hub import Hub, HubError, ThreadedHub
 from when_coordinator.hub.bus import SWITCH_INTERVAL
-from when_coordinator.hub.pgstore import SCHEMA_VERSION, PostgresStore, dumps, loads
+from when_coordinator.hub.pgstore import (
+    RELEASE_COMMAND_SQL,
+    SCHEMA_VERSION,
+    PostgresStore,
+    dumps,
+    loads,
+)
 from when_coordinator.hub.state import PhaseChange
 from when_coordinator.hub.store import StoreBatch
+from when_coordinator.protocol import Message, PausePayload, encode
 
 TIMEOUT = 15.0
 
@@ -152,6 +159,34 @@ def test_a_command_across_instances_and_the_answer_back_wait_for_no_store_batch(
                 ("pausing", "paused"),
             ]
             assert b.workflows["wf-1"].phase == "paused"
+        finally:
+            service.close()
+
+
+def test_a_command_given_back_by_an_instance_is_notified_again_and_claimed_where_its_service_is(
+    pg_url: str,
+) -> None:
+    # No batch and no re-scan comes in this test's time: only the notification of the
+    # release can bring the command to A, which holds the service.
+    with hubs(pg_url, 2, store_interval=60.0) as (a, _b):
+        service = Service(a.url)
+        try:
+            service.start("wf-1")
+            phase_on(a, "wf-1", "execution")
+            pause = encode(Message.create(PausePayload(workflow_id="wf-1", reason="given back")))
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                row = conn.execute(
+                    "INSERT INTO when_commands (service_id, origin, message, delivered_by, "
+                    "delivered_at) VALUES ('etl', 'hub-1', %s, 'hub-1', now()) RETURNING id",
+                    (pause,),
+                ).fetchone()
+                assert row is not None
+                conn.execute(RELEASE_COMMAND_SQL.encode(), (row[0],))
+                service.wait("wf-1", "pausing")
+                claimed = conn.execute(
+                    "SELECT delivered_by FROM when_commands WHERE id = %s", (row[0],)
+                ).fetchone()
+            assert claimed == ("hub-0",)
         finally:
             service.close()
 

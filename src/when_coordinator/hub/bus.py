@@ -19,6 +19,8 @@ PostgreSQL use ``PostgresBus``, built on LISTEN/NOTIFY:
   answer to a command reaches the instance that sent it without waiting for a batch or a read;
 - commands, answers, phase notes and leases use a connection (and a thread) of their own,
   one statement each: none of them waits behind a batch or a mirror read;
+- notifications are received on a connection and a thread of their own (``Listener``), which
+  claims a notified command at once and hands the event loop only what must run there;
 - each instance renews a lease (``when_instances``) every ``lease_timeout / 3`` seconds; the
   services of an instance whose lease ran out show as disconnected until they reconnect.
 """
@@ -30,61 +32,28 @@ import contextlib
 import functools
 import json
 import logging
-import sys
-import threading
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..protocol import Message, MessageType, StatusResponsePayload, decode, encode
 from .errors import HubError, ServiceUnavailable, StatusTimeout
-from .pglanes import Control, Lane
+from .pglanes import SWITCH_INTERVAL, Control, Lane, Listener, switch_interval
 from .store import summary
 
 if TYPE_CHECKING:
+    import concurrent.futures
+
     from .changes import PhaseEvent
     from .model import WorkflowState
     from .pgstore import Mirror, PostgresStore
     from .records import StoredLog
     from .view import BusHost
 
-__all__ = ["Bus", "InProcessBus", "PostgresBus"]
+__all__ = ["SWITCH_INTERVAL", "Bus", "InProcessBus", "PostgresBus"]
 
 _log = logging.getLogger("when_coordinator.hub")
 
-SWITCH_INTERVAL = 0.001
-"""Seconds a thread holds the GIL while another waits for it, while an instance is on the bus
-(the interpreter's default is 0.005). A command crosses threads at every hop (the bus's
-statements run on a thread of their own, the store and the mirror on theirs), and each time
-the thread that has the answer waits for the GIL held by a busy event loop or a busy store
-thread: a statement through a thread, from a busy loop beside one busy thread, took p50 12-14
-ms and p99 63-97 ms at 5 ms, 5.5-6.5 and 21-33 ms at 1 ms (docs/performance.md)."""
-
-
-class _SwitchInterval:
-    """The interpreter's switch interval, shortened while any instance in this process is on
-    the bus and restored when the last one stops (several run in one process in tests)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._users = 0
-        self._saved: float | None = None
-
-    def shorten(self) -> None:
-        with self._lock:
-            self._users += 1
-            if self._users == 1 and sys.getswitchinterval() > SWITCH_INTERVAL:
-                self._saved = sys.getswitchinterval()
-                sys.setswitchinterval(SWITCH_INTERVAL)
-
-    def restore(self) -> None:
-        with self._lock:
-            self._users -= 1
-            if self._users == 0 and self._saved is not None:
-                sys.setswitchinterval(self._saved)
-                self._saved = None
-
-
-_switch_interval = _SwitchInterval()
 
 _T = TypeVar("_T")
 
@@ -113,6 +82,10 @@ class Bus(Protocol):
         """A service (re)connected to this instance: deliver what waits for it."""
         ...
 
+    def disconnected(self, service_id: str) -> None:
+        """A connection of this service to this instance closed."""
+        ...
+
     def health(self) -> dict[str, Any] | None: ...
 
 
@@ -139,6 +112,9 @@ class InProcessBus:
     def connected(self, service_id: str) -> None:
         return None
 
+    def disconnected(self, service_id: str) -> None:
+        return None
+
     def health(self) -> dict[str, Any] | None:
         return None
 
@@ -162,12 +138,16 @@ class PostgresBus:
         self._want_commands = asyncio.Event()
         self._scan = False
         """A re-scan of every undelivered command is due (besides ``_claims``)."""
-        self._claims: list[asyncio.Future[list[tuple[Any, ...]]]] = []
-        """Claims of notified commands, started on notification, delivered in that order."""
-        self._notes: dict[str, list[dict[str, Any]]] = {}
-        """Workflow id to the phase changes of this instance's services not yet notified."""
-        self._sending = False
-        """Phase notes are on their way (those that come meanwhile go together next)."""
+        self._claims: deque[concurrent.futures.Future[list[tuple[Any, ...]]]] = deque()
+        """Claims of notified commands, started by the listener, delivered in that order."""
+        self._local: frozenset[str] = frozenset()
+        """The services held here, for the listener's thread (replaced, never changed)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listener: Listener | None = None
+        self._outgoing: deque[str] = deque()
+        """Phase notes of this instance's services, for the bus's thread to send."""
+        self._draining = False
+        """The bus's thread is sending notes (or about to): appended ones go with them."""
         self._early: dict[str, tuple[str, float]] = {}
         """Workflow id to (instance, ``updated_at``) of a phase note applied ahead of the
         batch that writes it: an older document read meanwhile must not undo it."""
@@ -187,7 +167,7 @@ class PostgresBus:
     async def start(self) -> None:
         if not self._shortened:
             self._shortened = True
-            _switch_interval.shorten()
+            switch_interval.shorten()
         store = self._store
         self._seq = store.loaded_seq
         self._alive = {i for i, alive in (await self._heartbeat()).items() if alive}
@@ -202,8 +182,19 @@ class PostgresBus:
         persister = self._hub._persister
         if persister is not None:
             persister.on_phase = self._phase_changed
+        from .pgstore import ANSWERS, CHANGES, COMMANDS, PHASES  # noqa: PLC0415
+
+        self._loop = asyncio.get_running_loop()
+        self._local = frozenset(self._hub._local_services())
+        self._listener = Listener(
+            store.url,
+            (ANSWERS, CHANGES, COMMANDS, PHASES),
+            self._on_notify,
+            functools.partial(self._post, self._listening_again),
+            lambda exc: self._post(self._listen_failed, exc),
+        )
+        self._listener.start()
         self._tasks = [
-            asyncio.ensure_future(self._listen_loop()),
             asyncio.ensure_future(self._changes_loop()),
             asyncio.ensure_future(self._commands_loop()),
             asyncio.ensure_future(self._lease_loop()),
@@ -225,15 +216,21 @@ class PostgresBus:
         for future in self._answers.values():
             if not future.done():
                 future.cancel()
-        from .pgstore import LEAVE_SQL  # noqa: PLC0415 - only with PostgreSQL
+        from .pgstore import ANSWERS, LEAVE_SQL  # noqa: PLC0415 - only with PostgreSQL
 
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+            with contextlib.suppress(Exception):  # wakes it (not an answer: others ignore it)
+                await self._control.rows("SELECT pg_notify(%s, 'stop')", (ANSWERS,))
+            await asyncio.to_thread(listener.join, 2.0)
         with contextlib.suppress(Exception):
             await self._control.rows(LEAVE_SQL, (self._store.instance_id,))
         await self._control.close()
         await self._reader.close()
         if self._shortened:
             self._shortened = False
-            _switch_interval.restore()
+            switch_interval.restore()
 
     async def _heartbeat(self) -> dict[str, bool]:
         """Renew this instance's lease; every instance's and whether its lease is alive."""
@@ -246,73 +243,79 @@ class PostgresBus:
 
     # ------------------------------------------------------------------ listening
 
-    async def _listen_loop(self) -> None:
-        import psycopg  # noqa: PLC0415 - only with PostgreSQL
+    def _post(self, callback: Callable[..., object], *args: Any) -> None:
+        """Hand ``callback`` to the event loop from the listener's thread."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the hub is gone
+                loop.call_soon_threadsafe(callback, *args)
 
-        from .pgstore import ANSWERS, CHANGES, COMMANDS, PHASES  # noqa: PLC0415
+    def _listening_again(self) -> None:
+        """After every (re)LISTEN: what was notified while nobody listened is found by
+        scanning."""
+        self.listens += 1
+        self._want_changes.set()
+        self._scan = True
+        self._want_commands.set()
+        for command_id in list(self._answers):
+            self._fetch_answer(command_id)
+        self._listening.set()
 
-        delay = 0.1
-        while True:
-            try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self._store.url, autocommit=True, connect_timeout=10
-                )
-                async with conn:
-                    for channel in sorted((ANSWERS, CHANGES, COMMANDS, PHASES)):
-                        await conn.execute(f"LISTEN {channel}".encode())
-                    self.listens += 1
-                    delay = 0.1
-                    # What was notified while nobody listened is found by scanning.
-                    self._want_changes.set()
-                    self._scan = True
-                    self._want_commands.set()
-                    for command_id in list(self._answers):
-                        self._fetch_answer(command_id)
-                    self._listening.set()
-                    async for note in conn.notifies():
-                        self._on_notify(note.channel, note.payload)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                _log.warning(
-                    "hub bus: the LISTEN connection to %s failed (%s); reconnecting",
-                    self._store.path,
-                    self.last_error,
-                )
-            await asyncio.sleep(delay)
-            delay = min(5.0, delay * 2)
+    def _listen_failed(self, exc: BaseException) -> None:
+        self.last_error = _first_line(exc)
+        _log.warning(
+            "hub bus: the LISTEN connection to %s failed (%s); reconnecting",
+            self._store.path,
+            self.last_error,
+        )
 
     def _on_notify(self, channel: str, payload: str) -> None:
+        """A notification, in the listener's thread: only ``_post`` reaches the loop."""
         if channel == "when_hub_changes":
             if payload != self._store.instance_id:
-                self._want_changes.set()
+                self._post(self._want_changes.set)
         elif channel == "when_hub_commands":
             self._on_command(payload)
         elif channel == "when_hub_answers":
-            self._on_answer(payload)
+            self._post(self._on_answer, payload)
         elif channel == "when_hub_phases":
             self._on_phase_note(payload)
 
     def _on_command(self, payload: str) -> None:
-        """``id service`` (an older instance: ``id``): claim it if the service is held here."""
+        """``id service`` (an older instance: ``id``): claim it, from the listener's thread,
+        if the service is held here (its delivery then takes the loop two turns)."""
         number, _, service_id = payload.partition(" ")
         if not number.isdigit() or not service_id or len(service_id) >= 1000:
-            self._scan = True  # not one to claim by id: look at them all
-        elif service_id in self._hub._local_services():
-            from .pgstore import CLAIM_COMMAND_SQL  # noqa: PLC0415
-
-            params = self._claim_params()
-            params["id"] = int(number)
-            self._claims.append(self._control.submit(CLAIM_COMMAND_SQL, params))
-        else:
+            self._post(self._rescan)  # not one to claim by id: look at them all
             return
+        if service_id not in self._local:
+            return
+        from .pgstore import CLAIM_COMMAND_SQL  # noqa: PLC0415
+
+        store = self._store
+        params: dict[str, Any] = {
+            "me": store.instance_id,
+            "id": int(number),
+            "service": service_id,
+            "ttl": store.command_ttl,
+        }
+        try:
+            claim = self._control.submit_from_thread(CLAIM_COMMAND_SQL, params)
+        except RuntimeError:  # closing
+            return
+        claim.add_done_callback(lambda done: self._post(self._claimed, done))
+
+    def _claimed(self, claim: concurrent.futures.Future[list[tuple[Any, ...]]]) -> None:
+        self._claims.append(claim)
         self._want_commands.set()
 
-    def _claim_params(self) -> dict[str, Any]:
+    def _rescan(self) -> None:
+        self._scan = True
+        self._want_commands.set()
+
+    def _claim_params(self, services: set[str]) -> dict[str, Any]:
         store = self._store
-        services = sorted(self._hub._local_services())
-        return {"me": store.instance_id, "services": services, "ttl": store.command_ttl}
+        return {"me": store.instance_id, "services": sorted(services), "ttl": store.command_ttl}
 
     def _on_answer(self, payload: str) -> None:
         number, _, text = payload.partition(" ")
@@ -400,57 +403,55 @@ class PostgresBus:
     # ------------------------------------------------------------------ phase notes
 
     def _phase_changed(self, event: PhaseEvent) -> None:
-        """One of this instance's services changed a workflow's phase: tell the others now
-        (with what changed meanwhile when a send is under way)."""
-        notes = self._notes.get(event.workflow_id)
-        if notes is None:
-            if len(self._notes) >= _MAX_NOTES:
-                return  # the batch carries it
-            notes = self._notes[event.workflow_id] = []
-        if len(notes) <= _RECENT:  # beyond: not sent (see _send_notes), the batch carries it
-            notes.append(event.change.as_dict())
-        if not self._sending:
-            self._send_notes()
+        """One of this instance's services changed a workflow's phase: tell the others now,
+        the workflow's document with the change (sent even when no other instance is known
+        alive: one may have started since the last lease round)."""
+        from .pgstore import NOTIFY_LIMIT  # noqa: PLC0415
+
+        workflow = self._hub.state.workflows.get(event.workflow_id)
+        if workflow is None or len(self._outgoing) >= _MAX_NOTES:
+            return  # the batch carries it
+        note = {
+            "instance": self._store.instance_id,
+            "workflow": summary(workflow),
+            "changes": [event.change.as_dict()],
+        }
+        text = json.dumps(note)
+        if len(text.encode()) > NOTIFY_LIMIT:
+            return
+        self._outgoing.append(text)
+        if not self._draining:
+            self._draining = True
+            try:
+                self._control.submit_call(self._send_notes)
+            except RuntimeError:  # closing
+                self._draining = False
 
     def _send_notes(self) -> None:
-        """Send the waiting notes, each the workflow's document as of now with every change
-        up to now (sent even when no other instance is known alive: one may have started
-        since the last lease round)."""
-        from .pgstore import NOTIFY_LIMIT, PHASE_NOTES_SQL  # noqa: PLC0415
+        """On the bus's thread: send what waits, in one statement, until nothing does. No
+        turn of the event loop between two sends: under load a turn took tens of ms, and
+        the notes that came during a send waited for it."""
+        from .pgstore import PHASE_NOTES_SQL  # noqa: PLC0415
 
-        me, workflows = self._store.instance_id, self._hub.state.workflows
-        taken, self._notes = self._notes, {}
-        payloads = []
-        for workflow_id, changes in taken.items():
-            workflow = workflows.get(workflow_id)
-            if workflow is None or len(changes) > _RECENT:
+        outgoing = self._outgoing
+        while True:
+            payloads = []
+            while outgoing:
+                payloads.append(outgoing.popleft())
+            if not payloads:
+                self._draining = False
+                if not outgoing:  # else one came between the last pop and the line above
+                    return
+                self._draining = True
                 continue
-            note = {"instance": me, "workflow": summary(workflow), "changes": changes}
-            text = json.dumps(note)
-            if len(text.encode()) <= NOTIFY_LIMIT:
-                payloads.append(text)
-        if not payloads:
-            return
-        try:
-            future = self._control.submit(PHASE_NOTES_SQL, (payloads,))
-        except RuntimeError:  # closing
-            return
-        self._sending = True
-        future.add_done_callback(functools.partial(self._notes_sent, len(payloads)))
-
-    def _notes_sent(self, count: int, future: asyncio.Future[Any]) -> None:
-        self._sending = False
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is not None:  # the batch carries them
-            self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        else:
-            self.notes_sent += count
-        if self._notes:
-            self._send_notes()
+            try:
+                self._control.execute(PHASE_NOTES_SQL, (json.dumps(payloads),))
+                self.notes_sent += len(payloads)
+            except Exception as exc:  # the batch carries them
+                self.last_error = _first_line(exc)
 
     def _on_phase_note(self, payload: str) -> None:
+        """In the listener's thread: read there, applied on the loop."""
         try:
             note = json.loads(payload)
             owner, document = str(note["instance"]), dict(note["workflow"])
@@ -459,7 +460,8 @@ class PostgresBus:
             return
         if owner == self._store.instance_id:
             return
-        self._hub._apply_remote(lambda: self._apply_note(owner, document, changes))
+        apply = functools.partial(self._apply_note, owner, document, changes)
+        self._post(self._hub._apply_remote, apply)
 
     def _apply_note(
         self, owner: str, document: dict[str, Any], changes: list[dict[str, Any]]
@@ -559,8 +561,12 @@ class PostgresBus:
 
     def connected(self, service_id: str) -> None:
         self._owners.pop(service_id, None)
+        self._local = frozenset(self._hub._local_services())
         self._scan = True
         self._want_commands.set()
+
+    def disconnected(self, service_id: str) -> None:
+        self._local = frozenset(self._hub._local_services())
 
     async def _commands_loop(self) -> None:
         """Delivers what the claims started on notification return, in that order, then
@@ -570,11 +576,10 @@ class PostgresBus:
         while True:
             await self._want_commands.wait()
             self._want_commands.clear()
-            claims, self._claims = self._claims, []
             scan, self._scan = self._scan, False
-            for claim in claims:
+            while self._claims:  # done: the listener hands each over when it is
                 try:
-                    claimed = await self._control.result(claim)
+                    claimed = self._claims.popleft().result()
                 except Exception as exc:
                     self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
                     scan = True  # it may be undelivered still
@@ -582,7 +587,7 @@ class PostgresBus:
                 await self._deliver_all(claimed)
             if not scan:
                 continue
-            params = self._claim_params()
+            params = self._claim_params(self._hub._local_services())
             try:
                 claimed = (
                     await self._control.rows(TAKE_COMMANDS_SQL, params)

@@ -158,6 +158,9 @@ class ServiceEndpoint:
             closed = exc
         finally:
             del self._peers[peer.connection_id]
+            conn = self._state.connections.get(peer.connection_id)
+            if conn is not None and conn.service_id:
+                self._bus.disconnected(conn.service_id)
             code, reason = close_info(closed)
             closed = None  # it holds this frame (its traceback): no cycle left for the collector
             self._state.close_connection(

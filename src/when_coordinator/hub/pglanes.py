@@ -1,17 +1,56 @@
-"""The PostgreSQL bus's connections, each used from a thread of its own (``bus.PostgresBus``)."""
+"""The PostgreSQL bus's connections, each used from a thread of its own (``bus.PostgresBus``), and
+the switch interval those threads need."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import contextlib
-from collections.abc import Callable
+import sys
+import threading
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from .pgstore import PostgresStore
 
-__all__ = ["Control", "Lane"]
+__all__ = ["SWITCH_INTERVAL", "Control", "Lane", "Listener", "switch_interval"]
+
+SWITCH_INTERVAL = 0.001
+"""Seconds a thread holds the GIL while another waits for it, while an instance is on the bus
+(the interpreter's default is 0.005). A command crosses threads at every hop (the bus's
+statements run on a thread of their own, the store and the mirror on theirs), and each time
+the thread that has the answer waits for the GIL held by a busy event loop or a busy store
+thread: a statement through a thread, from a busy loop beside one busy thread, took p50 12-14
+ms and p99 63-97 ms at 5 ms, 5.5-6.5 and 21-33 ms at 1 ms (docs/performance.md)."""
+
+
+class _SwitchInterval:
+    """The interpreter's switch interval, shortened while any instance in this process is on
+    the bus and restored when the last one stops (several run in one process in tests)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: float | None = None
+
+    def shorten(self) -> None:
+        with self._lock:
+            self._users += 1
+            if self._users == 1 and sys.getswitchinterval() > SWITCH_INTERVAL:
+                self._saved = sys.getswitchinterval()
+                sys.setswitchinterval(SWITCH_INTERVAL)
+
+    def restore(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._saved is not None:
+                sys.setswitchinterval(self._saved)
+                self._saved = None
+
+
+switch_interval = _SwitchInterval()
+
 
 _T = TypeVar("_T")
 
@@ -34,7 +73,8 @@ class Control:
         self._conn: Any = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "when-hub-bus")
 
-    def _run(self, sql: str, params: Any) -> list[tuple[Any, ...]]:
+    def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """Run one statement, on this lane's thread only (see ``submit_call``)."""
         import psycopg  # noqa: PLC0415 - only with PostgreSQL
 
         if self._conn is None or self._conn.closed:
@@ -51,7 +91,18 @@ class Control:
     def submit(self, sql: str, params: Any = None) -> asyncio.Future[list[tuple[Any, ...]]]:
         """Start the statement now (its result is awaited later): no event-loop turn first."""
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._executor, self._run, sql, params)
+        return loop.run_in_executor(self._executor, self.execute, sql, params)
+
+    def submit_from_thread(
+        self, sql: str, params: Any = None
+    ) -> concurrent.futures.Future[list[tuple[Any, ...]]]:
+        """``submit`` from another thread (the listener's): queued with the loop's statements,
+        in order; the caller hands the result to the loop."""
+        return self._executor.submit(self.execute, sql, params)
+
+    def submit_call(self, fn: Callable[[], None]) -> concurrent.futures.Future[None]:
+        """Run ``fn`` on this lane's thread, queued with the statements (it may ``execute``)."""
+        return self._executor.submit(fn)
 
     async def rows(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         return await self.result(self.submit(sql, params))
@@ -90,3 +141,70 @@ class Lane:
         with contextlib.suppress(Exception):
             await self.run(lambda s: s.close())
         self._executor.shutdown(wait=False)
+
+
+class Listener:
+    """LISTEN on a connection of its own, in a thread of its own, reconnected when lost.
+
+    Each notification is handed to ``on_note`` in this thread, as it arrives: it starts what
+    needs no event loop (the claim of a command, on ``Control``'s thread) and hands the loop
+    the rest, one callback each. On an asyncio connection, a notification took several turns
+    of a busy loop before it was even seen, and every turn waited for all the frames that
+    came meanwhile. ``on_listening`` runs after every (re)LISTEN, ``on_error`` on every lost
+    connection, both in this thread.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        channels: Iterable[str],
+        on_note: Callable[[str, str], None],
+        on_listening: Callable[[], None],
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        self._url = url
+        self._channels = sorted(channels)
+        self._on_note = on_note
+        self._on_listening = on_listening
+        self._on_error = on_error
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="when-hub-listen", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to leave: it does at its next notification (the bus sends one to
+        wake it) or within ``_POLL`` seconds."""
+        self._stopping.set()
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        import psycopg  # noqa: PLC0415 - only with PostgreSQL
+
+        delay = 0.1
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self._url, autocommit=True, connect_timeout=10) as conn:
+                    for channel in self._channels:
+                        conn.execute(f"LISTEN {channel}".encode())
+                    delay = 0.1
+                    self._on_listening()
+                    while not self._stopping.is_set():
+                        for note in conn.notifies(timeout=_POLL):
+                            if self._stopping.is_set():
+                                break
+                            self._on_note(note.channel, note.payload)
+            except Exception as exc:
+                if self._stopping.is_set():
+                    return
+                self._on_error(exc)
+            self._stopping.wait(delay)
+            delay = min(5.0, delay * 2)
+
+
+_POLL = 1.0
+"""Seconds the listener waits for a notification before it looks whether it should stop."""
