@@ -17,7 +17,9 @@
 Also, for insight: the hub's cost per message beside a bare websockets server that only
 counts frames, when 100 clients send as fast as they can (``MAX_BURST_RATIO``: an earlier
 target kept here). Both get the same pre-encoded frames; each reports the time from its first
-frame to its last.
+frame to its last. And the hub's CPU per message under figure 7's paced load beside such a
+server's under the same load: at this pace most frames arrive alone, and a wake-up, a read and
+a parse per frame are most of what either spends.
 """
 
 from __future__ import annotations
@@ -521,7 +523,56 @@ def _capacity_figures() -> list[Figure]:
         Figure.info("    load generator (GC off): longest loop lag", m["load_lag_ms"], "ms"),
         Figure.info("    hub: CPU time in the window (share of one core)", m["hub_cpu_share"], "x"),
         Figure.info("    load generator: CPU time in the window", m["load_cpu_share"], "x"),
+        Figure.info(
+            "    hub CPU per message (baseline: a websockets server that only receives them)",
+            m["hub_cpu_share"] / m["applied"] * 1e6 if m["applied"] else 0.0,
+            "us/msg",
+            _bare_paced(),
+        ),
     ]
+
+
+def _bare_paced() -> float:
+    """CPU per frame of a websockets server that only counts what the capacity load sends
+    it: what merely receiving the frames costs this machine at this pace (each frame
+    mostly alone on its socket: a wake-up, a read and a parse per frame)."""
+    server = Child("bench_hub", "bare-capacity", timeout=TIMEOUT)
+    load: Child | None = None
+    try:
+        load = Child("bench_hub", "load", server.hello["url"], timeout=TIMEOUT)
+        start = time.monotonic() + 0.5
+        end = start + WARMUP + WINDOW
+        server.send(cmd="measure", start=start, end=end)
+        load.send(cmd="run", start=start, end=end)
+        report = server.read()
+        load.read()
+    finally:
+        if load is not None:
+            load.close()
+        server.close()
+    return float(report["cpu"]) / report["frames"] * 1e6 if report["frames"] else 0.0
+
+
+async def _serve_bare_capacity() -> None:
+    from websockets.asyncio.server import ServerConnection, serve  # noqa: PLC0415
+
+    count = 0
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal count
+        async for _ in ws:
+            count += 1
+
+    async def measure(command: dict[str, Any]) -> dict[str, Any]:
+        begin, end = command["start"] + WARMUP, command["end"]
+        await asyncio.sleep(max(0.0, begin - time.monotonic()))
+        cpu, frames = time.process_time(), count
+        await asyncio.sleep(max(0.0, end - time.monotonic()))
+        return {"cpu": time.process_time() - cpu, "frames": count - frames}
+
+    async with serve(handler, "127.0.0.1", 0, compression=None, max_size=1 << 20) as server:
+        say(url=f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/coordination")
+        await serve_commands(measure)
 
 
 async def _serve_capacity() -> None:
@@ -601,6 +652,8 @@ def run() -> list[Figure]:
 def _main(argv: Sequence[str]) -> None:
     if list(argv) == ["capacity"]:
         asyncio.run(_serve_capacity())
+    elif list(argv) == ["bare-capacity"]:
+        asyncio.run(_serve_bare_capacity())
     elif len(argv) == 2 and argv[0] == "load":
         asyncio.run(_serve_load(argv[1]))
     elif len(argv) == 2:
