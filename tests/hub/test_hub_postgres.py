@@ -484,3 +484,20 @@ def test_an_instance_on_the_bus_shortens_the_switch_interval_while_it_runs(
     assert sys.getswitchinterval() == SWITCH_INTERVAL
     second.close()
     assert sys.getswitchinterval() == before
+
+
+def test_an_instance_that_stops_leaves_no_thread_of_its_own_running(pg_url: str) -> None:
+    """Its listener, bus, mirror and store threads end with it (an embedding application
+    that starts and stops hubs must not collect threads, nor LISTEN connections)."""
+    with hubs(pg_url, 1):
+        assert {t.name for t in threading.enumerate()} >= {"when-hub-listen"}
+    left = [t for t in threading.enumerate() if t.name.startswith("when-hub-")]
+    for thread in left:
+        thread.join(TIMEOUT)
+    assert [t.name for t in left if t.is_alive()] == []
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        listening = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND query LIKE 'LISTEN%%' AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert listening == (0,)
