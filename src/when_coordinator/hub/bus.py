@@ -428,27 +428,29 @@ class PostgresBus:
                 self._draining = False
 
     def _send_notes(self) -> None:
-        """On the bus's thread: send what waits, in one statement, until nothing does. No
-        turn of the event loop between two sends: under load a turn took tens of ms, and
-        the notes that came during a send waited for it."""
+        """On the bus's thread: send what waits, in one statement. No turn of the event loop
+        between two sends (under load a turn took tens of ms, and the notes that came during
+        a send waited for it); what came meanwhile goes in a call queued behind the claims
+        and commands that wait for this thread."""
         from .pgstore import PHASE_NOTES_SQL  # noqa: PLC0415
 
         outgoing = self._outgoing
-        while True:
-            payloads = []
-            while outgoing:
-                payloads.append(outgoing.popleft())
-            if not payloads:
-                self._draining = False
-                if not outgoing:  # else one came between the last pop and the line above
-                    return
-                self._draining = True
-                continue
+        payloads = []
+        while outgoing:
+            payloads.append(outgoing.popleft())
+        if payloads:
             try:
                 self._control.execute(PHASE_NOTES_SQL, (json.dumps(payloads),))
                 self.notes_sent += len(payloads)
             except Exception as exc:  # the batch carries them
                 self.last_error = _first_line(exc)
+        self._draining = False
+        if outgoing and not self._draining:  # else the loop's next note starts a send
+            self._draining = True
+            try:
+                self._control.submit_call(self._send_notes)
+            except RuntimeError:  # closing
+                self._draining = False
 
     def _on_phase_note(self, payload: str) -> None:
         """In the listener's thread: read there, applied on the loop."""

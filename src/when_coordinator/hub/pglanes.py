@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._compat.asyncio import within
+
 if TYPE_CHECKING:
     from .pgstore import PostgresStore
 
@@ -108,7 +110,7 @@ class Control:
         return await self.result(self.submit(sql, params))
 
     async def result(self, future: asyncio.Future[list[tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
-        return await asyncio.wait_for(future, self._timeout)
+        return await within(future, self._timeout)
 
     async def close(self) -> None:
         def close() -> None:

@@ -46,6 +46,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from .._compat.allocator import keep_reads_off_mmap
+from .._compat.asyncio import within
 from ..protocol import (
     CancelPayload,
     Message,
@@ -665,7 +666,7 @@ class Hub(HttpFront, ServiceEndpoint):
 
     async def _send(self, peer: Peer, message: Message, service_id: str, *, timeout: float) -> None:
         try:
-            await asyncio.wait_for(peer.ws.send(encode(message)), timeout)
+            await within(peer.ws.send(encode(message)), timeout)
         except ConnectionClosed:
             raise ServiceUnavailable(f"service {service_id!r} disconnected") from None
         except asyncio.TimeoutError:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .._compat.asyncio import within
+
 __all__ = ["Waiters"]
 
 _T = TypeVar("_T")
@@ -50,7 +52,7 @@ class Waiters:
             return waiter.future.result()  # type: ignore[no-any-return]
         self._waiters.append(waiter)
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+            return await within(waiter.future, timeout)  # ours alone: no need to shield it
         except asyncio.TimeoutError:
             detail = f"; last error: {waiter.error!r}" if waiter.error is not None else ""
             raise TimeoutError(
