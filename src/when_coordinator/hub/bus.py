@@ -42,8 +42,6 @@ from .pglanes import SWITCH_INTERVAL, Control, Lane, Listener, switch_interval
 from .store import summary
 
 if TYPE_CHECKING:
-    import concurrent.futures
-
     from .changes import PhaseEvent
     from .model import WorkflowState
     from .pgstore import Mirror, PostgresStore
@@ -138,8 +136,8 @@ class PostgresBus:
         self._want_commands = asyncio.Event()
         self._scan = False
         """A re-scan of every undelivered command is due (besides ``_claims``)."""
-        self._claims: deque[concurrent.futures.Future[list[tuple[Any, ...]]]] = deque()
-        """Claims of notified commands, started by the listener, delivered in that order."""
+        self._claims: deque[list[tuple[Any, ...]]] = deque()
+        """What the listener claimed of notified commands, delivered in that order."""
         self._local: frozenset[str] = frozenset()
         """The services held here, for the listener's thread (replaced, never changed)."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -282,8 +280,8 @@ class PostgresBus:
             self._on_phase_note(payload)
 
     def _on_command(self, payload: str) -> None:
-        """``id service`` (an older instance: ``id``): claim it, from the listener's thread,
-        if the service is held here (its delivery then takes the loop two turns)."""
+        """``id service`` (an older instance: ``id``): claim it, in the listener's thread, if
+        the service is held here (its delivery then takes the loop two turns)."""
         number, _, service_id = payload.partition(" ")
         if not number.isdigit() or not service_id or len(service_id) >= 1000:
             self._post(self._rescan)  # not one to claim by id: look at them all
@@ -292,22 +290,26 @@ class PostgresBus:
             return
         from .pgstore import CLAIM_COMMAND_SQL  # noqa: PLC0415
 
-        store = self._store
-        params: dict[str, Any] = {
-            "me": store.instance_id,
-            "id": int(number),
-            "service": service_id,
-            "ttl": store.command_ttl,
-        }
-        try:
-            claim = self._control.submit_from_thread(CLAIM_COMMAND_SQL, params)
-        except RuntimeError:  # closing
+        store, listener = self._store, self._listener
+        if listener is None:
             return
-        claim.add_done_callback(lambda done: self._post(self._claimed, done))
+        params: dict[str, Any] = {"me": store.instance_id, "id": int(number)}
+        params.update(service=service_id, ttl=store.command_ttl)
+        try:
+            rows = listener.execute(CLAIM_COMMAND_SQL, params)
+        except Exception as exc:  # it may be undelivered still: the re-scan finds it
+            self._post(self._claim_failed, exc)
+            return
+        if rows:
+            self._post(self._claimed, rows)
 
-    def _claimed(self, claim: concurrent.futures.Future[list[tuple[Any, ...]]]) -> None:
-        self._claims.append(claim)
+    def _claimed(self, rows: list[tuple[Any, ...]]) -> None:
+        self._claims.append(rows)
         self._want_commands.set()
+
+    def _claim_failed(self, exc: BaseException) -> None:
+        self.last_error = _first_line(exc)
+        self._rescan()
 
     def _rescan(self) -> None:
         self._scan = True
@@ -579,14 +581,8 @@ class PostgresBus:
             await self._want_commands.wait()
             self._want_commands.clear()
             scan, self._scan = self._scan, False
-            while self._claims:  # done: the listener hands each over when it is
-                try:
-                    claimed = self._claims.popleft().result()
-                except Exception as exc:
-                    self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                    scan = True  # it may be undelivered still
-                    continue
-                await self._deliver_all(claimed)
+            while self._claims:
+                await self._deliver_all(self._claims.popleft())
             if not scan:
                 continue
             params = self._claim_params(self._hub._local_services())

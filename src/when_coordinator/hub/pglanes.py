@@ -57,26 +57,16 @@ switch_interval = _SwitchInterval()
 _T = TypeVar("_T")
 
 
-class Control:
-    """The bus's connection, used from a thread of its own: one statement at a time,
-    reconnected when lost.
+class Statements:
+    """One autocommit connection, opened when first needed and again after it was lost; for
+    one thread at a time. A statement is not retried on a lost connection (it may have
+    committed): the error goes to the caller, and the next statement reconnects."""
 
-    A thread, not an asyncio connection: under load the hub's event loop turns slowly, and
-    an asyncio connection needs several turns per statement where a thread needs one (to
-    hand back the result). In the capacity benchmark (bench_hub_postgres) one statement's
-    p99 was 80 to 280 ms on an asyncio connection, 6 to 8 ms in a thread. A statement is not
-    retried on a lost connection (it may have committed): the error goes to the caller, and
-    the next statement reconnects.
-    """
-
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str) -> None:
         self._url = url
-        self._timeout = timeout
         self._conn: Any = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, "when-hub-bus")
 
     def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-        """Run one statement, on this lane's thread only (see ``submit_call``)."""
         import psycopg  # noqa: PLC0415 - only with PostgreSQL
 
         if self._conn is None or self._conn.closed:
@@ -85,22 +75,39 @@ class Control:
             cursor = self._conn.execute(sql.encode(), params)
             return list(cursor.fetchall()) if cursor.description is not None else []
         except BaseException:
-            conn, self._conn = self._conn, None
+            self.close()
+            raise
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
-            raise
+
+
+class Control:
+    """The bus's connection, used from a thread of its own: one statement at a time,
+    reconnected when lost.
+
+    A thread, not an asyncio connection: under load the hub's event loop turns slowly, and
+    an asyncio connection needs several turns per statement where a thread needs one (to
+    hand back the result). In the capacity benchmark (bench_hub_postgres) one statement's
+    p99 was 80 to 280 ms on an asyncio connection, 6 to 8 ms in a thread.
+    """
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self._timeout = timeout
+        self._statements = Statements(url)
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "when-hub-bus")
+
+    def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """Run one statement, on this lane's thread only (see ``submit_call``)."""
+        return self._statements.execute(sql, params)
 
     def submit(self, sql: str, params: Any = None) -> asyncio.Future[list[tuple[Any, ...]]]:
         """Start the statement now (its result is awaited later): no event-loop turn first."""
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self._executor, self.execute, sql, params)
-
-    def submit_from_thread(
-        self, sql: str, params: Any = None
-    ) -> concurrent.futures.Future[list[tuple[Any, ...]]]:
-        """``submit`` from another thread (the listener's): queued with the loop's statements,
-        in order; the caller hands the result to the loop."""
-        return self._executor.submit(self.execute, sql, params)
 
     def submit_call(self, fn: Callable[[], None]) -> concurrent.futures.Future[None]:
         """Run ``fn`` on this lane's thread, queued with the statements (it may ``execute``)."""
@@ -113,12 +120,9 @@ class Control:
         return await within(future, self._timeout)
 
     async def close(self) -> None:
-        def close() -> None:
-            if self._conn is not None:
-                self._conn.close()
-
         with contextlib.suppress(Exception):
-            await asyncio.get_running_loop().run_in_executor(self._executor, close)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self._statements.close)
         self._executor.shutdown(wait=False)
 
 
@@ -148,12 +152,13 @@ class Lane:
 class Listener:
     """LISTEN on a connection of its own, in a thread of its own, reconnected when lost.
 
-    Each notification is handed to ``on_note`` in this thread, as it arrives: it starts what
-    needs no event loop (the claim of a command, on ``Control``'s thread) and hands the loop
-    the rest, one callback each. On an asyncio connection, a notification took several turns
-    of a busy loop before it was even seen, and every turn waited for all the frames that
-    came meanwhile. ``on_listening`` runs after every (re)LISTEN, ``on_error`` on every lost
-    connection, both in this thread.
+    Each notification is handed to ``on_note`` in this thread, as it arrives: it does what
+    needs no event loop (the claim of a command, with ``execute``, on a second connection of
+    this thread's) and hands the loop the rest, one callback each. On an asyncio connection,
+    a notification took several turns of a busy loop before it was even seen, and every turn
+    waited for all the frames that came meanwhile; a claim on the bus's thread waited for
+    that thread, and for the phase notes it was sending. ``on_listening`` runs after every
+    (re)LISTEN, ``on_error`` on every lost connection, both in this thread.
     """
 
     def __init__(
@@ -170,6 +175,7 @@ class Listener:
         self._on_listening = on_listening
         self._on_error = on_error
         self._stopping = threading.Event()
+        self._statements = Statements(url)
         self._thread = threading.Thread(target=self._run, name="when-hub-listen", daemon=True)
 
     def start(self) -> None:
@@ -180,11 +186,21 @@ class Listener:
         wake it) or within ``_POLL`` seconds."""
         self._stopping.set()
 
+    def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """One statement on this thread's second connection: from ``on_note`` only."""
+        return self._statements.execute(sql, params)
+
     def join(self, timeout: float) -> bool:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
     def _run(self) -> None:
+        try:
+            self._listen()
+        finally:
+            self._statements.close()
+
+    def _listen(self) -> None:
         import psycopg  # noqa: PLC0415 - only with PostgreSQL
 
         delay = 0.1
