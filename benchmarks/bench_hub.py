@@ -405,8 +405,10 @@ def _at(samples: Sequence[Sequence[float]], when: float) -> float:
     return c0 + (c1 - c0) * (when - t0) / (t1 - t0) if t1 > t0 else c1
 
 
-def _capacity_run() -> tuple[dict[str, Any], dict[str, Any], float]:
-    hub = Child("bench_hub", "capacity", timeout=TIMEOUT)
+def _capacity_run(server: str = "capacity") -> tuple[dict[str, Any], dict[str, Any], float]:
+    """The capacity load against a server child (``server`` is its mode): its report, the
+    load generator's and when the load started."""
+    hub = Child("bench_hub", server, timeout=TIMEOUT)
     load: Child | None = None
     try:
         load = Child("bench_hub", "load", hub.hello["url"], timeout=TIMEOUT)
@@ -536,20 +538,7 @@ def _bare_paced() -> float:
     """CPU per frame of a websockets server that only counts what the capacity load sends
     it: what merely receiving the frames costs this machine at this pace (each frame
     mostly alone on its socket: a wake-up, a read and a parse per frame)."""
-    server = Child("bench_hub", "bare-capacity", timeout=TIMEOUT)
-    load: Child | None = None
-    try:
-        load = Child("bench_hub", "load", server.hello["url"], timeout=TIMEOUT)
-        start = time.monotonic() + 0.5
-        end = start + WARMUP + WINDOW
-        server.send(cmd="measure", start=start, end=end)
-        load.send(cmd="run", start=start, end=end)
-        report = server.read()
-        load.read()
-    finally:
-        if load is not None:
-            load.close()
-        server.close()
+    report = _capacity_run("bare-capacity")[0]
     return float(report["cpu"]) / report["frames"] * 1e6 if report["frames"] else 0.0
 
 

@@ -142,8 +142,8 @@ class PostgresBus:
         """The services held here, for the listener's thread (replaced, never changed)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: Listener | None = None
-        self._outgoing: deque[str] = deque()
-        """Phase notes of this instance's services, for the bus's thread to send."""
+        self._outgoing: deque[dict[str, Any]] = deque()
+        """Phase notes of this instance's services, for the bus's thread to encode and send."""
         self._draining = False
         """The bus's thread is sending notes (or about to): appended ones go with them."""
         self._early: dict[str, tuple[str, float]] = {}
@@ -293,8 +293,12 @@ class PostgresBus:
         store, listener = self._store, self._listener
         if listener is None:
             return
-        params: dict[str, Any] = {"me": store.instance_id, "id": int(number)}
-        params.update(service=service_id, ttl=store.command_ttl)
+        params = {
+            "me": store.instance_id,
+            "id": int(number),
+            "service": service_id,
+            "ttl": store.command_ttl,
+        }
         try:
             rows = listener.execute(CLAIM_COMMAND_SQL, params)
         except Exception as exc:  # it may be undelivered still: the re-scan finds it
@@ -407,21 +411,18 @@ class PostgresBus:
     def _phase_changed(self, event: PhaseEvent) -> None:
         """One of this instance's services changed a workflow's phase: tell the others now,
         the workflow's document with the change (sent even when no other instance is known
-        alive: one may have started since the last lease round)."""
-        from .pgstore import NOTIFY_LIMIT  # noqa: PLC0415
-
+        alive: one may have started since the last lease round). The loop only takes the
+        document (fresh dicts and lists); the bus's thread encodes and sends it."""
         workflow = self._hub.state.workflows.get(event.workflow_id)
         if workflow is None or len(self._outgoing) >= _MAX_NOTES:
             return  # the batch carries it
-        note = {
-            "instance": self._store.instance_id,
-            "workflow": summary(workflow),
-            "changes": [event.change.as_dict()],
-        }
-        text = json.dumps(note)
-        if len(text.encode()) > NOTIFY_LIMIT:
-            return
-        self._outgoing.append(text)
+        self._outgoing.append(
+            {
+                "instance": self._store.instance_id,
+                "workflow": summary(workflow),
+                "changes": [event.change.as_dict()],
+            }
+        )
         if not self._draining:
             self._draining = True
             try:
@@ -432,14 +433,16 @@ class PostgresBus:
     def _send_notes(self) -> None:
         """On the bus's thread: send what waits, in one statement. No turn of the event loop
         between two sends (under load a turn took tens of ms, and the notes that came during
-        a send waited for it); what came meanwhile goes in a call queued behind the claims
-        and commands that wait for this thread."""
-        from .pgstore import PHASE_NOTES_SQL  # noqa: PLC0415
+        a send waited for it); what came meanwhile goes in a call queued behind the other
+        statements waiting for this thread (commands, answers, leases)."""
+        from .pgstore import NOTIFY_LIMIT, PHASE_NOTES_SQL  # noqa: PLC0415
 
         outgoing = self._outgoing
         payloads = []
         while outgoing:
-            payloads.append(outgoing.popleft())
+            text = json.dumps(outgoing.popleft())
+            if len(text.encode()) <= NOTIFY_LIMIT:  # else the batch carries it
+                payloads.append(text)
         if payloads:
             try:
                 self._control.execute(PHASE_NOTES_SQL, (json.dumps(payloads),))
