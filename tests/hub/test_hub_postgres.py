@@ -27,15 +27,17 @@ from when_coordinator.cli import HubClient
 from when_coordinator.hub import Hub, HubError, ThreadedHub
 from when_coordinator.hub.bus import SWITCH_INTERVAL
 from when_coordinator.hub.pgstore import (
+    HEARTBEAT_SQL,
     RELEASE_COMMAND_SQL,
     SCHEMA_VERSION,
     PostgresStore,
     dumps,
     loads,
 )
+from when_coordinator.hub.records import StoredLog
 from when_coordinator.hub.state import PhaseChange
 from when_coordinator.hub.store import StoreBatch
-from when_coordinator.protocol import Message, PausePayload, encode
+from when_coordinator.protocol import LogEntry, Message, PausePayload, encode
 
 TIMEOUT = 15.0
 
@@ -454,6 +456,91 @@ def test_records_beyond_the_limit_per_workflow_and_kind_are_pruned(pg_url: str) 
         assert [c.reason for c in history] == ["r3", "r4"]
     finally:
         store.close()
+
+
+def _change(n: int) -> PhaseChange:
+    return PhaseChange(Phase.PLANNING, Phase.EXECUTION, f"r{n}", "", float(n), f"t{n}")
+
+
+def _log(n: int) -> StoredLog:
+    entry = {"timestamp": "2026-12-03T12:00:00Z", "level": "info", "message": f"line {n}"}
+    return StoredLog(LogEntry.from_dict({**entry, "workflow_id": "wf-1"}), "svc", float(n))
+
+
+def test_what_one_instance_writes_another_reads_once_and_in_order(pg_url: str) -> None:
+    """A batch is one statement (``when_write_batch``) and a read one more (``CHANGES_SQL``):
+    every part of a batch arrives, in order, with its owner and lease; the reader's own rows
+    and rows already read do not, and a closing connection does not take over a service
+    that another instance holds."""
+    a, b = PostgresStore(pg_url, "a"), PostgresStore(pg_url, "b")
+    a.load()
+    b.load()
+    try:
+        a._conn().execute(HEARTBEAT_SQL, ("a", ""))
+        b.write(StoreBatch(services={"held-by-b": {"service_id": "held-by-b", "connected": True}}))
+        seen = b.changes_since(0).seq
+        a.write(
+            StoreBatch(
+                services={
+                    "svc": {"service_id": "svc", "connected": True},
+                    "gone": {"service_id": "gone", "connected": True},
+                    "held-by-b": {"service_id": "held-by-b", "connected": False},
+                },
+                workflows={"wf-1": {"workflow_id": "wf-1", "phase": "execution"}},
+                records=[("wf-1", "history", _change(n)) for n in range(3)],
+                logs=[_log(n) for n in range(3)],
+            )
+        )
+        a.write(
+            StoreBatch(
+                services={"gone": None},
+                workflows={"wf-1": {"workflow_id": "wf-1", "phase": "completed"}, "wf-0": None},
+                resync={"wf-1": {"history": (_change(7), _change(8))}},
+                logs=[_log(n) for n in range(3, 5)],
+            )
+        )
+        mirror = b.changes_since(seen)
+        assert [(owner, alive, d["service_id"]) for owner, alive, d in mirror.services] == [
+            ("a", True, "svc")
+        ]  # "gone" deleted; "held-by-b" kept by b, whose connection is alive
+        assert mirror.workflows == [{"workflow_id": "wf-1", "phase": "completed"}]
+        assert mirror.owners == {"wf-1": "a"}
+        assert [(wf, kind, d["reason"]) for wf, kind, d in mirror.records] == [
+            ("wf-1", "history", "r7"),
+            ("wf-1", "history", "r8"),
+        ]  # the resync replaced the records written before it
+        assert [d["message"] for d in mirror.logs] == [f"line {n}" for n in range(5)]
+        assert b.changes_since(mirror.seq).seq == mirror.seq
+        assert not b.changes_since(mirror.seq).logs
+        assert a.changes_since(0).services[0][2]["service_id"] == "held-by-b"
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT instance_id, data->>'connected' FROM when_services "
+                "WHERE service_id = 'held-by-b'"
+            ).fetchone()
+        assert row == ("b", "true")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_database_at_the_first_schema_is_migrated_and_written(pg_url: str) -> None:
+    from when_coordinator.hub.pgstore import _MIGRATIONS  # noqa: PLC0415 - the first schema
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(_MIGRATIONS[0].encode())
+        conn.execute("CREATE TABLE when_meta (key TEXT PRIMARY KEY, value TEXT)")
+        conn.execute("INSERT INTO when_meta VALUES ('schema_version', '1')")
+    store = PostgresStore(pg_url, "x")
+    store.load()
+    try:
+        store.write(StoreBatch(workflows={"wf-1": {"workflow_id": "wf-1", "phase": "execution"}}))
+        assert store.counts()["workflows"] == 1
+    finally:
+        store.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        version = conn.execute("SELECT value FROM when_meta WHERE key = 'schema_version'")
+        assert version.fetchone() == (str(SCHEMA_VERSION),)
 
 
 def test_the_stores_json_reads_back_what_json_loads_reads_and_writes_what_it_reads() -> None:
