@@ -532,7 +532,8 @@ class PostgresStore:
         mirror = Mirror(seq=seq)
         params = {"seq": seq, "me": self.instance_id, "lease": self.lease_timeout}
         top = seq
-        for part, row_seq, key, extra, data in self._conn().execute(CHANGES_SQL, params):
+        rows = self._conn().execute(CHANGES_SQL, params).fetchall()
+        for part, row_seq, key, extra, data in rows:
             top = max(top, row_seq)
             if not isinstance(data, dict):
                 continue
