@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
@@ -21,6 +22,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 
+from .._compat.websockets import DirectConnection
 from ..protocol import (
     EmptyPayload,
     Message,
@@ -148,9 +150,15 @@ class ServiceEndpoint:
         self._publish()
         closed: ConnectionClosed | None = None
         try:
-            while True:  # not ``async for``, which hides how a normal close went
-                frame = await ws.recv()
-                await self._on_frame(peer, frame)
+            if isinstance(ws, DirectConnection) and ws.direct(
+                functools.partial(self._on_message, peer)
+            ):
+                await ws.wait_closed()  # every message is taken as it is read
+                closed = ws.protocol.close_exc
+            while closed is None:  # not ``async for``, which hides how a normal close went
+                reply = self._take(peer, await ws.recv())
+                if reply is not None:
+                    await reply
                 peer.frames += 1
                 if peer.frames % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # let the other connections in
@@ -214,29 +222,36 @@ class ServiceEndpoint:
             _log.warning("dropped frame #%d from %s: %s", count, peer.connection_id, reason)
         self._publish()
 
-    async def _on_frame(self, peer: Peer, frame: str | bytes) -> None:
+    def _on_message(self, peer: Peer, frame: str | bytes) -> None:
+        """A message as its connection's read parsed it (``DirectConnection``)."""
+        reply = self._take(peer, frame)
+        if reply is not None:
+            self._spawn(reply)
+        peer.frames += 1
+
+    def _take(self, peer: Peer, frame: str | bytes) -> Awaitable[None] | None:
+        """Admit, decode and apply one message; the reply to send, if any (``registered``)."""
         if peer.closing:
-            return  # what a client sends after we decided to close it is dropped unread
+            return None  # what a client sends after we decided to close it is dropped unread
         now = time.time()
         if not self._admit(peer, now):
             self._throttle(peer, now)
-            return
+            return None
         if not isinstance(frame, str):
             self._invalid(peer, f"binary frame of {len(frame)} bytes (messages are JSON text)")
-            return
+            return None
         try:
             message = decode(frame)
             if message.type is MessageType.REGISTER:
-                await self._register(peer, message, frame, now)
-                return
+                return self._register(peer, message, frame, now)
             applied = self._state.receive(peer.connection_id, message, now=now)
         except ProtocolError as exc:
             self._invalid(peer, str(exc))
-            return
+            return None
         except Exception as exc:  # a bug must not take the connection (or the hub) down
             _log.exception("error handling a frame from %s", peer.connection_id)
             self._invalid(peer, f"internal error: {type(exc).__name__}: {exc}")
-            return
+            return None
         conn = self._state.connections[peer.connection_id]
         self._received.append(conn.service_id, frame)
         if applied and message.type is MessageType.STATUS_RESPONSE:
@@ -248,8 +263,12 @@ class ServiceEndpoint:
             ):
                 pending.future.set_result(StatusResponsePayload.from_dict(message.payload))
         self._publish()
+        return None
 
-    async def _register(self, peer: Peer, message: Message, frame: str, now: float) -> None:
+    def _register(
+        self, peer: Peer, message: Message, frame: str, now: float
+    ) -> Awaitable[None] | None:
+        """Register at once (what follows is the registered service's); the reply to send."""
         payload = message.typed_payload()
         assert isinstance(payload, RegisterPayload)
         try:
@@ -260,7 +279,7 @@ class ServiceEndpoint:
             self._publish()
             _log.warning("refused %s: %s", peer.connection_id, exc)
             self._close_peer(peer, 1002, str(exc)[:120])
-            return
+            return None
         self._received.append(registration.service_id, frame)
         self._publish()
         reply = Message.create(
@@ -274,8 +293,11 @@ class ServiceEndpoint:
         )
         _log.info("registered %s as %s", peer.connection_id, registration.service_id)
         self._bus.connected(registration.service_id)
+        return self._reply(peer, reply, registration.service_id)
+
+    async def _reply(self, peer: Peer, reply: Message, service_id: str) -> None:
         with contextlib.suppress(ServiceUnavailable):  # if it left, its loop handles the close
-            await self._send(peer, reply, registration.service_id, timeout=self.command_timeout)
+            await self._send(peer, reply, service_id, timeout=self.command_timeout)
 
     async def _ping_loop(self) -> None:
         """Send a JSON ping to each service every ``ping_interval``; mark late ones."""

@@ -18,6 +18,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from .._compat.websockets import DirectConnection
 from .dashboard import Access, Dashboard
 from .endpoint import format_remote
 from .metrics import metrics_response
@@ -116,6 +117,8 @@ class HttpFront:
         if metrics:
             return metrics_response(self._view, request.method, time.monotonic())
         if websocket_route(target):
+            if coordination and isinstance(connection, DirectConnection):
+                connection.hold()  # what comes before the handler runs is its, in order
             return None
         return await http_request(self._view, request, target)
 

@@ -47,6 +47,7 @@ from websockets.exceptions import ConnectionClosed
 
 from .._compat.allocator import keep_reads_off_mmap
 from .._compat.asyncio import within
+from .._compat.websockets import DirectConnection
 from ..protocol import (
     CancelPayload,
     Message,
@@ -241,6 +242,7 @@ class Hub(HttpFront, ServiceEndpoint):
                 process_request=self._process_request,
                 max_size=self._max_frame_bytes,
                 compression=None,
+                create_connection=DirectConnection,  # services' messages taken as read
                 logger=CredentialRedactingLogger(
                     logging.getLogger("when_coordinator.hub.websockets"), {}
                 ),
