@@ -227,7 +227,6 @@ class ServiceEndpoint:
         reply = self._take(peer, frame)
         if reply is not None:
             self._spawn(reply)
-        peer.frames += 1
 
     def _take(self, peer: Peer, frame: str | bytes) -> Awaitable[None] | None:
         """Admit, decode and apply one message; the reply to send, if any (``registered``)."""
