@@ -17,7 +17,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request
+from websockets.frames import Frame, Opcode
 
 from when_coordinator._compat.websockets import DIRECT_DISPATCH, DirectConnection
 
@@ -45,13 +45,9 @@ class Received:
 @asynccontextmanager
 async def direct_server(
     deliver: Callable[[str | bytes], None], start: asyncio.Event | None = None
-) -> AsyncIterator[ClientConnection]:
-    """A server whose connections hold from the handshake and deliver once ``start`` is set
-    (at once without it); yields a client connected to it."""
-
-    def hold(connection: ServerConnection, request: Request) -> None:
-        assert isinstance(connection, DirectConnection)
-        connection.hold()
+) -> AsyncIterator[int]:
+    """A server whose connections deliver once ``start`` is set (at once without it); yields
+    its port."""
 
     async def handler(ws: ServerConnection) -> None:
         assert isinstance(ws, DirectConnection)
@@ -65,13 +61,47 @@ async def direct_server(
         "127.0.0.1",
         0,
         compression=None,
-        process_request=hold,
         create_connection=DirectConnection,
         close_timeout=2.0,
     ) as server:
-        port = server.sockets[0].getsockname()[1]
-        async with connect(f"ws://127.0.0.1:{port}", compression=None, proxy=None) as ws:
-            yield ws
+        yield server.sockets[0].getsockname()[1]
+
+
+@asynccontextmanager
+async def direct_client(
+    deliver: Callable[[str | bytes], None], start: asyncio.Event | None = None
+) -> AsyncIterator[ClientConnection]:
+    """A websockets client connected to ``direct_server``."""
+    async with (
+        direct_server(deliver, start) as port,
+        connect(f"ws://127.0.0.1:{port}", compression=None, proxy=None) as ws,
+    ):
+        yield ws
+
+
+@asynccontextmanager
+async def pipelined(port: int, messages: list[str]) -> AsyncIterator[bytes]:
+    """A raw client that sends its upgrade request and ``messages`` in one write, as a client
+    that does not wait for the response could; yields the response's head."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(upgrade_request(port) + frames(messages))
+        await writer.drain()
+        yield await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    finally:
+        writer.close()
+
+
+def upgrade_request(port: int) -> bytes:
+    return (
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def frames(messages: list[str]) -> bytes:
+    return b"".join(Frame(Opcode.TEXT, m.encode()).serialize(mask=True) for m in messages)
 
 
 def test_the_supported_websockets_has_the_method_overridden() -> None:
@@ -80,7 +110,7 @@ def test_the_supported_websockets_has_the_method_overridden() -> None:
 
 async def test_messages_sent_before_the_handler_runs_are_delivered_first_in_order() -> None:
     received, start = Received(), asyncio.Event()
-    async with direct_server(received, start) as ws:
+    async with direct_client(received, start) as ws:
         for i in range(3):
             await ws.send(f"early {i}")
         pong = await ws.ping()  # answered from the read: the three were read before it
@@ -92,7 +122,7 @@ async def test_messages_sent_before_the_handler_runs_are_delivered_first_in_orde
 
 async def test_fragmented_text_and_binary_messages_arrive_whole() -> None:
     received = Received()
-    async with direct_server(received) as ws:
+    async with direct_client(received) as ws:
         await ws.send(["frag", "men", "ted"])
         await ws.send(b"\x00\x01binary")
         await ws.send("whole")
@@ -101,7 +131,7 @@ async def test_fragmented_text_and_binary_messages_arrive_whole() -> None:
 
 async def test_invalid_utf8_closes_with_1007_and_nothing_after_it_is_delivered() -> None:
     received = Received()
-    async with direct_server(received) as ws:
+    async with direct_client(received) as ws:
         await ws.send("before")
         await ws.send(b"\xff\xfe", text=True)
         with pytest.raises(ConnectionClosed) as closed:
@@ -119,12 +149,65 @@ async def test_a_callback_that_raises_ends_only_its_connection_with_1011() -> No
             raise RuntimeError("a bug in the callback")
         received(message)
 
-    async with direct_server(deliver) as ws:
+    async with direct_client(deliver) as ws:
         await ws.send("boom")
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), TIMEOUT)
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 1011
-    async with direct_server(received) as other:  # the server goes on serving
+    async with direct_client(received) as other:  # the server goes on serving
         await other.send("fine")
         assert await received.at_least(1) == ["fine"]
+
+
+async def test_messages_sent_with_the_upgrade_request_are_delivered() -> None:
+    received = Received()
+    async with (
+        direct_server(received) as port,
+        pipelined(port, ["first", "second", "third"]) as head,
+    ):
+        assert head.startswith(b"HTTP/1.1 101")
+        assert await received.at_least(3) == ["first", "second", "third"]
+
+
+async def test_released_messages_reach_recv_in_order_and_later_ones_too() -> None:
+    got: asyncio.Queue[str | bytes] = asyncio.Queue()
+
+    async def handler(ws: ServerConnection) -> None:
+        assert isinstance(ws, DirectConnection)
+        ws.release()
+        async for message in ws:
+            await got.put(message)
+
+    async with serve(
+        handler, "127.0.0.1", 0, compression=None, create_connection=DirectConnection
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with pipelined(port, ["first", "second"]):
+            assert [await asyncio.wait_for(got.get(), TIMEOUT) for _ in range(2)] == [
+                "first",
+                "second",
+            ]
+        async with connect(f"ws://127.0.0.1:{port}", compression=None, proxy=None) as ws:
+            await ws.send("later")
+            assert await asyncio.wait_for(got.get(), TIMEOUT) == "later"
+
+
+async def test_a_client_that_floods_before_the_handler_runs_is_dropped_and_others_served() -> None:
+    """Past ``MAX_HELD`` messages held for the handler, the connection ends (here, sent with
+    the upgrade request, before any response) and nothing of it is delivered."""
+    received, start = Received(), asyncio.Event()
+    async with direct_server(received, start) as port:
+        messages = [str(i) for i in range(DirectConnection.MAX_HELD + 1)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(upgrade_request(port) + frames(messages))
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), TIMEOUT)  # to the end: closed
+            assert not answer.startswith(b"HTTP/1.1 101")
+        finally:
+            writer.close()
+            start.set()
+        async with connect(f"ws://127.0.0.1:{port}", compression=None, proxy=None) as ws:
+            await ws.send("fine")
+            assert await received.at_least(1) == ["fine"]

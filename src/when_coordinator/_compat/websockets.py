@@ -65,6 +65,7 @@ DIRECT_DISPATCH = callable(getattr(ServerConnection, "process_event", None))
 
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INTERNAL_ERROR = 1011
 
 _log = logging.getLogger("when_coordinator.hub")
@@ -141,24 +142,25 @@ def _write(ws: Connection, chunks: Iterable[bytes]) -> None:
 class DirectConnection(ServerConnection):
     """A server connection whose data messages can go to a callback as they are parsed.
 
-    ``hold()`` (during the handshake) keeps the messages that arrive before the handler runs;
-    ``direct(deliver)`` then gives them, and every later one, to ``deliver`` in order, on the
-    event loop, from ``data_received``: text as ``str``, binary as ``bytes``, a fragmented
-    message once whole (websockets' protocol bounds it by ``max_size``). ``recv()`` gets
-    none of them. Invalid UTF-8 fails the connection with 1007, as ``recv()`` does.
-    ``deliver`` must not raise or block: the read waits for it.
+    Data messages are held from the start (a client may send frames right behind its
+    upgrade request, parsed with it, before any handler runs) until the handler says where
+    they go: ``direct(deliver)`` gives them, and every later one, to ``deliver`` in order, on
+    the event loop, from ``data_received``: text as ``str``, binary as ``bytes``, a fragmented
+    message once whole (websockets' protocol bounds it by ``max_size``); ``recv()`` gets none.
+    ``release()`` gives them to ``recv()`` as a plain ``ServerConnection`` would. Invalid UTF-8
+    fails the connection with 1007, as ``recv()`` does; more than ``MAX_HELD`` messages before
+    the handler runs, with 1008. ``deliver`` must not raise or block: the read waits for it.
     """
+
+    MAX_HELD = 1000
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deliver: Callable[[str | bytes], None] | None = None
-        self._held: list[Frame] | None = None
+        self._held: list[Frame] | None = [] if DIRECT_DISPATCH else None
         self._parts: list[bytes] = []
         self._text = False
-
-    def hold(self) -> None:
-        if DIRECT_DISPATCH and self._deliver is None:
-            self._held = []
+        self._failed = False
 
     def direct(self, deliver: Callable[[str | bytes], None]) -> bool:
         """Deliver from now on (and what was held); False when it cannot (``recv()`` then)."""
@@ -170,15 +172,26 @@ class DirectConnection(ServerConnection):
             self._take(frame)
         return True
 
+    def release(self) -> None:
+        """Leave every message to ``recv()``, those held first."""
+        held, self._held = self._held or [], None
+        for frame in held:
+            super().process_event(frame)
+
     def process_event(self, event: Any) -> None:
         if not isinstance(event, Frame) or event.opcode > Opcode.BINARY:
             super().process_event(event)  # the handshake, control frames
+        elif self._failed:
+            return  # parsed in the same read as what failed the connection: dropped
         elif self._deliver is not None:
             self._take(event)
-        elif self._held is not None:
+        elif self._held is None:
+            super().process_event(event)
+        elif len(self._held) < self.MAX_HELD:
             self._held.append(event)
         else:
-            super().process_event(event)
+            self._held = []
+            self._fail(CLOSE_POLICY_VIOLATION, "too many messages before the server was ready")
 
     def _take(self, frame: Frame) -> None:
         deliver = self._deliver
@@ -208,7 +221,7 @@ class DirectConnection(ServerConnection):
     def _fail(self, code: int, reason: str) -> None:
         """Close with ``code`` (nothing after it is read), as websockets does for ``recv()``,
         dropping the connection if the peer does not answer within ``close_timeout``."""
-        self._deliver = None
+        self._deliver, self._failed = None, True
         with contextlib.suppress(Exception):  # closing already
             self.protocol.fail(code, reason)
             _write(self, self.protocol.data_to_send())

@@ -117,8 +117,6 @@ class HttpFront:
         if metrics:
             return metrics_response(self._view, request.method, time.monotonic())
         if websocket_route(target):
-            if coordination and isinstance(connection, DirectConnection):
-                connection.hold()  # what comes before the handler runs is its, in order
             return None
         return await http_request(self._view, request, target)
 
@@ -136,6 +134,8 @@ class HttpFront:
         self._open.add(ws)  # until the connection is closed, closing ones included
         try:
             if target.segments == OPERATOR_ROUTE:
+                if isinstance(ws, DirectConnection):
+                    ws.release()  # the operator session reads with recv()
                 read_only = self.dashboard.access(ws.request) is Access.READ
                 await OperatorSession(self._view, ws, read_only=read_only).run()
             else:
