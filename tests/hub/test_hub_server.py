@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
+from websockets.frames import Frame, Opcode
 
 from when_coordinator.hub import (
     CommandRefused,
@@ -271,6 +272,34 @@ async def test_traffic_before_register_is_kept_and_flagged() -> None:
         assert service.anomalies == ("'progress' received before register",)
         assert hub.workflows["wf-e"].service_id == "early"
         await client.close()
+
+
+async def test_messages_sent_with_the_upgrade_request_are_applied_in_order() -> None:
+    """A client that sends its first messages in the same write as its upgrade request: they
+    are parsed before the hub's handler runs, and applied once it does, in order."""
+    async with Hub() as hub:
+        register = {"service_name": "eager", "service_id": "eager", "protocol_version": "1.0"}
+        progress = {"workflow_id": "wf-x", "percent": 7}
+        texts = [json.dumps(frame("register", payload=register))]
+        texts.append(json.dumps(frame("progress", "wf-x", progress)))
+        request = (
+            f"GET /v1/coordination HTTP/1.1\r\nHost: 127.0.0.1:{hub.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        frames = [Frame(Opcode.TEXT, text.encode()).serialize(mask=True) for text in texts]
+        reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+        try:
+            writer.write(request + b"".join(frames))
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 101")
+            await hub.wait_for(lambda h: h.workflows["wf-x"].progress == 7)
+            service = hub.services["eager"]
+            assert service.registered
+            assert service.anomalies == ()  # the register came first
+        finally:
+            writer.close()
 
 
 async def test_other_paths_are_404_and_both_coordination_paths_work() -> None:
