@@ -96,6 +96,17 @@ class Service:
         self.coordinator.close(timeout=5.0)
 
 
+@contextmanager
+def running(url: str) -> Iterator[Service]:
+    """A service on the hub at ``url`` with workflow ``wf-1`` started, closed after."""
+    service = Service(url)
+    try:
+        service.start("wf-1")
+        yield service
+    finally:
+        service.close()
+
+
 def api(http_url: str, path: str, method: str = "GET", **params: str) -> Any:
     return HubClient(http_url, None).request(method, path, params or None)
 
@@ -107,26 +118,21 @@ def phase_on(hub: ThreadedHub, workflow_id: str, phase: str) -> None:
 def test_a_pause_through_instance_b_reaches_the_service_on_a_and_both_show_it(
     pg_url: str,
 ) -> None:
-    with hubs(pg_url, 3) as (a, b, c):
-        service = Service(a.url)
-        try:
-            service.start("wf-1")
-            for hub in (a, b, c):  # every instance sees the workflow, and the service connected
-                phase_on(hub, "wf-1", "execution")
-                hub.wait_for(lambda h: h.services["etl"].connected, TIMEOUT)
-            sent = api(b.http_url, "/v1/workflows/wf-1/pause", "POST", reason="db work")
-            assert sent["service_id"] == "etl"
-            service.wait("wf-1", "pausing")
-            service.phases.complete_pause("wf-1")
-            for hub in (a, b, c):
-                phase_on(hub, "wf-1", "paused")
-            for hub in (a, b):
-                assert api(hub.http_url, "/v1/workflows/wf-1")["phase"] == "paused"
-            # status answers across instances, through whichever holds the connection
-            answer = c.status("wf-1", timeout=5.0)
-            assert answer.phase == "paused"
-        finally:
-            service.close()
+    with hubs(pg_url, 3) as (a, b, c), running(a.url) as service:
+        for hub in (a, b, c):  # every instance sees the workflow, and the service connected
+            phase_on(hub, "wf-1", "execution")
+            hub.wait_for(lambda h: h.services["etl"].connected, TIMEOUT)
+        sent = api(b.http_url, "/v1/workflows/wf-1/pause", "POST", reason="db work")
+        assert sent["service_id"] == "etl"
+        service.wait("wf-1", "pausing")
+        service.phases.complete_pause("wf-1")
+        for hub in (a, b, c):
+            phase_on(hub, "wf-1", "paused")
+        for hub in (a, b):
+            assert api(hub.http_url, "/v1/workflows/wf-1")["phase"] == "paused"
+        # status answers across instances, through whichever holds the connection
+        answer = c.status("wf-1", timeout=5.0)
+        assert answer.phase == "paused"
 
 
 def test_a_command_across_instances_and_the_answer_back_wait_for_no_store_batch(
@@ -134,35 +140,33 @@ def test_a_command_across_instances_and_the_answer_back_wait_for_no_store_batch(
 ) -> None:
     # A batch every 60 s: once the setup's explicit flush is done, nothing below can have
     # come through one (the test's waits all end well within TIMEOUT < 60 s).
-    with hubs(pg_url, 2, store_interval=60.0) as (a, b):
-        service = Service(a.url)
-        try:
-            service.start("wf-1")
-            phase_on(a, "wf-1", "execution")
-            assert a.flush()  # B learns of the workflow and of the service on A
-            phase_on(b, "wf-1", "execution")
-            b.wait_for(lambda h: h.services["etl"].connected, TIMEOUT)
-            writes = a.store_health()["writes"]  # type: ignore[index]
-            b.pause("wf-1", "no batch")
-            service.wait("wf-1", "pausing")  # the command reached the service on A
-            phase_on(b, "wf-1", "pausing")  # and its answer is in B's view
-            service.phases.complete_pause("wf-1")
-            phase_on(b, "wf-1", "paused")
-            assert b.status("wf-1", timeout=5.0).phase == "paused"  # the answer by NOTIFY
-            assert a.store_health()["writes"] == writes  # type: ignore[index]
-            # The batch that writes the same changes later applies them once, in order.
-            mirrored = b.call(b.hub.bus_health)["workflows_mirrored"]  # type: ignore[index]
-            assert a.flush()
-            b.wait_for(lambda h: h.hub.bus_health()["workflows_mirrored"] > mirrored, TIMEOUT)  # type: ignore[index]
-            history = [(c.from_phase, c.to_phase) for c in b.workflows["wf-1"].history]
-            assert history[-3:] == [
-                ("planning", "execution"),
-                ("execution", "pausing"),
-                ("pausing", "paused"),
-            ]
-            assert b.workflows["wf-1"].phase == "paused"
-        finally:
-            service.close()
+    with (
+        hubs(pg_url, 2, store_interval=60.0) as (a, b),
+        running(a.url) as service,
+    ):
+        phase_on(a, "wf-1", "execution")
+        assert a.flush()  # B learns of the workflow and of the service on A
+        phase_on(b, "wf-1", "execution")
+        b.wait_for(lambda h: h.services["etl"].connected, TIMEOUT)
+        writes = a.store_health()["writes"]  # type: ignore[index]
+        b.pause("wf-1", "no batch")
+        service.wait("wf-1", "pausing")  # the command reached the service on A
+        phase_on(b, "wf-1", "pausing")  # and its answer is in B's view
+        service.phases.complete_pause("wf-1")
+        phase_on(b, "wf-1", "paused")
+        assert b.status("wf-1", timeout=5.0).phase == "paused"  # the answer by NOTIFY
+        assert a.store_health()["writes"] == writes  # type: ignore[index]
+        # The batch that writes the same changes later applies them once, in order.
+        mirrored = b.call(b.hub.bus_health)["workflows_mirrored"]  # type: ignore[index]
+        assert a.flush()
+        b.wait_for(lambda h: h.hub.bus_health()["workflows_mirrored"] > mirrored, TIMEOUT)  # type: ignore[index]
+        history = [(c.from_phase, c.to_phase) for c in b.workflows["wf-1"].history]
+        assert history[-3:] == [
+            ("planning", "execution"),
+            ("execution", "pausing"),
+            ("pausing", "paused"),
+        ]
+        assert b.workflows["wf-1"].phase == "paused"
 
 
 def test_a_command_given_back_by_an_instance_is_notified_again_and_claimed_where_its_service_is(
@@ -170,43 +174,33 @@ def test_a_command_given_back_by_an_instance_is_notified_again_and_claimed_where
 ) -> None:
     # No batch and no re-scan comes in this test's time: only the notification of the
     # release can bring the command to A, which holds the service.
-    with hubs(pg_url, 2, store_interval=60.0) as (a, _b):
-        service = Service(a.url)
-        try:
-            service.start("wf-1")
-            phase_on(a, "wf-1", "execution")
-            pause = encode(Message.create(PausePayload(workflow_id="wf-1", reason="given back")))
-            with psycopg.connect(pg_url, autocommit=True) as conn:
-                row = conn.execute(
-                    "INSERT INTO when_commands (service_id, origin, message, delivered_by, "
-                    "delivered_at) VALUES ('etl', 'hub-1', %s, 'hub-1', now()) RETURNING id",
-                    (pause,),
-                ).fetchone()
-                assert row is not None
-                conn.execute(RELEASE_COMMAND_SQL.encode(), (row[0],))
-                service.wait("wf-1", "pausing")
-                claimed = conn.execute(
-                    "SELECT delivered_by FROM when_commands WHERE id = %s", (row[0],)
-                ).fetchone()
-            assert claimed == ("hub-0",)
-        finally:
-            service.close()
+    with hubs(pg_url, 2, store_interval=60.0) as (a, _b), running(a.url) as service:
+        phase_on(a, "wf-1", "execution")
+        pause = encode(Message.create(PausePayload(workflow_id="wf-1", reason="given back")))
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            row = conn.execute(
+                "INSERT INTO when_commands (service_id, origin, message, delivered_by, "
+                "delivered_at) VALUES ('etl', 'hub-1', %s, 'hub-1', now()) RETURNING id",
+                (pause,),
+            ).fetchone()
+            assert row is not None
+            conn.execute(RELEASE_COMMAND_SQL.encode(), (row[0],))
+            service.wait("wf-1", "pausing")
+            claimed = conn.execute(
+                "SELECT delivered_by FROM when_commands WHERE id = %s", (row[0],)
+            ).fetchone()
+        assert claimed == ("hub-0",)
 
 
 def test_a_service_on_an_instance_started_after_the_last_lease_round_is_reachable(
     pg_url: str,
 ) -> None:
     # Leases renewed every 10 s: A has not yet seen B's lease when B's service shows up.
-    with hubs(pg_url, 2, lease_timeout=30.0) as (a, b):
-        service = Service(b.url)
-        try:
-            service.start("wf-1")
-            phase_on(a, "wf-1", "execution")
-            a.wait_for(lambda h: h.services["etl"].connected, TIMEOUT)
-            a.pause("wf-1")
-            service.wait("wf-1", "pausing")
-        finally:
-            service.close()
+    with hubs(pg_url, 2, lease_timeout=30.0) as (a, b), running(b.url) as service:
+        phase_on(a, "wf-1", "execution")
+        a.wait_for(lambda h: h.services["etl"].connected, TIMEOUT)
+        a.pause("wf-1")
+        service.wait("wf-1", "pausing")
 
 
 def test_workflows_listed_through_either_instance_are_the_same(pg_url: str) -> None:
@@ -245,28 +239,23 @@ def test_workflows_listed_through_either_instance_are_the_same(pg_url: str) -> N
 
 
 def test_live_events_of_a_service_on_a_reach_an_operator_watching_b(pg_url: str) -> None:
-    with hubs(pg_url, 2) as (a, b):
-        service = Service(a.url)
-        try:
-            service.start("wf-1")
-            phase_on(b, "wf-1", "execution")
-            with connect(b.operator_url) as ws:  # what the dashboard on B does
-                ws.send(json.dumps({"id": 1, "op": "subscribe", "logs": True}))
-                assert next_event(ws, "snapshot")
-                assert service.coordinator.send_progress("wf-1", "", 42.0, "load", "halfway")
-                update = next_event(ws, "workflow", lambda e: e["workflow"]["progress"] == 42.0)
-                assert update["workflow"]["service_id"] == "etl"
-                service.phases.pause("wf-1", "for a look")
-                event = next_event(ws, "phase_changed")
-                assert (event["workflow_id"], event["from"], event["to"]) == (
-                    "wf-1",
-                    "execution",
-                    "pausing",
-                )
-                service.coordinator.log_with_context("warn", "careful", "wf-1")
-                assert next_event(ws, "log")["message"] == "careful"
-        finally:
-            service.close()
+    with hubs(pg_url, 2) as (a, b), running(a.url) as service:
+        phase_on(b, "wf-1", "execution")
+        with connect(b.operator_url) as ws:  # what the dashboard on B does
+            ws.send(json.dumps({"id": 1, "op": "subscribe", "logs": True}))
+            assert next_event(ws, "snapshot")
+            assert service.coordinator.send_progress("wf-1", "", 42.0, "load", "halfway")
+            update = next_event(ws, "workflow", lambda e: e["workflow"]["progress"] == 42.0)
+            assert update["workflow"]["service_id"] == "etl"
+            service.phases.pause("wf-1", "for a look")
+            event = next_event(ws, "phase_changed")
+            assert (event["workflow_id"], event["from"], event["to"]) == (
+                "wf-1",
+                "execution",
+                "pausing",
+            )
+            service.coordinator.log_with_context("warn", "careful", "wf-1")
+            assert next_event(ws, "log")["message"] == "careful"
 
 
 def next_event(
@@ -280,27 +269,22 @@ def next_event(
 
 
 def test_a_dropped_listen_connection_delays_but_loses_no_command(pg_url: str) -> None:
-    with hubs(pg_url, 2) as (a, b):
-        service = Service(a.url)
-        try:
-            service.start("wf-1")
-            phase_on(b, "wf-1", "execution")
-            b.wait_for(lambda h: h.services["etl"].connected, TIMEOUT)
-            listens = a.call(a.hub.bus_health)["listens"]  # type: ignore[index]
-            with psycopg.connect(pg_url, autocommit=True) as conn:
-                # A's LISTEN connection is the one that ran LISTEN: kill every session of
-                # A's listener and, at the same moment, send the command through B.
-                killed = conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND query LIKE 'LISTEN%%' "
-                    "AND pid <> pg_backend_pid()"
-                ).fetchall()
-                assert killed, "no LISTEN connection found"
-            b.pause("wf-1", "while A was deaf")
-            service.wait("wf-1", "pausing")
-            assert a.call(a.hub.bus_health)["listens"] > listens  # type: ignore[index]
-        finally:
-            service.close()
+    with hubs(pg_url, 2) as (a, b), running(a.url) as service:
+        phase_on(b, "wf-1", "execution")
+        b.wait_for(lambda h: h.services["etl"].connected, TIMEOUT)
+        listens = a.call(a.hub.bus_health)["listens"]  # type: ignore[index]
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            # A's LISTEN connection is the one that ran LISTEN: kill every session of
+            # A's listener and, at the same moment, send the command through B.
+            killed = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'LISTEN%%' "
+                "AND pid <> pg_backend_pid()"
+            ).fetchall()
+            assert killed, "no LISTEN connection found"
+        b.pause("wf-1", "while A was deaf")
+        service.wait("wf-1", "pausing")
+        assert a.call(a.hub.bus_health)["listens"] > listens  # type: ignore[index]
 
 
 def test_a_killed_instance_fails_over_in_order_with_commands_sent_meanwhile(
@@ -311,38 +295,38 @@ def test_a_killed_instance_fails_over_in_order_with_commands_sent_meanwhile(
     b = HubProcess(tmp_path / "b", db=pg_url, extra_args=[*args, "--instance-id", "b"])
     for process in (a, b):
         process.workdir.mkdir()
-    with a, b, Proxy(a.port) as balancer:
-        # A load balancer in front: new connections go to A, then (A dead) to B.
-        service = Service(balancer.url())
-        try:
-            service.start("wf-1")
-            for step in range(5):
-                service.coordinator.send_checkpoint("wf-1", f"cp-{step}", "step")
-            _poll(lambda: len(b.workflow("wf-1")["checkpoints"]) == 5, "B never saw it all")
-            a.kill()
-            # B still sees A's lease: the command is written, to be delivered by the holder.
-            api(b.http_url, "/v1/workflows/wf-1/pause", "POST", reason="meanwhile")
-            _poll(lambda: not etl(b)["connected"], "B never showed A's service disconnected")
-            for step in range(5, 8):  # queued in the client while it cannot connect
-                service.coordinator.send_checkpoint("wf-1", f"cp-{step}", "step")
-            balancer.target_port = b.port
-            _poll(lambda: etl(b)["connected"], "the service never reconnected to B")
-            service.wait("wf-1", "pausing")  # the command sent meanwhile, delivered by B
-            service.phases.complete_pause("wf-1")
-            _poll(lambda: b.workflow("wf-1")["phase"] == "paused", "B never saw paused")
-            workflow = b.workflow("wf-1")
-            history = [(c["from"], c["to"]) for c in workflow["history"]]
-            assert history == [
-                ("pending", "pre-flight"),
-                ("pre-flight", "planning"),
-                ("planning", "execution"),
-                ("execution", "pausing"),
-                ("pausing", "paused"),
-            ]
-            checkpoints = [c["checkpoint_id"] for c in workflow["checkpoints"]]
-            assert checkpoints == [f"cp-{i}" for i in range(8)]
-        finally:
-            service.close()
+    # A load balancer in front: new connections go to A, then (A dead) to B.
+    with (
+        a,
+        b,
+        Proxy(a.port) as balancer,
+        running(balancer.url()) as service,
+    ):
+        for step in range(5):
+            service.coordinator.send_checkpoint("wf-1", f"cp-{step}", "step")
+        _poll(lambda: len(b.workflow("wf-1")["checkpoints"]) == 5, "B never saw it all")
+        a.kill()
+        # B still sees A's lease: the command is written, to be delivered by the holder.
+        api(b.http_url, "/v1/workflows/wf-1/pause", "POST", reason="meanwhile")
+        _poll(lambda: not etl(b)["connected"], "B never showed A's service disconnected")
+        for step in range(5, 8):  # queued in the client while it cannot connect
+            service.coordinator.send_checkpoint("wf-1", f"cp-{step}", "step")
+        balancer.target_port = b.port
+        _poll(lambda: etl(b)["connected"], "the service never reconnected to B")
+        service.wait("wf-1", "pausing")  # the command sent meanwhile, delivered by B
+        service.phases.complete_pause("wf-1")
+        _poll(lambda: b.workflow("wf-1")["phase"] == "paused", "B never saw paused")
+        workflow = b.workflow("wf-1")
+        history = [(c["from"], c["to"]) for c in workflow["history"]]
+        assert history == [
+            ("pending", "pre-flight"),
+            ("pre-flight", "planning"),
+            ("planning", "execution"),
+            ("execution", "pausing"),
+            ("pausing", "paused"),
+        ]
+        checkpoints = [c["checkpoint_id"] for c in workflow["checkpoints"]]
+        assert checkpoints == [f"cp-{i}" for i in range(8)]
 
 
 def etl(hub: HubProcess) -> dict[str, Any]:
@@ -375,14 +359,9 @@ def test_unreachable_wrong_and_too_new_databases_fail_in_one_clear_line(pg_url: 
 
 
 def test_the_schema_is_created_once_and_state_survives_a_restart(pg_url: str) -> None:
-    with start_hub(pg_url, "one") as hub:
-        service = Service(hub.url)
-        try:
-            service.start("wf-1")
-            phase_on(hub, "wf-1", "execution")
-            assert hub.flush()
-        finally:
-            service.close()
+    with start_hub(pg_url, "one") as hub, running(hub.url):
+        phase_on(hub, "wf-1", "execution")
+        assert hub.flush()
     with start_hub(pg_url, "two") as hub:
         assert hub.workflows["wf-1"].phase == "execution"
         assert [c.to_phase.value for c in hub.workflows["wf-1"].history][-1] == "execution"
@@ -391,21 +370,19 @@ def test_the_schema_is_created_once_and_state_survives_a_restart(pg_url: str) ->
 def test_retention_drops_old_logs_and_finished_workflows_by_age_and_count(pg_url: str) -> None:
     store = PostgresStore(pg_url, "x", log_limit=3, retention=3600.0)
     store.load()
-    with ThreadedHub(Hub(port=0, db=pg_url, log_buffer=3, store_interval=0.05)) as hub:
-        service = Service(hub.url)
-        try:
-            service.start("wf-1")
-            service.start("wf-running")
-            for i in range(10):
-                service.coordinator.log_with_context("info", f"line {i}", "wf-1")
-            service.phases.complete("wf-1")
-            phase_on(hub, "wf-1", "completed")
-            phase_on(hub, "wf-running", "execution")
-            assert service.coordinator.flush(TIMEOUT)
-            hub.wait_for(lambda h: len(h.logs_for("wf-1")) >= 3, TIMEOUT)
-            assert hub.flush()
-        finally:
-            service.close()
+    with (
+        ThreadedHub(Hub(port=0, db=pg_url, log_buffer=3, store_interval=0.05)) as hub,
+        running(hub.url) as service,
+    ):
+        service.start("wf-running")
+        for i in range(10):
+            service.coordinator.log_with_context("info", f"line {i}", "wf-1")
+        service.phases.complete("wf-1")
+        phase_on(hub, "wf-1", "completed")
+        phase_on(hub, "wf-running", "execution")
+        assert service.coordinator.flush(TIMEOUT)
+        hub.wait_for(lambda h: len(h.logs_for("wf-1")) >= 3, TIMEOUT)
+        assert hub.flush()
     store.prune()
     assert store.counts()["logs"] == 3  # by count: the newest log_limit
     assert store.counts()["workflows"] == 2  # finished within the hour: kept
