@@ -24,9 +24,10 @@ with 1009; a token bucket per connection drops (and counts) frames beyond ``rate
 second and closes with 1008 when drops within one second reach ``flood_close_after``. The loop
 yields between a connection's frames every few dozen, so a flood cannot starve the others.
 
-``Hub`` is assembled from ``front.HttpFront`` (authentication and routing) and
-``endpoint.ServiceEndpoint`` (the coordination connections); this module keeps the lifecycle,
-the read views, publishing changes and the command path (docs/architecture.md).
+``Hub`` is assembled from ``front.HttpFront`` (authentication and routing),
+``endpoint.ServiceEndpoint`` (the coordination connections) and ``command_path.CommandPath``
+(pause, resume, cancel, status); this module keeps the lifecycle, the read views and
+publishing changes (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -36,34 +37,22 @@ import itertools
 import logging
 import os
 import sqlite3
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
 
 from .._compat.allocator import keep_reads_off_mmap
-from .._compat.asyncio import within
 from .._compat.websockets import DirectConnection
-from ..protocol import (
-    CancelPayload,
-    Message,
-    PausePayload,
-    ResumePayload,
-    StatusPayload,
-    StatusResponsePayload,
-    encode,
-)
 from .bounds import HubLimits
 from .bus import Bus, InProcessBus
-from .commands import check_command
+from .command_path import CommandPath
 from .dashboard import Dashboard
 from .database import is_postgres, make_store
 from .endpoint import Peer, PendingStatus, ServiceEndpoint
-from .errors import HubClosed, HubError, ServiceUnavailable, StatusTimeout, WorkflowNotFound
+from .errors import HubClosed, HubError, ServiceUnavailable
 from .front import CredentialRedactingLogger, HttpFront, check_token
 from .metrics import CommandLatency
 from .model import ConnectionState, ServiceState, WorkflowState
@@ -93,7 +82,7 @@ OPERATOR_PATH = "/v1/operator"
 _T = TypeVar("_T")
 
 
-class Hub(HttpFront, ServiceEndpoint):
+class Hub(HttpFront, ServiceEndpoint, CommandPath):
     """The reference when-v3 hub: an asyncio WebSocket server plus its state and commands.
 
     ``async with Hub(port=0) as hub:`` starts it on a free port (``hub.url``); from synchronous
@@ -492,206 +481,10 @@ class Hub(HttpFront, ServiceEndpoint):
         pending and what the pending bound dropped."""
         return self._persister.health() if self._persister is not None else None
 
-    # ------------------------------------------------------------------ commands
-
-    def _route(self, workflow_id: str, service_id: str | None) -> tuple[Peer, str]:
-        if not isinstance(workflow_id, str) or not workflow_id:
-            raise ValueError("workflow_id must be a non-empty string")
-        if self._server is None:
-            raise HubClosed("the hub is not running")
-        state = self._state
-        if service_id is not None:
-            service = state.services.get(service_id)
-            if service is None:
-                raise WorkflowNotFound(f"unknown service {service_id!r}")
-            peer = self._peers.get(service.connection_id) if service.connected else None
-            if peer is None:
-                raise ServiceUnavailable(f"service {service_id!r} is not connected")
-            return peer, service_id
-        workflow = state.workflows.get(workflow_id)
-        if workflow is None:
-            raise WorkflowNotFound(
-                f"unknown workflow {workflow_id!r}: no service has reported it to this hub"
-            )
-        peer = self._peers.get(workflow.connection_id)
-        if peer is None:
-            service = state.services.get(workflow.service_id)
-            if service is not None and service.connected:
-                peer = self._peers.get(service.connection_id)
-        if peer is None:
-            raise ServiceUnavailable(
-                f"service {workflow.service_id!r}, which runs workflow {workflow_id!r}, "
-                "is not connected"
-            )
-        return peer, workflow.service_id
-
-    async def _command(self, message: Message, service_id: str | None) -> Message:
-        workflow_id = message.workflow_id
-        if self._server is not None and isinstance(workflow_id, str):
-            workflow = self._state.workflows.get(workflow_id)
-            if workflow is not None:  # a phase that does not allow it: 409, nothing sent
-                check_command(str(message.type), workflow_id, workflow.phase)
-        started = time.monotonic()
-        try:
-            try:
-                peer, owner = self._route(workflow_id, service_id)
-            except ServiceUnavailable:
-                remote = self._remote_owner(workflow_id, service_id)
-                if remote is None:
-                    raise
-                await self._bus.command(remote, message)
-            else:
-                await self._send(peer, message, owner, timeout=self.command_timeout)
-        except HubError as exc:
-            self._timed(str(message.type), started, exc)
-            raise
-        self._timed(str(message.type), started)
-        return message
-
-    def _timed(self, command: str, started: float, error: Exception | None = None) -> None:
-        outcome = "ok" if error is None else type(error).__name__
-        self.command_latency.observe(command, time.monotonic() - started, outcome)
-
     def store_status(self, now: float) -> tuple[float, int] | None:
         """(seconds the oldest unwritten change waited, failed writes); None without a store."""
         persister = self._persister
         return None if persister is None else persister.status(now)
-
-    def _remote_owner(self, workflow_id: str, service_id: str | None) -> str | None:
-        """The service to reach through another instance, if one holds it."""
-        if service_id is None:
-            workflow = self._state.workflows.get(workflow_id)
-            service_id = workflow.service_id if workflow is not None else None
-        if service_id and self._bus.holds(service_id):
-            return service_id
-        return None
-
-    async def _deliver_local(self, service_id: str, message: Message) -> None:
-        """Send a command another instance wrote for a service this one holds."""
-        service = self._state.services.get(service_id)
-        peer = self._peers.get(service.connection_id) if service is not None else None
-        if peer is None:
-            raise ServiceUnavailable(f"service {service_id!r} is not connected here")
-        await self._send(peer, message, service_id, timeout=self.command_timeout)
-
-    async def pause(
-        self, workflow_id: str, reason: str = "", *, service_id: str | None = None
-    ) -> Message:
-        """Ask the owning service to pause the workflow; returns the message sent.
-
-        Commands are never acknowledged: wait for the ``phase_changed`` that follows.
-        ``service_id`` sends to that service even if the hub does not know the workflow.
-        """
-        payload = PausePayload(workflow_id=workflow_id, reason=reason)
-        return await self._command(Message.create(payload), service_id)
-
-    async def resume(
-        self, workflow_id: str, from_checkpoint: str = "", *, service_id: str | None = None
-    ) -> Message:
-        """Ask the owning service to resume a paused workflow (optionally from a checkpoint)."""
-        payload = ResumePayload(workflow_id=workflow_id, from_checkpoint=from_checkpoint)
-        return await self._command(Message.create(payload), service_id)
-
-    async def cancel(
-        self,
-        workflow_id: str,
-        reason: str = "",
-        force: bool = False,
-        *,
-        service_id: str | None = None,
-    ) -> Message:
-        """Ask the owning service to cancel the workflow."""
-        payload = CancelPayload(workflow_id=workflow_id, reason=reason, force=force)
-        return await self._command(Message.create(payload), service_id)
-
-    async def status(
-        self, workflow_id: str, timeout: float = 5.0, *, service_id: str | None = None
-    ) -> StatusResponsePayload:
-        """Ask the owning service for the workflow's status and wait for its answer.
-
-        The answer is correlated by message id. Raises ``WorkflowNotFound``,
-        ``ServiceUnavailable`` (also when the connection drops while waiting) or
-        ``StatusTimeout`` (a ``TimeoutError``).
-        """
-        return await self._status(workflow_id, timeout, service_id, relay=True)
-
-    async def _status(
-        self, workflow_id: str, timeout: float, service_id: str | None, *, relay: bool
-    ) -> StatusResponsePayload:
-        """``status``; ``relay``: through another instance when that one holds the service."""
-        request = Message.create(StatusPayload(workflow_id=workflow_id))
-        try:
-            peer, owner = self._route(workflow_id, service_id)
-        except ServiceUnavailable:
-            remote = self._remote_owner(workflow_id, service_id)
-            if remote is None or not relay:
-                raise
-            started = time.monotonic()
-            try:
-                relayed = await self._bus.status(remote, request, timeout)
-            except HubError as exc:
-                self._timed("status", started, exc)
-                raise
-            self._timed("status", started)
-            return relayed
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[StatusResponsePayload] = loop.create_future()
-        self._pending[request.id] = PendingStatus(future, peer.connection_id, workflow_id)
-        started = time.monotonic()
-        try:
-            await self._send(peer, request, owner, timeout=timeout)
-            answer = await asyncio.wait_for(asyncio.shield(future), timeout)
-            self._timed("status", started)
-            return answer
-        except asyncio.TimeoutError:
-            error = StatusTimeout(
-                f"service {owner!r} did not answer status for workflow {workflow_id!r} "
-                f"within {timeout:g} s"
-            )
-            self._timed("status", started, error)
-            raise error from None
-        except HubError as exc:
-            self._timed("status", started, exc)
-            raise
-        finally:
-            self._pending.pop(request.id, None)
-            if not future.done():
-                future.cancel()
-
-    async def send(self, service_id: str, message: Message) -> None:
-        """Send any message to a connected service (for tests and experiments)."""
-        service = self._state.services.get(service_id)
-        peer = self._peers.get(service.connection_id) if service is not None else None
-        if service is None or peer is None or not service.connected:
-            raise ServiceUnavailable(f"service {service_id!r} is not connected")
-        await self._send(peer, message, service_id, timeout=self.command_timeout)
-
-    async def _send(self, peer: Peer, message: Message, service_id: str, *, timeout: float) -> None:
-        try:
-            await within(peer.ws.send(encode(message)), timeout)
-        except ConnectionClosed:
-            raise ServiceUnavailable(f"service {service_id!r} disconnected") from None
-        except asyncio.TimeoutError:
-            # The frame sits in the send buffer behind what the service has not read, and
-            # cannot be taken back: a peer that does not read is dead, and closing it is
-            # what frees the buffer.
-            _log.warning(
-                "closing %s: not reading (a send waited %g s)", peer.connection_id, timeout
-            )
-            self._guard.abort(peer.ws, f"not reading: a frame waited {timeout:g} s to be sent")
-            raise ServiceUnavailable(
-                f"service {service_id!r} is not reading: send timed out after {timeout:g} s; "
-                "its connection was closed"
-            ) from None
-        if self._guard.aborted(peer.ws):  # the send returned because its buffer was dropped
-            raise ServiceUnavailable(
-                f"service {service_id!r} is not reading: its connection was closed before "
-                "the message was delivered"
-            )
-        self._keep_sent(SentMessage(service_id, message))
-
-    def _keep_sent(self, sent: SentMessage) -> None:
-        self._sent.append(sent)
 
 
 if TYPE_CHECKING:
