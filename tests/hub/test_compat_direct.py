@@ -44,7 +44,9 @@ class Received:
 
 @asynccontextmanager
 async def direct_server(
-    deliver: Callable[[str | bytes], None], start: asyncio.Event | None = None
+    deliver: Callable[[str | bytes], None],
+    start: asyncio.Event | None = None,
+    after_read: Callable[[], None] | None = None,
 ) -> AsyncIterator[int]:
     """A server whose connections deliver once ``start`` is set (at once without it); yields
     its port."""
@@ -53,7 +55,7 @@ async def direct_server(
         assert isinstance(ws, DirectConnection)
         if start is not None:
             await start.wait()
-        assert ws.direct(deliver)
+        assert ws.direct(deliver, after_read)
         await ws.wait_closed()
 
     async with serve(
@@ -211,3 +213,51 @@ async def test_a_client_that_floods_before_the_handler_runs_is_dropped_and_other
         async with connect(f"ws://127.0.0.1:{port}", compression=None, proxy=None) as ws:
             await ws.send("fine")
             assert await received.at_least(1) == ["fine"]
+
+
+async def test_after_read_comes_once_a_reads_messages_are_all_delivered() -> None:
+    """Messages that arrive in one read are delivered, then ``after_read`` is called once:
+    those held before the handler ran, and those of a later write of several frames."""
+    events: list[str | bytes] = []
+    received = Received()
+
+    def deliver(message: str | bytes) -> None:
+        events.append(message)
+        received(message)
+
+    async with direct_server(deliver, after_read=lambda: events.append("after")) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(upgrade_request(port) + frames(["a", "b"]))
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+            await received.at_least(2)
+            writer.write(frames(["c", "d", "e"]))
+            await received.at_least(5)
+        finally:
+            writer.close()
+    assert events == ["a", "b", "after", "c", "d", "e", "after"]
+
+
+async def test_an_after_read_that_raises_ends_only_its_connection_with_1011() -> None:
+    received, raised = Received(), list[bool]()
+
+    def after_read() -> None:
+        if "boom" in received.messages and not raised:
+            raised.append(True)
+            raise RuntimeError("a bug in the callback")
+
+    async with (
+        direct_server(received, after_read=after_read) as port,
+        connect(f"ws://127.0.0.1:{port}", compression=None, proxy=None) as ws,
+    ):
+        await ws.send("fine")
+        await received.at_least(1)
+        await ws.send("boom")
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1011
+        async with connect(f"ws://127.0.0.1:{port}", compression=None, proxy=None) as other:
+            await other.send("other")  # the server goes on serving
+            assert await received.at_least(3) == ["fine", "boom", "other"]
+            await asyncio.wait_for(await other.ping(), TIMEOUT)

@@ -185,6 +185,57 @@ def test_a_retry_in_another_child_reaches_the_hub_after_the_attempt_before(
     assert relay.held == 0
 
 
+def test_reports_held_when_their_child_leaves_still_go_out_in_order(
+    relay: Relay, otel_hub: ThreadedHub
+) -> None:
+    """A child whose reports wait behind another child's disconnects before they may go:
+    they still reach the hub in their turn, and the child that left owns nothing after: a
+    third child's report that does not continue from the last phase (here, its ``resuming``
+    was lost) is not held for it."""
+
+    async def scenario() -> None:
+        first, second = await registered_child(relay), await registered_child(relay)
+        await first.send(encode(Message.create(WorkflowCreatedPayload(workflow_id="wf-left"))))
+        await send_phases(first, "wf-left", Phase.PENDING, Phase.PRE_FLIGHT, Phase.PLANNING)
+        await asyncio.to_thread(
+            otel_hub.wait_for,
+            lambda h: "wf-left" in h.workflows and h.workflows["wf-left"].phase is Phase.PLANNING,
+            TIMEOUT,
+        )
+        # The second child's reports continue from execution, which the first has not sent.
+        await send_phases(second, "wf-left", Phase.EXECUTION, Phase.PAUSING, Phase.PAUSED)
+        await asyncio.to_thread(wait_until, lambda: relay.held == 1, TIMEOUT, "a held report")
+        await second.close()
+        await send_phases(first, "wf-left", Phase.PLANNING, Phase.EXECUTION)
+        await asyncio.to_thread(
+            otel_hub.wait_for,
+            lambda h: h.workflows["wf-left"].phase is Phase.PAUSED,
+            TIMEOUT,
+        )
+        await first.close()
+        await asyncio.to_thread(wait_until, lambda: relay.held == 0, TIMEOUT, "nothing held")
+        third = await registered_child(relay)
+        await send_phases(third, "wf-left", Phase.RESUMING, Phase.EXECUTION)
+        await asyncio.to_thread(
+            otel_hub.wait_for,
+            lambda h: h.workflows["wf-left"].phase is Phase.EXECUTION,
+            ORDER_WAIT / 2,  # far less than a held report's bound
+        )
+        await third.close()
+
+    asyncio.run(scenario())
+    workflow = otel_hub.workflows["wf-left"]
+    assert [c.to_phase for c in workflow.history] == [
+        Phase.PRE_FLIGHT,
+        Phase.PLANNING,
+        Phase.EXECUTION,
+        Phase.PAUSING,
+        Phase.PAUSED,
+        Phase.EXECUTION,
+    ]
+    assert workflow.anomaly_count == 1, workflow.anomalies  # the lost ``resuming``
+
+
 def test_a_report_whose_owner_is_gone_is_not_held(relay: Relay, otel_hub: ThreadedHub) -> None:
     """The child that owned the workflow ended (killed under its task): another child's
     report about it is forwarded at once, with nothing to wait for."""
@@ -246,6 +297,26 @@ def test_send_frame_refuses_what_the_hub_would_close_the_connection_for(
     assert otel_coordinator.stats().dropped == before + 1
     with pytest.raises(TypeError):
         otel_coordinator.send_frame(b"{}", MessageType.LOG)  # type: ignore[arg-type]
+
+
+def test_send_frames_queues_each_in_order_and_counts_what_it_refuses(
+    otel_coordinator: Coordinator, otel_hub: ThreadedHub
+) -> None:
+    """What the relay passes on from one read of a child: queued together (one wake-up of the
+    client's thread, ``Outbox.wakeups_held``), each frame on its own, in order."""
+    created = [
+        Message.create(WorkflowCreatedPayload(workflow_id=f"wf-batch-{i}")) for i in range(3)
+    ]
+    batch = [(encode(m), MessageType.WORKFLOW_CREATED, "") for m in created]
+    too_big = ("x" * (otel_coordinator.config.max_frame_bytes + 1), MessageType.LOG_BATCH, "")
+    before = otel_coordinator.stats().dropped
+    assert otel_coordinator.send_frames([batch[0], too_big, batch[1], batch[2]]) == 3
+    assert otel_coordinator.stats().dropped == before + 1
+    otel_hub.wait_for(lambda h: "wf-batch-2" in h.workflows, TIMEOUT)
+    ids = {m.id for m in created}
+    assert [r.message.id for r in otel_hub.received if r.message.id in ids] == [
+        m.id for m in created
+    ]
 
 
 @pytest.mark.parametrize("write_delay", [CHILD_WRITE_DELAY, POOL_WRITE_DELAY])

@@ -17,12 +17,14 @@ All of it is checked against the lowest and the highest websockets declared in p
 
 ``refused_frame`` reads only ``ConnectionClosed``'s public ``rcvd`` and ``rcvd_then_sent``.
 
-``DirectConnection`` (the hub's service connections) overrides ``Connection.process_event``,
-which websockets calls for each event the sans-I/O protocol parsed from a read, to hand data
-messages to a callback there instead of queueing them for ``recv()``: one call per message
-from ``data_received``, where ``recv()`` cost a future, a task step and a turn of the loop
-each (``benchmarks/bench_hub``: 74-85 against 94-98 us of the server's CPU per paced frame).
-Without that name the hub reads with ``recv()`` (``DIRECT_DISPATCH``).
+``DirectConnection`` (the hub's service connections, the worker relay's children) overrides
+``Connection.process_event``, which websockets calls for each event the sans-I/O protocol
+parsed from a read, to hand data messages to a callback there instead of queueing them for
+``recv()``: one call per message from ``data_received``, where ``recv()`` cost a future, a
+task step and a turn of the loop each (``benchmarks/bench_hub``: 74-85 against 94-98 us of the
+server's CPU per paced frame). It also extends ``data_received`` (asyncio's public protocol
+method) to call ``after_read`` once a read's messages are delivered. Without
+``process_event`` the hub and the relay read with ``recv()`` (``DIRECT_DISPATCH``).
 """
 
 from __future__ import annotations
@@ -150,6 +152,8 @@ class DirectConnection(ServerConnection):
     ``release()`` gives them to ``recv()`` as a plain ``ServerConnection`` would. Invalid UTF-8
     fails the connection with 1007, as ``recv()`` does; more than ``MAX_HELD`` messages before
     the handler runs, with 1008. ``deliver`` must not raise or block: the read waits for it.
+    ``after_read``, if given, is called once a read's messages are all delivered (one call for
+    the several messages a read may bring), so that what they queue can go on together.
     """
 
     MAX_HELD = 1000
@@ -157,20 +161,44 @@ class DirectConnection(ServerConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deliver: Callable[[str | bytes], None] | None = None
+        self._after_read: Callable[[], None] | None = None
+        self._delivered = False  # by the read in progress: ``after_read`` is due after it
         self._held: list[Frame] | None = [] if DIRECT_DISPATCH else None
         self._parts: list[bytes] = []
         self._text = False
         self._failed = False
 
-    def direct(self, deliver: Callable[[str | bytes], None]) -> bool:
+    def direct(
+        self,
+        deliver: Callable[[str | bytes], None],
+        after_read: Callable[[], None] | None = None,
+    ) -> bool:
         """Deliver from now on (and what was held); False when it cannot (``recv()`` then)."""
         if not DIRECT_DISPATCH:
             return False
         held, self._held = self._held or [], None
-        self._deliver = deliver
+        self._deliver, self._after_read = deliver, after_read
         for frame in held:
             self._take(frame)
+        self._read_done()
         return True
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._read_done()
+
+    def _read_done(self) -> None:
+        if not self._delivered:
+            return
+        self._delivered = False
+        after = self._after_read
+        if after is None or self._failed:
+            return
+        try:
+            after()
+        except Exception:  # a bug: this connection ends, as a handler's would
+            _log.exception("error handling a message")
+            self._fail(CLOSE_INTERNAL_ERROR, "internal error")
 
     def release(self) -> None:
         """Leave every message to ``recv()``, those held first."""
@@ -212,6 +240,7 @@ class DirectConnection(ServerConnection):
             except UnicodeDecodeError as exc:
                 self._fail(CLOSE_INVALID_DATA, f"{exc.reason} at position {exc.start}")
                 return
+        self._delivered = True
         try:
             deliver(message)
         except Exception:  # a bug: this connection ends, as a handler's would

@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from ..phase_manager import PhaseError, PhaseManager, PhaseState
@@ -438,6 +438,15 @@ class Coordinator:
         if not isinstance(text, str):
             raise TypeError(f"send_frame() takes a str, got {type(text).__name__}")
         return self._enqueue(message_type, workflow_id, None, len(text), frame=text)
+
+    def send_frames(self, frames: Iterable[tuple[str, MessageType | str, str]]) -> int:
+        """``send_frame`` for several ``(text, message_type, workflow_id)``, with one wake-up
+        of the client's thread after the last, not one per frame; the number queued."""
+        queued = 0
+        with self._core.outbox.wakeups_held():
+            for text, message_type, workflow_id in frames:
+                queued += self.send_frame(text, message_type, workflow_id)
+        return queued
 
     def send_workflow_created(
         self,

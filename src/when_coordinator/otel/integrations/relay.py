@@ -10,6 +10,12 @@ protocol. A child connects to it (``report_through``), the relay answers its ``r
 itself and forwards everything else on the worker's own connection; hub commands about a
 workflow a child announced (pause, resume, cancel, status) go back down to that child, whose
 ``safe_point()`` honours them. The hub sees one service instance per worker process.
+
+The relay runs in the worker's main process, which hands out the next task: each child's
+frames are taken as they are read (``_compat.websockets.DirectConnection``) and passed on
+together once a read is done, with one wake-up of the worker's client thread
+(``Coordinator.send_frames``): the fewer and shorter the turns its threads take the GIL
+from that process, the sooner the next task goes out.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -32,6 +39,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from ..._compat.otel import get_logger_provider
+from ..._compat.websockets import DirectConnection
 from ...client import CommandEvent, Coordinator
 from ...protocol import (
     Message,
@@ -92,6 +100,90 @@ class _Peek(msgspec.Struct):
 
 _peek = msgspec.json.Decoder(_Peek).decode
 _TYPES: dict[str, MessageType | str] = {kind.value: kind for kind in MessageType}
+
+
+class _Report(msgspec.Struct):
+    """A child's frame to pass on: its text as the child encoded it, and what the relay read."""
+
+    text: str
+    kind: MessageType | str
+    peek: _Peek
+    workflow_id: str
+
+
+class _ChildStream:
+    """One child's connection: its frames handled in order, each as it is read (on the
+    relay's loop, from ``DirectConnection``'s ``data_received``: a future and a task step per
+    frame through ``recv()`` were most of the relay's time in the worker's main process).
+    Behind a report held for another child's (``Relay._in_turn``), the rest of this child's
+    frames wait their turn."""
+
+    def __init__(self, relay: Relay, ws: ServerConnection) -> None:
+        self.relay = relay
+        self.ws = ws
+        self.waiting: deque[str | bytes] | None = None
+        """Frames behind a held report (None while none is held)."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ordering: asyncio.Task[None] | None = None
+        self._passing: list[tuple[str, MessageType | str, str]] = []
+        """This read's reports, noted and due to the worker's connection (``after_read``)."""
+
+    def take(self, frame: str | bytes) -> None:
+        if self.waiting is not None:
+            self.waiting.append(frame)
+            return
+        report = self.relay._read(frame, self)
+        if report is None:
+            return
+        if self.relay._must_wait(report, self.ws):
+            self.after_read()  # what came before it goes first
+            self.waiting = deque()
+            self._ordering = self.spawn(self._in_order(report))
+            return
+        self._passing.append(self.relay._noted(report, self.ws))
+
+    def after_read(self) -> None:
+        """Queue this read's reports together: one wake-up of the worker's client thread."""
+        if self._passing:
+            passing, self._passing = self._passing, []
+            self.relay.coordinator.send_frames(passing)
+
+    async def _in_order(self, report: _Report | None) -> None:
+        relay, ws, waiting = self.relay, self.ws, self.waiting
+        assert waiting is not None
+        try:
+            while report is not None:
+                if relay._must_wait(report, ws):
+                    payload = report.peek.payload
+                    await relay._in_turn(report.workflow_id, payload.source, payload.to, ws)
+                relay._pass(report, ws)
+                report = None
+                while waiting and report is None:
+                    report = relay._read(waiting.popleft(), self)
+        except Exception:
+            _log.warning(
+                "the relay failed on a child's report; closing its connection", exc_info=True
+            )
+            await ws.close(1011, "internal error")
+        finally:
+            self.waiting = None
+
+    async def send(self, text: str) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self.ws.send(text)
+
+    def spawn(self, work: Awaitable[None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self._tasks.add(task)  # held: the loop keeps only a weak reference to a task
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def finished(self) -> None:
+        """Wait for the reports held in ``_in_order`` to go out."""
+        ordering = self._ordering
+        if ordering is not None:
+            with contextlib.suppress(Exception):
+                await ordering
 
 
 class Relay:
@@ -156,6 +248,7 @@ class Relay:
                     0,
                     max_size=self.coordinator.config.max_frame_bytes,
                     process_request=self._check,
+                    create_connection=DirectConnection,
                 )
                 port = next(iter(self._server.sockets)).getsockname()[1]
                 self.url = f"ws://127.0.0.1:{port}/v1/coordination"
@@ -191,36 +284,70 @@ class Relay:
             self._owners.pop(workflow_id, None)
 
     async def _handle(self, ws: ServerConnection) -> None:
+        stream = _ChildStream(self, ws)
         try:
-            async for frame in ws:
-                try:
-                    text = frame if isinstance(frame, str) else frame.decode()
-                    peek = _peek(text)
-                except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError):
-                    self.dropped += 1
-                    continue
-                kind = _TYPES.get(peek.type, peek.type)
-                if kind is MessageType.REGISTER:
-                    await ws.send(encode(self._registered(peek.payload.protocol_version)))
-                    continue
-                if kind is MessageType.PONG:
-                    continue
-                workflow_id = peek.workflow_id or peek.payload.workflow_id
-                if not isinstance(workflow_id, str):
-                    workflow_id = ""
-                if kind is MessageType.PHASE_CHANGED and workflow_id:
-                    await self._in_turn(workflow_id, peek.payload.source, peek.payload.to, ws)
-                self._note(workflow_id, kind, peek.payload.to, ws)
-                # Passed through as the child encoded it: decoding and encoding it again here
-                # cost the worker's main process more than the rest of the hop.
-                self.coordinator.send_frame(text, kind, peek.workflow_id)
+            if isinstance(ws, DirectConnection) and ws.direct(stream.take, stream.after_read):
+                await ws.wait_closed()  # every frame is taken as it is read
+            else:
+                async for frame in ws:
+                    stream.take(frame)
+                    stream.after_read()
         except ConnectionClosed:
             pass
         finally:
+            await stream.finished()  # a report held for another child's goes out first
             with self._lock:
                 for workflow_id in [k for k, v in self._owners.items() if v is ws]:
                     del self._owners[workflow_id]
             self._progress()
+
+    def _read(self, frame: str | bytes, stream: _ChildStream) -> _Report | None:
+        """A child's frame as a report to pass on; None for what ends here: a frame that is
+        not a message envelope (counted in ``dropped``), ``register`` (answered here) and
+        ``pong``."""
+        try:
+            text = frame if isinstance(frame, str) else frame.decode()
+            peek = _peek(text)
+        except (UnicodeDecodeError, msgspec.DecodeError, msgspec.ValidationError):
+            self.dropped += 1
+            return None
+        kind = _TYPES.get(peek.type, peek.type)
+        if kind is MessageType.REGISTER:
+            stream.spawn(stream.send(encode(self._registered(peek.payload.protocol_version))))
+            return None
+        if kind is MessageType.PONG:
+            return None
+        workflow_id = peek.workflow_id or peek.payload.workflow_id
+        return _Report(text, kind, peek, workflow_id if isinstance(workflow_id, str) else "")
+
+    def _must_wait(self, report: _Report, ws: ServerConnection) -> bool:
+        return (
+            report.kind is MessageType.PHASE_CHANGED
+            and bool(report.workflow_id)
+            and self._behind(report.workflow_id, report.peek.payload.source, ws)
+        )
+
+    def _behind(self, workflow_id: str, source: Any, ws: ServerConnection) -> bool:
+        """Whether a phase change from ``source`` would overtake another live child's report
+        of ``source`` (see ``_in_turn``)."""
+        if not isinstance(source, str) or not source:
+            return False
+        with self._lock:
+            owner = self._owners.get(workflow_id)
+            last = self._phases.get(workflow_id, "")
+        return not (owner is None or owner is ws or last == source or last in _TERMINAL)
+
+    def _noted(self, report: _Report, ws: ServerConnection) -> tuple[str, MessageType | str, str]:
+        """Note ``report``'s workflow and phase as ``ws``'s; what ``send_frames`` takes of it.
+
+        Passed through as the child encoded it: decoding and encoding it again here cost the
+        worker's main process more than the rest of the hop."""
+        peek = report.peek
+        self._note(report.workflow_id, report.kind, peek.payload.to, ws)
+        return report.text, report.kind, peek.workflow_id
+
+    def _pass(self, report: _Report, ws: ServerConnection) -> None:
+        self.coordinator.send_frames((self._noted(report, ws),))
 
     def _progress(self) -> None:
         """Wake the reports held in ``_in_turn`` (on the relay's loop)."""
@@ -241,16 +368,9 @@ class Relay:
         workflow's reports in order at the hub; only this child's stream of reports waits,
         never its tasks. A workflow this relay has not seen, or whose owner is gone or done,
         is forwarded at once."""
-        if not isinstance(source, str) or not source:
-            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ORDER_WAIT
-        while True:
-            with self._lock:
-                owner = self._owners.get(workflow_id)
-                last = self._phases.get(workflow_id, "")
-            if owner is None or owner is ws or last == source or last in _TERMINAL:
-                return
+        while self._behind(workflow_id, source, ws):
             remaining = deadline - loop.time()
             event = self._progressed
             if remaining <= 0 or event is None:
