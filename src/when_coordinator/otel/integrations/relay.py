@@ -122,7 +122,8 @@ class _ChildStream:
         self.relay = relay
         self.ws = ws
         self.waiting: deque[str | bytes] | None = None
-        """Frames behind a held report (None while none is held)."""
+        """Frames behind a held report (None while none is held): what the child sends in the
+        ``ORDER_WAIT`` seconds a hold lasts at most, its own reports of its own tasks."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._ordering: asyncio.Task[None] | None = None
         self._passing: list[tuple[str, MessageType | str, str]] = []
