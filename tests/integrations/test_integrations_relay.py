@@ -122,6 +122,26 @@ async def send_phases(ws: ClientConnection, workflow_id: str, *phases: Phase) ->
         await ws.send(encode(Message.create(PhaseChangedPayload(workflow_id, source, target))))
 
 
+async def hub_at(
+    hub: ThreadedHub, workflow_id: str, phase: Phase, timeout: float = TIMEOUT
+) -> None:
+    """Wait (off the loop) until the hub has ``workflow_id`` in ``phase``."""
+    await asyncio.to_thread(
+        hub.wait_for,
+        lambda h: workflow_id in h.workflows and h.workflows[workflow_id].phase is phase,
+        timeout,
+    )
+
+
+async def announce(
+    ws: ClientConnection, hub: ThreadedHub, workflow_id: str, *phases: Phase
+) -> None:
+    """A child announces ``workflow_id`` and walks it through ``phases``, as far as the hub."""
+    await ws.send(encode(Message.create(WorkflowCreatedPayload(workflow_id=workflow_id))))
+    await send_phases(ws, workflow_id, *phases)
+    await hub_at(hub, workflow_id, phases[-1])
+
+
 def test_a_retry_in_another_child_reaches_the_hub_after_the_attempt_before(
     relay: Relay, otel_hub: ThreadedHub
 ) -> None:
@@ -131,16 +151,14 @@ def test_a_retry_in_another_child_reaches_the_hub_after_the_attempt_before(
 
     async def scenario() -> None:
         first, second = await registered_child(relay), await registered_child(relay)
-        await first.send(encode(Message.create(WorkflowCreatedPayload(workflow_id="wf-retry"))))
-        await send_phases(
-            first, "wf-retry", Phase.PENDING, Phase.PRE_FLIGHT, Phase.PLANNING, Phase.EXECUTION
-        )
-        await asyncio.to_thread(
-            otel_hub.wait_for,
-            lambda h: (
-                "wf-retry" in h.workflows and h.workflows["wf-retry"].phase is Phase.EXECUTION
-            ),
-            TIMEOUT,
+        await announce(
+            first,
+            otel_hub,
+            "wf-retry",
+            Phase.PENDING,
+            Phase.PRE_FLIGHT,
+            Phase.PLANNING,
+            Phase.EXECUTION,
         )
         # The next attempt, in the other child, runs to the end first...
         await send_phases(
@@ -157,11 +175,7 @@ def test_a_retry_in_another_child_reaches_the_hub_after_the_attempt_before(
         error = ErrorPayload("wf-retry", "ConnectionError: attempt 1 failed", True)
         await first.send(encode(Message.create(error)))
         await send_phases(first, "wf-retry", Phase.EXECUTION, Phase.PAUSING, Phase.PAUSED)
-        await asyncio.to_thread(
-            otel_hub.wait_for,
-            lambda h: h.workflows["wf-retry"].phase is Phase.COMPLETED,
-            TIMEOUT,
-        )
+        await hub_at(otel_hub, "wf-retry", Phase.COMPLETED)
         await first.close()
         await second.close()
 
@@ -195,32 +209,19 @@ def test_reports_held_when_their_child_leaves_still_go_out_in_order(
 
     async def scenario() -> None:
         first, second = await registered_child(relay), await registered_child(relay)
-        await first.send(encode(Message.create(WorkflowCreatedPayload(workflow_id="wf-left"))))
-        await send_phases(first, "wf-left", Phase.PENDING, Phase.PRE_FLIGHT, Phase.PLANNING)
-        await asyncio.to_thread(
-            otel_hub.wait_for,
-            lambda h: "wf-left" in h.workflows and h.workflows["wf-left"].phase is Phase.PLANNING,
-            TIMEOUT,
-        )
+        await announce(first, otel_hub, "wf-left", Phase.PENDING, Phase.PRE_FLIGHT, Phase.PLANNING)
         # The second child's reports continue from execution, which the first has not sent.
         await send_phases(second, "wf-left", Phase.EXECUTION, Phase.PAUSING, Phase.PAUSED)
         await asyncio.to_thread(wait_until, lambda: relay.held == 1, TIMEOUT, "a held report")
         await second.close()
         await send_phases(first, "wf-left", Phase.PLANNING, Phase.EXECUTION)
-        await asyncio.to_thread(
-            otel_hub.wait_for,
-            lambda h: h.workflows["wf-left"].phase is Phase.PAUSED,
-            TIMEOUT,
-        )
+        await hub_at(otel_hub, "wf-left", Phase.PAUSED)
         await first.close()
         await asyncio.to_thread(wait_until, lambda: relay.held == 0, TIMEOUT, "nothing held")
         third = await registered_child(relay)
         await send_phases(third, "wf-left", Phase.RESUMING, Phase.EXECUTION)
-        await asyncio.to_thread(
-            otel_hub.wait_for,
-            lambda h: h.workflows["wf-left"].phase is Phase.EXECUTION,
-            ORDER_WAIT / 2,  # far less than a held report's bound
-        )
+        # Far sooner than a held report's bound.
+        await hub_at(otel_hub, "wf-left", Phase.EXECUTION, ORDER_WAIT / 2)
         await third.close()
 
     asyncio.run(scenario())
@@ -242,21 +243,12 @@ def test_a_report_whose_owner_is_gone_is_not_held(relay: Relay, otel_hub: Thread
 
     async def scenario() -> None:
         first = await registered_child(relay)
-        await first.send(encode(Message.create(WorkflowCreatedPayload(workflow_id="wf-lost"))))
-        await send_phases(first, "wf-lost", Phase.PENDING, Phase.PRE_FLIGHT, Phase.PLANNING)
-        await asyncio.to_thread(
-            otel_hub.wait_for,
-            lambda h: "wf-lost" in h.workflows and h.workflows["wf-lost"].phase is Phase.PLANNING,
-            TIMEOUT,
-        )
+        await announce(first, otel_hub, "wf-lost", Phase.PENDING, Phase.PRE_FLIGHT, Phase.PLANNING)
         await first.close()
         second = await registered_child(relay)
         await send_phases(second, "wf-lost", Phase.PAUSED, Phase.RESUMING)
-        await asyncio.to_thread(
-            otel_hub.wait_for,
-            lambda h: h.workflows["wf-lost"].phase is Phase.RESUMING,
-            ORDER_WAIT / 2,  # far less than a held report's bound
-        )
+        # Far sooner than a held report's bound.
+        await hub_at(otel_hub, "wf-lost", Phase.RESUMING, ORDER_WAIT / 2)
         await second.close()
 
     asyncio.run(scenario())

@@ -348,7 +348,7 @@ class Relay:
         return report.text, report.kind, peek.workflow_id
 
     def _pass(self, report: _Report, ws: ServerConnection) -> None:
-        self.coordinator.send_frames((self._noted(report, ws),))
+        self.coordinator.send_frame(*self._noted(report, ws))
 
     def _progress(self) -> None:
         """Wake the reports held in ``_in_turn`` (on the relay's loop)."""
