@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import weakref
 from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -16,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import OTEL_TIMEOUT
+from tests.support.collector import collector_off
 from when_coordinator import Config, Coordinator, current_workflow
 from when_coordinator.hub import ThreadedHub
 from when_coordinator.otel import set_coordinator
@@ -269,3 +273,32 @@ def test_a_task_is_the_child_of_the_workflow_its_baggage_names(
     assert otel_hub.workflows[child_key].root_workflow_id == "wf-root"
     # Started while the child task's workflow was current: that one is its parent.
     assert otel_hub.workflows[orphan_key].parent_workflow_id == child_key
+
+
+@pytest.mark.parametrize("end", ["finish", "fail", "retrying", "abandon"])
+def test_a_task_run_leaves_nothing_to_the_garbage_collector(
+    end: str, otel_coordinator: Coordinator
+) -> None:
+    """Each way a task's attempt ends frees its workflow run, span and events by reference
+    counting: in a busy pool process a cycle per task meant collections on the task's
+    thread, and survivors promoted into the older generations."""
+    freed = threading.Event()
+    previous = set_coordinator(otel_coordinator)
+    try:
+        with collector_off():
+            run = TaskRun("test", "jobs.freed", f"t-{end}")
+            run.start()
+            assert run.workflow is not None
+            weakref.finalize(run.workflow, freed.set)
+            if end == "finish":
+                run.finish()
+            elif end == "fail":
+                run.finish(KeyError("boom"))
+            elif end == "retrying":
+                run.retrying("try again")
+            else:
+                run.abandon()
+            del run
+            assert freed.wait(OTEL_TIMEOUT)
+    finally:
+        set_coordinator(previous)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
@@ -17,7 +19,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from tests.conftest import OTEL_TIMEOUT
 from tests.otel.conftest import history, wait_phase, wait_state
+from tests.support.collector import collector_off
 from when_coordinator import (
     AsyncWorkflow,
     Coordinator,
@@ -29,7 +33,7 @@ from when_coordinator import (
 )
 from when_coordinator.hub import ThreadedHub
 from when_coordinator.otel import attributes as attr
-from when_coordinator.otel._base import _new_workflow_id
+from when_coordinator.otel._base import WorkflowBase, _new_workflow_id
 
 LIFECYCLE = ["pre-flight", "planning", "execution", "completing", "completed"]
 
@@ -676,3 +680,47 @@ def test_made_workflow_ids_are_random_uuids_and_a_forked_child_draws_its_own(
     parent = [_new_workflow_id() for _ in range(4)]
     assert len(child) == 4
     assert not set(child) & set(parent)
+
+
+# ---------------------------------------------------------------------- memory
+
+
+def _ended_run(kind: str, coordinator: Coordinator, provider: TracerProvider) -> WorkflowBase:
+    if kind == "failed":
+        try:  # not ``pytest.raises``: its record of the exception holds this frame, and ``wf``
+            with workflow("leaky", coordinator=coordinator, tracer_provider=provider) as wf:
+                raise KeyError("boom")
+        except KeyError:
+            pass
+        assert wf.phase is Phase.FAILED
+        return wf
+    if kind == "generator":
+        made: list[Workflow] = []
+
+        @workflow("leaky", coordinator=coordinator, tracer_provider=provider)
+        def steps() -> Iterator[int]:
+            run = current_workflow()
+            assert isinstance(run, Workflow)
+            made.append(run)
+            yield 1
+
+        assert list(steps()) == [1]
+        return made.pop()
+    with workflow("leaky", coordinator=coordinator, tracer_provider=provider) as wf:
+        wf.checkpoint("cp-1")
+    return wf
+
+
+@pytest.mark.parametrize("kind", ["completed", "failed", "generator"])
+def test_an_ended_run_is_freed_by_reference_counting_not_left_to_the_collector(
+    kind: str, otel_coordinator: Coordinator, tracer_provider: TracerProvider
+) -> None:
+    """A run, its span and its events are freed when the last reference goes: a reference
+    cycle through the run (its listener, its context) left every one of them, hundreds of
+    objects a second in a busy worker, for the collector."""
+    freed = threading.Event()
+    with collector_off():
+        weakref.finalize(_ended_run(kind, otel_coordinator, tracer_provider), freed.set)
+        # Not always at once: a wake-up of the client's thread sent while the run was current
+        # (its ``error``) holds a copy of the context until that thread has run it.
+        assert freed.wait(OTEL_TIMEOUT)

@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import os
 import threading
+import weakref
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -448,6 +449,9 @@ class WorkflowBase:
             self._tracker.detach(self.id, self._listener)
             self._span.set_attributes(self._final_attributes())
             self._span.end()
+            # The context holds this run (``current_workflow()``): a cycle that left each
+            # ended run, its span and events to the garbage collector instead of freeing them.
+            self._context = None
             self._notify()
         return suppress
 
@@ -511,6 +515,7 @@ class WorkflowBase:
             self._span.end()
         finally:
             self._phases.remove_workflow(self.id)  # not replayed from here after a reconnect
+            self._context = None  # a cycle through this run, as in ``_end``
             self._notify()
 
     # ------------------------------------------------------------------ control
@@ -605,14 +610,20 @@ class _Listener:
     __slots__ = ("_run",)
 
     def __init__(self, run: WorkflowBase) -> None:
-        self._run = run
+        # Weak: the run holds its listener, and a cycle would leave each ended run, its span
+        # and its events to the garbage collector instead of freeing them at once.
+        self._run = weakref.ref(run)
 
     def phase_changed(self, state: PhaseState) -> None:
         """Called under the phase manager's lock: only wake waiters here."""
-        self._run._notify()
+        run = self._run()
+        if run is not None:
+            run._notify()
 
     def command(self, event: CommandEvent) -> None:
-        self._run._on_command(event)
+        run = self._run()
+        if run is not None:
+            run._on_command(event)
 
 
 def _inherited_ids() -> tuple[str, str]:
