@@ -257,6 +257,51 @@ def test_finished_workflows_are_evicted_first_beyond_max_workflows() -> None:
     assert state.take_changes().removed_workflows == {"done"}
 
 
+def two_services(max_workflows: int) -> HubState:
+    state = connected(HubState(max_workflows=max_workflows))
+    return connected(state, "c2", "svc-b")
+
+
+def finish(state: HubState, conn: str, *workflow_ids: str) -> None:
+    for workflow_id in workflow_ids:
+        state.receive(conn, phase(workflow_id, "completing", "completed"), now=1.0)
+
+
+def test_a_full_hub_evicts_the_newcomers_own_oldest_finished_workflow_first() -> None:
+    state = two_services(4)
+    finish(state, "c1", "a1", "a2")
+    finish(state, "c2", "b1", "b2")
+    state.receive("c2", phase("b3", "", "pending"), now=2.0)
+    assert set(state.workflows) == {"a1", "a2", "b2", "b3"}  # not a1, the oldest of all
+    state.receive("c1", phase("a3", "", "pending"), now=3.0)
+    assert set(state.workflows) == {"a2", "b2", "b3", "a3"}
+
+
+def test_a_reopened_workflow_is_not_evicted_as_a_finished_one() -> None:
+    """Finished, then reused for a new run: live again, so the full hub takes another
+    service's finished workflow before the newcomer's service's live one."""
+    state = two_services(3)
+    finish(state, "c1", "a1")
+    finish(state, "c2", "b1")
+    state.receive("c2", phase("b1", "", "pending"), now=2.0)
+    state.receive("c2", phase("b2", "", "pending"), now=3.0)
+    state.receive("c2", phase("b3", "", "pending"), now=4.0)
+    assert set(state.workflows) == {"b1", "b2", "b3"}
+    assert state.workflows["b1"].phase is Phase.PENDING
+
+
+def test_finished_workflows_keep_their_service_when_it_registers_under_another_id() -> None:
+    state = connected(HubState(max_workflows=3))
+    finish(state, "c1", "a1")
+    state.open_connection("c2", now=1.0)
+    finish(state, "c2", "late-done")  # before register: a provisional id
+    state.register("c2", RegisterPayload(service_name="late", service_id="late-1"), now=2.0)
+    state.receive("c2", phase("late-live", "", "pending"), now=3.0)
+    state.receive("c2", phase("late-new", "", "pending"), now=4.0)
+    assert set(state.workflows) == {"a1", "late-live", "late-new"}
+    assert state.workflows["late-live"].service_id == "late-1"
+
+
 def test_changes_report_ids_and_discrete_events_in_order() -> None:
     state = connected(HubState())
     state.take_changes()

@@ -121,6 +121,11 @@ class Retention:
         self._max_anomalies = max(1, max_anomalies)
         self._max_closed = max(0, max_closed)
         self._finished: OrderedDict[str, None] = OrderedDict()
+        self._finished_of: dict[str, OrderedDict[str, None]] = {}
+        """``_finished`` by service id: a full hub evicts the newcomer's service's oldest finished
+        workflow first, and looking for it through every service's finished workflows cost
+        each new workflow a walk of up to ``max_workflows`` of them. An entry may be stale
+        (the workflow is no longer finished, or is another service's now): checked when used."""
         self._orphans: dict[str, dict[str, None]] = {}
         """Workflows by the id of a parent the hub does not know (yet): a parent announced
         after its children links them without looking at every workflow."""
@@ -223,9 +228,9 @@ class Retention:
     def _victim(self, service_id: str, keep: str, own_first: bool) -> str | None:
         workflows = self.workflows
         if service_id:
-            for wf in self._finished:
-                if wf != keep and workflows[wf].service_id == service_id:
-                    return wf
+            own = self._own_finished(service_id, keep)
+            if own is not None:
+                return own
             if own_first:
                 for workflow in workflows.values():
                     if workflow.service_id == service_id and workflow.workflow_id != keep:
@@ -239,11 +244,36 @@ class Retention:
                     return workflow.workflow_id
         return next((wf for wf in workflows if wf != keep), None)
 
+    def _own_finished(self, service_id: str, keep: str) -> str | None:
+        """The oldest finished workflow of ``service_id`` other than ``keep``; stale entries
+        met on the way are dropped."""
+        finished = self._finished_of.get(service_id)
+        if finished is None:
+            return None
+        found, stale = None, []
+        for wf in finished:
+            workflow = self.workflows.get(wf)
+            if workflow is None or workflow.service_id != service_id or wf not in self._finished:
+                stale.append(wf)
+            elif wf != keep:
+                found = wf
+                break
+        for wf in stale:
+            del finished[wf]
+        if not finished:
+            del self._finished_of[service_id]
+        return found
+
     def _forget(self, victim: str) -> None:
         """Remove a workflow and everything the hub holds for it, keeping the byte totals."""
         gone = self.workflows.pop(victim, None)
         self._finished.pop(victim, None)
         if gone is not None:
+            own = self._finished_of.get(gone.service_id)
+            if own is not None:
+                own.pop(victim, None)
+                if not own:
+                    del self._finished_of[gone.service_id]
             parent_id = gone.parent_workflow_id
             if parent_id:
                 self._forget_orphan(gone)
@@ -454,8 +484,15 @@ class Retention:
     def _settle(self, workflow: WorkflowState) -> None:
         if workflow.phase.is_terminal:
             self._finished[workflow.workflow_id] = None
+            self._note_finished(workflow)
         else:
             self._finished.pop(workflow.workflow_id, None)
+
+    def _note_finished(self, workflow: WorkflowState) -> None:
+        own = self._finished_of.get(workflow.service_id)
+        if own is None:
+            own = self._finished_of[workflow.service_id] = OrderedDict()
+        own[workflow.workflow_id] = None
 
     def _complete(self, workflow: WorkflowState) -> None:
         """A workflow that reaches ``completed`` without ever reporting progress has done all

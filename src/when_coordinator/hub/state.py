@@ -247,6 +247,8 @@ class HubState(MessageRules):
             if workflow.service_id == old.service_id:
                 workflow.service_id = new_id
                 self._changes.workflows.add(workflow.workflow_id)
+                if workflow.workflow_id in self._finished:
+                    self._note_finished(workflow)  # its entry under the old id is stale now
 
     def register(self, connection_id: str, payload: RegisterPayload, *, now: float) -> Registration:
         """Apply a ``register``: negotiate the version, keep or assign the service id.
