@@ -137,6 +137,29 @@ def test_all_workflows_together_are_bounded_finished_ones_forgotten_first() -> N
     assert memory["bytes"] == state.workflows_bytes
 
 
+def test_a_service_over_the_byte_bound_gives_up_its_own_workflows_before_anothers() -> None:
+    """Only the service whose records outgrow the hub-wide bound loses workflows: its own
+    oldest first, even when another service's are older, finished ones included."""
+    state = hub_state(workflows_bytes=1 * MB, workflow_bytes=512 * KB)
+    state.open_connection("c2", now=1.0, service_name="b")
+    state.register("c2", RegisterPayload(service_name="b", service_id="svc-b"), now=1.0)
+    done = {"workflow_id": "b-done", "from": "completing", "to": "completed"}
+    state.receive("c2", msg("phase_changed", "b-done", done), now=2.0)
+    for i in range(3):  # the other service's, older than all of the first's, running
+        state.receive(
+            "c2",
+            msg("phase_changed", f"b-{i}", {"workflow_id": f"b-{i}", "to": "pending"}),
+            now=2.0,
+        )
+    for i in range(80):
+        wf = f"a-{i}"
+        error = {"workflow_id": wf, "error": "e" * 16 * KB, "recoverable": True}
+        state.receive("c1", msg("error", wf, error), now=3.0)
+        assert state.workflows_bytes <= 1 * MB
+    assert {"b-done", "b-0", "b-1", "b-2"} <= set(state.workflows)
+    assert "a-0" not in state.workflows and "a-79" in state.workflows
+
+
 def test_long_texts_are_cut_and_counted_and_long_ids_refused() -> None:
     state = hub_state(max_text=1_000, max_id=100)
     payload = {"workflow_id": "wf-1", "percent": 5, "stage": "s" * 5_000, "message": "m" * 9}

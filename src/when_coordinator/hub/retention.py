@@ -121,11 +121,13 @@ class Retention:
         self._max_anomalies = max(1, max_anomalies)
         self._max_closed = max(0, max_closed)
         self._finished: OrderedDict[str, None] = OrderedDict()
-        self._finished_of: dict[str, OrderedDict[str, None]] = {}
-        """``_finished`` by service id: a full hub evicts the newcomer's service's oldest finished
-        workflow first, and looking for it through every service's finished workflows cost
-        each new workflow a walk of up to ``max_workflows`` of them. An entry may be stale
-        (the workflow is no longer finished, or is another service's now): checked when used."""
+        self._finished_of: dict[str, dict[str, None]] = {}
+        """``_finished`` by service id, and ``_of_service`` every workflow by service id, each in
+        its order: a full hub evicts the newcomer's service's own oldest workflow first, and
+        looking for it through everyone's cost each new workflow a walk of up to
+        ``max_workflows`` (15x the work of a hub with room, and under a flood of new ids). An
+        entry may be stale (the workflow is another service's now): checked when used."""
+        self._of_service: dict[str, dict[str, None]] = {}
         self._orphans: dict[str, dict[str, None]] = {}
         """Workflows by the id of a parent the hub does not know (yet): a parent announced
         after its children links them without looking at every workflow."""
@@ -226,42 +228,41 @@ class Retention:
             self._forget(victim)
 
     def _victim(self, service_id: str, keep: str, own_first: bool) -> str | None:
-        workflows = self.workflows
         if service_id:
-            own = self._own_finished(service_id, keep)
+            own = self._oldest_own(self._finished_of, service_id, keep)
+            if own is None and own_first:
+                own = self._oldest_own(self._of_service, service_id, keep)
             if own is not None:
                 return own
-            if own_first:
-                for workflow in workflows.values():
-                    if workflow.service_id == service_id and workflow.workflow_id != keep:
-                        return workflow.workflow_id
         for wf in self._finished:
             if wf != keep:
                 return wf
         if service_id:
-            for workflow in workflows.values():
-                if workflow.service_id == service_id and workflow.workflow_id != keep:
-                    return workflow.workflow_id
-        return next((wf for wf in workflows if wf != keep), None)
+            own = self._oldest_own(self._of_service, service_id, keep)
+            if own is not None:
+                return own
+        return next((wf for wf in self.workflows if wf != keep), None)
 
-    def _own_finished(self, service_id: str, keep: str) -> str | None:
-        """The oldest finished workflow of ``service_id`` other than ``keep``; stale entries
-        met on the way are dropped."""
-        finished = self._finished_of.get(service_id)
-        if finished is None:
+    def _oldest_own(
+        self, index: dict[str, dict[str, None]], service_id: str, keep: str
+    ) -> str | None:
+        """The first workflow of ``service_id`` in ``index`` (``_finished_of``, ``_of_service``)
+        other than ``keep``; stale entries met on the way are dropped."""
+        ids = index.get(service_id)
+        if ids is None:
             return None
         found, stale = None, []
-        for wf in finished:
+        for wf in ids:
             workflow = self.workflows.get(wf)
-            if workflow is None or workflow.service_id != service_id or wf not in self._finished:
+            if workflow is None or workflow.service_id != service_id:
                 stale.append(wf)
             elif wf != keep:
                 found = wf
                 break
         for wf in stale:
-            del finished[wf]
-        if not finished:
-            del self._finished_of[service_id]
+            del ids[wf]
+        if not ids:
+            del index[service_id]
         return found
 
     def _forget(self, victim: str) -> None:
@@ -269,11 +270,8 @@ class Retention:
         gone = self.workflows.pop(victim, None)
         self._finished.pop(victim, None)
         if gone is not None:
-            own = self._finished_of.get(gone.service_id)
-            if own is not None:
-                own.pop(victim, None)
-                if not own:
-                    del self._finished_of[gone.service_id]
+            for index in (self._finished_of, self._of_service):
+                self._unindex(index, gone)
             parent_id = gone.parent_workflow_id
             if parent_id:
                 self._forget_orphan(gone)
@@ -484,15 +482,31 @@ class Retention:
     def _settle(self, workflow: WorkflowState) -> None:
         if workflow.phase.is_terminal:
             self._finished[workflow.workflow_id] = None
-            self._note_finished(workflow)
-        else:
-            self._finished.pop(workflow.workflow_id, None)
+            self._index(self._finished_of, workflow)
+        elif workflow.workflow_id in self._finished:  # reopened: a new run of the id
+            del self._finished[workflow.workflow_id]
+            self._unindex(self._finished_of, workflow)
 
-    def _note_finished(self, workflow: WorkflowState) -> None:
-        own = self._finished_of.get(workflow.service_id)
-        if own is None:
-            own = self._finished_of[workflow.service_id] = OrderedDict()
-        own[workflow.workflow_id] = None
+    def _note_service(self, workflow: WorkflowState) -> None:
+        """Index ``workflow`` under its (new) service id; where it was is stale now."""
+        self._index(self._of_service, workflow)
+        if workflow.workflow_id in self._finished:
+            self._index(self._finished_of, workflow)
+
+    @staticmethod
+    def _index(index: dict[str, dict[str, None]], workflow: WorkflowState) -> None:
+        ids = index.get(workflow.service_id)
+        if ids is None:
+            ids = index[workflow.service_id] = {}
+        ids[workflow.workflow_id] = None
+
+    @staticmethod
+    def _unindex(index: dict[str, dict[str, None]], workflow: WorkflowState) -> None:
+        ids = index.get(workflow.service_id)
+        if ids is not None:
+            ids.pop(workflow.workflow_id, None)
+            if not ids:
+                del index[workflow.service_id]
 
     def _complete(self, workflow: WorkflowState) -> None:
         """A workflow that reaches ``completed`` without ever reporting progress has done all

@@ -92,7 +92,9 @@ class MessageRules(Retention):
             self._evict(service.service_id)
         elif workflow.service_id and workflow.service_id != service.service_id:
             raise NotOwner(workflow)
-        workflow.service_id = service.service_id
+        if workflow.service_id != service.service_id:  # new, or restored without one
+            workflow.service_id = service.service_id
+            self._note_service(workflow)
         workflow.connection_id = conn.connection_id
         workflow.updated_at = now
         self._changes.workflows.add(workflow_id)

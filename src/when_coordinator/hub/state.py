@@ -247,8 +247,9 @@ class HubState(MessageRules):
             if workflow.service_id == old.service_id:
                 workflow.service_id = new_id
                 self._changes.workflows.add(workflow.workflow_id)
-                if workflow.workflow_id in self._finished:
-                    self._note_finished(workflow)  # its entry under the old id is stale now
+                self._note_service(workflow)
+        self._of_service.pop(old.service_id, None)  # every one of them has moved
+        self._finished_of.pop(old.service_id, None)
 
     def register(self, connection_id: str, payload: RegisterPayload, *, now: float) -> Registration:
         """Apply a ``register``: negotiate the version, keep or assign the service id.
@@ -410,6 +411,7 @@ class HubState(MessageRules):
             self.workflows[workflow.workflow_id] = workflow
             self.workflow_logs[workflow.workflow_id] = self._log_buffer()
             self._settle(workflow)
+            self._note_service(workflow)
             self._restore_sizes(workflow)
         for workflow in snapshot.workflows:
             self._wait_for_parent(workflow)
@@ -492,6 +494,7 @@ class HubState(MessageRules):
         if wf not in self.workflow_logs:
             self.workflow_logs[wf] = self._log_buffer()
         self._settle(workflow)
+        self._note_service(workflow)
         if recount:
             self._restore_sizes(workflow)
         else:
