@@ -220,8 +220,9 @@ def _scale(db: str) -> dict[str, float]:
     """The two rates behind the scale-out of docs/operations.md, with figure 8's batches:
     the database's rate of one writer's transactions (writers are serialised, so this is
     the fleet's), and the CPU one instance spends reading and applying another's rows."""
-    from when_coordinator.hub.bus import PostgresBus, _read  # noqa: PLC0415
+    from when_coordinator.hub.bus import PostgresBus  # noqa: PLC0415
     from when_coordinator.hub.model import WorkflowState  # noqa: PLC0415
+    from when_coordinator.hub.oneview import _read  # noqa: PLC0415
     from when_coordinator.hub.pgstore import PostgresStore  # noqa: PLC0415
     from when_coordinator.hub.records import StoredLog  # noqa: PLC0415
     from when_coordinator.hub.store import StoreBatch, summary  # noqa: PLC0415

@@ -10,6 +10,7 @@ __all__ = [
     "ServiceUnavailable",
     "StatusTimeout",
     "WorkflowNotFound",
+    "first_line",
 ]
 
 
@@ -58,3 +59,8 @@ class CommandRefused(CommandError):
         self.workflow_id = workflow_id
         self.phase = phase
         self.allowed = allowed
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception in one line, for a status field or a log (its type when it says nothing)."""
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]

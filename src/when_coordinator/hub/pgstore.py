@@ -29,6 +29,7 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import set_json_loads
 
 from .changes import Snapshot
+from .errors import first_line
 from .model import ServiceState, WorkflowState
 from .records import StoredLog
 from .store import KINDS, StoreBatch, redact_url
@@ -307,7 +308,7 @@ class PostgresStore:
             db = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
             raise StoreUnavailable(
-                f"PostgreSQL at {self.path} is unreachable: {_first_line(exc)}"
+                f"PostgreSQL at {self.path} is unreachable: {first_line(exc)}"
             ) from None
         set_json_loads(loads, db)
         try:
@@ -320,7 +321,7 @@ class PostgresStore:
         except psycopg.Error as exc:
             db.close()
             raise StoreUnavailable(
-                f"cannot use PostgreSQL at {self.path}: {_first_line(exc)}"
+                f"cannot use PostgreSQL at {self.path}: {first_line(exc)}"
             ) from None
         except BaseException:
             db.close()
@@ -552,8 +553,3 @@ class PostgresStore:
 
 
 _TERMINAL = ("completed", "failed", "cancelled")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
