@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
 
 from when_coordinator.hub.state import HubState
 from when_coordinator.protocol import Message, MessageType, RegisterPayload
@@ -44,32 +43,17 @@ def _walks(prefix: str, count: int) -> list[list[Message]]:
     ]
 
 
-def _hub(max_workflows: int) -> HubState:
-    """A hub whose other service finished ``RETAINED`` workflows, then the runner's own."""
+def _filled(max_workflows: int, steps: int) -> HubState:
+    """A hub holding another service's ``RETAINED - RUNS`` workflows, then the runner's first
+    ``RUNS``, each walked ``steps`` phases: to ``completed`` (finished), or 1 (running)."""
     state = HubState(max_workflows=max_workflows)
     for conn, service in (("c-other", "svc-other"), ("c-runner", "svc-runner")):
         state.open_connection(conn, now=1.0, service_name=service, service_id=service)
         state.register(conn, RegisterPayload(service_name=service, service_id=service), now=1.0)
-    for walk in _walks("other", RETAINED - RUNS):
-        for message in walk:
-            state.receive("c-other", message, now=2.0)
-    for walk in _walks("warm", RUNS):
-        for message in walk:
-            state.receive("c-runner", message, now=3.0)
-    state.take_changes()
-    return state
-
-
-def _flooded(max_workflows: int) -> HubState:
-    """A hub holding another service's running workflows, and the flooder's first ones."""
-    state = HubState(max_workflows=max_workflows)
-    for conn, service in (("c-other", "svc-other"), ("c-runner", "svc-runner")):
-        state.open_connection(conn, now=1.0, service_name=service, service_id=service)
-        state.register(conn, RegisterPayload(service_name=service, service_id=service), now=1.0)
-    for walk in _walks("other", RETAINED - RUNS):
-        state.receive("c-other", walk[0], now=2.0)
-    for walk in _walks("warm", RUNS):
-        state.receive("c-runner", walk[0], now=3.0)
+    for conn, prefix, count in (("c-other", "other", RETAINED - RUNS), ("c-runner", "warm", RUNS)):
+        for walk in _walks(prefix, count):
+            for message in walk[:steps]:
+                state.receive(conn, message, now=2.0)
     state.take_changes()
     return state
 
@@ -85,38 +69,27 @@ def _seconds_per_run(state: HubState, walks: list[list[Message]]) -> float:
     return elapsed / len(walks)
 
 
-def _medians(
-    make: Callable[[int], HubState], walks: Callable[[int], list[list[Message]]]
-) -> tuple[float, float]:
-    """Median seconds per workflow at the bound and with room, in alternating rounds (the
-    machine's speed moves within a run)."""
+def _figure(steps: int, name: str) -> Figure:
+    """Workflows walked ``steps`` phases into a full hub and into one with room, in
+    alternating rounds (the machine's speed moves within a run); the medians."""
     full: list[float] = []
     room: list[float] = []
     for round_ in range(ROUNDS):
-        work = walks(round_)
-        full.append(_seconds_per_run(make(RETAINED), work))
-        room.append(_seconds_per_run(make(RETAINED + RUNS), work))
-    return statistics.median(full), statistics.median(room)
+        work = [walk[:steps] for walk in _walks(f"run{round_}", RUNS)]
+        full.append(_seconds_per_run(_filled(RETAINED, steps), work))
+        room.append(_seconds_per_run(_filled(RETAINED + RUNS, steps), work))
+    return Figure.versus(
+        f"[13] {name}",
+        statistics.median(full) * 1e6,
+        statistics.median(room) * 1e6,
+        "us/workflow",
+        max_ratio=MAX_RATIO,
+        what="a hub with room",
+    )
 
 
 def run() -> list[Figure]:
-    finished = _medians(_hub, lambda round_: _walks(f"run{round_}", RUNS))
-    flood = _medians(_flooded, lambda round_: [w[:1] for w in _walks(f"flood{round_}", RUNS)])
     return [
-        Figure.versus(
-            f"[13] workflow into a full hub ({RETAINED:,} finished), each evicting one",
-            finished[0] * 1e6,
-            finished[1] * 1e6,
-            "us/workflow",
-            max_ratio=MAX_RATIO,
-            what="a hub with room",
-        ),
-        Figure.versus(
-            f"[13] new id into a hub full of others' running ({RETAINED:,}), a flood",
-            flood[0] * 1e6,
-            flood[1] * 1e6,
-            "us/workflow",
-            max_ratio=MAX_RATIO,
-            what="a hub with room",
-        ),
+        _figure(len(WALK), f"workflow into a full hub ({RETAINED:,} finished), each evicting one"),
+        _figure(1, f"new id into a hub full of others' running ({RETAINED:,}), a flood"),
     ]
