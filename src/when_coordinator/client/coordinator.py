@@ -24,15 +24,13 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from ..phase_manager import PhaseError, PhaseManager, PhaseState
 from ..protocol import (
     CheckpointPayload,
     ErrorPayload,
-    LogEntry,
-    LogLevel,
     Message,
     MessageType,
     ProgressPayload,
@@ -40,11 +38,12 @@ from ..protocol import (
     WorkflowCreatedPayload,
 )
 from ._checks import check_progress, check_text, check_timeout, check_workflow
-from ._util import RateLimitedLog, WireLogBatch, approx_size, describe_error, warn_once
+from ._util import RateLimitedLog, approx_size, describe_error, warn_once
 from .config import Config, url_hint
 from .connection import ssl_context
 from .core import ClientCore, CommandEvent
-from .encoding import log_entry_size, phase_changed_payload, split_log_batch
+from .encoding import phase_changed_payload
+from .logsending import LogSending
 from .outbox import Entry, QueuedBody
 from .session import MessageHandler, Session
 from .stats import CoordinatorStats
@@ -60,7 +59,7 @@ class LogSource(Protocol):
     def flush_to_coordinator(self, *, final: bool) -> None: ...
 
 
-class Coordinator:
+class Coordinator(LogSending):
     """A service's connection to the hub; see the module docstring for the guarantees.
 
     Callbacks (``on_connected``, ``on_message`` handlers, ...) run on the client's thread:
@@ -521,85 +520,6 @@ class Coordinator:
         )
         size = 160 + len(workflow_id) + len(action_id) + len(stage) + len(message)
         return self._enqueue(MessageType.PROGRESS, workflow_id, payload, size)
-
-    def send_log(self, entry: LogEntry) -> bool:
-        """Send one entry as a ``log`` message; a missing timestamp becomes now."""
-        if not isinstance(entry, LogEntry):
-            raise TypeError(f"send_log() takes a LogEntry, got {type(entry).__name__}")
-        return self._enqueue(MessageType.LOG, "", entry, log_entry_size(entry))
-
-    def send_log_batch(self, entries: Sequence[LogEntry]) -> bool:
-        """Send entries as one ``log_batch``; missing timestamps become now."""
-        batch = tuple(entries)
-        for entry in batch:
-            if not isinstance(entry, LogEntry):
-                raise TypeError(
-                    f"send_log_batch() takes LogEntry items, got {type(entry).__name__}"
-                )
-        if not batch:
-            return True
-        return self._enqueue_log_batches(batch, [log_entry_size(entry) for entry in batch])
-
-    def send_wire_log_batch(self, batch: WireLogBatch, sizes: Sequence[int]) -> bool:
-        """``send_log_batch`` for entries built in wire form (the log exporter's ``WireLog``),
-        with their ``log_size`` estimates; split by frame size and the batch's ``max_entries``."""
-        if type(batch) is not WireLogBatch:
-            raise TypeError(
-                f"send_wire_log_batch() takes a WireLogBatch, got {type(batch).__name__}"
-            )
-        if len(sizes) != len(batch):
-            raise ValueError("send_wire_log_batch() needs one size per entry")
-        if not batch:
-            return True
-        return self._enqueue_log_batches(batch, sizes)
-
-    def _enqueue_log_batches(
-        self, batch: tuple[LogEntry, ...] | WireLogBatch, sizes: Sequence[int]
-    ) -> bool:
-        """One ``log_batch``, or several when the entries would make a frame near the frame
-        limit (half of it, by estimate; a frame over it is dropped), with one wake-up."""
-        accepted = True
-        with self._core.outbox.wakeups_held():
-            for part, size in split_log_batch(batch, sizes, self._core.frame_limit // 2):
-                accepted = self._enqueue(MessageType.LOG_BATCH, "", part, 80 + size) and accepted
-        return accepted
-
-    def log_with_context(
-        self,
-        level: LogLevel | str,
-        message: str,
-        workflow_id: str = "",
-        action_id: str = "",
-        fields: Mapping[str, Any] | None = None,
-        *,
-        correlation_id: str = "",
-        trace_id: str = "",
-        span_id: str = "",
-    ) -> bool:
-        """Send one ``log`` with the workflow context the hub files it under."""
-        entry = LogEntry(
-            level=LogLevel(level),
-            message=check_text("message", message),
-            workflow_id=check_text("workflow_id", workflow_id),
-            action_id=check_text("action_id", action_id),
-            correlation_id=check_text("correlation_id", correlation_id),
-            trace_id=check_text("trace_id", trace_id),
-            span_id=check_text("span_id", span_id),
-            fields=dict(fields) if fields else {},
-        )
-        return self._enqueue(MessageType.LOG, "", entry, log_entry_size(entry))
-
-    def log_debug(self, message: str, fields: Mapping[str, Any] | None = None) -> bool:
-        return self.log_with_context(LogLevel.DEBUG, message, fields=fields)
-
-    def log_info(self, message: str, fields: Mapping[str, Any] | None = None) -> bool:
-        return self.log_with_context(LogLevel.INFO, message, fields=fields)
-
-    def log_warn(self, message: str, fields: Mapping[str, Any] | None = None) -> bool:
-        return self.log_with_context(LogLevel.WARN, message, fields=fields)
-
-    def log_error(self, message: str, fields: Mapping[str, Any] | None = None) -> bool:
-        return self.log_with_context(LogLevel.ERROR, message, fields=fields)
 
     def _on_phase_changed(self, state: PhaseState) -> None:
         # Runs under the phase manager's lock, so queue order is transition order.
