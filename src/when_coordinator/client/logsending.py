@@ -7,7 +7,7 @@ every sending method, they never block and count what is shed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import LogEntry, LogLevel, MessageType
@@ -27,16 +27,8 @@ class LogSending:
 
     if TYPE_CHECKING:
         _core: ClientCore
-
-        def _enqueue(
-            self,
-            message_type: MessageType | str,
-            workflow_id: str,
-            body: QueuedBody | None,
-            size: int,
-            phase_sequence: int = -1,
-            frame: str | None = None,
-        ) -> bool: ...
+        _enqueue: Callable[[MessageType | str, str, QueuedBody | None, int], bool]
+        """``Coordinator._enqueue``: (type, workflow id, body, size estimate) queued."""
 
     def send_log(self, entry: LogEntry) -> bool:
         """Send one entry as a ``log`` message; a missing timestamp becomes now."""
