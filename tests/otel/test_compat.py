@@ -10,14 +10,18 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
+from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from when_coordinator._compat import otel as compat
-from when_coordinator._compat.otel_trace import span_limits_of
+from when_coordinator._compat.otel_trace import add_text_event, span_limits_of
 
 
 class Capture(compat.LogExporterBase):
@@ -83,6 +87,67 @@ def test_the_span_limits_of_an_sdk_span_are_its_providers() -> None:
     span.end()
     assert span_limits_of(trace.INVALID_SPAN) is None
     provider.shutdown()
+
+
+def _exported(limits: SpanLimits | None = None) -> tuple[TracerProvider, InMemorySpanExporter]:
+    provider = TracerProvider(span_limits=limits)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def test_a_text_event_reaches_an_sdk_span_without_being_cleaned_again() -> None:
+    provider, exporter = _exported(SpanLimits(max_events=2))
+    span = provider.get_tracer("compat").start_span("events")
+    for n in range(3):
+        add_text_event(span, "when.phase_changed", {"when.phase.to": f"p{n}", "empty": ""})
+    span.end()
+    add_text_event(span, "late", {"a": "b"})  # the SDK's own check: not added once ended
+    (exported,) = exporter.get_finished_spans()
+    assert [dict(e.attributes or {}) for e in exported.events] == [
+        {"when.phase.to": "p1", "empty": ""},  # the span's event limit, as add_event keeps it
+        {"when.phase.to": "p2", "empty": ""},
+    ]
+    event = exported.events[0]
+    # Taken through ``Span._add_event``: a private name this path depends on.
+    assert type(event.attributes).__name__ == "mappingproxy", "the SDK path was not taken"
+    assert event.dropped_attributes == 0
+    assert event.timestamp is not None
+    assert event.timestamp >= (exported.start_time or 0)
+    with pytest.raises(TypeError):
+        event.attributes["when.phase.to"] = "changed"  # type: ignore[index]
+    provider.shutdown()
+
+
+def test_a_text_event_the_limits_would_cut_is_cut_by_the_sdk() -> None:
+    provider, exporter = _exported(SpanLimits(max_attribute_length=4, max_event_attributes=1))
+    span = provider.get_tracer("compat").start_span("cut")
+    add_text_event(span, "long", {"reason": "longer than four"})
+    add_text_event(span, "many", {"a": "1", "b": "2"})
+    span.end()
+    (exported,) = exporter.get_finished_spans()
+    long, many = exported.events
+    assert dict(long.attributes or {}) == {"reason": "long"}
+    assert len(many.attributes or {}) == 1
+    assert many.dropped_attributes == 1
+    provider.shutdown()
+
+
+def test_a_span_type_with_its_own_add_event_and_other_spans_get_add_event() -> None:
+    class Recording(SdkSpan):
+        seen: ClassVar[list[str]] = []
+
+        def add_event(self, name: str, *args: Any, **kwargs: Any) -> None:
+            self.seen.append(name)
+            super().add_event(name, *args, **kwargs)
+
+    span = Recording("own", context=trace.INVALID_SPAN_CONTEXT)
+    span.start()
+    add_text_event(span, "mine", {"a": "b"})
+    assert Recording.seen == ["mine"]
+    assert [e.name for e in span.events] == ["mine"]
+    add_text_event(trace.INVALID_SPAN, "nowhere", {"a": "b"})  # a no-op, not an error
+    add_text_event(trace.NonRecordingSpan(trace.INVALID_SPAN_CONTEXT), "nowhere", {"a": "b"})
 
 
 def test_the_api_proxy_logger_provider_is_recognised_in_a_fresh_process() -> None:

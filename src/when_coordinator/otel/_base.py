@@ -25,7 +25,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode, TracerPr
 from opentelemetry.util.types import AttributeValue
 
 from .. import _workflow_context
-from .._compat.otel_trace import span_limits_of
+from .._compat.otel_trace import add_text_event, span_limits_of
 from .._version import __version__
 from ..client import CommandEvent, Coordinator
 from ..client._util import describe_error
@@ -338,7 +338,8 @@ class WorkflowBase:
         checkpoint_id = checkpoint_id or f"{self.id}-cp-{self._checkpoints}"
         self._coordinator.send_checkpoint(self.id, checkpoint_id, reason, state=state)
         self._checkpoint_id = checkpoint_id
-        self._span.add_event(
+        add_text_event(
+            self._span,
             attr.CHECKPOINT_EVENT,
             {attr.CHECKPOINT_ID: checkpoint_id, attr.CHECKPOINT_REASON: reason},
         )

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from opentelemetry.trace import Span
 
+from .._compat.otel_trace import add_text_event
 from ..client import CommandEvent, Config, ConfigError, Coordinator
 from ..phase_manager import PhaseState
 from ..protocol.phases import TERMINAL_PHASES
@@ -177,7 +178,8 @@ class Tracker:
         if recorder is not None:
             recorder.transition(state, name, failure)
         if span is not None:
-            span.add_event(
+            add_text_event(
+                span,
                 attr.PHASE_CHANGED_EVENT,
                 {
                     # ``_value_``: the plain string; ``.value`` is an Enum property, slower.
