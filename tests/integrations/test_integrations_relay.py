@@ -330,3 +330,30 @@ def test_a_child_reports_with_the_write_delay_it_was_given(
     finally:
         set_coordinator(previous)
         child.close(timeout=5)
+
+
+def test_a_childs_write_comes_in_one_frame_and_reaches_the_hub_message_by_message(
+    relay: Relay, otel_hub: ThreadedHub
+) -> None:
+    """A child joins each write's reports into one frame (``Config.joined_frames``, accepted by
+    the relay); the relay splits it and the hub gets every report on its own, in order."""
+    previous = get_coordinator()
+    child = report_through(relay.url, relay.token, write_delay=POOL_WRITE_DELAY)
+    try:
+        assert child.config.joined_frames
+        ids = [f"wf-joined-{i}" for i in range(40)]
+        for workflow_id in ids:  # well within the write delay: one write
+            child.send_workflow_created(workflow_id, action_type="tasks.add")
+        assert child.flush(TIMEOUT)
+        otel_hub.wait_for(lambda h: all(i in h.workflows for i in ids), TIMEOUT)
+    finally:
+        set_coordinator(previous)
+        child.close(timeout=5)
+    created = [
+        r.message.workflow_id
+        for r in otel_hub.received
+        if r.message.type is MessageType.WORKFLOW_CREATED and r.message.workflow_id in ids
+    ]
+    assert created == ids
+    assert relay.joined >= 1
+    assert relay.dropped == 0

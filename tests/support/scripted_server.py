@@ -25,9 +25,11 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from tests.support.loop_thread import LoopThread, wait_on
 from when_coordinator import Config
+from when_coordinator.client.connection import JOINED_FRAMES
 from when_coordinator.protocol import Message, MessageType, decode
 
 __all__ = [
@@ -105,6 +107,8 @@ class Connection:
     closed: bool = False
     close_code: int | None = None
     close_reason: str = ""
+    raw: list[str] = field(default_factory=list)
+    """Every data frame as it came; ``frames`` has one entry a message (split when joined)."""
 
 
 @dataclass
@@ -115,6 +119,8 @@ class ScriptedServer:
     sends ``registered`` as soon as a connection opens, before reading anything (so it reaches
     the client ahead of any acknowledgement of what the client sends). ``ping_on_open`` is the
     id of a JSON ``ping`` sent as soon as a connection opens (after any such ``registered``).
+    ``subprotocols``: those the server accepts; with ``JOINED_FRAMES`` accepted, a client's
+    joined frames are split into their messages.
     """
 
     auto_register: bool = True
@@ -126,6 +132,7 @@ class ScriptedServer:
     frames: list[Frame] = field(default_factory=list)
     connections: list[Connection] = field(default_factory=list)
     rejected_handshakes: int = 0
+    subprotocols: list[str] | None = None
 
     def __post_init__(self) -> None:
         self._cond = threading.Condition()
@@ -193,6 +200,7 @@ class ScriptedServer:
             ping_interval=None,
             max_size=None,
             compression=None,
+            subprotocols=[Subprotocol(p) for p in self.subprotocols or ()] or None,
             logger=_server_log,
         ) as server:
             self._server = server
@@ -233,23 +241,26 @@ class ScriptedServer:
                 await ws.send(self._registered_frame())
             if self.ping_on_open is not None:
                 await ws.send(json.dumps({"id": self.ping_on_open, "type": "ping"}))
+            joined = ws.subprotocol == JOINED_FRAMES
             async for data in ws:
                 binary = isinstance(data, bytes)
                 text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-                try:
-                    message: Message | None = decode(text)
-                except ValueError:
-                    message = None
-                with self._cond:
-                    self.frames.append(Frame(conn.number, text, message, binary))
-                    self._cond.notify_all()
-                if (
-                    self.auto_register
-                    and not self.register_on_open
-                    and message
-                    and message.type == MessageType.REGISTER
-                ):
-                    await ws.send(self._registered_frame())
+                conn.raw.append(text)
+                for part in text.split("\n") if joined else [text]:
+                    try:
+                        message: Message | None = decode(part)
+                    except ValueError:
+                        message = None
+                    with self._cond:
+                        self.frames.append(Frame(conn.number, part, message, binary))
+                        self._cond.notify_all()
+                    if (
+                        self.auto_register
+                        and not self.register_on_open
+                        and message
+                        and message.type == MessageType.REGISTER
+                    ):
+                        await ws.send(self._registered_frame())
         except ConnectionClosed:
             pass
         finally:

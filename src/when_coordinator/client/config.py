@@ -363,6 +363,7 @@ _CHECKS: dict[str, Callable[[str, object], None]] = {
     "max_frame_bytes": _check_bound,
     "close_timeout": _check_seconds,
     "write_delay": _check_seconds,
+    "joined_frames": _check_flag,
     "workflow_entrypoints": _check_strings,
     "logs_enabled": _check_flag,
     "cicd_attributes": _check_flag,
@@ -414,6 +415,12 @@ class Config:
     meanwhile goes out in the same write (0, the default: at once). A process that reports
     in bursts trades that much latency for fewer writes and thread switches; the pool
     processes of a task-queue worker use it on their loopback hop to the worker's relay."""
+    joined_frames: bool = False
+    """Offer the peer to take a write's messages in one text frame, newline-separated
+    (WebSocket subprotocol ``JOINED_FRAMES``), and do so where it accepts: a worker's relay
+    does, on its loopback hop from the worker's children (one frame to make, mask and parse
+    instead of dozens). A hub, which accepts no subprotocol, gets one message a frame as
+    always."""
     workflow_entrypoints: tuple[str, ...] = ()
     logs_enabled: bool = True
     cicd_attributes: bool = False

@@ -12,10 +12,12 @@ from urllib.parse import urlsplit
 from .config import Config, ConfigError, display_url
 
 __all__ = [
+    "JOINED_FRAMES",
     "RedactingLogger",
     "backoff_delays",
     "handshake_headers",
     "is_tls",
+    "joined",
     "redact",
     "ssl_context",
 ]
@@ -29,6 +31,31 @@ def handshake_headers(config: Config) -> dict[str, str]:
     if config.auth_token:
         headers["Authorization"] = f"Bearer {config.auth_token}"
     return headers
+
+
+JOINED_FRAMES = "when.joined-frames"
+"""The WebSocket subprotocol of a peer that takes several messages in one text frame, each
+ended by a newline but the last (``Config.joined_frames``). The protocol's JSON never holds a
+raw newline: inside a string it is escaped."""
+
+
+def joined(frames: list[str], max_bytes: int) -> list[str]:
+    """``frames`` as few text frames of at most ``max_bytes`` (UTF-8) each, in order; a frame
+    longer than that on its own stays one (the caller has checked it against the limit)."""
+    if len(frames) < 2:
+        return frames
+    out: list[str] = []
+    part: list[str] = []
+    size = 0
+    for frame in frames:
+        length = len(frame) if frame.isascii() else len(frame.encode())
+        if part and size + 1 + length > max_bytes:
+            out.append("\n".join(part))
+            part, size = [], 0
+        size += length + (1 if part else 0)
+        part.append(frame)
+    out.append("\n".join(part))
+    return out
 
 
 def is_tls(url: str) -> bool:

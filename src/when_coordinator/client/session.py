@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
 from .._compat.allocator import keep_reads_off_mmap
 from .._compat.websockets import abort, refused_frame, send_frames
@@ -28,7 +29,15 @@ from .._version import __version__
 from ..protocol import Message, ProtocolError
 from ._util import RateLimitedLog, qualified_name, warn_once
 from .config import HUB_PATH, Config, display_url
-from .connection import RedactingLogger, backoff_delays, handshake_headers, is_tls, redact
+from .connection import (
+    JOINED_FRAMES,
+    RedactingLogger,
+    backoff_delays,
+    handshake_headers,
+    is_tls,
+    joined,
+    redact,
+)
 from .core import CONTROL_LIMIT, ClientCore
 
 __all__ = ["MessageHandler", "Session"]
@@ -234,6 +243,7 @@ class Session:
             ping_interval=None,  # keepalive is the client's own (``_keepalive``)
             close_timeout=min(2.0, config.pong_timeout),
             max_size=max(config.max_frame_bytes * 4, 1 << 16),
+            subprotocols=[Subprotocol(JOINED_FRAMES)] if config.joined_frames else None,
             proxy=None,
             logger=RedactingLogger(logging.getLogger("websockets.client"), config),
         )
@@ -415,6 +425,7 @@ class Session:
         assert self._wake is not None
         wake = self._wake
         acknowledging = self._acknowledging
+        join = ws.subprotocol == JOINED_FRAMES  # offered (``joined_frames``) and accepted
         while True:
             frames = self._frames()
             if not frames:
@@ -428,6 +439,8 @@ class Session:
                     if self.config.write_delay and not self._urgent:
                         await self._write_delay(self.config.write_delay)  # a burst joins
                     continue
+            if join:
+                frames = joined(frames, self.config.max_frame_bytes)
             try:
                 await send_frames(ws, frames)
             except ConnectionClosed as exc:
