@@ -13,7 +13,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from tests.support.scripted_server import wait_until
-from when_coordinator import Coordinator
+from when_coordinator import Config, Coordinator
 from when_coordinator.hub import ThreadedHub
 from when_coordinator.otel import set_coordinator
 from when_coordinator.otel.integrations.relay import (
@@ -311,6 +311,24 @@ def test_send_frames_queues_each_in_order_and_counts_what_it_refuses(
     ]
 
 
+def _announced_by_a_child(
+    relay: Relay, hub: ThreadedHub, write_delay: float, ids: list[str]
+) -> Config:
+    """A child of ``relay`` announces ``ids`` (well within one write delay: one write) and the
+    hub has them all; returns the child's configuration."""
+    previous = get_coordinator()
+    child = report_through(relay.url, relay.token, write_delay=write_delay)
+    try:
+        for workflow_id in ids:
+            child.send_workflow_created(workflow_id, action_type="tasks.add")
+        assert child.flush(TIMEOUT)
+        hub.wait_for(lambda h: all(i in h.workflows for i in ids), TIMEOUT)
+        return child.config
+    finally:
+        set_coordinator(previous)
+        child.close(timeout=5)
+
+
 @pytest.mark.parametrize("write_delay", [CHILD_WRITE_DELAY, POOL_WRITE_DELAY])
 def test_a_child_reports_with_the_write_delay_it_was_given(
     relay: Relay, otel_hub: ThreadedHub, write_delay: float
@@ -318,18 +336,8 @@ def test_a_child_reports_with_the_write_delay_it_was_given(
     """A pool process running task after task gathers its reports for ``POOL_WRITE_DELAY``
     (one write, one wake-up of the worker, for many tasks); a one-job child keeps the short
     default, its exit waiting for the last write. Either way every report arrives."""
-    previous = get_coordinator()
-    child = report_through(relay.url, relay.token, write_delay=write_delay)
-    try:
-        assert child.config.write_delay == write_delay
-        ids = [f"wf-delay-{write_delay}-{i}" for i in range(5)]
-        for workflow_id in ids:
-            child.send_workflow_created(workflow_id, action_type="tasks.add")
-        assert child.flush(TIMEOUT)
-        otel_hub.wait_for(lambda h: all(i in h.workflows for i in ids), TIMEOUT)
-    finally:
-        set_coordinator(previous)
-        child.close(timeout=5)
+    ids = [f"wf-delay-{write_delay}-{i}" for i in range(5)]
+    assert _announced_by_a_child(relay, otel_hub, write_delay, ids).write_delay == write_delay
 
 
 def test_a_childs_write_comes_in_one_frame_and_reaches_the_hub_message_by_message(
@@ -337,18 +345,8 @@ def test_a_childs_write_comes_in_one_frame_and_reaches_the_hub_message_by_messag
 ) -> None:
     """A child joins each write's reports into one frame (``Config.joined_frames``, accepted by
     the relay); the relay splits it and the hub gets every report on its own, in order."""
-    previous = get_coordinator()
-    child = report_through(relay.url, relay.token, write_delay=POOL_WRITE_DELAY)
-    try:
-        assert child.config.joined_frames
-        ids = [f"wf-joined-{i}" for i in range(40)]
-        for workflow_id in ids:  # well within the write delay: one write
-            child.send_workflow_created(workflow_id, action_type="tasks.add")
-        assert child.flush(TIMEOUT)
-        otel_hub.wait_for(lambda h: all(i in h.workflows for i in ids), TIMEOUT)
-    finally:
-        set_coordinator(previous)
-        child.close(timeout=5)
+    ids = [f"wf-joined-{i}" for i in range(40)]
+    assert _announced_by_a_child(relay, otel_hub, POOL_WRITE_DELAY, ids).joined_frames
     created = [
         r.message.workflow_id
         for r in otel_hub.received
