@@ -220,6 +220,12 @@ def test_forwarder_arguments_are_checked() -> None:
     forwarder = LogForwarder(coordinator)
     with pytest.raises(TypeError):
         forwarder.add("not an entry")  # type: ignore[arg-type]
+    # Checked as the coordinator's log_with_context checks them: an error now, not a record
+    # dropped later when the client thread cannot encode it.
+    with pytest.raises(TypeError, match="message"):
+        forwarder.log("info", b"bytes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="workflow_id"):
+        forwarder.log("info", "text", workflow_id=7)  # type: ignore[arg-type]
     forwarder.stop()
     coordinator.close(0)
 

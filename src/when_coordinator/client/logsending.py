@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import LogEntry, LogLevel, MessageType
-from ._checks import check_text
 from ._util import WireLogBatch
 from .encoding import log_entry_size, split_log_batch
+from .logs import log_entry
 
 if TYPE_CHECKING:
     from .core import ClientCore
@@ -85,15 +85,15 @@ class LogSending:
         span_id: str = "",
     ) -> bool:
         """Send one ``log`` with the workflow context the hub files it under."""
-        entry = LogEntry(
-            level=LogLevel(level),
-            message=check_text("message", message),
-            workflow_id=check_text("workflow_id", workflow_id),
-            action_id=check_text("action_id", action_id),
-            correlation_id=check_text("correlation_id", correlation_id),
-            trace_id=check_text("trace_id", trace_id),
-            span_id=check_text("span_id", span_id),
-            fields=dict(fields) if fields else {},
+        entry = log_entry(
+            level,
+            message,
+            workflow_id,
+            action_id,
+            fields,
+            correlation_id=correlation_id,
+            trace_id=trace_id,
+            span_id=span_id,
         )
         return self._enqueue(MessageType.LOG, "", entry, log_entry_size(entry))
 
