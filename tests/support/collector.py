@@ -10,9 +10,11 @@ from collections.abc import Iterator
 @contextlib.contextmanager
 def collector_off() -> Iterator[None]:
     """No garbage collection meanwhile: what is freed is freed by reference counting."""
+    enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
         yield
     finally:
-        gc.enable()
+        if enabled:  # as it was: a caller that had it off keeps it off
+            gc.enable()
