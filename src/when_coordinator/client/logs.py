@@ -14,12 +14,12 @@ from opentelemetry import trace
 
 from .. import _workflow_context
 from ..protocol import LogEntry, LogLevel, format_timestamp
-from ._checks import check_text
+from .logsending import log_entry
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator
 
-__all__ = ["CoordinatorLogHandler", "LogForwarder", "level_for", "log_entry"]
+__all__ = ["CoordinatorLogHandler", "LogForwarder", "level_for"]
 
 _CLIENT_THREAD = "when-coordinator"
 
@@ -36,31 +36,6 @@ def level_for(levelno: int) -> LogLevel:
     if levelno <= logging.ERROR:
         return LogLevel.ERROR
     return LogLevel.FATAL
-
-
-def log_entry(
-    level: LogLevel | str,
-    message: str,
-    workflow_id: str = "",
-    action_id: str = "",
-    fields: Mapping[str, Any] | None = None,
-    *,
-    correlation_id: str = "",
-    trace_id: str = "",
-    span_id: str = "",
-) -> LogEntry:
-    """A ``LogEntry`` from a caller's arguments, each checked (a clear error now rather than a
-    record dropped when it is encoded); ``fields`` copied."""
-    return LogEntry(
-        level=LogLevel(level),
-        message=check_text("message", message),
-        workflow_id=check_text("workflow_id", workflow_id),
-        action_id=check_text("action_id", action_id),
-        correlation_id=check_text("correlation_id", correlation_id),
-        trace_id=check_text("trace_id", trace_id),
-        span_id=check_text("span_id", span_id),
-        fields=dict(fields) if fields else {},
-    )
 
 
 class LogForwarder:

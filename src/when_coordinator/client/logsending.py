@@ -11,15 +11,40 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import LogEntry, LogLevel, MessageType
+from ._checks import check_text
 from ._util import WireLogBatch
 from .encoding import log_entry_size, split_log_batch
-from .logs import log_entry
 
 if TYPE_CHECKING:
     from .core import ClientCore
     from .outbox import QueuedBody
 
-__all__ = ["LogSending"]
+__all__ = ["LogSending", "log_entry"]
+
+
+def log_entry(
+    level: LogLevel | str,
+    message: str,
+    workflow_id: str = "",
+    action_id: str = "",
+    fields: Mapping[str, Any] | None = None,
+    *,
+    correlation_id: str = "",
+    trace_id: str = "",
+    span_id: str = "",
+) -> LogEntry:
+    """A ``LogEntry`` from a caller's arguments, each checked (a clear error now rather than a
+    record dropped when it is encoded); ``fields`` copied."""
+    return LogEntry(
+        level=LogLevel(level),
+        message=check_text("message", message),
+        workflow_id=check_text("workflow_id", workflow_id),
+        action_id=check_text("action_id", action_id),
+        correlation_id=check_text("correlation_id", correlation_id),
+        trace_id=check_text("trace_id", trace_id),
+        span_id=check_text("span_id", span_id),
+        fields=dict(fields) if fields else {},
+    )
 
 
 class LogSending:
