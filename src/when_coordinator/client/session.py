@@ -379,8 +379,11 @@ class Session:
                 return
 
     def _wake_writer(self) -> None:
+        """Replies are queued: they go at once, not after the write delay (which gathers
+        reports; an answer to the hub is waited for)."""
         if self._wake is not None:
             self._wake.set()
+        self._release_delay()
 
     async def _replies_sent(self) -> bool:
         """Wait, up to ``pong_timeout``, until the writer took the queued replies.
@@ -436,7 +439,7 @@ class Session:
                 if not frames:
                     self._urgent = False  # drained: whoever hurried has what they waited for
                     await wake.wait()
-                    if self.config.write_delay and not self._urgent:
+                    if self.config.write_delay and not self._urgent and not self.core.replies:
                         await self._write_delay(self.config.write_delay)  # a burst joins
                     continue
             if join:
