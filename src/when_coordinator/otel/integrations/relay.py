@@ -72,12 +72,15 @@ CHILD_WRITE_DELAY = 0.002
 """Seconds a child's client lets its reports gather before writing them to the relay: the
 default, for a child that lives for one job (RQ's work horse); its exit (``flush``, ``close``)
 does not wait the delay out."""
-POOL_WRITE_DELAY = 0.05
+POOL_WRITE_DELAY = 0.2
 """The same for a pool process that runs task after task (Celery's prefork pool): every write
 wakes the relay's thread, then the worker's client thread, and each wake-up takes the GIL from
-the worker's main thread, which hands the pool its next task. Gathered for 50 ms, a busy
+the worker's main thread, which hands the pool its next task. Gathered for 200 ms, a busy
 pool's reports of many tasks go in one write; the hub sees them that much later (a pool
-process that exits, say after ``--max-tasks-per-child``, flushes at once)."""
+process that exits, say after ``--max-tasks-per-child``, flushes at once, and answers to the
+hub go at once). Each write, with its acknowledgement, costs the three threads on the way
+about 1.7 ms of CPU whatever it carries: at 50 ms a busy pool's link cost 220 us of CPU a
+task, at 200 ms about 180 (``docs/performance.md``, figure [10], fourth round)."""
 _TERMINAL = frozenset(phase.value for phase in Phase if phase.is_terminal)
 
 
