@@ -75,19 +75,20 @@ def test_flush_and_close_do_not_wait_out_the_write_delay() -> None:
 def test_answers_to_the_hub_do_not_wait_out_the_write_delay(gathering: bool) -> None:
     """The write delay gathers reports, not answers: a status reply goes at once, whether the
     writer was idle or already waiting out a delay (it takes what was gathered with it)."""
-    with ScriptedServer() as server:
-        with Coordinator(fast_config(server.url, write_delay=30.0)) as coordinator:
-            assert coordinator.wait_registered(5)
-            coordinator.phases.register_workflow("wf-asked")
-            if gathering:
-                coordinator.send_progress("wf-gathered", "act", 10.0)
-            server.send({"id": "st-1", "type": "status", "workflow_id": "wf-asked"})
-            server.wait_for(
-                lambda s: s.count("status_response") == 1 and s.count("progress") == gathering,
-                5,
-                "the status reply (and what was gathered)",
-            )
-            coordinator.close(5.0)
+    with (
+        ScriptedServer() as server,
+        Coordinator(fast_config(server.url, write_delay=30.0)) as coordinator,
+    ):
+        assert coordinator.wait_registered(5)
+        coordinator.phases.register_workflow("wf-asked")
+        if gathering:
+            coordinator.send_progress("wf-gathered", "act", 10.0)
+        server.send({"id": "st-1", "type": "status", "workflow_id": "wf-asked"})
+        server.wait_for(
+            lambda s: s.count("status_response") == 1 and s.count("progress") == gathering,
+            5,
+            "the status reply (and what was gathered)",
+        )
 
 
 def test_close_is_bounded_when_the_hub_is_unreachable() -> None:
