@@ -200,7 +200,7 @@ def run() -> list[Figure]:
             ours_rate >= MIN_RATIO * base,
         ),
         # The machine's speed moves between rounds (the same code's CPU per task by up to
-        # 45 %): each round's ratio to the baseline run just before it is steadier than the
+        # 45 %): each round's ratio to its own baseline run is steadier than the
         # best of each, which may come from different spells.
         Figure.info(
             "    median of the rounds' ratios (each beside its round's baseline run)",
