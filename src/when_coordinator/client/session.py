@@ -94,7 +94,8 @@ class Session:
         self._closed_by: ConnectionClosed | None = None
         """How the connection ended, as the first task to notice it saw it."""
         self._urgent = False
-        """Someone waits for the outbox to drain (``hurry``): no write delay until it has."""
+        """Someone waits for the outbox to drain (``hurry``), or replies are queued: no write
+        delay until it has drained."""
         self._delaying: asyncio.Future[None] | None = None
         self._acknowledging: set[asyncio.Task[None]] = set()
 
@@ -379,11 +380,12 @@ class Session:
                 return
 
     def _wake_writer(self) -> None:
-        """Replies are queued: they go at once, not after the write delay (which gathers
+        """Replies are queued: they go at once, as for ``hurry`` (the write delay gathers
         reports; an answer to the hub is waited for)."""
+        self._urgent = True
+        self._release_delay()
         if self._wake is not None:
             self._wake.set()
-        self._release_delay()
 
     async def _replies_sent(self) -> bool:
         """Wait, up to ``pong_timeout``, until the writer took the queued replies.
@@ -439,7 +441,7 @@ class Session:
                 if not frames:
                     self._urgent = False  # drained: whoever hurried has what they waited for
                     await wake.wait()
-                    if self.config.write_delay and not self._urgent and not self.core.replies:
+                    if self.config.write_delay and not self._urgent:
                         await self._write_delay(self.config.write_delay)  # a burst joins
                     continue
             if join:
